@@ -318,6 +318,7 @@ def test_matches_brute_force_reference(
             assert network is not None
             assert table.remove(network) is reference.routes.pop(network, None)
         else:
+            assert peer is not None
             table.remove_peer(peer)
             reference.routes = {n: p for n, p in reference.routes.items() if p is not peer}
         for packed in probes:
