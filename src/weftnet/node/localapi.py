@@ -1,0 +1,126 @@
+"""The local API: a root-only unix socket speaking one JSON object per line.
+
+Request ``{"cmd": "status"}``, answer ``{"ok": true, "result": {...}}`` or
+``{"ok": false, "error": "..."}``. Connections from a uid other than 0 are refused
+(SO_PEERCRED), and the socket file is mode 0600. Secrets never appear in answers: peers
+are named by their public keys only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import socket
+import struct
+import time
+from typing import Any
+
+MAX_REQUEST_BYTES = 64 * 1024  # a request line longer than this is refused
+
+
+def status(daemon: Any) -> dict[str, Any]:
+    dev = daemon.device
+    now = time.monotonic()
+    wall = time.time()
+    peers = []
+    for peer in dev.peers.values():
+        last = peer.last_handshake_at
+        peers.append(
+            {
+                "public_key": base64.b64encode(peer.public_key).decode(),
+                "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
+                "allowed_ips": [str(n) for n in dev.allowed_ips.entries(peer)],
+                "rx_bytes": peer.rx_bytes,
+                "tx_bytes": peer.tx_bytes,
+                "last_handshake": None if last is None else wall - (now - last),
+                "handshakes": peer.handshakes_completed,
+                "persistent_keepalive": peer.persistent_keepalive_s,
+            }
+        )
+    c = daemon.dp.counters
+    return {
+        "interface": daemon.ifname,
+        "public_key": base64.b64encode(dev.identity.public_key).decode(),
+        "listen_port": daemon.listen_port,
+        "peers": peers,
+        "counters": {
+            "rx_packets": c.rx_packets,
+            "tx_packets": c.tx_packets,
+            "drop_replay_or_auth": c.drop_replay_or_auth,
+            "drop_unknown_index": c.drop_unknown_index,
+            "drop_bad_source": c.drop_bad_source,
+            "drop_no_peer": c.drop_no_peer,
+            "drop_malformed": c.drop_malformed,
+            "drop_handshake": dict(c.drop_handshake),
+        },
+    }
+
+
+def _peer_uid(writer: asyncio.StreamWriter) -> int:
+    sock = writer.get_extra_info("socket")
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", creds)
+    return int(uid)
+
+
+async def serve(path: str, daemon: Any) -> asyncio.AbstractServer:
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if _peer_uid(writer) != 0:
+                answer: dict[str, Any] = {"ok": False, "error": "the local API is root-only"}
+            else:
+                line = await reader.readline()
+                answer = _dispatch(line, daemon)
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(handle, path, limit=MAX_REQUEST_BYTES)
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return server
+
+
+def _dispatch(line: bytes, daemon: Any) -> dict[str, Any]:
+    try:
+        req = json.loads(line)
+        cmd = req["cmd"]
+    except (ValueError, KeyError, TypeError):
+        return {"ok": False, "error": 'bad request: send {"cmd": "status"}'}
+    if cmd == "status":
+        return {"ok": True, "result": status(daemon)}
+    return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+
+async def cleanup(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def request(path: str, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
+    """Client side: one request, one answer (used by the CLI and tests)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout_s)
+        s.connect(path)
+        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    answer: dict[str, Any] = json.loads(buf)
+    return answer
