@@ -253,3 +253,18 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_each_host_has_its_own_run_wireguard_and_run_weft(lab: Lab) -> None:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    a, b = lab.host("a", inet), lab.host("b", inet)
+
+    a.run(["touch", "/var/run/wireguard/wg0.sock", "/run/weft/weftd.sock"])
+
+    assert a.run(["ls", "/run/wireguard", "/run/weft"]).stdout.split() == [
+        "/run/weft:", "weftd.sock", "/run/wireguard:", "wg0.sock",
+    ]  # fmt: skip
+    assert b.run(["ls", "-A", "/run/wireguard", "/run/weft"]).stdout.split() == [
+        "/run/weft:", "/run/wireguard:",
+    ]  # fmt: skip
+    assert not os.path.exists("/run/wireguard/wg0.sock")

@@ -33,9 +33,10 @@ Interface names need no prefix: each is created directly inside its namespace
 (``ip link add ... netns``), never in the root namespace, and names are per namespace.
 
 Sockets under /run. ``wireguard-go`` puts its UAPI socket at the fixed path
-``/var/run/wireguard/<ifname>.sock``, a path that namespaces share. Commands run
-through :meth:`Node.run` and :meth:`Node.popen` therefore see a private
-``/run/wireguard`` per box (a bind mount inside the mount namespace that
+``/var/run/wireguard/<ifname>.sock`` and weftd its local API at
+``/run/weft/weftd.sock``, paths that namespaces share. Commands run through
+:meth:`Node.run` and :meth:`Node.popen` therefore see a private ``/run/wireguard``
+and ``/run/weft`` per box (bind mounts inside the mount namespace that
 ``ip netns exec`` makes anyway), so every host may call its interface ``wg0``.
 
 Lifetime. ``with Lab() as lab:`` owns everything it made. On exit, also on an
@@ -82,7 +83,9 @@ UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 SEGMENT_PREFIXLEN = 24  # each auto-assigned segment is a /24 of the underlay
 UNDERLAY_MTU = 1500
 NETNS_DIR = Path("/run/netns")
-WG_RUN_DIR = Path("/run/wireguard")  # wireguard-go's fixed UAPI socket directory
+# Directories under /run that each box gets a private copy of: wireguard-go's UAPI
+# sockets and weftd's local API socket live at fixed paths there.
+PRIVATE_RUN_DIRS = ("wireguard", "weft")
 BRIDGE = "br0"
 HOST_IF = "eth0"
 WAN_IF = "wan0"
@@ -97,8 +100,12 @@ _LAB_NAME_RE = re.compile(r"^wl(?P<pid>\d+)x(?P<lab>\d+)-")
 _NODE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 _lab_numbers = itertools.count()
 
-# Runs "$@" with a private /run/wireguard: $1 is the box's own directory.
-_PRIVATE_RUN = 'mount --bind -- "$1" /run/wireguard && shift && exec "$@"'
+# Bind-mounts the box's own directories ("$1", "$2", ...) over PRIVATE_RUN_DIRS in
+# the mount namespace `ip netns exec` made, then runs the rest of the arguments.
+_PRIVATE_RUN = " && ".join(
+    [f'mount --bind -- "${i}" /run/{name}' for i, name in enumerate(PRIVATE_RUN_DIRS, 1)]
+    + [f"shift {len(PRIVATE_RUN_DIRS)}", 'exec "$@"']
+)
 
 
 class LabError(RuntimeError):
@@ -185,15 +192,18 @@ class Node:
         self.lab = lab
         self.name = name
         self.netns = lab.prefix + name
-        self.run_dir = lab.workdir / name / "run-wireguard"
-        self.run_dir.mkdir(parents=True, mode=0o700)
+        self.workdir = lab.workdir / name  # scratch space for this box's files and logs
+        self.run_dirs = [self.workdir / f"run-{name}" for name in PRIVATE_RUN_DIRS]
+        for run_dir in self.run_dirs:
+            run_dir.mkdir(parents=True, mode=0o700)
+        self.run_dir = self.run_dirs[0]  # seen inside as /run/wireguard
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 
     def exec_argv(self, cmd: Sequence[str]) -> list[str]:
         """The argv that runs ``cmd`` inside this namespace (used by run and popen)."""
-        private_run = ["sh", "-c", _PRIVATE_RUN, "sh", str(self.run_dir)]
+        private_run = ["sh", "-c", _PRIVATE_RUN, "sh", *map(str, self.run_dirs)]
         return ["ip", "netns", "exec", self.netns, *private_run, *cmd]
 
     def run(
@@ -364,7 +374,8 @@ class Lab:
             raise LabError("the lab needs root (network namespaces): run as root")
         self.prefix = f"wl{os.getpid()}x{next(_lab_numbers)}-"
         self.workdir = Path(tempfile.mkdtemp(prefix=self.prefix))
-        WG_RUN_DIR.mkdir(mode=0o700, exist_ok=True)
+        for name in PRIVATE_RUN_DIRS:  # mount points for the boxes' own directories
+            Path("/run", name).mkdir(mode=0o755, exist_ok=True)
         self.nodes: dict[str, Node] = {}
         self._netns: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
