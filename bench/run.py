@@ -1,0 +1,287 @@
+"""Benchmark: weftd against wireguard-go, TCP throughput and ping RTT, in a two-host lab.
+
+Theory of operation
+-------------------
+One lab (see weftnet.testing.netlab) with two public hosts, ``client`` and ``server``,
+on one bridged segment. For each configuration the harness brings up the peers
+(nothing for the raw underlay), waits until a ping crosses the tunnel (the first
+handshake), then measures
+
+* ping RTT: ``ping -c 20 -i 0.05``, the average in ms;
+* TCP throughput: ``iperf3`` for ``--seconds`` (10) with one stream, client to server,
+  the receiver's figure in Gbit/s;
+
+and stops the peers again. The ratio column is throughput relative to
+wireguard-go <-> wireguard-go. In "X <-> Y", X runs on the client (it encrypts the
+bulk data) and Y on the server.
+
+A configuration that fails (for example weftd not starting) becomes a row
+"error: <first line of the reason>"; the others still run. The exit code is 1 if any
+row failed. Needs root. Results go to stdout as a Markdown table and, with ``--json``,
+to a file.
+
+    python -m bench.run [--seconds N] [--only raw,wggo-wggo,...] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from weftnet.testing.netlab import Host, Lab, LabError, poll_until
+from weftnet.testing.wgpeers import (
+    Peer as WgPeer,
+)
+from weftnet.testing.wgpeers import (
+    PeerProcess,
+    generate_keypair,
+    overlay_cidrs,
+    overlay_ips,
+    start_weftd,
+    start_wireguard_go,
+    write_wg_quick_config,
+)
+
+CONFIGS = {  # key -> (name, client implementation, server implementation)
+    "raw": ("raw underlay", None, None),
+    "wggo-wggo": ("wireguard-go <-> wireguard-go", "wireguard-go", "wireguard-go"),
+    "weftd-wggo": ("weftd <-> wireguard-go", "weftd", "wireguard-go"),
+    "weftd-weftd": ("weftd <-> weftd", "weftd", "weftd"),
+}
+BASELINE = "wggo-wggo"
+WG_PORT = 51820
+WG_IF = "wg0"
+MTU = 1420
+IPERF_PORT = 5201  # iperf3's default
+HANDSHAKE_TIMEOUT_S = 15.0  # for the first ping to cross a new tunnel
+IPERF_SLACK_S = 30.0  # on top of --seconds: connection setup and the final report
+
+
+@dataclass
+class Row:
+    key: str
+    configuration: str
+    gbit_s: float | None = None
+    ping_avg_ms: float | None = None
+    ratio: float | None = None  # gbit_s / the baseline's gbit_s
+    error: str | None = None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--seconds", type=float, default=10.0, help="iperf3 run time (10)")
+    p.add_argument("--pings", type=int, default=20, help="pings per configuration (20)")
+    p.add_argument("--ping-interval", type=float, default=0.05, help="seconds between pings")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEYS",
+        help=f"comma-separated configurations to run, of: {', '.join(CONFIGS)}",
+    )
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    args = p.parse_args(argv)
+    keys = [k for item in args.only for k in item.split(",") if k] or list(CONFIGS)
+    unknown = [k for k in keys if k not in CONFIGS]
+    if unknown:
+        p.error(f"unknown configuration {', '.join(unknown)}: choose from {', '.join(CONFIGS)}")
+    args.keys = keys
+    if args.seconds <= 0 or args.pings <= 0:
+        p.error("--seconds and --pings must be positive")
+    return args
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+# -- peers -------------------------------------------------------------------------------
+
+
+def start_peer(kind: str, host: Host, n: int, private_key: str, peer: WgPeer) -> PeerProcess:
+    """Peer number ``n`` (overlay address n) of ``kind`` in ``host``."""
+    if kind == "wireguard-go":
+        return start_wireguard_go(host, WG_IF, private_key, WG_PORT, overlay_cidrs(n), [peer], MTU)
+    config = write_wg_quick_config(
+        host.workdir / f"bench-{WG_IF}.conf", private_key, overlay_cidrs(n), WG_PORT, MTU, [peer]
+    )
+    return start_weftd(host, WG_IF, config)
+
+
+def start_tunnel(
+    client: Host, server: Host, client_kind: str, server_kind: str, started: list[PeerProcess]
+) -> str:
+    """Bring up both peers (appending them to ``started``); return the server's overlay IPv4."""
+    keys_c, keys_s = generate_keypair(), generate_keypair()
+    started.append(
+        start_peer(
+            server_kind, server, 2, keys_s.private,
+            WgPeer(keys_c.public, overlay_cidrs(1), f"{client.ip}:{WG_PORT}"),
+        )
+    )  # fmt: skip
+    started.append(
+        start_peer(
+            client_kind, client, 1, keys_c.private,
+            WgPeer(keys_s.public, overlay_cidrs(2), f"{server.ip}:{WG_PORT}"),
+        )
+    )  # fmt: skip
+    return overlay_ips(2)[0]
+
+
+# -- measurements --------------------------------------------------------------------------
+
+_RTT_RE = re.compile(r"= [\d.]+/(?P<avg>[\d.]+)/[\d.]+/[\d.]+ ms")
+
+
+def ping_once(host: Host, target: str) -> bool:
+    return host.run(["ping", "-c", "1", "-W", "1", target], check=False).returncode == 0
+
+
+def ping_avg_ms(host: Host, target: str, count: int, interval_s: float) -> float:
+    cmd = ["ping", "-q", "-c", str(count), "-i", str(interval_s), "-W", "1", target]
+    proc = host.run(cmd, check=False, timeout=count * (interval_s + 1) + 10)
+    match = _RTT_RE.search(proc.stdout)
+    if match is None:
+        raise RuntimeError(f"ping {target}: no RTT summary: {proc.stdout.strip()[-200:]}")
+    return float(match["avg"])
+
+
+def iperf_gbit_s(client: Host, server: Host, target: str, seconds: float) -> float:
+    daemon = server.popen(
+        ["iperf3", "-s", "-1", "-B", target, "-p", str(IPERF_PORT)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        server.wait_listening(IPERF_PORT, proto="tcp")
+        cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"]
+        cmd += ["--connect-timeout", "5000"]
+        proc = client.run(cmd, check=False, timeout=seconds + IPERF_SLACK_S)
+        try:
+            report: dict[str, Any] = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            raise RuntimeError(f"iperf3: {(proc.stderr or proc.stdout).strip()[:200]}") from None
+        if "error" in report:
+            raise RuntimeError(f"iperf3: {report['error']}")
+        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        daemon.wait()
+
+
+def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Namespace) -> Row:
+    name, client_kind, server_kind = CONFIGS[key]
+    row = Row(key, name)
+    started: list[PeerProcess] = []
+    try:
+        target = server.ip
+        if client_kind is not None and server_kind is not None:
+            target = start_tunnel(client, server, client_kind, server_kind, started)
+        poll_until(
+            lambda: ping_once(client, target),
+            timeout_s=HANDSHAKE_TIMEOUT_S,
+            what=f"a first ping from client to {target}",
+        )
+        row.ping_avg_ms = ping_avg_ms(client, target, args.pings, args.ping_interval)
+        row.gbit_s = iperf_gbit_s(client, server, target, args.seconds)
+    except Exception as err:
+        row.error = first_line(err)
+    finally:
+        for peer in reversed(started):
+            stop_quietly(peer.stop)
+    return row
+
+
+def stop_quietly(stop: Callable[[], object]) -> None:
+    try:
+        stop()
+    except Exception as err:  # the lab kills whatever is left when it closes
+        print(f"warning: stopping a peer: {first_line(err)}", file=sys.stderr)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def add_ratios(rows: list[Row]) -> None:
+    baseline = next((r.gbit_s for r in rows if r.key == BASELINE and r.gbit_s), None)
+    for row in rows:
+        if baseline and row.gbit_s is not None:
+            row.ratio = row.gbit_s / baseline
+
+
+def markdown_table(rows: list[Row]) -> str:
+    lines = [
+        f"| configuration | Gbit/s | ping avg ms | ratio vs {CONFIGS[BASELINE][0]} |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in rows:
+        if row.error is not None:
+            lines.append(f"| {row.configuration} | error: {row.error} | - | - |")
+            continue
+        gbit = f"{row.gbit_s:.2f}" if row.gbit_s is not None else "-"
+        ping = f"{row.ping_avg_ms:.3f}" if row.ping_avg_ms is not None else "-"
+        ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
+        lines.append(f"| {row.configuration} | {gbit} | {ping} | {ratio} |")
+    return "\n".join(lines)
+
+
+def tool_version(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10).stdout
+    except OSError as err:
+        return f"unavailable: {first_line(err)}"
+    return out.strip().splitlines()[0] if out.strip() else "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print(
+            "bench.run needs root (it builds network namespaces): run it as root", file=sys.stderr
+        )
+        return 2
+    Lab.cleanup_stale()
+    started_at = time.time()
+    rows: list[Row] = []
+    try:
+        with Lab() as lab:
+            segment = lab.segment("bench", "198.18.0.0/24")
+            client, server = lab.host("client", segment), lab.host("server", segment)
+            for key in args.keys:
+                print(f"running {CONFIGS[key][0]} ...", file=sys.stderr, flush=True)
+                rows.append(measure(lab, client, server, key, args))
+    except LabError as err:
+        print(f"bench.run: the lab failed: {first_line(err)}", file=sys.stderr)
+        return 2
+    add_ratios(rows)
+    print(markdown_table(rows))
+    if args.json is not None:
+        report = {
+            "started_at_unix": round(started_at),
+            "seconds": args.seconds,
+            "pings": args.pings,
+            "ping_interval_s": args.ping_interval,
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "wireguard_go": tool_version(["wireguard-go", "--version"]),
+            "iperf3": tool_version(["iperf3", "--version"]),
+            "rows": [asdict(row) for row in rows],
+        }
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 1 if any(row.error is not None for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

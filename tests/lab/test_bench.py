@@ -1,0 +1,42 @@
+"""The benchmark harness runs end to end and reports a failing configuration as a row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import bench.run
+import pytest
+
+from weftnet.testing.wgpeers import PeerStartError
+
+pytestmark = pytest.mark.lab
+
+
+def test_bench_reports_numbers_and_a_failing_row(
+    lab_environment: None,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def weftd_fails(*args: object, **kwargs: object) -> None:
+        raise PeerStartError("weftd exited with code 1 before wg0 came up: boom\nlog tail")
+
+    monkeypatch.setattr(bench.run, "start_weftd", weftd_fails)
+    out = tmp_path / "bench.json"
+
+    only = ["--only", "raw,wggo-wggo", "--only", "weftd-wggo"]
+    code = bench.run.main(["--seconds", "1", "--pings", "3", *only, "--json", str(out)])
+
+    assert code == 1
+    rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["raw", "wggo-wggo", "weftd-wggo"]
+    for key in ("raw", "wggo-wggo"):
+        assert rows[key]["error"] is None
+        assert rows[key]["gbit_s"] > 0
+        assert rows[key]["ping_avg_ms"] > 0
+    assert rows["wggo-wggo"]["ratio"] == 1.0
+    assert rows["weftd-wggo"]["error"] == "weftd exited with code 1 before wg0 came up: boom"
+    table = capsys.readouterr().out
+    assert "| weftd <-> wireguard-go | error: weftd exited with code 1" in table
+    assert "| raw underlay | " in table
