@@ -90,7 +90,7 @@ def make_socket(port: int) -> socket.socket:
     return s
 
 
-def canonical_endpoint(addr: tuple) -> Endpoint:  # type: ignore[type-arg]
+def canonical_endpoint(addr: tuple) -> Endpoint:
     host = addr[0]
     if host.startswith("::ffff:") and "." in host:
         host = host[7:]
@@ -119,8 +119,8 @@ class DataPlane:
         self._out_view = memoryview(self._out)
         self._out_len = 0
         # batches: [sockaddr, start, end, seg_size, count, closed, peer]
-        self._batches: list[list] = []  # type: ignore[type-arg]
-        self._cur: list | None = None  # type: ignore[type-arg]
+        self._batches: list[list] = []
+        self._cur: list | None = None
         self._recv_buf = bytearray(RECV_BUF_SIZE)
         self._recv_view = memoryview(self._recv_buf)
         self._dec = bytearray(DEC_BUF_SIZE)
@@ -129,8 +129,8 @@ class DataPlane:
         self._rx: list[tuple[int, int]] = []  # (offset, length) of plaintext packets
         self._route_cache: dict[bytes, Peer | None] = {}
         self._src_cache: dict[bytes, Peer | None] = {}
-        self._sockaddr_cache: dict[Endpoint, tuple] = {}  # type: ignore[type-arg]
-        self._ep_cache: dict[tuple, Endpoint] = {}  # type: ignore[type-arg]
+        self._sockaddr_cache: dict[Endpoint, tuple] = {}
+        self._ep_cache: dict[tuple, Endpoint] = {}
         self._sent_peers: set[Peer] = set()
         self._recv_peers: dict[Peer, tuple[Keypair, bool]] = {}
         self._segmenter = offload.TcpSegmenter()
@@ -146,7 +146,7 @@ class DataPlane:
 
     # -- sending ----------------------------------------------------------------------
 
-    def _sockaddr(self, ep: Endpoint) -> tuple:  # type: ignore[type-arg]
+    def _sockaddr(self, ep: Endpoint) -> tuple:
         sa = self._sockaddr_cache.get(ep)
         if sa is None:
             host, port = ep

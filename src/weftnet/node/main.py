@@ -64,7 +64,7 @@ class Daemon:
             cfg.interface.private_key,
             os.urandom,
             epoch_offset_s=time.time() - time.monotonic(),
-            **kwargs,  # type: ignore[arg-type]
+            **kwargs,
         )
         self.device.mtu = cfg.interface.mtu or DEFAULT_MTU
         for pc in cfg.peers:
