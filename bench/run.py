@@ -11,7 +11,9 @@ handshake), then measures
 * TCP throughput: ``iperf3`` for ``--seconds`` (10) with one stream, client to server,
   the receiver's figure in Gbit/s;
 
-and stops the peers again. The ratio column is throughput relative to
+and stops the peers again. The JSON report also has, per row, the sender's TCP
+retransmissions and the server's UDP receive-buffer drops (the usual place a
+userspace tunnel loses packets when its reader falls behind). The ratio column is throughput relative to
 wireguard-go <-> wireguard-go. In "X <-> Y", X runs on the client (it encrypts the
 bulk data) and Y on the server.
 
@@ -75,6 +77,9 @@ class Row:
     ping_avg_ms: float | None = None
     ratio: float | None = None  # gbit_s / the baseline's gbit_s
     error: str | None = None
+    # Diagnostics for the JSON report: where the losses TCP reacted to happened.
+    tcp_retransmits: int | None = None
+    server_udp_rcvbuf_errors: int | None = None  # datagrams dropped at a full socket buffer
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -157,7 +162,8 @@ def ping_avg_ms(host: Host, target: str, count: int, interval_s: float) -> float
     return float(match["avg"])
 
 
-def iperf_gbit_s(client: Host, server: Host, target: str, seconds: float) -> float:
+def iperf(client: Host, server: Host, target: str, seconds: float) -> tuple[float, int]:
+    """One iperf3 run: (Gbit/s at the receiver, TCP retransmissions at the sender)."""
     daemon = server.popen(
         ["iperf3", "-s", "-1", "-B", target, "-p", str(IPERF_PORT)],
         stdout=subprocess.DEVNULL,
@@ -174,11 +180,19 @@ def iperf_gbit_s(client: Host, server: Host, target: str, seconds: float) -> flo
             raise RuntimeError(f"iperf3: {(proc.stderr or proc.stdout).strip()[:200]}") from None
         if "error" in report:
             raise RuntimeError(f"iperf3: {report['error']}")
-        return float(report["end"]["sum_received"]["bits_per_second"]) / 1e9
+        end = report["end"]
+        return end["sum_received"]["bits_per_second"] / 1e9, int(end["sum_sent"]["retransmits"])
     finally:
         if daemon.poll() is None:
             daemon.kill()
         daemon.wait()
+
+
+def udp_rcvbuf_errors(host: Host) -> int:
+    """The host's UDP RcvbufErrors counter (/proc/net/snmp is per namespace)."""
+    lines = [line.split() for line in host.run(["cat", "/proc/net/snmp"]).stdout.splitlines()]
+    names, values = [fields for fields in lines if fields[0] == "Udp:"][:2]
+    return int(values[names.index("RcvbufErrors")])
 
 
 def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Namespace) -> Row:
@@ -195,7 +209,9 @@ def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Names
             what=f"a first ping from client to {target}",
         )
         row.ping_avg_ms = ping_avg_ms(client, target, args.pings, args.ping_interval)
-        row.gbit_s = iperf_gbit_s(client, server, target, args.seconds)
+        drops_before = udp_rcvbuf_errors(server)
+        row.gbit_s, row.tcp_retransmits = iperf(client, server, target, args.seconds)
+        row.server_udp_rcvbuf_errors = udp_rcvbuf_errors(server) - drops_before
     except Exception as err:
         row.error = first_line(err)
     finally:
