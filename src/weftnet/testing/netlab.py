@@ -193,7 +193,7 @@ class Node:
         self.name = name
         self.netns = lab.prefix + name
         self.workdir = lab.workdir / name  # scratch space for this box's files and logs
-        self.run_dirs = [self.workdir / f"run-{name}" for name in PRIVATE_RUN_DIRS]
+        self.run_dirs = [self.workdir / f"run-{sub}" for sub in PRIVATE_RUN_DIRS]
         for run_dir in self.run_dirs:
             run_dir.mkdir(parents=True, mode=0o700)
         self.run_dir = self.run_dirs[0]  # seen inside as /run/wireguard
