@@ -24,10 +24,10 @@ def _why_no_lab() -> str | None:
 
 @pytest.fixture(scope="session")
 def lab_environment() -> Iterator[None]:
-    """Skip when the lab can't run; otherwise remove namespaces left by dead runs, once."""
+    """Fail when the lab can't run (never skip silently); remove dead runs' namespaces once."""
     reason = _why_no_lab()
     if reason is not None:
-        pytest.skip(reason)
+        pytest.fail(reason, pytrace=False)
     Lab.cleanup_stale()
     yield
 
