@@ -15,6 +15,7 @@ pure ``Device``; this module only moves bytes and calls it.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import logging
 import os
@@ -57,6 +58,20 @@ _unpack_transport = _transport_hdr.unpack_from
 _be16 = struct.Struct(">H")
 _pack_be16 = _be16.pack_into
 _pack_le16 = struct.Struct("<H").pack_into
+MAX_COALESCE = 64  # segments merged into one TUN write at most
+
+
+@functools.cache
+def _header_mask(length: int, tcp_at: int) -> int:
+    """All-ones over ``length`` header bytes except what differs within one TCP run:
+    sequence number, flags and checksum (byte offsets relative to the TCP header at
+    ``tcp_at``)."""
+    keep = bytearray(b"\xff" * length)
+    for r in (*range(4, 8), 13, 16, 17):
+        keep[tcp_at + r] = 0
+    return int.from_bytes(keep, "big")
+
+
 _VHDR_VALID = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0)
 
 
@@ -423,42 +438,49 @@ class DataPlane:
         self.send_transmits(transmits)
 
     def _flush_tun(self) -> None:
+        """Write the opened packets to the TUN: runs of one TCP flow as one super-packet."""
         rx = self._rx
         if not rx:
             self._dec_len = 0
             return
-        dec = self._dec
         dv = self._dec_view
         fd = self.tun_fd
+        tcp_info = self._tcp_info
         i = 0
         n = len(rx)
         while i < n:
             off, total = rx[i]
-            j = i + 1
-            info = self._tcp_info(off, total)
-            if info is not None:
-                key, hlen, plen, seq, flags = info
-                mss = plen
-                nxt = seq + plen
-                last_flags = flags
-                while j < n and last_flags == offload.TCP_ACK and plen == mss and j - i < 60:
+            info = tcp_info(off, total)
+            if info is not None and info[4] == offload.TCP_ACK and i + 1 < n:
+                hv, mask, hlen, seq, _flags = info
+                mss = total - hlen
+                nxt = seq + mss
+                size = total
+                last_flags = offload.TCP_ACK
+                j = i + 1
+                while j < n and j - i < MAX_COALESCE and last_flags == offload.TCP_ACK:
                     o2, t2 = rx[j]
-                    info2 = self._tcp_info(o2, t2)
+                    info2 = tcp_info(o2, t2)
                     if info2 is None:
                         break
-                    key2, hlen2, plen2, seq2, flags2 = info2
+                    hv2, _, hlen2, seq2, flags2 = info2
+                    plen2 = t2 - hlen2
                     if (
-                        key2 != key
-                        or seq2 != (nxt & 0xFFFFFFFF)
+                        hlen2 != hlen
+                        or (hv ^ hv2) & mask
+                        or seq2 != nxt & 0xFFFFFFFF
                         or plen2 > mss
+                        or plen2 == 0
                         or flags2 & ~offload.TCP_PSH != offload.TCP_ACK
-                        or hlen2 + (nxt - seq + plen2) > 65535
+                        or size + plen2 > 65535
                     ):
                         break
                     nxt += plen2
-                    plen = plen2
+                    size += plen2
                     last_flags = flags2
                     j += 1
+                    if plen2 < mss:
+                        break  # a short segment ends a run
                 if j - i > 1:
                     self._write_coalesced(i, j, hlen, mss, last_flags)
                     i = j
@@ -470,40 +492,35 @@ class DataPlane:
             i += 1
         rx.clear()
         self._dec_len = 0
-        del dec
 
-    def _tcp_info(self, off: int, total: int) -> tuple[bytes, int, int, int, int] | None:
-        """(flow key, header length, payload length, seq, flags) of a TCP packet that could
-        be coalesced, or None."""
+    def _tcp_info(self, off: int, total: int) -> tuple[int, int, int, int, int] | None:
+        """For a TCP packet that could be coalesced: (its header from the addresses on as an
+        integer, the mask of the bits that must match in a run, header length, seq, flags).
+        """
         d = self._dec
-        if d[off] == 0x45:
+        b0 = d[off]
+        if b0 == 0x45:
             if d[off + 9] != offload.PROTO_TCP or d[off + 6] & 0x3F or d[off + 7]:
                 return None  # fragments are never coalesced
             ihl = 20
-            k = (
-                bytes(d[off : off + 2])
-                + bytes(d[off + 6 : off + 10])
-                + bytes(d[off + 12 : off + 20])
-            )
-        elif d[off] >> 4 == 6:
+            start = 12  # addresses, ports, then the rest of the TCP header
+        elif b0 >> 4 == 6:
             if d[off + 6] != offload.PROTO_TCP:
                 return None
             ihl = 40
-            k = bytes(d[off : off + 4]) + bytes(d[off + 7 : off + 40])
+            start = 8
         else:
             return None
         t = off + ihl
         if total < ihl + 20:
             return None
-        thl = (d[t + 12] >> 4) * 4
-        hlen = ihl + thl
-        if thl < 20 or hlen > total:
+        hlen = ihl + (d[t + 12] >> 4) * 4
+        if hlen > total or hlen < ihl + 20:
             return None
-        key = k + bytes(d[t : t + 4]) + bytes(d[t + 8 : t + 13]) + bytes(d[t + 14 : t + 16])
-        if thl > 20:
-            key += bytes(d[t + 20 : t + thl])
+        hv = int.from_bytes(d[off + start : off + hlen], "big")
+        mask = _header_mask(hlen - start, ihl - start)
         seq = int.from_bytes(d[t + 4 : t + 8], "big")
-        return key, hlen, total - hlen, seq, d[t + 13]
+        return hv, mask, hlen, seq, d[t + 13]
 
     def _write_coalesced(self, i: int, j: int, hlen: int, mss: int, last_flags: int) -> None:
         rx = self._rx

@@ -105,34 +105,52 @@ class TcpSegmenter:
         seq0 = int.from_bytes(pkt[ihl + 4 : ihl + 8], "big")
         flags0 = pkt[ihl + 13]
         ipid0 = int.from_bytes(pkt[4:6], "big") if v4 else 0
+        # A template header with every per-segment field zeroed: its sum is taken once, and
+        # each segment's checksums add just what differs (RFC 1624 style).
         out[0:hlen] = pkt[0:hlen]
-        ov = memoryview(out)
+        full_total = hlen + mss
+        if v4:
+            out[4] = out[5] = out[10] = out[11] = 0
+            _pack_be16(out, 2, full_total)
+            ip_base = int.from_bytes(out[0:ihl], "little")
+        else:
+            _pack_be16(out, 4, full_total - 40)
+            ip_base = 0
+        out[ihl + 4 : ihl + 8] = b"\x00\x00\x00\x00"
+        out[ihl + 13] = 0
+        out[ihl + 16] = out[ihl + 17] = 0
+        tcp_base = addr_sum + int.from_bytes(out[ihl:hlen], "little")
+        full_len_sum = swap16(thl + mss)
+        last = nseg - 1
         call = emit
         for i in range(nseg):
-            seglen = mss if i < nseg - 1 else last_len
-            total = hlen + seglen
-            _pack_be32(out, ihl + 4, (seq0 + i * mss) & 0xFFFFFFFF)
+            seq = (seq0 + i * mss) & 0xFFFFFFFF
+            _pack_be32(out, ihl + 4, seq)
             f = flags0
-            if i < nseg - 1:
+            if i < last:
                 f &= ~(TCP_FIN | TCP_PSH)
+                seglen = mss
+                len_sum = full_len_sum
+            else:
+                seglen = last_len
+                len_sum = swap16(thl + seglen)
+                if v4:
+                    _pack_be16(out, 2, hlen + seglen)
+                    ip_base += swap16(hlen + seglen) - swap16(full_total)
+                else:
+                    _pack_be16(out, 4, hlen + seglen - 40)
             if i:
                 f &= ~TCP_CWR
             out[ihl + 13] = f
-            out[ihl + 16] = 0
-            out[ihl + 17] = 0
             if v4:
-                _pack_be16(out, 2, total)
-                _pack_be16(out, 4, (ipid0 + i) & 0xFFFF)
-                out[10] = 0
-                out[11] = 0
-                _pack_le16(out, 10, finish_checksum(int.from_bytes(ov[0:ihl], "little")))
-            else:
-                _pack_be16(out, 4, total - 40)
-            s = addr_sum + swap16(thl + seglen) + int.from_bytes(ov[ihl:hlen], "little") + sums[i]
-            _pack_le16(out, ihl + 16, finish_checksum(s))
+                ipid = (ipid0 + i) & 0xFFFF
+                _pack_be16(out, 4, ipid)
+                _pack_le16(out, 10, finish_checksum(ip_base + swap16(ipid)))
+            tsum = tcp_base + len_sum + (f << 8) + swap16(seq >> 16) + swap16(seq & 0xFFFF)
+            _pack_le16(out, ihl + 16, finish_checksum(tsum + sums[i]))
             src = hlen + i * mss
-            out[hlen:total] = pkt[src : src + seglen]
-            call(total)
+            out[hlen : hlen + seglen] = pkt[src : src + seglen]
+            call(hlen + seglen)
         return True
 
 
