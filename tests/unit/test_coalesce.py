@@ -7,8 +7,8 @@ import socket
 import struct
 
 import pytest
-
 from tests.unit.test_offload import super_packet, tcp_ok
+
 from weftnet.node import offload
 from weftnet.node.datapath import DataPlane
 from weftnet.node.tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR
