@@ -139,8 +139,8 @@ def test_garbage_datagrams_change_nothing(pair: tuple[Node, Node]) -> None:
     def all_counted() -> bool:
         if select.select([b.udp], [], [], 0.05)[0]:
             b.dp.on_udp_readable()
-        return c.drop_unknown_index + sum(c.drop_handshake.values()) == 5
+        return c.drop_unknown_index + c.drop_malformed + sum(c.drop_handshake.values()) == 5
 
     pump(a, b, all_counted)
     assert b.dp.device.indices == before
-    assert c.drop_unknown_index == 1 and c.rx_packets == 0
+    assert c.drop_unknown_index == 1 and c.drop_malformed == 1 and c.rx_packets == 0

@@ -340,6 +340,9 @@ class DataPlane:
             except OSError as e:
                 log.debug("UDP receive failed: %s", e)
                 break
+            if n == 0:
+                self.counters.drop_malformed += 1
+                continue
             seg = n
             for level, kind, data in anc:
                 if level == SOL_UDP and kind == UDP_GRO:
