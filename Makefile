@@ -1,7 +1,7 @@
 # weftnet: `make demo` and `make test` install what they need themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping
+APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql
 STAMP := $(VENV)/.installed
 
 .PHONY: install test unit lab bench lint demo clean

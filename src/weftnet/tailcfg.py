@@ -1,0 +1,107 @@
+"""Every type that crosses between a node and the coordination server, versioned.
+
+Named after Tailscale's tailcfg package. Keys travel as typed hex strings
+("nodekey:<64 hex>", "mkey:...", "discokey:..."), addresses as CIDR strings. A change
+that an older peer could misread bumps CAPABILITY_VERSION; the server answers every
+version it still supports and refuses others with a clear error.
+
+The protocol (see docs/control-protocol.md):
+
+    GET  /key                          -> ServerKey (the node pins it at first contact)
+    POST /machine/<mkey hex>/register  sealed RegisterRequest  -> sealed RegisterResponse
+    POST /machine/<mkey hex>/map       sealed MapRequest       -> a stream of sealed frames,
+                                                                  each a MapResponse
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+CAPABILITY_VERSION = 1  # bumped on any change an older peer would misread
+MIN_CAPABILITY_VERSION = 1  # the oldest the server still talks to
+
+NODE_KEY_PREFIX = "nodekey:"
+MACHINE_KEY_PREFIX = "mkey:"
+DISCO_KEY_PREFIX = "discokey:"
+
+
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ServerKey(Wire):
+    public_key: str  # "mkey:<hex>" form of the server's X25519 key
+    capability_version: int = CAPABILITY_VERSION
+
+
+class Hostinfo(Wire):
+    hostname: str = ""
+    os: str = "linux"
+    client_version: str = ""
+
+
+class RegisterRequest(Wire):
+    version: int = CAPABILITY_VERSION
+    ts: float  # unix seconds; the server refuses requests far from its own clock
+    node_key: str
+    old_node_key: str | None = None
+    auth_key: str | None = None
+    hostinfo: Hostinfo = Field(default_factory=Hostinfo)
+    followup: str | None = None  # the auth URL of an interactive login, to wait on
+    logout: bool = False  # expire this node's key now
+
+
+class UserInfo(Wire):
+    id: int
+    name: str  # login name; with an @ it is an email address
+
+
+class Node(Wire):
+    id: int
+    name: str  # the hostname the device reported
+    given_name: str  # unique within the tailnet, used for DNS
+    user: UserInfo | None = None  # None for tagged nodes, owned by their tags
+    tags: list[str] = Field(default_factory=list)
+    node_key: str
+    disco_key: str | None = None
+    addresses: list[str]  # ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]
+    allowed_ips: list[str]
+    endpoints: list[str] = Field(default_factory=list)  # "ip:port" candidates
+    online: bool = False
+    last_seen: float | None = None
+    key_expiry: float | None = None  # unix seconds
+    expired: bool = False
+    ephemeral: bool = False
+
+
+class RegisterResponse(Wire):
+    machine_authorized: bool
+    auth_url: str | None = None  # interactive login: open this, or ask the admin
+    node: Node | None = None
+    user: UserInfo | None = None
+    node_key_expired: bool = False
+    error: str | None = None
+
+
+class MapRequest(Wire):
+    version: int = CAPABILITY_VERSION
+    ts: float
+    node_key: str
+    disco_key: str | None = None
+    endpoints: list[str] = Field(default_factory=list)
+    hostinfo: Hostinfo = Field(default_factory=Hostinfo)
+    stream: bool = True
+    omit_peers: bool = False  # just report endpoints/hostinfo and return
+
+
+class MapResponse(Wire):
+    """One frame of the map stream. The first is full (``peers`` set); later ones are
+    deltas (``peers_changed`` / ``peers_removed``) or keepalives."""
+
+    keepalive: bool = False
+    node: Node | None = None  # ourselves, when it changed
+    peers: list[Node] | None = None  # full list: replaces everything known
+    peers_changed: list[Node] = Field(default_factory=list)  # upserts by id
+    peers_removed: list[int] = Field(default_factory=list)  # node ids
+    dns_domain: str | None = None
+    error: str | None = None  # e.g. "node deleted": the stream ends after it
