@@ -52,28 +52,129 @@ def print_status(st: dict[str, Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def print_node_status(st: dict[str, Any]) -> None:
+    me = st["self"]
+    if st["backend_state"] != "Running":
+        print(f"{st['backend_state']}" + (f": {st['error']}" if st.get("error") else ""))
+        if st.get("auth_url"):
+            print(f"To authenticate, visit:\n\n\t{st['auth_url']}\n")
+        if st["backend_state"] != "Starting":
+            return
+    rows = [(", ".join(me["ips"]) or "-", me["hostname"] or "-", "self", "-", "")]
+    for p in st["peers"]:
+        how = p["path"] if p["path"] != "direct" else f"direct {p['endpoint']}"
+        extra = f"rx {_bytes(p['rx_bytes'])} tx {_bytes(p['tx_bytes'])}"
+        if p.get("expired"):
+            how = "expired"
+        rows.append(
+            (
+                ", ".join(p["ips"]),
+                p["hostname"],
+                "online" if p["online"] else "offline",
+                how,
+                extra,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+class CliError(Exception):
+    pass
+
+
+def call(sock: str, cmd: str, timeout_s: float = 30.0, **args: Any) -> Any:
+    try:
+        answer = request(sock, cmd, timeout_s=timeout_s, **args)
+    except (FileNotFoundError, ConnectionRefusedError):
+        raise CliError(f"weftd is not running (no socket at {sock})") from None
+    except PermissionError:
+        raise CliError(f"permission denied on {sock}: run as root") from None
+    except TimeoutError:
+        raise CliError("weftd did not answer in time") from None
+    if not answer.get("ok"):
+        raise CliError(answer.get("error", "error"))
+    return answer.get("result")
+
+
+def cmd_up(args: argparse.Namespace) -> None:
+    res = call(
+        args.socket,
+        "up",
+        login_server=args.login_server,
+        auth_key=args.auth_key,
+        hostname=args.hostname,
+    )
+    if res["state"] == "NeedsLogin" and res.get("auth_url"):
+        print(f"\nTo authenticate, visit:\n\n\t{res['auth_url']}\n", flush=True)
+        deadline = time.monotonic() + args.timeout if args.timeout else None
+        while True:
+            st = call(args.socket, "status")
+            if st["backend_state"] == "Running":
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise CliError("timed out waiting for the login to be approved")
+            time.sleep(0.5)
+        print("Success.")
+        return
+    if res["state"] != "Running":
+        raise CliError(f"{res['state']}: {res.get('message', '')}")
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    st = call(args.socket, "status")
+    if args.json:
+        print(json.dumps(st, indent=2))
+    elif "backend_state" in st:
+        print_node_status(st)
+    else:
+        print_status(st)
+
+
+def cmd_ip(args: argparse.Namespace) -> None:
+    ips = call(args.socket, "ip")
+    if args.four:
+        ips = [i for i in ips if ":" not in i]
+    if args.six:
+        ips = [i for i in ips if ":" in i]
+    if not ips:
+        raise CliError("no addresses: is this node logged in (`weft up`)?")
+    print("\n".join(ips))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="weft", description="weftnet client")
     p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET", DEFAULT_SOCKET))
     sub = p.add_subparsers(dest="cmd", required=True)
-    st = sub.add_parser("status", help="show the peers of the local weftd")
+    up = sub.add_parser("up", help="connect to the tailnet (log in if needed)")
+    up.add_argument("--login-server", metavar="URL", help="the coordination server")
+    up.add_argument("--auth-key", metavar="KEY", help="join without interactive login")
+    up.add_argument("--hostname", metavar="NAME", help="the name this node shows to others")
+    up.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="disconnect (stay logged in)").set_defaults(
+        func=lambda a: call(a.socket, "down")
+    )
+    sub.add_parser("logout", help="disconnect and forget this node's key").set_defaults(
+        func=lambda a: call(a.socket, "logout")
+    )
+    ip = sub.add_parser("ip", help="this node's tailnet addresses")
+    fam = ip.add_mutually_exclusive_group()
+    fam.add_argument("-4", dest="four", action="store_true", help="IPv4 only")
+    fam.add_argument("-6", dest="six", action="store_true", help="IPv6 only")
+    ip.set_defaults(func=cmd_ip)
+    st = sub.add_parser("status", help="this node and its peers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.set_defaults(func=cmd_status)
     args = p.parse_args(argv)
     try:
-        answer = request(args.socket, "status")
-    except (FileNotFoundError, ConnectionRefusedError):
-        print(f"weft: weftd is not running (no socket at {args.socket})", file=sys.stderr)
+        args.func(args)
+    except CliError as e:
+        print(f"weft: {e}", file=sys.stderr)
         sys.exit(1)
-    except PermissionError:
-        print(f"weft: permission denied on {args.socket}: run as root", file=sys.stderr)
-        sys.exit(1)
-    if not answer.get("ok"):
-        print(f"weft: {answer.get('error', 'error')}", file=sys.stderr)
-        sys.exit(1)
-    if args.json:
-        print(json.dumps(answer["result"], indent=2))
-    else:
-        print_status(answer["result"])
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

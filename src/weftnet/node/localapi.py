@@ -12,17 +12,25 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import os
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+log = logging.getLogger("weftd.localapi")
 
 MAX_REQUEST_BYTES = 64 * 1024  # a request line longer than this is refused
 
 
-def status(daemon: Any) -> dict[str, Any]:
-    dev = daemon.device
+Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def wg_status(engine: Any) -> dict[str, Any]:
+    """Status of a plain WireGuard interface (``weftd --wg-config``)."""
+    dev = engine.device
     now = time.monotonic()
     wall = time.time()
     peers = []
@@ -40,22 +48,26 @@ def status(daemon: Any) -> dict[str, Any]:
                 "persistent_keepalive": peer.persistent_keepalive_s,
             }
         )
-    c = daemon.dp.counters
     return {
-        "interface": daemon.ifname,
+        "interface": engine.ifname,
         "public_key": base64.b64encode(dev.identity.public_key).decode(),
-        "listen_port": daemon.listen_port,
+        "listen_port": engine.listen_port,
         "peers": peers,
-        "counters": {
-            "rx_packets": c.rx_packets,
-            "tx_packets": c.tx_packets,
-            "drop_replay_or_auth": c.drop_replay_or_auth,
-            "drop_unknown_index": c.drop_unknown_index,
-            "drop_bad_source": c.drop_bad_source,
-            "drop_no_peer": c.drop_no_peer,
-            "drop_malformed": c.drop_malformed,
-            "drop_handshake": dict(c.drop_handshake),
-        },
+        "counters": counters(engine),
+    }
+
+
+def counters(engine: Any) -> dict[str, Any]:
+    c = engine.dp.counters
+    return {
+        "rx_packets": c.rx_packets,
+        "tx_packets": c.tx_packets,
+        "drop_replay_or_auth": c.drop_replay_or_auth,
+        "drop_unknown_index": c.drop_unknown_index,
+        "drop_bad_source": c.drop_bad_source,
+        "drop_no_peer": c.drop_no_peer,
+        "drop_malformed": c.drop_malformed,
+        "drop_handshake": dict(c.drop_handshake),
     }
 
 
@@ -66,7 +78,7 @@ def _peer_uid(writer: asyncio.StreamWriter) -> int:
     return int(uid)
 
 
-async def serve(path: str, daemon: Any) -> asyncio.AbstractServer:
+async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
@@ -77,7 +89,7 @@ async def serve(path: str, daemon: Any) -> asyncio.AbstractServer:
                 answer: dict[str, Any] = {"ok": False, "error": "the local API is root-only"}
             else:
                 line = await reader.readline()
-                answer = _dispatch(line, daemon)
+                answer = await _dispatch(line, handler)
             writer.write(json.dumps(answer).encode() + b"\n")
             await writer.drain()
         except (ConnectionError, OSError):
@@ -94,15 +106,18 @@ async def serve(path: str, daemon: Any) -> asyncio.AbstractServer:
     return server
 
 
-def _dispatch(line: bytes, daemon: Any) -> dict[str, Any]:
+async def _dispatch(line: bytes, handler: Handler) -> dict[str, Any]:
     try:
         req = json.loads(line)
-        cmd = req["cmd"]
-    except (ValueError, KeyError, TypeError):
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            raise ValueError
+    except ValueError:
         return {"ok": False, "error": 'bad request: send {"cmd": "status"}'}
-    if cmd == "status":
-        return {"ok": True, "result": status(daemon)}
-    return {"ok": False, "error": f"unknown command {cmd!r}"}
+    try:
+        return await handler(req)
+    except Exception as e:  # a bad request must never take the daemon down
+        log.exception("local API request %r failed", req.get("cmd"))
+        return {"ok": False, "error": f"internal error: {e}"}
 
 
 async def cleanup(path: str) -> None:
@@ -110,12 +125,12 @@ async def cleanup(path: str) -> None:
         os.unlink(path)
 
 
-def request(path: str, cmd: str, timeout_s: float = 5.0) -> dict[str, Any]:
+def request(path: str, cmd: str, timeout_s: float = 10.0, **args: Any) -> dict[str, Any]:
     """Client side: one request, one answer (used by the CLI and tests)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(path)
-        s.sendall(json.dumps({"cmd": cmd}).encode() + b"\n")
+        s.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
             chunk = s.recv(65536)

@@ -88,3 +88,29 @@ def configure_interface(
             except NetlinkError as e:
                 if e.code != 17:
                     raise
+
+
+def set_addresses(
+    name: str, addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface]
+) -> None:
+    """Make the addresses of ``name`` exactly ``addresses`` (link-local ones stay)."""
+    from pyroute2 import IPRoute
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    want = {(str(a.ip), a.network.prefixlen) for a in addresses}
+    with IPRoute() as ipr:
+        idx = ipr.link_lookup(ifname=name)[0]
+        have = set()
+        for msg in ipr.get_addr(index=idx):
+            addr = msg.get_attr("IFA_ADDRESS")
+            if addr is None or addr.startswith("fe80:"):
+                continue
+            have.add((addr, msg["prefixlen"]))
+        for addr, plen in have - want:
+            ipr.addr("del", index=idx, address=addr, prefixlen=plen)
+        for addr, plen in want - have:
+            try:
+                ipr.addr("add", index=idx, address=addr, prefixlen=plen)
+            except NetlinkError as e:
+                if e.code != 17:
+                    raise

@@ -226,6 +226,12 @@ class Device:
             self.allowed_ips.insert(ipaddress.ip_network(net, strict=False), peer)
         return peer
 
+    def set_allowed_ips(self, peer: Peer, allowed_ips: list[str] | tuple[str, ...]) -> None:
+        """Replace the networks routed to ``peer``."""
+        self.allowed_ips.remove_peer(peer)
+        for net in allowed_ips:
+            self.allowed_ips.insert(ipaddress.ip_network(net, strict=False), peer)
+
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key, None)
         if peer is None:

@@ -1,0 +1,463 @@
+"""weftd as a tailnet node: logs in to a coordination server and follows its map.
+
+States (as `weft status` shows them):
+
+    NeedsLogin  no accepted node key: `weft up --login-server URL [--auth-key K]`
+    Starting    logged in, waiting for the first map
+    Running     the map is applied: addresses set, peers configured
+    Stopped     `weft down`: no peers, no addresses; `weft up` resumes
+
+The node key is the WireGuard key. The last map is kept in the state directory, so a
+restarted weftd configures its peers at once and keeps the data plane running while the
+server is unreachable; the map stream reconnects with backoff in the background.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import signal
+import socket
+import time
+from typing import Any
+
+from weftnet import controlbox, tailcfg
+from weftnet.node import localapi
+from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays, dump
+from weftnet.node.engine import Engine
+from weftnet.node.state import NodeState
+from weftnet.wireguard.device import Peer
+
+log = logging.getLogger("weftd")
+
+DEFAULT_PORT = 41641
+DEFAULT_SOCKET = "/run/weft/weftd.sock"
+OVERLAY_ROUTES = [
+    ipaddress.ip_network("100.64.0.0/10"),
+    ipaddress.ip_network("fd7a:115c:a1e0::/48"),
+]
+PEER_KEEPALIVE_S = 25  # keeps NAT mappings open until path discovery takes this over
+UP_WAIT_S = 15.0  # `weft up` with a key waits this long for the first map
+HANDSHAKE_FRESH_S = 180.0  # a peer with a handshake this recent has a working path
+
+
+def local_endpoints(port: int, exclude_ifname: str) -> list[str]:
+    """The host's own addresses with our UDP port, for peers on the same network."""
+    from pyroute2 import IPRoute
+
+    out = []
+    with IPRoute() as ipr:
+        names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in ipr.get_links()}
+        for msg in ipr.get_addr():
+            name = names.get(msg["index"])
+            addr = msg.get_attr("IFA_ADDRESS")
+            if not addr or name in ("lo", exclude_ifname):
+                continue
+            ip = ipaddress.ip_address(addr)
+            if ip.is_loopback or ip.is_link_local or any(ip in n for n in OVERLAY_ROUTES):
+                continue
+            out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
+    return out
+
+
+def parse_endpoint(text: str) -> tuple[str, int] | None:
+    try:
+        host, _, port = text.rpartition(":")
+        host = host.strip("[]")
+        ipaddress.ip_address(host)
+        return host, int(port)
+    except ValueError:
+        return None
+
+
+class NodeDaemon:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.state = NodeState.load(args.state_dir)
+        self.engine = Engine(
+            self.state.node_private,
+            args.tun,
+            args.port if args.port is not None else DEFAULT_PORT,
+            rekey_after_time_s=args.rekey_after_seconds,
+        )
+        self.engine.configure([], OVERLAY_ROUTES)
+        self.socket_path = args.socket or DEFAULT_SOCKET
+        self.backend_state = "NeedsLogin"
+        self.control: ControlClient | None = None
+        self.map_task: asyncio.Task[None] | None = None
+        self.login_task: asyncio.Task[None] | None = None
+        self.auth_url: str | None = None
+        self.last_error: str | None = None
+        self.online = False  # the map stream is connected
+        self.self_node: dict[str, Any] | None = None
+        self.peers: dict[int, dict[str, Any]] = {}  # node id -> Node (as JSON)
+        self.dns_domain: str | None = None
+        self._peer_by_id: dict[int, Peer] = {}
+        self._map_endpoint: dict[int, str | None] = {}
+        self._first_map = asyncio.Event()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        self._first_map = asyncio.Event()
+        self.engine.start()
+        server = await localapi.serve(self.socket_path, self.handle_request)
+        log.info(
+            "weftd up: interface %s, UDP port %d, state %s",
+            self.engine.ifname,
+            self.engine.listen_port,
+            self.state.directory,
+        )
+        prefs = self.state.prefs
+        if prefs.registered and prefs.login_server:
+            cached = self.state.load_netmap()
+            if cached and prefs.want_running:
+                await self._apply(tailcfg.MapResponse.model_validate(cached), persist=False)
+                log.info("applied the last network map (%d peers)", len(self.peers))
+            self.control = ControlClient(self.state, prefs.login_server)
+            if prefs.want_running:
+                self.backend_state = "Running" if cached else "Starting"
+                self._start_map_loop()
+            else:
+                self.backend_state = "Stopped"
+        try:
+            await stop.wait()
+        finally:
+            log.info("weftd stopping")
+            for task in (self.map_task, self.login_task):
+                if task is not None:
+                    task.cancel()
+            server.close()
+            await localapi.cleanup(self.socket_path)
+            if self.control is not None:
+                await self.control.close()
+            self.engine.close()
+
+    # -- the local API ----------------------------------------------------------------
+
+    async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return {"ok": True, "result": self.status()}
+        if cmd == "up":
+            return await self.up(req)
+        if cmd == "down":
+            return await self.down()
+        if cmd == "logout":
+            return await self.logout()
+        if cmd == "ip":
+            return {"ok": True, "result": [str(a.ip) for a in self.engine.addresses]}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    async def up(self, req: dict[str, Any]) -> dict[str, Any]:
+        server = req.get("login_server") or self.state.prefs.login_server
+        if not server:
+            return {"ok": False, "error": "no coordination server: pass --login-server URL"}
+        if not str(server).startswith(("http://", "https://")):
+            return {"ok": False, "error": f"--login-server must be an http(s) URL, not {server!r}"}
+        hostname = req.get("hostname") or self.state.prefs.hostname or socket.gethostname()
+        auth_key = req.get("auth_key")
+        prefs = self.state.prefs
+        other = prefs.login_server and prefs.login_server.rstrip("/") != server.rstrip("/")
+        if other and prefs.registered:
+            return {
+                "ok": False,
+                "error": f"logged in to {prefs.login_server}: run `weft logout` first",
+            }
+        if self.control is None or self.control.url != server.rstrip("/"):
+            if self.control is not None:
+                await self.control.close()
+            self.control = ControlClient(self.state, server)
+        prefs.login_server = server.rstrip("/")
+        prefs.hostname = hostname
+        if prefs.registered and not auth_key:
+            prefs.want_running = True
+            self.state.save_prefs()
+            self._start_map_loop()
+            return await self._wait_running()
+        try:
+            resp = await self.control.register(auth_key=auth_key, hostname=hostname)
+        except ControlError as e:
+            return {"ok": False, "error": str(e)}
+        if resp.error:
+            return {"ok": False, "error": resp.error}
+        if resp.machine_authorized:
+            self._logged_in()
+            return await self._wait_running()
+        if resp.auth_url:
+            self.auth_url = resp.auth_url
+            self.backend_state = "NeedsLogin"
+            if self.login_task is not None:
+                self.login_task.cancel()
+            self.login_task = asyncio.create_task(self._wait_login(resp.auth_url, hostname))
+            return {"ok": True, "result": {"state": "NeedsLogin", "auth_url": resp.auth_url}}
+        return {"ok": False, "error": "the server neither accepted nor offered a login"}
+
+    def _logged_in(self) -> None:
+        prefs = self.state.prefs
+        prefs.registered = True
+        prefs.want_running = True
+        self.state.save_prefs()
+        self.auth_url = None
+        self.backend_state = "Starting"
+        self._start_map_loop()
+
+    async def _wait_running(self) -> dict[str, Any]:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._first_map.wait(), UP_WAIT_S)
+        if self.backend_state == "Running":
+            return {"ok": True, "result": {"state": "Running"}}
+        msg = self.last_error or "no network map from the server yet"
+        return {"ok": True, "result": {"state": self.backend_state, "message": msg}}
+
+    async def _wait_login(self, auth_url: str, hostname: str) -> None:
+        assert self.control is not None
+        delays = backoff_delays()
+        while True:
+            try:
+                resp = await self.control.register(hostname=hostname, followup=auth_url)
+            except ControlError as e:
+                self.last_error = str(e)
+                await asyncio.sleep(next(delays))
+                continue
+            if resp.error:
+                self.last_error = resp.error
+                self.backend_state = "NeedsLogin"
+                return
+            if resp.machine_authorized:
+                self._logged_in()
+                return
+
+    async def down(self) -> dict[str, Any]:
+        self.state.prefs.want_running = False
+        self.state.save_prefs()
+        await self._stop_map_loop()
+        await self._clear_network()
+        self.backend_state = "Stopped"
+        return {"ok": True, "result": {"state": "Stopped"}}
+
+    async def logout(self) -> dict[str, Any]:
+        if self.control is not None and self.state.prefs.registered:
+            with contextlib.suppress(ControlError):
+                await self.control.register(logout=True, hostname=self.state.prefs.hostname or "")
+        await self._stop_map_loop()
+        await self._clear_network()
+        prefs = self.state.prefs
+        prefs.registered = False
+        prefs.want_running = False
+        prefs.login_server = None
+        self.state.save_prefs()
+        self.state.save_netmap(None)
+        self.engine.replace_device(self.state.rotate_node_key())
+        self.backend_state = "NeedsLogin"
+        return {"ok": True, "result": {"state": "NeedsLogin"}}
+
+    # -- the map stream ---------------------------------------------------------------
+
+    def _start_map_loop(self) -> None:
+        if self.map_task is None or self.map_task.done():
+            self.map_task = asyncio.create_task(self._map_loop())
+
+    async def _stop_map_loop(self) -> None:
+        if self.map_task is not None:
+            self.map_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.map_task
+            self.map_task = None
+        self.online = False
+
+    async def _map_loop(self) -> None:
+        assert self.control is not None
+        loop = asyncio.get_running_loop()
+        delays = backoff_delays()
+        while True:
+            try:
+                endpoints = await loop.run_in_executor(
+                    None, local_endpoints, self.engine.listen_port, self.engine.ifname
+                )
+                hostname = self.state.prefs.hostname or socket.gethostname()
+                async for resp in self.control.map_stream(endpoints, hostname):
+                    if not self.online:
+                        self.online = True
+                        delays = backoff_delays()
+                        log.info("connected to %s", self.control.url)
+                    if resp.error:
+                        await self._server_said_no(resp.error)
+                        return
+                    if not resp.keepalive:
+                        await self._apply(resp)
+            except ControlError as e:
+                self.last_error = str(e)
+                log.warning("%s", e)
+            self.online = False
+            await asyncio.sleep(next(delays))
+
+    async def _server_said_no(self, error: str) -> None:
+        log.warning("the coordination server says: %s", error)
+        self.last_error = error
+        self.online = False
+        await self._clear_network()
+        self.state.prefs.registered = False
+        self.state.save_prefs()
+        self.state.save_netmap(None)
+        self.backend_state = "NeedsLogin"
+
+    async def _clear_network(self) -> None:
+        for pid in list(self._peer_by_id):
+            self._remove_peer(pid)
+        self.peers.clear()
+        self.self_node = None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.engine.update_addresses, [])
+
+    # -- applying a map ---------------------------------------------------------------
+
+    async def _apply(self, resp: tailcfg.MapResponse, persist: bool = True) -> None:
+        if resp.node is not None:
+            new_self = dump(resp.node)
+            if self.self_node is None or new_self["addresses"] != self.self_node["addresses"]:
+                addrs = [ipaddress.ip_interface(a) for a in new_self["addresses"]]
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(None, self.engine.update_addresses, addrs)
+            self.self_node = new_self
+        if resp.dns_domain is not None:
+            self.dns_domain = resp.dns_domain
+        if resp.peers is not None:
+            self.peers = {n.id: dump(n) for n in resp.peers}
+        for n in resp.peers_changed:
+            self.peers[n.id] = dump(n)
+        for pid in resp.peers_removed:
+            self.peers.pop(pid, None)
+        self._reconcile()
+        if persist:
+            self.state.save_netmap(
+                {
+                    "node": self.self_node,
+                    "peers": list(self.peers.values()),
+                    "dns_domain": self.dns_domain,
+                }
+            )
+        if self.self_node is not None and self.self_node.get("expired"):
+            self.backend_state = "NeedsLogin"
+            self.last_error = "this node's key has expired: run `weft up` to log in again"
+        elif self.state.prefs.want_running:
+            self.backend_state = "Running"
+            self._first_map.set()
+
+    def _choose_endpoint(self, node: dict[str, Any]) -> tuple[str, int] | None:
+        eps = node.get("endpoints") or []
+        if not eps:
+            return None
+        mine = (self.self_node or {}).get("endpoints") or []
+        my_public = parse_endpoint(mine[0]) if mine else None
+        theirs = parse_endpoint(eps[0])
+        # Behind the same NAT (the server saw us both from one address): use the LAN one.
+        if my_public and theirs and my_public[0] == theirs[0] and len(eps) > 1:
+            return parse_endpoint(eps[1])
+        return theirs
+
+    def _remove_peer(self, pid: int) -> None:
+        peer = self._peer_by_id.pop(pid, None)
+        self._map_endpoint.pop(pid, None)
+        if peer is not None:
+            self.engine.device.remove_peer(peer.public_key)
+
+    def _reconcile(self) -> None:
+        """Make the device's peers exactly the map's (expired ones left out)."""
+        device = self.engine.device
+        now = time.monotonic()
+        wanted = {
+            pid: n
+            for pid, n in self.peers.items()
+            if not n.get("expired") and (self.self_node is None or pid != self.self_node["id"])
+        }
+        if self.self_node is not None and self.self_node.get("expired"):
+            wanted = {}
+        for pid in list(self._peer_by_id):
+            if pid not in wanted:
+                self._remove_peer(pid)
+        transmits = []
+        for pid, n in wanted.items():
+            try:
+                key = controlbox.key_from_text(tailcfg.NODE_KEY_PREFIX, n["node_key"])
+            except ValueError:
+                log.warning("peer %s has a malformed node key; ignored", n.get("name"))
+                continue
+            peer = self._peer_by_id.get(pid)
+            if peer is not None and peer.public_key != key:
+                self._remove_peer(pid)  # the peer logged in again with a new node key
+                peer = None
+            chosen = self._choose_endpoint(n)
+            if peer is None:
+                if key == device.identity.public_key or key in device.peers:
+                    continue
+                peer = device.add_peer(
+                    key,
+                    n["allowed_ips"],
+                    endpoint=chosen,
+                    persistent_keepalive_s=PEER_KEEPALIVE_S,
+                )
+                self._peer_by_id[pid] = peer
+                self._map_endpoint[pid] = n["endpoints"][0] if n["endpoints"] else None
+                # Speak first: a node behind NAT opens its mapping, and the peer learns it.
+                transmits += device.send_keepalive(peer, now)
+                continue
+            device.set_allowed_ips(peer, n["allowed_ips"])
+            first = n["endpoints"][0] if n["endpoints"] else None
+            if first != self._map_endpoint.get(pid):
+                self._map_endpoint[pid] = first
+                peer.endpoint = chosen
+        self.engine.dp.config_changed()
+        if transmits:
+            self.engine.dp.send_transmits(transmits)
+        self.engine.rearm()
+
+    # -- status -----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        wall = time.time()
+        peers = []
+        for pid, n in sorted(self.peers.items()):
+            peer = self._peer_by_id.get(pid)
+            last = peer.last_handshake_at if peer else None
+            fresh = last is not None and now - last < HANDSHAKE_FRESH_S
+            peers.append(
+                {
+                    "id": pid,
+                    "hostname": n["given_name"] or n["name"],
+                    "ips": [a.split("/")[0] for a in n["addresses"]],
+                    "online": n.get("online", False),
+                    "path": "direct" if peer is not None and peer.endpoint and fresh else "none",
+                    "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}"
+                    if peer is not None and peer.endpoint
+                    else None,
+                    "relay": None,
+                    "rx_bytes": peer.rx_bytes if peer else 0,
+                    "tx_bytes": peer.tx_bytes if peer else 0,
+                    "last_handshake": None if last is None else wall - (now - last),
+                    "expired": n.get("expired", False),
+                }
+            )
+        me = self.self_node or {}
+        return {
+            "backend_state": self.backend_state,
+            "auth_url": self.auth_url,
+            "error": self.last_error if self.backend_state != "Running" else None,
+            "self": {
+                "hostname": me.get("given_name") or self.state.prefs.hostname,
+                "ips": [str(a.ip) for a in self.engine.addresses],
+                "online": self.online,
+                "login_server": self.state.prefs.login_server,
+            },
+            "peers": peers,
+            "dns_domain": self.dns_domain,
+            "counters": localapi.counters(self.engine),
+        }
