@@ -113,4 +113,3 @@ class FrameReader:
             out.append(bytes(self._buf[4 : 4 + n]))
             del self._buf[: 4 + n]
         return out
-
