@@ -73,6 +73,22 @@ def parse_endpoint(text: str) -> tuple[str, int] | None:
         return None
 
 
+def choose_endpoint(mine: list[str], theirs: list[str]) -> tuple[str, int] | None:
+    """Where to send a peer's packets, from both nodes' endpoint lists (first entry: the
+    address the server saw, the rest: reported local addresses). Until path discovery
+    measures paths, take the server-seen one, or the local one when the server saw both
+    of us come from the same public address (the same NAT)."""
+    if not theirs:
+        return None
+    their_public = parse_endpoint(theirs[0])
+    my_public = parse_endpoint(mine[0]) if mine else None
+    if my_public and their_public and my_public[0] == their_public[0]:
+        for candidate in theirs[1:]:
+            if (ep := parse_endpoint(candidate)) is not None:
+                return ep
+    return their_public
+
+
 class NodeDaemon:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -351,18 +367,6 @@ class NodeDaemon:
             self.backend_state = "Running"
             self._first_map.set()
 
-    def _choose_endpoint(self, node: dict[str, Any]) -> tuple[str, int] | None:
-        eps = node.get("endpoints") or []
-        if not eps:
-            return None
-        mine = (self.self_node or {}).get("endpoints") or []
-        my_public = parse_endpoint(mine[0]) if mine else None
-        theirs = parse_endpoint(eps[0])
-        # Behind the same NAT (the server saw us both from one address): use the LAN one.
-        if my_public and theirs and my_public[0] == theirs[0] and len(eps) > 1:
-            return parse_endpoint(eps[1])
-        return theirs
-
     def _remove_peer(self, pid: int) -> None:
         peer = self._peer_by_id.pop(pid, None)
         self._map_endpoint.pop(pid, None)
@@ -394,7 +398,7 @@ class NodeDaemon:
             if peer is not None and peer.public_key != key:
                 self._remove_peer(pid)  # the peer logged in again with a new node key
                 peer = None
-            chosen = self._choose_endpoint(n)
+            chosen = choose_endpoint((self.self_node or {}).get("endpoints") or [], n["endpoints"])
             if peer is None:
                 if key == device.identity.public_key or key in device.peers:
                     continue
