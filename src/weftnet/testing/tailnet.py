@@ -113,7 +113,7 @@ class Node:
         return r
 
     def status(self) -> dict[str, Any]:
-        return json.loads(self.weft("status", "--json").stdout)  # type: ignore[no-any-return]
+        return json.loads(self.weft("status", "--json").stdout)
 
     def ip4(self) -> str:
         return str(self.weft("ip", "-4").stdout.strip())
