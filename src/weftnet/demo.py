@@ -1,19 +1,22 @@
-"""`make demo`: weftd peers in network namespaces, then a wireguard-go peer.
+"""`make demo`: a tailnet in network namespaces, then a plain WireGuard peer.
 
-Builds a small lab (198.18.0.0/24 "internet"), runs weftd on alice and bob, and Debian's
-wireguard-go on carol; alice knows both. It shows each ping across the tunnels and
-alice's `weft status`, then removes everything (also on failure or Ctrl-C).
+1. A coordination server on a public host (198.18.0.0/24 is the lab's "internet"), one
+   node on the internet and two behind NAT routers of their own. They join with one
+   auth key; each `weft status` is shown, then every node pings every other.
+2. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
+
+Everything is removed at the end, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from weftnet.testing.netlab import Host, Lab
+from weftnet.testing.tailnet import Node, start_control, start_node
 from weftnet.testing.wgpeers import (
     Peer,
     generate_keypair,
@@ -31,58 +34,72 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def ping(host: Host, addr: str) -> bool:
+def ping(host: Host, addr: str, label: str = "") -> bool:
     r = host.run(["ping", "-c", "3", "-i", "0.2", "-W", "3", addr], check=False, timeout=20)
-    lines = [ln for ln in r.stdout.splitlines() if "bytes from" in ln or "packet loss" in ln]
-    for ln in lines:
-        print(f"   {host.name}$ {ln}")
+    summary = [ln for ln in r.stdout.splitlines() if "packet loss" in ln or "rtt" in ln]
+    print(f"   {host.name} -> {label or addr}: {' / '.join(summary) or r.stderr.strip()}")
     return r.returncode == 0
 
 
-def main() -> int:
+def tailnet(lab: Lab, tmp: Path) -> bool:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl = lab.host("ctl", inet)
+    pub = lab.host("laptop", inet)
+    nat1 = lab.nat_router("home", upstream=inet, kind="easy")
+    nat2 = lab.nat_router("office", upstream=inet, kind="easy")
+    n1 = lab.host("server", nat1.lan)
+    n2 = lab.host("desktop", nat2.lan)
+    say(
+        f"coordination server on {ctl.ip}; laptop {pub.ip} on the internet; server "
+        f"{n1.ip} behind NAT {nat1.wan_ip}; desktop {n2.ip} behind NAT {nat2.wan_ip}"
+    )
+    control = start_control(tmp, ctl)
+    control.admin("users", "create", "alice@example.com")
+    key = control.admin("keys", "create", "--user", "alice@example.com", "--reusable").strip()
+    print(f"   weft-control keys create --user alice@example.com --reusable -> {key[:20]}...")
+    nodes: list[Node] = [start_node(tmp, h, h.name) for h in (pub, n1, n2)]
+    for n in nodes:
+        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+        print(f"   {n.host.name}$ weft up --login-server {control.url} --auth-key ... -> "
+              f"{n.ip4()}")  # fmt: skip
     ok = True
+    say("every node pings every other over its 100.x address")
+    ips = {n.host.name: n.ip4() for n in nodes}
+    for a in nodes:
+        for b in nodes:
+            if a is not b:
+                ok &= ping(a.host, ips[b.host.name], f"{b.host.name} ({ips[b.host.name]})")
+    for n in nodes:
+        say(f"{n.host.name}$ weft status")
+        print(n.weft("status").stdout.rstrip())
+    return ok
+
+
+def wireguard_interop(lab: Lab, tmp: Path) -> bool:
+    inet = lab.segment("wgnet", "198.18.100.0/24")
+    alice, carol = lab.host("alice", inet), lab.host("carol", inet)
+    ka, kc = generate_keypair(), generate_keypair()
+    say(f"plain WireGuard: weftd on alice {alice.ip}, Debian's wireguard-go on carol {carol.ip}")
+    write_wg_quick_config(
+        tmp / "alice.conf", ka.private, overlay_cidrs(1), PORT, 1420,
+        [Peer(kc.public, overlay_cidrs(3), f"{carol.ip}:{PORT}")],
+    )  # fmt: skip
+    start_weftd(alice, "wg0", tmp / "alice.conf")
+    start_wireguard_go(
+        carol, "wg0", kc.private, PORT, overlay_cidrs(3),
+        [Peer(ka.public, overlay_cidrs(1), f"{alice.ip}:{PORT}")],
+    )  # fmt: skip
+    a4, a6 = overlay_ips(1)
+    c4, c6 = overlay_ips(3)
+    return ping(alice, c4) & ping(carol, a4) & ping(alice, c6) & ping(carol, a6)
+
+
+def main() -> int:
+    start = time.monotonic()
     with Lab() as lab, tempfile.TemporaryDirectory(prefix="weft-demo-") as tmpdir:
-        tmp = Path(tmpdir)
-        inet = lab.segment("inet", "198.18.0.0/24")
-        alice, bob, carol = (lab.host(n, inet) for n in ("alice", "bob", "carol"))
-        ka, kb, kc = generate_keypair(), generate_keypair(), generate_keypair()
-        say(f"alice {alice.ip}, bob {bob.ip} run weftd; carol {carol.ip} runs wireguard-go")
-        write_wg_quick_config(
-            tmp / "alice.conf",
-            ka.private,
-            overlay_cidrs(1),
-            PORT,
-            1420,
-            [
-                Peer(kb.public, overlay_cidrs(2), f"{bob.ip}:{PORT}"),
-                Peer(kc.public, overlay_cidrs(3), f"{carol.ip}:{PORT}"),
-            ],
-        )
-        write_wg_quick_config(
-            tmp / "bob.conf", kb.private, overlay_cidrs(2), PORT, 1420,
-            [Peer(ka.public, overlay_cidrs(1), f"{alice.ip}:{PORT}")],
-        )  # fmt: skip
-        sock = str(tmp / "alice.sock")
-        start_weftd(alice, "weft0", tmp / "alice.conf", ["--socket", sock])
-        start_weftd(bob, "weft0", tmp / "bob.conf")
-        start_wireguard_go(
-            carol, "wg0", kc.private, PORT, overlay_cidrs(3),
-            [Peer(ka.public, overlay_cidrs(1), f"{alice.ip}:{PORT}")],
-        )  # fmt: skip
-        a4, a6 = overlay_ips(1)
-        b4, b6 = overlay_ips(2)
-        c4, c6 = overlay_ips(3)
-        say("weftd <-> weftd")
-        ok &= ping(alice, b4) & ping(bob, a4) & ping(alice, b6) & ping(bob, a6)
-        say("weftd <-> wireguard-go")
-        ok &= ping(alice, c4) & ping(carol, a4) & ping(alice, c6) & ping(carol, a6)
-        time.sleep(0.2)  # let the last replies be counted before the status snapshot
-        say("alice: weft status")
-        subprocess.run(
-            alice.exec_argv([sys.executable, "-m", "weftnet.cli.main", "--socket", sock, "status"]),
-            check=False,
-        )
-        say("all pings answered" if ok else "SOME PINGS FAILED")
+        ok = tailnet(lab, Path(tmpdir))
+        ok &= wireguard_interop(lab, Path(tmpdir))
+    say(f"{'all pings answered' if ok else 'SOME PINGS FAILED'} ({time.monotonic() - start:.0f} s)")
     return 0 if ok else 1
 
 

@@ -22,7 +22,7 @@ from weftnet.node.state import NodeState, Pin
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0  # longer than the server's keepalive interval and login long-poll
 BACKOFF_START_S = 0.5
-BACKOFF_MAX_S = 15.0
+BACKOFF_MAX_S = 8.0  # a restarted server sees every node back within ~10 s
 
 
 class ControlError(Exception):
