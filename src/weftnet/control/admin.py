@@ -1,0 +1,319 @@
+"""Rules for what an admin does: users, auth keys, API keys, nodes, approving logins.
+
+Every method is one transaction; a refusal raises ``Invalid``, ``NotFound``,
+``Conflict`` or ``Unauthorized`` before anything commits. Keys are shown once, at
+creation; the store keeps only their prefix and hash (``credentials``).
+"""
+
+from __future__ import annotations
+
+from weftnet.control import credentials, names
+from weftnet.control.core import (
+    DEFAULT_AUTH_KEY_EXPIRY_S,
+    DEFAULT_DNS_DOMAIN,
+    DEFAULT_NODE_KEY_EXPIRY_S,
+    Conflict,
+    Invalid,
+    NotFound,
+    Refused,
+    Registered,
+    ServiceCore,
+    Settings,
+    Unauthorized,
+)
+from weftnet.control.records import (
+    ApiKey,
+    AuthKey,
+    NewApiKey,
+    NewAuthKey,
+    Node,
+    Tx,
+    User,
+)
+
+
+class AdminRules(ServiceCore):
+    def load_settings(self, node_key_expiry: str | None, dns_domain: str | None) -> Settings:
+        """Settings given now are saved; ones not given come from the database or defaults."""
+
+        def apply(tx: Tx) -> Settings:
+            if node_key_expiry is not None:
+                tx.set_setting("node_key_expiry", node_key_expiry)
+            if dns_domain is not None:
+                tx.set_setting("dns_domain", dns_domain)
+            expiry = tx.get_setting("node_key_expiry")
+            domain = tx.get_setting("dns_domain")
+            return Settings(
+                node_key_expiry_s=(
+                    names.parse_duration(expiry) if expiry else DEFAULT_NODE_KEY_EXPIRY_S
+                ),
+                dns_domain=domain or DEFAULT_DNS_DOMAIN,
+                pending_ttl_s=self.settings.pending_ttl_s,
+            )
+
+        if node_key_expiry is not None:
+            self._parse_duration(node_key_expiry)
+        if dns_domain is not None and not all(
+            names.dns_label(part) == part for part in dns_domain.split(".")
+        ):
+            raise Invalid(f"invalid DNS domain {dns_domain!r}: e.g. weft.internal")
+        self.settings = self._write(apply)
+        return self.settings
+
+    def create_user(self, name: str, now: float) -> User:
+        try:
+            name = names.check_user_name(name)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+
+        def add(tx: Tx) -> User:
+            if tx.user_by_name(name) is not None:
+                raise Conflict(f"user {name} already exists")
+            return tx.add_user(name, now)
+
+        return self._write(add)
+
+    def list_users(self) -> list[User]:
+        return self._read(lambda tx: tx.users())
+
+    def delete_user(self, name: str, force: bool = False) -> int:
+        """Delete a user (and its auth keys); returns how many nodes went with it."""
+
+        def delete(tx: Tx) -> int:
+            user = self._user(tx, name)
+            nodes = tx.nodes(user.id)
+            if nodes and not force:
+                raise Conflict(
+                    f"user {name} still has {len(nodes)} node(s):"
+                    " delete them first or use --force to delete them too"
+                )
+            for node in nodes:
+                tx.delete_node(node.id)
+            tx.delete_user(user.id)
+            return len(nodes)
+
+        deleted = self._write(delete)
+        if deleted:
+            self.feed.publish()
+        return deleted
+
+    def create_auth_key(
+        self,
+        now: float,
+        user: str | None = None,
+        *,
+        reusable: bool = False,
+        ephemeral: bool = False,
+        tags: tuple[str, ...] | list[str] = (),
+        expiration: str | None = None,
+    ) -> tuple[str, AuthKey]:
+        """A new auth key: (the key text, shown once, and its record)."""
+        try:
+            tag_set = names.check_tags(tags)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+        if user is None and not tag_set:
+            raise Invalid("an auth key needs --user, or --tags for tagged nodes")
+        lifetime = self._parse_duration(expiration) if expiration else DEFAULT_AUTH_KEY_EXPIRY_S
+        text, prefix = credentials.new_key(credentials.AUTH_KEY_KIND, self._random)
+
+        def add(tx: Tx) -> AuthKey:
+            owner = self._user(tx, user) if user is not None else None
+            return tx.add_auth_key(
+                NewAuthKey(
+                    prefix=prefix,
+                    key_hash=credentials.key_hash(text),
+                    user_id=owner.id if owner else None,
+                    reusable=reusable,
+                    ephemeral=ephemeral,
+                    tags=tag_set,
+                    created_at=now,
+                    expires_at=now + lifetime,
+                )
+            )
+
+        return text, self._write(add)
+
+    def list_auth_keys(self, user: str | None = None) -> list[tuple[AuthKey, User | None]]:
+        def listing(tx: Tx) -> list[tuple[AuthKey, User | None]]:
+            owner = self._user(tx, user) if user is not None else None
+            keys = tx.auth_keys(owner.id if owner else None)
+            return [(k, tx.user_by_id(k.user_id) if k.user_id else None) for k in keys]
+
+        return self._read(listing)
+
+    def revoke_auth_key(self, prefix_or_id: str, now: float) -> AuthKey:
+        def revoke(tx: Tx) -> AuthKey:
+            key = self._find_auth_key(tx, prefix_or_id)
+            tx.revoke_auth_key(key.id, now)
+            revoked = tx.auth_key_by_id(key.id)
+            assert revoked is not None
+            return revoked
+
+        return self._write(revoke)
+
+    @staticmethod
+    def _find_auth_key(tx: Tx, ref: str) -> AuthKey:
+        ref = ref.strip()
+        key: AuthKey | None = None
+        if ref.isdigit():
+            key = tx.auth_key_by_id(int(ref))
+        if key is None:
+            prefix = ref
+            if ref.startswith(credentials.AUTH_KEY_KIND + "-"):
+                prefix = ref.split("-")[1]
+            key = tx.auth_key_by_prefix(prefix)
+        if key is None:
+            raise NotFound(f"no auth key {ref}: see `weft-control keys list`")
+        return key
+
+    def create_api_key(
+        self, now: float, expiration: str | None = None, description: str = ""
+    ) -> tuple[str, ApiKey]:
+        lifetime = self._parse_duration(expiration) if expiration else None
+        text, prefix = credentials.new_key(credentials.API_KEY_KIND, self._random)
+        record = self._write(
+            lambda tx: tx.add_api_key(
+                NewApiKey(
+                    prefix=prefix,
+                    key_hash=credentials.key_hash(text),
+                    description=description[:200],
+                    created_at=now,
+                    expires_at=now + lifetime if lifetime else None,
+                )
+            )
+        )
+        return text, record
+
+    def check_api_key(self, text: str, now: float) -> ApiKey:
+        """The API key ``text`` names, if it is valid now; Unauthorized otherwise."""
+        try:
+            prefix = credentials.key_prefix(credentials.API_KEY_KIND, text)
+        except ValueError:
+            raise Unauthorized("malformed API key: expected weftapi-<prefix>-<secret>") from None
+        key = self._read(lambda tx: tx.api_key_by_prefix(prefix))
+        if key is None or not credentials.key_matches(text, key.key_hash):
+            raise Unauthorized("API key not valid")
+        if key.revoked_at is not None:
+            raise Unauthorized("API key has been revoked")
+        if key.expires_at is not None and key.expires_at <= now:
+            raise Unauthorized("API key has expired: create a new one")
+        if key.last_used_at is None or now - key.last_used_at > 60:
+            self._write(lambda tx: tx.touch_api_key(key.id, now))
+        return key
+
+    def list_api_keys(self) -> list[ApiKey]:
+        return self._read(lambda tx: tx.api_keys())
+
+    def revoke_api_key(self, prefix: str, now: float) -> ApiKey:
+        ref = prefix.strip()
+        if ref.startswith(credentials.API_KEY_KIND + "-"):
+            ref = ref.split("-")[1]
+
+        def revoke(tx: Tx) -> ApiKey:
+            key = tx.api_key_by_prefix(ref)
+            if key is None and ref.isdigit():
+                key = next((k for k in tx.api_keys() if k.id == int(ref)), None)
+            if key is None:
+                raise NotFound(f"no API key {prefix}: see `weft-control apikeys list`")
+            tx.revoke_api_key(key.id, now)
+            return key
+
+        return self._write(revoke)
+
+    def list_nodes(self, user: str | None = None) -> list[tuple[Node, User | None]]:
+        def listing(tx: Tx) -> list[tuple[Node, User | None]]:
+            owner = self._user(tx, user) if user is not None else None
+            nodes = tx.nodes(owner.id if owner else None)
+            return [(n, tx.user_by_id(n.user_id) if n.user_id else None) for n in nodes]
+
+        return self._read(listing)
+
+    def get_node(self, node_id: int) -> Node:
+        node = self._read(lambda tx: tx.node_by_id(node_id))
+        if node is None:
+            raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
+        return node
+
+    def delete_node(self, node_id: int) -> Node:
+        def delete(tx: Tx) -> Node:
+            node = self._node(tx, node_id)
+            tx.delete_node(node.id)
+            return node
+
+        node = self._write(delete)
+        self.feed.publish()
+        return node
+
+    def expire_node(self, node_id: int, now: float) -> Node:
+        def expire(tx: Tx) -> Node:
+            node = self._node(tx, node_id)
+            if node.expired_at(now):
+                return node
+            return tx.update_node(node.id, key_expiry=now)
+
+        node = self._write(expire)
+        self.feed.publish()
+        return node
+
+    def rename_node(self, node_id: int, name: str) -> Node:
+        try:
+            name = names.check_given_name(name)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+
+        def rename(tx: Tx) -> Node:
+            node = self._node(tx, node_id)
+            if node.given_name == name:
+                return node
+            if tx.given_name_taken(name):
+                raise Conflict(f"the name {name} is taken by another node")
+            return tx.update_node(node.id, given_name=name)
+
+        node = self._write(rename)
+        self.feed.publish()
+        return node
+
+    def register_by_code(self, user: str, code: str, now: float) -> Registered:
+        """An admin approves an interactive login: the node is created (or re-keyed)."""
+        code = code.strip()
+        if code.startswith(("http://", "https://")):
+            try:
+                code = credentials.code_from_url(code)
+            except ValueError as e:
+                raise Invalid(str(e)) from None
+        if not credentials.is_code(code):
+            raise Invalid(f"malformed code {code!r}: it is the last part of the login URL")
+
+        def approve(tx: Tx) -> Registered:
+            tx.lock_addresses()
+            owner = self._user(tx, user)
+            pending = tx.pending_by_code(code)
+            if pending is None or pending.expires_at <= now:
+                raise NotFound(
+                    f"no pending login with code {code} (codes expire after"
+                    f" {names.format_duration(self.settings.pending_ttl_s)}): run weft up again"
+                )
+            if pending.node_id is not None:
+                raise Conflict(f"the login with code {code} was already approved")
+            try:
+                self._check_node_key_owner(tx, pending.machine_key, pending.node_key)
+            except Refused as e:
+                raise Conflict(str(e)) from None
+            node = self._upsert_node(
+                tx,
+                machine_key=pending.machine_key,
+                node_key=pending.node_key,
+                hostname=pending.hostname,
+                user_id=owner.id,
+                tags=(),
+                ephemeral=False,
+                auth_key_id=None,
+                now=now,
+            )
+            tx.approve_pending(pending.id, node.id)
+            return Registered(node, owner)
+
+        registered = self._write(approve)
+        self.feed.publish()
+        return registered

@@ -1,0 +1,209 @@
+"""The service's foundations: errors, settings, and the transaction plumbing.
+
+``ServiceCore`` holds what the admin rules (``admin.py``) and the node-protocol rules
+(``registration.py``) share: the store, the change feed, the source of randomness, and
+the helpers that find users and nodes or create a node with fresh addresses.
+``service.ControlService`` puts the two halves together.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from weftnet import controlbox, tailcfg
+from weftnet.control import ipam, names
+from weftnet.control.records import (
+    ChangeFeed,
+    NewNode,
+    Node,
+    NullFeed,
+    Store,
+    StoreConflict,
+    Tx,
+    User,
+)
+
+DEFAULT_NODE_KEY_EXPIRY_S = 180 * 86400.0
+DEFAULT_AUTH_KEY_EXPIRY_S = 90 * 86400.0
+DEFAULT_DNS_DOMAIN = "weft.internal"
+PENDING_TTL_S = 30 * 60.0  # an interactive login code is good for this long
+WRITE_ATTEMPTS = 8  # a transaction refused by a unique constraint is retried this often
+MAX_ENDPOINTS = 32  # endpoints a node may report in one map request
+
+T = TypeVar("T")
+
+
+class ServiceError(Exception):
+    """A refusal with a message a user can act on."""
+
+
+class Invalid(ServiceError):
+    pass
+
+
+class NotFound(ServiceError):
+    pass
+
+
+class Conflict(ServiceError):
+    pass
+
+
+class Unauthorized(ServiceError):
+    pass
+
+
+class Refused(ServiceError):
+    """The node protocol refuses this request; the message goes into ``error``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node_key_expiry_s: float = DEFAULT_NODE_KEY_EXPIRY_S
+    dns_domain: str = DEFAULT_DNS_DOMAIN
+    pending_ttl_s: float = PENDING_TTL_S
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Every node and user at one moment: what the map hub builds maps from."""
+
+    nodes: dict[int, Node] = field(default_factory=dict)
+    users: dict[int, User] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    node: Node
+    user: User | None
+
+
+class ServiceCore:
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        feed: ChangeFeed | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.store = store
+        self.settings = settings or Settings()
+        self.feed: ChangeFeed = feed or NullFeed()
+        self._random = random_bytes
+
+    def _write(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in a write transaction; retry when a unique constraint refused it."""
+        for attempt in range(WRITE_ATTEMPTS):
+            try:
+                with self.store.transaction(write=True) as tx:
+                    return fn(tx)
+            except StoreConflict:
+                if attempt == WRITE_ATTEMPTS - 1:
+                    raise Conflict(
+                        "the database stayed busy with conflicting writes; try again"
+                    ) from None
+        raise AssertionError("unreachable")
+
+    def _read(self, fn: Callable[[Tx], T]) -> T:
+        with self.store.transaction(write=False) as tx:
+            return fn(tx)
+
+    @staticmethod
+    def _parse_duration(text: str) -> float:
+        try:
+            return names.parse_duration(text)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+
+    @staticmethod
+    def _user(tx: Tx, name: str) -> User:
+        user = tx.user_by_name(name)
+        if user is None:
+            raise NotFound(f"no user named {name}: see `weft-control users list`")
+        return user
+
+    @staticmethod
+    def _node(tx: Tx, node_id: int) -> Node:
+        node = tx.node_by_id(node_id)
+        if node is None:
+            raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
+        return node
+
+    @staticmethod
+    def _registered(tx: Tx, node: Node) -> Registered:
+        return Registered(node, tx.user_by_id(node.user_id) if node.user_id else None)
+
+    @staticmethod
+    def _check_node_key_owner(tx: Tx, machine_key: str, node_key: str) -> None:
+        holder = tx.node_by_node_key(node_key)
+        if holder is not None and holder.machine_key != machine_key:
+            raise Refused("this node key is registered to another machine: refused")
+
+    def _upsert_node(
+        self,
+        tx: Tx,
+        *,
+        machine_key: str,
+        node_key: str,
+        hostname: str,
+        user_id: int | None,
+        tags: tuple[str, ...],
+        ephemeral: bool,
+        auth_key_id: int | None,
+        now: float,
+    ) -> Node:
+        """The machine's node, with the new key and owner; created with fresh addresses
+        and a unique name if the machine has none. Addresses never change."""
+        hostname = hostname.strip()[:255]
+        expiry = now + self.settings.node_key_expiry_s
+        existing = tx.node_by_machine_key(machine_key)
+        if existing is not None:
+            return tx.update_node(
+                existing.id,
+                node_key=node_key,
+                hostname=hostname or existing.hostname,
+                user_id=user_id,
+                tags=tags,
+                ephemeral=ephemeral,
+                auth_key_id=auth_key_id,
+                key_expiry=expiry,
+            )
+        used = {ipam.host_number(ip) for ip in tx.used_ipv4s()}
+        try:
+            ipv4, ipv6 = ipam.addresses(ipam.allocate(used))
+        except ipam.AddressPoolExhausted as e:
+            raise Refused(str(e)) from None
+        return tx.add_node(
+            NewNode(
+                machine_key=machine_key,
+                node_key=node_key,
+                user_id=user_id,
+                tags=tags,
+                hostname=hostname,
+                given_name=names.unique_given_name(hostname, tx.given_name_taken),
+                ipv4=ipv4,
+                ipv6=ipv6,
+                ephemeral=ephemeral,
+                created_at=now,
+                key_expiry=expiry,
+                auth_key_id=auth_key_id,
+            )
+        )
+
+
+def check_version(version: int) -> None:
+    if version < tailcfg.MIN_CAPABILITY_VERSION:
+        raise Refused(
+            f"client capability version {version} is too old: this server needs at least"
+            f" {tailcfg.MIN_CAPABILITY_VERSION}; upgrade weftd"
+        )
+
+
+def check_key(prefix: str, text: str, what: str) -> None:
+    try:
+        controlbox.key_from_text(prefix, text)
+    except ValueError as e:
+        raise Refused(f"{what}: {e}") from None

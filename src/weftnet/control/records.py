@@ -1,0 +1,222 @@
+"""What the coordination server stores, and the narrow interfaces the service talks through.
+
+The service (``service.py``) holds the rules; it never writes SQL. It reads and writes
+these frozen records through a ``Tx`` (one transaction) opened by a ``Store``. The SQL
+implementation is ``store.SqlStore``; tests can use an in-memory fake with the same
+methods. After a transaction that changed what some node would see commits, the service
+calls ``ChangeFeed.publish()``; the map hub listens there. Keeping that notification
+behind one small interface is what lets several server replicas on one PostgreSQL share
+it later (LISTEN/NOTIFY behind the same ``publish``).
+
+Times are unix seconds (float): they are persisted, so they must be wall-clock time,
+and they cross the wire in the same form.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class StoreConflict(Exception):
+    """A unique constraint refused a write; the whole transaction may be retried."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class User:
+    id: int
+    name: str  # login name; with an @ it is an email address
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewAuthKey:
+    prefix: str  # the 12 hex digits after "weftkey-": for lookup, not secret
+    key_hash: str  # SHA-256 hex of the whole key; the key itself is never stored
+    user_id: int | None
+    reusable: bool
+    ephemeral: bool
+    tags: tuple[str, ...]
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthKey(NewAuthKey):
+    id: int
+    used_count: int
+    last_used_at: float | None
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewNode:
+    machine_key: str  # "mkey:<hex>": the device; one node per machine key
+    node_key: str  # "nodekey:<hex>": its WireGuard key; rotates on re-login
+    user_id: int | None  # None for tagged nodes
+    tags: tuple[str, ...]
+    hostname: str
+    given_name: str
+    ipv4: str
+    ipv6: str
+    ephemeral: bool
+    created_at: float
+    key_expiry: float | None
+    auth_key_id: int | None = None
+    disco_key: str | None = None
+    endpoints: tuple[str, ...] = ()
+    observed_ip: str | None = None  # where the last map request came from
+    last_seen: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node(NewNode):
+    id: int
+
+    def expired_at(self, now: float) -> bool:
+        return self.key_expiry is not None and self.key_expiry <= now
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewApiKey:
+    prefix: str
+    key_hash: str
+    description: str
+    created_at: float
+    expires_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiKey(NewApiKey):
+    id: int
+    revoked_at: float | None
+    last_used_at: float | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewPending:
+    """An interactive login waiting for an admin's ``nodes register --code``."""
+
+    code: str
+    machine_key: str
+    node_key: str
+    hostname: str
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pending(NewPending):
+    id: int
+    node_id: int | None  # set when approved
+
+
+# Columns of a node the service may change after creation.
+NODE_UPDATABLE = frozenset(
+    {
+        "node_key",
+        "user_id",
+        "tags",
+        "hostname",
+        "given_name",
+        "ephemeral",
+        "key_expiry",
+        "auth_key_id",
+        "disco_key",
+        "endpoints",
+        "observed_ip",
+        "last_seen",
+    }
+)
+
+
+class Tx(Protocol):
+    """One transaction. Every method sees the transaction's own earlier writes."""
+
+    # users
+    def add_user(self, name: str, now: float) -> User: ...
+    def user_by_name(self, name: str) -> User | None: ...
+    def user_by_id(self, user_id: int) -> User | None: ...
+    def users(self) -> list[User]: ...
+    def delete_user(self, user_id: int) -> None: ...  # its auth keys go with it
+
+    # auth keys
+    def add_auth_key(self, key: NewAuthKey) -> AuthKey: ...
+    def auth_key_by_prefix(self, prefix: str) -> AuthKey | None: ...
+    def auth_key_by_id(self, key_id: int) -> AuthKey | None: ...
+    def auth_keys(self, user_id: int | None = None) -> list[AuthKey]: ...
+    def use_auth_key(self, key_id: int, now: float) -> bool:
+        """Count one use, atomically: only if still valid at ``now`` and (reusable or
+        unused). False when another transaction got there first."""
+        ...
+
+    def revoke_auth_key(self, key_id: int, now: float) -> None: ...
+
+    # nodes
+    def lock_addresses(self) -> None:
+        """Serialize address allocation with other writers (until this tx ends)."""
+        ...
+
+    def add_node(self, node: NewNode) -> Node: ...  # StoreConflict on a taken unique value
+    def update_node(self, node_id: int, **changes: object) -> Node: ...  # NODE_UPDATABLE
+    def delete_node(self, node_id: int) -> None: ...
+    def node_by_id(self, node_id: int) -> Node | None: ...
+    def node_by_machine_key(self, machine_key: str) -> Node | None: ...
+    def node_by_node_key(self, node_key: str) -> Node | None: ...
+    def nodes(self, user_id: int | None = None) -> list[Node]: ...
+    def used_ipv4s(self) -> set[str]: ...
+    def given_name_taken(self, name: str) -> bool: ...
+
+    # admin API keys
+    def add_api_key(self, key: NewApiKey) -> ApiKey: ...
+    def api_key_by_prefix(self, prefix: str) -> ApiKey | None: ...
+    def api_keys(self) -> list[ApiKey]: ...
+    def revoke_api_key(self, key_id: int, now: float) -> None: ...
+    def touch_api_key(self, key_id: int, now: float) -> None: ...
+
+    # pending interactive registrations
+    def add_pending(self, pending: NewPending) -> Pending: ...
+    def pending_by_code(self, code: str) -> Pending | None: ...
+    def approve_pending(self, pending_id: int, node_id: int) -> None: ...
+    def delete_expired_pending(self, now: float) -> int: ...
+
+    # settings
+    def get_setting(self, name: str) -> str | None: ...
+    def set_setting(self, name: str, value: str) -> None: ...
+
+
+class Store(Protocol):
+    def transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        """A transaction, committed when the block ends, rolled back if it raises.
+
+        ``write=True`` takes the write lock at the start where the database needs it
+        (SQLite: BEGIN IMMEDIATE), so a read-then-write never fails half way.
+        """
+        ...
+
+
+class ChangeFeed(Protocol):
+    def publish(self) -> None:
+        """Something a node could see has changed (thread-safe; called after commit)."""
+        ...
+
+
+class NullFeed:
+    def publish(self) -> None:
+        pass
+
+
+class CallbackFeed:
+    """An in-process feed: calls every subscriber, from the publishing thread."""
+
+    def __init__(self) -> None:
+        self._subscribers: list[Callable[[], None]] = []
+
+    def subscribe(self, callback: Callable[[], None]) -> None:
+        self._subscribers.append(callback)
+
+    def publish(self) -> None:
+        for callback in list(self._subscribers):
+            callback()

@@ -1,0 +1,264 @@
+"""The node protocol's rules: registration, login, logout, map requests. No HTTP or SQL.
+
+Theory of operation: every operation is one transaction on the ``Store``; a rule that
+refuses raises before anything commits, so a refused request leaves nothing behind.
+Registration has three ways in (issue 3):
+
+- with an auth key: the key is looked up by its prefix, its hash compared in constant
+  time, and its use counted by ``Tx.use_auth_key`` - an atomic conditional update in
+  the same transaction that creates the node - so a single-use key gives exactly one
+  node however many registrations race for it;
+- interactively: a pending registration with a random code; the node gets
+  ``<server>/register/<code>`` and re-sends its request with ``followup`` until an
+  admin approves the code (``register_by_code``);
+- again from a machine that has a node: the same row, the same addresses, the new
+  node key (node keys rotate on re-login; a node key belongs to one machine only).
+
+Protocol refusals (a bad auth key, a node key of another machine) raise ``Refused``;
+the API layer puts the message in the sealed answer's ``error``. Admin mistakes raise
+``Invalid``/``NotFound``/``Conflict``. Every method takes ``now`` (unix seconds).
+After a commit that changes what some node sees, the service publishes on the
+``ChangeFeed``.
+"""
+
+from __future__ import annotations
+
+from weftnet import tailcfg
+from weftnet.control import credentials, netmap
+from weftnet.control.core import (
+    MAX_ENDPOINTS,
+    Refused,
+    Registered,
+    ServiceCore,
+    Snapshot,
+    check_key,
+    check_version,
+)
+from weftnet.control.records import (
+    NewPending,
+    Node,
+    Tx,
+)
+
+
+class NodeRules(ServiceCore):
+    def register(
+        self, machine_key: str, req: tailcfg.RegisterRequest, now: float, server_url: str
+    ) -> tailcfg.RegisterResponse | Registered:
+        """Answer a RegisterRequest. Returns Registered when the node is authorized, else
+        the RegisterResponse to send (a login URL, a logout, or an ``error``).
+        Raises Refused for a request that must be refused."""
+        check_version(req.version)
+        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node_key")
+        if req.old_node_key:
+            check_key(tailcfg.NODE_KEY_PREFIX, req.old_node_key, "old_node_key")
+        if req.logout:
+            return self._logout(machine_key, req, now)
+        if req.followup:
+            return self._followup(machine_key, req, now)
+        if req.auth_key:
+            registered = self._register_with_key(machine_key, req, now)
+            self.feed.publish()
+            return registered
+        return self._register_interactive(machine_key, req, now, server_url)
+
+    def _register_with_key(
+        self, machine_key: str, req: tailcfg.RegisterRequest, now: float
+    ) -> Registered:
+        assert req.auth_key is not None
+        text = req.auth_key
+        try:
+            prefix = credentials.key_prefix(credentials.AUTH_KEY_KIND, text)
+        except ValueError:
+            raise Refused(
+                "auth key not valid: expected weftkey-<prefix>-<secret>;"
+                " create one with `weft-control keys create`"
+            ) from None
+
+        def register(tx: Tx) -> Registered:
+            tx.lock_addresses()
+            key = tx.auth_key_by_prefix(prefix)
+            if key is None or not credentials.key_matches(text, key.key_hash):
+                raise Refused("auth key not valid: check it, or create a new one")
+            if key.revoked_at is not None:
+                raise Refused("auth key has been revoked: create a new one")
+            if key.expires_at <= now:
+                raise Refused("auth key has expired: create a new one")
+            if not key.reusable and key.used_count > 0:
+                raise Refused("auth key has already been used (it is single-use): create a new one")
+            self._check_node_key_owner(tx, machine_key, req.node_key)
+            if not tx.use_auth_key(key.id, now):
+                # Another registration took this single-use key between our read and now.
+                raise Refused("auth key has already been used (it is single-use): create a new one")
+            owner = tx.user_by_id(key.user_id) if key.user_id and not key.tags else None
+            node = self._upsert_node(
+                tx,
+                machine_key=machine_key,
+                node_key=req.node_key,
+                hostname=req.hostinfo.hostname,
+                user_id=owner.id if owner else None,
+                tags=key.tags,
+                ephemeral=key.ephemeral,
+                auth_key_id=key.id,
+                now=now,
+            )
+            return Registered(node, owner)
+
+        return self._write(register)
+
+    def _register_interactive(
+        self, machine_key: str, req: tailcfg.RegisterRequest, now: float, server_url: str
+    ) -> tailcfg.RegisterResponse | Registered:
+        rotated = False
+
+        def login(tx: Tx) -> tailcfg.RegisterResponse | Registered:
+            nonlocal rotated
+            self._check_node_key_owner(tx, machine_key, req.node_key)
+            node = tx.node_by_machine_key(machine_key)
+            if node is not None and not node.expired_at(now):
+                if node.node_key == req.node_key:
+                    return self._registered(tx, node)
+                if req.old_node_key == node.node_key:
+                    # A key rotation while logged in: proven by the machine key.
+                    rotated = True
+                    return self._registered(tx, tx.update_node(node.id, node_key=req.node_key))
+            tx.delete_expired_pending(now)
+            code = credentials.new_code(self._random)
+            tx.add_pending(
+                NewPending(
+                    code=code,
+                    machine_key=machine_key,
+                    node_key=req.node_key,
+                    hostname=req.hostinfo.hostname,
+                    created_at=now,
+                    expires_at=now + self.settings.pending_ttl_s,
+                )
+            )
+            return tailcfg.RegisterResponse(
+                machine_authorized=False, auth_url=f"{server_url.rstrip('/')}/register/{code}"
+            )
+
+        answer = self._write(login)
+        if rotated:
+            self.feed.publish()
+        return answer
+
+    def _followup(
+        self, machine_key: str, req: tailcfg.RegisterRequest, now: float
+    ) -> tailcfg.RegisterResponse | Registered:
+        """Registered once the login was approved; a "still waiting" answer before."""
+        assert req.followup is not None
+        try:
+            code = credentials.code_from_url(req.followup)
+        except ValueError as e:
+            raise Refused(str(e)) from None
+
+        def check(tx: Tx) -> tailcfg.RegisterResponse | Registered:
+            pending = tx.pending_by_code(code)
+            if pending is None or pending.machine_key != machine_key:
+                raise Refused("this login URL is unknown: run weft up again")
+            if pending.node_id is None:
+                if pending.expires_at <= now:
+                    raise Refused("this login URL has expired: run weft up again")
+                return tailcfg.RegisterResponse(machine_authorized=False, auth_url=req.followup)
+            node = tx.node_by_id(pending.node_id)
+            if node is None or node.machine_key != machine_key:
+                raise Refused("the node approved for this login was deleted: run weft up again")
+            if node.node_key != req.node_key:
+                raise Refused("the node key changed during login: run weft up again")
+            return self._registered(tx, node)
+
+        return self._read(check)
+
+    def _logout(
+        self, machine_key: str, req: tailcfg.RegisterRequest, now: float
+    ) -> tailcfg.RegisterResponse:
+        def logout(tx: Tx) -> bool:
+            node = tx.node_by_machine_key(machine_key)
+            if node is None or node.node_key not in (req.node_key, req.old_node_key):
+                return False
+            if node.ephemeral:
+                tx.delete_node(node.id)
+            elif not node.expired_at(now):
+                tx.update_node(node.id, key_expiry=now)
+            return True
+
+        if self._write(logout):
+            self.feed.publish()
+        return tailcfg.RegisterResponse(machine_authorized=False, node_key_expired=True)
+
+    def map_request(
+        self, machine_key: str, req: tailcfg.MapRequest, observed_ip: str | None, now: float
+    ) -> Node:
+        """Check a MapRequest and record what it reports; the node it is for."""
+        check_version(req.version)
+        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node_key")
+        if req.disco_key is not None:
+            check_key(tailcfg.DISCO_KEY_PREFIX, req.disco_key, "disco_key")
+        if len(req.endpoints) > MAX_ENDPOINTS:
+            raise Refused(f"too many endpoints: at most {MAX_ENDPOINTS}")
+        for endpoint in req.endpoints:
+            if netmap.split_endpoint(endpoint) is None:
+                raise Refused(f"malformed endpoint {endpoint!r}: expected ip:port or [ip6]:port")
+        changed = False
+
+        def record(tx: Tx) -> Node:
+            nonlocal changed
+            node = tx.node_by_machine_key(machine_key)
+            if node is None:
+                raise Refused("this machine is not registered: run weft up to log in")
+            if node.node_key != req.node_key:
+                raise Refused(
+                    "this node key is not the one registered for this machine: log in again"
+                )
+            if node.expired_at(now):
+                raise Refused("node key expired: run weft up to log in again")
+            changes: dict[str, object] = {"last_seen": now}
+            if tuple(req.endpoints) != node.endpoints:
+                changes["endpoints"] = tuple(req.endpoints)
+            if req.disco_key is not None and req.disco_key != node.disco_key:
+                changes["disco_key"] = req.disco_key
+            hostname = req.hostinfo.hostname.strip()[:255]
+            if hostname and hostname != node.hostname:
+                changes["hostname"] = hostname
+            if observed_ip is not None and observed_ip != node.observed_ip:
+                changes["observed_ip"] = observed_ip
+            changed = len(changes) > 1
+            return tx.update_node(node.id, **changes)
+
+        node = self._write(record)
+        if changed:
+            self.feed.publish()
+        return node
+
+    def snapshot(self) -> Snapshot:
+        def read(tx: Tx) -> Snapshot:
+            return Snapshot(
+                nodes={n.id: n for n in tx.nodes()}, users={u.id: u for u in tx.users()}
+            )
+
+        return self._read(read)
+
+    def node_disconnected(self, node_id: int, now: float) -> None:
+        """Remember when a node's last map stream ended (its last_seen)."""
+
+        def touch(tx: Tx) -> None:
+            if tx.node_by_id(node_id) is not None:
+                tx.update_node(node_id, last_seen=now)
+
+        self._write(touch)
+
+    def delete_ephemeral(self, node_id: int) -> bool:
+        """Delete ``node_id`` if it (still) is ephemeral; the hub calls this after grace."""
+
+        def delete(tx: Tx) -> bool:
+            node = tx.node_by_id(node_id)
+            if node is None or not node.ephemeral:
+                return False
+            tx.delete_node(node_id)
+            return True
+
+        deleted = self._write(delete)
+        if deleted:
+            self.feed.publish()
+        return deleted
