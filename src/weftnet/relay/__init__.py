@@ -1,0 +1,11 @@
+"""The relay: nodes without a direct path exchange WireGuard datagrams through it.
+
+``protocol`` (frames, pure), ``upgrade`` (the HTTP/1.1 upgrade, pure), ``limits`` (token
+bucket and notice throttle, pure), ``server`` (asyncio relay core) and ``client``
+(asyncio client core with reconnection). The frame format is docs/relay-protocol.md.
+"""
+
+from weftnet.relay.client import RelayClient
+from weftnet.relay.server import ClientStats, RelayServer
+
+__all__ = ["ClientStats", "RelayClient", "RelayServer"]

@@ -1,0 +1,349 @@
+"""The relay client: one node's connection to one relay, kept up by itself.
+
+Theory of operation: ``start()`` runs a loop that connects (TCP, the HTTP upgrade of
+upgrade.py), checks SERVER_KEY's magic (and the key, if one was pinned), sends
+CLIENT_INFO boxed with the node's private key and waits for SERVER_INFO, whose box proves
+the server holds the key it announced. Then ``connected`` is True and two tasks run: the
+reader hands RECV_PACKET to ``on_packet(src_key, packet)`` and PEER_GONE to
+``on_peer_gone(key, reason)``, answers PING and resolves PONGs; the writer drains the
+send queue and sends KEEPALIVE when it has been quiet for ``keepalive_interval_s``.
+A connection that has carried nothing from the server for ``idle_timeout_s`` is dropped.
+
+After any disconnect (EOF, ERROR from the server, a malformed frame, a refused
+handshake) the loop waits ``backoff_delay(attempt)``: 0.5 s doubling to 5 s, with
+"equal jitter" (a random half of it is taken off) so that nodes cut off by one relay
+restart do not return in lockstep; a connection that lasted BACKOFF_RESET_S starts the
+count again.
+
+``send()`` never blocks: it appends to a bounded queue and returns False (counting a
+drop) when the queue is full. The queue survives reconnects, so a datagram sent during a
+short outage goes out once the link is back; the relay is best-effort, like UDP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+from nacl.public import PrivateKey
+
+from weftnet.relay import protocol as p
+from weftnet.relay.upgrade import HEAD_END, build_request, check_response, parse_relay_url
+from weftnet.wireguard.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+BACKOFF_INITIAL_S = 0.5  # first wait before reconnecting (before jitter)
+BACKOFF_MAX_S = 5.0  # the wait doubles up to this (before jitter)
+BACKOFF_RESET_S = 5.0  # a connection that lasted this long resets the backoff
+CONNECT_TIMEOUT_S = 5.0  # TCP connect + upgrade + handshake
+KEEPALIVE_INTERVAL_S = 15.0  # a quiet link gets a KEEPALIVE this often
+IDLE_TIMEOUT_S = 60.0  # no frame from the server this long: reconnect
+DEFAULT_QUEUE_PACKETS = 512  # datagrams waiting to be written before send() drops
+READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
+
+
+def backoff_delay(
+    attempt: int, rand: float, initial_s: float = BACKOFF_INITIAL_S, max_s: float = BACKOFF_MAX_S
+) -> float:
+    """Seconds to wait before reconnect number ``attempt`` (0-based); ``rand`` in [0, 1)."""
+    ceiling = min(max_s, initial_s * 2.0 ** min(attempt, 32))
+    return ceiling * (0.5 + 0.5 * rand)
+
+
+class RelayClient:
+    """A self-healing connection to one relay for one node key."""
+
+    def __init__(
+        self,
+        url: str,
+        node_private_key: bytes,
+        on_packet: Callable[[bytes, bytes], None],
+        *,
+        on_peer_gone: Callable[[bytes, int], None] | None = None,
+        server_key: bytes | None = None,
+        preferred: bool = False,
+        queue_packets: int = DEFAULT_QUEUE_PACKETS,
+        keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        backoff_initial_s: float = BACKOFF_INITIAL_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        clock: Callable[[], float] = time.monotonic,
+        entropy: Callable[[int], bytes] = os.urandom,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self.address = parse_relay_url(url)
+        if len(node_private_key) != p.KEY_LEN:
+            raise ValueError("a node private key is 32 bytes")
+        if server_key is not None and len(server_key) != p.KEY_LEN:
+            raise ValueError("a relay server key is 32 bytes")
+        self._private_key = node_private_key
+        self.node_key = bytes(PrivateKey(node_private_key).public_key)
+        self.on_packet = on_packet
+        self.on_peer_gone = on_peer_gone
+        self._pinned_key = server_key
+        self._preferred = preferred
+        self.queue_packets = queue_packets
+        self.keepalive_interval_s = keepalive_interval_s
+        self.idle_timeout_s = idle_timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.backoff_initial_s = backoff_initial_s
+        self.backoff_max_s = backoff_max_s
+        self._clock = clock
+        self._entropy = entropy
+        self._rand = rand
+
+        self.server_key: bytes | None = server_key  # learned from SERVER_KEY if not pinned
+        self.server_hello: p.ServerHello | None = None  # the limits the relay announced
+        self.last_error: str | None = None  # why the last connection ended or failed
+        self.connections = 0  # handshakes completed, over the client's life
+        self.packets_sent = 0  # datagrams written to a relay connection
+        self.packets_received = 0  # RECV_PACKETs handed to on_packet
+        self.drops = 0  # send() calls refused because the queue was full
+
+        self._queue: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self._up = asyncio.Event()
+        self._pings: dict[bytes, asyncio.Future[float]] = {}
+        self._writer: asyncio.StreamWriter | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._last_rx = 0.0
+
+    # -- public surface ---------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._up.is_set()
+
+    def start(self) -> None:
+        """Begin connecting (and reconnecting) in the background; idempotent."""
+        if self._task is None:
+            self._closing = False
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        """Disconnect for good; pending pings fail with ConnectionError."""
+        self._closing = True
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def __aenter__(self) -> RelayClient:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """True once connected, False if ``timeout`` seconds pass first."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self._up.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    def send(self, dst_key: bytes, packet: bytes) -> bool:
+        """Queue ``packet`` for ``dst_key``; False (a counted drop) if the queue is full.
+
+        Raises ProtocolError for a key that is not 32 bytes or a packet over 64 KiB.
+        """
+        frame = p.SendPacket(dst_key, packet).pack()
+        if len(self._queue) >= self.queue_packets:
+            self.drops += 1
+            return False
+        self._queue.append(frame)
+        self._wake.set()
+        return True
+
+    def note_preferred(self, preferred: bool) -> None:
+        """Tell the relay whether it is this node's home (also sent on every reconnect)."""
+        self._preferred = preferred
+        if self.connected:
+            self._queue.append(p.NotePreferred(preferred).pack())
+            self._wake.set()
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip seconds of one PING through the relay connection.
+
+        Raises ConnectionError when not connected or the link drops, TimeoutError if no
+        PONG arrives within ``timeout``.
+        """
+        if not self.connected:
+            raise ConnectionError(f"not connected to the relay at {self.address.host_header}")
+        data = self._entropy(p.PING_LEN)
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+        self._pings[data] = future
+        sent_at = self._clock()
+        self._queue.appendleft(p.Ping(data).pack())  # ahead of data: measure the path
+        self._wake.set()
+        try:
+            async with asyncio.timeout(timeout):
+                answered_at = await future
+        finally:
+            self._pings.pop(data, None)
+        return answered_at - sent_at
+
+    # -- the connection loop ----------------------------------------------------------
+
+    async def _run(self) -> None:
+        attempt = 0
+        while not self._closing:
+            started = self._clock()
+            established = False
+            try:
+                established = await self._session()
+            except asyncio.CancelledError:
+                raise
+            except (OSError, EOFError, asyncio.IncompleteReadError, ProtocolError) as e:
+                self.last_error = str(e) or type(e).__name__
+            except TimeoutError:
+                self.last_error = "timed out connecting to the relay"
+            finally:
+                self._down()
+            if established and self._clock() - started >= BACKOFF_RESET_S:
+                attempt = 0
+            delay = backoff_delay(attempt, self._rand(), self.backoff_initial_s, self.backoff_max_s)
+            attempt += 1
+            log.info(
+                "relay %s: disconnected (%s); retrying in %.1f s",
+                self.address.host_header,
+                self.last_error,
+                delay,
+            )
+            await asyncio.sleep(delay)
+
+    def _down(self) -> None:
+        self._up.clear()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.transport.abort()
+        for future in self._pings.values():
+            if not future.done():
+                future.set_exception(ConnectionError("relay connection lost"))
+        self._pings.clear()
+
+    async def _session(self) -> bool:
+        """One connection from connect to close; True if the handshake completed."""
+        decoder = p.FrameDecoder()
+        async with asyncio.timeout(self.connect_timeout_s):
+            reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
+            self._writer = writer
+            writer.write(build_request(self.address.host_header, self.address.path))
+            check_response(await reader.readuntil(HEAD_END))
+            frames = await self._read_frames(reader, decoder)
+            first = frames.pop(0)
+            if isinstance(first, p.Error):
+                raise ConnectionRefusedError(f"relay refused the connection: {first.reason}")
+            if not isinstance(first, p.ServerKey):
+                raise ProtocolError(f"relay sent {type(first).__name__} before SERVER_KEY")
+            if self._pinned_key is not None and first.key != self._pinned_key:
+                raise ProtocolError("relay server key is not the one in the relay map")
+            self.server_key = first.key
+            hello = p.ClientHello(p.PROTOCOL_VERSION, self._preferred)
+            info = p.ClientInfo.create(
+                self._private_key, first.key, hello, self._entropy(p.NONCE_LEN)
+            )
+            writer.write(info.pack())
+            while not frames:
+                frames = await self._read_frames(reader, decoder)
+            second = frames.pop(0)
+            if isinstance(second, p.Error):
+                raise ConnectionRefusedError(f"relay refused this node: {second.reason}")
+            if not isinstance(second, p.ServerInfo):
+                raise ProtocolError(f"relay sent {type(second).__name__} before SERVER_INFO")
+            self.server_hello = second.open(self._private_key, first.key)
+        self.connections += 1
+        self._last_rx = self._clock()
+        self._up.set()
+        log.info("relay %s: connected", self.address.host_header)
+        reading = asyncio.create_task(self._read_loop(reader, decoder, frames))
+        writing = asyncio.create_task(self._write_loop(writer))
+        try:
+            done, _ = await asyncio.wait((reading, writing), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in (reading, writing):
+                t.cancel()
+            await asyncio.gather(reading, writing, return_exceptions=True)
+        for t in done:
+            error = None if t.cancelled() else t.exception()
+            if error is not None:
+                raise error
+        return True
+
+    @staticmethod
+    async def _read_frames(reader: asyncio.StreamReader, decoder: p.FrameDecoder) -> list[p.Frame]:
+        frames: list[p.Frame] = []
+        while not frames:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                raise EOFError("relay closed the connection")
+            frames = decoder.feed(data)
+        return frames
+
+    async def _read_loop(
+        self, reader: asyncio.StreamReader, decoder: p.FrameDecoder, early: list[p.Frame]
+    ) -> None:
+        self._dispatch(early)
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                raise EOFError(self.last_error or "relay closed the connection")
+            self._last_rx = self._clock()
+            self._dispatch(decoder.feed(data))
+
+    def _dispatch(self, frames: list[p.Frame]) -> None:
+        for frame in frames:
+            if isinstance(frame, p.RecvPacket):
+                self.packets_received += 1
+                try:
+                    self.on_packet(frame.src, frame.packet)
+                except Exception:
+                    log.exception("relay: on_packet failed")
+            elif isinstance(frame, p.Pong):
+                future = self._pings.get(frame.data)
+                if future is not None and not future.done():
+                    future.set_result(self._clock())
+            elif isinstance(frame, p.Ping):
+                self._queue.appendleft(p.Pong(frame.data).pack())
+                self._wake.set()
+            elif isinstance(frame, p.PeerGone):
+                if self.on_peer_gone is not None:
+                    try:
+                        self.on_peer_gone(frame.node_key, frame.reason)
+                    except Exception:
+                        log.exception("relay: on_peer_gone failed")
+            elif isinstance(frame, p.Error):
+                self.last_error = f"relay closed the connection: {frame.reason}"
+            elif not isinstance(frame, p.KeepAlive):
+                raise ProtocolError(f"relay sent an unexpected {type(frame).__name__}")
+
+    async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
+        keepalive = p.KeepAlive().pack()
+        while True:
+            if not self._queue:
+                self._wake.clear()
+                try:
+                    async with asyncio.timeout(self.keepalive_interval_s):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._queue.append(keepalive)
+            if self._clock() - self._last_rx > self.idle_timeout_s:
+                self.last_error = f"nothing from the relay in {self.idle_timeout_s:.0f} s"
+                return
+            batch = list(self._queue)
+            self._queue.clear()
+            self.packets_sent += sum(1 for f in batch if f[0] == p.SEND_PACKET)
+            writer.writelines(batch)
+            await writer.drain()

@@ -1,0 +1,464 @@
+"""Relay frames: the wire format between a node and a relay server (docs/relay-protocol.md).
+
+Theory of operation: after the HTTP upgrade on ``/relay`` (see ``upgrade.py``) the TCP
+stream carries frames, each ``type (1) | length (4, big-endian) | payload``. The server
+speaks first with SERVER_KEY (a magic and its X25519 public key). The client answers
+CLIENT_INFO: its node public key, a nonce, and a NaCl box made with the node's private
+key and the server's public key; the box opening under (server private, claimed key) is
+what proves that the client holds the node key. The server answers SERVER_INFO, boxed
+the other way, which proves the server holds the key it announced. From then on the
+client sends SEND_PACKET (destination key + opaque datagram) and receives RECV_PACKET
+(source key + datagram); the relay never looks inside a datagram, which is WireGuard
+ciphertext. KEEPALIVE, PING/PONG, NOTE_PREFERRED, PEER_GONE and ERROR manage the link.
+
+Every frame type is a frozen, slotted dataclass: ``pack()`` gives the whole frame
+(header included) and ``unpack()`` takes exactly one whole frame and refuses anything
+else with ProtocolError, so ``X.unpack(b).pack() == b`` for every ``b`` it accepts.
+``FrameDecoder`` cuts a byte stream into frames whatever the chunking; it checks a
+header as soon as it has one, so a bad type or an oversized length is refused before
+the payload arrives. Nothing here does I/O or reads a clock; nonces come in as arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from nacl.exceptions import CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+
+from weftnet.wireguard.errors import ProtocolError
+
+PROTOCOL_VERSION = 1  # the "version" inside CLIENT_INFO and SERVER_INFO
+MAGIC = b"WEFTRLY1"  # first 8 payload bytes of SERVER_KEY: "this is a weft relay, v1 framing"
+KEY_LEN = 32  # X25519 public key (relay server key, node keys)
+NONCE_LEN = 24  # crypto_box nonce
+BOX_TAG_LEN = 16  # Poly1305 tag that every crypto_box ciphertext carries
+PING_LEN = 8  # opaque PING/PONG payload, echoed back unchanged
+MAX_PACKET = 64 * 1024  # largest relayed datagram (a UDP payload fits)
+MAX_PAYLOAD = MAX_PACKET + 32  # largest frame payload: a key + the largest datagram
+HEADER = struct.Struct(">BI")  # type (1 byte) + payload length (4 bytes, big-endian)
+HEADER_LEN = HEADER.size  # 5
+
+SERVER_KEY = 0x01
+CLIENT_INFO = 0x02
+SERVER_INFO = 0x03
+SEND_PACKET = 0x04
+RECV_PACKET = 0x05
+KEEPALIVE = 0x06
+NOTE_PREFERRED = 0x07
+PEER_GONE = 0x08
+PING = 0x09
+PONG = 0x0A
+ERROR = 0x0B
+
+PEER_GONE_DISCONNECTED = 0  # the peer was connected here and has gone
+PEER_GONE_NOT_HERE = 1  # the peer is not connected to this relay
+
+
+def _header(kind: int, payload_len: int) -> bytes:
+    if payload_len > MAX_PAYLOAD:
+        raise ProtocolError(f"frame payload of {payload_len} bytes exceeds {MAX_PAYLOAD}")
+    return HEADER.pack(kind, payload_len)
+
+
+def _payload(data: bytes, kind: int, name: str) -> bytes:
+    """The payload of one whole frame ``data`` of type ``kind``, or ProtocolError."""
+    if len(data) < HEADER_LEN:
+        raise ProtocolError(f"{name} frame shorter than its {HEADER_LEN}-byte header")
+    got_kind, length = HEADER.unpack_from(data)
+    if got_kind != kind:
+        raise ProtocolError(f"not a {name} frame (type {got_kind:#04x})")
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    if len(data) != HEADER_LEN + length:
+        raise ProtocolError(f"{name} frame length field says {length}, got {len(data) - 5}")
+    return bytes(data[HEADER_LEN:])
+
+
+def _key(key: bytes, what: str) -> None:
+    if len(key) != KEY_LEN:
+        raise ProtocolError(f"{what} must be {KEY_LEN} bytes, got {len(key)}")
+
+
+@dataclass(frozen=True, slots=True)
+class ServerKey:
+    """0x01, server -> client, first frame: MAGIC (8) + server public key (32)."""
+
+    TYPE: ClassVar[int] = SERVER_KEY
+    key: bytes
+
+    def pack(self) -> bytes:
+        _key(self.key, "server key")
+        return _header(SERVER_KEY, len(MAGIC) + KEY_LEN) + MAGIC + self.key
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ServerKey:
+        p = _payload(data, SERVER_KEY, "SERVER_KEY")
+        if len(p) != len(MAGIC) + KEY_LEN:
+            raise ProtocolError(f"SERVER_KEY payload must be 40 bytes, got {len(p)}")
+        if p[: len(MAGIC)] != MAGIC:
+            raise ProtocolError("SERVER_KEY magic is wrong: not a weft relay")
+        return cls(p[len(MAGIC) :])
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What CLIENT_INFO's box holds."""
+
+    version: int
+    preferred: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    """What SERVER_INFO's box holds: the limits the server applies to this client."""
+
+    version: int
+    rate_bytes_per_s: int
+    burst_bytes: int
+
+
+def _seal(private_key: bytes, peer_public: bytes, body: dict[str, Any], nonce: bytes) -> bytes:
+    if len(nonce) != NONCE_LEN:
+        raise ProtocolError(f"a nonce is {NONCE_LEN} bytes")
+    plain = json.dumps(body, separators=(",", ":")).encode()
+    return Box(PrivateKey(private_key), PublicKey(peer_public)).encrypt(plain, nonce).ciphertext
+
+
+def _open(private_key: bytes, peer_public: bytes, nonce: bytes, sealed: bytes) -> dict[str, Any]:
+    try:
+        plain = Box(PrivateKey(private_key), PublicKey(peer_public)).decrypt(sealed, nonce)
+    except (CryptoError, ValueError) as e:
+        raise ProtocolError("box does not open with the claimed key") from e
+    try:
+        body = json.loads(plain)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ProtocolError("box does not hold JSON") from e
+    if not isinstance(body, dict):
+        raise ProtocolError("box does not hold a JSON object")
+    if body.get("version") != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported relay protocol version {body.get('version')!r}")
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """0x02, client -> server: node key (32) + nonce (24) + box(JSON ClientHello)."""
+
+    TYPE: ClassVar[int] = CLIENT_INFO
+    node_key: bytes
+    nonce: bytes
+    sealed: bytes
+
+    @classmethod
+    def create(
+        cls, node_private: bytes, server_public: bytes, hello: ClientHello, nonce: bytes
+    ) -> ClientInfo:
+        node_public = bytes(PrivateKey(node_private).public_key)
+        body = {"version": hello.version, "preferred": hello.preferred}
+        return cls(node_public, nonce, _seal(node_private, server_public, body, nonce))
+
+    def open(self, server_private: bytes) -> ClientHello:
+        """The hello, if the box was made with the private half of ``node_key``."""
+        body = _open(server_private, self.node_key, self.nonce, self.sealed)
+        preferred = body.get("preferred", False)
+        if not isinstance(preferred, bool):
+            raise ProtocolError("CLIENT_INFO 'preferred' must be true or false")
+        return ClientHello(PROTOCOL_VERSION, preferred)
+
+    def pack(self) -> bytes:
+        _key(self.node_key, "node key")
+        if len(self.nonce) != NONCE_LEN:
+            raise ProtocolError(f"a nonce is {NONCE_LEN} bytes")
+        n = KEY_LEN + NONCE_LEN + len(self.sealed)
+        return _header(CLIENT_INFO, n) + self.node_key + self.nonce + self.sealed
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ClientInfo:
+        p = _payload(data, CLIENT_INFO, "CLIENT_INFO")
+        if len(p) < KEY_LEN + NONCE_LEN + BOX_TAG_LEN:
+            raise ProtocolError(f"CLIENT_INFO payload of {len(p)} bytes is too short")
+        return cls(p[:KEY_LEN], p[KEY_LEN : KEY_LEN + NONCE_LEN], p[KEY_LEN + NONCE_LEN :])
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """0x03, server -> client: nonce (24) + box(JSON ServerHello)."""
+
+    TYPE: ClassVar[int] = SERVER_INFO
+    nonce: bytes
+    sealed: bytes
+
+    @classmethod
+    def create(
+        cls, server_private: bytes, node_public: bytes, hello: ServerHello, nonce: bytes
+    ) -> ServerInfo:
+        body = {
+            "version": hello.version,
+            "rate_bytes_per_s": hello.rate_bytes_per_s,
+            "burst_bytes": hello.burst_bytes,
+        }
+        return cls(nonce, _seal(server_private, node_public, body, nonce))
+
+    def open(self, node_private: bytes, server_public: bytes) -> ServerHello:
+        """The hello, if the box was made with the private half of ``server_public``."""
+        body = _open(node_private, server_public, self.nonce, self.sealed)
+        rate, burst = body.get("rate_bytes_per_s"), body.get("burst_bytes")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rate, burst)):
+            raise ProtocolError("SERVER_INFO limits must be integers")
+        return ServerHello(PROTOCOL_VERSION, rate, burst)  # type: ignore[arg-type]
+
+    def pack(self) -> bytes:
+        if len(self.nonce) != NONCE_LEN:
+            raise ProtocolError(f"a nonce is {NONCE_LEN} bytes")
+        return _header(SERVER_INFO, NONCE_LEN + len(self.sealed)) + self.nonce + self.sealed
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ServerInfo:
+        p = _payload(data, SERVER_INFO, "SERVER_INFO")
+        if len(p) < NONCE_LEN + BOX_TAG_LEN:
+            raise ProtocolError(f"SERVER_INFO payload of {len(p)} bytes is too short")
+        return cls(p[:NONCE_LEN], p[NONCE_LEN:])
+
+
+def _addressed(kind: int, key: bytes, packet: bytes) -> bytes:
+    _key(key, "node key")
+    if len(packet) > MAX_PACKET:
+        raise ProtocolError(f"packet of {len(packet)} bytes exceeds {MAX_PACKET}")
+    return HEADER.pack(kind, KEY_LEN + len(packet)) + key + packet
+
+
+def _split_addressed(data: bytes, kind: int, name: str) -> tuple[bytes, bytes]:
+    p = _payload(data, kind, name)
+    if len(p) < KEY_LEN:
+        raise ProtocolError(f"{name} payload of {len(p)} bytes has no {KEY_LEN}-byte key")
+    return p[:KEY_LEN], p[KEY_LEN:]
+
+
+@dataclass(frozen=True, slots=True)
+class SendPacket:
+    """0x04, client -> server: destination node key (32) + datagram (0..64 KiB)."""
+
+    TYPE: ClassVar[int] = SEND_PACKET
+    dst: bytes
+    packet: bytes
+
+    def pack(self) -> bytes:
+        return _addressed(SEND_PACKET, self.dst, self.packet)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> SendPacket:
+        return cls(*_split_addressed(data, SEND_PACKET, "SEND_PACKET"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecvPacket:
+    """0x05, server -> client: source node key (32) + datagram (0..64 KiB)."""
+
+    TYPE: ClassVar[int] = RECV_PACKET
+    src: bytes
+    packet: bytes
+
+    def pack(self) -> bytes:
+        return _addressed(RECV_PACKET, self.src, self.packet)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> RecvPacket:
+        return cls(*_split_addressed(data, RECV_PACKET, "RECV_PACKET"))
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """0x06, either way: empty; proves the link is alive and keeps NAT state warm."""
+
+    TYPE: ClassVar[int] = KEEPALIVE
+
+    def pack(self) -> bytes:
+        return HEADER.pack(KEEPALIVE, 0)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> KeepAlive:
+        if _payload(data, KEEPALIVE, "KEEPALIVE"):
+            raise ProtocolError("KEEPALIVE payload must be empty")
+        return cls()
+
+
+@dataclass(frozen=True, slots=True)
+class NotePreferred:
+    """0x07, client -> server: 1 byte, 1 if this relay is the node's home, else 0."""
+
+    TYPE: ClassVar[int] = NOTE_PREFERRED
+    preferred: bool
+
+    def pack(self) -> bytes:
+        return HEADER.pack(NOTE_PREFERRED, 1) + (b"\x01" if self.preferred else b"\x00")
+
+    @classmethod
+    def unpack(cls, data: bytes) -> NotePreferred:
+        p = _payload(data, NOTE_PREFERRED, "NOTE_PREFERRED")
+        if p not in (b"\x00", b"\x01"):
+            raise ProtocolError("NOTE_PREFERRED payload must be one byte, 0 or 1")
+        return cls(p == b"\x01")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerGone:
+    """0x08, server -> client: node key (32) + reason (1).
+
+    Reasons other than PEER_GONE_DISCONNECTED and PEER_GONE_NOT_HERE are accepted and
+    kept, so a newer server may add some without breaking older clients.
+    """
+
+    TYPE: ClassVar[int] = PEER_GONE
+    node_key: bytes
+    reason: int
+
+    def pack(self) -> bytes:
+        _key(self.node_key, "node key")
+        if not 0 <= self.reason <= 255:
+            raise ProtocolError("PEER_GONE reason is one byte")
+        return HEADER.pack(PEER_GONE, KEY_LEN + 1) + self.node_key + bytes((self.reason,))
+
+    @classmethod
+    def unpack(cls, data: bytes) -> PeerGone:
+        p = _payload(data, PEER_GONE, "PEER_GONE")
+        if len(p) != KEY_LEN + 1:
+            raise ProtocolError(f"PEER_GONE payload must be {KEY_LEN + 1} bytes, got {len(p)}")
+        return cls(p[:KEY_LEN], p[KEY_LEN])
+
+
+def _ping_payload(data: bytes, kind: int, name: str) -> bytes:
+    p = _payload(data, kind, name)
+    if len(p) != PING_LEN:
+        raise ProtocolError(f"{name} payload must be {PING_LEN} bytes, got {len(p)}")
+    return p
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """0x09, either way: 8 opaque bytes; the receiver answers PONG with the same bytes."""
+
+    TYPE: ClassVar[int] = PING
+    data: bytes
+
+    def pack(self) -> bytes:
+        if len(self.data) != PING_LEN:
+            raise ProtocolError(f"PING payload must be {PING_LEN} bytes")
+        return HEADER.pack(PING, PING_LEN) + self.data
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Ping:
+        return cls(_ping_payload(data, PING, "PING"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """0x0A, either way: the 8 bytes of the PING it answers."""
+
+    TYPE: ClassVar[int] = PONG
+    data: bytes
+
+    def pack(self) -> bytes:
+        if len(self.data) != PING_LEN:
+            raise ProtocolError(f"PONG payload must be {PING_LEN} bytes")
+        return HEADER.pack(PONG, PING_LEN) + self.data
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Pong:
+        return cls(_ping_payload(data, PONG, "PONG"))
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """0x0B, server -> client: UTF-8 reason; the server closes the connection after it."""
+
+    TYPE: ClassVar[int] = ERROR
+    reason: str
+
+    def pack(self) -> bytes:
+        raw = self.reason.encode()
+        return _header(ERROR, len(raw)) + raw
+
+    @classmethod
+    def unpack(cls, data: bytes) -> Error:
+        p = _payload(data, ERROR, "ERROR")
+        try:
+            return cls(p.decode())
+        except UnicodeDecodeError as e:
+            raise ProtocolError("ERROR reason is not UTF-8") from e
+
+
+Frame = (
+    ServerKey | ClientInfo | ServerInfo | SendPacket | RecvPacket | KeepAlive | NotePreferred
+    | PeerGone | Ping | Pong | Error
+)  # fmt: skip
+
+FRAME_TYPES: dict[int, type[Frame]] = {
+    cls.TYPE: cls
+    for cls in (
+        ServerKey, ClientInfo, ServerInfo, SendPacket, RecvPacket, KeepAlive, NotePreferred,
+        PeerGone, Ping, Pong, Error,
+    )
+}  # fmt: skip
+
+
+def check_header(kind: int, length: int) -> None:
+    """Refuse a header before its payload arrives: unknown type or oversized length."""
+    if kind not in FRAME_TYPES:
+        raise ProtocolError(f"unknown relay frame type {kind:#04x}")
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+
+
+def unpack_frame(data: bytes) -> Frame:
+    """Exactly one whole frame, of any type."""
+    if len(data) < HEADER_LEN:
+        raise ProtocolError(f"frame shorter than its {HEADER_LEN}-byte header")
+    kind, length = HEADER.unpack_from(data)
+    check_header(kind, length)
+    return FRAME_TYPES[kind].unpack(data)
+
+
+class FrameDecoder:
+    """Cuts a byte stream into frames: ``feed(chunk)`` returns the frames it completed.
+
+    Raises ProtocolError as soon as the stream is malformed; frames completed earlier in
+    the same chunk are then not returned, and every later ``feed`` raises again (the
+    connection is to be closed). ``buffered`` is how many bytes wait for a frame's end.
+    """
+
+    __slots__ = ("_buf", "_failed")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._failed: ProtocolError | None = None
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self._failed is not None:
+            raise self._failed
+        buf = self._buf
+        buf += data
+        frames: list[Frame] = []
+        pos, end = 0, len(buf)
+        try:
+            while end - pos >= HEADER_LEN:
+                kind, length = HEADER.unpack_from(buf, pos)
+                check_header(kind, length)
+                stop = pos + HEADER_LEN + length
+                if stop > end:
+                    break
+                frames.append(FRAME_TYPES[kind].unpack(bytes(buf[pos:stop])))
+                pos = stop
+        except ProtocolError as e:
+            self._failed = e
+            buf.clear()
+            raise
+        del buf[:pos]
+        return frames

@@ -1,0 +1,483 @@
+"""The relay server: forwards opaque datagrams between connected nodes, by node key.
+
+Theory of operation: ``handle(reader, writer)`` runs one client connection once its
+transport is up (after the HTTP upgrade; ``serve_tcp`` does that upgrade itself for a
+plain TCP listener). The server sends SERVER_KEY, waits CLIENT_INFO_TIMEOUT_S for
+CLIENT_INFO, opens its box with the claimed node key (proof of the private half), asks
+``admit(key)`` (the coordination server's verdict: known, not expired, not revoked) and
+answers SERVER_INFO. A refusal is one ERROR frame, then the connection closes.
+
+An admitted connection is registered under its node key; a newer connection with the
+same key replaces the older one. Each connection has two tasks: the reader decodes
+frames and routes every SEND_PACKET to the destination's bounded send queue as
+RECV_PACKET; the writer drains that queue to the socket, sends KEEPALIVE when the queue
+has been quiet for ``keepalive_interval_s``, and closes a client that has sent nothing
+for ``idle_timeout_s`` or has not read for as long. What a client sends passes its own
+token bucket first (limits.py): over the limit, a packet is dropped and counted. A full
+destination queue drops the packet and counts it against the destination. A packet for
+a key that is not connected here is answered with PEER_GONE(not here), at most once per
+PEER_GONE_INTERVAL_S per key. When a client leaves, every client that sent to it is told
+PEER_GONE(disconnected).
+
+A malformed frame ends that connection (with an ERROR saying why) and nothing else.
+``disconnect(key, reason)`` (the control server revoking a node) unregisters the key at
+once, writes ERROR and closes; the socket is aborted if it has not closed after
+CLOSE_GRACE_S. The only clock read is ``clock()`` (injectable); the limits take ``now``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nacl.public import PrivateKey
+
+from weftnet.relay import protocol as p
+from weftnet.relay.limits import NoticeThrottle, TokenBucket
+from weftnet.relay.upgrade import (
+    HEAD_END,
+    RELAY_PATH,
+    SWITCHING_PROTOCOLS,
+    error_response,
+    parse_head,
+    refusal,
+)
+from weftnet.wireguard.errors import ProtocolError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RATE_BYTES_PER_S = 25_000_000  # 200 Mbit/s of datagrams per client
+DEFAULT_BURST_BYTES = 2 * 1024 * 1024  # a client may send this much at once
+DEFAULT_QUEUE_PACKETS = 512  # frames waiting for one client before its packets drop
+KEEPALIVE_INTERVAL_S = 15.0  # a quiet connection gets a KEEPALIVE this often
+IDLE_TIMEOUT_S = 60.0  # a client silent (or not reading) this long is closed
+CLIENT_INFO_TIMEOUT_S = 5.0  # from accept to CLIENT_INFO (and for the HTTP head)
+ADMIT_TIMEOUT_S = 10.0  # longest wait for the admit() verdict before refusing
+PEER_GONE_INTERVAL_S = 1.0  # at most one PEER_GONE(not here) per key per client this often
+CLOSE_GRACE_S = 1.0  # a closing socket gets this long to flush, then it is aborted
+READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
+MAX_SENDERS = 1024  # senders remembered per client for PEER_GONE(disconnected)
+
+UNKNOWN_KEY = "unknown node key"
+FORGED_INFO = "client info does not open with the claimed node key"
+REPLACED = "replaced by a newer connection with the same node key"
+SHUTTING_DOWN = "relay shutting down"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStats:
+    """One connected client, as seen by the relay at one moment."""
+
+    node_key: bytes
+    remote: str  # "host:port" of the transport, or "?" if unknown
+    preferred: bool  # the client's last NOTE_PREFERRED (or CLIENT_INFO)
+    connected_at: float  # clock() when it was admitted
+    packets_in: int  # SEND_PACKETs accepted from it (within its rate limit)
+    bytes_in: int  # datagram bytes in those
+    packets_out: int  # RECV_PACKETs queued to it
+    bytes_out: int  # datagram bytes in those
+    drops_rate: int  # its packets dropped for exceeding its rate limit
+    drops_queue: int  # packets to it dropped because its send queue was full
+    drops_no_peer: int  # its packets to keys not connected here
+    queued: int  # frames waiting in its send queue now
+
+
+class _Conn:
+    """The server's state for one admitted connection."""
+
+    __slots__ = (
+        "bucket", "bytes_in", "bytes_out", "close_reason", "connected_at", "drops_no_peer",
+        "drops_queue", "drops_rate", "key", "last_rx", "packets_in", "packets_out",
+        "preferred", "queue", "queue_limit", "remote", "senders", "tasks", "throttle",
+        "wake", "writer",
+    )  # fmt: skip
+
+    def __init__(
+        self, key: bytes, writer: asyncio.StreamWriter, preferred: bool, now: float,
+        bucket: TokenBucket, queue_limit: int,
+    ) -> None:  # fmt: skip
+        self.key = key
+        self.writer = writer
+        self.remote = _peername(writer)
+        self.preferred = preferred
+        self.connected_at = now
+        self.last_rx = now
+        self.bucket = bucket
+        self.throttle = NoticeThrottle(PEER_GONE_INTERVAL_S)
+        self.queue: deque[bytes] = deque()
+        self.queue_limit = queue_limit
+        self.wake = asyncio.Event()
+        self.senders: set[bytes] = set()
+        self.tasks: list[asyncio.Task[None]] = []
+        self.close_reason: str | None = None
+        self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
+        self.drops_rate = self.drops_queue = self.drops_no_peer = 0
+
+    def enqueue(self, frame: bytes) -> bool:
+        if self.close_reason is not None or len(self.queue) >= self.queue_limit:
+            return False
+        self.queue.append(frame)
+        self.wake.set()
+        return True
+
+    def close(self, reason: str) -> None:
+        """Stop both tasks; the ERROR frame goes out ahead of anything still queued."""
+        if self.close_reason is not None:
+            return
+        self.close_reason = reason
+        self.queue.clear()
+        with contextlib.suppress(Exception):
+            self.writer.write(p.Error(reason).pack())
+        for task in self.tasks:
+            task.cancel()
+
+    def stats(self) -> ClientStats:
+        return ClientStats(
+            self.key, self.remote, self.preferred, self.connected_at, self.packets_in,
+            self.bytes_in, self.packets_out, self.bytes_out, self.drops_rate,
+            self.drops_queue, self.drops_no_peer, len(self.queue),
+        )  # fmt: skip
+
+
+def _peername(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+    return "?"
+
+
+class RelayServer:
+    """A relay: ``handle`` each upgraded connection, or ``serve_tcp`` on a port of its own."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        admit: Callable[[bytes], Awaitable[bool]],
+        *,
+        rate_bytes_per_s: int = DEFAULT_RATE_BYTES_PER_S,
+        burst_bytes: int = DEFAULT_BURST_BYTES,
+        queue_packets: int = DEFAULT_QUEUE_PACKETS,
+        keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        client_info_timeout_s: float = CLIENT_INFO_TIMEOUT_S,
+        admit_timeout_s: float = ADMIT_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+        entropy: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        if len(private_key) != p.KEY_LEN:
+            raise ValueError("the relay private key is 32 bytes")
+        if queue_packets < 1:
+            raise ValueError("queue_packets must be at least 1")
+        self._private_key = private_key
+        self.public_key = bytes(PrivateKey(private_key).public_key)
+        self._admit = admit
+        self.rate_bytes_per_s = rate_bytes_per_s
+        self.burst_bytes = burst_bytes
+        self.queue_packets = queue_packets
+        self.keepalive_interval_s = keepalive_interval_s
+        self.idle_timeout_s = idle_timeout_s
+        self.client_info_timeout_s = client_info_timeout_s
+        self.admit_timeout_s = admit_timeout_s
+        self._clock = clock
+        self._entropy = entropy
+        self._server_key_frame = p.ServerKey(self.public_key).pack()
+        self._conns: dict[bytes, _Conn] = {}
+        self._handlers: set[asyncio.Task[object]] = set()  # every connection's task
+        self._handshaking: set[asyncio.Task[object]] = set()  # those not yet admitted
+        self._listeners: list[asyncio.Server] = []
+        self._closed = False
+
+    # -- what the coordination server uses ------------------------------------------
+
+    def clients(self) -> list[ClientStats]:
+        """Every registered client, in no particular order."""
+        return [conn.stats() for conn in self._conns.values()]
+
+    def client(self, key: bytes) -> ClientStats | None:
+        conn = self._conns.get(key)
+        return conn.stats() if conn is not None else None
+
+    def disconnect(self, key: bytes, reason: str = "node key revoked") -> bool:
+        """Cut ``key`` off now (revocation). False if it was not connected."""
+        conn = self._conns.pop(key, None)
+        if conn is None:
+            return False
+        log.info("relay: disconnecting %s: %s", key.hex()[:16], reason)
+        conn.close(reason)
+        self._tell_senders_gone(conn)
+        return True
+
+    async def serve_tcp(self, host: str | None, port: int) -> asyncio.Server:
+        """Listen for plain TCP, do the HTTP upgrade on /relay, then ``handle``.
+
+        Returns the started asyncio.Server (``sockets`` tells the bound port); ``close()``
+        stops it along with every client.
+        """
+        server = await asyncio.start_server(self._accept_tcp, host, port)
+        self._listeners.append(server)
+        return server
+
+    async def close(self) -> None:
+        """Stop listening, close every client with ERROR, and wait for their tasks."""
+        self._closed = True
+        for server in self._listeners:
+            server.close()
+        for key in list(self._conns):
+            self.disconnect(key, SHUTTING_DOWN)
+        me = asyncio.current_task()
+        for task in self._handshaking:
+            if task is not me:
+                task.cancel()
+        handlers = [t for t in self._handlers if t is not me]
+        if handlers:
+            # Admitted clients were told ERROR; give their sockets the grace to flush it.
+            _, late = await asyncio.wait(handlers, timeout=CLOSE_GRACE_S + 0.5)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
+        self._listeners.clear()
+
+    # -- one connection ---------------------------------------------------------------
+
+    async def _accept_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - asyncio always runs this callback in a task
+            return
+        self._handlers.add(task)
+        self._handshaking.add(task)
+        try:
+            await self._upgrade_then_handle(reader, writer)
+        finally:
+            self._handlers.discard(task)
+            self._handshaking.discard(task)
+
+    async def _upgrade_then_handle(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        if self._closed:
+            writer.transport.abort()
+            return
+        try:
+            async with asyncio.timeout(self.client_info_timeout_s):
+                head = await reader.readuntil(HEAD_END)
+            request = parse_head(head)
+        except ProtocolError:
+            writer.write(error_response(400, "Bad Request"))
+            await _close(writer)
+            return
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            await _close(writer)
+            return
+        refused = refusal(request, RELAY_PATH)
+        if refused is not None:
+            writer.write(error_response(*refused))
+            await _close(writer)
+            return
+        writer.write(SWITCHING_PROTOCOLS)
+        await self.handle(reader, writer)
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Run one client connection whose transport (after any upgrade) is established.
+
+        Returns when the connection is over; the writer is closed by then.
+        """
+        task = asyncio.current_task()
+        if task is None:  # pragma: no cover - a coroutine awaited by asyncio has a task
+            raise RuntimeError("RelayServer.handle must run in an asyncio task")
+        self._handlers.add(task)
+        self._handshaking.add(task)
+        conn: _Conn | None = None
+        try:
+            if self._closed:
+                writer.write(p.Error(SHUTTING_DOWN).pack())
+                return
+            conn, decoder, early = await self._admit_client(reader, writer)
+            self._handshaking.discard(task)
+            if conn is None:
+                return
+            await self._run(conn, reader, decoder, early)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if conn is not None:
+                self._unregister(conn)
+            self._handlers.discard(task)
+            self._handshaking.discard(task)
+            await _close(writer)
+
+    async def _admit_client(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[_Conn | None, p.FrameDecoder, list[p.Frame]]:
+        """The handshake; a refusal writes ERROR and returns no connection."""
+        decoder = p.FrameDecoder()
+        writer.write(self._server_key_frame)
+        await writer.drain()
+        try:
+            async with asyncio.timeout(self.client_info_timeout_s):
+                frames: list[p.Frame] = []
+                while not frames:
+                    data = await reader.read(READ_CHUNK)
+                    if not data:
+                        return None, decoder, []
+                    frames = decoder.feed(data)
+        except TimeoutError:
+            return self._refuse(writer, "no CLIENT_INFO within the handshake timeout"), decoder, []
+        except ProtocolError as e:
+            return self._refuse(writer, f"malformed frame: {e}"), decoder, []
+        first = frames[0]
+        if not isinstance(first, p.ClientInfo):
+            return self._refuse(writer, "expected CLIENT_INFO first"), decoder, []
+        try:
+            hello = first.open(self._private_key)
+        except ProtocolError:
+            return self._refuse(writer, FORGED_INFO), decoder, []
+        key = first.node_key
+        try:
+            async with asyncio.timeout(self.admit_timeout_s):
+                admitted = await self._admit(key)
+        except Exception:
+            log.warning("relay: admit(%s) failed", key.hex()[:16], exc_info=True)
+            return self._refuse(writer, "admission check failed; try again later"), decoder, []
+        if not admitted:
+            return self._refuse(writer, UNKNOWN_KEY), decoder, []
+        if self._closed:
+            return self._refuse(writer, SHUTTING_DOWN), decoder, []
+        server_hello = p.ServerHello(p.PROTOCOL_VERSION, self.rate_bytes_per_s, self.burst_bytes)
+        nonce = self._entropy(p.NONCE_LEN)
+        writer.write(p.ServerInfo.create(self._private_key, key, server_hello, nonce).pack())
+        now = self._clock()
+        bucket = TokenBucket(self.rate_bytes_per_s, self.burst_bytes, now)
+        conn = _Conn(key, writer, hello.preferred, now, bucket, self.queue_packets)
+        old = self._conns.get(key)
+        if old is not None:
+            old.close(REPLACED)
+        self._conns[key] = conn
+        log.info("relay: %s connected from %s", key.hex()[:16], conn.remote)
+        return conn, decoder, frames[1:]
+
+    @staticmethod
+    def _refuse(writer: asyncio.StreamWriter, reason: str) -> None:
+        log.info("relay: refusing %s: %s", _peername(writer), reason)
+        writer.write(p.Error(reason).pack())
+
+    async def _run(
+        self, conn: _Conn, reader: asyncio.StreamReader, decoder: p.FrameDecoder,
+        early: list[p.Frame],
+    ) -> None:  # fmt: skip
+        reading = asyncio.create_task(self._read_loop(conn, reader, decoder, early))
+        writing = asyncio.create_task(self._write_loop(conn))
+        conn.tasks = [reading, writing]
+        if conn.close_reason is not None:  # replaced or disconnected before the tasks began
+            for t in conn.tasks:
+                t.cancel()
+        try:
+            await asyncio.wait(conn.tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for t in conn.tasks:
+                t.cancel()
+            await asyncio.gather(*conn.tasks, return_exceptions=True)
+        if reading.done() and not reading.cancelled():
+            error = reading.exception()
+            if isinstance(error, ProtocolError):
+                conn.close(f"malformed frame: {error}")
+
+    async def _read_loop(
+        self, conn: _Conn, reader: asyncio.StreamReader, decoder: p.FrameDecoder,
+        early: list[p.Frame],
+    ) -> None:  # fmt: skip
+        self._dispatch(conn, early, self._clock())
+        while True:
+            data = await reader.read(READ_CHUNK)
+            if not data:
+                return
+            now = self._clock()
+            conn.last_rx = now
+            self._dispatch(conn, decoder.feed(data), now)
+
+    def _dispatch(self, conn: _Conn, frames: list[p.Frame], now: float) -> None:
+        """Act on frames from ``conn``; ProtocolError for a frame a client may not send."""
+        for frame in frames:
+            if isinstance(frame, p.SendPacket):
+                size = len(frame.packet)
+                if not conn.bucket.take(size, now):
+                    conn.drops_rate += 1
+                    continue
+                conn.packets_in += 1
+                conn.bytes_in += size
+                dst = self._conns.get(frame.dst)
+                if dst is None:
+                    conn.drops_no_peer += 1
+                    if conn.throttle.allow(frame.dst, now):
+                        conn.enqueue(p.PeerGone(frame.dst, p.PEER_GONE_NOT_HERE).pack())
+                elif dst.enqueue(p.RecvPacket(conn.key, frame.packet).pack()):
+                    dst.packets_out += 1
+                    dst.bytes_out += size
+                    if len(dst.senders) < MAX_SENDERS:
+                        dst.senders.add(conn.key)
+                else:
+                    dst.drops_queue += 1
+            elif isinstance(frame, p.Ping):
+                conn.enqueue(p.Pong(frame.data).pack())
+            elif isinstance(frame, p.NotePreferred):
+                conn.preferred = frame.preferred
+            elif not isinstance(frame, p.KeepAlive | p.Pong):
+                raise ProtocolError(f"a client may not send {type(frame).__name__}")
+
+    async def _write_loop(self, conn: _Conn) -> None:
+        writer = conn.writer
+        keepalive = p.KeepAlive().pack()
+        while True:
+            if not conn.queue:
+                conn.wake.clear()
+                try:
+                    async with asyncio.timeout(self.keepalive_interval_s):
+                        await conn.wake.wait()
+                except TimeoutError:
+                    conn.queue.append(keepalive)
+            if self._clock() - conn.last_rx > self.idle_timeout_s:
+                conn.close(f"no frame from the client in {self.idle_timeout_s:.0f} s")
+                return
+            batch = list(conn.queue)
+            conn.queue.clear()
+            writer.writelines(batch)
+            try:
+                async with asyncio.timeout(self.idle_timeout_s):
+                    await writer.drain()
+            except TimeoutError:
+                conn.close(f"client has not read for {self.idle_timeout_s:.0f} s")
+                return
+
+    def _unregister(self, conn: _Conn) -> None:
+        if self._conns.get(conn.key) is conn:
+            del self._conns[conn.key]
+            self._tell_senders_gone(conn)
+            log.info("relay: %s disconnected", conn.key.hex()[:16])
+
+    def _tell_senders_gone(self, conn: _Conn) -> None:
+        if conn.key in self._conns:  # replaced, not gone
+            return
+        gone = p.PeerGone(conn.key, p.PEER_GONE_DISCONNECTED).pack()
+        for sender in conn.senders:
+            other = self._conns.get(sender)
+            if other is not None:
+                other.enqueue(gone)
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close, letting buffered frames (an ERROR) out for CLOSE_GRACE_S, then abort."""
+    with contextlib.suppress(Exception):
+        writer.close()
+    try:
+        async with asyncio.timeout(CLOSE_GRACE_S):
+            await writer.wait_closed()
+    except (TimeoutError, ConnectionError, OSError):
+        writer.transport.abort()
+    except asyncio.CancelledError:
+        writer.transport.abort()
+        raise
