@@ -1,14 +1,367 @@
-"""weft-control: the coordination server (coming with the control-plane work)."""
+"""weft-control: run the coordination server, and administer it.
+
+    weft-control serve [--listen HOST:PORT] [--data-dir DIR] [--database-url URL] ...
+    weft-control users create NAME | list | delete NAME [--force]
+    weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
+                             [--expiration 1h] | list [--user U] | revoke PREFIX_OR_ID
+    weft-control nodes list [--user U] | delete ID | expire ID | rename ID NAME
+                       | register --user U --code CODE
+    weft-control apikeys create [--expiration 90d] | list | revoke PREFIX
+
+Admin commands talk to a running server: through ``--data-dir DIR`` (its admin.json,
+on the control host) or ``--server URL --api-key KEY`` (or WEFT_CONTROL_URL and
+WEFT_CONTROL_API_KEY). Every listing takes ``--json``. Errors are one line on stderr
+and a non-zero exit: 1 when the server refused or could not be reached, 2 for bad usage.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote
+
+PROG = "weft-control"
+DEFAULT_LISTEN = "0.0.0.0:8080"
+DEFAULT_DATA_DIR = "/var/lib/weft-control"
 
 
-def main(argv: list[str] | None = None) -> None:
-    print(
-        "weft-control: the coordination server is not part of this release yet;"
-        " run weftd --wg-config FILE for a plain WireGuard peer",
-        file=sys.stderr,
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"{PROG}: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _seconds(text: str) -> float:
+    """A duration: "15s", "1h", "90d", or a plain number of seconds ("0.5")."""
+    from weftnet.control.names import parse_duration
+
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            return parse_duration(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r}: must be positive")
+    return value
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    commands.required = True
+
+    serve = commands.add_parser("serve", help="run the coordination server")
+    serve.add_argument("--listen", default=DEFAULT_LISTEN, help="HOST:PORT (default %(default)s)")
+    serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="(default %(default)s)")
+    serve.add_argument("--database-url", help="default: sqlite in DATA_DIR/control.db")
+    serve.add_argument("--server-url", help="public URL of this server, for login URLs")
+    serve.add_argument("--node-key-expiry", help="e.g. 180d (the default); saved")
+    serve.add_argument("--dns-domain", help="e.g. weft.internal (the default); saved")
+    serve.add_argument("--keepalive-interval", type=_seconds, default=15.0, metavar="DURATION")
+    serve.add_argument("--ephemeral-grace", type=_seconds, default=10.0, metavar="DURATION")
+    serve.add_argument("--login-wait", type=_seconds, default=60.0, metavar="DURATION")
+    serve.add_argument("--no-access-log", action="store_true", help="no line per request")
+
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--data-dir", help=f"the server's data directory (default {DEFAULT_DATA_DIR})"
     )
-    sys.exit(2)
+    common.add_argument("--server", help="URL of the server (or WEFT_CONTROL_URL)")
+    common.add_argument("--api-key", help="admin API key (or WEFT_CONTROL_API_KEY)")
+    common.add_argument("--json", action="store_true", help="print JSON")
+
+    def group(name: str, help_text: str) -> Any:
+        sub = commands.add_parser(name, help=help_text)
+        actions = sub.add_subparsers(dest="action", metavar="ACTION", parser_class=Parser)
+        actions.required = True
+        return actions
+
+    def action(actions: Any, name: str, help_text: str) -> Parser:
+        p: Parser = actions.add_parser(name, help=help_text, parents=[common])
+        return p
+
+    users = group("users", "manage users")
+    action(users, "create", "create a user").add_argument("name")
+    action(users, "list", "list users")
+    p = action(users, "delete", "delete a user")
+    p.add_argument("name")
+    p.add_argument("--force", action="store_true", help="also delete the user's nodes")
+
+    keys = group("keys", "manage auth keys")
+    p = action(keys, "create", "create an auth key (printed alone on stdout)")
+    p.add_argument("--user")
+    p.add_argument("--reusable", action="store_true")
+    p.add_argument("--ephemeral", action="store_true")
+    p.add_argument("--tags", default="", help="tag:a,tag:b: nodes owned by the tags")
+    p.add_argument("--expiration", help="e.g. 1h, 7d (default 90d)")
+    action(keys, "list", "list auth keys").add_argument("--user")
+    action(keys, "revoke", "revoke an auth key").add_argument("key", metavar="PREFIX_OR_ID")
+
+    nodes = group("nodes", "manage nodes")
+    action(nodes, "list", "list nodes").add_argument("--user")
+    action(nodes, "delete", "delete a node").add_argument("node", metavar="ID")
+    action(nodes, "expire", "expire a node's key now").add_argument("node", metavar="ID")
+    p = action(nodes, "rename", "change a node's DNS name")
+    p.add_argument("node", metavar="ID")
+    p.add_argument("name")
+    p = action(nodes, "register", "approve an interactive login")
+    p.add_argument("--user", required=True)
+    p.add_argument("--code", required=True, help="the code at the end of the login URL")
+
+    apikeys = group("apikeys", "manage admin API keys")
+    p = action(apikeys, "create", "create an API key (printed alone on stdout)")
+    p.add_argument("--expiration", help="e.g. 90d (default: never)")
+    p.add_argument("--description", default="")
+    action(apikeys, "list", "list API keys")
+    action(apikeys, "revoke", "revoke an API key").add_argument("prefix", metavar="PREFIX")
+    return parser
+
+
+# -- output ---------------------------------------------------------------------------
+
+
+def _when(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "-"
+    delta = ts - now
+    s = abs(int(delta))
+    if s < 120:
+        text = f"{s}s"
+    elif s < 7200:
+        text = f"{s // 60}m"
+    elif s < 2 * 86400:
+        text = f"{s // 3600}h"
+    else:
+        text = f"{s // 86400}d"
+    return f"in {text}" if delta > 0 else f"{text} ago"
+
+
+def _table(rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _print_users(users: list[dict[str, Any]], now: float) -> None:
+    rows = [("ID", "NAME", "CREATED")]
+    rows += [(str(u["id"]), u["name"], _when(u["created_at"], now)) for u in users]
+    _table(rows)
+
+
+def _key_status(k: dict[str, Any]) -> str:
+    if k["revoked"]:
+        return "revoked"
+    if k["expired"]:
+        return "expired"
+    return "valid" if k["valid"] else "used"
+
+
+def _print_keys(keys: list[dict[str, Any]], now: float) -> None:
+    rows = [("ID", "PREFIX", "USER", "REUSABLE", "EPHEMERAL", "TAGS", "USED", "EXPIRES", "STATUS")]
+    for k in keys:
+        rows.append(
+            (
+                str(k["id"]),
+                k["prefix"],
+                k["user"] or "-",
+                "yes" if k["reusable"] else "no",
+                "yes" if k["ephemeral"] else "no",
+                ",".join(k["tags"]) or "-",
+                str(k["used_count"]),
+                _when(k["expires_at"], now),
+                _key_status(k),
+            )
+        )
+    _table(rows)
+
+
+def _print_nodes(nodes: list[dict[str, Any]], now: float) -> None:
+    rows = [("ID", "NAME", "HOSTNAME", "OWNER", "IPV4", "IPV6", "ONLINE", "LAST SEEN", "EXPIRES")]
+    for n in nodes:
+        rows.append(
+            (
+                str(n["id"]),
+                n["given_name"],
+                n["hostname"] or "-",
+                n["user"] or ",".join(n["tags"]) or "-",
+                n["ipv4"],
+                n["ipv6"],
+                "yes" if n["online"] else "no",
+                _when(n["last_seen"], now),
+                "expired" if n["expired"] else _when(n["key_expiry"], now),
+            )
+        )
+    _table(rows)
+
+
+def _print_api_keys(keys: list[dict[str, Any]], now: float) -> None:
+    rows = [("ID", "PREFIX", "DESCRIPTION", "CREATED", "EXPIRES", "LAST USED", "STATUS")]
+    for k in keys:
+        status = "revoked" if k["revoked"] else "expired" if k["expired"] else "valid"
+        rows.append(
+            (
+                str(k["id"]),
+                k["prefix"],
+                k["description"] or "-",
+                _when(k["created_at"], now),
+                _when(k["expires_at"], now) if k["expires_at"] else "never",
+                _when(k["last_used_at"], now),
+                status,
+            )
+        )
+    _table(rows)
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from weftnet.control import server
+
+    try:
+        host, port = server.parse_listen(args.listen)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    server.configure_logging()
+    os.umask(0o077)  # the database and everything else in the data dir: owner only
+    options = server.ServeOptions(
+        data_dir=Path(args.data_dir),
+        host=host,
+        port=port,
+        database_url=args.database_url,
+        server_url=args.server_url,
+        node_key_expiry=args.node_key_expiry,
+        dns_domain=args.dns_domain,
+        keepalive_s=args.keepalive_interval,
+        ephemeral_grace_s=args.ephemeral_grace,
+        followup_wait_s=args.login_wait,
+        access_log=not args.no_access_log,
+    )
+    try:
+        server.serve(options)
+    except server.ServeError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _node_id(client: Any, ref: str) -> int:
+    """A node's id from its id or its given name."""
+    if ref.isdigit():
+        return int(ref)
+    matches = [n["id"] for n in client.request("GET", "/nodes") if n["given_name"] == ref]
+    if not matches:
+        raise UsageError(f"no node named {ref}: see `{PROG} nodes list`")
+    return int(matches[0])
+
+
+def _admin(args: argparse.Namespace) -> int:
+    from weftnet.control.adminclient import AdminClient, resolve_target
+
+    now = time.time()
+    target = resolve_target(args.data_dir, args.server, args.api_key)
+    with AdminClient(target) as client:
+        req = client.request
+        key = (args.command, args.action)
+        out: Any
+        printer: Callable[[Any, float], None] | None = None
+        text: str | None = None
+        if key == ("users", "create"):
+            out = req("POST", "/users", body={"name": args.name})
+            text = f"created user {out['name']} (id {out['id']})"
+        elif key == ("users", "list"):
+            out, printer = req("GET", "/users"), _print_users
+        elif key == ("users", "delete"):
+            out = req(
+                "DELETE",
+                f"/users/{quote(args.name, safe='@')}",
+                params={"force": str(args.force).lower()},
+            )
+            text = f"deleted user {args.name}" + (
+                f" and {out['nodes_deleted']} node(s)" if out["nodes_deleted"] else ""
+            )
+        elif key == ("keys", "create"):
+            tags = [t for t in args.tags.split(",") if t.strip()]
+            body = {
+                "user": args.user,
+                "reusable": args.reusable,
+                "ephemeral": args.ephemeral,
+                "tags": tags,
+                "expiration": args.expiration,
+            }
+            out = req("POST", "/keys", body=body)
+            text = out["key"]
+        elif key == ("keys", "list"):
+            out, printer = req("GET", "/keys", params={"user": args.user}), _print_keys
+        elif key == ("keys", "revoke"):
+            out = req("DELETE", f"/keys/{quote(args.key, safe='')}")
+            text = f"revoked auth key {out['revoked']}"
+        elif key == ("nodes", "list"):
+            out, printer = req("GET", "/nodes", params={"user": args.user}), _print_nodes
+        elif key == ("nodes", "delete"):
+            out = req("DELETE", f"/nodes/{_node_id(client, args.node)}")
+            text = f"deleted node {out['deleted']} ({out['given_name']})"
+        elif key == ("nodes", "expire"):
+            out = req("POST", f"/nodes/{_node_id(client, args.node)}/expire")
+            text = f"expired the key of node {out['expired']}"
+        elif key == ("nodes", "rename"):
+            out = req(
+                "POST", f"/nodes/{_node_id(client, args.node)}/rename", body={"name": args.name}
+            )
+            text = f"node {out['id']} is now {out['given_name']}"
+        elif key == ("nodes", "register"):
+            out = req("POST", "/nodes/register", body={"user": args.user, "code": args.code})
+            text = f"registered node {out['id']} {out['given_name']} {out['ipv4']} {out['ipv6']}"
+        elif key == ("apikeys", "create"):
+            body = {"expiration": args.expiration, "description": args.description}
+            out = req("POST", "/apikeys", body=body)
+            text = out["key"]
+        elif key == ("apikeys", "list"):
+            out, printer = req("GET", "/apikeys"), _print_api_keys
+        elif key == ("apikeys", "revoke"):
+            out = req("DELETE", f"/apikeys/{quote(args.prefix, safe='')}")
+            text = f"revoked API key {out['revoked']}"
+        else:  # pragma: no cover - argparse only lets known actions through
+            raise UsageError(f"unknown command {' '.join(key)}")
+    if args.json:
+        print(json.dumps(out, indent=2))
+    elif printer is not None:
+        printer(out, now)
+    elif text is not None:
+        print(text)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    from weftnet.control.adminclient import AdminError
+
+    try:
+        code = _serve(args) if args.command == "serve" else _admin(args)
+    except UsageError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        code = 2
+    except AdminError as e:
+        print(f"{PROG}: {e}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -67,10 +67,10 @@ def check_user_name(name: str) -> str:
     if (
         not name
         or len(name) > MAX_USER_NAME
-        or any(c.isspace() or not c.isprintable() for c in name)
+        or any(c.isspace() or not c.isprintable() or c in "/?#%" for c in name)
     ):
         raise ValueError(
-            f"invalid user name {name!r}: 1 to {MAX_USER_NAME} printable characters, no spaces"
+            f"invalid user name {name!r}: 1 to {MAX_USER_NAME} printable characters, no spaces or / ? # %"
         )
     if "@" in name:
         local, _, domain = name.partition("@")

@@ -1,0 +1,244 @@
+"""The admin REST API under /api/v1, for ``weft-control`` and scripts.
+
+Every route needs ``Authorization: Bearer weftapi-...``. Answers are JSON; errors are
+``{"error": "<one line>"}`` with 400 (bad input), 401 (API key), 404 (no such thing) or
+409 (conflict). Secrets appear only once: in the answer that creates an auth key or an
+API key (field ``key``). Times are unix seconds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from weftnet.control import netmap
+from weftnet.control.hub import Hub
+from weftnet.control.records import ApiKey, AuthKey, Node, User
+from weftnet.control.service import (
+    Conflict,
+    ControlService,
+    Invalid,
+    NotFound,
+    Refused,
+    ServiceError,
+    Unauthorized,
+)
+
+STATUS = {Invalid: 400, Refused: 400, Unauthorized: 401, NotFound: 404, Conflict: 409}
+
+
+class NewUser(BaseModel):
+    name: str
+
+
+class NewAuthKeyRequest(BaseModel):
+    user: str | None = None
+    reusable: bool = False
+    ephemeral: bool = False
+    tags: list[str] = Field(default_factory=list)
+    expiration: str | None = None  # e.g. "1h", "90d"
+
+
+class NewApiKeyRequest(BaseModel):
+    expiration: str | None = None
+    description: str = ""
+
+
+class Rename(BaseModel):
+    name: str
+
+
+class RegisterByCode(BaseModel):
+    user: str
+    code: str
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "name": user.name, "created_at": user.created_at}
+
+
+def auth_key_json(key: AuthKey, owner: str | None, now: float) -> dict[str, Any]:
+    used_up = not key.reusable and key.used_count > 0
+    expired = key.expires_at <= now
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "user": owner,
+        "reusable": key.reusable,
+        "ephemeral": key.ephemeral,
+        "tags": list(key.tags),
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "used_count": key.used_count,
+        "last_used_at": key.last_used_at,
+        "revoked": key.revoked_at is not None,
+        "expired": expired,
+        "valid": key.revoked_at is None and not expired and not used_up,
+    }
+
+
+def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "given_name": node.given_name,
+        "hostname": node.hostname,
+        "user": owner,
+        "tags": list(node.tags),
+        "ipv4": node.ipv4,
+        "ipv6": node.ipv6,
+        "machine_key": node.machine_key,
+        "node_key": node.node_key,
+        "disco_key": node.disco_key,
+        "endpoints": netmap.node_endpoints(node.observed_ip, node.endpoints),
+        "online": online,
+        "created_at": node.created_at,
+        "last_seen": node.last_seen,
+        "key_expiry": node.key_expiry,
+        "expired": node.expired_at(now),
+        "ephemeral": node.ephemeral,
+    }
+
+
+def api_key_json(key: ApiKey, now: float) -> dict[str, Any]:
+    expired = key.expires_at is not None and key.expires_at <= now
+    return {
+        "id": key.id,
+        "prefix": key.prefix,
+        "description": key.description,
+        "created_at": key.created_at,
+        "expires_at": key.expires_at,
+        "last_used_at": key.last_used_at,
+        "revoked": key.revoked_at is not None,
+        "expired": expired,
+        "valid": key.revoked_at is None and not expired,
+    }
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ServiceError)
+    async def _service_error(_request: Request, exc: Exception) -> Response:
+        status = next((s for cls, s in STATUS.items() if isinstance(exc, cls)), 400)
+        return JSONResponse({"error": str(exc)}, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        if not errors:
+            return JSONResponse({"error": "invalid request"}, status_code=400)
+        first = errors[0]
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or "body"
+        return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=400)
+
+
+def router(service: ControlService, hub: Hub, clock: Callable[[], float]) -> APIRouter:
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
+
+    async def require_api_key(request: Request) -> ApiKey:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("missing API key: send Authorization: Bearer weftapi-...")
+        key: ApiKey = await call(service.check_api_key, token.strip(), clock())
+        return key
+
+    api = APIRouter(dependencies=[Depends(require_api_key)])
+
+    # users
+
+    @api.get("/users")
+    async def list_users() -> list[dict[str, Any]]:
+        return [user_json(u) for u in await call(service.list_users)]
+
+    @api.post("/users", status_code=201)
+    async def create_user(body: NewUser) -> dict[str, Any]:
+        return user_json(await call(service.create_user, body.name, clock()))
+
+    @api.delete("/users/{name}")
+    async def delete_user(name: str, force: bool = False) -> dict[str, Any]:
+        deleted = await call(service.delete_user, name, force)
+        return {"deleted": name, "nodes_deleted": deleted}
+
+    # auth keys
+
+    @api.get("/keys")
+    async def list_keys(user: str | None = None) -> list[dict[str, Any]]:
+        now = clock()
+        keys = await call(service.list_auth_keys, user)
+        return [auth_key_json(k, u.name if u else None, now) for k, u in keys]
+
+    @api.post("/keys", status_code=201)
+    async def create_key(body: NewAuthKeyRequest) -> dict[str, Any]:
+        now = clock()
+        text, key = await call(
+            service.create_auth_key,
+            now,
+            body.user,
+            reusable=body.reusable,
+            ephemeral=body.ephemeral,
+            tags=body.tags,
+            expiration=body.expiration,
+        )
+        return {"key": text, **auth_key_json(key, body.user, now)}
+
+    @api.delete("/keys/{ref}")
+    async def revoke_key(ref: str) -> dict[str, Any]:
+        key = await call(service.revoke_auth_key, ref, clock())
+        return {"revoked": key.prefix, "id": key.id}
+
+    # nodes
+
+    @api.get("/nodes")
+    async def list_nodes(user: str | None = None) -> list[dict[str, Any]]:
+        now, online = clock(), hub.online()
+        nodes = await call(service.list_nodes, user)
+        return [node_json(n, u.name if u else None, n.id in online, now) for n, u in nodes]
+
+    @api.delete("/nodes/{node_id}")
+    async def delete_node(node_id: int) -> dict[str, Any]:
+        node = await call(service.delete_node, node_id)
+        return {"deleted": node.id, "given_name": node.given_name}
+
+    @api.post("/nodes/{node_id}/expire")
+    async def expire_node(node_id: int) -> dict[str, Any]:
+        node = await call(service.expire_node, node_id, clock())
+        return {"expired": node.id, "key_expiry": node.key_expiry}
+
+    @api.post("/nodes/{node_id}/rename")
+    async def rename_node(node_id: int, body: Rename) -> dict[str, Any]:
+        node = await call(service.rename_node, node_id, body.name)
+        return {"id": node.id, "given_name": node.given_name}
+
+    @api.post("/nodes/register", status_code=201)
+    async def register_node(body: RegisterByCode) -> dict[str, Any]:
+        now = clock()
+        registered = await call(service.register_by_code, body.user, body.code, now)
+        node = registered.node
+        owner = registered.user.name if registered.user else None
+        return node_json(node, owner, node.id in hub.online(), now)
+
+    # admin API keys
+
+    @api.get("/apikeys")
+    async def list_api_keys() -> list[dict[str, Any]]:
+        now = clock()
+        return [api_key_json(k, now) for k in await call(service.list_api_keys)]
+
+    @api.post("/apikeys", status_code=201)
+    async def create_api_key(body: NewApiKeyRequest) -> dict[str, Any]:
+        now = clock()
+        text, key = await call(service.create_api_key, now, body.expiration, body.description)
+        return {"key": text, **api_key_json(key, now)}
+
+    @api.delete("/apikeys/{prefix}")
+    async def revoke_api_key(prefix: str) -> dict[str, Any]:
+        key = await call(service.revoke_api_key, prefix, clock())
+        return {"revoked": key.prefix, "id": key.id}
+
+    return api

@@ -1,0 +1,304 @@
+"""HTTP routes of the node protocol (``/key``, ``/machine/...``), and the app itself.
+
+Theory of operation (see docs/control-protocol.md): a node POSTs a body sealed from its
+machine key to the server key (``controlbox``). The machine key is in the URL; a body
+that does not open with (server private, machine public) did not come from that
+machine and gets a plain-text 401. Every body that opens is answered with HTTP 200 and
+a sealed answer; refusals (a bad auth key, a replayed or stale request, a node key of
+another machine) travel inside it as ``error``. The map answer is a stream of frames
+(``controlbox.frame``), each a sealed MapResponse: the first full, then deltas and
+keepalives; a refusal is a single frame carrying ``error``.
+
+The rules are in the service (called in worker threads: it blocks on the database);
+streams are fed by the hub.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import ValidationError
+from starlette.types import Receive, Scope, Send
+
+from weftnet import controlbox, tailcfg
+from weftnet.control import admin_api, netmap
+from weftnet.control.hub import Hub, StreamClosed, Subscription
+from weftnet.control.service import ControlService, Refused, Registered
+
+MAX_BODY = 64 * 1024  # a sealed request larger than this is refused (413)
+OCTET_STREAM = "application/octet-stream"
+DEFAULT_FOLLOWUP_WAIT_S = 60.0  # an interactive login's followup is held this long
+
+W = TypeVar("W", bound=tailcfg.Wire)
+
+
+@dataclass
+class ControlContext:
+    service: ControlService
+    hub: Hub
+    server_private: bytes
+    server_public: bytes
+    server_url: str | None = None  # the base of login URLs; else the request's own
+    followup_wait_s: float = DEFAULT_FOLLOWUP_WAIT_S
+    replay: controlbox.ReplayGuard = field(default_factory=controlbox.ReplayGuard)
+    clock: Callable[[], float] = time.time
+
+    def seal(self, machine_public: bytes, model: tailcfg.Wire) -> bytes:
+        body = model.model_dump_json().encode()
+        nonce = os.urandom(controlbox.NONCE_LEN)
+        return controlbox.seal(self.server_private, machine_public, body, nonce)
+
+    def frame(self, machine_public: bytes, model: tailcfg.MapResponse) -> bytes:
+        return controlbox.frame(self.seal(machine_public, model))
+
+
+class PlainRefusal(Exception):
+    """A request that did not prove its machine key: answered in plain text."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class SealedRefusal(Exception):
+    """A request that opened but must be refused: the reason goes back sealed."""
+
+
+def create_app(ctx: ControlContext) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await ctx.hub.start()
+        try:
+            yield
+        finally:
+            await ctx.hub.stop()
+
+    app = FastAPI(
+        title="weft-control",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/v1/openapi.json",
+    )
+
+    @app.exception_handler(PlainRefusal)
+    async def _plain(_request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, PlainRefusal)
+        return PlainTextResponse(str(exc) + "\n", status_code=exc.status)
+
+    @app.get("/key")
+    async def server_key() -> JSONResponse:
+        key = tailcfg.ServerKey(
+            public_key=controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, ctx.server_public)
+        )
+        return JSONResponse(key.model_dump())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        try:
+            await anyio.to_thread.run_sync(ctx.service.list_users)
+        except Exception as e:
+            return JSONResponse({"ok": False, "error": f"database: {e}"}, status_code=503)
+        return JSONResponse({"ok": True, "nodes_online": len(ctx.hub.online())})
+
+    @app.get("/register/{code}")
+    async def login_page(code: str) -> PlainTextResponse:
+        return PlainTextResponse(
+            "This device is waiting to join the tailnet.\n"
+            "An administrator approves it on the control server with:\n\n"
+            f"    weft-control nodes register --user USER --code {code}\n"
+        )
+
+    @app.post("/machine/{mkey}/register")
+    async def register(mkey: str, request: Request) -> Response:
+        machine_public = _machine_key(mkey)
+        try:
+            req = await _open(ctx, request, machine_public, tailcfg.RegisterRequest)
+            answer = await _register(ctx, request, machine_public, req)
+        except SealedRefusal as e:
+            answer = tailcfg.RegisterResponse(machine_authorized=False, error=str(e))
+        return Response(ctx.seal(machine_public, answer), media_type=OCTET_STREAM)
+
+    @app.post("/machine/{mkey}/map")
+    async def map_request(mkey: str, request: Request) -> Response:
+        machine_public = _machine_key(mkey)
+        machine_key = controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, machine_public)
+        try:
+            req = await _open(ctx, request, machine_public, tailcfg.MapRequest)
+            observed = netmap.normalize_ip(request.client.host) if request.client else None
+            node = await _call(ctx.service.map_request, machine_key, req, observed, ctx.clock())
+        except SealedRefusal as e:
+            error = tailcfg.MapResponse(error=str(e))
+            return Response(ctx.frame(machine_public, error), media_type=OCTET_STREAM)
+        if req.omit_peers or not req.stream:
+            return Response(
+                await _one_map(ctx, machine_public, node.id, req), media_type=OCTET_STREAM
+            )
+        sub = ctx.hub.connect(node.id)
+        return MapStreamResponse(
+            _stream(ctx, machine_public, sub),
+            on_close=lambda: ctx.hub.disconnect(sub),
+        )
+
+    app.include_router(admin_api.router(ctx.service, ctx.hub, ctx.clock), prefix="/api/v1")
+    admin_api.install_error_handlers(app)
+    return app
+
+
+def _machine_key(text: str) -> bytes:
+    hex_part = text.removeprefix(tailcfg.MACHINE_KEY_PREFIX)
+    try:
+        raw = bytes.fromhex(hex_part)
+    except ValueError:
+        raw = b""
+    if len(raw) != controlbox.KEY_LEN:
+        raise PlainRefusal(400, "malformed machine key in the URL: expected 64 hex digits")
+    return raw
+
+
+async def _open(ctx: ControlContext, request: Request, machine_public: bytes, model: type[W]) -> W:
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise PlainRefusal(413, f"request body larger than {MAX_BODY} bytes")
+    try:
+        plain = controlbox.open_sealed(ctx.server_private, machine_public, body)
+    except controlbox.SealError:
+        raise PlainRefusal(
+            401,
+            "the request is not sealed by this machine key to this server's key"
+            " (GET /key): refused",
+        ) from None
+    try:
+        req = model.model_validate_json(plain)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise SealedRefusal(f"malformed {model.__name__}: {where}: {first['msg']}") from None
+    ts = getattr(req, "ts", None)
+    assert isinstance(ts, float)
+    try:
+        ctx.replay.check(body, ts, ctx.clock())
+    except controlbox.SealError as e:
+        raise SealedRefusal(str(e)) from None
+    return req
+
+
+R = TypeVar("R")
+
+
+async def _call(fn: Callable[..., R], *args: Any) -> R:
+    """Run a service rule in a worker thread; a protocol refusal becomes SealedRefusal."""
+    try:
+        return await anyio.to_thread.run_sync(fn, *args)
+    except Refused as e:
+        raise SealedRefusal(str(e)) from None
+
+
+async def _register(
+    ctx: ControlContext, request: Request, machine_public: bytes, req: tailcfg.RegisterRequest
+) -> tailcfg.RegisterResponse:
+    machine_key = controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, machine_public)
+    base_url = ctx.server_url or str(request.base_url)
+    deadline_at = time.monotonic() + ctx.followup_wait_s
+    while True:
+        generation = ctx.hub.generation
+        outcome = await _call(ctx.service.register, machine_key, req, ctx.clock(), base_url)
+        if isinstance(outcome, Registered):
+            return _authorized(ctx, outcome)
+        waiting = req.followup is not None and outcome.error is None
+        remaining_s = deadline_at - time.monotonic()
+        if not waiting or remaining_s <= 0 or ctx.hub.closed:
+            return outcome
+        # Held open until an admin approves the login (any change wakes us to re-check).
+        await ctx.hub.wait_for_change(generation, remaining_s)
+
+
+def _authorized(ctx: ControlContext, registered: Registered) -> tailcfg.RegisterResponse:
+    node, user = registered.node, registered.user
+    users = {user.id: user} if user else {}
+    online = node.id in ctx.hub.online()
+    return tailcfg.RegisterResponse(
+        machine_authorized=True,
+        node=netmap.wire_node(node, users, online, ctx.clock()),
+        user=tailcfg.UserInfo(id=user.id, name=user.name) if user else None,
+    )
+
+
+async def _one_map(
+    ctx: ControlContext, machine_public: bytes, node_id: int, req: tailcfg.MapRequest
+) -> bytes:
+    """The answer to a map request that does not stream: one frame, then the end."""
+    snapshot = await anyio.to_thread.run_sync(ctx.service.snapshot)
+    current = netmap.NetMap(
+        snapshot.nodes,
+        snapshot.users,
+        ctx.hub.online(),
+        ctx.clock(),
+        ctx.service.settings.dns_domain,
+    )
+    view = current.view_for(node_id)
+    if view is None:
+        return ctx.frame(machine_public, tailcfg.MapResponse(error="node deleted"))
+    if req.omit_peers:
+        answer = tailcfg.MapResponse(node=view.node, dns_domain=current.dns_domain)
+    else:
+        answer = view.full(current.dns_domain)
+    return ctx.frame(machine_public, answer)
+
+
+async def _stream(
+    ctx: ControlContext, machine_public: bytes, sub: Subscription
+) -> AsyncIterator[bytes]:
+    """The frames of one map stream: full first, then deltas, keepalives, a final error."""
+    view: netmap.MapView | None = None
+    while True:
+        try:
+            current = await sub.next(ctx.hub.keepalive_s if view is not None else None)
+        except StreamClosed:
+            return
+        if current is None:
+            yield ctx.frame(machine_public, tailcfg.MapResponse(keepalive=True))
+            continue
+        new = current.view_for(sub.node_id)
+        if new is None:
+            yield ctx.frame(machine_public, tailcfg.MapResponse(error="node deleted"))
+            return
+        if view is None:
+            yield ctx.frame(machine_public, new.full(current.dns_domain))
+        else:
+            change = netmap.delta(view, new)
+            if change is not None:
+                yield ctx.frame(machine_public, change)
+        view = new
+        if new.node.expired:
+            final = tailcfg.MapResponse(
+                node=new.node, error="node key expired: run weft up to log in again"
+            )
+            yield ctx.frame(machine_public, final)
+            return
+
+
+class MapStreamResponse(StreamingResponse):
+    """A streaming response that always tells the hub when it ends, however it ends."""
+
+    def __init__(self, frames: AsyncIterator[bytes], on_close: Callable[[], None]) -> None:
+        super().__init__(frames, media_type=OCTET_STREAM)
+        self._frames = frames
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
+            aclose: Callable[[], Awaitable[None]] | None = getattr(self._frames, "aclose", None)
+            if aclose is not None:
+                await aclose()

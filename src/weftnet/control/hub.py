@@ -1,0 +1,259 @@
+"""The map hub: tells every live map stream what changed, within milliseconds.
+
+Theory of operation: each map stream is a ``Subscription``, a one-slot mailbox holding
+the newest ``NetMap`` (a slow stream skips straight to the latest state; nothing piles
+up). Anything that changes what a node could see - a commit published by the service
+on its ``ChangeFeed``, a stream coming or going (online state), a key reaching its
+expiry time - marks the hub dirty. One task rebuilds: it loads one snapshot of the
+database (in a worker thread), wraps it with the online set and the time into a
+``NetMap``, and offers it to every mailbox; each stream turns it into its own delta
+(``netmap.delta``). Changes that arrive while a rebuild runs are coalesced into the
+next one.
+
+A ticker (every ``tick_s``) marks the hub dirty when the earliest key expiry has
+passed, and deletes ephemeral nodes whose streams have all been gone for
+``ephemeral_grace_s`` (also ephemeral nodes that never came back after a restart).
+
+Online state lives in this process. Several replicas on one PostgreSQL would need the
+``ChangeFeed`` carried over LISTEN/NOTIFY and online state in the database; both sit
+behind ``notify_threadsafe`` and ``online``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import anyio.to_thread
+
+from weftnet.control.netmap import NetMap
+from weftnet.control.service import ControlService
+
+log = logging.getLogger(__name__)
+
+DEFAULT_KEEPALIVE_S = 15.0  # a stream with nothing to say sends a keepalive this often
+DEFAULT_EPHEMERAL_GRACE_S = 10.0  # an ephemeral node offline this long is deleted
+DEFAULT_TICK_S = 0.1  # how often expiry times and ephemeral deadlines are checked
+REBUILD_RETRY_S = 1.0  # after a failed snapshot (database unreachable), try again
+
+
+class StreamClosed(Exception):
+    """The hub is shutting down: end the stream."""
+
+
+class Subscription:
+    """One live map stream's mailbox: the newest NetMap it has not seen yet."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self._latest: NetMap | None = None
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def offer(self, netmap: NetMap) -> None:
+        self._latest = netmap
+        self._ready.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.set()
+
+    async def next(self, timeout_s: float | None) -> NetMap | None:
+        """The next NetMap; None when ``timeout_s`` passed first. StreamClosed at shutdown."""
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        if self._closed:
+            raise StreamClosed
+        self._ready.clear()
+        netmap, self._latest = self._latest, None
+        return netmap
+
+
+class Hub:
+    def __init__(
+        self,
+        service: ControlService,
+        *,
+        keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S,
+        tick_s: float = DEFAULT_TICK_S,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.service = service
+        self.keepalive_s = keepalive_s
+        self.ephemeral_grace_s = ephemeral_grace_s
+        self.tick_s = tick_s
+        self.clock = clock
+        self.current: NetMap | None = None  # the newest NetMap built
+        self.generation = 0  # bumped on every change; long-polls wait for it to move
+        self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._dirty = asyncio.Event()
+        self._changed_event = asyncio.Event()
+        self._subs: set[Subscription] = set()
+        self._streams: dict[int, int] = {}  # node id -> live streams
+        self._ephemeral_deadlines: dict[int, float] = {}  # node id -> delete at
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._spawn(self._rebuild_forever())
+        self._spawn(self._tick_forever())
+        self._mark_changed()
+
+    def close(self) -> None:
+        """End every stream and long-poll (server shutdown). Call on the hub's loop."""
+        self.closed = True
+        for sub in list(self._subs):
+            sub.close()
+        self._changed_event.set()
+
+    def close_threadsafe(self) -> None:
+        self._call_soon(self.close)
+
+    async def stop(self) -> None:
+        self.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _call_soon(self, fn: Callable[[], None]) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(fn)
+
+    # -- change notification ----------------------------------------------------------
+
+    def notify_threadsafe(self) -> None:
+        """Something changed (the ChangeFeed subscriber; any thread)."""
+        self._call_soon(self._mark_changed)
+
+    def _mark_changed(self) -> None:
+        self.generation += 1
+        self._dirty.set()
+        self._changed_event.set()
+
+    async def wait_for_change(self, since: int, timeout_s: float) -> None:
+        """Return once ``generation`` has moved past ``since``, at shutdown, or at timeout."""
+        deadline_at = time.monotonic() + timeout_s
+        while self.generation == since and not self.closed:
+            remaining_s = deadline_at - time.monotonic()
+            if remaining_s <= 0:
+                return
+            self._changed_event.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed_event.wait(), remaining_s)
+
+    # -- streams ----------------------------------------------------------------------
+
+    def connect(self, node_id: int) -> Subscription:
+        """A map stream for ``node_id`` starts; its first NetMap comes after this change."""
+        sub = Subscription(node_id)
+        if self.closed:
+            sub.close()
+            return sub
+        self._subs.add(sub)
+        self._streams[node_id] = self._streams.get(node_id, 0) + 1
+        self._ephemeral_deadlines.pop(node_id, None)
+        self._mark_changed()
+        return sub
+
+    def disconnect(self, sub: Subscription) -> None:
+        if sub not in self._subs:
+            return
+        self._subs.discard(sub)
+        left = self._streams.get(sub.node_id, 1) - 1
+        if left > 0:
+            self._streams[sub.node_id] = left
+            return
+        self._streams.pop(sub.node_id, None)
+        node = self.current.nodes.get(sub.node_id) if self.current else None
+        if node is not None and node.ephemeral:
+            self._ephemeral_deadlines[sub.node_id] = self.clock() + self.ephemeral_grace_s
+        self._mark_changed()  # offline now
+        if not self.closed:
+            self._spawn(self._record_last_seen(sub.node_id))
+
+    def online(self) -> frozenset[int]:
+        return frozenset(self._streams)
+
+    async def _record_last_seen(self, node_id: int) -> None:
+        try:
+            await anyio.to_thread.run_sync(self.service.node_disconnected, node_id, self.clock())
+        except Exception:
+            log.exception("could not record when node %d went offline", node_id)
+        self._mark_changed()
+
+    # -- background tasks -------------------------------------------------------------
+
+    async def _rebuild_forever(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            try:
+                snapshot = await anyio.to_thread.run_sync(self.service.snapshot)
+            except Exception as e:
+                log.warning("could not read the network map from the database: %s", e)
+                await asyncio.sleep(REBUILD_RETRY_S)
+                self._dirty.set()
+                continue
+            now = self.clock()
+            netmap = NetMap(
+                snapshot.nodes,
+                snapshot.users,
+                self.online(),
+                now,
+                self.service.settings.dns_domain,
+            )
+            self.current = netmap
+            self._track_ephemeral(netmap, now)
+            for sub in list(self._subs):
+                sub.offer(netmap)
+
+    def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
+        """Every offline ephemeral node has a deletion deadline; online ones have none."""
+        for node_id in list(self._ephemeral_deadlines):
+            if node_id not in netmap.nodes:
+                del self._ephemeral_deadlines[node_id]
+        for node in netmap.nodes.values():
+            if node.ephemeral and node.id not in self._streams:
+                self._ephemeral_deadlines.setdefault(node.id, now + self.ephemeral_grace_s)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = self.clock()
+            netmap = self.current
+            expiry_at = netmap.next_expiry_at if netmap is not None else None
+            if expiry_at is not None and now >= expiry_at:
+                self._mark_changed()
+            due = [
+                node_id
+                for node_id, at in self._ephemeral_deadlines.items()
+                if at <= now and node_id not in self._streams
+            ]
+            for node_id in due:
+                del self._ephemeral_deadlines[node_id]
+                try:
+                    if await anyio.to_thread.run_sync(self.service.delete_ephemeral, node_id):
+                        log.info("deleted ephemeral node %d: offline for its grace period", node_id)
+                except Exception:
+                    log.exception("could not delete ephemeral node %d", node_id)

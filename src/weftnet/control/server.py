@@ -1,0 +1,255 @@
+"""Running the coordination server: data directory, server key, database, uvicorn.
+
+``ControlServer.open()`` does everything that can fail with a clear message before any
+request is served - data directory (0700), server key (``server.key``, 0600, made on
+first start), database (migrated to the newest schema), the listening socket - and
+writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
+--data-dir DIR`` on this host can talk to the server. ``run()`` then serves until
+SIGTERM/SIGINT (or ``request_stop()``), ending every map stream so shutdown is prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+from nacl.public import PrivateKey
+
+from weftnet import controlbox
+from weftnet.control import store
+from weftnet.control.api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
+from weftnet.control.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
+from weftnet.control.records import CallbackFeed
+from weftnet.control.service import ControlService, ServiceError, Unauthorized
+
+log = logging.getLogger("weftnet.control")
+
+SERVER_KEY_FILE = "server.key"
+ADMIN_FILE = "admin.json"
+PRIVATE_KEY_PREFIX = "privkey:"
+GRACEFUL_SHUTDOWN_S = 5.0  # after this, connections still open are cut
+LOCAL_ADMIN_DESCRIPTION = "local admin (admin.json)"
+
+
+class ServeError(Exception):
+    """The server cannot start; the message says why and what to do."""
+
+
+@dataclass
+class ServeOptions:
+    data_dir: Path
+    host: str = "0.0.0.0"
+    port: int = 8080
+    database_url: str | None = None
+    server_url: str | None = None
+    node_key_expiry: str | None = None  # saved in the database when given
+    dns_domain: str | None = None  # saved in the database when given
+    keepalive_s: float = DEFAULT_KEEPALIVE_S
+    ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S
+    followup_wait_s: float = DEFAULT_FOLLOWUP_WAIT_S
+    access_log: bool = True
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """HOST:PORT, [IPV6]:PORT or :PORT (all addresses)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError(f"invalid --listen {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
+    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
+    return host, int(port)
+
+
+def local_url(host: str, port: int) -> str:
+    """How a client on this host reaches a server listening on ``host``."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def load_or_create_server_key(data_dir: Path) -> tuple[bytes, bytes]:
+    """The server's (private, public) X25519 key, made on first start."""
+    path = data_dir / SERVER_KEY_FILE
+    if not path.exists():
+        private = bytes(PrivateKey.generate())
+        _write_private(path, controlbox.key_to_text(PRIVATE_KEY_PREFIX, private) + "\n")
+        log.info("created the server key in %s", path)
+    try:
+        private = controlbox.key_from_text(PRIVATE_KEY_PREFIX, path.read_text().strip())
+    except (OSError, ValueError) as e:
+        raise ServeError(f"cannot read the server key {path}: {e}") from None
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o600)
+    return private, bytes(PrivateKey(private).public_key)
+
+
+def _write_private(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` atomically, readable by the owner only."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, content.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def ensure_admin_key(service: ControlService, data_dir: Path, url: str) -> str:
+    """Reuse the admin API key in admin.json if still valid, else make one; write the file."""
+    path = data_dir / ADMIN_FILE
+    api_key = None
+    with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+        api_key = json.loads(path.read_text()).get("api_key")
+    now = time.time()
+    if api_key:
+        try:
+            service.check_api_key(api_key, now)
+        except Unauthorized:
+            api_key = None
+    if not api_key:
+        api_key, _ = service.create_api_key(now, description=LOCAL_ADMIN_DESCRIPTION)
+    info = {"url": url, "api_key": api_key, "pid": os.getpid(), "started_at": now}
+    _write_private(path, json.dumps(info, indent=2) + "\n")
+    return api_key
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn, but a signal also ends the map streams, and the exit status stays 0."""
+
+    def __init__(self, config: uvicorn.Config, hub: Hub) -> None:
+        super().__init__(config)
+        self._hub = hub
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit:
+            self.force_exit = True
+        self.should_exit = True
+        self._hub.close_threadsafe()
+
+
+class ControlServer:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.url = ""
+        self.api_key = ""
+        self.port = 0
+        self.store: store.SqlStore | None = None
+        self._sock: socket.socket | None = None
+        self._server: _Uvicorn | None = None
+
+    def open(self) -> None:
+        opts = self.options
+        data_dir = opts.data_dir
+        try:
+            data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            data_dir.chmod(0o700)
+        except OSError as e:
+            raise ServeError(f"cannot use the data directory {data_dir}: {e.strerror}") from None
+        private, public = load_or_create_server_key(data_dir)
+        url = opts.database_url or store.sqlite_url(data_dir)
+        try:
+            self.store = store.SqlStore.open(url)
+        except Exception as e:
+            raise ServeError(
+                f"cannot open the database {store.redact(url)}: {_first_line(e)}"
+            ) from None
+        feed = CallbackFeed()
+        service = ControlService(self.store, feed=feed)
+        try:
+            service.load_settings(opts.node_key_expiry, opts.dns_domain)
+        except ServiceError as e:
+            raise ServeError(str(e)) from None
+        hub = Hub(service, keepalive_s=opts.keepalive_s, ephemeral_grace_s=opts.ephemeral_grace_s)
+        feed.subscribe(hub.notify_threadsafe)
+        self._sock = bind(opts.host, opts.port)
+        self.port = self._sock.getsockname()[1]
+        self.url = local_url(opts.host, self.port)
+        self.api_key = ensure_admin_key(service, data_dir, self.url)
+        ctx = ControlContext(
+            service=service,
+            hub=hub,
+            server_private=private,
+            server_public=public,
+            server_url=opts.server_url,
+            followup_wait_s=opts.followup_wait_s,
+        )
+        config = uvicorn.Config(
+            create_app(ctx),
+            lifespan="on",
+            access_log=opts.access_log,
+            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
+            log_level="info",
+            server_header=False,
+        )
+        self._server = _Uvicorn(config, hub)
+        log.info(
+            "serving on %s (database %s, server key mkey:%s)",
+            self.url,
+            store.redact(url),
+            public.hex(),
+        )
+
+    def run(self) -> None:
+        """Serve until stopped (blocking; any thread)."""
+        assert self._server is not None and self._sock is not None, "open() first"
+        try:
+            self._server.run(sockets=[self._sock])
+        finally:
+            self.close()
+
+    def request_stop(self) -> None:
+        """Stop serving (thread-safe): ends streams, then uvicorn shuts down."""
+        if self._server is not None:
+            self._server.handle_exit(0, None)
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self.store is not None:
+            self.store.dispose()
+
+    @property
+    def started(self) -> bool:
+        return self._server is not None and self._server.started
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(getattr(e, "orig", None) or e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def serve(options: ServeOptions) -> None:
+    """Open and run a server (the ``weft-control serve`` command)."""
+    server = ControlServer(options)
+    server.open()
+    server.run()
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="weft-control: %(message)s")
+    for noisy in ("alembic", "sqlalchemy"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,248 @@
+"""An in-memory ``records.Store`` for service tests: no SQL, same rules as SqlStore.
+
+One lock serializes transactions; a transaction works on a copy of the state and
+replaces it only when the block ends without an exception, so refusals roll back.
+Unique columns raise StoreConflict like the database's constraints do.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from weftnet.control.records import (
+    NODE_UPDATABLE,
+    ApiKey,
+    AuthKey,
+    NewApiKey,
+    NewAuthKey,
+    NewNode,
+    NewPending,
+    Node,
+    Pending,
+    StoreConflict,
+    User,
+)
+
+NODE_UNIQUE = ("machine_key", "node_key", "given_name", "ipv4", "ipv6")
+
+
+@dataclass
+class State:
+    next_id: int = 1
+    users: dict[int, User] = field(default_factory=dict)
+    auth_keys: dict[int, AuthKey] = field(default_factory=dict)
+    nodes: dict[int, Node] = field(default_factory=dict)
+    api_keys: dict[int, ApiKey] = field(default_factory=dict)
+    pending: dict[int, Pending] = field(default_factory=dict)
+    settings: dict[str, str] = field(default_factory=dict)
+
+    def new_id(self) -> int:
+        self.next_id += 1
+        return self.next_id - 1
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.state = State()
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[MemoryTx]:
+        with self._lock:
+            work = copy.deepcopy(self.state)
+            yield MemoryTx(work)
+            if write:
+                self.state = work
+
+    def row_counts(self) -> dict[str, int]:
+        s = self.state
+        return {
+            "users": len(s.users),
+            "auth_keys": len(s.auth_keys),
+            "nodes": len(s.nodes),
+            "api_keys": len(s.api_keys),
+            "pending_registrations": len(s.pending),
+            "settings": len(s.settings),
+        }
+
+
+class MemoryTx:
+    def __init__(self, state: State) -> None:
+        self.s = state
+
+    # users
+    def add_user(self, name: str, now: float) -> User:
+        if any(u.name == name for u in self.s.users.values()):
+            raise StoreConflict("users.name")
+        user = User(id=self.s.new_id(), name=name, created_at=now)
+        self.s.users[user.id] = user
+        return user
+
+    def user_by_name(self, name: str) -> User | None:
+        return next((u for u in self.s.users.values() if u.name == name), None)
+
+    def user_by_id(self, user_id: int) -> User | None:
+        return self.s.users.get(user_id)
+
+    def users(self) -> list[User]:
+        return sorted(self.s.users.values(), key=lambda u: u.id)
+
+    def delete_user(self, user_id: int) -> None:
+        if any(n.user_id == user_id for n in self.s.nodes.values()):
+            raise StoreConflict("nodes.user_id references users")
+        for key in [k for k in self.s.auth_keys.values() if k.user_id == user_id]:
+            self._drop_auth_key(key.id)
+        self.s.users.pop(user_id, None)
+
+    def _drop_auth_key(self, key_id: int) -> None:
+        del self.s.auth_keys[key_id]
+        for n in list(self.s.nodes.values()):
+            if n.auth_key_id == key_id:
+                self.s.nodes[n.id] = dataclasses.replace(n, auth_key_id=None)
+
+    # auth keys
+    def add_auth_key(self, key: NewAuthKey) -> AuthKey:
+        if any(k.prefix == key.prefix for k in self.s.auth_keys.values()):
+            raise StoreConflict("auth_keys.prefix")
+        fields = {f.name: getattr(key, f.name) for f in dataclasses.fields(NewAuthKey)}
+        record = AuthKey(
+            id=self.s.new_id(), used_count=0, last_used_at=None, revoked_at=None, **fields
+        )
+        self.s.auth_keys[record.id] = record
+        return record
+
+    def auth_key_by_prefix(self, prefix: str) -> AuthKey | None:
+        return next((k for k in self.s.auth_keys.values() if k.prefix == prefix), None)
+
+    def auth_key_by_id(self, key_id: int) -> AuthKey | None:
+        return self.s.auth_keys.get(key_id)
+
+    def auth_keys(self, user_id: int | None = None) -> list[AuthKey]:
+        keys = sorted(self.s.auth_keys.values(), key=lambda k: k.id)
+        return [k for k in keys if user_id is None or k.user_id == user_id]
+
+    def use_auth_key(self, key_id: int, now: float) -> bool:
+        k = self.s.auth_keys.get(key_id)
+        if k is None or k.revoked_at is not None or k.expires_at <= now:
+            return False
+        if not k.reusable and k.used_count > 0:
+            return False
+        self.s.auth_keys[key_id] = dataclasses.replace(
+            k, used_count=k.used_count + 1, last_used_at=now
+        )
+        return True
+
+    def revoke_auth_key(self, key_id: int, now: float) -> None:
+        k = self.s.auth_keys[key_id]
+        if k.revoked_at is None:
+            self.s.auth_keys[key_id] = dataclasses.replace(k, revoked_at=now)
+
+    # nodes
+    def lock_addresses(self) -> None:
+        pass  # transactions are serialized already
+
+    def _check_unique(self, node: NewNode, node_id: int | None) -> None:
+        for other in self.s.nodes.values():
+            if other.id == node_id:
+                continue
+            for column in NODE_UNIQUE:
+                if getattr(other, column) == getattr(node, column):
+                    raise StoreConflict(f"nodes.{column}")
+
+    def add_node(self, node: NewNode) -> Node:
+        self._check_unique(node, None)
+        fields = {f.name: getattr(node, f.name) for f in dataclasses.fields(NewNode)}
+        record = Node(id=self.s.new_id(), **fields)
+        self.s.nodes[record.id] = record
+        return record
+
+    def update_node(self, node_id: int, **changes: object) -> Node:
+        unknown = set(changes) - NODE_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        record = dataclasses.replace(self.s.nodes[node_id], **changes)  # type: ignore[arg-type]
+        self._check_unique(record, node_id)
+        self.s.nodes[node_id] = record
+        return record
+
+    def delete_node(self, node_id: int) -> None:
+        self.s.nodes.pop(node_id, None)
+        for p in [p for p in self.s.pending.values() if p.node_id == node_id]:
+            del self.s.pending[p.id]
+
+    def node_by_id(self, node_id: int) -> Node | None:
+        return self.s.nodes.get(node_id)
+
+    def node_by_machine_key(self, machine_key: str) -> Node | None:
+        return next((n for n in self.s.nodes.values() if n.machine_key == machine_key), None)
+
+    def node_by_node_key(self, node_key: str) -> Node | None:
+        return next((n for n in self.s.nodes.values() if n.node_key == node_key), None)
+
+    def nodes(self, user_id: int | None = None) -> list[Node]:
+        nodes = sorted(self.s.nodes.values(), key=lambda n: n.id)
+        return [n for n in nodes if user_id is None or n.user_id == user_id]
+
+    def used_ipv4s(self) -> set[str]:
+        return {n.ipv4 for n in self.s.nodes.values()}
+
+    def given_name_taken(self, name: str) -> bool:
+        return any(n.given_name == name for n in self.s.nodes.values())
+
+    # admin API keys
+    def add_api_key(self, key: NewApiKey) -> ApiKey:
+        if any(k.prefix == key.prefix for k in self.s.api_keys.values()):
+            raise StoreConflict("api_keys.prefix")
+        fields = {f.name: getattr(key, f.name) for f in dataclasses.fields(NewApiKey)}
+        record = ApiKey(id=self.s.new_id(), revoked_at=None, last_used_at=None, **fields)
+        self.s.api_keys[record.id] = record
+        return record
+
+    def api_key_by_prefix(self, prefix: str) -> ApiKey | None:
+        return next((k for k in self.s.api_keys.values() if k.prefix == prefix), None)
+
+    def api_keys(self) -> list[ApiKey]:
+        return sorted(self.s.api_keys.values(), key=lambda k: k.id)
+
+    def revoke_api_key(self, key_id: int, now: float) -> None:
+        k = self.s.api_keys[key_id]
+        if k.revoked_at is None:
+            self.s.api_keys[key_id] = dataclasses.replace(k, revoked_at=now)
+
+    def touch_api_key(self, key_id: int, now: float) -> None:
+        self.s.api_keys[key_id] = dataclasses.replace(self.s.api_keys[key_id], last_used_at=now)
+
+    # pending interactive registrations
+    def add_pending(self, pending: NewPending) -> Pending:
+        if any(p.code == pending.code for p in self.s.pending.values()):
+            raise StoreConflict("pending_registrations.code")
+        fields = {f.name: getattr(pending, f.name) for f in dataclasses.fields(NewPending)}
+        record = Pending(id=self.s.new_id(), node_id=None, **fields)
+        self.s.pending[record.id] = record
+        return record
+
+    def pending_by_code(self, code: str) -> Pending | None:
+        return next((p for p in self.s.pending.values() if p.code == code), None)
+
+    def approve_pending(self, pending_id: int, node_id: int) -> None:
+        self.s.pending[pending_id] = dataclasses.replace(
+            self.s.pending[pending_id], node_id=node_id
+        )
+
+    def delete_expired_pending(self, now: float) -> int:
+        expired = [p.id for p in self.s.pending.values() if p.expires_at <= now]
+        for pending_id in expired:
+            del self.s.pending[pending_id]
+        return len(expired)
+
+    # settings
+    def get_setting(self, name: str) -> str | None:
+        return self.s.settings.get(name)
+
+    def set_setting(self, name: str, value: str) -> None:
+        self.s.settings[name] = value

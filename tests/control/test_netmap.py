@@ -1,0 +1,97 @@
+"""Map building: who sees whom, the endpoints rule, deltas."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from weftnet.control import netmap
+from weftnet.control.records import Node, User
+
+NOW = 1_700_000_000.0
+ALICE = User(id=1, name="alice", created_at=NOW)
+
+
+def node(node_id: int, **fields: object) -> Node:
+    base = Node(
+        id=node_id,
+        machine_key=f"mkey:{node_id:064x}",
+        node_key=f"nodekey:{node_id:064x}",
+        user_id=1,
+        tags=(),
+        hostname=f"host{node_id}",
+        given_name=f"host{node_id}",
+        ipv4=f"100.64.0.{node_id}",
+        ipv6=f"fd7a:115c:a1e0::{node_id:x}",
+        ephemeral=False,
+        created_at=NOW,
+        key_expiry=NOW + 3600,
+    )
+    return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
+
+
+def build(nodes: list[Node], online: set[int] = frozenset(), now: float = NOW) -> netmap.NetMap:  # type: ignore[assignment]
+    return netmap.NetMap({n.id: n for n in nodes}, {1: ALICE}, online, now, "weft.internal")
+
+
+def test_peers_are_everyone_else_not_expired() -> None:
+    m = build([node(1), node(2), node(3, key_expiry=NOW - 1), node(4, key_expiry=None)], online={2})
+    view = m.view_for(1)
+    assert view is not None
+    assert sorted(view.peers) == [2, 4]
+    assert view.peers[2].online and not view.node.online
+    full = view.full("weft.internal")
+    assert [p.id for p in full.peers or []] == [2, 4] and full.dns_domain == "weft.internal"
+    expired_self = m.view_for(3)
+    assert expired_self is not None and expired_self.node.expired
+    assert m.view_for(99) is None
+
+
+def test_wire_node_fields() -> None:
+    wire = netmap.wire_node(node(5, tags=("tag:a",), user_id=None), {}, True, NOW)
+    assert wire.addresses == wire.allowed_ips == ["100.64.0.5/32", "fd7a:115c:a1e0::5/128"]
+    assert wire.user is None and wire.tags == ["tag:a"] and wire.online
+    owned = netmap.wire_node(node(6), {1: ALICE}, False, NOW)
+    assert owned.user is not None and owned.user.name == "alice"
+
+
+def test_endpoints_rule_observed_address_first_with_the_first_port() -> None:
+    reported = ("192.168.1.5:41641", "[2001:db8::5]:41641", "192.168.1.5:41641")
+    got = netmap.node_endpoints("203.0.113.9", reported)
+    assert got == ["203.0.113.9:41641", *reported]
+    assert netmap.node_endpoints("2001:db8::9", ("10.0.0.1:5000",)) == [
+        "[2001:db8::9]:5000",
+        "10.0.0.1:5000",
+    ]
+    assert netmap.node_endpoints(None, reported) == list(reported)
+    assert netmap.node_endpoints("203.0.113.9", ()) == []
+    wire = netmap.wire_node(node(7, observed_ip="203.0.113.9", endpoints=reported), {}, False, NOW)
+    assert wire.endpoints[0] == "203.0.113.9:41641"
+
+
+def test_observed_ip_of_a_dual_stack_socket_is_plain_ipv4() -> None:
+    assert netmap.normalize_ip("::ffff:198.51.100.7") == "198.51.100.7"
+    assert netmap.normalize_ip("2001:db8::1") == "2001:db8::1"
+
+
+def test_split_endpoint() -> None:
+    assert netmap.split_endpoint("1.2.3.4:5") == ("1.2.3.4", 5)
+    assert netmap.split_endpoint("[::1]:5") == ("::1", 5)
+    for bad in ("1.2.3.4", "1.2.3.4:0", "1.2.3.4:70000", "::1:5", "[1.2.3.4]:5", "host:5"):
+        assert netmap.split_endpoint(bad) is None
+
+
+def test_deltas() -> None:
+    before = build([node(1), node(2), node(3)]).view_for(1)
+    after = build([node(1), node(2, endpoints=("1.1.1.1:1",)), node(4)], online={1}).view_for(1)
+    assert before is not None and after is not None
+    d = netmap.delta(before, after)
+    assert d is not None
+    assert [p.id for p in d.peers_changed] == [2, 4] and d.peers_removed == [3]
+    assert d.node is not None and d.node.online  # self changed: now online
+    assert d.peers is None
+    assert netmap.delta(after, after) is None
+
+
+def test_next_expiry() -> None:
+    m = build([node(1, key_expiry=NOW + 5), node(2, key_expiry=NOW - 5), node(3, key_expiry=None)])
+    assert m.next_expiry_at == NOW + 5
