@@ -1,0 +1,121 @@
+"""The SQL store itself: migrations match the models, atomic key use, SQLite settings."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import text
+
+from weftnet.control.models import metadata
+from weftnet.control.records import NewAuthKey, NewNode
+from weftnet.control.store import SqlStore, normalize_url, redact
+
+NOW = 1_700_000_000.0
+
+
+def _key(prefix: str = "aaaaaaaaaaaa") -> NewAuthKey:
+    return NewAuthKey(
+        prefix=prefix,
+        key_hash="0" * 64,
+        user_id=None,
+        reusable=False,
+        ephemeral=False,
+        tags=("tag:x",),
+        created_at=NOW,
+        expires_at=NOW + 3600,
+    )
+
+
+def _node(n: int) -> NewNode:
+    return NewNode(
+        machine_key=f"mkey:{n}",
+        node_key=f"nodekey:{n}",
+        user_id=None,
+        tags=(),
+        hostname="h",
+        given_name=f"h{n}",
+        ipv4=f"100.64.0.{n}",
+        ipv6=f"fd7a:115c:a1e0::{n}",
+        ephemeral=False,
+        created_at=NOW,
+        key_expiry=None,
+    )
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'control.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_migrations_produce_exactly_the_models(url: str) -> None:
+    store = SqlStore.open(url)
+    try:
+        with store.engine.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), metadata)
+        assert diff == []
+        SqlStore.open(url).dispose()  # a second start finds nothing to do
+    finally:
+        store.dispose()
+
+
+def test_single_use_key_is_used_once_even_when_transactions_race(pg_url: str) -> None:
+    """Both transactions read the key as unused; the conditional UPDATE lets one win.
+    (PostgreSQL only: SQLite's BEGIN IMMEDIATE never lets two writers overlap.)"""
+    store = SqlStore.open(pg_url)
+    try:
+        with store.transaction(write=True) as tx:
+            key_id = tx.add_auth_key(_key()).id
+        racers = 20
+        barrier = threading.Barrier(racers)
+        results: list[bool] = []
+
+        def race() -> None:
+            with store.transaction(write=True) as tx:
+                key = tx.auth_key_by_prefix("aaaaaaaaaaaa")
+                assert key is not None and key.used_count == 0
+                barrier.wait(10)
+                results.append(tx.use_auth_key(key_id, NOW))
+
+        threads = [threading.Thread(target=race) for _ in range(racers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert sorted(results) == [False] * (racers - 1) + [True]
+    finally:
+        store.dispose()
+
+
+def test_node_ids_are_never_reused(url: str) -> None:
+    store = SqlStore.open(url)
+    try:
+        with store.transaction(write=True) as tx:
+            first = tx.add_node(_node(1)).id
+            tx.delete_node(first)
+        with store.transaction(write=True) as tx:
+            assert tx.add_node(_node(2)).id > first
+    finally:
+        store.dispose()
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    store = SqlStore.open(f"sqlite:///{tmp_path / 'c.db'}")
+    try:
+        with store.engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+    finally:
+        store.dispose()
+
+
+def test_urls() -> None:
+    assert normalize_url("postgresql://u:pw@h/db") == "postgresql+psycopg://u:pw@h/db"
+    assert "pw" not in redact("postgresql+psycopg://u:pw@h/db")
+    with pytest.raises(ValueError, match="unsupported database"):
+        SqlStore("mysql://h/db")
