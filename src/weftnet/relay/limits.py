@@ -52,6 +52,10 @@ class NoticeThrottle:
         self.max_keys = max_keys
         self._last: dict[bytes, float] = {}
 
+    def __len__(self) -> int:
+        """How many keys it remembers now (at most ``max_keys``)."""
+        return len(self._last)
+
     def allow(self, key: bytes, now: float) -> bool:
         last = self._last.get(key)
         if last is not None and now - last < self.interval_s:

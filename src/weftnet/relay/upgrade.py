@@ -129,6 +129,8 @@ def build_request(host: str, path: str = RELAY_PATH) -> bytes:
 def refusal(request: Head, path: str = RELAY_PATH) -> tuple[int, str] | None:
     """Why the server must refuse this request head, as (status, reason), or None."""
     method, target, version = request.start
+    if not (len(version) == 8 and version.startswith("HTTP/") and version[6] == "."):
+        return 400, "Bad Request"
     if not version.startswith("HTTP/1."):
         return 505, "HTTP Version Not Supported"
     if method != "GET":

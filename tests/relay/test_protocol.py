@@ -1,0 +1,193 @@
+"""Relay frames: every input parses or raises ProtocolError; pack(unpack(x)) == x;
+the decoder gives the same frames however the stream is cut."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.relay.helpers import keypair
+from weftnet.relay import protocol as p
+from weftnet.wireguard.errors import ProtocolError
+
+keys = st.binary(min_size=32, max_size=32)
+packets = st.binary(max_size=2000) | st.binary(min_size=p.MAX_PACKET, max_size=p.MAX_PACKET)
+
+frames: st.SearchStrategy[p.Frame] = st.one_of(
+    st.builds(p.ServerKey, keys),
+    st.builds(
+        p.ClientInfo,
+        keys,
+        st.binary(min_size=24, max_size=24),
+        st.binary(min_size=16, max_size=200),
+    ),
+    st.builds(
+        p.ServerInfo, st.binary(min_size=24, max_size=24), st.binary(min_size=16, max_size=200)
+    ),
+    st.builds(p.SendPacket, keys, packets),
+    st.builds(p.RecvPacket, keys, packets),
+    st.builds(p.KeepAlive),
+    st.builds(p.NotePreferred, st.booleans()),
+    st.builds(p.PeerGone, keys, st.integers(0, 255)),
+    st.builds(p.Ping, st.binary(min_size=8, max_size=8)),
+    st.builds(p.Pong, st.binary(min_size=8, max_size=8)),
+    st.builds(p.Error, st.text(max_size=200)),
+)
+
+
+def _plausible_frames() -> st.SearchStrategy[bytes]:
+    """Bytes that begin with a plausible header, so fuzzing reaches the payload checks."""
+    return st.builds(
+        lambda kind, body: p.HEADER.pack(kind, len(body)) + body,
+        st.integers(0, 12),
+        st.binary(max_size=120),
+    )
+
+
+@given(st.binary(max_size=300) | _plausible_frames())
+def test_any_bytes_parse_or_raise_protocol_error(data: bytes) -> None:
+    try:
+        frame = p.unpack_frame(data)
+    except ProtocolError:
+        return
+    assert frame.pack() == data
+
+
+@given(frames)
+def test_round_trip(frame: p.Frame) -> None:
+    raw = frame.pack()
+    assert p.unpack_frame(raw) == frame
+    assert type(frame).unpack(raw) == frame
+    assert p.unpack_frame(raw).pack() == raw
+
+
+@settings(max_examples=200)
+@given(st.lists(frames, max_size=8), st.data())
+def test_decoder_is_independent_of_chunking(stream: list[p.Frame], data: st.DataObject) -> None:
+    raw = b"".join(f.pack() for f in stream)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=12)))
+    decoder = p.FrameDecoder()
+    got: list[p.Frame] = []
+    for start, stop in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+        got += decoder.feed(raw[start:stop])
+    assert got == stream
+    assert decoder.buffered == 0
+
+
+@given(st.binary(max_size=400), st.data())
+def test_decoder_on_garbage_returns_frames_or_raises(raw: bytes, data: st.DataObject) -> None:
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(raw)), max_size=6)))
+    decoder = p.FrameDecoder()
+    got: list[p.Frame] = []
+    try:
+        for start, stop in zip([0, *cuts], [*cuts, len(raw)], strict=True):
+            got += decoder.feed(raw[start:stop])
+    except ProtocolError:
+        with pytest.raises(ProtocolError):  # a failed decoder stays failed
+            decoder.feed(b"")
+        return
+    consumed = b"".join(f.pack() for f in got)
+    assert raw.startswith(consumed)
+    assert decoder.buffered == len(raw) - len(consumed)
+
+
+@given(st.lists(frames, min_size=1, max_size=4), st.data())
+def test_garbage_after_good_frames_is_refused_in_any_chunking(
+    stream: list[p.Frame], data: st.DataObject
+) -> None:
+    raw = b"".join(f.pack() for f in stream) + p.HEADER.pack(0x7F, 0)
+    cut = data.draw(st.integers(0, len(raw)))
+    decoder = p.FrameDecoder()
+    with pytest.raises(ProtocolError):
+        decoder.feed(raw[:cut])
+        decoder.feed(raw[cut:])
+
+
+def test_oversized_length_is_refused_from_the_header_alone() -> None:
+    decoder = p.FrameDecoder()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decoder.feed(p.HEADER.pack(p.SEND_PACKET, p.MAX_PAYLOAD + 1))
+
+
+def test_largest_payload_is_accepted() -> None:
+    frame = p.SendPacket(bytes(32), bytes(p.MAX_PACKET))
+    raw = frame.pack()
+    assert len(raw) == p.HEADER_LEN + p.MAX_PAYLOAD
+    assert p.FrameDecoder().feed(raw) == [frame]
+
+
+@pytest.mark.parametrize(
+    "raw, why",
+    [
+        (p.HEADER.pack(0x00, 0), "unknown"),
+        (p.HEADER.pack(0x0C, 0), "unknown"),
+        (p.HEADER.pack(p.SERVER_KEY, 40) + b"WEFTRLY2" + bytes(32), "magic"),
+        (p.HEADER.pack(p.SERVER_KEY, 39) + b"WEFTRLY1" + bytes(31), "40 bytes"),
+        (p.HEADER.pack(p.KEEPALIVE, 1) + b"\x00", "empty"),
+        (p.HEADER.pack(p.NOTE_PREFERRED, 1) + b"\x02", "0 or 1"),
+        (p.HEADER.pack(p.PING, 7) + bytes(7), "8 bytes"),
+        (p.HEADER.pack(p.PONG, 9) + bytes(9), "8 bytes"),
+        (p.HEADER.pack(p.PEER_GONE, 32) + bytes(32), "33 bytes"),
+        (p.HEADER.pack(p.SEND_PACKET, 31) + bytes(31), "key"),
+        (p.HEADER.pack(p.CLIENT_INFO, 71) + bytes(71), "too short"),
+        (p.HEADER.pack(p.ERROR, 2) + b"\xff\xfe", "UTF-8"),
+    ],
+)
+def test_malformed_frames_say_why(raw: bytes, why: str) -> None:
+    with pytest.raises(ProtocolError, match=why):
+        p.FrameDecoder().feed(raw)
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        p.ServerKey(bytes(31)),
+        p.SendPacket(bytes(32), bytes(p.MAX_PACKET + 1)),
+        p.RecvPacket(bytes(33), b""),
+        p.PeerGone(bytes(32), 256),
+        p.Ping(bytes(9)),
+        p.Error("x" * (p.MAX_PAYLOAD + 1)),
+    ],
+)
+def test_pack_refuses_what_unpack_would(frame: p.Frame) -> None:
+    with pytest.raises(ProtocolError):
+        frame.pack()
+
+
+def test_client_info_proves_the_node_key() -> None:
+    server_priv, server_pub = keypair()
+    node_priv, node_pub = keypair()
+    info = p.ClientInfo.create(node_priv, server_pub, p.ClientHello(1, True), bytes(24))
+    assert info.node_key == node_pub
+    wire = p.ClientInfo.unpack(info.pack())
+    assert wire.open(server_priv) == p.ClientHello(1, True)
+
+
+def test_client_info_claiming_another_key_does_not_open() -> None:
+    server_priv, server_pub = keypair()
+    attacker_priv, _ = keypair()
+    _, victim_pub = keypair()
+    made = p.ClientInfo.create(attacker_priv, server_pub, p.ClientHello(1, False), bytes(24))
+    forged = p.ClientInfo(victim_pub, made.nonce, made.sealed)
+    with pytest.raises(ProtocolError, match="does not open"):
+        p.ClientInfo.unpack(forged.pack()).open(server_priv)
+
+
+def test_server_info_proves_the_server_key() -> None:
+    server_priv, server_pub = keypair()
+    node_priv, node_pub = keypair()
+    hello = p.ServerHello(1, 1000, 2000)
+    info = p.ServerInfo.create(server_priv, node_pub, hello, bytes(range(24)))
+    assert p.ServerInfo.unpack(info.pack()).open(node_priv, server_pub) == hello
+    _, other_pub = keypair()
+    with pytest.raises(ProtocolError):
+        info.open(node_priv, other_pub)
+
+
+def test_boxed_hello_of_another_version_is_refused() -> None:
+    server_priv, server_pub = keypair()
+    node_priv, _ = keypair()
+    info = p.ClientInfo.create(node_priv, server_pub, p.ClientHello(2, False), bytes(24))
+    with pytest.raises(ProtocolError, match="version"):
+        info.open(server_priv)

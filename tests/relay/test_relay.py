@@ -1,0 +1,417 @@
+"""Relay server and clients over 127.0.0.1: forwarding, admission, isolation, limits,
+revocation and reconnection. Every wait polls against a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tests.relay.helpers import Inbox, RawConn, allow_all, keypair, run, until
+from weftnet.relay import ClientStats, RelayClient, RelayServer
+from weftnet.relay import protocol as p
+from weftnet.relay.server import FORGED_INFO, REPLACED, UNKNOWN_KEY
+
+
+@asynccontextmanager
+async def relay(
+    admit: Callable[[bytes], Awaitable[bool]] | None = None, port: int = 0, **kw: Any
+) -> AsyncIterator[tuple[RelayServer, int]]:
+    server_private, _ = kw.pop("keypair", None) or keypair()
+    server = RelayServer(server_private, admit or allow_all(), **kw)
+    listener = await server.serve_tcp("127.0.0.1", port)
+    try:
+        yield server, listener.sockets[0].getsockname()[1]
+    finally:
+        await server.close()
+
+
+@asynccontextmanager
+async def node(port: int, private: bytes | None = None, **kw: Any) -> AsyncIterator[Any]:
+    """A started RelayClient with an Inbox; yields (client, inbox, public key)."""
+    private = private or keypair()[0]
+    inbox = Inbox()
+    client = RelayClient(f"http://127.0.0.1:{port}", private, inbox, **kw)
+    client.start()
+    try:
+        yield client, inbox, client.node_key
+    finally:
+        await client.close()
+
+
+def _stats(server: RelayServer, key: bytes) -> ClientStats:
+    stats = server.client(key)
+    assert stats is not None, "not connected to the relay"
+    return stats
+
+
+async def _connected(*clients: RelayClient) -> None:
+    for c in clients:
+        assert await c.wait_connected(5.0), c.last_error
+
+
+def test_two_clients_exchange_opaque_packets_both_ways() -> None:
+    async def scenario() -> None:
+        async with (
+            relay() as (server, port),
+            node(port) as (a, a_in, a_key),
+            node(port) as (
+                b,
+                b_in,
+                b_key,
+            ),
+        ):
+            await _connected(a, b)
+            # Not WireGuard: the relay must carry any bytes, of any size up to 64 KiB.
+            to_b = [os.urandom(n) for n in (0, 1, 100, 1400, p.MAX_PACKET)]
+            to_a = [b"\x00" * 7, b"\xff" * 1500, os.urandom(60_000)]
+            for pkt in to_b:
+                assert a.send(b_key, pkt)
+            for pkt in to_a:
+                assert b.send(a_key, pkt)
+            await until(lambda: len(b_in.packets) == len(to_b) and len(a_in.packets) == len(to_a))
+            assert b_in.packets == [(a_key, pkt) for pkt in to_b]
+            assert a_in.packets == [(b_key, pkt) for pkt in to_a]
+            stats = {s.node_key: s for s in server.clients()}
+            assert stats[a_key].packets_in == len(to_b)
+            assert stats[a_key].bytes_in == sum(map(len, to_b))
+            assert stats[b_key].packets_out == len(to_b)
+            assert stats[b_key].drops_queue == stats[b_key].drops_rate == 0
+
+    run(scenario())
+
+
+def test_ping_measures_round_trip_and_preferred_is_noted() -> None:
+    async def scenario() -> None:
+        async with relay() as (server, port), node(port, preferred=True) as (a, _, a_key):
+            await _connected(a)
+            rtt = await a.ping()
+            assert 0 < rtt < 1.0
+            assert _stats(server, a_key).preferred
+            a.note_preferred(False)
+            await until(lambda: not _stats(server, a_key).preferred)
+
+    run(scenario())
+
+
+def test_unknown_key_is_refused_with_error_frame() -> None:
+    async def scenario() -> None:
+        async def admit(key: bytes) -> bool:
+            return False
+
+        async with relay(admit) as (server, port):
+            raw = await RawConn.open(port)
+            answer = await raw.handshake(keypair()[0])
+            assert answer == p.Error(UNKNOWN_KEY)
+            assert await raw.frames_until_eof() == []
+            assert server.clients() == []
+            async with node(port) as (c, _, _):
+                await until(lambda: c.last_error is not None and UNKNOWN_KEY in c.last_error)
+                assert not c.connected
+
+    run(scenario())
+
+
+def test_forged_client_info_is_refused_before_admission() -> None:
+    async def scenario() -> None:
+        asked: list[bytes] = []
+
+        async def admit(key: bytes) -> bool:
+            asked.append(key)
+            return True
+
+        async with relay(admit) as (server, port):
+            _, victim_key = keypair()
+            raw = await RawConn.open(port)
+            answer = await raw.handshake(keypair()[0], claim=victim_key)
+            assert answer == p.Error(FORGED_INFO)
+            assert await raw.frames_until_eof() == []
+            assert asked == [] and server.clients() == []
+
+    run(scenario())
+
+
+def test_malformed_frame_closes_only_that_connection() -> None:
+    async def scenario() -> None:
+        async with (
+            relay() as (server, port),
+            node(port) as (a, a_in, a_key),
+            node(port) as (
+                b,
+                b_in,
+                b_key,
+            ),
+        ):
+            await _connected(a, b)
+            bad_private, bad_key = keypair()
+            raw = await RawConn.open(port)
+            assert isinstance(await raw.handshake(bad_private), p.ServerInfo)
+            await until(lambda: server.client(bad_key) is not None)
+            raw.writer.write(p.HEADER.pack(0x7F, 3) + b"bad")
+            frames = await raw.frames_until_eof()
+            assert isinstance(frames[-1], p.Error) and "malformed" in frames[-1].reason
+            await until(lambda: server.client(bad_key) is None)
+            for i in range(20):
+                a.send(b_key, b"a%d" % i)
+                b.send(a_key, b"b%d" % i)
+            await until(lambda: len(a_in.packets) == len(b_in.packets) == 20)
+            assert a.connected and b.connected and a.connections == b.connections == 1
+
+    run(scenario())
+
+
+def test_disconnect_cuts_a_revoked_client_within_two_seconds() -> None:
+    async def scenario() -> None:
+        allowed: set[bytes] = set()
+
+        async def admit(key: bytes) -> bool:
+            return key in allowed
+
+        private, key = keypair()
+        allowed.add(key)
+        async with relay(admit) as (server, port), node(port, private) as (c, _, _):
+            await _connected(c)
+            raw_private, raw_key = keypair()
+            allowed.add(raw_key)
+            raw = await RawConn.open(port)
+            assert isinstance(await raw.handshake(raw_private), p.ServerInfo)
+            await until(lambda: server.client(raw_key) is not None)
+
+            allowed.clear()  # the control server revokes both, then tells the relay
+            t0 = time.monotonic()
+            assert server.disconnect(key, "node key revoked")
+            assert server.disconnect(raw_key, "node key revoked")
+            assert p.Error("node key revoked") in await raw.frames_until_eof(timeout=2.0)
+            await until(lambda: not c.connected, timeout=2.0, what="client cut off")
+            assert time.monotonic() - t0 < 2.0
+            assert server.client(key) is None and server.client(raw_key) is None
+            # It tries again and is refused: the key is no longer admitted.
+            await until(lambda: UNKNOWN_KEY in (c.last_error or ""), timeout=5.0)
+            assert not server.disconnect(key)
+
+    run(scenario())
+
+
+def test_relay_restart_traffic_resumes_by_itself_within_five_seconds() -> None:
+    async def restart() -> None:
+        server_keys = keypair()
+        async with (
+            relay(keypair=server_keys) as (server, port),
+            node(port) as (
+                a,
+                _,
+                _,
+            ),
+            node(port) as (b, b_in, b_key),
+        ):
+            await _connected(a, b)
+            a.send(b_key, b"before")
+            await until(lambda: b_in.payloads() == [b"before"])
+            await server.close()
+            await until(lambda: not a.connected and not b.connected, what="both cut off")
+            t0 = time.monotonic()
+            async with relay(keypair=server_keys, port=port):
+                n = 0
+                while b"after" not in [x[:5] for x in b_in.payloads()]:
+                    assert time.monotonic() - t0 < 5.0, "traffic did not resume within 5 s"
+                    a.send(b_key, b"after%d" % n)
+                    n += 1
+                    await asyncio.sleep(0.05)
+                assert a.connections == b.connections == 2
+
+    run(restart())
+
+
+def test_flooding_client_is_rate_limited_and_others_still_get_through() -> None:
+    async def scenario() -> None:
+        rate, burst, size = 200_000, 50_000, 1000
+        async with (
+            relay(rate_bytes_per_s=rate, burst_bytes=burst) as (server, port),
+            node(port) as (flooder, _, flooder_key),
+            node(port) as (sink, sink_in, _),
+            node(port) as (c, c_in, c_key),
+            node(port) as (d, d_in, d_key),
+        ):
+            await _connected(flooder, sink, c, d)
+            sink_key = sink.node_key
+            t0 = time.monotonic()
+            for i in range(100):  # ~1 s, offering about 10 MB/s, 50x the limit
+                for _ in range(100):
+                    flooder.send(sink_key, bytes(size))
+                c.send(d_key, b"c%d" % i)
+                d.send(c_key, b"d%d" % i)
+                await asyncio.sleep(0.01)
+            await until(lambda: len(c_in.packets) == len(d_in.packets) == 100)
+            assert d_in.payloads() == [b"c%d" % i for i in range(100)]
+            assert c_in.payloads() == [b"d%d" % i for i in range(100)]
+            stats, received = _stats(server, flooder_key), len(sink_in.packets)
+            # The bucket was full (burst) at t0 and has refilled at `rate` since.
+            allowed = (burst + rate * (time.monotonic() - t0)) / size
+            assert stats.drops_rate > 0
+            assert received <= stats.packets_in <= allowed + 1
+
+    run(scenario())
+
+
+def test_send_queue_of_a_client_that_does_not_read_is_bounded() -> None:
+    async def scenario() -> None:
+        queue = 16
+        async with (
+            relay(queue_packets=queue) as (server, port),
+            node(port) as (
+                sender,
+                _,
+                _,
+            ),
+        ):
+            await _connected(sender)
+            slow_private, slow_key = keypair()
+            slow = await RawConn.open(port, rcvbuf=4096)
+            assert isinstance(await slow.handshake(slow_private), p.ServerInfo)
+            await until(lambda: server.client(slow_key) is not None)
+
+            def drops() -> int:
+                s = server.client(slow_key)
+                assert s is not None and s.queued <= queue
+                return s.drops_queue
+
+            for _ in range(400):  # at most 400 x 100 x 1 kB = 40 MB, far beyond socket buffers
+                if drops() > 0:
+                    break
+                for _ in range(100):
+                    sender.send(slow_key, bytes(1000))
+                await asyncio.sleep(0.005)
+            assert drops() > 0
+            assert sender.connected and sender.connections == 1
+            slow.close()
+
+    run(scenario(), timeout=30)
+
+
+def test_peer_gone_not_here_is_throttled_and_disconnected_is_announced() -> None:
+    async def scenario() -> None:
+        gone: list[tuple[bytes, int]] = []
+        async with (
+            relay() as (_, port),
+            node(port, on_peer_gone=lambda k, r: gone.append((k, r))) as (
+                a,
+                _,
+                _,
+            ),
+        ):
+            await _connected(a)
+            _, nowhere = keypair()
+            for _ in range(50):
+                a.send(nowhere, b"x")
+            await until(lambda: len(gone) == 1)
+            assert gone == [(nowhere, p.PEER_GONE_NOT_HERE)]
+            await a.ping()  # everything sent before the ping has been handled
+            assert len(gone) == 1
+
+            async with node(port) as (b, b_in, b_key):
+                await _connected(b)
+                a.send(b_key, b"hi")
+                await until(lambda: b_in.payloads() == [b"hi"])
+            await until(lambda: (b_key, p.PEER_GONE_DISCONNECTED) in gone)
+
+    run(scenario())
+
+
+def test_newer_connection_with_the_same_key_replaces_the_older() -> None:
+    async def scenario() -> None:
+        private, key = keypair()
+        async with relay() as (server, port), node(port) as (a, _, a_key):
+            await _connected(a)
+            first = await RawConn.open(port)
+            assert isinstance(await first.handshake(private), p.ServerInfo)
+            second = await RawConn.open(port)
+            assert isinstance(await second.handshake(private), p.ServerInfo)
+            assert p.Error(REPLACED) in await first.frames_until_eof()
+            a.send(key, b"to the newer one")
+            frame = await second.next_frame()
+            while isinstance(frame, p.KeepAlive):
+                frame = await second.next_frame()
+            assert frame == p.RecvPacket(a_key, b"to the newer one")
+            assert len([s for s in server.clients() if s.node_key == key]) == 1
+            second.close()
+
+    run(scenario())
+
+
+def test_handshake_timeout_idle_timeout_and_keepalives() -> None:
+    async def scenario() -> None:
+        async with relay(
+            client_info_timeout_s=0.3, keepalive_interval_s=0.1, idle_timeout_s=0.6
+        ) as (server, port):
+            mute = await RawConn.open(port)
+            assert isinstance(await mute.next_frame(), p.ServerKey)
+            frames = await mute.frames_until_eof(timeout=3.0)
+            assert frames and isinstance(frames[-1], p.Error) and "CLIENT_INFO" in frames[-1].reason
+
+            silent_private, silent_key = keypair()
+            silent = await RawConn.open(port)
+            assert isinstance(await silent.handshake(silent_private), p.ServerInfo)
+            frames = await silent.frames_until_eof(timeout=3.0)
+            assert p.KeepAlive() in frames
+            assert isinstance(frames[-1], p.Error) and "no frame" in frames[-1].reason
+            assert server.client(silent_key) is None
+
+            # A real client keeps the link alive with its own keepalives.
+            async with node(port, keepalive_interval_s=0.1) as (c, _, c_key):
+                await _connected(c)
+                await asyncio.sleep(1.5)  # the passage of time under test, 2.5 idle timeouts
+                assert c.connected and c.connections == 1
+                assert server.client(c_key) is not None
+
+    run(scenario())
+
+
+def test_client_refuses_a_relay_whose_key_is_not_the_pinned_one() -> None:
+    async def scenario() -> None:
+        async with relay() as (server, port), node(port, server_key=keypair()[1]) as (c, _, _):
+            await until(lambda: c.last_error is not None and "relay map" in c.last_error)
+            assert not c.connected and server.clients() == []
+
+    run(scenario())
+
+
+def test_http_requests_that_are_not_relay_upgrades_get_http_errors() -> None:
+    async def scenario() -> None:
+        async with relay() as (_, port):
+            for request, status in [
+                (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"404"),
+                (b"GET /relay HTTP/1.1\r\nHost: x\r\n\r\n", b"426"),
+                (b"\x16\x03\x01 not http\r\n\r\n", b"400"),
+            ]:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(request)
+                async with asyncio.timeout(5):
+                    answer = await reader.read()
+                assert answer.split(b" ")[1] == status
+                writer.close()
+
+    run(scenario())
+
+
+def test_handle_runs_behind_any_transport_that_did_the_upgrade() -> None:
+    """The coordination server calls handle() itself after answering 101."""
+
+    async def scenario() -> None:
+        server = RelayServer(keypair()[0], allow_all())
+        listener = await asyncio.start_server(server.handle, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        raw = RawConn(reader, writer)
+        private, key = keypair()
+        assert isinstance(await raw.handshake(private), p.ServerInfo)
+        assert raw.server_key == server.public_key
+        await until(lambda: server.client(key) is not None)
+        raw.close()
+        await until(lambda: server.clients() == [])
+        listener.close()
+        await server.close()
+
+    run(scenario())
