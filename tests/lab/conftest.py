@@ -37,3 +37,7 @@ def lab(lab_environment: None) -> Iterator[Lab]:
     """A fresh Lab, torn down after the test whether it passed or failed."""
     with Lab() as the_lab:
         yield the_lab
+
+
+# The throwaway PostgreSQL cluster of the control-server tests, shared with lab tests.
+from tests.control.conftest import pg_cluster  # noqa: E402, F401

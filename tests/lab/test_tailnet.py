@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -135,3 +136,21 @@ def test_bad_auth_keys_are_refused_and_leave_nothing(lab: Lab, tmp_path: Path) -
         assert key not in msg or key == "garbage"
     assert len(control.admin_json("nodes", "list")) == count
     assert b.status()["backend_state"] == "NeedsLogin"
+
+
+def test_three_nodes_on_postgresql(lab: Lab, tmp_path: Path, pg_cluster) -> None:  # type: ignore[no-untyped-def]
+    # The control server runs in a lab namespace: it reaches the cluster by its unix socket.
+    name = f"weft_lab_{os.getpid()}"
+    pg_cluster.admin(f"CREATE DATABASE {name}")
+    try:
+        url = f"postgresql+psycopg://postgres@/{name}?host={pg_cluster.directory}&port={pg_cluster.port}"
+        control, nodes = build(lab, tmp_path, database_url=url)
+        join(control, nodes)
+        wait_mesh(nodes, timeout_s=5)
+        control.kill9()
+        control.start()
+        for n in nodes:
+            poll_until(lambda n=n: n.status()["self"]["online"], timeout_s=20, what="resync")
+        assert len(control.admin_json("nodes", "list")) == 3
+    finally:
+        pg_cluster.admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
