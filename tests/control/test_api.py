@@ -9,14 +9,16 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from weftnet import controlbox, tailcfg
+from weftnet.control.server import ServeOptions
 from weftnet.control.store import SqlStore
-from weftnet.control.testing import FakeNode, StreamEnded
+from weftnet.control.testing import FakeNode, StreamEnded, serve_in_thread
 
 from .conftest import TEST_KEEPALIVE_S, Control
 
@@ -363,3 +365,25 @@ async def test_an_oversized_body_is_refused(http: httpx.AsyncClient, control: Co
     r = await http.post(node.machine_url("register"), content=os.urandom(100_000))
     assert r.status_code == 413
     assert controlbox.MAX_CLOCK_SKEW_S > 0
+
+
+async def test_keys_expire_on_time_and_leave_every_map(
+    http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    options = ServeOptions(
+        data_dir=tmp_path / "data", host="127.0.0.1", port=0, node_key_expiry="2s", access_log=False
+    )
+    with serve_in_thread(options) as server:
+        control = Control(server.url, server.api_key, options.data_dir, "")
+        key = await new_key(http, control, reusable=True)
+        b = await joined(http, control, key, "b")
+        await asyncio.sleep(0.6)  # not synchronization: gives b the earlier expiry time
+        a = await joined(http, control, key, "a")
+        async with a.map_stream() as stream:
+            [peer] = (await stream.next()).peers or []
+            removed = await stream.until(lambda f: bool(f.peers_removed), 2.0 + 2.0)
+            assert removed.peers_removed == [peer.id]
+            final = await stream.until(lambda f: f.error is not None, 2.0)
+            assert final.error is not None and "expired" in final.error
+        [refused] = await b.map_once()
+        assert refused.error is not None and "expired" in refused.error

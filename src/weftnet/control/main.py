@@ -265,7 +265,9 @@ def _node_id(client: Any, ref: str) -> int:
         return int(ref)
     matches = [n["id"] for n in client.request("GET", "/nodes") if n["given_name"] == ref]
     if not matches:
-        raise UsageError(f"no node named {ref}: see `{PROG} nodes list`")
+        from weftnet.control.adminclient import AdminError
+
+        raise AdminError(f"no node named {ref}: see `{PROG} nodes list`")
     return int(matches[0])
 
 

@@ -1,0 +1,225 @@
+"""weft-control as an admin uses it: a real `serve` subprocess and the admin commands."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import socket
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from weftnet.control.testing import ControlProcess, FakeNode, admin, start_control
+
+KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}\n$")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProcess]:
+    proc = start_control(None, tmp_path_factory.mktemp("cli") / "data")
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert r.returncode == code, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("weft-control: ")
+    return lines[0]
+
+
+async def _register(url: str, key: str | None, hostname: str, **kw: Any) -> Any:
+    async with httpx.AsyncClient(timeout=30) as http:
+        node = FakeNode(url, http, hostname)
+        return node, await node.register(key, **kw)
+
+
+def test_keys_create_prints_the_key_alone(server: ControlProcess) -> None:
+    server.admin("users", "create", "alice")
+    r = server.admin("keys", "create", "--user", "alice", "--reusable", "--tags", "tag:a,tag:b")
+    assert KEY_LINE.match(r.stdout) and r.stderr == ""
+    [listed] = [k for k in server.admin_json("keys", "list") if k["prefix"] in r.stdout]
+    assert listed["tags"] == ["tag:a", "tag:b"] and listed["reusable"] and listed["valid"]
+    assert r.stdout.strip().split("-")[2] not in server.admin("keys", "list").stdout
+    revoked = server.admin("keys", "revoke", listed["prefix"])
+    assert listed["prefix"] in revoked.stdout
+
+
+def test_every_listing_has_json(server: ControlProcess) -> None:
+    for group in ("users", "keys", "nodes", "apikeys"):
+        out = server.admin_json(group, "list")
+        assert isinstance(out, list)
+        table = server.admin(group, "list").stdout
+        assert table.splitlines()[0].startswith("ID")
+
+
+def test_bad_input_gets_one_line_and_a_nonzero_exit(server: ControlProcess, tmp_path: Path) -> None:
+    assert "no user named nobody" in one_line_error(
+        server.admin("keys", "create", "--user", "nobody", check=False)
+    )
+    assert "invalid duration" in one_line_error(
+        server.admin("keys", "create", "--user", "alice", "--expiration", "soon", check=False)
+    )
+    assert "no node with id 999" in one_line_error(
+        server.admin("nodes", "delete", "999", check=False)
+    )
+    assert "no node named ghost" in one_line_error(
+        server.admin("nodes", "expire", "ghost", check=False), 2
+    )
+    one_line_error(server.admin("users", "create", "two words", check=False))
+    one_line_error(server.admin("users", "frobnicate", check=False), 2)
+    one_line_error(
+        admin("nodes", "register", "--user", "alice", check=False, data_dir=server.data_dir), 2
+    )
+    unreachable = admin(
+        "users", "list", server="http://127.0.0.1:1", api_key="weftapi-x", check=False
+    )
+    assert "cannot reach" in one_line_error(unreachable)
+    bad_key = admin("users", "list", server=server.url, api_key="weftapi-nope", check=False)
+    assert "refused the API key" in one_line_error(bad_key)
+    assert "admin.json" in one_line_error(
+        admin("users", "list", data_dir=tmp_path / "none", check=False)
+    )
+
+
+def test_serve_refuses_bad_listen_and_busy_ports(tmp_path: Path) -> None:
+    def serve(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [
+            sys.executable,
+            "-m",
+            "weftnet.control.main",
+            "serve",
+            "--data-dir",
+            str(tmp_path / "d"),
+            *args,
+        ]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    one_line_error(serve("--listen", "nonsense"), 2)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = serve("--listen", f"127.0.0.1:{port}")
+    assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_remote_admin_with_a_created_api_key(server: ControlProcess) -> None:
+    created = server.admin("apikeys", "create", "--expiration", "1d")
+    api_key = created.stdout.strip()
+    assert re.match(r"^weftapi-[0-9a-f]{12}-[0-9a-f]{48}$", api_key)
+    r = admin("users", "list", "--json", server=server.url, api_key=api_key)
+    assert "alice" in [u["name"] for u in json.loads(r.stdout)]
+    env = {**os.environ, "WEFT_CONTROL_URL": server.url, "WEFT_CONTROL_API_KEY": api_key}
+    argv = [sys.executable, "-m", "weftnet.control.main", "users", "list", "--json"]
+    via_env = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=True)
+    assert json.loads(via_env.stdout) == json.loads(r.stdout)
+    server.admin("apikeys", "revoke", api_key.split("-")[1])
+    assert "revoked" in one_line_error(
+        admin("users", "list", server=server.url, api_key=api_key, check=False)
+    )
+
+
+def test_interactive_login_approved_with_nodes_register(server: ControlProcess) -> None:
+    async def flow() -> None:
+        async with httpx.AsyncClient(timeout=30) as http:
+            node = FakeNode(server.url, http, "kiosk")
+            first = await node.register()
+            assert first.auth_url is not None
+            code = first.auth_url.rsplit("/", 1)[1]
+            waiting = asyncio.create_task(node.register(followup=first.auth_url))
+            out = await asyncio.to_thread(
+                server.admin, "nodes", "register", "--user", "alice", "--code", code
+            )
+            assert out.stdout.startswith("registered node ") and "kiosk" in out.stdout
+            answer = await asyncio.wait_for(waiting, 10)
+            assert answer.machine_authorized
+
+    asyncio.run(flow())
+    [kiosk] = [
+        n for n in server.admin_json("nodes", "list", "--user", "alice") if n["hostname"] == "kiosk"
+    ]
+    assert (
+        server.admin("nodes", "rename", str(kiosk["id"]), "front-desk")
+        .stdout.strip()
+        .endswith("front-desk")
+    )
+    assert server.admin("nodes", "expire", "front-desk").returncode == 0
+    assert server.admin("nodes", "delete", "front-desk").returncode == 0
+
+
+def test_files_are_private_and_logs_hold_no_secrets(server: ControlProcess) -> None:
+    key = server.admin("keys", "create", "--user", "alice").stdout.strip()
+    assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
+    for name in ("admin.json", "server.key", "control.db"):
+        assert stat.S_IMODE((server.data_dir / name).stat().st_mode) == 0o600, name
+    log = server.log()
+    assert "GET /api/v1" in log or "POST /api/v1" in log
+    for secret in (key.split("-")[2], server.api_key.split("-")[2]):
+        assert secret not in log
+
+
+def test_kill_9_and_restart_keeps_everything(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = start_control(None, data)
+    try:
+        first.admin("users", "create", "carol")
+        key = first.admin("keys", "create", "--user", "carol", "--reusable").stdout.strip()
+        node, answer = asyncio.run(_register(first.url, key, "web"))
+        assert answer.machine_authorized
+        asyncio.run(_register(first.url, key, "db"))
+        nodes_before = first.admin_json("nodes", "list")
+        server_key = httpx.get(first.url + "/key").json()
+    finally:
+        first.kill()
+    second = start_control(None, data)
+    try:
+        assert second.api_key == first.api_key  # admin.json's key is reused
+        assert httpx.get(second.url + "/key").json() == server_key
+        nodes_after = second.admin_json("nodes", "list")
+        fields = ("id", "given_name", "ipv4", "ipv6", "node_key", "user")
+        assert [{f: n[f] for f in fields} for n in nodes_after] == [
+            {f: n[f] for f in fields} for n in nodes_before
+        ]
+        assert [u["name"] for u in second.admin_json("users", "list")] == ["carol"]
+
+        async def resync() -> None:  # the same node, no new login: its map comes back
+            async with httpx.AsyncClient(timeout=30) as http:
+                node.http, node.url = http, second.url
+                [frame] = await node.map_once()
+                assert frame.error is None and [p.given_name for p in frame.peers or []] == ["db"]
+
+        asyncio.run(resync())
+    finally:
+        assert second.stop() == 0  # SIGTERM: a clean exit
+
+
+def test_sigterm_ends_open_map_streams_promptly(tmp_path: Path) -> None:
+    proc = start_control(None, tmp_path / "data")
+    try:
+        proc.admin("users", "create", "dave")
+        key = proc.admin("keys", "create", "--user", "dave").stdout.strip()
+
+        async def stream_then_stop() -> int:
+            async with httpx.AsyncClient(timeout=30) as http:
+                node = FakeNode(proc.url, http, "n")
+                assert (await node.register(key)).machine_authorized
+                async with node.map_stream() as stream:
+                    await stream.next()
+                    return await asyncio.to_thread(proc.stop, 5.0)
+
+        assert asyncio.run(stream_then_stop()) == 0
+    finally:
+        proc.kill()
