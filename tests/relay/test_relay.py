@@ -195,6 +195,29 @@ def test_disconnect_cuts_a_revoked_client_within_two_seconds() -> None:
     run(scenario())
 
 
+def test_disconnect_during_admission_wins_over_a_stale_yes() -> None:
+    async def scenario() -> None:
+        asked, answer = asyncio.Event(), asyncio.Event()
+
+        async def slow_admit(key: bytes) -> bool:
+            asked.set()
+            await answer.wait()
+            return True  # looked up before the revocation
+
+        private, key = keypair()
+        async with relay(slow_admit) as (server, port):
+            raw = await RawConn.open(port)
+            handshake = asyncio.create_task(raw.handshake(private))
+            await asyncio.wait_for(asked.wait(), 5)
+            assert server.disconnect(key, "node key revoked")
+            answer.set()
+            assert await handshake == p.Error("node key revoked")
+            assert await raw.frames_until_eof() == []
+            assert server.client(key) is None
+
+    run(scenario())
+
+
 def test_relay_restart_traffic_resumes_by_itself_within_five_seconds() -> None:
     async def restart() -> None:
         server_keys = keypair()

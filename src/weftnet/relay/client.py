@@ -206,10 +206,10 @@ class RelayClient:
                 established = await self._session()
             except asyncio.CancelledError:
                 raise
+            except TimeoutError:  # before OSError, of which it is a subclass
+                self.last_error = "timed out connecting to the relay"
             except (OSError, EOFError, asyncio.IncompleteReadError, ProtocolError) as e:
                 self.last_error = str(e) or type(e).__name__
-            except TimeoutError:
-                self.last_error = "timed out connecting to the relay"
             finally:
                 self._down()
             if established and self._clock() - started >= BACKOFF_RESET_S:

@@ -191,6 +191,8 @@ class RelayServer:
         self._handlers: set[asyncio.Task[object]] = set()  # every connection's task
         self._handshaking: set[asyncio.Task[object]] = set()  # those not yet admitted
         self._listeners: list[asyncio.Server] = []
+        self._admitting: dict[bytes, int] = {}  # admit() calls in flight, per key
+        self._cut_while_admitting: dict[bytes, str] = {}  # disconnect()ed meanwhile: why
         self._closed = False
 
     # -- what the coordination server uses ------------------------------------------
@@ -204,10 +206,14 @@ class RelayServer:
         return conn.stats() if conn is not None else None
 
     def disconnect(self, key: bytes, reason: str = "node key revoked") -> bool:
-        """Cut ``key`` off now (revocation). False if it was not connected."""
+        """Cut ``key`` off now (revocation). False if it was neither connected nor being
+        admitted; an admission in flight is refused whatever ``admit`` answers, since that
+        answer may predate the revocation."""
+        if key in self._admitting:
+            self._cut_while_admitting[key] = reason
         conn = self._conns.pop(key, None)
         if conn is None:
-            return False
+            return key in self._admitting
         log.info("relay: disconnecting %s: %s", key.hex()[:16], reason)
         conn.close(reason)
         self._tell_senders_gone(conn)
@@ -338,12 +344,21 @@ class RelayServer:
         except ProtocolError:
             return self._refuse(writer, FORGED_INFO), decoder, []
         key = first.node_key
+        self._admitting[key] = self._admitting.get(key, 0) + 1
         try:
             async with asyncio.timeout(self.admit_timeout_s):
                 admitted = await self._admit(key)
         except Exception:
             log.warning("relay: admit(%s) failed", key.hex()[:16], exc_info=True)
             return self._refuse(writer, "admission check failed; try again later"), decoder, []
+        finally:
+            cut = self._cut_while_admitting.get(key)
+            self._admitting[key] -= 1
+            if not self._admitting[key]:
+                del self._admitting[key]
+                self._cut_while_admitting.pop(key, None)
+        if cut is not None:
+            return self._refuse(writer, cut), decoder, []
         if not admitted:
             return self._refuse(writer, UNKNOWN_KEY), decoder, []
         if self._closed:
