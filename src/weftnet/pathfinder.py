@@ -73,7 +73,7 @@ __all__ = [
 # Tailscale trusts for 6.5 s with 3 s heartbeats; issue 5 wants blocked UDP on the relay
 # within 5 s, and the worst case (blocked just after a pong) takes the whole window.
 TRUST_UDP_ADDR_S = 4.5  # a direct endpoint is used this long after its last pong
-# Three heartbeats per window: losing one pong costs nothing while the RTT is under 1.5 s.
+# Three heartbeats per window: one lost pong costs nothing (unless the RTT also grows 1.5 s).
 HEARTBEAT_INTERVAL_S = 1.5  # ping the endpoint in use this often
 REPROBE_INTERVAL_S = 5.0  # with no trusted endpoint, ping every candidate this often
 CALL_ME_MAYBE_INTERVAL_S = 5.0  # with no trusted endpoint, ask the peer (via relay) this often
