@@ -13,7 +13,9 @@ from typing import Any
 from tests.relay.helpers import Inbox, RawConn, allow_all, keypair, run, until
 from weftnet.relay import ClientStats, RelayClient, RelayServer
 from weftnet.relay import protocol as p
+from weftnet.relay.client import BACKOFF_RESET_S
 from weftnet.relay.server import FORGED_INFO, REPLACED, UNKNOWN_KEY
+from weftnet.testing.fakes import FakeClock
 
 
 @asynccontextmanager
@@ -246,6 +248,33 @@ def test_relay_restart_traffic_resumes_by_itself_within_five_seconds() -> None:
                 assert a.connections == b.connections == 2
 
     run(restart())
+
+
+def test_backoff_grows_while_refused_and_restarts_after_a_lasting_connection() -> None:
+    async def scenario() -> None:
+        allowed: set[bytes] = set()
+
+        async def admit(key: bytes) -> bool:
+            return key in allowed
+
+        clock = FakeClock()
+        private, key = keypair()
+        allowed.add(key)
+        initial, cap = 0.02, 0.16
+        backoff = {"backoff_initial_s": initial, "backoff_max_s": cap, "clock": clock}
+        async with relay(admit) as (server, port), node(port, private, **backoff) as (c, _, _):
+            await _connected(c)
+            allowed.clear()
+            server.disconnect(key)
+            await until(lambda: c.retry_delay_s >= cap / 2, what="backoff at its cap")
+            allowed.add(key)
+            await until(lambda: c.connections == 2)
+            clock.advance(BACKOFF_RESET_S)  # this connection has lasted
+            server.disconnect(key)
+            await until(lambda: c.connections == 3)
+            assert c.retry_delay_s <= initial
+
+    run(scenario())
 
 
 def test_flooding_client_is_rate_limited_and_others_still_get_through() -> None:

@@ -107,6 +107,7 @@ class RelayClient:
         self.packets_sent = 0  # datagrams written to a relay connection
         self.packets_received = 0  # RECV_PACKETs handed to on_packet
         self.drops = 0  # send() calls refused because the queue was full
+        self.retry_delay_s = 0.0  # the wait chosen after the last disconnect
 
         self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
@@ -116,6 +117,8 @@ class RelayClient:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_rx = 0.0
+        self._closed_because: str | None = None  # the ERROR of the current connection
+        self._connected_at: float | None = None  # when the current connection came up
 
     # -- public surface ---------------------------------------------------------------
 
@@ -200,10 +203,9 @@ class RelayClient:
     async def _run(self) -> None:
         attempt = 0
         while not self._closing:
-            started = self._clock()
-            established = False
+            self._connected_at = None
             try:
-                established = await self._session()
+                await self._session()
             except asyncio.CancelledError:
                 raise
             except TimeoutError:  # before OSError, of which it is a subclass
@@ -212,9 +214,11 @@ class RelayClient:
                 self.last_error = str(e) or type(e).__name__
             finally:
                 self._down()
-            if established and self._clock() - started >= BACKOFF_RESET_S:
+            lasted = self._clock() - self._connected_at if self._connected_at is not None else 0.0
+            if lasted >= BACKOFF_RESET_S:
                 attempt = 0
             delay = backoff_delay(attempt, self._rand(), self.backoff_initial_s, self.backoff_max_s)
+            self.retry_delay_s = delay
             attempt += 1
             log.info(
                 "relay %s: disconnected (%s); retrying in %.1f s",
@@ -234,9 +238,10 @@ class RelayClient:
                 future.set_exception(ConnectionError("relay connection lost"))
         self._pings.clear()
 
-    async def _session(self) -> bool:
-        """One connection from connect to close; True if the handshake completed."""
+    async def _session(self) -> None:
+        """One connection, from connect to close (by an exception, or the idle timeout)."""
         decoder = p.FrameDecoder()
+        self._closed_because = None
         async with asyncio.timeout(self.connect_timeout_s):
             reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
             self._writer = writer
@@ -265,7 +270,7 @@ class RelayClient:
                 raise ProtocolError(f"relay sent {type(second).__name__} before SERVER_INFO")
             self.server_hello = second.open(self._private_key, first.key)
         self.connections += 1
-        self._last_rx = self._clock()
+        self._connected_at = self._last_rx = self._clock()
         self._up.set()
         log.info("relay %s: connected", self.address.host_header)
         reading = asyncio.create_task(self._read_loop(reader, decoder, frames))
@@ -280,7 +285,6 @@ class RelayClient:
             error = None if t.cancelled() else t.exception()
             if error is not None:
                 raise error
-        return True
 
     @staticmethod
     async def _read_frames(reader: asyncio.StreamReader, decoder: p.FrameDecoder) -> list[p.Frame]:
@@ -299,7 +303,7 @@ class RelayClient:
         while True:
             data = await reader.read(READ_CHUNK)
             if not data:
-                raise EOFError(self.last_error or "relay closed the connection")
+                raise EOFError(self._closed_because or "relay closed the connection")
             self._last_rx = self._clock()
             self._dispatch(decoder.feed(data))
 
@@ -325,7 +329,7 @@ class RelayClient:
                     except Exception:
                         log.exception("relay: on_peer_gone failed")
             elif isinstance(frame, p.Error):
-                self.last_error = f"relay closed the connection: {frame.reason}"
+                self._closed_because = f"relay closed the connection: {frame.reason}"
             elif not isinstance(frame, p.KeepAlive):
                 raise ProtocolError(f"relay sent an unexpected {type(frame).__name__}")
 

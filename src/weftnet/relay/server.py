@@ -313,9 +313,11 @@ class RelayServer:
         finally:
             if conn is not None:
                 self._unregister(conn)
-            self._handlers.discard(task)
             self._handshaking.discard(task)
-            await _close(writer)
+            try:
+                await _close(writer)
+            finally:
+                self._handlers.discard(task)
 
     async def _admit_client(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
