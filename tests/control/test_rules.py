@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from weftnet.control import credentials, ipam, names
+from weftnet.control import credentials, ipam, names, netmap
+from weftnet.control.server import parse_listen
 from weftnet.testing.fakes import SeededEntropy
 
 
@@ -114,3 +118,23 @@ def test_login_codes() -> None:
     assert credentials.code_from_url(f"http://h:8080/register/{code}") == code
     with pytest.raises(ValueError):
         credentials.code_from_url("http://h:8080/register/nope")
+
+
+@given(st.text(max_size=120))
+def test_text_parsers_answer_or_raise_value_error(text: str) -> None:
+    for parse in (
+        lambda t: credentials.key_prefix("weftkey", t),
+        credentials.code_from_url,
+        names.parse_duration,
+        names.check_given_name,
+        names.check_user_name,
+        lambda t: names.check_tags([t]),
+        parse_listen,
+    ):
+        with contextlib.suppress(ValueError):
+            parse(text)
+    parsed = netmap.split_endpoint(text)
+    if parsed is not None:
+        assert netmap.split_endpoint(netmap.join_endpoint(*parsed)) == parsed
+    label = names.dns_label(text)
+    assert names.check_given_name(label) == label

@@ -1,0 +1,1 @@
+"""weft-control, the coordination server: see docs/control-protocol.md and service.py."""
