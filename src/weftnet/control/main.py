@@ -103,9 +103,9 @@ def build_parser() -> Parser:
 
     keys = group("keys", "manage auth keys")
     p = action(keys, "create", "create an auth key (printed alone on stdout)")
-    p.add_argument("--user")
-    p.add_argument("--reusable", action="store_true")
-    p.add_argument("--ephemeral", action="store_true")
+    p.add_argument("--user", help="the user whose nodes this key registers")
+    p.add_argument("--reusable", action="store_true", help="usable more than once")
+    p.add_argument("--ephemeral", action="store_true", help="nodes go away when offline")
     p.add_argument("--tags", default="", help="tag:a,tag:b: nodes owned by the tags")
     p.add_argument("--expiration", help="e.g. 1h, 7d (default 90d)")
     action(keys, "list", "list auth keys").add_argument("--user")
