@@ -46,15 +46,22 @@ class StreamClosed(Exception):
 
 
 class Subscription:
-    """One live map stream's mailbox: the newest NetMap it has not seen yet."""
+    """One live map stream's mailbox: the newest NetMap it has not seen yet.
 
-    def __init__(self, node_id: int) -> None:
+    It takes only NetMaps built from a snapshot read after the stream started
+    (``since``): an older rebuild still running might not know the node yet.
+    """
+
+    def __init__(self, node_id: int, since: int) -> None:
         self.node_id = node_id
+        self.since = since
         self._latest: NetMap | None = None
         self._ready = asyncio.Event()
         self._closed = False
 
-    def offer(self, netmap: NetMap) -> None:
+    def offer(self, netmap: NetMap, generation: int) -> None:
+        if generation < self.since:
+            return
         self._latest = netmap
         self._ready.set()
 
@@ -166,14 +173,14 @@ class Hub:
 
     def connect(self, node_id: int) -> Subscription:
         """A map stream for ``node_id`` starts; its first NetMap comes after this change."""
-        sub = Subscription(node_id)
+        self._mark_changed()
+        sub = Subscription(node_id, since=self.generation)
         if self.closed:
             sub.close()
             return sub
         self._subs.add(sub)
         self._streams[node_id] = self._streams.get(node_id, 0) + 1
         self._ephemeral_deadlines.pop(node_id, None)
-        self._mark_changed()
         return sub
 
     def disconnect(self, sub: Subscription) -> None:
@@ -208,6 +215,7 @@ class Hub:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
+            generation = self.generation  # this snapshot includes every change up to here
             try:
                 snapshot = await anyio.to_thread.run_sync(self.service.snapshot)
             except Exception as e:
@@ -226,7 +234,7 @@ class Hub:
             self.current = netmap
             self._track_ephemeral(netmap, now)
             for sub in list(self._subs):
-                sub.offer(netmap)
+                sub.offer(netmap, generation)
 
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""

@@ -1,0 +1,128 @@
+"""The map hub on its own, with a fake service and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from typing import Any
+
+import pytest
+
+from weftnet.control.hub import Hub, StreamClosed
+from weftnet.control.records import Node
+from weftnet.control.service import Settings, Snapshot
+from weftnet.testing.fakes import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+NOW = 1_700_000_000.0
+
+
+def node(node_id: int, **fields: Any) -> Node:
+    base = Node(
+        id=node_id,
+        machine_key=f"mkey:{node_id}",
+        node_key=f"nodekey:{node_id}",
+        user_id=None,
+        tags=(),
+        hostname="h",
+        given_name=f"h{node_id}",
+        ipv4=f"100.64.0.{node_id}",
+        ipv6=f"fd7a:115c:a1e0::{node_id}",
+        ephemeral=False,
+        created_at=NOW,
+        key_expiry=None,
+    )
+    return dataclasses.replace(base, **fields)
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.settings = Settings()
+        self.nodes: dict[int, Node] = {}
+        self.deleted: list[int] = []
+        self.gate: threading.Event | None = None  # when set, snapshot() waits for it
+        self.read = threading.Event()  # set once a snapshot has read the nodes
+
+    def snapshot(self) -> Snapshot:
+        nodes = dict(self.nodes)  # read first, like a transaction's snapshot
+        self.read.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+        return Snapshot(nodes=nodes, users={})
+
+    def node_disconnected(self, node_id: int, now: float) -> None:
+        pass
+
+    def delete_ephemeral(self, node_id: int) -> bool:
+        self.deleted.append(node_id)
+        self.nodes.pop(node_id, None)
+        return True
+
+
+async def test_a_new_stream_never_gets_a_map_read_before_it_started() -> None:
+    service = FakeService()
+    service.nodes[1] = node(1)
+    service.gate = threading.Event()
+    hub = Hub(service, tick_s=0.01)  # type: ignore[arg-type]
+    await hub.start()  # the first rebuild reads a snapshot without node 2, then waits
+    try:
+        assert await asyncio.to_thread(service.read.wait, 5)
+        service.nodes[2] = node(2)  # registered meanwhile
+        sub = hub.connect(2)
+        service.gate.set()  # the stale rebuild finishes; a fresh one follows
+        netmap = await sub.next(5)
+        assert netmap is not None and netmap.view_for(2) is not None
+        assert 2 in netmap.online
+    finally:
+        await hub.stop()
+    with pytest.raises(StreamClosed):
+        await sub.next(1)
+
+
+async def test_ephemeral_nodes_are_deleted_after_the_grace_period() -> None:
+    clock = FakeClock(NOW)
+    service = FakeService()
+    service.nodes[1] = node(1, ephemeral=True)
+    service.nodes[2] = node(2)
+    hub = Hub(service, ephemeral_grace_s=10, tick_s=0.01, clock=clock)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        sub = hub.connect(1)
+        assert await sub.next(5) is not None
+        hub.disconnect(sub)
+        clock.advance(9.9)
+        await asyncio.sleep(0.1)
+        assert service.deleted == []  # ten ticks later, still there
+        again = hub.connect(1)  # back within the grace period: kept
+        clock.advance(20)
+        await asyncio.sleep(0.1)
+        assert service.deleted == []
+        hub.disconnect(again)
+        clock.advance(10.1)
+        deadline = asyncio.get_running_loop().time() + 5
+        while service.deleted != [1]:
+            assert asyncio.get_running_loop().time() < deadline, service.deleted
+            await asyncio.sleep(0.01)
+    finally:
+        await hub.stop()
+
+
+async def test_a_key_reaching_its_expiry_time_triggers_a_rebuild() -> None:
+    clock = FakeClock(NOW)
+    service = FakeService()
+    service.nodes[1] = node(1)
+    service.nodes[2] = node(2, key_expiry=NOW + 60)
+    hub = Hub(service, tick_s=0.01, clock=clock)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        sub = hub.connect(1)
+        first = await sub.next(5)
+        assert first is not None and first.view_for(1) is not None
+        assert 2 in first.view_for(1).peers  # type: ignore[union-attr]
+        clock.advance(61)
+        later = await sub.next(5)
+        assert later is not None and 2 not in later.view_for(1).peers  # type: ignore[union-attr]
+    finally:
+        await hub.stop()
