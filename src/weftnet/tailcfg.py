@@ -23,6 +23,7 @@ MIN_CAPABILITY_VERSION = 1  # the oldest the server still talks to
 NODE_KEY_PREFIX = "nodekey:"
 MACHINE_KEY_PREFIX = "mkey:"
 DISCO_KEY_PREFIX = "discokey:"
+RELAY_KEY_PREFIX = "relaykey:"
 
 
 class Wire(BaseModel):
@@ -38,6 +39,15 @@ class Hostinfo(Wire):
     hostname: str = ""
     os: str = "linux"
     client_version: str = ""
+
+
+class RelayRegion(Wire):
+    """One relay a node may use (see docs/relay-protocol.md)."""
+
+    name: str  # region name, e.g. "default", "eu"
+    url: str  # "http://host:port": the relay is entered by an upgrade on <url>/relay
+    public_key: str  # "relaykey:<hex>": nodes pin it (RelayClient server_key)
+    stun_port: int | None = None  # UDP STUN on the relay's host, if any
 
 
 class RegisterRequest(Wire):
@@ -72,6 +82,7 @@ class Node(Wire):
     key_expiry: float | None = None  # unix seconds
     expired: bool = False
     ephemeral: bool = False
+    home_relay: str | None = None  # region name where this node can be reached
 
 
 class RegisterResponse(Wire):
@@ -92,6 +103,7 @@ class MapRequest(Wire):
     hostinfo: Hostinfo = Field(default_factory=Hostinfo)
     stream: bool = True
     omit_peers: bool = False  # just report endpoints/hostinfo and return
+    home_relay: str | None = None  # the region this node picked (lowest latency)
 
 
 class MapResponse(Wire):
@@ -104,4 +116,5 @@ class MapResponse(Wire):
     peers_changed: list[Node] = Field(default_factory=list)  # upserts by id
     peers_removed: list[int] = Field(default_factory=list)  # node ids
     dns_domain: str | None = None
+    relay_map: list[RelayRegion] | None = None  # in full frames, and whenever it changes
     error: str | None = None  # e.g. "node deleted": the stream ends after it
