@@ -220,6 +220,7 @@ def test_rekey_does_not_stop_the_stream(lab: Lab, tmp_path: Path) -> None:
     first = t.status()["peers"][0]["handshakes"]
     result = iperf(t.weft, t.wg, WG_V4, seconds=12)
     handshakes = t.status()["peers"][0]["handshakes"]
-    assert handshakes >= first + 2, f"only {handshakes - first} rekeys in 12 s"
+    # Initiations are at least REKEY_TIMEOUT (5 s) apart: one or two rekeys fit in 12 s.
+    assert handshakes >= first + 1, "no rekey in 12 s"
     intervals = [i["sum"]["bytes"] for i in result["intervals"]]
     assert len(intervals) >= 11 and min(intervals) > 0, intervals
