@@ -123,7 +123,11 @@ class ControlClient:
             raise ControlError(f"malformed answer from the server: {e}") from e
 
     async def map_stream(
-        self, endpoints: list[str], hostname: str, disco_key: str | None = None
+        self,
+        endpoints: list[str],
+        hostname: str,
+        disco_key: str | None = None,
+        home_relay: str | None = None,
     ) -> AsyncIterator[tailcfg.MapResponse]:
         """Yield each frame of one map stream until it ends or breaks (ControlError)."""
         await self.ensure_server_key()
@@ -131,6 +135,7 @@ class ControlClient:
             ts=time.time(),
             node_key=controlbox.key_to_text(tailcfg.NODE_KEY_PREFIX, self.state.node_public),
             disco_key=disco_key,
+            home_relay=home_relay,
             endpoints=endpoints,
             hostinfo=tailcfg.Hostinfo(hostname=hostname, client_version=_version()),
         )

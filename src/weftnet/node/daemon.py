@@ -28,6 +28,7 @@ from weftnet import controlbox, tailcfg
 from weftnet.node import localapi
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays, dump
 from weftnet.node.engine import Engine
+from weftnet.node.magicsock import MagicSock
 from weftnet.node.state import NodeState
 from weftnet.wireguard.device import Peer
 
@@ -100,6 +101,7 @@ class NodeDaemon:
             rekey_after_time_s=args.rekey_after_seconds,
         )
         self.engine.configure([], OVERLAY_ROUTES)
+        self.magic: MagicSock | None = None
         self.socket_path = args.socket or DEFAULT_SOCKET
         self.backend_state = "NeedsLogin"
         self.control: ControlClient | None = None
@@ -124,6 +126,8 @@ class NodeDaemon:
             loop.add_signal_handler(sig, stop.set)
         self._first_map = asyncio.Event()
         self.engine.start()
+        self.magic = MagicSock(self.engine, self.state.node_private)
+        self.magic.start()
         server = await localapi.serve(self.socket_path, self.handle_request)
         log.info(
             "weftd up: interface %s, UDP port %d, state %s",
@@ -152,6 +156,8 @@ class NodeDaemon:
                     task.cancel()
             server.close()
             await localapi.cleanup(self.socket_path)
+            if self.magic is not None:
+                await self.magic.close()
             if self.control is not None:
                 await self.control.close()
             self.engine.close()
@@ -272,6 +278,10 @@ class NodeDaemon:
         self.state.save_prefs()
         self.state.save_netmap(None)
         self.engine.replace_device(self.state.rotate_node_key())
+        if self.magic is not None:
+            await self.magic.close()
+        self.magic = MagicSock(self.engine, self.state.node_private)
+        self.magic.start()
         self.backend_state = "NeedsLogin"
         return {"ok": True, "result": {"state": "NeedsLogin"}}
 
@@ -290,16 +300,22 @@ class NodeDaemon:
         self.online = False
 
     async def _map_loop(self) -> None:
-        assert self.control is not None
+        assert self.control is not None and self.magic is not None
         loop = asyncio.get_running_loop()
         delays = backoff_delays()
         while True:
+            magic = self.magic
+            home = magic.relays.home
+            restart = False
             try:
                 endpoints = await loop.run_in_executor(
                     None, local_endpoints, self.engine.listen_port, self.engine.ifname
                 )
+                magic.local_endpoints = [ep for e in endpoints if (ep := parse_endpoint(e))]
                 hostname = self.state.prefs.hostname or socket.gethostname()
-                async for resp in self.control.map_stream(endpoints, hostname):
+                async for resp in self.control.map_stream(
+                    endpoints, hostname, disco_key=magic.disco_key_text, home_relay=home
+                ):
                     if not self.online:
                         self.online = True
                         delays = backoff_delays()
@@ -307,11 +323,20 @@ class NodeDaemon:
                     if resp.error:
                         await self._server_said_no(resp.error)
                         return
-                    if not resp.keepalive:
-                        await self._apply(resp)
+                    if resp.keepalive:
+                        continue
+                    if resp.relay_map is not None:
+                        await magic.relays.update(resp.relay_map)
+                        if await magic.relays.measure() != home:
+                            restart = True  # tell the server (and so our peers) our home
+                    await self._apply(resp)
+                    if restart:
+                        break
             except ControlError as e:
                 self.last_error = str(e)
                 log.warning("%s", e)
+            if restart:
+                continue
             self.online = False
             await asyncio.sleep(next(delays))
 
@@ -370,6 +395,8 @@ class NodeDaemon:
     def _remove_peer(self, pid: int) -> None:
         peer = self._peer_by_id.pop(pid, None)
         self._map_endpoint.pop(pid, None)
+        if self.magic is not None:
+            self.magic.remove_peer(pid)
         if peer is not None:
             self.engine.device.remove_peer(peer.public_key)
 
@@ -410,6 +437,8 @@ class NodeDaemon:
                 )
                 self._peer_by_id[pid] = peer
                 self._map_endpoint[pid] = n["endpoints"][0] if n["endpoints"] else None
+                if self.magic is not None:
+                    self.magic.set_peer(n, peer, chosen)
                 # Speak first: a node behind NAT opens its mapping, and the peer learns it.
                 transmits += device.send_keepalive(peer, now)
                 continue
@@ -418,6 +447,8 @@ class NodeDaemon:
             if first != self._map_endpoint.get(pid):
                 self._map_endpoint[pid] = first
                 peer.endpoint = chosen
+            if self.magic is not None:
+                self.magic.set_peer(n, peer, chosen)
         self.engine.dp.config_changed()
         if transmits:
             self.engine.dp.send_transmits(transmits)
@@ -433,17 +464,21 @@ class NodeDaemon:
             peer = self._peer_by_id.get(pid)
             last = peer.last_handshake_at if peer else None
             fresh = last is not None and now - last < HANDSHAKE_FRESH_S
+            kind, endpoint, relay = (
+                self.magic.path_of(pid) if self.magic is not None else ("none", None, None)
+            )
+            if not fresh:
+                kind = "none"  # no working session: nothing flows on any path yet
             peers.append(
                 {
                     "id": pid,
                     "hostname": n["given_name"] or n["name"],
                     "ips": [a.split("/")[0] for a in n["addresses"]],
                     "online": n.get("online", False),
-                    "path": "direct" if peer is not None and peer.endpoint and fresh else "none",
-                    "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}"
-                    if peer is not None and peer.endpoint
-                    else None,
-                    "relay": None,
+                    "path": kind,
+                    "endpoint": endpoint,
+                    "relay": relay,
+                    "home_relay": n.get("home_relay"),
                     "rx_bytes": peer.rx_bytes if peer else 0,
                     "tx_bytes": peer.tx_bytes if peer else 0,
                     "last_handshake": None if last is None else wall - (now - last),
@@ -463,5 +498,10 @@ class NodeDaemon:
             },
             "peers": peers,
             "dns_domain": self.dns_domain,
+            "home_relay": self.magic.relays.home if self.magic is not None else None,
+            "relay_latency_ms": {
+                k: round(v * 1000, 2)
+                for k, v in (self.magic.relays.latency.items() if self.magic else [])
+            },
             "counters": localapi.counters(self.engine),
         }

@@ -43,6 +43,7 @@ from weftnet.wireguard.session import Keypair
 log = logging.getLogger("weftd.datapath")
 
 SOL_UDP = 17
+RELAY_PREFIX = "relay:"  # endpoint host of a path through a relay region: ("relay:eu", 0)
 UDP_SEGMENT = 103  # linux/udp.h: send with GSO, value = segment size
 UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
 MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
@@ -126,6 +127,10 @@ class DataPlane:
         self.clock = clock
         self.counters = Counters()
         self.on_change: Callable[[], None] = lambda: None  # re-arm the timer
+        # Tailnet mode: the path picker owns endpoints, sends via relays and reads disco.
+        self.roaming = True  # plain WireGuard: follow the source of authenticated packets
+        self.relay_send: Callable[[Peer, str, bytes], None] | None = None
+        self.on_disco: Callable[[bytes, Endpoint | None], None] | None = None
         self._tun_buf = bytearray(VNET_HDR_LEN + 65536)
         self._tun_view = memoryview(self._tun_buf)
         self._scratch = bytearray(65536 + 64)
@@ -165,6 +170,8 @@ class DataPlane:
         sa = self._sockaddr_cache.get(ep)
         if sa is None:
             host, port = ep
+            if host.startswith(RELAY_PREFIX):
+                return ("relay", host[len(RELAY_PREFIX) :])
             if ipaddress.ip_address(host).version == 4:
                 host = "::ffff:" + host
             sa = (host, port, 0, 0)
@@ -173,12 +180,45 @@ class DataPlane:
 
     def send_transmits(self, transmits: list[Transmit]) -> None:
         for t in transmits:
+            sa = self._sockaddr(t.endpoint)
+            if sa[0] == "relay":
+                self._via_relay(t.endpoint, sa[1], t.data)
+                continue
             try:
-                self.sock.sendto(t.data, self._sockaddr(t.endpoint))
+                self.sock.sendto(t.data, sa)
             except OSError as e:
                 log.debug("send to %s failed: %s", t.endpoint, e)
         if transmits:
             self.on_change()
+
+    def send_raw(self, data: bytes, ep: Endpoint) -> None:
+        """One datagram straight out of the UDP socket (disco, STUN)."""
+        try:
+            self.sock.sendto(data, self._sockaddr(ep))
+        except OSError as e:
+            log.debug("send to %s failed: %s", ep, e)
+
+    def _via_relay(self, who: Peer | Endpoint, region: str, data: bytes) -> None:
+        peer = who if isinstance(who, Peer) else self._peer_at(who)
+        if self.relay_send is not None and peer is not None:
+            self.relay_send(peer, region, data)
+
+    def _peer_at(self, ep: Endpoint) -> Peer | None:
+        for peer in self.device.peers.values():
+            if peer.endpoint == ep:
+                return peer
+        return None
+
+    def receive_from_relay(self, data: bytes, src_key: bytes, region: str) -> None:
+        """A datagram the relay delivered from the peer with node key ``src_key``."""
+        peer = self.device.peers.get(src_key)
+        if peer is None:
+            self.counters.drop_no_peer += 1
+            return
+        now = self.clock()
+        self._inbound(memoryview(data), (RELAY_PREFIX + region, 0), now)
+        self._flush_tun()
+        self._after_receive(now)
 
     def _emit(self, length: int) -> None:
         """A plaintext packet is in scratch[:length]: seal it for the current peer."""
@@ -223,7 +263,12 @@ class DataPlane:
     def _flush_sends(self) -> None:
         out = self._out_view
         sock = self.sock
-        for sa, start, end, seg, count, _, _peer in self._batches:
+        for sa, start, end, seg, count, _, peer in self._batches:
+            if sa[0] == "relay":
+                for off in range(start, end, seg):
+                    self._via_relay(peer, sa[1], bytes(out[off : min(off + seg, end)]))
+                self.counters.tx_packets += count
+                continue
             try:
                 if count > 1:
                     sock.sendmsg(
@@ -395,7 +440,7 @@ class DataPlane:
             assert isinstance(peer, Peer)
             if kp is not peer.current:
                 self.send_transmits(self.device.received_on(kp, now))
-            if peer.endpoint != src:
+            if self.roaming and peer.endpoint != src:
                 peer.endpoint = src  # roaming: authenticated traffic teaches the endpoint
             peer.rx_bytes += mlen
             had = self._recv_peers.get(peer)
@@ -431,6 +476,9 @@ class DataPlane:
             self._rx.append((off, total))
             self._dec_len = off + total
             self.counters.rx_packets += 1
+            return
+        if mlen and msg[0] > MESSAGE_TRANSPORT and self.on_disco is not None:
+            self.on_disco(bytes(msg), None if src[0].startswith(RELAY_PREFIX) else src)
             return
         try:
             transmits = self.device.receive_handshake(bytes(msg), src, now)

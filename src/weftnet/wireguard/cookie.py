@@ -38,10 +38,15 @@ def cookie_key(public_key: bytes) -> bytes:
 
 
 def source_bytes(host: str, port: int) -> bytes:
-    """The bytes a cookie binds to: the packed source address, then the port."""
+    """The bytes a cookie binds to: the packed source address, then the port (a relay
+    pseudo-endpoint such as "relay:eu" binds to its name)."""
     import ipaddress
 
-    return ipaddress.ip_address(host).packed + port.to_bytes(2, "little")
+    try:
+        packed = ipaddress.ip_address(host).packed
+    except ValueError:
+        packed = host.encode()
+    return packed + port.to_bytes(2, "little")
 
 
 class CookieChecker:
