@@ -32,8 +32,10 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -41,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from weftnet.testing.netlab import Host, Lab, LabError, poll_until
+from weftnet.testing.tailnet import start_control, start_node
 from weftnet.testing.wgpeers import (
     Peer as WgPeer,
 )
@@ -58,6 +61,8 @@ CONFIGS = {  # key -> (name, client implementation, server implementation)
     "raw": ("raw underlay", None, None),
     "wggo-wggo": ("wireguard-go <-> wireguard-go", "wireguard-go", "wireguard-go"),
     "weftd-wggo": ("weftd <-> wireguard-go", "weftd", "wireguard-go"),
+    "tailnet-direct": ("tailnet weftd <-> weftd, direct", "tailnet", "direct"),
+    "tailnet-relay": ("tailnet weftd <-> weftd, via the relay", "tailnet", "relay"),
     "weftd-weftd": ("weftd <-> weftd", "weftd", "weftd"),
 }
 BASELINE = "wggo-wggo"
@@ -195,13 +200,48 @@ def udp_rcvbuf_errors(host: Host) -> int:
     return int(values[names.index("RcvbufErrors")])
 
 
+def start_tailnet(
+    lab: Lab, client: Host, server: Host, path: str, cleanup: list[Callable[[], object]]
+) -> str:
+    """A coordination server on a third host and weftd nodes on client and server, joined
+    with an auth key; with path "relay", UDP between them is blocked. Returns the server
+    node's 100.x address once the path is the one asked for."""
+    work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
+    cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    existing = lab.nodes.get("ctl")
+    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    if path == "relay":
+        lab.block_udp(client, server)
+        cleanup.append(lambda: lab.unblock_udp(client, server))
+    control = start_control(work, ctl)
+    cleanup.append(control.kill9)
+    control.admin("users", "create", "bench")
+    key = control.admin("keys", "create", "--user", "bench", "--reusable").strip()
+    nodes = []
+    for host in (client, server):
+        node = start_node(work, host, host.name)
+        cleanup.append(node.kill9)
+        node.weft("up", "--login-server", control.url, "--auth-key", key)
+        nodes.append(node)
+    poll_until(
+        lambda: nodes[0].status()["peers"] and nodes[0].status()["peers"][0]["path"] == path,
+        timeout_s=HANDSHAKE_TIMEOUT_S,
+        what=f"the {path} path",
+    )
+    return nodes[1].ip4()
+
+
 def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Namespace) -> Row:
     name, client_kind, server_kind = CONFIGS[key]
     row = Row(key, name)
     started: list[PeerProcess] = []
+    cleanup: list[Callable[[], object]] = []
     try:
         target = server.ip
-        if client_kind is not None and server_kind is not None:
+        if client_kind == "tailnet" and server_kind is not None:
+            ping_once(client, server.ip)
+            target = start_tailnet(lab, client, server, server_kind, cleanup)
+        elif client_kind is not None and server_kind is not None:
             target = start_tunnel(client, server, client_kind, server_kind, started)
         poll_until(
             lambda: ping_once(client, target),
@@ -217,6 +257,8 @@ def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Names
     finally:
         for peer in reversed(started):
             stop_quietly(peer.stop)
+        for step in reversed(cleanup):
+            stop_quietly(step)
     return row
 
 
