@@ -50,6 +50,17 @@ def test_three_nodes_ping_each_other_within_5_s(lab: Lab, tmp_path: Path) -> Non
         assert p["path"] == "direct" and p["online"]
     v4 = nodes[0].ip4()
     assert v4.startswith("100.") and nodes[0].weft("ip", "-6").stdout.startswith("fd7a:115c:a1e0:")
+    # The local API is root-only: another user cannot even connect to the socket.
+    os.chmod(tmp_path, 0o755)
+    probe = (
+        "import socket, sys; s = socket.socket(socket.AF_UNIX)\n"
+        "try:\n    s.connect(sys.argv[1]); print('CONNECTED')\n"
+        "except PermissionError:\n    print('REFUSED')"
+    )
+    r = nodes[0].host.run(
+        ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "-c", probe, nodes[0].socket]
+    )
+    assert r.stdout.strip() == "REFUSED"
 
 
 def test_control_server_crash_does_not_stop_traffic(lab: Lab, tmp_path: Path) -> None:
