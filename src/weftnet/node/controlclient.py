@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any
 
 import httpx
@@ -128,7 +128,7 @@ class ControlClient:
         hostname: str,
         disco_key: str | None = None,
         home_relay: str | None = None,
-    ) -> AsyncIterator[tailcfg.MapResponse]:
+    ) -> AsyncGenerator[tailcfg.MapResponse, None]:
         """Yield each frame of one map stream until it ends or breaks (ControlError)."""
         await self.ensure_server_key()
         req = tailcfg.MapRequest(

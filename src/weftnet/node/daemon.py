@@ -22,6 +22,7 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from weftnet import controlbox, tailcfg
@@ -62,6 +63,10 @@ def local_endpoints(port: int, exclude_ifname: str) -> list[str]:
                 continue
             out.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
     return out
+
+
+def _ep_text(ep: tuple[str, int]) -> str:
+    return f"[{ep[0]}]:{ep[1]}" if ":" in ep[0] else f"{ep[0]}:{ep[1]}"
 
 
 def parse_endpoint(text: str) -> tuple[str, int] | None:
@@ -312,26 +317,40 @@ class NodeDaemon:
                     None, local_endpoints, self.engine.listen_port, self.engine.ifname
                 )
                 magic.local_endpoints = [ep for e in endpoints if (ep := parse_endpoint(e))]
+                reported = magic.endpoints()
+                magic.published_endpoints = reported
+                magic.endpoints_changed.clear()
                 hostname = self.state.prefs.hostname or socket.gethostname()
-                async for resp in self.control.map_stream(
-                    endpoints, hostname, disco_key=magic.disco_key_text, home_relay=home
-                ):
-                    if not self.online:
-                        self.online = True
-                        delays = backoff_delays()
-                        log.info("connected to %s", self.control.url)
-                    if resp.error:
-                        await self._server_said_no(resp.error)
-                        return
-                    if resp.keepalive:
-                        continue
-                    if resp.relay_map is not None:
-                        await magic.relays.update(resp.relay_map)
-                        if await magic.relays.measure() != home:
-                            restart = True  # tell the server (and so our peers) our home
-                    await self._apply(resp)
-                    if restart:
-                        break
+                stream = self.control.map_stream(
+                    [_ep_text(ep) for ep in reported],
+                    hostname,
+                    disco_key=magic.disco_key_text,
+                    home_relay=home,
+                )
+                try:
+                    while True:
+                        resp = await self._next_or_change(stream, magic.endpoints_changed)
+                        if resp is None:
+                            restart = magic.endpoints_changed.is_set()
+                            break  # the stream ended, or STUN found a new public address
+                        if not self.online:
+                            self.online = True
+                            delays = backoff_delays()
+                            log.info("connected to %s", self.control.url)
+                        if resp.error:
+                            await self._server_said_no(resp.error)
+                            return
+                        if resp.keepalive:
+                            continue
+                        if resp.relay_map is not None:
+                            await magic.relays.update(resp.relay_map)
+                            if await magic.relays.measure() != home:
+                                restart = True  # tell the server (so our peers) our home
+                        await self._apply(resp)
+                        if restart:
+                            break
+                finally:
+                    await stream.aclose()
             except ControlError as e:
                 self.last_error = str(e)
                 log.warning("%s", e)
@@ -339,6 +358,27 @@ class NodeDaemon:
                 continue
             self.online = False
             await asyncio.sleep(next(delays))
+
+    @staticmethod
+    async def _next_or_change(
+        stream: AsyncGenerator[tailcfg.MapResponse, None], changed: asyncio.Event
+    ) -> tailcfg.MapResponse | None:
+        """The next frame, or None when the stream ends or ``changed`` is set first."""
+        nxt = asyncio.ensure_future(anext(stream))
+        chg = asyncio.ensure_future(changed.wait())
+        try:
+            done, _ = await asyncio.wait({nxt, chg}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            chg.cancel()
+        if nxt not in done:
+            nxt.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, ControlError):
+                await nxt
+            return None
+        try:
+            return nxt.result()
+        except StopAsyncIteration:
+            return None
 
     async def _server_said_no(self, error: str) -> None:
         log.warning("the coordination server says: %s", error)

@@ -477,8 +477,12 @@ class DataPlane:
             self._dec_len = off + total
             self.counters.rx_packets += 1
             return
-        if mlen and msg[0] > MESSAGE_TRANSPORT and self.on_disco is not None:
-            self.on_disco(bytes(msg), None if src[0].startswith(RELAY_PREFIX) else src)
+        # Not WireGuard (type 1-4 then three zero bytes): disco or STUN, for the path picker.
+        if mlen >= 4 and (msg[0] > MESSAGE_TRANSPORT or msg[1] or msg[2] or msg[3]):
+            if self.on_disco is not None:
+                self.on_disco(bytes(msg), None if src[0].startswith(RELAY_PREFIX) else src)
+            else:
+                self.counters.drop_malformed += 1
             return
         try:
             transmits = self.device.receive_handshake(bytes(msg), src, now)

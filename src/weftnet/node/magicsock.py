@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
-from weftnet import controlbox, disco, tailcfg
+from weftnet import controlbox, disco, stun, tailcfg
 from weftnet.disco import CallMeMaybe, Packet, Ping, Pong
 from weftnet.node.datapath import RELAY_PREFIX, DataPlane
 from weftnet.node.engine import Engine
@@ -34,6 +36,8 @@ from weftnet.wireguard.errors import ProtocolError
 log = logging.getLogger("weftd.magicsock")
 
 TICK_S = 0.25  # how often path finders' timers run and endpoints are re-chosen
+STUN_INTERVAL_S = 20.0  # re-learn our public mapping this often (NATs forget)
+STUN_RETRY_S = 2.0  # ask again this soon while no STUN server has answered
 HOME_REPROBE_S = 60.0  # re-measure relay latencies this often
 PING_TIMEOUT_S = 3.0  # a relay that does not answer a ping in this time is unusable
 
@@ -129,6 +133,11 @@ class MagicSock:
         self._by_disco: dict[bytes, PeerPaths] = {}
         self._by_node_key: dict[bytes, PeerPaths] = {}
         self.local_endpoints: list[Endpoint] = []
+        self.stun_results: dict[Endpoint, tuple[Endpoint, float]] = {}  # server: mapped, RTT
+        self._stun_pending: dict[bytes, tuple[Endpoint, float]] = {}
+        self._last_stun = float("-inf")
+        self.published_endpoints: list[Endpoint] = []
+        self.endpoints_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[str | None] | None = None
         self.dp.roaming = False
@@ -212,6 +221,60 @@ class MagicSock:
     def _udp_disco(self, data: bytes, src: Endpoint | None) -> None:
         if disco.is_disco(data):
             self._disco(data, src)
+        elif src is not None and stun.is_stun(data):
+            self._stun_response(data)
+
+    # -- STUN: our public address, from the WireGuard socket itself -------------------
+
+    def stun_servers(self) -> list[Endpoint]:
+        out = []
+        for region in self.relays.regions.values():
+            if not region.stun_port:
+                continue
+            host = urlsplit(region.url).hostname
+            if host:
+                with contextlib.suppress(ValueError):
+                    out.append((str(ipaddress.ip_address(host)), region.stun_port))
+        return out
+
+    def send_stun(self) -> None:
+        now = time.monotonic()
+        for server in self.stun_servers():
+            txid = os.urandom(12)
+            self._stun_pending[txid] = (server, now)
+            self.dp.send_raw(stun.binding_request(txid, "weftnet"), server)
+        self._last_stun = now
+
+    def _stun_response(self, data: bytes) -> None:
+        try:
+            txid, mapped = stun.parse_response(data)
+        except ProtocolError:
+            return
+        pending = self._stun_pending.pop(txid, None)
+        if pending is None:
+            return
+        server, sent_at = pending
+        self.stun_results[server] = (mapped, time.monotonic() - sent_at)
+        self._publish_endpoints()
+
+    @property
+    def mapping_varies(self) -> bool | None:
+        """True behind an endpoint-dependent ("hard") NAT; None with under two answers."""
+        seen = {m for m, _ in self.stun_results.values()}
+        if len(self.stun_results) < 2:
+            return None
+        return len(seen) > 1
+
+    def endpoints(self) -> list[Endpoint]:
+        """What peers should try: STUN-mapped addresses, then local ones."""
+        mapped = [m for m, _ in self.stun_results.values()]
+        return list(dict.fromkeys([*mapped, *self.local_endpoints]))
+
+    def _publish_endpoints(self) -> None:
+        eps = self.endpoints()
+        if eps != self.published_endpoints:
+            self.published_endpoints = eps
+            self.endpoints_changed.set()
 
     def _disco(self, data: bytes, src: Endpoint | None) -> None:
         try:
@@ -232,7 +295,7 @@ class MagicSock:
                 pp.pf.on_ping_received(src, now)
             else:
                 # Through the relay: the peer wants to find us; answer with our endpoints.
-                self._send_disco(pp, CallMeMaybe(tuple(self.local_endpoints)), None)
+                self._send_disco(pp, CallMeMaybe(tuple(self.endpoints())), None)
         elif isinstance(msg, Pong):
             if src is not None:
                 pp.pf.on_pong(msg.txid, src, now)
@@ -249,6 +312,9 @@ class MagicSock:
             if now - last_probe > HOME_REPROBE_S and self.relays.clients:
                 last_probe = now
                 self._probe = asyncio.create_task(self.relays.measure())
+            wait = STUN_INTERVAL_S if self.stun_results else STUN_RETRY_S
+            if now - self._last_stun > wait and self.stun_servers():
+                self.send_stun()
             for pp in list(self.peers.values()):
                 for action in pp.pf.timers(now):
                     if isinstance(action, SendPing):
@@ -257,7 +323,7 @@ class MagicSock:
                                          action.endpoint)  # fmt: skip
                         pp.pf.on_ping_sent(action.endpoint, txid, now)
                     elif isinstance(action, SendCallMeMaybe):
-                        self._send_disco(pp, CallMeMaybe(tuple(self.local_endpoints)), None)
+                        self._send_disco(pp, CallMeMaybe(tuple(self.endpoints())), None)
                 if pp.home_relay is None:
                     pp.pf.set_relay(self.relays.home)
                 self._choose(pp, now)
