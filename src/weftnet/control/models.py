@@ -77,6 +77,7 @@ nodes = Table(
     Column("key_expiry", Float),
     Column("ephemeral", Boolean, nullable=False),
     Column("auth_key_id", Integer, ForeignKey("auth_keys.id", ondelete="SET NULL")),
+    Column("home_relay", String(63)),
     # Node ids are never reused: a peer that saw id 7 removed must never see a new 7.
     sqlite_autoincrement=True,
 )

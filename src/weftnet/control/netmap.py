@@ -8,6 +8,15 @@ two views of the same node into the frame that moves one to the other
 (``peers_changed`` upserts, ``peers_removed`` ids, ``node`` when the node itself
 changed), or None when nothing it sees changed.
 
+Every map also carries the relay map: the regions a node may relay through
+(``tailcfg.RelayRegion``). The coordination server's own relay comes first - its URL
+depends on how the node reached the server, so each stream passes it to ``view_for`` -
+then the standalone relays registered with the server (``NetMap.relays``). The full
+frame carries it, and a delta carries it again whenever it changed.
+
+A node's key is admitted to a relay while the node exists and its key has not expired
+(``NetMap.admits``); the hub cuts relay clients whose key stops being admitted.
+
 Who sees whom is ``visible_peers``: for now every other node whose key has not expired.
 Issue 6 replaces that one function with policy filtering.
 
@@ -21,7 +30,7 @@ has only the ones it reported.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weftnet import tailcfg
@@ -87,6 +96,7 @@ def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -
         key_expiry=node.key_expiry,
         expired=node.expired_at(now),
         ephemeral=node.ephemeral,
+        home_relay=node.home_relay,
     )
 
 
@@ -99,12 +109,14 @@ def visible_peers(viewer: Node, nodes: Iterable[Node], now: float) -> list[Node]
 class MapView:
     node: tailcfg.Node
     peers: dict[int, tailcfg.Node]
+    relay_map: tuple[tailcfg.RelayRegion, ...] = ()
 
     def full(self, dns_domain: str) -> tailcfg.MapResponse:
         return tailcfg.MapResponse(
             node=self.node,
             peers=sorted(self.peers.values(), key=lambda n: n.id),
             dns_domain=dns_domain,
+            relay_map=list(self.relay_map),
         )
 
 
@@ -118,11 +130,14 @@ class NetMap:
         online: Iterable[int],
         now: float,
         dns_domain: str,
+        relays: Sequence[tailcfg.RelayRegion] = (),
     ) -> None:
         self.nodes = dict(nodes)
         self.online = frozenset(online)
         self.now = now
         self.dns_domain = dns_domain
+        self.relays = tuple(relays)  # standalone relays, after the server's own
+        self._by_node_key = {n.node_key: n for n in self.nodes.values()}
         self._wire = {
             n.id: wire_node(n, users, n.id in self.online, now) for n in self.nodes.values()
         }
@@ -134,22 +149,43 @@ class NetMap:
         # When the next key expires: the hub rebuilds the map then, with no other change.
         self.next_expiry_at: float | None = min(future, default=None)
 
-    def view_for(self, node_id: int) -> MapView | None:
-        """What node ``node_id`` sees; None when the node no longer exists."""
+    def view_for(
+        self, node_id: int, own_relays: Sequence[tailcfg.RelayRegion] = ()
+    ) -> MapView | None:
+        """What node ``node_id`` sees; None when the node no longer exists.
+
+        ``own_relays`` (the server's embedded relay, as this node reaches it) lead the
+        relay map."""
         viewer = self.nodes.get(node_id)
         if viewer is None:
             return None
         peers = visible_peers(viewer, self.nodes.values(), self.now)
-        return MapView(self._wire[node_id], {p.id: self._wire[p.id] for p in peers})
+        return MapView(
+            self._wire[node_id],
+            {p.id: self._wire[p.id] for p in peers},
+            (*own_relays, *self.relays),
+        )
 
     def wire(self, node_id: int) -> tailcfg.Node | None:
         return self._wire.get(node_id)
+
+    def admits(self, node_key: str, now: float) -> bool:
+        """Whether a relay may take ``node_key``: its node exists, its key not expired."""
+        node = self._by_node_key.get(node_key)
+        return node is not None and not node.expired_at(now)
+
+    def admitted_keys(self, now: float) -> list[str]:
+        """Every node key a relay may take at ``now``, sorted."""
+        return sorted(k for k, n in self._by_node_key.items() if not n.expired_at(now))
 
 
 def delta(prev: MapView, new: MapView) -> tailcfg.MapResponse | None:
     changed = [n for i, n in sorted(new.peers.items()) if prev.peers.get(i) != n]
     removed = sorted(i for i in prev.peers if i not in new.peers)
     node = new.node if new.node != prev.node else None
-    if not changed and not removed and node is None:
+    relay_map = list(new.relay_map) if new.relay_map != prev.relay_map else None
+    if not changed and not removed and node is None and relay_map is None:
         return None
-    return tailcfg.MapResponse(node=node, peers_changed=changed, peers_removed=removed)
+    return tailcfg.MapResponse(
+        node=node, peers_changed=changed, peers_removed=removed, relay_map=relay_map
+    )

@@ -69,6 +69,7 @@ class NewNode:
     endpoints: tuple[str, ...] = ()
     observed_ip: str | None = None  # where the last map request came from
     last_seen: float | None = None
+    home_relay: str | None = None  # relay region named in the last map request
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -128,6 +129,7 @@ NODE_UPDATABLE = frozenset(
         "endpoints",
         "observed_ip",
         "last_seen",
+        "home_relay",
     }
 )
 

@@ -24,7 +24,7 @@ After a commit that changes what some node sees, the service publishes on the
 from __future__ import annotations
 
 from weftnet import tailcfg
-from weftnet.control import credentials, netmap
+from weftnet.control import credentials, netmap, relays
 from weftnet.control.core import (
     MAX_ENDPOINTS,
     Refused,
@@ -200,6 +200,11 @@ class NodeRules(ServiceCore):
         for endpoint in req.endpoints:
             if netmap.split_endpoint(endpoint) is None:
                 raise Refused(f"malformed endpoint {endpoint!r}: expected ip:port or [ip6]:port")
+        if req.home_relay is not None:
+            try:
+                relays.check_region_name(req.home_relay)
+            except ValueError as e:
+                raise Refused(f"home_relay: {e}") from None
         changed = False
 
         def record(tx: Tx) -> Node:
@@ -223,6 +228,8 @@ class NodeRules(ServiceCore):
                 changes["hostname"] = hostname
             if observed_ip is not None and observed_ip != node.observed_ip:
                 changes["observed_ip"] = observed_ip
+            if req.home_relay != node.home_relay:
+                changes["home_relay"] = req.home_relay
             changed = len(changes) > 1
             return tx.update_node(node.id, **changes)
 

@@ -220,6 +220,7 @@ def _node(r: Any) -> Node:
         key_expiry=r.key_expiry,
         ephemeral=bool(r.ephemeral),
         auth_key_id=r.auth_key_id,
+        home_relay=r.home_relay,
     )
 
 
