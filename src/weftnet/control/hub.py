@@ -14,6 +14,16 @@ A ticker (every ``tick_s``) marks the hub dirty when the earliest key expiry has
 passed, and deletes ephemeral nodes whose streams have all been gone for
 ``ephemeral_grace_s`` (also ephemeral nodes that never came back after a restart).
 
+Relays ride on the same path. Standalone relays register in ``relays`` (a
+``RelayRegistry``; the ticker drops those not refreshed in time); a change there marks
+the hub dirty like any other, and the rebuilt NetMap carries the new relay map to every
+stream. After every rebuild the hub calls its watchers with the new NetMap: the embedded
+relay's watcher cuts clients whose node key the map no longer admits (deleted, expired,
+replaced by a re-login), so a revocation reaches the relay as fast as a map delta.
+Relay admission (``admits``) waits for a NetMap built after it was asked, so it sees
+every change published before the relay asked, and any later change reaches the
+watchers after it.
+
 Online state lives in this process. Several replicas on one PostgreSQL would need the
 ``ChangeFeed`` carried over LISTEN/NOTIFY and online state in the database; both sit
 behind ``notify_threadsafe`` and ``online``.
@@ -30,7 +40,9 @@ from typing import Any
 
 import anyio.to_thread
 
+from weftnet import tailcfg
 from weftnet.control.netmap import NetMap
+from weftnet.control.relays import RelayRegistry
 from weftnet.control.service import ControlService
 
 log = logging.getLogger(__name__)
@@ -100,7 +112,11 @@ class Hub:
         self.clock = clock
         self.current: NetMap | None = None  # the newest NetMap built
         self.generation = 0  # bumped on every change; long-polls wait for it to move
+        self.current_generation = -1  # the generation ``current`` was built at
+        self.relays = RelayRegistry()  # standalone relays (the relay map after our own)
         self.closed = False
+        self._built = asyncio.Event()  # set (and replaced) after every rebuild
+        self._watchers: list[Callable[[NetMap], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty = asyncio.Event()
         self._changed_event = asyncio.Event()
@@ -123,6 +139,7 @@ class Hub:
         for sub in list(self._subs):
             sub.close()
         self._changed_event.set()
+        self._built.set()
 
     def close_threadsafe(self) -> None:
         self._call_soon(self.close)
@@ -168,6 +185,40 @@ class Hub:
             self._changed_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed_event.wait(), remaining_s)
+
+    # -- relays -----------------------------------------------------------------------
+
+    def watch(self, callback: Callable[[NetMap], None]) -> None:
+        """Call ``callback(netmap)`` on the hub's loop after every rebuild."""
+        self._watchers.append(callback)
+
+    def register_relay(self, region: tailcfg.RelayRegion) -> bool:
+        """A standalone relay registered or refreshed (on the hub's loop); True if new.
+
+        OverflowError when the registry is full."""
+        changed = self.relays.register(region, self.clock())
+        if changed:
+            log.info("relay region %s: %s (%s)", region.name, region.url, region.public_key)
+            self._mark_changed()
+        return changed
+
+    def remove_relay(self, name: str) -> bool:
+        removed = self.relays.remove(name)
+        if removed:
+            self._mark_changed()
+        return removed
+
+    async def netmap_since(self, generation: int) -> NetMap | None:
+        """The first NetMap built from a snapshot read at ``generation`` or later (so it
+        includes every change published before); None once the hub is closed."""
+        while self.current_generation < generation and not self.closed:
+            await self._built.wait()
+        return None if self.closed else self.current
+
+    async def admits(self, node_key: str) -> bool:
+        """Whether a relay may take ``node_key`` ("nodekey:<hex>") now."""
+        netmap = await self.netmap_since(self.generation)
+        return netmap is not None and netmap.admits(node_key, self.clock())
 
     # -- streams ----------------------------------------------------------------------
 
@@ -230,9 +281,18 @@ class Hub:
                 self.online(),
                 now,
                 self.service.settings.dns_domain,
+                self.relays.regions(),
             )
             self.current = netmap
+            self.current_generation = generation
             self._track_ephemeral(netmap, now)
+            for watcher in list(self._watchers):
+                try:
+                    watcher(netmap)
+                except Exception:
+                    log.exception("a network map watcher failed")
+            built, self._built = self._built, asyncio.Event()
+            built.set()
             for sub in list(self._subs):
                 sub.offer(netmap, generation)
 
@@ -252,6 +312,9 @@ class Hub:
             netmap = self.current
             expiry_at = netmap.next_expiry_at if netmap is not None else None
             if expiry_at is not None and now >= expiry_at:
+                self._mark_changed()
+            if self.relays.expire(now):
+                log.info("a relay region was not refreshed in time: removed from the relay map")
                 self._mark_changed()
             due = [
                 node_id
