@@ -189,6 +189,7 @@ def control(tmp_path: Path, database_url: str) -> Iterator[Control]:
         ephemeral_grace_s=TEST_EPHEMERAL_GRACE_S,
         followup_wait_s=TEST_LOGIN_WAIT_S,
         access_log=False,
+        stun_port=0,  # no fixed port in tests; tests of STUN bind their own
     )
     with serve_in_thread(options) as server:
         yield Control(server.url, server.api_key, data_dir, database_url)

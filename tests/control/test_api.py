@@ -371,7 +371,12 @@ async def test_keys_expire_on_time_and_leave_every_map(
     http: httpx.AsyncClient, tmp_path: Path
 ) -> None:
     options = ServeOptions(
-        data_dir=tmp_path / "data", host="127.0.0.1", port=0, node_key_expiry="2s", access_log=False
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        node_key_expiry="2s",
+        access_log=False,
+        stun_port=0,
     )
     with serve_in_thread(options) as server:
         control = Control(server.url, server.api_key, options.data_dir, "")

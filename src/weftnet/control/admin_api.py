@@ -4,10 +4,15 @@ Every route needs ``Authorization: Bearer weftapi-...``. Answers are JSON; error
 ``{"error": "<one line>"}`` with 400 (bad input), 401 (API key), 404 (no such thing) or
 409 (conflict). Secrets appear only once: in the answer that creates an auth key or an
 API key (field ``key``). Times are unix seconds.
+
+Standalone relays use the same API (with an API key): they register their region
+(``POST /relays``, again every 10 s) and fetch the node keys they may admit
+(``GET /relay/nodekeys``, every second and on a miss).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -17,7 +22,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from weftnet.control import netmap
+from weftnet import tailcfg
+from weftnet.control import netmap, relays
 from weftnet.control.hub import Hub
 from weftnet.control.records import ApiKey, AuthKey, Node, User
 from weftnet.control.service import (
@@ -31,6 +37,7 @@ from weftnet.control.service import (
 )
 
 STATUS = {Invalid: 400, Refused: 400, Unauthorized: 401, NotFound: 404, Conflict: 409}
+NODE_KEYS_WAIT_S = 5.0  # longest wait for a fresh network map before answering 503
 
 
 class NewUser(BaseModel):
@@ -57,6 +64,13 @@ class Rename(BaseModel):
 class RegisterByCode(BaseModel):
     user: str
     code: str
+
+
+class RelayRegistration(BaseModel):
+    region: str
+    url: str
+    public_key: str  # "relaykey:<hex>"
+    stun_port: int | None = None
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -102,6 +116,7 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
         "key_expiry": node.key_expiry,
         "expired": node.expired_at(now),
         "ephemeral": node.ephemeral,
+        "home_relay": node.home_relay,
     }
 
 
@@ -117,6 +132,21 @@ def api_key_json(key: ApiKey, now: float) -> dict[str, Any]:
         "revoked": key.revoked_at is not None,
         "expired": expired,
         "valid": key.revoked_at is None and not expired,
+    }
+
+
+def relay_json(
+    region: tailcfg.RelayRegion, registration: relays.Registration | None
+) -> dict[str, Any]:
+    return {
+        "region": region.name,
+        "url": region.url,
+        "public_key": region.public_key,
+        "stun_port": region.stun_port,
+        "embedded": registration is None,
+        "registered_at": registration.registered_at if registration else None,
+        "last_seen": registration.last_seen if registration else None,
+        "expires_at": registration.expires_at if registration else None,
     }
 
 
@@ -137,7 +167,12 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"error": f"{where}: {first.get('msg')}"}, status_code=400)
 
 
-def router(service: ControlService, hub: Hub, clock: Callable[[], float]) -> APIRouter:
+def router(
+    service: ControlService,
+    hub: Hub,
+    clock: Callable[[], float],
+    own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
+) -> APIRouter:
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
@@ -240,5 +275,52 @@ def router(service: ControlService, hub: Hub, clock: Callable[[], float]) -> API
     async def revoke_api_key(prefix: str) -> dict[str, Any]:
         key = await call(service.revoke_api_key, prefix, clock())
         return {"revoked": key.prefix, "id": key.id}
+
+    # relays
+
+    @api.get("/relays")
+    async def list_relays(request: Request) -> list[dict[str, Any]]:
+        own = [relay_json(r, None) for r in own_relays(request)]
+        return own + [relay_json(r.region, r) for r in hub.relays.registrations()]
+
+    @api.post("/relays")
+    async def register_relay(body: RelayRegistration, request: Request) -> dict[str, Any]:
+        try:
+            region = relays.region(body.region, body.url, body.public_key, body.stun_port)
+        except ValueError as e:
+            raise Invalid(str(e)) from None
+        if body.region in {r.name for r in own_relays(request)}:
+            raise Conflict(
+                f"region {body.region} is the control server's own relay: pick another --region"
+            )
+        try:
+            hub.register_relay(region)
+        except OverflowError as e:
+            raise Conflict(f"{e}: remove one with DELETE /api/v1/relays/REGION") from None
+        registration = hub.relays.get(region.name)
+        return {**relay_json(region, registration), "refresh_s": relays.REGISTER_INTERVAL_S}
+
+    @api.delete("/relays/{name}")
+    async def remove_relay(name: str, request: Request) -> dict[str, Any]:
+        if name in {r.name for r in own_relays(request)}:
+            raise Conflict(f"region {name} is the control server's own relay (serve --no-relay)")
+        if not hub.remove_relay(name):
+            raise NotFound(f"no relay region {name}: see `weft-control relays list`")
+        return {"removed": name}
+
+    @api.get("/relay/nodekeys", response_model=None)
+    async def relay_node_keys() -> dict[str, Any] | JSONResponse:
+        """The node keys a relay may admit now (nodes that exist, keys not expired)."""
+        try:
+            async with asyncio.timeout(NODE_KEYS_WAIT_S):
+                current = await hub.netmap_since(hub.generation)
+        except TimeoutError:
+            current = None
+        if current is None:
+            return JSONResponse(
+                {"error": "the network map is not available (database unreachable?)"},
+                status_code=503,
+            )
+        return {"node_keys": current.admitted_keys(clock())}
 
     return api

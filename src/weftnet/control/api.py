@@ -15,7 +15,9 @@ streams are fed by the hub.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -29,8 +31,9 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control import admin_api, netmap
+from weftnet.control import admin_api, netmap, stunserver
 from weftnet.control.hub import Hub, StreamClosed, Subscription
+from weftnet.control.relayhost import EmbeddedRelay
 from weftnet.control.service import ControlService, Refused, Registered
 
 MAX_BODY = 64 * 1024  # a sealed request larger than this is refused (413)
@@ -50,6 +53,16 @@ class ControlContext:
     followup_wait_s: float = DEFAULT_FOLLOWUP_WAIT_S
     replay: controlbox.ReplayGuard = field(default_factory=controlbox.ReplayGuard)
     clock: Callable[[], float] = time.time
+    relay: EmbeddedRelay | None = None  # the server's own relay, if it runs one
+    stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
+
+    def base_url(self, request: Request) -> str:
+        """The server's URL for this client: ``--server-url``, else what it asked for."""
+        return self.server_url or str(request.base_url)
+
+    def own_relays(self, base_url: str) -> tuple[tailcfg.RelayRegion, ...]:
+        """The embedded relay's relay map entry for a client that reached us at base_url."""
+        return (self.relay.region(base_url),) if self.relay is not None else ()
 
     def seal(self, machine_public: bytes, model: tailcfg.Wire) -> bytes:
         body = model.model_dump_json().encode()
@@ -76,9 +89,16 @@ def create_app(ctx: ControlContext) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctx.hub.start()
+        stun: asyncio.DatagramTransport | None = None
         try:
+            if ctx.stun_socket is not None:
+                stun, _ = await stunserver.start(ctx.stun_socket)
             yield
         finally:
+            if ctx.relay is not None:
+                await ctx.relay.close()
+            if stun is not None:
+                stun.close()
             await ctx.hub.stop()
 
     app = FastAPI(
@@ -107,7 +127,10 @@ def create_app(ctx: ControlContext) -> FastAPI:
             await anyio.to_thread.run_sync(ctx.service.list_users)
         except Exception as e:
             return JSONResponse({"ok": False, "error": f"database: {e}"}, status_code=503)
-        return JSONResponse({"ok": True, "nodes_online": len(ctx.hub.online())})
+        relay_clients = len(ctx.relay.server.clients()) if ctx.relay is not None else 0
+        return JSONResponse(
+            {"ok": True, "nodes_online": len(ctx.hub.online()), "relay_clients": relay_clients}
+        )
 
     @app.get("/register/{code}")
     async def login_page(code: str) -> PlainTextResponse:
@@ -138,17 +161,24 @@ def create_app(ctx: ControlContext) -> FastAPI:
         except SealedRefusal as e:
             error = tailcfg.MapResponse(error=str(e))
             return Response(ctx.frame(machine_public, error), media_type=OCTET_STREAM)
+        own_relays = ctx.own_relays(ctx.base_url(request))
         if req.omit_peers or not req.stream:
             return Response(
-                await _one_map(ctx, machine_public, node.id, req), media_type=OCTET_STREAM
+                await _one_map(ctx, machine_public, node.id, req, own_relays),
+                media_type=OCTET_STREAM,
             )
         sub = ctx.hub.connect(node.id)
         return MapStreamResponse(
-            _stream(ctx, machine_public, sub),
+            _stream(ctx, machine_public, sub, own_relays),
             on_close=lambda: ctx.hub.disconnect(sub),
         )
 
-    app.include_router(admin_api.router(ctx.service, ctx.hub, ctx.clock), prefix="/api/v1")
+    app.include_router(
+        admin_api.router(
+            ctx.service, ctx.hub, ctx.clock, lambda r: ctx.own_relays(ctx.base_url(r))
+        ),
+        prefix="/api/v1",
+    )
     admin_api.install_error_handlers(app)
     return app
 
@@ -206,7 +236,7 @@ async def _register(
     ctx: ControlContext, request: Request, machine_public: bytes, req: tailcfg.RegisterRequest
 ) -> tailcfg.RegisterResponse:
     machine_key = controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, machine_public)
-    base_url = ctx.server_url or str(request.base_url)
+    base_url = ctx.base_url(request)
     deadline_at = time.monotonic() + ctx.followup_wait_s
     while True:
         generation = ctx.hub.generation
@@ -233,7 +263,11 @@ def _authorized(ctx: ControlContext, registered: Registered) -> tailcfg.Register
 
 
 async def _one_map(
-    ctx: ControlContext, machine_public: bytes, node_id: int, req: tailcfg.MapRequest
+    ctx: ControlContext,
+    machine_public: bytes,
+    node_id: int,
+    req: tailcfg.MapRequest,
+    own_relays: tuple[tailcfg.RelayRegion, ...],
 ) -> bytes:
     """The answer to a map request that does not stream: one frame, then the end."""
     snapshot = await anyio.to_thread.run_sync(ctx.service.snapshot)
@@ -243,8 +277,9 @@ async def _one_map(
         ctx.hub.online(),
         ctx.clock(),
         ctx.service.settings.dns_domain,
+        ctx.hub.relays.regions(),
     )
-    view = current.view_for(node_id)
+    view = current.view_for(node_id, own_relays)
     if view is None:
         return ctx.frame(machine_public, tailcfg.MapResponse(error="node deleted"))
     if req.omit_peers:
@@ -255,7 +290,10 @@ async def _one_map(
 
 
 async def _stream(
-    ctx: ControlContext, machine_public: bytes, sub: Subscription
+    ctx: ControlContext,
+    machine_public: bytes,
+    sub: Subscription,
+    own_relays: tuple[tailcfg.RelayRegion, ...],
 ) -> AsyncIterator[bytes]:
     """The frames of one map stream: full first, then deltas, keepalives, a final error."""
     view: netmap.MapView | None = None
@@ -267,7 +305,7 @@ async def _stream(
         if current is None:
             yield ctx.frame(machine_public, tailcfg.MapResponse(keepalive=True))
             continue
-        new = current.view_for(sub.node_id)
+        new = current.view_for(sub.node_id, own_relays)
         if new is None:
             yield ctx.frame(machine_public, tailcfg.MapResponse(error="node deleted"))
             return

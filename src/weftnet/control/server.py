@@ -1,11 +1,13 @@
-"""Running the coordination server: data directory, server key, database, uvicorn.
+"""Running the coordination server: data directory, keys, database, relay, STUN, uvicorn.
 
 ``ControlServer.open()`` does everything that can fail with a clear message before any
 request is served - data directory (0700), server key (``server.key``, 0600, made on
-first start), database (migrated to the newest schema), the listening socket - and
-writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
+first start), relay key (``relay.key``, likewise), database (migrated to the newest
+schema), the listening socket, the STUN socket (UDP ``stun_port``) - and writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
 --data-dir DIR`` on this host can talk to the server. ``run()`` then serves until
 SIGTERM/SIGINT (or ``request_stop()``), ending every map stream so shutdown is prompt.
+The embedded relay shares uvicorn's port and loop (``relay.mount.uvicorn_protocol``);
+it closes, with ERROR ``relay shutting down`` to every client, when the app shuts down.
 """
 
 from __future__ import annotations
@@ -21,20 +23,21 @@ from pathlib import Path
 from types import FrameType
 
 import uvicorn
-from nacl.public import PrivateKey
 
-from weftnet import controlbox
-from weftnet.control import store
+from weftnet.control import keyfile, store, stunserver
 from weftnet.control.api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
 from weftnet.control.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
 from weftnet.control.records import CallbackFeed
+from weftnet.control.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
+from weftnet.control.relays import check_region_name
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
+from weftnet.relay.mount import uvicorn_protocol
 
 log = logging.getLogger("weftnet.control")
 
 SERVER_KEY_FILE = "server.key"
+RELAY_KEY_FILE = "relay.key"
 ADMIN_FILE = "admin.json"
-PRIVATE_KEY_PREFIX = "privkey:"
 GRACEFUL_SHUTDOWN_S = 5.0  # after this, connections still open are cut
 LOCAL_ADMIN_DESCRIPTION = "local admin (admin.json)"
 
@@ -56,6 +59,10 @@ class ServeOptions:
     ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S
     followup_wait_s: float = DEFAULT_FOLLOWUP_WAIT_S
     access_log: bool = True
+    relay: bool = True  # run the embedded relay on the HTTP port
+    region: str = DEFAULT_REGION  # its region name in the relay map
+    relay_rate_bytes_per_s: int = DEFAULT_RELAY_RATE  # per client
+    stun_port: int = stunserver.DEFAULT_STUN_PORT  # UDP, on the --listen host; 0: none
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -78,30 +85,22 @@ def local_url(host: str, port: int) -> str:
 
 def load_or_create_server_key(data_dir: Path) -> tuple[bytes, bytes]:
     """The server's (private, public) X25519 key, made on first start."""
-    path = data_dir / SERVER_KEY_FILE
-    if not path.exists():
-        private = bytes(PrivateKey.generate())
-        _write_private(path, controlbox.key_to_text(PRIVATE_KEY_PREFIX, private) + "\n")
-        log.info("created the server key in %s", path)
-    try:
-        private = controlbox.key_from_text(PRIVATE_KEY_PREFIX, path.read_text().strip())
-    except (OSError, ValueError) as e:
-        raise ServeError(f"cannot read the server key {path}: {e}") from None
-    if path.stat().st_mode & 0o077:
-        path.chmod(0o600)
-    return private, bytes(PrivateKey(private).public_key)
+    return _load_key(data_dir / SERVER_KEY_FILE, "server")
 
 
-def _write_private(path: Path, content: str) -> None:
-    """Write ``content`` to ``path`` atomically, readable by the owner only."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def load_or_create_relay_key(data_dir: Path) -> tuple[bytes, bytes]:
+    """The embedded relay's (private, public) X25519 key, made on first start."""
+    return _load_key(data_dir / RELAY_KEY_FILE, "relay")
+
+
+def _load_key(path: Path, what: str) -> tuple[bytes, bytes]:
     try:
-        os.write(fd, content.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        private, created = keyfile.load_or_create(path)
+    except keyfile.KeyFileError as e:
+        raise ServeError(f"cannot read the {what} key: {e}") from None
+    if created:
+        log.info("created the %s key in %s", what, path)
+    return private, keyfile.public_of(private)
 
 
 def ensure_admin_key(service: ControlService, data_dir: Path, url: str) -> str:
@@ -119,7 +118,7 @@ def ensure_admin_key(service: ControlService, data_dir: Path, url: str) -> str:
     if not api_key:
         api_key, _ = service.create_api_key(now, description=LOCAL_ADMIN_DESCRIPTION)
     info = {"url": url, "api_key": api_key, "pid": os.getpid(), "started_at": now}
-    _write_private(path, json.dumps(info, indent=2) + "\n")
+    keyfile.write_private(path, json.dumps(info, indent=2) + "\n")
     return api_key
 
 
@@ -135,6 +134,16 @@ def bind(host: str, port: int) -> socket.socket:
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock
+
+
+def bind_stun(host: str, port: int) -> socket.socket:
+    try:
+        return stunserver.bind_udp(host, port)
+    except OSError as e:
+        raise ServeError(
+            f"cannot listen for STUN on UDP {host}:{port}: {e.strerror or e}:"
+            " pass --stun-port with a free port, or --stun-port 0 for no STUN server"
+        ) from None
 
 
 class _Uvicorn(uvicorn.Server):
@@ -158,7 +167,10 @@ class ControlServer:
         self.api_key = ""
         self.port = 0
         self.store: store.SqlStore | None = None
+        self.relay: EmbeddedRelay | None = None
+        self.stun_port: int | None = None  # the bound STUN port, if STUN runs
         self._sock: socket.socket | None = None
+        self._stun_sock: socket.socket | None = None
         self._server: _Uvicorn | None = None
 
     def open(self) -> None:
@@ -169,6 +181,12 @@ class ControlServer:
             data_dir.chmod(0o700)
         except OSError as e:
             raise ServeError(f"cannot use the data directory {data_dir}: {e.strerror}") from None
+        try:
+            check_region_name(opts.region)
+        except ValueError as e:
+            raise ServeError(f"--region: {e}") from None
+        if opts.relay_rate_bytes_per_s <= 0:
+            raise ServeError("--relay-rate must be a positive number of bytes per second")
         private, public = load_or_create_server_key(data_dir)
         url = opts.database_url or store.sqlite_url(data_dir)
         try:
@@ -188,6 +206,18 @@ class ControlServer:
         self._sock = bind(opts.host, opts.port)
         self.port = self._sock.getsockname()[1]
         self.url = local_url(opts.host, self.port)
+        if opts.stun_port:
+            self._stun_sock = bind_stun(opts.host, opts.stun_port)
+            self.stun_port = self._stun_sock.getsockname()[1]
+        if opts.relay:
+            relay_private, _ = load_or_create_relay_key(data_dir)
+            self.relay = EmbeddedRelay(
+                relay_private,
+                hub,
+                region_name=opts.region,
+                stun_port=self.stun_port,
+                rate_bytes_per_s=opts.relay_rate_bytes_per_s,
+            )
         self.api_key = ensure_admin_key(service, data_dir, self.url)
         ctx = ControlContext(
             service=service,
@@ -196,9 +226,12 @@ class ControlServer:
             server_public=public,
             server_url=opts.server_url,
             followup_wait_s=opts.followup_wait_s,
+            relay=self.relay,
+            stun_socket=self._stun_sock,
         )
         config = uvicorn.Config(
             create_app(ctx),
+            http=uvicorn_protocol(self.relay.server) if self.relay is not None else "auto",
             lifespan="on",
             access_log=opts.access_log,
             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
@@ -212,6 +245,12 @@ class ControlServer:
             store.redact(url),
             public.hex(),
         )
+        if self.relay is not None:
+            log.info(
+                "relay region %s on %s/relay (%s)", opts.region, self.url, self.relay.public_key
+            )
+        if self.stun_port is not None:
+            log.info("STUN on UDP %s:%d", opts.host, self.stun_port)
 
     def run(self) -> None:
         """Serve until stopped (blocking; any thread)."""
@@ -229,6 +268,8 @@ class ControlServer:
     def close(self) -> None:
         if self._sock is not None:
             self._sock.close()
+        if self._stun_sock is not None:
+            self._stun_sock.close()
         if self.store is not None:
             self.store.dispose()
 

@@ -130,9 +130,13 @@ def start_control(
     """Start ``weft-control serve`` and wait until it accepts requests.
 
     ``extra_args`` go to ``serve`` (e.g. ``["--keepalive-interval", "1"]``). The server's
-    output goes to ``<data_dir>.log``.
+    output goes to ``<data_dir>.log``. In the root namespace (``host=None``) the STUN
+    server is off unless ``extra_args`` has ``--stun-port``: tests must not take the
+    fixed UDP port 3478 of the host they run on.
     """
     data_dir = Path(data_dir)
+    if host is None and "--stun-port" not in extra_args:
+        extra_args = [*extra_args, "--stun-port", "0"]
     argv = [
         sys.executable,
         "-m",
