@@ -1,12 +1,16 @@
 """weft-control: run the coordination server, and administer it.
 
-    weft-control serve [--listen HOST:PORT] [--data-dir DIR] [--database-url URL] ...
+    weft-control serve [--listen HOST:PORT] [--data-dir DIR] [--database-url URL]
+                       [--region NAME] [--no-relay] [--relay-rate BYTES] [--stun-port N] ...
+    weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
+                       [--stun-port N] [--data-dir DIR] [--public-url URL]
     weft-control users create NAME | list | delete NAME [--force]
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
                              [--expiration 1h] | list [--user U] | revoke PREFIX_OR_ID
     weft-control nodes list [--user U] | delete ID | expire ID | rename ID NAME
                        | register --user U --code CODE
     weft-control apikeys create [--expiration 90d] | list | revoke PREFIX
+    weft-control relays list
 
 Admin commands talk to a running server: through ``--data-dir DIR`` (its admin.json,
 on the control host) or ``--server URL --api-key KEY`` (or WEFT_CONTROL_URL and
@@ -59,6 +63,30 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: 0-65535")
+    return int(text)
+
+
+_RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def _rate(text: str) -> int:
+    """Bytes per second: "200000000", "200M", "1.5G" (decimal units)."""
+    t = text.strip().lower().removesuffix("/s").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _RATE_UNITS and t[-1:] else ""
+    try:
+        value = float(t[: len(t) - len(unit)]) * _RATE_UNITS[unit]
+    except ValueError:
+        value = 0.0
+    if not value >= 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid rate {text!r}: bytes per second, e.g. 200000000 or 200M"
+        )
+    return int(value)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -75,6 +103,45 @@ def build_parser() -> Parser:
     serve.add_argument("--ephemeral-grace", type=_seconds, default=10.0, metavar="DURATION")
     serve.add_argument("--login-wait", type=_seconds, default=60.0, metavar="DURATION")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
+    serve.add_argument(
+        "--region", default="default", help="region name of the embedded relay (%(default)s)"
+    )
+    serve.add_argument("--no-relay", action="store_true", help="do not run the embedded relay")
+    serve.add_argument(
+        "--relay-rate",
+        type=_rate,
+        default=200_000_000,
+        metavar="BYTES",
+        help="bytes/s each relay client may send, e.g. 200M (the default)",
+    )
+    serve.add_argument(
+        "--stun-port",
+        type=_port,
+        default=3478,
+        help="UDP port of the STUN server on the --listen host; 0: none (%(default)s)",
+    )
+
+    relay = commands.add_parser("relay", help="run a standalone relay region")
+    relay.add_argument(
+        "--listen", default="0.0.0.0:8081", help="HOST:PORT for relay clients (%(default)s)"
+    )
+    relay.add_argument(
+        "--stun-port", type=_port, default=3478, help="UDP STUN port; 0: none (%(default)s)"
+    )
+    relay.add_argument("--control-url", help="URL of the control server (or WEFT_CONTROL_URL)")
+    relay.add_argument("--api-key", help="admin API key (or WEFT_CONTROL_API_KEY)")
+    relay.add_argument("--region", required=True, help="this relay's region name, e.g. eu")
+    relay.add_argument(
+        "--data-dir", default="/var/lib/weft-relay", help="for relay.key (%(default)s)"
+    )
+    relay.add_argument(
+        "--public-url",
+        help="http://HOST:PORT nodes connect to (default: the --listen address, or the"
+        " address this host reaches the control server from)",
+    )
+    relay.add_argument(
+        "--relay-rate", type=_rate, default=200_000_000, metavar="BYTES", help="per client"
+    )
 
     common = Parser(add_help=False)
     common.add_argument(
@@ -128,6 +195,9 @@ def build_parser() -> Parser:
     p.add_argument("--description", default="")
     action(apikeys, "list", "list API keys")
     action(apikeys, "revoke", "revoke an API key").add_argument("prefix", metavar="PREFIX")
+
+    relays = group("relays", "see the relay map")
+    action(relays, "list", "list relay regions (embedded and standalone)")
     return parser
 
 
@@ -190,7 +260,20 @@ def _print_keys(keys: list[dict[str, Any]], now: float) -> None:
 
 
 def _print_nodes(nodes: list[dict[str, Any]], now: float) -> None:
-    rows = [("ID", "NAME", "HOSTNAME", "OWNER", "IPV4", "IPV6", "ONLINE", "LAST SEEN", "EXPIRES")]
+    rows = [
+        (
+            "ID",
+            "NAME",
+            "HOSTNAME",
+            "OWNER",
+            "IPV4",
+            "IPV6",
+            "ONLINE",
+            "RELAY",
+            "LAST SEEN",
+            "EXPIRES",
+        )
+    ]
     for n in nodes:
         rows.append(
             (
@@ -201,6 +284,7 @@ def _print_nodes(nodes: list[dict[str, Any]], now: float) -> None:
                 n["ipv4"],
                 n["ipv6"],
                 "yes" if n["online"] else "no",
+                n.get("home_relay") or "-",
                 _when(n["last_seen"], now),
                 "expired" if n["expired"] else _when(n["key_expiry"], now),
             )
@@ -221,6 +305,22 @@ def _print_api_keys(keys: list[dict[str, Any]], now: float) -> None:
                 _when(k["expires_at"], now) if k["expires_at"] else "never",
                 _when(k["last_used_at"], now),
                 status,
+            )
+        )
+    _table(rows)
+
+
+def _print_relays(relays: list[dict[str, Any]], now: float) -> None:
+    rows = [("REGION", "URL", "PUBLIC KEY", "STUN", "KIND", "LAST SEEN")]
+    for r in relays:
+        rows.append(
+            (
+                r["region"],
+                r["url"],
+                r["public_key"][:25] + "...",
+                str(r["stun_port"] or "-"),
+                "embedded" if r["embedded"] else "standalone",
+                "-" if r["embedded"] else _when(r["last_seen"], now),
             )
         )
     _table(rows)
@@ -250,11 +350,54 @@ def _serve(args: argparse.Namespace) -> int:
         ephemeral_grace_s=args.ephemeral_grace,
         followup_wait_s=args.login_wait,
         access_log=not args.no_access_log,
+        relay=not args.no_relay,
+        region=args.region,
+        relay_rate_bytes_per_s=args.relay_rate,
+        stun_port=args.stun_port,
     )
     try:
         server.serve(options)
     except server.ServeError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _relay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from weftnet.control import relayd, server
+    from weftnet.control.relays import check_region_name
+
+    try:
+        host, port = server.parse_listen(args.listen)
+        check_region_name(args.region)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    control_url = args.control_url or os.environ.get("WEFT_CONTROL_URL")
+    api_key = args.api_key or os.environ.get("WEFT_CONTROL_API_KEY")
+    if not control_url or not api_key:
+        raise UsageError(
+            "relay needs --control-url and --api-key (or WEFT_CONTROL_URL and"
+            " WEFT_CONTROL_API_KEY); create a key with `weft-control apikeys create`"
+        )
+    relayd.configure_logging()
+    os.umask(0o077)
+    options = relayd.RelayOptions(
+        control_url=control_url,
+        api_key=api_key,
+        region=args.region,
+        host=host,
+        port=port,
+        stun_port=args.stun_port,
+        data_dir=Path(args.data_dir),
+        public_url=args.public_url,
+        rate_bytes_per_s=args.relay_rate,
+    )
+    try:
+        asyncio.run(relayd.run(options))
+    except relayd.RelayError as e:
+        print(f"{PROG} relay: {e}", file=sys.stderr)
         return 1
     return 0
 
@@ -337,6 +480,8 @@ def _admin(args: argparse.Namespace) -> int:
         elif key == ("apikeys", "revoke"):
             out = req("DELETE", f"/apikeys/{quote(args.prefix, safe='')}")
             text = f"revoked API key {out['revoked']}"
+        elif key == ("relays", "list"):
+            out, printer = req("GET", "/relays"), _print_relays
         else:  # pragma: no cover - argparse only lets known actions through
             raise UsageError(f"unknown command {' '.join(key)}")
     if args.json:
@@ -353,7 +498,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     from weftnet.control.adminclient import AdminError
 
     try:
-        code = _serve(args) if args.command == "serve" else _admin(args)
+        if args.command == "serve":
+            code = _serve(args)
+        elif args.command == "relay":
+            code = _relay(args)
+        else:
+            code = _admin(args)
     except UsageError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         code = 2

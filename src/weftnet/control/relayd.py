@@ -1,0 +1,320 @@
+"""A standalone relay (``weft-control relay``): a relay region of its own, run anywhere.
+
+Theory of operation: the process listens on plain TCP (``RelayServer.serve_tcp``: the
+HTTP upgrade on ``/relay``, then relay frames) and, unless disabled, answers STUN on
+UDP. It has its own key (``DATA_DIR/relay.key``) and talks to the coordination server's
+admin API with an API key:
+
+- it registers its region (``POST /api/v1/relays``: region, URL, public key, STUN port)
+  at start and every ``REGISTER_INTERVAL_S`` after; the server drops a region that was
+  not refreshed for 30 s, and sends the relay map to every node;
+- it keeps the set of node keys it may admit (``GET /api/v1/relay/nodekeys``: nodes
+  that exist and whose key has not expired), fetched every ``KEYS_INTERVAL_S`` and at
+  once when a client presents a key that is not in it. After every fetch it disconnects
+  connected clients whose key left the set, so a deleted or expired node is cut off
+  within about a second. Fetches run one at a time; a miss waits for a fetch that began
+  after it, so a node registered a moment ago is admitted.
+
+If the control server cannot be reached, the relay keeps the last set it fetched (the
+tailnet keeps working through a control outage) and refuses keys outside it with
+"admission check failed; try again later". A refusal of the registration at start (bad
+API key, region taken by the server's own relay, malformed URL) is a startup error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from weftnet import controlbox, tailcfg
+from weftnet.control import keyfile, stunserver
+from weftnet.control.relayhost import DEFAULT_RELAY_RATE, REVOKED
+from weftnet.control.relays import REGISTER_INTERVAL_S, check_region_name, relay_key_text
+from weftnet.relay.server import RelayServer
+from weftnet.relay.upgrade import parse_relay_url
+
+log = logging.getLogger("weftnet.relayd")
+
+KEYS_INTERVAL_S = 1.0  # the admitted node keys are fetched this often
+HTTP_TIMEOUT_S = 5.0  # one request to the control server
+RELAY_KEY_FILE = "relay.key"
+DEFAULT_LISTEN = "0.0.0.0:8081"
+DEFAULT_DATA_DIR = "/var/lib/weft-relay"
+
+
+class RelayError(Exception):
+    """The relay cannot start; the message says why and what to do."""
+
+
+@dataclass
+class RelayOptions:
+    control_url: str
+    api_key: str
+    region: str
+    host: str = "0.0.0.0"
+    port: int = 8081
+    stun_port: int = stunserver.DEFAULT_STUN_PORT  # 0: no STUN server
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
+    public_url: str | None = None  # what nodes connect to; derived when None
+    rate_bytes_per_s: int = DEFAULT_RELAY_RATE
+    register_interval_s: float = REGISTER_INTERVAL_S
+    keys_interval_s: float = KEYS_INTERVAL_S
+
+
+class NodeKeys:
+    """The node keys the control server admits, as last fetched."""
+
+    def __init__(self, fetch: Callable[[], Awaitable[frozenset[bytes]]]) -> None:
+        self._fetch = fetch
+        self.keys: frozenset[bytes] | None = None  # None until the first fetch succeeds
+        self.error: str | None = None  # why the last fetch failed, if it did
+        self._lock = asyncio.Lock()
+        self._started = 0  # fetches begun, ever
+
+    async def refresh(self) -> bool:
+        """Fetch the set, unless a fetch that began after this call already finished;
+        False if the fetch failed (the old set stays)."""
+        asked = self._started
+        async with self._lock:
+            if self._started > asked:  # one began after we asked, and has finished
+                return self.error is None
+            self._started += 1
+            try:
+                self.keys = await self._fetch()
+            except Exception as e:
+                if self.error is None:
+                    log.warning("cannot fetch the admitted node keys: %s", _first_line(e))
+                self.error = _first_line(e)
+                return False
+            if self.error is not None:
+                log.info("fetching the admitted node keys works again")
+            self.error = None
+            return True
+
+    async def admit(self, key: bytes) -> bool:
+        if self.keys is not None and key in self.keys:
+            return True
+        if not await self.refresh() and (self.keys is None or key not in self.keys):
+            raise ConnectionError(f"the control server did not answer: {self.error}")
+        return self.keys is not None and key in self.keys
+
+
+class StandaloneRelay:
+    def __init__(self, options: RelayOptions) -> None:
+        opts = options
+        self.options = opts
+        try:
+            check_region_name(opts.region)
+        except ValueError as e:
+            raise RelayError(f"--region: {e}") from None
+        if opts.rate_bytes_per_s <= 0:
+            raise RelayError("--relay-rate must be a positive number of bytes per second")
+        self.url = ""  # the public URL registered (known after start)
+        self.port = 0
+        self.stun_port: int | None = None
+        self.relay: RelayServer | None = None
+        self.node_keys = NodeKeys(self._fetch_keys)
+        self._http: httpx.AsyncClient | None = None
+        self._listener: asyncio.Server | None = None
+        self._stun: asyncio.DatagramTransport | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        opts = self.options
+        try:
+            opts.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private, created = keyfile.load_or_create(opts.data_dir / RELAY_KEY_FILE)
+        except OSError as e:
+            raise RelayError(f"cannot use the data directory {opts.data_dir}: {e}") from None
+        except keyfile.KeyFileError as e:
+            raise RelayError(str(e)) from None
+        if created:
+            log.info("created the relay key in %s", opts.data_dir / RELAY_KEY_FILE)
+        self.relay = RelayServer(
+            private, self.node_keys.admit, rate_bytes_per_s=opts.rate_bytes_per_s
+        )
+        try:
+            self._listener = await self.relay.serve_tcp(opts.host, opts.port)
+        except OSError as e:
+            raise RelayError(
+                f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}"
+            ) from None
+        self.port = self._listener.sockets[0].getsockname()[1]
+        if opts.stun_port:
+            try:
+                sock = stunserver.bind_udp(opts.host, opts.stun_port)
+            except OSError as e:
+                raise RelayError(
+                    f"cannot listen for STUN on UDP {opts.host}:{opts.stun_port}:"
+                    f" {e.strerror or e}: pass --stun-port with a free port, or 0 for none"
+                ) from None
+            self._stun, _ = await stunserver.start(sock)
+            self.stun_port = sock.getsockname()[1]
+        self.url = opts.public_url or derive_public_url(opts.host, self.port, opts.control_url)
+        try:
+            parse_relay_url(self.url)
+        except ValueError as e:
+            raise RelayError(f"--public-url: {e}") from None
+        self._http = httpx.AsyncClient(
+            base_url=opts.control_url.rstrip("/") + "/api/v1",
+            headers={"Authorization": f"Bearer {opts.api_key}"},
+            timeout=HTTP_TIMEOUT_S,
+        )
+        public_key = relay_key_text(self.relay.public_key)
+        log.info(
+            "relay region %s at %s (%s), STUN %s",
+            opts.region,
+            self.url,
+            public_key,
+            f"UDP {self.stun_port}" if self.stun_port else "off",
+        )
+        try:
+            await self._register()
+        except RelayError:
+            raise
+        except httpx.HTTPError as e:
+            log.warning(
+                "cannot register with the control server at %s yet: %s (retrying every %g s)",
+                opts.control_url,
+                _first_line(e),
+                opts.register_interval_s,
+            )
+        await self.node_keys.refresh()
+        self._cut_revoked()
+        self._tasks = [
+            asyncio.create_task(self._register_forever()),
+            asyncio.create_task(self._sync_keys_forever()),
+        ]
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self.relay is not None:
+            await self.relay.close()
+        if self._stun is not None:
+            self._stun.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+    # -- talking to the control server ------------------------------------------------
+
+    async def _register(self) -> None:
+        """One registration; RelayError when the server refuses it (not when unreachable)."""
+        assert self._http is not None and self.relay is not None
+        body: dict[str, Any] = {
+            "region": self.options.region,
+            "url": self.url,
+            "public_key": relay_key_text(self.relay.public_key),
+            "stun_port": self.stun_port,
+        }
+        r = await self._http.post("/relays", json=body)
+        if r.status_code >= 400:
+            raise RelayError(f"the control server refused this relay: {_api_error(r)}")
+
+    async def _register_forever(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.options.register_interval_s)
+            try:
+                await self._register()
+            except (RelayError, httpx.HTTPError) as e:
+                if not failing:
+                    log.warning("registration failed: %s (retrying)", _first_line(e))
+                failing = True
+                continue
+            if failing:
+                log.info("registered with the control server again")
+            failing = False
+
+    async def _fetch_keys(self) -> frozenset[bytes]:
+        assert self._http is not None
+        r = await self._http.get("/relay/nodekeys")
+        if r.status_code != 200:
+            raise RelayError(f"GET /api/v1/relay/nodekeys: {_api_error(r)}")
+        keys = set()
+        for text in r.json().get("node_keys", []):
+            with contextlib.suppress(ValueError):
+                keys.add(controlbox.key_from_text(tailcfg.NODE_KEY_PREFIX, text))
+        return frozenset(keys)
+
+    async def _sync_keys_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.options.keys_interval_s)
+            if await self.node_keys.refresh():
+                self._cut_revoked()
+
+    def _cut_revoked(self) -> None:
+        keys = self.node_keys.keys
+        if keys is None or self.relay is None:
+            return
+        for client in self.relay.clients():
+            if client.node_key not in keys:
+                log.info("cutting off %s: not admitted any more", client.node_key.hex()[:16])
+                self.relay.disconnect(client.node_key, REVOKED)
+
+
+def derive_public_url(host: str, port: int, control_url: str) -> str:
+    """http://HOST:PORT for a concrete listen address; for a wildcard one, the address
+    this host uses to reach the control server (RelayError if there is none)."""
+    if host not in ("", "0.0.0.0", "::"):
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    parts = urlsplit(control_url)
+    try:
+        target = parts.hostname or ""
+        infos = socket.getaddrinfo(target, parts.port or 80, type=socket.SOCK_DGRAM)
+        family, _, _, _, address = infos[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as s:
+            s.connect(address)  # UDP: no packet is sent, the kernel just picks a route
+            ip = s.getsockname()[0]
+    except (OSError, ValueError, IndexError) as e:
+        raise RelayError(
+            f"cannot tell this relay's address from the control URL ({e}): pass --public-url"
+        ) from None
+    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+
+
+def _api_error(r: httpx.Response) -> str:
+    try:
+        message = r.json().get("error")
+    except ValueError:
+        message = None
+    return f"HTTP {r.status_code}: {message or r.text.strip()[:200]}"
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+async def run(options: RelayOptions, stop: asyncio.Event | None = None) -> None:
+    """Run a standalone relay until SIGTERM/SIGINT (or ``stop`` is set)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    relay = StandaloneRelay(options)
+    try:
+        await relay.start()
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        await relay.close()
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="weft-control relay: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)
