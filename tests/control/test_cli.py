@@ -22,9 +22,19 @@ from weftnet.control.testing import ControlProcess, FakeNode, admin, start_contr
 KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}\n$")
 
 
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+STUN_PORT = _free_udp_port()
+RELAY_ARGS = ["--region", "cli", "--stun-port", str(STUN_PORT), "--relay-rate", "1.5M"]
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProcess]:
-    proc = start_control(None, tmp_path_factory.mktemp("cli") / "data")
+    proc = start_control(None, tmp_path_factory.mktemp("cli") / "data", extra_args=RELAY_ARGS)
     try:
         yield proc
     finally:
@@ -63,6 +73,39 @@ def test_every_listing_has_json(server: ControlProcess) -> None:
         assert isinstance(out, list)
         table = server.admin(group, "list").stdout
         assert table.splitlines()[0].startswith("ID")
+
+
+def test_serve_relay_flags_reach_the_relay_map_and_the_relay(server: ControlProcess) -> None:
+    [relay] = server.admin_json("relays", "list")
+    assert (relay["region"], relay["url"], relay["stun_port"]) == ("cli", server.url, STUN_PORT)
+    assert relay["embedded"] and relay["public_key"].startswith("relaykey:")
+    table = server.admin("relays", "list").stdout.splitlines()
+    assert table[0].startswith("REGION") and table[1].startswith("cli ")
+
+    async def scenario() -> None:
+        from weftnet import controlbox, stun, tailcfg
+        from weftnet.relay import RelayClient
+
+        key = server.admin("keys", "create", "--user", "alice").stdout.strip()
+        node, answer = await _register(server.url, key, "relay-flags")
+        assert answer.machine_authorized, answer.error
+        pinned = controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, relay["public_key"])
+        async with RelayClient(
+            relay["url"], bytes(node.node), lambda *_: None, server_key=pinned
+        ) as c:
+            assert await c.wait_connected(5), c.last_error
+            assert c.server_hello is not None and c.server_hello.rate_bytes_per_s == 1_500_000
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(5)
+            s.sendto(stun.binding_request(b"c" * 12), ("127.0.0.1", STUN_PORT))
+            assert stun.parse_response(s.recv(1500)) == (
+                b"c" * 12,
+                ("127.0.0.1", s.getsockname()[1]),
+            )
+
+    if not any(u["name"] == "alice" for u in server.admin_json("users", "list")):
+        server.admin("users", "create", "alice")
+    asyncio.run(scenario())
 
 
 def test_bad_input_gets_one_line_and_a_nonzero_exit(server: ControlProcess, tmp_path: Path) -> None:

@@ -4,13 +4,17 @@ frames and deltas, admission, and the hub's part (fake service, fake clock)."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from weftnet import tailcfg
+from weftnet import stun, tailcfg
 from weftnet.control import netmap, relays
 from weftnet.control.hub import Hub
 from weftnet.control.main import main
+from weftnet.control.stunserver import StunServer
 from weftnet.testing.fakes import FakeClock
 
 from .test_hub import FakeService
@@ -181,3 +185,33 @@ def test_relay_command_usage_errors(
         err = capsys.readouterr().err
         assert exit_.value.code == 2 and message in err, (argv, err)
         assert len(err.strip().splitlines()) == 1
+
+
+REQUESTS = st.binary(min_size=12, max_size=12).map(stun.binding_request)
+DATAGRAMS = st.one_of(
+    st.binary(max_size=200),
+    REQUESTS,
+    st.tuples(REQUESTS, st.integers(0, 27), st.integers(0, 255)).map(
+        lambda t: t[0][: t[1]] + bytes([t[2]]) + t[0][t[1] + 1 :]  # one byte changed
+    ),
+)
+
+
+@given(DATAGRAMS, st.sampled_from([("127.0.0.1", 1), ("::ffff:10.0.0.1", 9, 0, 0)]))
+def test_the_stun_server_answers_binding_requests_only_and_never_raises(
+    data: bytes, addr: tuple[Any, ...]
+) -> None:
+    answer = StunServer.answer(data, addr)
+    if answer is not None:
+        txid, mapped = stun.parse_response(answer)
+        assert stun.parse_request(data) == txid
+        assert mapped == (addr[0].removeprefix("::ffff:"), addr[1])
+
+
+def test_the_stun_server_answers_a_request_in_the_plain_ipv4_of_a_dual_stack_socket() -> None:
+    request = stun.binding_request(b"q" * 12, "client")
+    answer = StunServer.answer(request, ("::ffff:192.0.2.7", 4500, 0, 0))
+    assert answer is not None
+    assert stun.parse_response(answer) == (b"q" * 12, ("192.0.2.7", 4500))
+    v6 = StunServer.answer(request, ("2001:db8::1", 4500, 0, 0))
+    assert v6 is not None and stun.parse_response(v6)[1] == ("2001:db8::1", 4500)
