@@ -76,6 +76,7 @@ def test_blocked_udp_goes_through_the_relay_which_sees_only_ciphertext(
     st = peer_status(a)
     assert st["path"] == "relay" and st["relay"] == "default", st
     assert a.status()["home_relay"] == "default"
+    assert st["home_relay"] == "default"  # b reported its home; the map told a
 
     capture = tmp_path / "relay.bin"
     sniffer = control.host.popen(
