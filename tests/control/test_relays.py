@@ -14,6 +14,7 @@ from weftnet import stun, tailcfg
 from weftnet.control import netmap, relays
 from weftnet.control.hub import Hub
 from weftnet.control.main import main
+from weftnet.control.relayd import RelayError, derive_public_url
 from weftnet.control.stunserver import StunServer
 from weftnet.testing.fakes import FakeClock
 
@@ -215,3 +216,13 @@ def test_the_stun_server_answers_a_request_in_the_plain_ipv4_of_a_dual_stack_soc
     assert stun.parse_response(answer) == (b"q" * 12, ("192.0.2.7", 4500))
     v6 = StunServer.answer(request, ("2001:db8::1", 4500, 0, 0))
     assert v6 is not None and stun.parse_response(v6)[1] == ("2001:db8::1", 4500)
+
+
+def test_a_standalone_relay_derives_its_public_url() -> None:
+    assert derive_public_url("10.1.2.3", 8081, "http://x:1") == "http://10.1.2.3:8081"
+    assert derive_public_url("fd00::5", 8081, "http://x:1") == "http://[fd00::5]:8081"
+    # A wildcard listener: the address this host uses toward the control server.
+    assert derive_public_url("0.0.0.0", 8081, "http://127.0.0.1:8080") == "http://127.0.0.1:8081"
+    assert derive_public_url("0.0.0.0", 8081, "http://localhost:8080") == "http://127.0.0.1:8081"
+    with pytest.raises(RelayError, match="--public-url"):
+        derive_public_url("0.0.0.0", 8081, "http://no-such-host.invalid:8080")

@@ -274,9 +274,10 @@ def derive_public_url(host: str, port: int, control_url: str) -> str:
     parts = urlsplit(control_url)
     try:
         target = parts.hostname or ""
-        infos = socket.getaddrinfo(target, parts.port or 80, type=socket.SOCK_DGRAM)
-        family, _, _, _, address = infos[0]
-        with socket.socket(family, socket.SOCK_DGRAM) as s:
+        family = socket.AF_INET if host == "0.0.0.0" else socket.AF_UNSPEC  # IPv4-only listener
+        infos = socket.getaddrinfo(target, parts.port or 80, family, socket.SOCK_DGRAM)
+        found, _, _, _, address = infos[0]
+        with socket.socket(found, socket.SOCK_DGRAM) as s:
             s.connect(address)  # UDP: no packet is sent, the kernel just picks a route
             ip = s.getsockname()[0]
     except (OSError, ValueError, IndexError) as e:
