@@ -9,6 +9,10 @@ another machine) travel inside it as ``error``. The map answer is a stream of fr
 (``controlbox.frame``), each a sealed MapResponse: the first full, then deltas and
 keepalives; a refusal is a single frame carrying ``error``.
 
+Every full map carries the relay map, led by the server's own relay at the URL this
+node used to reach us (``ControlContext.own_relays``); the app's lifespan runs the STUN
+server and closes the embedded relay (which uvicorn's protocol class feeds).
+
 The rules are in the service (called in worker threads: it blocks on the database);
 streams are fed by the hub.
 """
