@@ -77,6 +77,9 @@ def test_blocked_udp_goes_through_the_relay_which_sees_only_ciphertext(
     assert st["path"] == "relay" and st["relay"] == "default", st
     assert a.status()["home_relay"] == "default"
     assert st["home_relay"] == "default"  # b reported its home; the map told a
+    r = a.weft("ping", "-c", "2", b_ip, check=False)
+    assert r.returncode == 1 and "direct connection not established" in r.stderr
+    assert r.stdout.count(f"pong from b ({b_ip}) via relay default in") == 2, r.stdout
 
     capture = tmp_path / "relay.bin"
     sniffer = control.host.popen(

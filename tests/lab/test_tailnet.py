@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -48,6 +49,12 @@ def test_three_nodes_ping_each_other_within_5_s(lab: Lab, tmp_path: Path) -> Non
         assert set(p) >= {"hostname", "ips", "online", "path", "endpoint", "relay",
                           "rx_bytes", "tx_bytes", "last_handshake"}  # fmt: skip
         assert p["path"] == "direct" and p["online"]
+    r = nodes[2].weft("ping", nodes[0].ip4())
+    assert f"pong from a ({nodes[0].ip4()}) via 198.18.0.2:41641 in" in r.stdout, r.stdout
+    report = json.loads(nodes[2].weft("netcheck", "--json").stdout)
+    assert report["udp"] and report["preferred_relay"] == "default"
+    assert report["public_address"].startswith("198.18.0.")  # c's NAT, seen by STUN
+    assert nodes[2].weft("netcheck").stdout.startswith("Report:")
     v4 = nodes[0].ip4()
     assert v4.startswith("100.") and nodes[0].weft("ip", "-6").stdout.startswith("fd7a:115c:a1e0:")
     # The local API is root-only: another user cannot even connect to the socket.

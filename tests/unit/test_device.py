@@ -275,3 +275,21 @@ def test_unknown_peer_initiation_is_refused() -> None:
     init = stranger.send_packets(sp, [PING], p.clock())
     with pytest.raises(ProtocolError, match="unknown peer"):
         p.b.receive_handshake(init[0].data, A_EP, p.clock())
+
+
+def test_a_session_the_peer_started_survives_our_own_handshake() -> None:
+    p = Pair()
+    p.pb.endpoint = A_EP
+    init_b = p.b.initiate(p.pb, p.clock())[0].data
+    resp_a = p.a.receive_handshake(init_b, B_EP, p.clock())[0].data
+    k1 = p.pa.next  # a answered b: K1 waits until b uses it
+    assert k1 is not None and p.pa.current is None
+    p.pa.last_sent_initiation_at = None
+    init_a = p.a.initiate(p.pa, p.clock())[0].data  # a has data to send: its own handshake
+    p.b.receive_handshake(resp_a, A_EP, p.clock())  # b: current = K1, sends on it
+    from_b = p.pb.current.seal(bytes(16))  # type: ignore[union-attr]
+    resp_b = p.b.receive_handshake(init_a, A_EP, p.clock())[0].data
+    p.a.receive_handshake(resp_b, B_EP, p.clock())  # a: current = K2
+    assert p.pa.current is not k1 and p.pa.previous is k1  # kept, as wireguard-go does
+    kp = p.a.indices[int.from_bytes(from_b[4:8], "little")]
+    assert kp is k1 and kp.open(from_b) == bytes(16)  # type: ignore[union-attr]

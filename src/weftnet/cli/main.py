@@ -143,6 +143,38 @@ def cmd_ip(args: argparse.Namespace) -> None:
     print("\n".join(ips))
 
 
+def cmd_ping(args: argparse.Namespace) -> None:
+    """Disco pings until a direct path answers (or --count runs out), like tailscale ping."""
+    for _ in range(args.count):
+        r = call(args.socket, "ping", target=args.host, timeout=args.timeout)
+        if r.get("timeout"):
+            print(f"timeout waiting for a pong from {r['peer']} ({r['ip']})", flush=True)
+            continue
+        via = f"via relay {r['via']}" if r["path"] == "relay" else f"via {r['via']}"
+        print(f"pong from {r['peer']} ({r['ip']}) {via} in {r['latency_ms']}ms", flush=True)
+        if r["path"] == "direct" and not args.until_count:
+            return
+        time.sleep(0.5)
+    if not args.until_count:
+        raise CliError("direct connection not established")
+
+
+def cmd_netcheck(args: argparse.Namespace) -> None:
+    r = call(args.socket, "netcheck")
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    varies = {True: "yes (hard NAT)", False: "no", None: "unknown (one STUN server)"}
+    print("Report:")
+    print(f"\t* UDP: {str(r['udp']).lower()}")
+    print(f"\t* Public address: {r['public_address'] or '-'}")
+    print(f"\t* Mapping varies by destination: {varies[r['mapping_varies_by_destination']]}")
+    print(f"\t* Preferred relay: {r['preferred_relay'] or '-'}")
+    print("\t* Relay latency:")
+    for region, ms in sorted(r["relay_latency_ms"].items(), key=lambda kv: kv[1]):
+        print(f"\t\t- {region}: {ms}ms")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="weft", description="weftnet client")
     p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET", DEFAULT_SOCKET))
@@ -164,6 +196,17 @@ def main(argv: list[str] | None = None) -> None:
     fam.add_argument("-4", dest="four", action="store_true", help="IPv4 only")
     fam.add_argument("-6", dest="six", action="store_true", help="IPv6 only")
     ip.set_defaults(func=cmd_ip)
+    pg = sub.add_parser("ping", help="disco ping a peer, showing the path each pong took")
+    pg.add_argument("host", help="a peer's 100.x address or name")
+    pg.add_argument("-c", "--count", type=int, default=10, help="pings at most (default 10)")
+    pg.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for each pong")
+    pg.add_argument(
+        "--until-count", action="store_true", help="do not stop once a direct path answers"
+    )
+    pg.set_defaults(func=cmd_ping)
+    nc = sub.add_parser("netcheck", help="UDP, public address, NAT kind, relay latencies")
+    nc.add_argument("--json", action="store_true", help="machine-readable output")
+    nc.set_defaults(func=cmd_netcheck)
     st = sub.add_parser("status", help="this node and its peers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)

@@ -181,6 +181,10 @@ class NodeDaemon:
             return await self.logout()
         if cmd == "ip":
             return {"ok": True, "result": [str(a.ip) for a in self.engine.addresses]}
+        if cmd == "ping":
+            return await self.disco_ping(str(req.get("target", "")), float(req.get("timeout", 2)))
+        if cmd == "netcheck":
+            return await self.netcheck()
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     async def up(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -261,6 +265,57 @@ class NodeDaemon:
             if resp.machine_authorized:
                 self._logged_in()
                 return
+
+    def _find_peer(self, target: str) -> int | None:
+        for pid, n in self.peers.items():
+            ips = [a.split("/")[0] for a in n["addresses"]]
+            if target in ips or target in (n.get("given_name"), n.get("name")):
+                return pid
+        return None
+
+    async def disco_ping(self, target: str, timeout_s: float) -> dict[str, Any]:
+        pid = self._find_peer(target)
+        if pid is None or self.magic is None:
+            return {"ok": False, "error": f"no peer {target!r} in the tailnet (see weft status)"}
+        n = self.peers[pid]
+        result = await self.magic.ping(pid, timeout_s)
+        name = n.get("given_name") or n["name"]
+        ip = n["addresses"][0].split("/")[0]
+        if result is None:
+            return {"ok": True, "result": {"peer": name, "ip": ip, "timeout": True}}
+        kind, where, seconds = result
+        return {
+            "ok": True,
+            "result": {"peer": name, "ip": ip, "path": kind, "via": where,
+                       "latency_ms": round(seconds * 1000, 2)},
+        }  # fmt: skip
+
+    async def netcheck(self) -> dict[str, Any]:
+        magic = self.magic
+        if magic is None or not magic.stun_servers():
+            return {"ok": False, "error": "no STUN servers known yet: is this node up?"}
+        magic.stun_results.clear()
+        magic.send_stun()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and len(magic.stun_results) < len(magic.stun_servers()):
+            await asyncio.sleep(0.05)
+        await magic.relays.measure()
+        mapped = [f"{m[0]}:{m[1]}" for m, _ in magic.stun_results.values()]
+        return {
+            "ok": True,
+            "result": {
+                "udp": bool(magic.stun_results),
+                "public_address": mapped[0] if mapped else None,
+                "mapping_varies_by_destination": magic.mapping_varies,
+                "stun_servers": {
+                    f"{s[0]}:{s[1]}": f"{m[0]}:{m[1]}" for s, (m, _) in magic.stun_results.items()
+                },
+                "preferred_relay": magic.relays.home,
+                "relay_latency_ms": {
+                    k: round(v * 1000, 2) for k, v in magic.relays.latency.items()
+                },
+            },
+        }
 
     async def down(self) -> dict[str, Any]:
         self.state.prefs.want_running = False

@@ -32,6 +32,7 @@ from weftnet.pathfinder import Pathfinder, SendCallMeMaybe, SendPing
 from weftnet.relay.client import RelayClient
 from weftnet.wireguard.device import Endpoint, Peer
 from weftnet.wireguard.errors import ProtocolError
+from weftnet.wireguard.handshake import State as HandshakeState
 
 log = logging.getLogger("weftd.magicsock")
 
@@ -40,6 +41,8 @@ STUN_INTERVAL_S = 20.0  # re-learn our public mapping this often (NATs forget)
 STUN_RETRY_S = 2.0  # ask again this soon while no STUN server has answered
 HOME_REPROBE_S = 60.0  # re-measure relay latencies this often
 PING_TIMEOUT_S = 3.0  # a relay that does not answer a ping in this time is unusable
+PEER_GONE_RETRY_S = 1.0  # retry a handshake the relay could not deliver this soon
+RELAY_PONG_SRC = ("0.0.0.0", 0)  # a pong sent through a relay has no address to report
 
 
 @dataclass
@@ -60,6 +63,7 @@ class Relays:
 
     node_private: bytes
     on_packet: Any
+    on_peer_gone: Any = None
     regions: dict[str, tailcfg.RelayRegion] = field(default_factory=dict)
     clients: dict[str, RelayClient] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
@@ -80,7 +84,13 @@ class Relays:
             except ValueError:
                 log.warning("relay region %s has a malformed key; not used", name)
                 continue
-            client = RelayClient(region.url, self.node_private, self._deliver(name), server_key=key)
+            client = RelayClient(
+                region.url,
+                self.node_private,
+                self._deliver(name),
+                server_key=key,
+                on_peer_gone=self.on_peer_gone,
+            )
             client.start()
             self.clients[name] = client
         if self.home not in self.clients:
@@ -128,7 +138,7 @@ class MagicSock:
         self.dp: DataPlane = engine.dp
         self.disco_private = os.urandom(32)
         self.disco_public = disco.public_key(self.disco_private)
-        self.relays = Relays(node_private, self._relay_packet)
+        self.relays = Relays(node_private, self._relay_packet, self._peer_gone)
         self.peers: dict[int, PeerPaths] = {}
         self._by_disco: dict[bytes, PeerPaths] = {}
         self._by_node_key: dict[bytes, PeerPaths] = {}
@@ -137,6 +147,7 @@ class MagicSock:
         self._stun_pending: dict[bytes, tuple[Endpoint, float]] = {}
         self._last_stun = float("-inf")
         self.published_endpoints: list[Endpoint] = []
+        self._ping_waiters: dict[bytes, tuple[asyncio.Future[tuple[str, str, float]], float]] = {}
         self.endpoints_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[str | None] | None = None
@@ -218,6 +229,19 @@ class MagicSock:
         else:
             self.dp.receive_from_relay(data, src_key, region)
 
+    def _peer_gone(self, node_key: bytes, reason: int) -> None:
+        """The relay had nowhere to deliver to this peer (it has not connected yet): a
+        handshake we sent there is lost, so try again in a second, not after 5 s."""
+        pp = self._by_node_key.get(node_key)
+        if pp is None or pp.peer.current is not None:
+            return
+        if pp.peer.handshake.state is HandshakeState.INITIATION_CREATED:
+            soon = time.monotonic() + PEER_GONE_RETRY_S
+            at = pp.peer.retransmit_handshake_at
+            if at is None or at > soon:
+                pp.peer.retransmit_handshake_at = soon
+                self.engine.rearm()
+
     def _udp_disco(self, data: bytes, src: Endpoint | None) -> None:
         if disco.is_disco(data):
             self._disco(data, src)
@@ -294,9 +318,19 @@ class MagicSock:
                 self._send_disco(pp, Pong(msg.txid, src), src)
                 pp.pf.on_ping_received(src, now)
             else:
-                # Through the relay: the peer wants to find us; answer with our endpoints.
+                # Through the relay: answer there (no address to report), and tell the
+                # peer where to find us directly.
+                self._send_disco(pp, Pong(msg.txid, RELAY_PONG_SRC), None)
                 self._send_disco(pp, CallMeMaybe(tuple(self.endpoints())), None)
         elif isinstance(msg, Pong):
+            waiter = self._ping_waiters.pop(msg.txid, None)
+            if waiter is not None and not waiter[0].done():
+                via: tuple[str, str] = (
+                    ("relay", pp.home_relay or self.relays.home or "?")
+                    if src is None
+                    else ("direct", f"{src[0]}:{src[1]}")
+                )
+                waiter[0].set_result((*via, now - waiter[1]))
             if src is not None:
                 pp.pf.on_pong(msg.txid, src, now)
                 self._choose(pp, now)
@@ -342,6 +376,28 @@ class MagicSock:
             pp.path = path
         if ep is not None and pp.peer.endpoint != ep:
             pp.peer.endpoint = ep
+
+    async def ping(self, node_id: int, timeout_s: float) -> tuple[str, str, float] | None:
+        """A disco ping over the relay and every candidate endpoint at once: the first
+        pong's (path kind, where, seconds), or None on timeout."""
+        pp = self.peers.get(node_id)
+        if pp is None or pp.disco_key is None:
+            return None
+        txid = os.urandom(12)
+        now = time.monotonic()
+        fut: asyncio.Future[tuple[str, str, float]] = asyncio.get_running_loop().create_future()
+        self._ping_waiters[txid] = (fut, now)
+        me = self.engine.device.identity.public_key
+        self._send_disco(pp, Ping(txid, me), None)
+        for status in pp.pf.endpoint_status():
+            self._send_disco(pp, Ping(txid, me), status.endpoint)
+            pp.pf.on_ping_sent(status.endpoint, txid, now)
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._ping_waiters.pop(txid, None)
 
     def path_of(self, node_id: int) -> tuple[str, str | None, str | None]:
         """(path kind, endpoint text, relay region) for `weft status`."""

@@ -153,9 +153,11 @@ def wait_mesh(nodes: list[Node], timeout_s: float) -> float:
     start = time.monotonic()
     ips = {n.host.name: n.ip4() for n in nodes}
     pending = [(a, b) for a in nodes for b in nodes if a is not b]
-    while pending:
-        pending = [(a, b) for a, b in pending if not pings(a, ips[b.host.name])]
+    while True:
+        failed = [(a, b) for a, b in pending if not pings(a, ips[b.host.name])]
+        if not failed:
+            return time.monotonic() - start
         if time.monotonic() - start > timeout_s:
-            names = [(a.host.name, b.host.name) for a, b in pending]
+            names = [(a.host.name, b.host.name) for a, b in failed]
             raise AssertionError(f"no ping after {timeout_s} s between {names}")
-    return time.monotonic() - start
+        pending = failed

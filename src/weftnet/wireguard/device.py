@@ -383,11 +383,17 @@ class Device:
         keys = peer.handshake.derive_keys()
         kp = Keypair(keys, now, peer)
         self.indices[kp.local_index] = kp
-        # Initiator: the new session is used at once.
-        self._drop_keypair(peer.next)
-        peer.next = None
+        # Initiator: the new session is used at once. A session the peer started that we
+        # have not seen used yet (``next``) may already carry its packets: keep it as
+        # ``previous`` (wireguard-go's BeginSymmetricSession), so crossing handshakes lose
+        # nothing.
         self._drop_keypair(peer.previous)
-        peer.previous = peer.current
+        if peer.next is not None:
+            peer.previous = peer.next
+            peer.next = None
+            self._drop_keypair(peer.current)
+        else:
+            peer.previous = peer.current
         peer.current = kp
         self._handshake_complete(peer, now)
         self._session_derived(peer, now)
