@@ -420,11 +420,15 @@ class NodeDaemon:
     ) -> tailcfg.MapResponse | None:
         """The next frame, or None when the stream ends or ``changed`` is set first."""
         nxt = asyncio.ensure_future(anext(stream))
+        # However this ends (even cancelled from outside), the frame's outcome is consumed.
+        nxt.add_done_callback(lambda f: f.cancelled() or f.exception())
         chg = asyncio.ensure_future(changed.wait())
         try:
             done, _ = await asyncio.wait({nxt, chg}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             chg.cancel()
+            if not nxt.done():
+                nxt.cancel()
         if nxt not in done:
             nxt.cancel()
             with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, ControlError):

@@ -182,7 +182,9 @@ class DataPlane:
         for t in transmits:
             sa = self._sockaddr(t.endpoint)
             if sa[0] == "relay":
-                self._via_relay(t.endpoint, sa[1], t.data)
+                peer = self.device.peers.get(t.peer_key)
+                if peer is not None:
+                    self._via_relay(peer, sa[1], t.data)
                 continue
             try:
                 self.sock.sendto(t.data, sa)
@@ -198,16 +200,9 @@ class DataPlane:
         except OSError as e:
             log.debug("send to %s failed: %s", ep, e)
 
-    def _via_relay(self, who: Peer | Endpoint, region: str, data: bytes) -> None:
-        peer = who if isinstance(who, Peer) else self._peer_at(who)
-        if self.relay_send is not None and peer is not None:
+    def _via_relay(self, peer: Peer, region: str, data: bytes) -> None:
+        if self.relay_send is not None:
             self.relay_send(peer, region, data)
-
-    def _peer_at(self, ep: Endpoint) -> Peer | None:
-        for peer in self.device.peers.values():
-            if peer.endpoint == ep:
-                return peer
-        return None
 
     def receive_from_relay(self, data: bytes, src_key: bytes, region: str) -> None:
         """A datagram the relay delivered from the peer with node key ``src_key``."""

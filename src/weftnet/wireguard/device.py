@@ -76,6 +76,7 @@ Endpoint = tuple[str, int]
 class Transmit:
     data: bytes
     endpoint: Endpoint
+    peer_key: bytes = b""  # the peer it is for (a relay needs it; b"" for cookie replies)
 
 
 class Peer:
@@ -307,7 +308,7 @@ class Device:
         peer.last_sent_initiation_at = now
         peer.any_authenticated_sent(now)
         peer.retransmit_handshake_at = now + REKEY_TIMEOUT_S + self.jitter()
-        return [Transmit(bytes(raw), peer.endpoint)]
+        return [Transmit(bytes(raw), peer.endpoint, peer.public_key)]
 
     # -- receiving handshake messages -------------------------------------------------
 
@@ -365,7 +366,7 @@ class Device:
         peer.next = kp
         self._session_derived(peer, now)
         peer.any_authenticated_sent(now)
-        return [Transmit(bytes(raw), src)]
+        return [Transmit(bytes(raw), src, peer.public_key)]
 
     def _receive_response(self, data: bytes, src: Endpoint, now: float) -> list[Transmit]:
         msg = Response.unpack(data)
@@ -488,7 +489,7 @@ class Device:
         while peer.staged:
             pkt = peer.staged.popleft()
             padded = pkt.ljust(padded_size(len(pkt), self.mtu), b"\x00")
-            out.append(Transmit(kp.seal(padded), peer.endpoint))
+            out.append(Transmit(kp.seal(padded), peer.endpoint, peer.public_key))
             peer.tx_bytes += len(out[-1].data)
         peer.data_sent(now, self.jitter())
         return out + self.after_send(peer, now)
@@ -500,7 +501,7 @@ class Device:
         msg = kp.seal(b"")
         peer.tx_bytes += len(msg)
         peer.any_authenticated_sent(now)
-        return [Transmit(msg, peer.endpoint)]
+        return [Transmit(msg, peer.endpoint, peer.public_key)]
 
     def send_keepalive(self, peer: Peer, now: float) -> list[Transmit]:
         """A keepalive now (starting a handshake if there is no session)."""
