@@ -132,3 +132,43 @@ def test_traffic_resumes_within_5_s_of_a_relay_restart(lab: Lab, tmp_path: Path)
     assert after, "no reply after the relay came back"
     print(f"first reply {after[0] - back:.2f} s after the relay was back")
     assert after[0] - back <= 5.0
+
+
+def test_blocking_udp_mid_stream_moves_to_the_relay_and_back(lab: Lab, tmp_path: Path) -> None:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl, a_host, b_host = lab.host("ctl", inet), lab.host("a", inet), lab.host("b", inet)
+    control = start_control(tmp_path, ctl)
+    a, b = start_node(tmp_path, a_host, "a"), start_node(tmp_path, b_host, "b")
+    control.admin("users", "create", "alice")
+    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
+    for n in (a, b):
+        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+    b_ip = b.ip4()
+    wait_ping(a, b_ip, timeout_s=10)
+    poll_until(lambda: peer_status(a)["path"] == "direct", timeout_s=5, what="direct")
+    b.host.popen(["iperf3", "-s", "-1"])
+    b.host.wait_listening(5201, proto="tcp")
+    out: dict[str, str] = {}
+
+    def stream() -> None:
+        r = a.host.run(["iperf3", "-c", b_ip, "-t", "20", "-J", "-b", "50M"], check=False,
+                       timeout=60)  # fmt: skip
+        out["json"] = r.stdout
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(2)
+    blocked_at = time.monotonic()
+    lab.block_udp(a_host, b_host)
+    poll_until(lambda: peer_status(a)["path"] == "relay", timeout_s=5, what="the relay path")
+    to_relay = time.monotonic() - blocked_at
+    time.sleep(3)
+    unblocked_at = time.monotonic()
+    lab.unblock_udp(a_host, b_host)
+    poll_until(lambda: peer_status(a)["path"] == "direct", timeout_s=15, what="direct again")
+    back = time.monotonic() - unblocked_at
+    t.join()
+    result = json.loads(out["json"])
+    assert "error" not in result, result.get("error")  # the TCP stream never broke
+    print(f"to the relay {to_relay:.2f} s after blocking; direct {back:.2f} s after unblocking")
+    assert to_relay <= 5.0
