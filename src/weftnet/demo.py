@@ -1,8 +1,10 @@
 """`make demo`: a tailnet in network namespaces, then a plain WireGuard peer.
 
-1. A coordination server on a public host (198.18.0.0/24 is the lab's "internet"), one
-   node on the internet and two behind NAT routers of their own. They join with one
-   auth key; each `weft status` is shown, then every node pings every other.
+1. A coordination server (with its relay and STUN server) on a public host
+   (198.18.0.0/24 is the lab's "internet"), one node on the internet, two behind NAT
+   routers of their own and one behind a hard NAT. They join with one auth key, every
+   node pings every other, `weft ping` shows the paths (direct where the NATs allow,
+   the relay between an easy and a hard NAT), then each `weft status`.
 2. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
 
 Everything is removed at the end, also on failure or Ctrl-C.
@@ -47,17 +49,20 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
     pub = lab.host("laptop", inet)
     nat1 = lab.nat_router("home", upstream=inet, kind="easy")
     nat2 = lab.nat_router("office", upstream=inet, kind="easy")
+    nat3 = lab.nat_router("carrier", upstream=inet, kind="hard")
     n1 = lab.host("server", nat1.lan)
     n2 = lab.host("desktop", nat2.lan)
+    n3 = lab.host("phone", nat3.lan)
     say(
         f"coordination server on {ctl.ip}; laptop {pub.ip} on the internet; server "
-        f"{n1.ip} behind NAT {nat1.wan_ip}; desktop {n2.ip} behind NAT {nat2.wan_ip}"
+        f"{n1.ip} behind NAT {nat1.wan_ip}; desktop {n2.ip} behind NAT {nat2.wan_ip}; "
+        f"phone {n3.ip} behind a hard (random-port) NAT {nat3.wan_ip}"
     )
     control = start_control(tmp, ctl)
     control.admin("users", "create", "alice@example.com")
     key = control.admin("keys", "create", "--user", "alice@example.com", "--reusable").strip()
     print(f"   weft-control keys create --user alice@example.com --reusable -> {key[:20]}...")
-    nodes: list[Node] = [start_node(tmp, h, h.name) for h in (pub, n1, n2)]
+    nodes: list[Node] = [start_node(tmp, h, h.name) for h in (pub, n1, n2, n3)]
     for n in nodes:
         n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
         print(f"   {n.host.name}$ weft up --login-server {control.url} --auth-key ... -> "
@@ -69,9 +74,17 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
         for b in nodes:
             if a is not b:
                 ok &= ping(a.host, ips[b.host.name], f"{b.host.name} ({ips[b.host.name]})")
+    say("disco pings show the path each pong took (relay first, direct where NATs allow)")
+    phone = nodes[3]
+    for other in (nodes[0], nodes[2]):
+        r = phone.weft("ping", "-c", "3", ips[other.host.name], check=False)
+        print(f"   phone$ weft ping {other.host.name}")
+        print("\n".join(f"     {ln}" for ln in (r.stdout + r.stderr).strip().splitlines()))
     for n in nodes:
         say(f"{n.host.name}$ weft status")
         print(n.weft("status").stdout.rstrip())
+    say("phone$ weft netcheck")
+    print(phone.weft("netcheck").stdout.rstrip())
     return ok
 
 
