@@ -13,9 +13,7 @@ import sys
 import time
 from typing import Any
 
-from weftnet.node.localapi import request
-
-DEFAULT_SOCKET = "/run/weft/weftd.sock"
+from weftnet.node.localapi import DEFAULT_SOCKET, request
 
 
 def _ago(ts: float | None) -> str:

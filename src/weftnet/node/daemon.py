@@ -32,18 +32,17 @@ from weftnet.node.engine import Engine
 from weftnet.node.magicsock import MagicSock
 from weftnet.node.state import NodeState
 from weftnet.wireguard.device import Peer
+from weftnet.wireguard.session import REJECT_AFTER_TIME_S
 
 log = logging.getLogger("weftd")
 
 DEFAULT_PORT = 41641
-DEFAULT_SOCKET = "/run/weft/weftd.sock"
 OVERLAY_ROUTES = [
     ipaddress.ip_network("100.64.0.0/10"),
     ipaddress.ip_network("fd7a:115c:a1e0::/48"),
 ]
 PEER_KEEPALIVE_S = 25  # keeps NAT mappings open until path discovery takes this over
 UP_WAIT_S = 15.0  # `weft up` with a key waits this long for the first map
-HANDSHAKE_FRESH_S = 180.0  # a peer with a handshake this recent has a working path
 
 
 def local_endpoints(port: int, exclude_ifname: str) -> list[str]:
@@ -107,7 +106,7 @@ class NodeDaemon:
         )
         self.engine.configure([], OVERLAY_ROUTES)
         self.magic: MagicSock | None = None
-        self.socket_path = args.socket or DEFAULT_SOCKET
+        self.socket_path = args.socket or localapi.DEFAULT_SOCKET
         self.backend_state = "NeedsLogin"
         self.control: ControlClient | None = None
         self.map_task: asyncio.Task[None] | None = None
@@ -562,7 +561,7 @@ class NodeDaemon:
         for pid, n in sorted(self.peers.items()):
             peer = self._peer_by_id.get(pid)
             last = peer.last_handshake_at if peer else None
-            fresh = last is not None and now - last < HANDSHAKE_FRESH_S
+            fresh = last is not None and now - last < REJECT_AFTER_TIME_S
             kind, endpoint, relay = (
                 self.magic.path_of(pid) if self.magic is not None else ("none", None, None)
             )

@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger("weftd.localapi")
 
 MAX_REQUEST_BYTES = 64 * 1024  # a request line longer than this is refused
+DEFAULT_SOCKET = "/run/weft/weftd.sock"  # where weftd listens and weft looks, by default
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]

@@ -29,9 +29,7 @@ from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
 log = logging.getLogger("weftd")
 
 DEFAULT_TUN = "weft0"
-DEFAULT_SOCKET = "/run/weft/weftd.sock"
 DEFAULT_STATE_DIR = "/var/lib/weft"
-DEFAULT_PORT = 41641
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
