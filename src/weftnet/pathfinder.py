@@ -85,7 +85,7 @@ SWITCH_LATENCY_RATIO = 2 / 3  # move off a trusted endpoint only for one this mu
 MAX_CANDIDATES = 64  # endpoints remembered per peer; more are ignored
 PEER_REFLEXIVE_TTL_S = 60.0  # forget an address a ping came from after this, unless in use
 
-Source = Literal["map", "call-me-maybe", "ping"]
+Source = Literal["map", "call-me-maybe", "ping", "wireguard"]
 Reason = Literal["discovery", "heartbeat", "upgrade", "call-me-maybe", "reply"]
 Path = tuple[Literal["direct"], Endpoint] | tuple[Literal["relay"], str] | tuple[Literal["none"]]
 
@@ -214,6 +214,35 @@ class Pathfinder:
             self._current = self._choose(now)
             return c.latency_s
         return None
+
+    def on_authenticated(self, src: Endpoint, now: float) -> None:
+        """An authenticated WireGuard packet arrived straight from ``src``.
+
+        The peer is sending from there (it roamed, or its NAT gave it a new mapping), so
+        replies to ``src`` pass its NAT: use it at once, as WireGuard's own roaming does,
+        instead of waiting for the old path's trust to run out. It is trusted from now,
+        with the old path's latency as its estimate until a pong measures it.
+        """
+        src = canonical_endpoint(src)
+        if src == self._current:
+            return
+        c = self._candidates.get(src)
+        if c is None:
+            if len(self._candidates) >= MAX_CANDIDATES:
+                return
+            c = self._candidates[src] = _Candidate()
+        held = self._candidates.get(self._current) if self._current is not None else None
+        c.sources.add("wireguard")
+        c.seen_at = now
+        c.last_pong_at = now
+        if c.latency_s is None:
+            c.latency_s = held.latency_s if held is not None else None
+        if c.latency_s is None:
+            c.latency_s = PING_TIMEOUT_S  # unmeasured: any measured path may beat it
+        c.wanted = "reply"  # measure it soon
+        if held is not None:
+            held.last_pong_at = None  # the peer left it; probed again like any candidate
+        self._current = src
 
     # --- timers -------------------------------------------------------------------
 
@@ -345,8 +374,9 @@ class Pathfinder:
         for c in self._candidates.values():
             for txid in [t for t, at in c.in_flight.items() if now >= at + PING_TIMEOUT_S]:
                 del c.in_flight[txid]
-            if "ping" in c.sources and now >= c.seen_at + PEER_REFLEXIVE_TTL_S:
+            if now >= c.seen_at + PEER_REFLEXIVE_TTL_S:
                 c.sources.discard("ping")
+                c.sources.discard("wireguard")
         self._drop_orphans(now)
 
     def _drop_orphans(self, now: float | None = None) -> None:

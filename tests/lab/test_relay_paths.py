@@ -172,3 +172,60 @@ def test_blocking_udp_mid_stream_moves_to_the_relay_and_back(lab: Lab, tmp_path:
     assert "error" not in result, result.get("error")  # the TCP stream never broke
     print(f"to the relay {to_relay:.2f} s after blocking; direct {back:.2f} s after unblocking")
     assert to_relay <= 5.0
+
+
+def test_roaming_keeps_the_tcp_stream_and_goes_direct_again(lab: Lab, tmp_path: Path) -> None:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl, a_host = lab.host("ctl", inet), lab.host("a", inet)
+    home = lab.nat_router("home", upstream=inet, kind="easy")
+    cafe = lab.nat_router("cafe", upstream=inet, kind="easy")
+    m_host = lab.host("m", home.lan)
+    control = start_control(tmp_path, ctl)
+    a, m = start_node(tmp_path, a_host, "a"), start_node(tmp_path, m_host, "m")
+    control.admin("users", "create", "alice")
+    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
+    for n in (a, m):
+        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+    a_ip = a.ip4()
+    wait_ping(m, a_ip, timeout_s=10)
+    poll_until(lambda: peer_status(m)["path"] == "direct", timeout_s=5, what="direct")
+    a_host.popen(["iperf3", "-s", "-1"])
+    a_host.wait_listening(5201, proto="tcp")
+    out: dict[str, str] = {}
+    lines: list[str] = []
+
+    def stream() -> None:
+        r = m_host.run(["iperf3", "-c", a_ip, "-t", "12", "-J", "-b", "20M"], check=False,
+                       timeout=60)  # fmt: skip
+        out["json"] = r.stdout
+
+    def pinger() -> None:
+        r = m_host.run(["ping", "-D", "-c", "100", "-i", "0.1", "-W", "1", a_ip], check=False,
+                       timeout=60)  # fmt: skip
+        lines.extend(r.stdout.splitlines())
+
+    threads = [threading.Thread(target=stream), threading.Thread(target=pinger)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    old_endpoint = peer_status(a)["endpoint"]
+    m_host.move_to(cafe.lan)  # new address, new NAT, new public address
+    moved = time.time()
+    poll_until(
+        lambda: peer_status(a)["path"] == "direct" and peer_status(a)["endpoint"] != old_endpoint,
+        timeout_s=10,
+        what="a direct path to m's new address",
+    )
+    for t in threads:
+        t.join()
+    result = json.loads(out["json"])
+    assert "error" not in result, result.get("error")  # the TCP stream survived the move
+    replies = [
+        float(mt.group(1)) for ln in lines if (mt := re.match(r"\[(\d+\.\d+)\] \d+ bytes", ln))
+    ]
+    after = [ts for ts in replies if ts >= moved]
+    assert after, "no reply after the move"
+    print(f"first reply {after[0] - moved:.2f} s after the move; a now sees m at "
+          f"{peer_status(a)['endpoint']} (was {old_endpoint})")  # fmt: skip
+    assert after[0] - moved <= 3.0
+    assert peer_status(m)["path"] == "direct"

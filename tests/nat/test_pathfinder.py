@@ -371,3 +371,20 @@ def test_next_timer_never_lies_behind_after_timers() -> None:
         sim.run_until(clock.now)
         next_at = sim.pf.next_timer_at(clock.now)
         assert next_at is None or next_at > clock.now
+
+
+def test_authenticated_packet_from_a_new_source_is_used_at_once() -> None:
+    from weftnet.pathfinder import Pathfinder
+
+    pf = Pathfinder("default")
+    old, new = ("198.18.0.9", 41641), ("198.18.0.7", 2000)
+    pf.set_endpoints([old])
+    pf.on_ping_sent(old, b"t" * 12, 100.0)
+    assert pf.on_pong(b"t" * 12, old, 100.01) is not None
+    assert pf.best_path(100.02) == ("direct", old)
+    # The peer moved: its WireGuard packets now come from `new`.
+    pf.on_authenticated(new, 101.0)
+    assert pf.best_path(101.0) == ("direct", new)
+    assert pf.best_path(101.0 + 4.0) == ("direct", new)  # trusted like a pong
+    # Without pongs it expires like any path, back to the relay.
+    assert pf.best_path(101.0 + 10.0) == ("relay", "default")

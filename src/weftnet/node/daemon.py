@@ -21,8 +21,9 @@ import ipaddress
 import logging
 import signal
 import socket
+import threading
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from weftnet import controlbox, tailcfg
@@ -42,7 +43,24 @@ OVERLAY_ROUTES = [
     ipaddress.ip_network("fd7a:115c:a1e0::/48"),
 ]
 PEER_KEEPALIVE_S = 25  # keeps NAT mappings open until path discovery takes this over
+NETWORK_SETTLE_S = 0.1  # wait this long after a netlink event before re-checking
 UP_WAIT_S = 15.0  # `weft up` with a key waits this long for the first map
+
+
+def watch_netlink(loop: asyncio.AbstractEventLoop, on_event: Callable[[], None]) -> None:
+    """Thread body: call ``on_event`` on ``loop`` for every address or route change."""
+    from pyroute2 import IPRoute
+
+    wanted = {"RTM_NEWADDR", "RTM_DELADDR", "RTM_NEWROUTE", "RTM_DELROUTE"}
+    try:
+        with IPRoute() as ipr:
+            ipr.bind()
+            while not loop.is_closed():
+                for msg in ipr.get():
+                    if msg.get("event") in wanted and not loop.is_closed():
+                        loop.call_soon_threadsafe(on_event)
+    except (OSError, RuntimeError) as e:  # the loop closed under us, or netlink went away
+        log.debug("netlink watcher stopped: %s", e)
 
 
 def local_endpoints(port: int, exclude_ifname: str) -> list[str]:
@@ -120,6 +138,7 @@ class NodeDaemon:
         self._peer_by_id: dict[int, Peer] = {}
         self._map_endpoint: dict[int, str | None] = {}
         self._first_map = asyncio.Event()
+        self._net_check: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -132,6 +151,10 @@ class NodeDaemon:
         self.engine.start()
         self.magic = MagicSock(self.engine, self.state.node_private)
         self.magic.start()
+        self._watch = threading.Thread(
+            target=watch_netlink, args=(loop, self._network_event), daemon=True
+        )
+        self._watch.start()
         server = await localapi.serve(self.socket_path, self.handle_request)
         log.info(
             "weftd up: interface %s, UDP port %d, state %s",
@@ -165,6 +188,21 @@ class NodeDaemon:
             if self.control is not None:
                 await self.control.close()
             self.engine.close()
+
+    def _network_event(self) -> None:
+        """A netlink address/route event (debounced): re-check our endpoints."""
+        if self._net_check is not None and not self._net_check.done():
+            return
+        self._net_check = asyncio.ensure_future(self._check_network())
+
+    async def _check_network(self) -> None:
+        await asyncio.sleep(NETWORK_SETTLE_S)  # let a burst of events settle
+        loop = asyncio.get_running_loop()
+        eps = await loop.run_in_executor(
+            None, local_endpoints, self.engine.listen_port, self.engine.ifname
+        )
+        if self.magic is not None:
+            self.magic.network_changed([ep for e in eps if (ep := parse_endpoint(e))])
 
     # -- the local API ----------------------------------------------------------------
 

@@ -131,6 +131,7 @@ class DataPlane:
         self.roaming = True  # plain WireGuard: follow the source of authenticated packets
         self.relay_send: Callable[[Peer, str, bytes], None] | None = None
         self.on_disco: Callable[[bytes, Endpoint | None], None] | None = None
+        self.on_authenticated: Callable[[Peer, Endpoint], None] | None = None
         self._tun_buf = bytearray(VNET_HDR_LEN + 65536)
         self._tun_view = memoryview(self._tun_buf)
         self._scratch = bytearray(65536 + 64)
@@ -435,8 +436,11 @@ class DataPlane:
             assert isinstance(peer, Peer)
             if kp is not peer.current:
                 self.send_transmits(self.device.received_on(kp, now))
-            if self.roaming and peer.endpoint != src:
-                peer.endpoint = src  # roaming: authenticated traffic teaches the endpoint
+            if peer.endpoint != src:
+                if self.roaming:
+                    peer.endpoint = src  # roaming: authenticated traffic teaches the endpoint
+                elif self.on_authenticated is not None and not src[0].startswith(RELAY_PREFIX):
+                    self.on_authenticated(peer, src)
             peer.rx_bytes += mlen
             had = self._recv_peers.get(peer)
             if plen == 0:  # keepalive

@@ -154,6 +154,7 @@ class MagicSock:
         self.dp.roaming = False
         self.dp.relay_send = self._relay_send
         self.dp.on_disco = self._udp_disco
+        self.dp.on_authenticated = self._authenticated
 
     @property
     def disco_key_text(self) -> str:
@@ -228,6 +229,36 @@ class MagicSock:
             self._disco(data, None)
         else:
             self.dp.receive_from_relay(data, src_key, region)
+
+    def _authenticated(self, peer: Peer, src: Endpoint) -> None:
+        """WireGuard data from a new direct source: the peer moved; follow it."""
+        pp = self._by_node_key.get(peer.public_key)
+        if pp is None:
+            return
+        now = time.monotonic()
+        pp.pf.on_authenticated(src, now)
+        self._choose(pp, now)
+
+    def network_changed(self, local_endpoints: list[Endpoint]) -> None:
+        """Our addresses or routes changed (netlink): learn the new public address, tell
+        the server and ping every peer at once, so their NATs open to our new source."""
+        if local_endpoints == self.local_endpoints:
+            return
+        log.info("network changed: local endpoints %s", local_endpoints)
+        self.local_endpoints = local_endpoints
+        self.stun_results.clear()
+        self.send_stun()
+        self.endpoints_changed.set()
+        me = self.engine.device.identity.public_key
+        now = time.monotonic()
+        for pp in self.peers.values():
+            path = pp.pf.best_path(now)
+            if path[0] == "direct":
+                txid = os.urandom(12)
+                self._send_disco(pp, Ping(txid, me), path[1])
+                pp.pf.on_ping_sent(path[1], txid, now)
+            # WireGuard itself speaks from the new source too: the peer follows at once.
+            self.dp.send_transmits(self.engine.device.send_keepalive(pp.peer, now))
 
     def _peer_gone(self, node_key: bytes, reason: int) -> None:
         """The relay had nowhere to deliver to this peer (it has not connected yet): a
