@@ -80,3 +80,43 @@ def test_nat_matrix(lab: Lab, tmp_path: Path) -> None:
         print(f"| {a} | {b} | {reached} | {'-' if took is None else f'{took:.2f} s'} | "
               f"{'ok' if works else 'FAIL'} |")  # fmt: skip
     assert not failures, failures
+
+
+def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    from weftnet.testing.netlab import poll_until
+
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl, relay_host = lab.host("ctl", inet), lab.host("relay2", inet)
+    hosts = {"pub": lab.host("pub", inet)}
+    for kind in ("easy", "hard"):
+        nat = lab.nat_router(f"nat-{kind}", upstream=inet, kind=kind)  # type: ignore[arg-type]
+        hosts[kind] = lab.host(kind, nat.lan)
+    control = start_control(tmp_path, ctl)
+    api_key = control.admin("apikeys", "create").strip()
+    relay_host.popen(
+        [sys.executable, "-m", "weftnet.control.main", "relay", "--region", "second",
+         "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
+         "--api-key", api_key, "--data-dir", str(tmp_path / "relay2")],
+    )  # fmt: skip
+    poll_until(lambda: len(control.admin_json("relays", "list")) == 2, timeout_s=15, what="relay 2")
+    control.admin("users", "create", "alice")
+    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
+    nodes = {name: start_node(tmp_path, h, name) for name, h in hosts.items()}
+    for name, n in nodes.items():
+        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", name)
+    reports = {}
+    for name, n in nodes.items():
+        poll_until(
+            lambda n=n: len(json.loads(n.weft("netcheck", "--json").stdout)["stun_servers"]) == 2,
+            timeout_s=15,
+            what=f"{name} to hear from both STUN servers",
+        )
+        reports[name] = json.loads(n.weft("netcheck", "--json").stdout)
+        print(name, reports[name])
+    assert reports["pub"]["mapping_varies_by_destination"] is False
+    assert reports["easy"]["mapping_varies_by_destination"] is False
+    assert reports["hard"]["mapping_varies_by_destination"] is True
+    assert set(reports["hard"]["relay_latency_ms"]) == {"default", "second"}
