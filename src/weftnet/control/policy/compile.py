@@ -1,0 +1,224 @@
+"""Policy compiler: from a Policy and the nodes of a network to packet filters.
+
+Theory of operation: a rule accepts traffic from principals matched by its
+``src`` to principals matched by its ``dst`` on the listed ports and protocols.
+A principal is a user (untagged node), a set of tags (a tagged node is owned
+by its tags and has no user) and some addresses. ``compile_filter`` answers
+"what may reach this node", turning each rule that covers the target into a
+``FilterRule`` of source CIDRs, destination (cidr, lo, hi) and protocols, the
+inbound filter a node enforces after decryption. ``autogroup:self`` in dst
+limits the sources to untagged nodes of the target's own user. No policy
+(None) means everyone may reach everything; with a policy, whatever no rule
+accepts is denied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from weftnet.control.policy.hujson import PolicyError
+from weftnet.control.policy.model import (
+    DEFAULT_PROTOS,
+    MAX_PORT,
+    FilterRule,
+    IPNetwork,
+    NodeInfo,
+    Policy,
+    Selector,
+    parse_ports,
+    parse_selector,
+)
+
+__all__ = ["ALLOW_ALL", "can_reach", "compile_filter", "run_tests"]
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+WILDCARD_CIDRS = ("0.0.0.0/0", "::/0")
+
+ALLOW_ALL = FilterRule(
+    src_ips=WILDCARD_CIDRS,
+    dst_ports=tuple((cidr, 0, MAX_PORT) for cidr in WILDCARD_CIDRS),
+    protos=DEFAULT_PROTOS,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Principal:
+    user: str | None
+    tags: tuple[str, ...]
+    ips: tuple[IPAddress, ...]
+
+
+def _address(text: str) -> IPAddress:
+    return ipaddress.ip_interface(text).ip
+
+
+def _principal(node: NodeInfo) -> _Principal:
+    user = None if node.tags else node.user
+    return _Principal(user, node.tags, tuple(_address(ip) for ip in node.ips))
+
+
+def _host_cidr(ip: IPAddress) -> str:
+    return str(ipaddress.ip_network(ip))
+
+
+def _in(ips: Iterable[IPAddress], net: IPNetwork | None) -> bool:
+    return net is not None and any(ip.version == net.version and ip in net for ip in ips)
+
+
+def _matches(sel: Selector, who: _Principal, policy: Policy) -> bool:
+    """Whether sel names who. autogroup:self is decided by the caller."""
+    match sel.kind:
+        case "any":
+            return True
+        case "user":
+            return who.user == sel.value
+        case "group":
+            return who.user is not None and who.user in policy.groups[sel.value]
+        case "tag":
+            return sel.value in who.tags
+        case "member":
+            return who.user is not None
+        case "tagged":
+            return bool(who.tags)
+        case "net":
+            return _in(who.ips, sel.network)
+    return False  # "internet" names no node; "self" is handled by the caller
+
+
+def _unique(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def _sources(sels: Sequence[Selector], nodes: Sequence[NodeInfo], policy: Policy) -> list[str]:
+    cidrs: list[str] = []
+    for sel in sels:
+        if sel.kind == "any":
+            cidrs.extend(WILDCARD_CIDRS)
+        elif sel.kind == "net":
+            cidrs.append(str(sel.network))
+        else:
+            for node in nodes:
+                who = _principal(node)
+                if _matches(sel, who, policy):
+                    cidrs.extend(_host_cidr(ip) for ip in who.ips)
+    return cidrs
+
+
+def compile_filter(
+    policy: Policy | None, target: NodeInfo, nodes: Sequence[NodeInfo]
+) -> list[FilterRule]:
+    """The inbound filter of target: which sources may reach which of its ports."""
+    if policy is None:
+        return [ALLOW_ALL]
+    me = _principal(target)
+    rules: list[FilterRule] = []
+    for acl in policy.acls:
+        dst: list[tuple[str, int, int]] = []
+        self_dst: list[tuple[str, int, int]] = []
+        for entry in acl.dst:
+            sel = entry.selector
+            if sel.kind == "self":
+                if me.user is not None:
+                    self_dst.extend(
+                        (_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports
+                    )
+            elif sel.kind == "any":
+                dst.extend((c, lo, hi) for c in WILDCARD_CIDRS for lo, hi in entry.ports)
+            elif sel.kind == "net":
+                if _in(me.ips, sel.network):
+                    dst.extend((str(sel.network), lo, hi) for lo, hi in entry.ports)
+            elif _matches(sel, me, policy):
+                dst.extend((_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports)
+        if dst:
+            src = _unique(_sources(acl.src, nodes, policy))
+            if src:
+                rules.append(FilterRule(src, _unique_ports(dst), acl.protos))
+        if self_dst:
+            own = [n for n in nodes if not n.tags and n.user == me.user]
+            src = _unique(_sources(acl.src, own, policy))
+            if src:
+                rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
+    return rules
+
+
+def _unique_ports(items: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int, int], ...]:
+    return tuple(dict.fromkeys(items))
+
+
+def can_reach(
+    policy: Policy | None, src: NodeInfo, dst: NodeInfo, nodes: Sequence[NodeInfo]
+) -> bool:
+    """Whether src may send anything to dst. A map lists a peer if either direction holds."""
+    if policy is None:
+        return True
+    ips = [_address(ip) for ip in src.ips]
+    for rule in compile_filter(policy, dst, nodes):
+        if any(_in(ips, ipaddress.ip_network(c)) for c in rule.src_ips):
+            return True
+    return False
+
+
+def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -> _Principal:
+    """A test's src or dst name as a principal; an address takes the node that holds it."""
+    if name.startswith(("group:", "autogroup:")) or name == "*":
+        raise PolicyError(f"{where}: {name!r} is not one principal; name a user, tag or address")
+    sel = parse_selector(name, where, policy.groups, policy.hosts, policy.tag_owners, frozenset())
+    if sel.kind in ("tag", "user"):
+        # A user or tag also holds the addresses of its nodes, so rules on hosts apply.
+        who = (
+            _Principal(None, (sel.value,), ())
+            if sel.kind == "tag"
+            else _Principal(sel.value, (), ())
+        )
+        ips = tuple(
+            ip for n in nodes if _matches(sel, _principal(n), policy) for ip in _principal(n).ips
+        )
+        return _Principal(who.user, who.tags, ips)
+    assert sel.network is not None
+    addr = sel.network.network_address
+    for node in nodes:
+        who = _principal(node)
+        if addr in who.ips:
+            return _Principal(who.user, who.tags, (addr,))
+    return _Principal(None, (), (addr,))
+
+
+def _allows(policy: Policy, src: _Principal, dst: _Principal, port: int, proto: int) -> bool:
+    for acl in policy.acls:
+        if proto not in acl.protos or not any(_matches(s, src, policy) for s in acl.src):
+            continue
+        for entry in acl.dst:
+            if not any(lo <= port <= hi for lo, hi in entry.ports):
+                continue
+            sel = entry.selector
+            if sel.kind == "self":
+                if src.user is not None and src.user == dst.user:
+                    return True
+            elif _matches(sel, dst, policy):
+                return True
+    return False
+
+
+def run_tests(policy: Policy, nodes: Sequence[NodeInfo]) -> None:
+    """Run the policy's tests; raise PolicyError naming the first failing case."""
+    for i, test in enumerate(policy.tests, 1):
+        where = f"tests[{i}]"
+        src = _resolve(test.src, f"{where} src", policy, nodes)
+        for expect, targets in ((True, test.accept), (False, test.deny)):
+            for target in targets:
+                name, sep, port_text = target.rpartition(":")
+                twhere = f"{where} {target!r}"
+                if not sep or not name:
+                    raise PolicyError(f"{twhere}: write HOST:PORT")
+                ports = parse_ports(port_text, twhere)
+                if len(ports) != 1 or ports[0][0] != ports[0][1]:
+                    raise PolicyError(f"{twhere}: a test names one port")
+                dst = _resolve(name, twhere, policy, nodes)
+                if _allows(policy, src, dst, ports[0][0], test.proto) != expect:
+                    want, got = ("reach", "denies") if expect else ("not reach", "accepts")
+                    raise PolicyError(
+                        f"policy test failed: {where} expects {test.src} to {want} "
+                        f"{target}, but the policy {got} it; fix the acls or the test"
+                    )
