@@ -370,3 +370,18 @@ def test_hujson_parses_or_raises_policy_error(text: str) -> None:
 def test_policy_parses_or_raises_policy_error(text: str) -> None:
     with contextlib.suppress(PolicyError):
         parse_policy(text)
+
+
+def test_numeric_proto_and_address_in_tests() -> None:
+    text = policy(
+        '{"action": "accept", "src": ["100.64.0.3"], "dst": ["tag:db:*"], "proto": 17}',
+        extra=""", "tests": [
+          {"src": "100.64.0.3", "proto": "udp", "accept": ["100.64.0.11:53"]},
+          {"src": "bob@example.com", "proto": "udp", "accept": ["tag:db:53"]},
+          {"src": "100.64.0.1", "proto": "udp", "deny": ["tag:db:53"]},
+        ]""",
+    )
+    p = parse_policy(text)
+    run_tests(p, NODES)
+    assert can_reach(p, BOB, DB, NODES)
+    assert not can_reach(p, DB, BOB, NODES)

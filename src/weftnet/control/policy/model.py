@@ -187,6 +187,8 @@ def parse_proto(value: Any, where: str) -> int:
         return PROTO_NUMBERS[value.lower()]
     if isinstance(value, str) and value.isdigit() and int(value) <= 255:
         return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
     names = ", ".join(sorted(PROTO_NUMBERS))
     raise PolicyError(f"{where}: bad proto {value!r}; use one of {names} or a number 0-255")
 
