@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from weftnet.testing.netlab import Host, Lab, LabError, poll_until
-from weftnet.testing.tailnet import start_control, start_node
+from weftnet.testing.tailnet import join, start_control, start_node
 from weftnet.testing.wgpeers import (
     Peer as WgPeer,
 )
@@ -215,14 +215,11 @@ def start_tailnet(
         cleanup.append(lambda: lab.unblock_udp(client, server))
     control = start_control(work, ctl)
     cleanup.append(control.kill9)
-    control.admin("users", "create", "bench")
-    key = control.admin("keys", "create", "--user", "bench", "--reusable").strip()
     nodes = []
     for host in (client, server):
-        node = start_node(work, host, host.name)
-        cleanup.append(node.kill9)
-        node.weft("up", "--login-server", control.url, "--auth-key", key)
-        nodes.append(node)
+        nodes.append(start_node(work, host, host.name))
+        cleanup.append(nodes[-1].kill9)
+    join(control, nodes, user="bench")
     poll_until(
         lambda: nodes[0].status()["peers"] and nodes[0].status()["peers"][0]["path"] == path,
         timeout_s=HANDSHAKE_TIMEOUT_S,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from weftnet.testing.netlab import Lab
-from weftnet.testing.tailnet import Node, pings, start_control, start_node
+from weftnet.testing.tailnet import Node, join, pings, start_control, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -45,11 +45,8 @@ def test_nat_matrix(lab: Lab, tmp_path: Path) -> None:
     hosts["same2"] = lab.host("same2", shared.lan)
 
     control = start_control(tmp_path, ctl)
-    control.admin("users", "create", "alice")
-    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
     nodes = {name: start_node(tmp_path, h, name) for name, h in hosts.items()}
-    for name, n in nodes.items():
-        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", name)
+    join(control, list(nodes.values()))
     ips = {name: n.ip4() for name, n in nodes.items()}
 
     table = []
@@ -102,11 +99,8 @@ def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Pat
          "--api-key", api_key, "--data-dir", str(tmp_path / "relay2")],
     )  # fmt: skip
     poll_until(lambda: len(control.admin_json("relays", "list")) == 2, timeout_s=15, what="relay 2")
-    control.admin("users", "create", "alice")
-    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
     nodes = {name: start_node(tmp_path, h, name) for name, h in hosts.items()}
-    for name, n in nodes.items():
-        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", name)
+    join(control, list(nodes.values()))
     reports = {}
     for name, n in nodes.items():
         poll_until(

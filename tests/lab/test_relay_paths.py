@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from weftnet.testing.netlab import Lab, poll_until
-from weftnet.testing.tailnet import CONTROL_PORT, Control, Node, start_control, start_node
+from weftnet.testing.tailnet import CONTROL_PORT, Control, Node, join, start_control, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -25,10 +25,7 @@ def blocked_pair(lab: Lab, tmp: Path) -> tuple[Control, Node, Node]:
     lab.block_udp(a_host, b_host)  # no direct path, in either direction
     control = start_control(tmp, ctl)
     a, b = start_node(tmp, a_host, "a"), start_node(tmp, b_host, "b")
-    control.admin("users", "create", "alice")
-    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
-    for n in (a, b):
-        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+    join(control, [a, b])
     return control, a, b
 
 
@@ -139,10 +136,7 @@ def test_blocking_udp_mid_stream_moves_to_the_relay_and_back(lab: Lab, tmp_path:
     ctl, a_host, b_host = lab.host("ctl", inet), lab.host("a", inet), lab.host("b", inet)
     control = start_control(tmp_path, ctl)
     a, b = start_node(tmp_path, a_host, "a"), start_node(tmp_path, b_host, "b")
-    control.admin("users", "create", "alice")
-    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
-    for n in (a, b):
-        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+    join(control, [a, b])
     b_ip = b.ip4()
     wait_ping(a, b_ip, timeout_s=10)
     poll_until(lambda: peer_status(a)["path"] == "direct", timeout_s=5, what="direct")
@@ -182,10 +176,7 @@ def test_roaming_keeps_the_tcp_stream_and_goes_direct_again(lab: Lab, tmp_path: 
     m_host = lab.host("m", home.lan)
     control = start_control(tmp_path, ctl)
     a, m = start_node(tmp_path, a_host, "a"), start_node(tmp_path, m_host, "m")
-    control.admin("users", "create", "alice")
-    key = control.admin("keys", "create", "--user", "alice", "--reusable").strip()
-    for n in (a, m):
-        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+    join(control, [a, m])
     a_ip = a.ip4()
     wait_ping(m, a_ip, timeout_s=10)
     poll_until(lambda: peer_status(m)["path"] == "direct", timeout_s=5, what="direct")

@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from weftnet.testing.netlab import Lab, poll_until
-from weftnet.testing.tailnet import Control, Node, pings, start_control, start_node, wait_mesh
+from weftnet.testing.tailnet import (
+    Control,
+    Node,
+    join,
+    pings,
+    start_control,
+    start_node,
+    wait_mesh,
+)
 
 pytestmark = pytest.mark.lab
 
@@ -26,15 +34,6 @@ def build(lab: Lab, tmp: Path, database_url: str | None = None) -> tuple[Control
     control = start_control(tmp, ctl_host, database_url)
     nodes = [start_node(tmp, h, h.name) for h in (a, b, c)]
     return control, nodes
-
-
-def join(control: Control, nodes: list[Node], user: str = "alice") -> str:
-    control.admin("users", "create", user)
-    key = control.admin("keys", "create", "--user", user, "--reusable").strip()
-    assert key.startswith("weftkey-") and "\n" not in key
-    for n in nodes:
-        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
-    return key
 
 
 def test_three_nodes_ping_each_other_within_5_s(lab: Lab, tmp_path: Path) -> None:

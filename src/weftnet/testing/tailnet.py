@@ -135,6 +135,17 @@ def start_control(tmp: Path, host: Host, database_url: str | None = None) -> Con
     return c
 
 
+def join(control: Control, nodes: list[Node], user: str = "alice") -> str:
+    """Create ``user`` and a reusable auth key, and `weft up` every node with it (each
+    named after its host). Returns the key."""
+    control.admin("users", "create", user)
+    key = control.admin("keys", "create", "--user", user, "--reusable").strip()
+    assert key.startswith("weftkey-") and "\n" not in key
+    for n in nodes:
+        n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)
+    return key
+
+
 def start_node(tmp: Path, host: Host, name: str, extra: list[str] | None = None) -> Node:
     n = Node(host, tmp / f"node-{name}", str(tmp / f"{name}.sock"), extra=extra or [])
     n.start()
