@@ -187,10 +187,7 @@ class DataPlane:
                 if peer is not None:
                     self._via_relay(peer, sa[1], t.data)
                 continue
-            try:
-                self.sock.sendto(t.data, sa)
-            except OSError as e:
-                log.debug("send to %s failed: %s", t.endpoint, e)
+            self.send_raw(t.data, t.endpoint)
         if transmits:
             self.on_change()
 
