@@ -83,6 +83,8 @@ class Node(Wire):
     expired: bool = False
     ephemeral: bool = False
     home_relay: str | None = None  # region name where this node can be reached
+    os: str = ""  # as the node reported it (Hostinfo.os)
+    client_version: str = ""
 
 
 class RegisterResponse(Wire):
@@ -106,6 +108,25 @@ class MapRequest(Wire):
     home_relay: str | None = None  # the region this node picked (lowest latency)
 
 
+class PortRange(Wire):
+    first: int  # 0-65535, inclusive
+    last: int
+
+
+class NetPortRange(Wire):
+    ip: str  # a CIDR ("100.64.0.5/32", "::/0") of the receiving node's addresses
+    ports: PortRange  # ignored for protocols without ports (ICMP)
+
+
+class FilterRule(Wire):
+    """Packets from any of ``src_ips`` to any of ``dst_ports`` over any of ``ip_proto``
+    pass a node's inbound filter (docs/policy.md). As Tailscale's tailcfg.FilterRule."""
+
+    src_ips: list[str]  # CIDRs
+    dst_ports: list[NetPortRange]
+    ip_proto: list[int]  # IANA protocol numbers (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...)
+
+
 class MapResponse(Wire):
     """One frame of the map stream. The first is full (``peers`` set); later ones are
     deltas (``peers_changed`` / ``peers_removed``) or keepalives."""
@@ -117,4 +138,8 @@ class MapResponse(Wire):
     peers_removed: list[int] = Field(default_factory=list)  # node ids
     dns_domain: str | None = None
     relay_map: list[RelayRegion] | None = None  # in full frames, and whenever it changes
+    # What may reach this node, in full frames and whenever it changes (None: unchanged).
+    # A packet passes if any rule accepts it; [] accepts nothing but replies to the
+    # node's own flows. With no policy set the server sends one rule accepting all.
+    packet_filter: list[FilterRule] | None = None
     error: str | None = None  # e.g. "node deleted": the stream ends after it
