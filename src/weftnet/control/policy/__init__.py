@@ -5,7 +5,14 @@ gives a node's inbound filter, ``can_reach`` decides map peer visibility and
 ``run_tests`` refuses a policy whose tests fail.
 """
 
-from weftnet.control.policy.compile import ALLOW_ALL, can_reach, compile_filter, run_tests
+from weftnet.control.policy.compile import (
+    ALLOW_ALL,
+    admits,
+    can_reach,
+    compile_filter,
+    next_edge,
+    run_tests,
+)
 from weftnet.control.policy.hujson import PolicyError, loads
 from weftnet.control.policy.model import FilterRule, NodeInfo, Policy, parse_policy
 
@@ -15,9 +22,11 @@ __all__ = [
     "NodeInfo",
     "Policy",
     "PolicyError",
+    "admits",
     "can_reach",
     "compile_filter",
     "loads",
+    "next_edge",
     "parse_policy",
     "run_tests",
 ]

@@ -17,11 +17,14 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from weftnet.control.policy.conditions import any_open
 from weftnet.control.policy.hujson import PolicyError
 from weftnet.control.policy.model import (
     DEFAULT_PROTOS,
     MAX_PORT,
+    Acl,
     FilterRule,
     IPNetwork,
     NodeInfo,
@@ -31,7 +34,7 @@ from weftnet.control.policy.model import (
     parse_selector,
 )
 
-__all__ = ["ALLOW_ALL", "can_reach", "compile_filter", "run_tests"]
+__all__ = ["ALLOW_ALL", "can_reach", "compile_filter", "next_edge", "run_tests"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 WILDCARD_CIDRS = ("0.0.0.0/0", "::/0")
@@ -48,6 +51,7 @@ class _Principal:
     user: str | None
     tags: tuple[str, ...]
     ips: tuple[IPAddress, ...]
+    device: dict[str, Any] | None = None  # None: not one device (postures never hold)
 
 
 def _address(text: str) -> IPAddress:
@@ -91,12 +95,16 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _sources(sels: Sequence[Selector], nodes: Sequence[NodeInfo], policy: Policy) -> list[str]:
+def _sources(acl: Acl, nodes: Sequence[NodeInfo], policy: Policy) -> list[str]:
+    """Source CIDRs of acl. With postures, only the addresses of devices meeting one:
+    then "*" and address selectors also stand for the nodes they cover, no more."""
     cidrs: list[str] = []
-    for sel in sels:
-        if sel.kind == "any":
+    if acl.postures:
+        nodes = [n for n in nodes if any(p.holds(n.device) for p in acl.postures)]
+    for sel in acl.src:
+        if sel.kind == "any" and not acl.postures:
             cidrs.extend(WILDCARD_CIDRS)
-        elif sel.kind == "net":
+        elif sel.kind == "net" and not acl.postures:
             cidrs.append(str(sel.network))
         else:
             for node in nodes:
@@ -106,15 +114,38 @@ def _sources(sels: Sequence[Selector], nodes: Sequence[NodeInfo], policy: Policy
     return cidrs
 
 
+def _active(acl: Acl, now: float | None) -> bool:
+    """A rule with schedules holds only while one is open (never when now is None)."""
+    return not acl.schedules or (now is not None and any_open(acl.schedules, now))
+
+
+def next_edge(policy: Policy | None, now: float) -> float | None:
+    """When a schedule a rule uses next opens or closes after ``now``: the filters
+    compiled at ``now`` hold until then."""
+    if policy is None:
+        return None
+    used = {s.name: s for acl in policy.acls for s in acl.schedules}
+    edges = [e for s in used.values() if (e := s.next_edge(now)) is not None]
+    return min(edges, default=None)
+
+
 def compile_filter(
-    policy: Policy | None, target: NodeInfo, nodes: Sequence[NodeInfo]
+    policy: Policy | None,
+    target: NodeInfo,
+    nodes: Sequence[NodeInfo],
+    now: float | None = None,
 ) -> list[FilterRule]:
-    """The inbound filter of target: which sources may reach which of its ports."""
+    """The inbound filter of target at ``now``: which sources may reach which ports.
+
+    Rules with a schedule count only when ``now`` (unix seconds) falls in one of its
+    windows; the result holds until ``next_edge(policy, now)``."""
     if policy is None:
         return [ALLOW_ALL]
     me = _principal(target)
     rules: list[FilterRule] = []
     for acl in policy.acls:
+        if not _active(acl, now):
+            continue
         dst: list[tuple[str, int, int]] = []
         self_dst: list[tuple[str, int, int]] = []
         for entry in acl.dst:
@@ -132,12 +163,12 @@ def compile_filter(
             elif _matches(sel, me, policy):
                 dst.extend((_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports)
         if dst:
-            src = _unique(_sources(acl.src, nodes, policy))
+            src = _unique(_sources(acl, nodes, policy))
             if src:
                 rules.append(FilterRule(src, _unique_ports(dst), acl.protos))
         if self_dst:
             own = [n for n in nodes if not n.tags and n.user == me.user]
-            src = _unique(_sources(acl.src, own, policy))
+            src = _unique(_sources(acl, own, policy))
             if src:
                 rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
     return rules
@@ -148,16 +179,22 @@ def _unique_ports(items: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int
 
 
 def can_reach(
-    policy: Policy | None, src: NodeInfo, dst: NodeInfo, nodes: Sequence[NodeInfo]
+    policy: Policy | None,
+    src: NodeInfo,
+    dst: NodeInfo,
+    nodes: Sequence[NodeInfo],
+    now: float | None = None,
 ) -> bool:
     """Whether src may send anything to dst. A map lists a peer if either direction holds."""
     if policy is None:
         return True
+    return admits(compile_filter(policy, dst, nodes, now), src)
+
+
+def admits(rules: Sequence[FilterRule], src: NodeInfo) -> bool:
+    """Whether a compiled filter lets src send anything at all."""
     ips = [_address(ip) for ip in src.ips]
-    for rule in compile_filter(policy, dst, nodes):
-        if any(_in(ips, ipaddress.ip_network(c)) for c in rule.src_ips):
-            return True
-    return False
+    return any(any(_in(ips, ipaddress.ip_network(c)) for c in rule.src_ips) for rule in rules)
 
 
 def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -> _Principal:
@@ -181,13 +218,21 @@ def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -
     for node in nodes:
         who = _principal(node)
         if addr in who.ips:
-            return _Principal(who.user, who.tags, (addr,))
+            return _Principal(who.user, who.tags, (addr,), node.device)
     return _Principal(None, (), (addr,))
 
 
-def _allows(policy: Policy, src: _Principal, dst: _Principal, port: int, proto: int) -> bool:
+def _allows(
+    policy: Policy, src: _Principal, dst: _Principal, port: int, proto: int, at: float | None
+) -> bool:
     for acl in policy.acls:
         if proto not in acl.protos or not any(_matches(s, src, policy) for s in acl.src):
+            continue
+        if not _active(acl, at):
+            continue
+        if acl.postures and (
+            src.device is None or not any(p.holds(src.device) for p in acl.postures)
+        ):
             continue
         for entry in acl.dst:
             if not any(lo <= port <= hi for lo, hi in entry.ports):
@@ -216,7 +261,7 @@ def run_tests(policy: Policy, nodes: Sequence[NodeInfo]) -> None:
                 if len(ports) != 1 or ports[0][0] != ports[0][1]:
                     raise PolicyError(f"{twhere}: a test names one port")
                 dst = _resolve(name, twhere, policy, nodes)
-                if _allows(policy, src, dst, ports[0][0], test.proto) != expect:
+                if _allows(policy, src, dst, ports[0][0], test.proto, test.at) != expect:
                     want, got = ("reach", "denies") if expect else ("not reach", "accepts")
                     raise PolicyError(
                         f"policy test failed: {where} expects {test.src} to {want} "

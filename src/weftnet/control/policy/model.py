@@ -10,11 +10,19 @@ The compiler (``compile.py``) is the only reader of these types.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from weftnet.control.policy.conditions import (
+    Posture,
+    Schedule,
+    device_attrs,
+    parse_postures,
+    parse_schedules,
+)
 from weftnet.control.policy.hujson import PolicyError, loads
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -39,7 +47,18 @@ MAX_PORT = 65535  # ports are 16-bit
 
 AUTOGROUPS_SRC = frozenset({"member", "tagged"})
 AUTOGROUPS_DST = frozenset({"member", "tagged", "self", "internet"})
-TOP_LEVEL_KEYS = frozenset({"groups", "hosts", "tagOwners", "acls", "tests"})
+TOP_LEVEL_KEYS = frozenset(
+    {
+        "groups",
+        "hosts",
+        "tagOwners",
+        "acls",
+        "tests",
+        "schedules",
+        "postures",
+        "defaultSrcPosture",
+    }
+)
 # Tailscale keys outside this module's scope: accepted so existing files load,
 # and listed in Policy.ignored_keys so a caller can warn about them.
 IGNORED_KEYS = frozenset(
@@ -57,7 +76,14 @@ class NodeInfo:
     tags: tuple[str, ...]
     ips: tuple[str, ...]
     os: str = "linux"
-    attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+    attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # custom:*
+    client_version: str = ""
+    hostname: str = ""
+
+    @property
+    def device(self) -> dict[str, Any]:
+        """What posture conditions test: node:os, node:tsVersion, custom:* ..."""
+        return device_attrs(self.os, self.client_version, self.hostname, self.attrs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +115,8 @@ class Acl:
     src: tuple[Selector, ...]
     dst: tuple[DstEntry, ...]
     protos: tuple[int, ...]
+    schedules: tuple[Schedule, ...] = ()  # holds while any is open; () = always
+    postures: tuple[Posture, ...] = ()  # source devices must meet one; () = any device
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +125,7 @@ class PolicyTest:
     accept: tuple[str, ...]
     deny: tuple[str, ...]
     proto: int
+    at: float | None = None  # evaluate at this unix time; None: scheduled rules are off
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +136,12 @@ class Policy:
     acls: tuple[Acl, ...]
     tests: tuple[PolicyTest, ...]
     ignored_keys: tuple[str, ...] = ()
+    schedules: dict[str, Schedule] = field(default_factory=dict)
+    postures: dict[str, Posture] = field(default_factory=dict)
+
+    @property
+    def has_schedules(self) -> bool:
+        return any(acl.schedules for acl in self.acls)
 
 
 def _network(text: str) -> IPNetwork | None:
@@ -239,11 +274,24 @@ def _parse_tag_owners(raw: Any, groups: dict[str, frozenset[str]]) -> dict[str, 
     return owners
 
 
+def _named(raw: Any, where: str, known: dict[str, Any], section: str) -> tuple[Any, ...]:
+    names = [raw] if isinstance(raw, str) else _str_list(raw, where)
+    found = []
+    for name in names:
+        if name not in known:
+            raise PolicyError(f'{where}: unknown {name!r}; define it under "{section}"')
+        found.append(known[name])
+    return tuple(found)
+
+
 def _parse_acls(
     raw: Any,
     groups: dict[str, frozenset[str]],
     hosts: dict[str, IPNetwork],
     tag_owners: dict[str, tuple[str, ...]],
+    schedules: dict[str, Schedule] | None = None,
+    postures: dict[str, Posture] | None = None,
+    default_posture: tuple[Posture, ...] = (),
 ) -> tuple[Acl, ...]:
     if not isinstance(raw, list):
         raise PolicyError("acls: expected a list of rules")
@@ -251,7 +299,7 @@ def _parse_acls(
     for i, entry in enumerate(raw, 1):
         where = f"acls[{i}]"
         entry = _dict(entry, where)
-        unknown = set(entry) - {"action", "src", "dst", "proto"}
+        unknown = set(entry) - {"action", "src", "dst", "proto", "schedule", "srcPosture"}
         if unknown:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         if entry.get("action") != "accept":
@@ -277,7 +325,13 @@ def _parse_acls(
                 raise PolicyError(f"{dwhere}: proto {entry['proto']} has no ports; use :*")
             sel = parse_selector(sel_text, dwhere, groups, hosts, tag_owners, AUTOGROUPS_DST)
             dst.append(DstEntry(sel, ports))
-        acls.append(Acl(src, tuple(dst), protos))
+        when: tuple[Schedule, ...] = ()
+        if "schedule" in entry:
+            when = _named(entry["schedule"], f"{where} schedule", schedules or {}, "schedules")
+        devices = default_posture
+        if "srcPosture" in entry:
+            devices = _named(entry["srcPosture"], f"{where} srcPosture", postures or {}, "postures")
+        acls.append(Acl(src, tuple(dst), protos, when, devices))
     return tuple(acls)
 
 
@@ -288,7 +342,7 @@ def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
     for i, entry in enumerate(raw, 1):
         where = f"tests[{i}]"
         entry = _dict(entry, where)
-        unknown = set(entry) - {"src", "accept", "deny", "proto"}
+        unknown = set(entry) - {"src", "accept", "deny", "proto", "at"}
         if unknown:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         src = entry.get("src")
@@ -297,8 +351,25 @@ def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
         proto = parse_proto(entry["proto"], f"{where} proto") if "proto" in entry else 6
         accept = tuple(_str_list(entry.get("accept", []), f"{where} accept"))
         deny = tuple(_str_list(entry.get("deny", []), f"{where} deny"))
-        tests.append(PolicyTest(src, accept, deny, proto))
+        at = None
+        if "at" in entry:
+            at = _parse_time(entry["at"], f"{where} at")
+        tests.append(PolicyTest(src, accept, deny, proto, at))
     return tuple(tests)
+
+
+def _parse_time(value: Any, where: str) -> float:
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        when = datetime.datetime.fromisoformat(value)
+        if when.tzinfo is None:
+            raise ValueError(value)
+    except ValueError:
+        raise PolicyError(
+            f"{where}: bad time {value!r}; write ISO 8601 with a zone, 2026-11-23T09:30:00+01:00"
+        ) from None
+    return when.timestamp()
 
 
 def parse_policy(text: str) -> Policy:
@@ -311,7 +382,16 @@ def parse_policy(text: str) -> Policy:
     groups = _parse_groups(raw.get("groups", {}))
     hosts = _parse_hosts(raw.get("hosts", {}))
     tag_owners = _parse_tag_owners(raw.get("tagOwners", {}), groups)
-    acls = _parse_acls(raw.get("acls", []), groups, hosts, tag_owners)
+    schedules = parse_schedules(raw.get("schedules", {}))
+    postures = parse_postures(raw.get("postures", {}))
+    default_posture: tuple[Posture, ...] = ()
+    if "defaultSrcPosture" in raw:
+        default_posture = _named(
+            raw["defaultSrcPosture"], "defaultSrcPosture", postures, "postures"
+        )
+    acls = _parse_acls(
+        raw.get("acls", []), groups, hosts, tag_owners, schedules, postures, default_posture
+    )
     tests = _parse_tests(raw.get("tests", []))
     ignored = tuple(sorted(set(raw) & IGNORED_KEYS))
-    return Policy(groups, hosts, tag_owners, acls, tests, ignored)
+    return Policy(groups, hosts, tag_owners, acls, tests, ignored, schedules, postures)
