@@ -17,10 +17,10 @@ from weftnet.control.core import (
     NotFound,
     Refused,
     Registered,
-    ServiceCore,
     Settings,
     Unauthorized,
 )
+from weftnet.control.policyrules import PolicyRules
 from weftnet.control.records import (
     ApiKey,
     AuthKey,
@@ -32,7 +32,7 @@ from weftnet.control.records import (
 )
 
 
-class AdminRules(ServiceCore):
+class AdminRules(PolicyRules):
     def load_settings(self, node_key_expiry: str | None, dns_domain: str | None) -> Settings:
         """Settings given now are saved; ones not given come from the database or defaults."""
 
@@ -119,6 +119,7 @@ class AdminRules(ServiceCore):
 
         def add(tx: Tx) -> AuthKey:
             owner = self._user(tx, user) if user is not None else None
+            self.check_tag_owner(tx, user, tag_set)
             return tx.add_auth_key(
                 NewAuthKey(
                     prefix=prefix,

@@ -282,6 +282,7 @@ async def _one_map(
         ctx.clock(),
         ctx.service.settings.dns_domain,
         ctx.hub.relays.regions(),
+        snapshot.policy,
     )
     view = current.view_for(node_id, own_relays)
     if view is None:

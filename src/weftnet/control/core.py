@@ -15,6 +15,7 @@ from typing import TypeVar
 
 from weftnet import controlbox, tailcfg
 from weftnet.control import ipam, names
+from weftnet.control.policy import Policy
 from weftnet.control.records import (
     ChangeFeed,
     NewNode,
@@ -73,6 +74,7 @@ class Snapshot:
 
     nodes: dict[int, Node] = field(default_factory=dict)
     users: dict[int, User] = field(default_factory=dict)
+    policy: Policy | None = None  # None: no policy set, everyone reaches everyone
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +194,13 @@ class ServiceCore:
                 auth_key_id=auth_key_id,
             )
         )
+
+
+def device_info(hostinfo: tailcfg.Hostinfo) -> tuple[str, str]:
+    """(os, client_version) as stored: printable, lowercased OS, bounded lengths."""
+    os_name = "".join(c for c in hostinfo.os.strip().lower() if c.isprintable())[:32]
+    version = "".join(c for c in hostinfo.client_version.strip() if c.isprintable())[:64]
+    return os_name, version
 
 
 def check_version(version: int) -> None:

@@ -282,6 +282,7 @@ class Hub:
                 now,
                 self.service.settings.dns_domain,
                 self.relays.regions(),
+                snapshot.policy,
             )
             self.current = netmap
             self.current_generation = generation
@@ -311,7 +312,10 @@ class Hub:
             now = self.clock()
             netmap = self.current
             expiry_at = netmap.next_expiry_at if netmap is not None else None
-            if expiry_at is not None and now >= expiry_at:
+            edge_at = netmap.next_policy_edge_at if netmap is not None else None
+            if (expiry_at is not None and now >= expiry_at) or (
+                edge_at is not None and now >= edge_at
+            ):
                 self._mark_changed()
             if self.relays.expire(now):
                 log.info("a relay region was not refreshed in time: removed from the relay map")

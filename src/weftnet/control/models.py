@@ -78,6 +78,9 @@ nodes = Table(
     Column("ephemeral", Boolean, nullable=False),
     Column("auth_key_id", Integer, ForeignKey("auth_keys.id", ondelete="SET NULL")),
     Column("home_relay", String(63)),
+    Column("os", String(32), nullable=False, server_default=""),
+    Column("client_version", String(64), nullable=False, server_default=""),
+    Column("attrs", JSON, nullable=False, server_default="{}"),
     # Node ids are never reused: a peer that saw id 7 removed must never see a new 7.
     sqlite_autoincrement=True,
 )

@@ -17,8 +17,13 @@ frame carries it, and a delta carries it again whenever it changed.
 A node's key is admitted to a relay while the node exists and its key has not expired
 (``NetMap.admits``); the hub cuts relay clients whose key stops being admitted.
 
-Who sees whom is ``visible_peers``: for now every other node whose key has not expired.
-Issue 6 replaces that one function with policy filtering.
+Who sees whom follows the access policy (docs/policy.md). Each node's packet filter is
+``policy.compile_filter`` of the policy at the NetMap's time, over the nodes whose keys
+have not expired: what may reach that node. A node's map lists the peers it may reach
+or that may reach it (``visible_peers``), and carries its filter (``packet_filter``),
+again in a delta whenever it changed. With no policy set everyone sees everyone and
+every filter accepts everything. Filters with schedules hold until
+``next_policy_edge_at``; the hub rebuilds then.
 
 Endpoints rule (the node side depends on it): ``Node.endpoints[0]`` is the address the
 server saw the node's last map request come from, with the UDP port of the node's first
@@ -34,6 +39,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weftnet import tailcfg
+from weftnet.control import policy as pol
+from weftnet.control.policyrules import node_info
 from weftnet.control.records import Node, User
 
 
@@ -97,12 +104,23 @@ def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -
         expired=node.expired_at(now),
         ephemeral=node.ephemeral,
         home_relay=node.home_relay,
+        os=node.os,
+        client_version=node.client_version,
     )
 
 
-def visible_peers(viewer: Node, nodes: Iterable[Node], now: float) -> list[Node]:
-    """The nodes ``viewer`` may see and reach. Issue 6 replaces this with policy."""
-    return [n for n in nodes if n.id != viewer.id and not n.expired_at(now)]
+def wire_filter(rules: Iterable[pol.FilterRule]) -> tuple[tailcfg.FilterRule, ...]:
+    return tuple(
+        tailcfg.FilterRule(
+            src_ips=list(r.src_ips),
+            dst_ports=[
+                tailcfg.NetPortRange(ip=cidr, ports=tailcfg.PortRange(first=lo, last=hi))
+                for cidr, lo, hi in r.dst_ports
+            ],
+            ip_proto=list(r.protos),
+        )
+        for r in rules
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +128,7 @@ class MapView:
     node: tailcfg.Node
     peers: dict[int, tailcfg.Node]
     relay_map: tuple[tailcfg.RelayRegion, ...] = ()
+    packet_filter: tuple[tailcfg.FilterRule, ...] = ()
 
     def full(self, dns_domain: str) -> tailcfg.MapResponse:
         return tailcfg.MapResponse(
@@ -117,6 +136,7 @@ class MapView:
             peers=sorted(self.peers.values(), key=lambda n: n.id),
             dns_domain=dns_domain,
             relay_map=list(self.relay_map),
+            packet_filter=list(self.packet_filter),
         )
 
 
@@ -131,8 +151,10 @@ class NetMap:
         now: float,
         dns_domain: str,
         relays: Sequence[tailcfg.RelayRegion] = (),
+        policy: pol.Policy | None = None,
     ) -> None:
         self.nodes = dict(nodes)
+        self.policy = policy
         self.online = frozenset(online)
         self.now = now
         self.dns_domain = dns_domain
@@ -148,6 +170,40 @@ class NetMap:
         ]
         # When the next key expires: the hub rebuilds the map then, with no other change.
         self.next_expiry_at: float | None = min(future, default=None)
+        # When a policy schedule next opens or closes: filters change then.
+        self.next_policy_edge_at = pol.next_edge(policy, now)
+        self._live = {
+            n.id: node_info(n, users) for n in self.nodes.values() if not n.expired_at(now)
+        }
+        self._filters: dict[int, list[pol.FilterRule]] = {}
+        self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
+
+    def filter_for(self, node_id: int) -> list[pol.FilterRule]:
+        """What may reach node ``node_id`` (compiled once per NetMap)."""
+        rules = self._filters.get(node_id)
+        if rules is None:
+            info = self._live.get(node_id)
+            if info is None:  # expired: nothing reaches it
+                rules = []
+            else:
+                rules = pol.compile_filter(self.policy, info, list(self._live.values()), self.now)
+            self._filters[node_id] = rules
+        return rules
+
+    def visible_peers(self, node_id: int) -> list[int]:
+        """The live nodes ``node_id`` may reach or that may reach it, by id."""
+        me = self._live.get(node_id)
+        if me is None:
+            return []
+        others = [i for i in self._live if i != node_id]
+        if self.policy is None:
+            return others
+        mine = self.filter_for(node_id)
+        return [
+            i
+            for i in others
+            if pol.admits(mine, self._live[i]) or pol.admits(self.filter_for(i), me)
+        ]
 
     def view_for(
         self, node_id: int, own_relays: Sequence[tailcfg.RelayRegion] = ()
@@ -159,11 +215,15 @@ class NetMap:
         viewer = self.nodes.get(node_id)
         if viewer is None:
             return None
-        peers = visible_peers(viewer, self.nodes.values(), self.now)
+        del viewer
+        wire_rules = self._wire_filters.get(node_id)
+        if wire_rules is None:
+            wire_rules = self._wire_filters[node_id] = wire_filter(self.filter_for(node_id))
         return MapView(
             self._wire[node_id],
-            {p.id: self._wire[p.id] for p in peers},
+            {i: self._wire[i] for i in self.visible_peers(node_id)},
             (*own_relays, *self.relays),
+            wire_rules,
         )
 
     def wire(self, node_id: int) -> tailcfg.Node | None:
@@ -184,8 +244,13 @@ def delta(prev: MapView, new: MapView) -> tailcfg.MapResponse | None:
     removed = sorted(i for i in prev.peers if i not in new.peers)
     node = new.node if new.node != prev.node else None
     relay_map = list(new.relay_map) if new.relay_map != prev.relay_map else None
-    if not changed and not removed and node is None and relay_map is None:
+    packet_filter = list(new.packet_filter) if new.packet_filter != prev.packet_filter else None
+    if not changed and not removed and node is None and relay_map is None and packet_filter is None:
         return None
     return tailcfg.MapResponse(
-        node=node, peers_changed=changed, peers_removed=removed, relay_map=relay_map
+        node=node,
+        peers_changed=changed,
+        peers_removed=removed,
+        relay_map=relay_map,
+        packet_filter=packet_filter,
     )

@@ -70,6 +70,11 @@ class NewNode:
     observed_ip: str | None = None  # where the last map request came from
     last_seen: float | None = None
     home_relay: str | None = None  # relay region named in the last map request
+    os: str = ""  # Hostinfo.os as the node last reported it
+    client_version: str = ""  # Hostinfo.client_version
+    # Device attributes the admin set ("managed" -> True), sorted by name; policy
+    # postures test them as custom:NAME.
+    attrs: tuple[tuple[str, str | float | bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -130,6 +135,9 @@ NODE_UPDATABLE = frozenset(
         "observed_ip",
         "last_seen",
         "home_relay",
+        "os",
+        "client_version",
+        "attrs",
     }
 )
 

@@ -29,11 +29,12 @@ from weftnet.control.core import (
     MAX_ENDPOINTS,
     Refused,
     Registered,
-    ServiceCore,
     Snapshot,
     check_key,
     check_version,
+    device_info,
 )
+from weftnet.control.policyrules import PolicyRules
 from weftnet.control.records import (
     NewPending,
     Node,
@@ -41,7 +42,7 @@ from weftnet.control.records import (
 )
 
 
-class NodeRules(ServiceCore):
+class NodeRules(PolicyRules):
     def register(
         self, machine_key: str, req: tailcfg.RegisterRequest, now: float, server_url: str
     ) -> tailcfg.RegisterResponse | Registered:
@@ -230,6 +231,11 @@ class NodeRules(ServiceCore):
                 changes["observed_ip"] = observed_ip
             if req.home_relay != node.home_relay:
                 changes["home_relay"] = req.home_relay
+            os_name, version = device_info(req.hostinfo)
+            if os_name != node.os:
+                changes["os"] = os_name
+            if version != node.client_version:
+                changes["client_version"] = version
             changed = len(changes) > 1
             return tx.update_node(node.id, **changes)
 
@@ -241,7 +247,9 @@ class NodeRules(ServiceCore):
     def snapshot(self) -> Snapshot:
         def read(tx: Tx) -> Snapshot:
             return Snapshot(
-                nodes={n.id: n for n in tx.nodes()}, users={u.id: u for u in tx.users()}
+                nodes={n.id: n for n in tx.nodes()},
+                users={u.id: u for u in tx.users()},
+                policy=self._policy(tx),
             )
 
         return self._read(read)

@@ -221,6 +221,9 @@ def _node(r: Any) -> Node:
         ephemeral=bool(r.ephemeral),
         auth_key_id=r.auth_key_id,
         home_relay=r.home_relay,
+        os=r.os or "",
+        client_version=r.client_version or "",
+        attrs=tuple(sorted((r.attrs or {}).items())),
     )
 
 
@@ -251,7 +254,13 @@ def _pending(r: Any) -> Pending:
 
 
 def _jsonable(changes: Mapping[str, object]) -> dict[str, object]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in changes.items()}
+    out: dict[str, object] = {}
+    for k, v in changes.items():
+        if k == "attrs":
+            out[k] = {name: value for name, value in v}  # type: ignore[attr-defined]
+        else:
+            out[k] = list(v) if isinstance(v, tuple) else v
+    return out
 
 
 class SqlTx:
