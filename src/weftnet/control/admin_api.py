@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from weftnet import tailcfg
 from weftnet.control import netmap, relays
 from weftnet.control.hub import Hub
+from weftnet.control.policy import Policy
 from weftnet.control.records import ApiKey, AuthKey, Node, User
 from weftnet.control.service import (
     Conflict,
@@ -64,6 +65,18 @@ class Rename(BaseModel):
 class RegisterByCode(BaseModel):
     user: str
     code: str
+
+
+class PolicyText(BaseModel):
+    policy: str
+
+
+class AttributeValue(BaseModel):
+    value: str | float | bool
+
+
+class PolicyClock(BaseModel):
+    now: float  # unix seconds
 
 
 class RelayRegistration(BaseModel):
@@ -117,6 +130,17 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
         "expired": node.expired_at(now),
         "ephemeral": node.ephemeral,
         "home_relay": node.home_relay,
+        "os": node.os,
+        "client_version": node.client_version,
+        "attributes": {f"custom:{k}": v for k, v in node.attrs},
+    }
+
+
+def policy_json(policy: Policy) -> dict[str, Any]:
+    return {
+        "acls": len(policy.acls),
+        "tests": len(policy.tests),
+        "ignored_keys": list(policy.ignored_keys),
     }
 
 
@@ -172,6 +196,8 @@ def router(
     hub: Hub,
     clock: Callable[[], float],
     own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
+    *,
+    policy_clock_api: bool = False,
 ) -> APIRouter:
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -257,6 +283,40 @@ def router(
         node = registered.node
         owner = registered.user.name if registered.user else None
         return node_json(node, owner, node.id in hub.online(), now)
+
+    @api.put("/nodes/{node_id}/attributes/{name}")
+    async def set_attribute(node_id: int, name: str, body: AttributeValue) -> dict[str, Any]:
+        node = await call(service.set_node_attr, node_id, name, body.value)
+        return {"id": node.id, "attributes": {f"custom:{k}": v for k, v in node.attrs}}
+
+    @api.delete("/nodes/{node_id}/attributes/{name}")
+    async def delete_attribute(node_id: int, name: str) -> dict[str, Any]:
+        node = await call(service.set_node_attr, node_id, name, None)
+        return {"id": node.id, "attributes": {f"custom:{k}": v for k, v in node.attrs}}
+
+    # access policy
+
+    @api.get("/policy")
+    async def get_policy() -> dict[str, Any]:
+        return {"policy": await call(service.get_policy)}
+
+    @api.put("/policy")
+    async def set_policy(body: PolicyText) -> dict[str, Any]:
+        policy = await call(service.set_policy, body.policy)
+        return {"set": True, **policy_json(policy)}
+
+    @api.post("/policy/check")
+    async def check_policy(body: PolicyText) -> dict[str, Any]:
+        policy = await call(service.check_policy, body.policy)
+        return {"set": False, **policy_json(policy)}
+
+    if policy_clock_api:
+
+        @api.put("/debug/policy-clock")
+        async def set_policy_clock(body: PolicyClock) -> dict[str, Any]:
+            """Judge policy schedules as if it were ``now`` (serve --policy-clock-api)."""
+            hub.set_policy_time(body.now)
+            return {"policy_now": hub.policy_now()}
 
     # admin API keys
 

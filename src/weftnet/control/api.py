@@ -59,6 +59,7 @@ class ControlContext:
     clock: Callable[[], float] = time.time
     relay: EmbeddedRelay | None = None  # the server's own relay, if it runs one
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
+    policy_clock_api: bool = False  # PUT /api/v1/debug/policy-clock (tests only)
 
     def base_url(self, request: Request) -> str:
         """The server's URL for this client: ``--server-url``, else what it asked for."""
@@ -179,7 +180,11 @@ def create_app(ctx: ControlContext) -> FastAPI:
 
     app.include_router(
         admin_api.router(
-            ctx.service, ctx.hub, ctx.clock, lambda r: ctx.own_relays(ctx.base_url(r))
+            ctx.service,
+            ctx.hub,
+            ctx.clock,
+            lambda r: ctx.own_relays(ctx.base_url(r)),
+            policy_clock_api=ctx.policy_clock_api,
         ),
         prefix="/api/v1",
     )
@@ -283,6 +288,7 @@ async def _one_map(
         ctx.service.settings.dns_domain,
         ctx.hub.relays.regions(),
         snapshot.policy,
+        ctx.hub.policy_now(),
     )
     view = current.view_for(node_id, own_relays)
     if view is None:

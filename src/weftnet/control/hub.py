@@ -110,6 +110,9 @@ class Hub:
         self.ephemeral_grace_s = ephemeral_grace_s
         self.tick_s = tick_s
         self.clock = clock
+        # Policy schedules are judged at clock() + policy_offset_s; only a test server
+        # (serve --policy-clock-api) moves it, never the clock keys and requests use.
+        self.policy_offset_s = 0.0
         self.current: NetMap | None = None  # the newest NetMap built
         self.generation = 0  # bumped on every change; long-polls wait for it to move
         self.current_generation = -1  # the generation ``current`` was built at
@@ -185,6 +188,14 @@ class Hub:
             self._changed_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed_event.wait(), remaining_s)
+
+    def policy_now(self) -> float:
+        return self.clock() + self.policy_offset_s
+
+    def set_policy_time(self, at: float) -> None:
+        """Judge policy schedules as if it were ``at`` now (time runs on from there)."""
+        self.policy_offset_s = at - self.clock()
+        self._mark_changed()
 
     # -- relays -----------------------------------------------------------------------
 
@@ -283,6 +294,7 @@ class Hub:
                 self.service.settings.dns_domain,
                 self.relays.regions(),
                 snapshot.policy,
+                self.policy_now(),
             )
             self.current = netmap
             self.current_generation = generation
@@ -314,7 +326,7 @@ class Hub:
             expiry_at = netmap.next_expiry_at if netmap is not None else None
             edge_at = netmap.next_policy_edge_at if netmap is not None else None
             if (expiry_at is not None and now >= expiry_at) or (
-                edge_at is not None and now >= edge_at
+                edge_at is not None and self.policy_now() >= edge_at
             ):
                 self._mark_changed()
             if self.relays.expire(now):

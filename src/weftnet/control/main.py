@@ -9,6 +9,8 @@
                              [--expiration 1h] | list [--user U] | revoke PREFIX_OR_ID
     weft-control nodes list [--user U] | delete ID | expire ID | rename ID NAME
                        | register --user U --code CODE
+    weft-control nodes attr ID custom:NAME [VALUE | --delete]
+    weft-control policy get | set FILE | check FILE
     weft-control apikeys create [--expiration 90d] | list | revoke PREFIX
     weft-control relays list
 
@@ -120,6 +122,8 @@ def build_parser() -> Parser:
         default=3478,
         help="UDP port of the STUN server on the --listen host; 0: none (%(default)s)",
     )
+    # Tests only: lets the admin API move the clock policy schedules are judged by.
+    serve.add_argument("--policy-clock-api", action="store_true", help=argparse.SUPPRESS)
 
     relay = commands.add_parser("relay", help="run a standalone relay region")
     relay.add_argument(
@@ -188,6 +192,18 @@ def build_parser() -> Parser:
     p = action(nodes, "register", "approve an interactive login")
     p.add_argument("--user", required=True)
     p.add_argument("--code", required=True, help="the code at the end of the login URL")
+    p = action(nodes, "attr", "set a device attribute that policy postures test")
+    p.add_argument("node", metavar="ID")
+    p.add_argument("name", metavar="custom:NAME")
+    p.add_argument("value", nargs="?", help="true, false, a number or a string")
+    p.add_argument("--delete", action="store_true", help="remove the attribute")
+
+    policy = group("policy", "the access policy (docs/policy.md)")
+    action(policy, "get", "print the policy in force")
+    p = action(policy, "set", "check a HuJSON policy file and put it in force")
+    p.add_argument("file", metavar="FILE", help="the policy file, - for stdin")
+    p = action(policy, "check", "check a policy file and run its tests; change nothing")
+    p.add_argument("file", metavar="FILE", help="the policy file, - for stdin")
 
     apikeys = group("apikeys", "manage admin API keys")
     p = action(apikeys, "create", "create an API key (printed alone on stdout)")
@@ -354,6 +370,7 @@ def _serve(args: argparse.Namespace) -> int:
         region=args.region,
         relay_rate_bytes_per_s=args.relay_rate,
         stun_port=args.stun_port,
+        policy_clock_api=args.policy_clock_api,
     )
     try:
         server.serve(options)
@@ -400,6 +417,24 @@ def _relay(args: argparse.Namespace) -> int:
         print(f"{PROG} relay: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _attr_value(text: str) -> str | float | bool:
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _read_policy(file: str) -> str:
+    try:
+        return sys.stdin.read() if file == "-" else Path(file).read_text()
+    except OSError as e:
+        raise UsageError(f"cannot read {file}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"cannot read {file}: not UTF-8 text") from None
 
 
 def _node_id(client: Any, ref: str) -> int:
@@ -471,6 +506,37 @@ def _admin(args: argparse.Namespace) -> int:
         elif key == ("nodes", "register"):
             out = req("POST", "/nodes/register", body={"user": args.user, "code": args.code})
             text = f"registered node {out['id']} {out['given_name']} {out['ipv4']} {out['ipv6']}"
+        elif key == ("nodes", "attr"):
+            node_id = _node_id(client, args.node)
+            name = quote(args.name.removeprefix("custom:"), safe="")
+            if args.delete == (args.value is not None):
+                raise UsageError("nodes attr needs a VALUE or --delete (not both)")
+            if args.delete:
+                out = req("DELETE", f"/nodes/{node_id}/attributes/{name}")
+            else:
+                out = req(
+                    "PUT",
+                    f"/nodes/{node_id}/attributes/{name}",
+                    body={"value": _attr_value(args.value)},
+                )
+            attrs = out["attributes"]
+            text = f"node {out['id']}: " + (
+                ", ".join(f"{k}={json.dumps(v)}" for k, v in attrs.items()) or "no attributes"
+            )
+        elif key == ("policy", "get"):
+            out = req("GET", "/policy")
+            if out["policy"] is None:
+                text = "no policy set: every node may reach every other"
+            else:
+                text = out["policy"].rstrip("\n")
+        elif key in (("policy", "set"), ("policy", "check")):
+            path = "/policy" if args.action == "set" else "/policy/check"
+            body = {"policy": _read_policy(args.file)}
+            out = req("PUT" if args.action == "set" else "POST", path, body=body)
+            done = "policy set" if args.action == "set" else "policy ok (not applied)"
+            text = f"{done}: {out['acls']} rule(s), {out['tests']} test(s) passed"
+            if out["ignored_keys"]:
+                text += f"; ignored: {', '.join(out['ignored_keys'])}"
         elif key == ("apikeys", "create"):
             body = {"expiration": args.expiration, "description": args.description}
             out = req("POST", "/apikeys", body=body)

@@ -152,9 +152,12 @@ class NetMap:
         dns_domain: str,
         relays: Sequence[tailcfg.RelayRegion] = (),
         policy: pol.Policy | None = None,
+        policy_now: float | None = None,
     ) -> None:
         self.nodes = dict(nodes)
         self.policy = policy
+        # The time schedules are judged at: the hub's policy clock (normally ``now``).
+        self.policy_now = now if policy_now is None else policy_now
         self.online = frozenset(online)
         self.now = now
         self.dns_domain = dns_domain
@@ -171,7 +174,7 @@ class NetMap:
         # When the next key expires: the hub rebuilds the map then, with no other change.
         self.next_expiry_at: float | None = min(future, default=None)
         # When a policy schedule next opens or closes: filters change then.
-        self.next_policy_edge_at = pol.next_edge(policy, now)
+        self.next_policy_edge_at = pol.next_edge(policy, self.policy_now)
         self._live = {
             n.id: node_info(n, users) for n in self.nodes.values() if not n.expired_at(now)
         }
@@ -186,7 +189,8 @@ class NetMap:
             if info is None:  # expired: nothing reaches it
                 rules = []
             else:
-                rules = pol.compile_filter(self.policy, info, list(self._live.values()), self.now)
+                live = list(self._live.values())
+                rules = pol.compile_filter(self.policy, info, live, self.policy_now)
             self._filters[node_id] = rules
         return rules
 

@@ -63,6 +63,7 @@ class ServeOptions:
     region: str = DEFAULT_REGION  # its region name in the relay map
     relay_rate_bytes_per_s: int = DEFAULT_RELAY_RATE  # per client
     stun_port: int = stunserver.DEFAULT_STUN_PORT  # UDP, on the --listen host; 0: none
+    policy_clock_api: bool = False  # tests: the admin API may move the policy's clock
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -228,6 +229,7 @@ class ControlServer:
             followup_wait_s=opts.followup_wait_s,
             relay=self.relay,
             stun_socket=self._stun_sock,
+            policy_clock_api=opts.policy_clock_api,
         )
         config = uvicorn.Config(
             create_app(ctx),
