@@ -221,8 +221,9 @@ SCHEDULED = """{
 }"""
 
 
-def berlin(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=dt.timezone(dt.timedelta(hours=1))).timestamp()
+def berlin(y: int, mo: int, d: int, h: int, mi: int = 0, s: int = 0) -> float:
+    """Berlin winter time (UTC+1)."""
+    return dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.timezone(dt.timedelta(hours=1))).timestamp()
 
 
 def test_schedules_open_and_close_at_the_edges_and_postures_follow_attributes(

@@ -48,12 +48,12 @@ SCHEDULED = """{
 }"""
 
 
-def berlin(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=BERLIN).timestamp()
+def berlin(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return dt.datetime(y, mo, d, h, mi, s, tzinfo=BERLIN).timestamp()
 
 
-def utc(*args: int) -> float:
-    return dt.datetime(*args, tzinfo=dt.UTC).timestamp()
+def utc(y: int, mo: int, d: int, h: int = 0, mi: int = 0, s: int = 0) -> float:
+    return dt.datetime(y, mo, d, h, mi, s, tzinfo=dt.UTC).timestamp()
 
 
 def ports(rules: list) -> set[tuple[str, int]]:
