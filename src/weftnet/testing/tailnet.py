@@ -22,6 +22,7 @@ class Control:
     data_dir: Path
     database_url: str | None = None
     proc: Any = None
+    extra: list[str] = field(default_factory=list)  # more `serve` flags
 
     @property
     def url(self) -> str:
@@ -33,6 +34,7 @@ class Control:
         cmd += ["--server-url", self.url]
         if self.database_url:
             cmd += ["--database-url", self.database_url]
+        cmd += self.extra
         log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "a")  # noqa: SIM115
         self.proc = self.host.popen(cmd, stdout=log, stderr=log)
         poll_until(
@@ -129,8 +131,10 @@ class Node:
         return str(self.weft("ip", "-4").stdout.strip())
 
 
-def start_control(tmp: Path, host: Host, database_url: str | None = None) -> Control:
-    c = Control(host, tmp / "control", database_url)
+def start_control(
+    tmp: Path, host: Host, database_url: str | None = None, extra: list[str] | None = None
+) -> Control:
+    c = Control(host, tmp / "control", database_url, extra=extra or [])
     c.start()
     return c
 
