@@ -95,3 +95,50 @@ def test_deltas() -> None:
 def test_next_expiry() -> None:
     m = build([node(1, key_expiry=NOW + 5), node(2, key_expiry=NOW - 5), node(3, key_expiry=None)])
     assert m.next_expiry_at == NOW + 5
+
+
+# --- the access policy in maps ----------------------------------------------------------
+
+
+def test_with_a_policy_maps_list_only_reachable_peers_and_carry_filters() -> None:
+    from weftnet.control.policy import parse_policy
+
+    policy = parse_policy(
+        """{
+          "tagOwners": {"tag:db": []},
+          "acls": [{"action": "accept", "src": ["alice"], "dst": ["tag:db:5432"]}],
+        }"""
+    )
+    nodes = [node(1), node(2, tags=("tag:db",), user_id=None), node(3, user_id=2)]
+    users = {1: ALICE, 2: User(id=2, name="bob", created_at=NOW)}
+    m = netmap.NetMap({n.id: n for n in nodes}, users, (), NOW, "weft.internal", (), policy)
+    laptop, db, bob = m.view_for(1), m.view_for(2), m.view_for(3)
+    assert laptop is not None and db is not None and bob is not None
+    assert sorted(laptop.peers) == [2] and sorted(db.peers) == [1] and bob.peers == {}
+    assert laptop.packet_filter == () and bob.packet_filter == ()
+    [rule] = db.packet_filter
+    assert rule.src_ips == ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]
+    assert [(p.ip, p.ports.first, p.ports.last) for p in rule.dst_ports] == [
+        ("100.64.0.2/32", 5432, 5432),
+        ("fd7a:115c:a1e0::2/128", 5432, 5432),
+    ]
+    assert db.full("d").packet_filter == list(db.packet_filter)
+
+    # No policy: everyone sees everyone; the filter accepts all. The delta carries it.
+    open_map = build(nodes)
+    opened = open_map.view_for(2)
+    assert opened is not None and sorted(opened.peers) == [1, 3]
+    [allow] = opened.packet_filter
+    assert allow.src_ips == ["0.0.0.0/0", "::/0"]
+    d = netmap.delta(db, opened)
+    assert d is not None and d.packet_filter == [allow] and [p.id for p in d.peers_changed] == [3]
+    assert netmap.delta(opened, opened) is None
+
+
+def test_an_expired_node_gets_an_empty_filter_and_is_nobodys_source() -> None:
+    from weftnet.control.policy import parse_policy
+
+    policy = parse_policy('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}')
+    nodes = [node(1), node(2, key_expiry=NOW - 1)]
+    m = netmap.NetMap({n.id: n for n in nodes}, {1: ALICE}, (), NOW, "d", (), policy)
+    assert m.filter_for(2) == [] and m.visible_peers(1) == [] and m.visible_peers(2) == []

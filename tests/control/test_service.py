@@ -395,3 +395,12 @@ def test_map_request_records_endpoints_and_publishes_only_changes(
     assert feed.count == before + 1  # nothing a peer would see changed
     bad = tailcfg.MapRequest(ts=NOW, node_key=dev.node_key, endpoints=["nonsense"])
     assert "malformed endpoint" in refusal(lambda: svc.map_request(dev.machine_key, bad, None, NOW))
+
+
+def test_a_stored_policy_that_no_longer_parses_denies_everything() -> None:
+    from weftnet.control.policyrules import DENY_ALL, PolicyCache
+
+    cache = PolicyCache()
+    assert cache.get(None) is None
+    assert cache.get('{"acls": []}') is not None
+    assert cache.get("{ broken") is DENY_ALL

@@ -13,6 +13,7 @@ change what postures hold, so they publish a change like any other.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +21,8 @@ from typing import Any
 from weftnet.control import policy as pol
 from weftnet.control.core import Invalid, NotFound, ServiceCore
 from weftnet.control.records import Node, Tx, User
+
+log = logging.getLogger(__name__)
 
 POLICY_SETTING = "policy"
 MAX_POLICY_BYTES = 1 << 20  # a policy file larger than 1 MiB is refused
@@ -53,6 +56,10 @@ def owns_tag(policy: pol.Policy, user: str, tag: str) -> bool:
     return False
 
 
+# What a stored policy that no longer parses turns into: nothing reaches anything.
+DENY_ALL = pol.Policy(groups={}, hosts={}, tag_owners={}, acls=(), tests=())
+
+
 class PolicyCache:
     """Parses each stored policy text once."""
 
@@ -64,7 +71,13 @@ class PolicyCache:
         if text is None:
             return None
         if text != self._text:
-            self._policy, self._text = pol.parse_policy(text), text
+            try:
+                self._policy = pol.parse_policy(text)
+            except pol.PolicyError as e:
+                # Only a stored policy an older server accepted can get here: fail closed.
+                log.error("the stored policy does not parse (%s): denying all traffic", e)
+                self._policy = DENY_ALL
+            self._text = text
         return self._policy
 
 
