@@ -59,16 +59,13 @@ class Control:
         self.proc.kill()
         self.proc.wait(timeout=10)
 
+    def run_admin(self, *args: str) -> Any:
+        """``weft-control ARGS --data-dir ...`` on the control host (a CompletedProcess)."""
+        cmd = [sys.executable, "-m", "weftnet.control.main", *args]
+        return self.host.run([*cmd, "--data-dir", str(self.data_dir)], check=False, timeout=60)
+
     def admin(self, *args: str, check: bool = True) -> str:
-        cmd = [
-            sys.executable,
-            "-m",
-            "weftnet.control.main",
-            *args,
-            "--data-dir",
-            str(self.data_dir),
-        ]
-        r = self.host.run(cmd, check=False, timeout=60)
+        r = self.run_admin(*args)
         if check and r.returncode != 0:
             raise AssertionError(f"weft-control {' '.join(args)} failed: {r.stderr}{r.stdout}")
         return r.stdout
