@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from weftnet.node import offload
+from weftnet.node.filter import PacketFilter
 from weftnet.node.tun import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -85,6 +86,7 @@ class Counters:
     drop_bad_source: int = 0
     drop_no_peer: int = 0
     drop_malformed: int = 0
+    drop_filtered: int = 0  # decrypted, but the packet filter does not let it in
     drop_handshake: dict[str, int] = field(default_factory=dict)
 
     def handshake_drop(self, reason: str) -> None:
@@ -132,6 +134,8 @@ class DataPlane:
         self.relay_send: Callable[[Peer, str, bytes], None] | None = None
         self.on_disco: Callable[[bytes, Endpoint | None], None] | None = None
         self.on_authenticated: Callable[[Peer, Endpoint], None] | None = None
+        # Tailnet mode: what may reach this node (None: everything, as plain WireGuard).
+        self.filter: PacketFilter | None = None
         self._tun_buf = bytearray(VNET_HDR_LEN + 65536)
         self._tun_view = memoryview(self._tun_buf)
         self._scratch = bytearray(65536 + 64)
@@ -331,6 +335,8 @@ class DataPlane:
         if peer is None:
             self.counters.drop_no_peer += 1
             return
+        if self.filter is not None:
+            self.filter.track_outbound(pkt, now)  # once per read: a super-packet is one flow
         kp = self.device.sending_keypair(peer, now)
         if kp is None or peer.endpoint is None:
             self._plain = []
@@ -468,6 +474,10 @@ class DataPlane:
                 self._src_cache[srcip] = owner
             if owner is not peer:
                 self.counters.drop_bad_source += 1
+                return
+            flt = self.filter
+            if flt is not None and not flt.allow_inbound(dec, off, total, now):
+                self.counters.drop_filtered += 1
                 return
             self._rx.append((off, total))
             self._dec_len = off + total
