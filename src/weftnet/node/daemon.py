@@ -30,8 +30,10 @@ from weftnet import controlbox, tailcfg
 from weftnet.node import localapi
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays, dump
 from weftnet.node.engine import Engine
+from weftnet.node.filter import PacketFilter
 from weftnet.node.magicsock import MagicSock
 from weftnet.node.state import NodeState
+from weftnet.node.whois import WhoisError, whois
 from weftnet.wireguard.device import Peer
 from weftnet.wireguard.session import REJECT_AFTER_TIME_S
 
@@ -123,6 +125,9 @@ class NodeDaemon:
             rekey_after_time_s=args.rekey_after_seconds,
         )
         self.engine.configure([], OVERLAY_ROUTES)
+        # Nothing gets in (but replies) until a map, or the cached one, says what may.
+        self.packet_filter = PacketFilter([])
+        self.engine.dp.filter = self.packet_filter
         self.magic: MagicSock | None = None
         self.socket_path = args.socket or localapi.DEFAULT_SOCKET
         self.backend_state = "NeedsLogin"
@@ -222,6 +227,12 @@ class NodeDaemon:
             return await self.disco_ping(str(req.get("target", "")), float(req.get("timeout", 2)))
         if cmd == "netcheck":
             return await self.netcheck()
+        if cmd == "whois":
+            try:
+                found = whois(self.self_node, self.peers.values(), str(req.get("ip", "")))
+            except WhoisError as e:
+                return {"ok": False, "error": str(e)}
+            return {"ok": True, "result": found}
         return {"ok": False, "error": f"unknown command {cmd!r}"}
 
     async def up(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -374,6 +385,7 @@ class NodeDaemon:
         prefs.login_server = None
         self.state.save_prefs()
         self.state.save_netmap(None)
+        self._set_filter([])
         self.engine.replace_device(self.state.rotate_node_key())
         if self.magic is not None:
             await self.magic.close()
@@ -484,6 +496,7 @@ class NodeDaemon:
         self.state.prefs.registered = False
         self.state.save_prefs()
         self.state.save_netmap(None)
+        self._set_filter([])
         self.backend_state = "NeedsLogin"
 
     async def _clear_network(self) -> None:
@@ -512,6 +525,8 @@ class NodeDaemon:
             self.peers[n.id] = dump(n)
         for pid in resp.peers_removed:
             self.peers.pop(pid, None)
+        if resp.packet_filter is not None:
+            self._set_filter(resp.packet_filter)
         self._reconcile()
         if persist:
             self.state.save_netmap(
@@ -519,6 +534,7 @@ class NodeDaemon:
                     "node": self.self_node,
                     "peers": list(self.peers.values()),
                     "dns_domain": self.dns_domain,
+                    "packet_filter": [dump(r) for r in self.packet_filter.rules],
                 }
             )
         if self.self_node is not None and self.self_node.get("expired"):
@@ -527,6 +543,13 @@ class NodeDaemon:
         elif self.state.prefs.want_running:
             self.backend_state = "Running"
             self._first_map.set()
+
+    def _set_filter(self, rules: list[tailcfg.FilterRule]) -> None:
+        """New rules from the next packet on (flows this node started keep going)."""
+        self.packet_filter.set_rules(rules)
+        if self.packet_filter.ignored:
+            log.warning("packet filter: ignored bad CIDRs %s", self.packet_filter.ignored)
+        log.info("packet filter: %d rule(s)", len(rules))
 
     def _remove_peer(self, pid: int) -> None:
         peer = self._peer_by_id.pop(pid, None)
@@ -639,5 +662,6 @@ class NodeDaemon:
                 k: round(v * 1000, 2)
                 for k, v in (self.magic.relays.latency.items() if self.magic else [])
             },
+            "packet_filter_rules": len(self.packet_filter.rules),
             "counters": localapi.counters(self.engine),
         }

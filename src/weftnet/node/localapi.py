@@ -60,6 +60,7 @@ def wg_status(engine: Any) -> dict[str, Any]:
 
 def counters(engine: Any) -> dict[str, Any]:
     c = engine.dp.counters
+    flt = engine.dp.filter
     return {
         "rx_packets": c.rx_packets,
         "tx_packets": c.tx_packets,
@@ -68,7 +69,15 @@ def counters(engine: Any) -> dict[str, Any]:
         "drop_bad_source": c.drop_bad_source,
         "drop_no_peer": c.drop_no_peer,
         "drop_malformed": c.drop_malformed,
+        "drop_filtered": c.drop_filtered,  # the packet filter's, below (tailnet mode only)
         "drop_handshake": dict(c.drop_handshake),
+        "filter": None
+        if flt is None
+        else {
+            "denied": flt.drop_denied,
+            "malformed": flt.drop_malformed,
+            "tracked_flows": flt.tracked_flows,
+        },
     }
 
 

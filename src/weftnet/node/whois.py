@@ -1,0 +1,53 @@
+"""`weft whois IP`: which node, and whose, holds an overlay address.
+
+Answered from the network map weftd already has (``tailcfg.Node`` as JSON, ourselves
+and our peers), so it works while the coordination server is unreachable. A tagged node
+is owned by its tags and has no user.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+
+class WhoisError(ValueError):
+    """What to tell the user, in one line."""
+
+
+def _ips(node: dict[str, Any]) -> list[str]:
+    return [a.split("/")[0] for a in node.get("addresses", [])]
+
+
+def whois(
+    self_node: dict[str, Any] | None, peers: Iterable[dict[str, Any]], text: str
+) -> dict[str, Any]:
+    """The node holding address ``text`` and its owner; WhoisError if none does."""
+    try:
+        ip = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise WhoisError(f"{text!r} is not an IP address") from None
+    peers = list(peers)
+    if self_node is None and not peers:
+        raise WhoisError("no network map yet: is this node up (`weft up`)?")
+    candidates = ([self_node] if self_node is not None else []) + peers
+    for node in candidates:
+        if any(ipaddress.ip_address(a) == ip for a in _ips(node)):
+            user = node.get("user")
+            is_self = self_node is not None and node.get("id") == self_node.get("id")
+            return {
+                "node": {
+                    "id": node.get("id"),
+                    "name": node.get("given_name") or node.get("name"),
+                    "hostname": node.get("name"),
+                    "addresses": _ips(node),
+                    "os": node.get("os", ""),
+                    "client_version": node.get("client_version", ""),
+                    "tags": list(node.get("tags") or []),
+                    "online": True if is_self else node.get("online", False),
+                    "self": is_self,
+                },
+                "user": {"id": user["id"], "name": user["name"]} if user else None,
+            }
+    raise WhoisError(f"no node in the tailnet has the address {ip}")
