@@ -173,6 +173,35 @@ def cmd_netcheck(args: argparse.Namespace) -> None:
         print(f"\t\t- {region}: {ms}ms")
 
 
+def print_whois(r: dict[str, Any]) -> None:
+    node, user = r["node"], r["user"]
+    rows = [
+        ("Name", node["name"] + (" (this node)" if node["self"] else "")),
+        ("Hostname", node["hostname"]),
+        ("ID", str(node["id"])),
+        ("OS", node["os"] or "-"),
+        ("Version", node["client_version"] or "-"),
+        ("Addresses", ", ".join(node["addresses"])),
+    ]
+    if node["tags"]:
+        rows.append(("Tags", ", ".join(node["tags"])))
+    print("Machine:")
+    for label, value in rows:
+        print(f"  {label + ':':<11}{value}")
+    if user is not None:
+        print("User:")
+        print(f"  {'Name:':<11}{user['name']}")
+        print(f"  {'ID:':<11}{user['id']}")
+
+
+def cmd_whois(args: argparse.Namespace) -> None:
+    r = call(args.socket, "whois", ip=args.ip)
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print_whois(r)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="weft", description="weftnet client")
     p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET", DEFAULT_SOCKET))
@@ -205,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     nc = sub.add_parser("netcheck", help="UDP, public address, NAT kind, relay latencies")
     nc.add_argument("--json", action="store_true", help="machine-readable output")
     nc.set_defaults(func=cmd_netcheck)
+    wh = sub.add_parser("whois", help="the node and user behind a tailnet address")
+    wh.add_argument("ip", help="a 100.x or fd7a:115c:a1e0:: address (a peer's or our own)")
+    wh.add_argument("--json", action="store_true", help="machine-readable output")
+    wh.set_defaults(func=cmd_whois)
     st = sub.add_parser("status", help="this node and its peers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
