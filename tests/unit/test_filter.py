@@ -225,6 +225,16 @@ def test_flows_expire_when_idle_and_outbound_traffic_keeps_them() -> None:
     assert not f.check(reply_tcp, T0 + 200 + TCP_TIMEOUT_S)
 
 
+def test_an_expired_flow_of_ours_is_not_revived_over_theirs() -> None:
+    f = PacketFilter([ALLOW_ALL])
+    f.track_outbound(udp4(ME4, PEER4, 5000, 53), T0)
+    later = T0 + OTHER_TIMEOUT_S + 1
+    assert f.check(udp4(PEER4, ME4, 53, 5000), later)  # now a flow the rules let in
+    f.track_outbound(udp4(ME4, PEER4, 5000, 53), later)  # our answer on it
+    f.set_rules([])
+    assert not f.check(udp4(PEER4, ME4, 53, 5000), later)
+
+
 def test_expired_flows_are_swept() -> None:
     f = PacketFilter([])
     for port in range(10):
@@ -312,6 +322,58 @@ def test_rule_change_keeps_our_flows_and_rechecks_theirs() -> None:
     f.set_rules([])
     assert f.check(tcp4(PEER4, ME4, 443, 40000), T0 + 2)
     assert not f.check(theirs_ssh, T0 + 2)
+
+
+def test_under_allow_all_who_started_a_flow_still_counts() -> None:
+    """The server's rule when no policy is set opens everything; setting a policy later
+    must cut the peers' flows it denies and keep ours."""
+    f = PacketFilter([ALLOW_ALL])
+    # The peer connects to us over TCP and talks to us over UDP...
+    assert f.check(tcp4(PEER4, ME4, 40001, 80, SYN), T0)
+    f.track_outbound(tcp4(ME4, PEER4, 80, 40001, SYN_ACK), T0)
+    assert f.check(udp4(PEER4, ME4, 5000, 53), T0)
+    f.track_outbound(udp4(ME4, PEER4, 53, 5000), T0)
+    # ...and we connect to it, both ways.
+    f.track_outbound(tcp4(ME4, PEER4, 40002, 443, SYN), T0)
+    f.track_outbound(udp4(ME4, PEER4, 5001, 53), T0)
+    assert f.check(tcp4(PEER4, ME4, 443, 40002, SYN_ACK), T0)
+    assert f.check(udp4(PEER4, ME4, 53, 5001), T0)
+    f.set_rules([])
+    assert not f.check(tcp4(PEER4, ME4, 40001, 80), T0 + 1)
+    assert not f.check(udp4(PEER4, ME4, 5000, 53), T0 + 1)
+    assert f.check(tcp4(PEER4, ME4, 443, 40002), T0 + 1)
+    assert f.check(udp4(PEER4, ME4, 53, 5001), T0 + 1)
+    assert f.tracked_flows == 2
+
+
+def test_a_peer_flow_that_idles_out_is_recorded_again() -> None:
+    f = PacketFilter([ALLOW_ALL])
+    theirs = udp4(PEER4, ME4, 5000, 53)
+    assert f.check(theirs, T0)
+    later = T0 + OTHER_TIMEOUT_S + 5  # only the peer talked meanwhile, from the cache
+    assert f.check(theirs, later)
+    f.track_outbound(udp4(ME4, PEER4, 53, 5000), later)  # we answer at last
+    f.set_rules([])
+    assert not f.check(theirs, later)
+    assert f.tracked_flows == 0
+
+
+def test_a_reset_starts_no_flow() -> None:
+    f = PacketFilter([ALLOW_ALL])
+    for port in range(100):  # a port scan we refuse
+        assert f.check(tcp4(PEER4, ME4, 40000, port, SYN), T0)
+        f.track_outbound(tcp4(ME4, PEER4, port, 40000, 0x14), T0)  # RST-ACK
+    assert f.tracked_flows == 0
+
+
+def test_a_tcp_flow_we_lost_is_judged_by_the_rules_if_they_let_it_in() -> None:
+    f = PacketFilter([SSH_FROM_PEER])
+    f.track_outbound(tcp4(ME4, PEER4, 22, 40000), T0)  # mid-flow, after a restart
+    f.track_outbound(tcp4(ME4, PEER4, 40001, 443), T0)
+    assert f.tracked_flows == 1  # only the second: the rules would not let it in
+    f.set_rules([])
+    assert not f.check(tcp4(PEER4, ME4, 40000, 22), T0)
+    assert f.check(tcp4(PEER4, ME4, 443, 40001), T0)
 
 
 def test_denied_then_we_start_the_flow() -> None:

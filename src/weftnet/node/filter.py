@@ -14,35 +14,42 @@ Tailscale's ``wgengine/filter``, a packet passes when
    ignored); or
 2. it answers a flow this node started (connection tracking): the reversed 5-tuple of a
    TCP, UDP or SCTP flow, an echo reply to one of our echo requests (same peer, same
-   identifier), or an ICMP error quoting a packet of such a flow.
+   identifier), or an ICMP error quoting a packet of such a flow (or of a flow the
+   rules let in).
 
 Rules ``[]`` accept nothing but replies.
 
 Connection tracking. ``track_outbound`` is called with each packet this node sends
-(once per TUN read: a TSO super-packet is one flow). Flows are keyed the way their
-replies will arrive, ``(protocol, source + destination + ports)`` as bytes, so one dict
-lookup answers an inbound packet. Two tables, each bounded (least recently used out):
+(once per TUN read: a TSO super-packet is one flow). Flows are keyed the way packets
+from the peer arrive, ``(protocol, source + destination + ports)``, so one dict lookup
+answers an inbound packet. Two tables, each bounded (least recently used out):
 
 * ``_out``: flows this node started. Their replies pass whatever the rules say, so
   changing the rules never cuts a connection this node opened.
-* ``_in``: flows a peer started and the rules let in, remembered only so that our
-  answers on them (a TCP SYN-ACK, a UDP reply) are not mistaken for flows of our own.
-  Their inbound packets are judged by the rules alone: when the rules change, a flow
-  the new rules deny stops at its next packet.
+* ``_in``: flows a peer started that the rules let in, remembered so that our answers
+  on them are not taken for flows of our own. Their packets are judged by the rules
+  alone: when the rules change, a flow the new rules deny stops at its next packet.
 
-A flow we know nothing of that we send on (say, after weftd restarted mid-connection)
-counts as ours; an outbound SYN always starts a flow of ours, an outbound SYN-ACK
-answers a peer's. Entries expire after ``TCP_TIMEOUT_S`` (TCP and SCTP) or
-``OTHER_TIMEOUT_S`` (UDP, ICMP) without outbound packets; other protocols are not
-tracked (only rules let them in).
+Who started a flow: the direction of its first packet. An inbound packet the rules
+accept on a flow in neither table enters ``_in``; an outbound packet on a flow in
+neither table enters ``_out``, except that for TCP the flags tell: a SYN starts a flow
+of ours, a SYN-ACK answers a peer's, a RST starts nothing, and a segment in the middle
+of a flow we lost (weftd restarted, or the flow idled out) is taken for the peer's if
+the rules let the peer's side in (so it is judged by the rules: fails closed), else for
+ours. Entries expire after ``TCP_TIMEOUT_S`` (TCP, SCTP) or ``OTHER_TIMEOUT_S`` (UDP,
+ICMP) without a packet; other protocols are not tracked (only rules let them in).
 
-Speed. Inbound TCP arrives in GRO runs of one flow, so the verdict of a flow (accepted
-by the rules, denied, or the ``_out`` entry whose expiry decides) is cached under its
-key, read straight from the IPv4 (IHL 5, unfragmented) or IPv6 (no extension header)
-header with one ``struct.unpack_from``. Cached packets skip the transport header checks
-(the kernel checks them again). The cache is cleared when the rules change and when it
-grows past ``MAX_VERDICTS``; a tracked flow that expires is marked dead in place, so
-cached references to it stop counting at once.
+Speed. Inbound TCP arrives in GRO runs of one flow, so the verdict of a flow is cached
+under a key read straight from the IPv4 (IHL 5, unfragmented) or IPv6 (no extension
+header) header with one ``struct.unpack_from``: the flow's ``_out`` or ``_in`` entry
+(it passes while the entry lives; an expired or evicted entry is marked dead in place,
+so the next packet takes the full path and the flow is recorded again) or "denied".
+Cached packets skip the transport header checks (the kernel checks them again). The
+cache starts over when the rules change and when it grows past ``MAX_VERDICTS``.
+A protocol that a rule opens completely (every source, every address and port, as the
+server's rule when no policy is set) passes on its protocol number and length alone,
+with no key, if our own packets show who starts its flows: TCP (flags), ICMP (echo
+requests) and untracked protocols; not UDP or SCTP, whose first packet must be seen.
 
 Decisions:
 
@@ -75,6 +82,7 @@ PROTO_SCTP = 132
 # Smallest transport header a packet of these protocols must carry (RFC 9293, 768, 9260).
 PORT_HEADER_LEN = {PROTO_TCP: 20, PROTO_UDP: 8, PROTO_SCTP: 12}
 ICMP_HEADER_LEN = 8  # type, code, checksum, then 4 bytes (id and sequence for echoes)
+ICMPS = frozenset({PROTO_ICMP, PROTO_ICMPV6})
 QUOTED_L4_LEN = 8  # an ICMP error quotes at least the first 8 bytes past the IP header
 DEFAULT_PROTOS = (PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6)  # a rule without ip_proto
 MAX_PORT = 65535
@@ -84,6 +92,7 @@ ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY = 128, 129
 ICMP4_ERRORS = frozenset({3, 11, 12})  # unreachable, time exceeded, parameter problem
 ICMP6_ERRORS = frozenset({1, 2, 3, 4})  # unreachable, too big, time exceeded, parameter
 TCP_SYN = 0x02
+TCP_RST = 0x04
 TCP_ACK = 0x10
 
 IPV6_FRAGMENT = 44
@@ -110,9 +119,13 @@ _fast6 = struct.Struct(">6xBx36s").unpack_from
 # destination, source port, destination port.
 _out4 = struct.Struct(">6xHxB2x4s4s2s2s").unpack_from
 _out6 = struct.Struct(">6xBx16s16s2s2s").unpack_from
+# The same header fields, unsplit: tells a packet of the flow of the one before apart.
+_head4 = struct.Struct(">6xHxB2x12s").unpack_from
+_head6 = struct.Struct(">6xBx36s").unpack_from
 IPV4_DF = 0x4000
 _NO_PORTS = b"\x00\x00"
 _DEAD = float("-inf")  # the expiry of a flow that left its table
+_DENIED = [_DEAD]  # the cached verdict of a flow nothing lets in
 
 
 def _fast_keys(key: FlowKey) -> tuple[object, ...]:
@@ -179,6 +192,22 @@ def compile_rules(
             if s and d:
                 by_version[version].append(_Rule(s, protos, d))
     return tuple(by_version[4]), tuple(by_version[6]), ignored
+
+
+def open_protocols(rules: tuple[_Rule, ...], ip_header_len: int) -> dict[int, int]:
+    """Protocols some rule accepts from every source to every address and port, and
+    whose flows' origin our own packets show (not UDP, not SCTP): their packets pass
+    without a key or a flow. For each, the shortest packet that holds its transport
+    header (a shorter one gets the full look)."""
+    out: dict[int, int] = {}
+    for rule in rules:
+        if any(mask == 0 for _, mask in rule.srcs) and any(
+            mask == 0 and lo == 0 and hi == MAX_PORT for _, mask, lo, hi in rule.dsts
+        ):
+            for proto in rule.protos - {PROTO_UDP, PROTO_SCTP}:
+                l4 = PORT_HEADER_LEN.get(proto, ICMP_HEADER_LEN if proto in ICMPS else 0)
+                out[proto] = ip_header_len + l4
+    return out
 
 
 def _accepts(
@@ -287,6 +316,16 @@ def reply_key(buf: Buf, p: _Packet) -> tuple[FlowKey, float, int] | None:
     return None
 
 
+def _live(table: dict[FlowKey, list[float]], key: FlowKey, now: float) -> list[float] | None:
+    """The entry of ``key`` if it has not expired (an expired one is dropped)."""
+    entry = table.get(key)
+    if entry is not None and entry[0] <= now:
+        del table[key]
+        entry[0] = _DEAD
+        return None
+    return entry
+
+
 class PacketFilter:
     """Rules plus connection tracking; see the module docstring."""
 
@@ -300,12 +339,17 @@ class PacketFilter:
         self.ignored: list[str] = []  # CIDRs of the rules that did not parse
         self._rules4: tuple[_Rule, ...] = ()
         self._rules6: tuple[_Rule, ...] = ()
-        self._out: dict[FlowKey, list[float]] = {}  # flows we started: [expires_at, touched_at]
-        self._in: dict[FlowKey, list[float]] = {}  # flows peers started, the same
-        # Cached verdicts by fast key: True (a rule accepts), False (denied), or the
-        # entry of a flow we started (it passes while the entry has not expired).
-        self._verdicts: dict[object, bool | list[float]] = {}
+        self._open4: dict[int, int] = {}  # see open_protocols
+        self._open6: dict[int, int] = {}
+        # Flows by the key of the peer's packets: [expires_at, last packet at].
+        self._out: dict[FlowKey, list[float]] = {}  # flows we started
+        self._in: dict[FlowKey, list[float]] = {}  # flows peers started, let in by rules
+        # Cached verdicts by fast key: the flow's entry (passes while it lives), _DENIED.
+        self._verdicts: dict[object, list[float]] = {}
         self._sweep_at = 0.0
+        # The last packet we sent was of a flow refreshed until _last_until: its header.
+        self._last_head: object = None
+        self._last_until = 0.0
         self.set_rules(rules)
 
     def set_rules(self, rules: Iterable[tailcfg.FilterRule]) -> None:
@@ -313,37 +357,57 @@ class PacketFilter:
         the new ones. Flows this node started keep their replies."""
         self.rules = list(rules)
         self._rules4, self._rules6, self.ignored = compile_rules(self.rules)
+        self._open4 = open_protocols(self._rules4, 20)
+        self._open6 = open_protocols(self._rules6, 40)
         self._verdicts = {}
 
     @property
     def tracked_flows(self) -> int:
+        """Flows this node started that are remembered now."""
         return len(self._out)
 
     # -- inbound ----------------------------------------------------------------------
 
     def check(self, packet: Buf, now: float) -> bool:
-        """``allow_inbound`` for a packet in a buffer of its own."""
-        return self.allow_inbound(packet, 0, len(packet), now)
+        """``allow_inbound`` for a packet in a buffer of its own (a packet longer than
+        the buffer is malformed; bytes past its length are ignored)."""
+        n = len(packet)
+        if n >= 20 and packet[0] >> 4 in (4, 6):
+            if packet[0] >> 4 == 4:
+                total = (packet[2] << 8) | packet[3]
+            else:
+                total = ((packet[4] << 8) | packet[5]) + 40
+            if total > n:
+                self.drop_malformed += 1
+                return False
+            n = total
+        return self.allow_inbound(packet, 0, n, now)
 
     def allow_inbound(self, buf: Buf, off: int, length: int, now: float) -> bool:
         """Whether the packet in ``buf[off:off+length]``, just decrypted, may be
-        delivered. Counts what it drops."""
+        delivered; ``length`` is the packet's length as its IP header says (the data
+        plane checked that the header's length fits what was decrypted). Counts what it
+        drops."""
         key = None
         if length >= 24:
             b0 = buf[off]
             if b0 == 0x45:
+                need = self._open4.get(buf[off + 9])
+                if need is not None and length >= need:
+                    return True
                 key = _fast4(buf, off)
             elif b0 >> 4 == 6 and length >= 44:
+                need = self._open6.get(buf[off + 6])
+                if need is not None and length >= need:
+                    return True
                 key = _fast6(buf, off)
         v = self._verdicts.get(key)
-        if v is True:
-            return True
         if v is not None:
-            if v is False:
-                self.drop_denied += 1
-                return False
             if v[0] > now:
                 return True
+            if v is _DENIED:
+                self.drop_denied += 1
+                return False
         return self._decide(buf, off, length, now)
 
     def _decide(self, buf: Buf, off: int, length: int, now: float) -> bool:
@@ -362,16 +426,15 @@ class PacketFilter:
                 self.drop_malformed += 1
                 return False
             key = (proto, p.src + p.dst + bytes(buf[l4 : l4 + 4]))
-            verdict: bool | list[float] = False
-            entry = self._out.get(key)
-            if entry is not None and entry[0] > now:
-                verdict = entry
-            else:
+            verdict = _live(self._out, key, now)
+            if verdict is None:
                 port = (buf[l4 + 2] << 8) | buf[l4 + 3]
                 if _accepts(rules, p.src, p.dst, proto, port, port):
-                    verdict = True
-                    if key not in self._in:
-                        self._insert(self._in, key, _timeout(proto), now)
+                    verdict = _live(self._in, key, now) or self._insert(
+                        self._in, key, _timeout(proto), now
+                    )
+                else:
+                    verdict = _DENIED
             fast: object = None
             if p.version == 6:
                 if l4 == off + 40:
@@ -382,7 +445,7 @@ class PacketFilter:
                 if len(self._verdicts) >= MAX_VERDICTS:
                     self._verdicts = {}
                 self._verdicts[fast] = verdict
-            ok = verdict is not False
+            ok = verdict is not _DENIED
         else:
             icmp, _, echo_reply = _echo_ids(p.version)
             if proto == icmp and end - l4 < ICMP_HEADER_LEN:
@@ -403,8 +466,7 @@ class PacketFilter:
         kind = buf[p.l4]
         if kind == echo_reply:
             key = (p.proto, p.src + p.dst + bytes(buf[p.l4 + 4 : p.l4 + 6]) + _NO_PORTS)
-            entry = self._out.get(key)
-            return entry is not None and entry[0] > now
+            return _live(self._out, key, now) is not None
         if kind not in (ICMP4_ERRORS if p.version == 4 else ICMP6_ERRORS):
             return False
         quoted = _parse(buf, p.l4 + QUOTED_L4_LEN, p.end - p.l4 - QUOTED_L4_LEN, strict=False)
@@ -413,9 +475,7 @@ class PacketFilter:
         answer = reply_key(buf, quoted)
         if answer is None:
             return False
-        key = answer[0]
-        entry = self._out.get(key)
-        if entry is not None and entry[0] > now:
+        if _live(self._out, answer[0], now) is not None:
             return True
         if quoted.proto not in PORT_HEADER_LEN:
             return False
@@ -430,6 +490,13 @@ class PacketFilter:
         if now >= self._sweep_at:
             self._sweep(now)
         n = len(packet)
+        head: object = None
+        if n >= 24 and packet[0] == 0x45:
+            head = _head4(packet, 0)
+        elif n >= 44 and packet[0] >> 4 == 6:
+            head = _head6(packet, 0)
+        if head is not None and head == self._last_head and now < self._last_until:
+            return  # the flow of the packet before, which needs no refresh yet
         fast: FlowKey | None = None
         if n >= 24 and packet[0] == 0x45:
             flags, proto, src, dst, sport, dport = _out4(packet, 0)
@@ -439,12 +506,14 @@ class PacketFilter:
             proto, src, dst, sport, dport = _out6(packet, 0)
             if proto in PORT_HEADER_LEN:
                 fast = (proto, dst + src + dport + sport)
-        if fast is not None:
-            entry = self._out.get(fast)
-            if entry is not None:  # the common case: a flow of ours goes on
-                if now - entry[1] >= REFRESH_S:
-                    self._touch(self._out, fast, entry, _timeout(fast[0]), now)
-                return
+        if fast is not None:  # the common case: a flow we know goes on
+            for table in (self._out, self._in):
+                entry = table.get(fast)
+                if entry is not None and entry[0] > now:
+                    if now - entry[1] >= REFRESH_S:
+                        self._touch(table, fast, entry, _timeout(fast[0]), now)
+                    self._last_head, self._last_until = head, entry[1] + REFRESH_S
+                    return
         p = _parse(packet, 0, n, strict=False)
         if p is None:
             return
@@ -452,26 +521,33 @@ class PacketFilter:
         if answer is None:
             return
         key, timeout, flags = answer
-        entry = self._out.get(key)
-        if entry is not None:
-            if now - entry[1] >= REFRESH_S:
-                self._touch(self._out, key, entry, timeout, now)
-            return
         syn = flags & (TCP_SYN | TCP_ACK)
-        entry = self._in.get(key)
-        if entry is not None and syn != TCP_SYN:
-            if now - entry[1] >= REFRESH_S:
-                self._touch(self._in, key, entry, timeout, now)
+        mine = _live(self._out, key, now)
+        if mine is not None:
+            self._touch(self._out, key, mine, timeout, now)
             return
-        if syn == TCP_SYN | TCP_ACK:
-            self._insert(self._in, key, timeout, now)  # we accept a peer's connection
+        theirs = _live(self._in, key, now)
+        if theirs is not None and syn != TCP_SYN:
+            self._touch(self._in, key, theirs, timeout, now)
             return
-        if entry is not None:
-            self._in.pop(key)[0] = _DEAD
+        if p.proto == PROTO_TCP and syn != TCP_SYN:
+            if flags & TCP_RST:
+                return  # refusing a connection starts nothing
+            if syn == TCP_SYN | TCP_ACK or self._would_accept(packet, p):
+                self._insert(self._in, key, timeout, now)  # the peer's connection
+                return
+        if theirs is not None:
+            self._in.pop(key)[0] = _DEAD  # our SYN on it: a new connection, ours
         self._insert(self._out, key, timeout, now)
         for cached in _fast_keys(key):
-            if self._verdicts.get(cached) is False:
+            if self._verdicts.get(cached) is _DENIED:
                 del self._verdicts[cached]  # its replies pass from now on
+
+    def _would_accept(self, packet: Buf, p: _Packet) -> bool:
+        """Whether the rules let in the peer's side of the flow of our packet ``p``."""
+        rules = self._rules4 if p.version == 4 else self._rules6
+        port = (packet[p.l4] << 8) | packet[p.l4 + 1]
+        return _accepts(rules, p.dst, p.src, p.proto, port, port)
 
     # -- the tables -------------------------------------------------------------------
 
@@ -487,11 +563,12 @@ class PacketFilter:
 
     def _insert(
         self, table: dict[FlowKey, list[float]], key: FlowKey, timeout: float, now: float
-    ) -> None:
+    ) -> list[float]:
         while len(table) >= self.max_flows:
             oldest = next(iter(table))
             table.pop(oldest)[0] = _DEAD  # cached verdicts on it lapse too
-        table[key] = [now + timeout, now]
+        entry = table[key] = [now + timeout, now]
+        return entry
 
     def _sweep(self, now: float) -> None:
         """Drop expired flows. Tables are ordered by last use, so the scan stops at the
