@@ -546,6 +546,8 @@ class NodeDaemon:
 
     def _set_filter(self, rules: list[tailcfg.FilterRule]) -> None:
         """New rules from the next packet on (flows this node started keep going)."""
+        if rules == self.packet_filter.rules:
+            return  # a full map after a reconnect: keep the cached verdicts
         self.packet_filter.set_rules(rules)
         if self.packet_filter.ignored:
             log.warning("packet filter: ignored bad CIDRs %s", self.packet_filter.ignored)
