@@ -293,3 +293,46 @@ def test_a_session_the_peer_started_survives_our_own_handshake() -> None:
     assert p.pa.current is not k1 and p.pa.previous is k1  # kept, as wireguard-go does
     kp = p.a.indices[int.from_bytes(from_b[4:8], "little")]
     assert kp is k1 and kp.open(from_b) == bytes(16)  # type: ignore[union-attr]
+
+
+def test_crossing_initiations_both_complete_without_waiting_for_a_retransmit() -> None:
+    # Two nodes that learn of each other at once both initiate; each answers the
+    # other's initiation before its own response arrives. Both must still end with a
+    # working session in one round trip, not wait REKEY_TIMEOUT for a retransmit.
+    p = Pair()
+    p.pb.endpoint = A_EP
+    init_a = p.a.send_packets(p.pa, [PING], p.clock())[0].data
+    init_b = p.b.send_packets(p.pb, [PING], p.clock())[0].data
+    resp_from_b = p.b.receive_handshake(init_a, A_EP, p.clock())[0].data
+    resp_from_a = p.a.receive_handshake(init_b, B_EP, p.clock())[0].data
+    assert p.pa.crossed is not None and p.pb.crossed is not None
+    out_a = p.a.receive_handshake(resp_from_b, B_EP, p.clock())
+    out_b = p.b.receive_handshake(resp_from_a, A_EP, p.clock())
+    assert p.pa.current is not None and p.pa.current.is_initiator
+    assert p.pb.current is not None and p.pb.current.is_initiator
+    assert p.pa.crossed is None and p.pb.crossed is None
+    # The staged pings go out on each side's own session and open on the other side
+    # (there, the session the peer started is kept as `previous`).
+    for out, dst in ((out_a, p.b), (out_b, p.a)):
+        data = [t.data for t in out if message_type(t.data) == MESSAGE_TRANSPORT]
+        assert data, out
+        kp = dst.indices[int.from_bytes(data[0][4:8], "little")]
+        assert kp.open(data[0])[:20] == PING[:20]  # type: ignore[union-attr]
+    # Nothing left to retransmit.
+    assert p.pa.retransmit_handshake_at is None and p.pb.retransmit_handshake_at is None
+
+
+def test_a_crossed_initiation_is_forgotten_when_we_initiate_again() -> None:
+    p = Pair()
+    p.pb.endpoint = A_EP
+    init_a = p.a.initiate(p.pa, p.clock())[0].data
+    init_b = p.b.initiate(p.pb, p.clock())[0].data
+    p.b.receive_handshake(init_a, A_EP, p.clock())
+    crossed = p.pb.crossed
+    assert crossed is not None and p.b.indices[crossed.local_index] is p.pb
+    p.clock.advance(REKEY_TIMEOUT_S + 1)
+    p.b.handle_timers(p.clock())  # b retransmits: a new initiation replaces the crossed one
+    assert p.pb.crossed is None and crossed.local_index not in p.b.indices
+    resp = p.a.receive_handshake(init_b, B_EP, p.clock())[0].data
+    with pytest.raises(ProtocolError, match="unknown index"):
+        p.b.receive_handshake(resp, A_EP, p.clock())

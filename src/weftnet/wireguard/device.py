@@ -84,6 +84,7 @@ class Peer:
 
     __slots__ = (
         "cookies",
+        "crossed",
         "current",
         "endpoint",
         "handshake",
@@ -117,6 +118,9 @@ class Peer:
     ) -> None:
         self.public_key = public_key
         self.handshake = Handshake(identity, public_key, preshared_key or NO_PSK)
+        # Our initiation in flight when the peer's own initiation crossed it: it still
+        # takes its response (Device._receive_initiation).
+        self.crossed: Handshake | None = None
         self.cookies = CookieGenerator(public_key)
         self.endpoint = endpoint
         self.persistent_keepalive_s = persistent_keepalive_s
@@ -266,11 +270,17 @@ class Device:
         if idx and self.indices.get(idx) is peer:
             del self.indices[idx]
 
+    def _drop_crossed(self, peer: Peer) -> None:
+        crossed, peer.crossed = peer.crossed, None
+        if crossed is not None and self.indices.get(crossed.local_index) is peer:
+            del self.indices[crossed.local_index]
+
     def _zero_keys(self, peer: Peer) -> None:
         for kp in (peer.previous, peer.current, peer.next):
             self._drop_keypair(kp)
         peer.previous = peer.current = peer.next = None
         self._drop_handshake_index(peer)
+        self._drop_crossed(peer)
         peer.handshake.clear()
         peer.zero_key_material_at = None
 
@@ -300,6 +310,7 @@ class Device:
         if peer.endpoint is None:
             return []  # nowhere to send; a packet from the peer will teach us its endpoint
         self._drop_handshake_index(peer)
+        self._drop_crossed(peer)
         index = self._new_index(peer)
         ephemeral = crypto.generate_private_key(self.entropy)
         msg = peer.handshake.create_initiation(index, ephemeral, self._timestamp(now))
@@ -350,10 +361,17 @@ class Device:
         peer = self.peers.get(consumed.initiator_static)
         if peer is None:
             raise ProtocolError("initiation from an unknown peer")
+        ours = peer.handshake.fork_initiation()
         peer.handshake.accept_initiation(consumed, now)
         # Authenticated: the peer roams to where it spoke from.
         peer.endpoint = src
-        self._drop_handshake_index(peer)
+        if ours is not None:
+            # Crossing initiations: ours keeps its index and may still complete, so that
+            # each side ends with a session it started and one the peer started.
+            self._drop_crossed(peer)
+            peer.crossed = ours
+        else:
+            self._drop_handshake_index(peer)
         index = self._new_index(peer)
         resp = peer.handshake.create_response(index, crypto.generate_private_key(self.entropy))
         raw = bytearray(resp.pack())
@@ -379,9 +397,15 @@ class Device:
         if not isinstance(owner, Peer):
             raise ProtocolError("response to an unknown index")
         peer = owner
-        peer.handshake.consume_response(msg)
+        crossed = peer.crossed
+        if crossed is not None and crossed.local_index == msg.receiver:
+            crossed.consume_response(msg)
+            peer.crossed = None
+            keys = crossed.derive_keys()
+        else:
+            peer.handshake.consume_response(msg)
+            keys = peer.handshake.derive_keys()
         peer.endpoint = src
-        keys = peer.handshake.derive_keys()
         kp = Keypair(keys, now, peer)
         self.indices[kp.local_index] = kp
         # Initiator: the new session is used at once. A session the peer started that we
@@ -531,6 +555,7 @@ class Device:
                 peer.staged.clear()
                 if peer.zero_key_material_at is None:
                     peer.zero_key_material_at = now + REJECT_AFTER_TIME_S * 3
+                self._drop_crossed(peer)
                 if peer.handshake.state is State.INITIATION_CREATED:
                     self._drop_handshake_index(peer)
                     peer.handshake.clear()

@@ -151,6 +151,28 @@ class Handshake:
         self.state = State.INITIATION_CREATED
         return Initiation(local_index, m.ephemeral, m.encrypted_static, m.encrypted_payload)
 
+    def fork_initiation(self) -> Handshake | None:
+        """A copy of our initiation in flight (None if there is none), so that it can
+        still take its response after this handshake answers the peer's own initiation:
+        two peers that initiate at once then both complete instead of both waiting for
+        REKEY_TIMEOUT."""
+        if self.state is not State.INITIATION_CREATED or self._ss is None:
+            return None
+        twin = Handshake.__new__(Handshake)
+        twin.identity = self.identity
+        twin.remote_static = self.remote_static
+        twin.preshared_key = self.preshared_key
+        twin.precomputed_static_static = self.precomputed_static_static
+        twin.state = self.state
+        twin.last_timestamp = self.last_timestamp
+        twin.last_initiation_consumed_at = self.last_initiation_consumed_at
+        twin.local_index = self.local_index
+        twin.remote_index = 0
+        twin._ss = self._ss.copy()
+        twin._ephemeral_private = self._ephemeral_private
+        twin._remote_ephemeral = b""
+        return twin
+
     def consume_response(self, msg: Response) -> None:
         if self.state is not State.INITIATION_CREATED or self._ss is None:
             raise ProtocolError("response without an initiation in flight")
