@@ -5,7 +5,9 @@
    routers of their own and one behind a hard NAT. They join with one auth key, every
    node pings every other, `weft ping` shows the paths (direct where the NATs allow,
    the relay between an easy and a hard NAT), then each `weft status`.
-2. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
+2. An access policy: only the server may be reached; a change is enforced by every
+   node at once, and a policy whose tests fail is refused (docs/policy.md).
+3. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
 
 Everything is removed at the end, also on failure or Ctrl-C.
 """
@@ -18,7 +20,7 @@ import time
 from pathlib import Path
 
 from weftnet.testing.netlab import Host, Lab
-from weftnet.testing.tailnet import Node, start_control, start_node
+from weftnet.testing.tailnet import Control, Node, start_control, start_node
 from weftnet.testing.wgpeers import (
     Peer,
     generate_keypair,
@@ -36,10 +38,14 @@ def say(text: str) -> None:
     print(f"\n== {text}", flush=True)
 
 
-def ping(host: Host, addr: str, label: str = "") -> bool:
-    r = host.run(["ping", "-c", "3", "-i", "0.2", "-W", "3", addr], check=False, timeout=20)
+def ping(
+    host: Host, addr: str, label: str = "", count: int = 3, wait_s: float = 3, quiet: bool = False
+) -> bool:
+    cmd = ["ping", "-c", str(count), "-i", "0.2", "-W", str(wait_s), addr]
+    r = host.run(cmd, check=False, timeout=20)
     summary = [ln for ln in r.stdout.splitlines() if "packet loss" in ln or "rtt" in ln]
-    print(f"   {host.name} -> {label or addr}: {' / '.join(summary) or r.stderr.strip()}")
+    if not quiet:
+        print(f"   {host.name} -> {label or addr}: {' / '.join(summary) or r.stderr.strip()}")
     return r.returncode == 0
 
 
@@ -85,6 +91,47 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
         print(n.weft("status").stdout.rstrip())
     say("phone$ weft netcheck")
     print(phone.weft("netcheck").stdout.rstrip())
+    ok &= access_policy(control, tmp, nodes, ips)
+    return ok
+
+
+POLICY = """{
+  // alice's devices may reach the server, and nothing else.
+  "hosts": {"server": "%s"},
+  "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["server:*"]}],
+  "tests": [{"src": "alice@example.com", "accept": ["server:22"]}],
+}
+"""
+
+
+def access_policy(control: Control, tmp: Path, nodes: list[Node], ips: dict[str, str]) -> bool:
+    laptop, server, desktop = nodes[0], nodes[1], nodes[2]
+    path = tmp / "policy.hujson"
+    path.write_text(POLICY % ips["server"])
+    say("access policy: only the server may be reached (weft-control policy set)")
+    print("\n".join(f"   {ln}" for ln in path.read_text().strip().splitlines()))
+    print(f"   {control.admin('policy', 'set', str(path)).strip()}")
+    started = time.monotonic()
+    while ping(laptop.host, ips["desktop"], count=1, wait_s=0.2, quiet=True):
+        if time.monotonic() - started > 5:
+            return False
+    took = time.monotonic() - started
+    print(f"   in force {took:.2f} s later (the laptop no longer reaches the desktop):")
+    ok = ping(laptop.host, ips["server"], f"server ({ips['server']}), allowed")
+    ok &= not ping(
+        laptop.host, ips["desktop"], f"desktop ({ips['desktop']}), denied", count=2, wait_s=1
+    )
+    ok &= not ping(server.host, ips["laptop"], "laptop, denied", count=2, wait_s=1)
+    r = desktop.weft("whois", ips["server"])
+    print(f"   desktop$ weft whois {ips['server']}")
+    print("\n".join(f"     {ln}" for ln in r.stdout.strip().splitlines()))
+    bad = tmp / "bad.hujson"
+    bad.write_text(
+        POLICY.replace('"accept": ["server:22"]', '"deny": ["server:22"]') % ips["server"]
+    )
+    r = control.run_admin("policy", "set", str(bad))
+    print(f"   a policy whose tests fail: {r.stderr.strip()}")
+    ok &= r.returncode != 0
     return ok
 
 
