@@ -51,6 +51,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from weftnet.node import localapi
 from weftnet.testing.netlab import Host, poll_until
 
 KEY_LEN = 32  # bytes in an X25519 key or a WireGuard preshared key
@@ -348,15 +349,27 @@ def start_weftd(
     *,
     timeout_s: float = START_TIMEOUT_S,
 ) -> PeerProcess:
-    """Run weftd in ``host`` with a wg-quick file; return once ``ifname`` is up.
+    """Run weftd in ``host`` with a wg-quick file; return once ``ifname`` is up and, with
+    ``--socket PATH`` among ``extra_args``, once its local API listens there.
 
     Raises PeerStartError quoting weftd's output if it exits or times out first.
     """
     cmd = [sys.executable, "-m", "weftnet.node.main", "--wg-config", str(config_path)]
     cmd += ["--tun", ifname, *extra_args]
+    args = list(extra_args)
+    sock = args[args.index("--socket") + 1] if "--socket" in args[:-1] else None
     peer = _spawn(host, "weftd", ifname, cmd, dict(os.environ))
     _wait_until(peer, lambda: _link_up(host, ifname), f"weftd to bring {ifname} up", timeout_s)
+    if sock is not None:
+        _wait_until(peer, lambda: _answers(sock), f"weftd to answer on {sock}", timeout_s)
     return peer
+
+
+def _answers(sock: str) -> bool:
+    try:
+        return bool(localapi.request(sock, "status", timeout_s=2.0).get("ok"))
+    except (OSError, ValueError):
+        return False
 
 
 def latest_handshakes(host: Host, ifname: str) -> dict[str, int]:
