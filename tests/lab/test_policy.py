@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from weftnet.control.adminclient import resolve_target
 from weftnet.testing import wgpeers
 from weftnet.testing.netlab import Host, Lab, poll_until
 from weftnet.testing.tailnet import Control, Node, start_control, start_node
@@ -257,7 +258,7 @@ def test_policy_changes_apply_within_2_s_and_time_windows_open_and_close(
 
         # A time window, judged by a clock the test moves: Monday 08:59:57 in Berlin.
         set_policy(control, tmp_path, SCHEDULED)
-        api_key = json.loads((control.data_dir / "admin.json").read_text())["api_key"]
+        api_key = resolve_target(str(control.data_dir), None, None, env={}).api_key
 
         def move_clock(now: float) -> None:
             control.host.run(["python3", "-c", SET_CLOCK, control.url, api_key, str(now)])

@@ -4,7 +4,6 @@ the tests and `make demo`)."""
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from weftnet.testing.netlab import Host, poll_until
+from weftnet.testing.wgpeers import local_api_answers
 
 CONTROL_PORT = 8080
 
@@ -88,19 +88,10 @@ class Node:
         log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
         self.proc = self.host.popen(cmd, stdout=log, stderr=log)
         poll_until(
-            lambda: self._answers() or self._died(),
+            lambda: local_api_answers(self.socket) or self._died(),
             timeout_s=15,
             what=f"weftd on {self.host.name} to answer on its socket",
         )
-
-    def _answers(self) -> bool:
-        """The socket accepts connections (a stale file from a killed weftd does not)."""
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            try:
-                s.connect(self.socket)
-            except OSError:
-                return False
-        return True
 
     def _died(self) -> bool:
         if self.proc.poll() is not None:

@@ -41,6 +41,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -51,7 +52,6 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from weftnet.node import localapi
 from weftnet.testing.netlab import Host, poll_until
 
 KEY_LEN = 32  # bytes in an X25519 key or a WireGuard preshared key
@@ -361,15 +361,19 @@ def start_weftd(
     peer = _spawn(host, "weftd", ifname, cmd, dict(os.environ))
     _wait_until(peer, lambda: _link_up(host, ifname), f"weftd to bring {ifname} up", timeout_s)
     if sock is not None:
-        _wait_until(peer, lambda: _answers(sock), f"weftd to answer on {sock}", timeout_s)
+        _wait_until(peer, lambda: local_api_answers(sock), f"weftd to answer on {sock}", timeout_s)
     return peer
 
 
-def _answers(sock: str) -> bool:
-    try:
-        return bool(localapi.request(sock, "status", timeout_s=2.0).get("ok"))
-    except (OSError, ValueError):
-        return False
+def local_api_answers(path: str) -> bool:
+    """weftd's local API socket accepts connections (a stale file from a killed weftd
+    does not)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 def latest_handshakes(host: Host, ifname: str) -> dict[str, int]:

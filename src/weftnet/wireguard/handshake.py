@@ -22,6 +22,7 @@ the timestamp and the ephemeral private key come in as arguments.
 
 from __future__ import annotations
 
+import copy
 import enum
 from dataclasses import dataclass
 
@@ -158,19 +159,8 @@ class Handshake:
         REKEY_TIMEOUT."""
         if self.state is not State.INITIATION_CREATED or self._ss is None:
             return None
-        twin = Handshake.__new__(Handshake)
-        twin.identity = self.identity
-        twin.remote_static = self.remote_static
-        twin.preshared_key = self.preshared_key
-        twin.precomputed_static_static = self.precomputed_static_static
-        twin.state = self.state
-        twin.last_timestamp = self.last_timestamp
-        twin.last_initiation_consumed_at = self.last_initiation_consumed_at
-        twin.local_index = self.local_index
-        twin.remote_index = 0
+        twin = copy.copy(self)
         twin._ss = self._ss.copy()
-        twin._ephemeral_private = self._ephemeral_private
-        twin._remote_ephemeral = b""
         return twin
 
     def consume_response(self, msg: Response) -> None:
