@@ -34,7 +34,7 @@ lint: install
 	$(VENV)/bin/mypy
 
 demo: install
-	$(PY) -m weftnet.demo
+	$(PY) -m weftlab.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-One lab (see weftnet.testing.netlab) with two public hosts, ``client`` and ``server``,
+One lab (see weftlab.netlab) with two public hosts, ``client`` and ``server``,
 on one bridged segment. For each configuration the harness brings up the peers
 (nothing for the raw underlay), waits until a ping crosses the tunnel (the first
 handshake), then measures
@@ -42,12 +42,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from weftnet.testing.netlab import Host, Lab, LabError, poll_until
-from weftnet.testing.tailnet import join, start_control, start_node
-from weftnet.testing.wgpeers import (
+from weftlab.netlab import Host, Lab, LabError, poll_until
+from weftlab.tailnet import join, start_control, start_node
+from weftlab.wgpeers import (
     Peer as WgPeer,
 )
-from weftnet.testing.wgpeers import (
+from weftlab.wgpeers import (
     PeerProcess,
     generate_keypair,
     overlay_cidrs,

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from weftlab.control import poll, serve_in_thread
 from weftnet.control.server import ServeOptions
-from weftnet.control.testing import poll, serve_in_thread
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 

@@ -15,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
+from weftlab.control import FakeNode, StreamEnded, serve_in_thread
 from weftnet import controlbox, tailcfg
 from weftnet.control.server import ServeOptions
 from weftnet.control.store import SqlStore
-from weftnet.control.testing import FakeNode, StreamEnded, serve_in_thread
 
 from .conftest import TEST_KEEPALIVE_S, Control
 

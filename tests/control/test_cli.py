@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from weftnet.control.testing import ControlProcess, FakeNode, admin, start_control
+from weftlab.control import ControlProcess, FakeNode, admin, start_control
 
 KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}\n$")
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from weftlab.fakes import FakeClock
 from weftnet.control.hub import Hub, StreamClosed
 from weftnet.control.records import Node
 from weftnet.control.service import Settings, Snapshot
-from weftnet.testing.fakes import FakeClock
 
 pytestmark = pytest.mark.anyio
 

@@ -17,8 +17,8 @@ import httpx
 import pytest
 
 from tests.control.test_cli import one_line_error
+from weftlab.control import ControlProcess, FakeNode, start_control
 from weftnet import tailcfg
-from weftnet.control.testing import ControlProcess, FakeNode, start_control
 
 ALLOW_ALL_SRC = ["0.0.0.0/0", "::/0"]
 

@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
+from weftlab.control import FakeNode, serve_in_thread
 from weftnet import controlbox, stun, tailcfg
 from weftnet.control import keyfile
 from weftnet.control.server import ServeOptions
-from weftnet.control.testing import FakeNode, serve_in_thread
 from weftnet.relay import RelayClient
 
 from .conftest import TEST_KEEPALIVE_S, Control

@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 import pytest
 
+from weftlab.control import FakeNode, admin, poll, serve_in_thread
 from weftnet import stun
 from weftnet.control.server import ServeOptions
-from weftnet.control.testing import FakeNode, admin, poll, serve_in_thread
 
 from .conftest import TEST_KEEPALIVE_S, Control
 from .test_relay_embedded import (

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from weftlab.fakes import FakeClock
 from weftnet import stun, tailcfg
 from weftnet.control import netmap, relays
 from weftnet.control.hub import Hub
 from weftnet.control.main import main
-from weftnet.control.relayd import RelayError, derive_public_url
-from weftnet.control.stunserver import StunServer
-from weftnet.testing.fakes import FakeClock
+from weftnet.relay.standalone import RelayError, derive_public_url
+from weftnet.stun.server import StunServer
 
 from .test_hub import FakeService
 from .test_hub import node as hub_node

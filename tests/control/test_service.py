@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 from nacl.public import PrivateKey
 
+from weftlab.fakes import SeededEntropy
 from weftnet import controlbox, tailcfg
 from weftnet.control.records import Store
 from weftnet.control.service import (
@@ -24,7 +25,6 @@ from weftnet.control.service import (
     Unauthorized,
 )
 from weftnet.control.store import SqlStore
-from weftnet.testing.fakes import SeededEntropy
 
 from .memstore import MemoryStore
 

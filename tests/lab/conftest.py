@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from weftnet.testing.netlab import Lab
+from weftlab.netlab import Lab
 
 _NEEDED_TOOLS = ("ip", "nft", "ss", "ping", "wireguard-go", "wg", "iperf3")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import bench.run
 import pytest
 
-from weftnet.testing.wgpeers import PeerStartError
+from weftlab.wgpeers import PeerStartError
 
 pytestmark = pytest.mark.lab
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.node.localapi import request
-from weftnet.testing.netlab import Host, Lab, poll_until
-from weftnet.testing.wgpeers import (
+from weftlab.netlab import Host, Lab, poll_until
+from weftlab.wgpeers import (
     Peer,
     PeerProcess,
     generate_keypair,
@@ -23,6 +22,7 @@ from weftnet.testing.wgpeers import (
     start_wireguard_go,
     write_wg_quick_config,
 )
+from weftnet.node.localapi import request
 
 pytestmark = pytest.mark.lab
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.testing.netlab import Lab
-from weftnet.testing.tailnet import Node, join, pings, start_control, start_node
+from weftlab.netlab import Lab
+from weftlab.tailnet import Node, join, pings, start_control, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -83,7 +83,7 @@ def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Pat
     import json
     import sys
 
-    from weftnet.testing.netlab import poll_until
+    from weftlab.netlab import poll_until
 
     inet = lab.segment("inet", "198.18.0.0/24")
     ctl, relay_host = lab.host("ctl", inet), lab.host("relay2", inet)

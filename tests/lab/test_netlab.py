@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from weftnet.testing.netlab import Host, Lab, list_netns, poll_until
+from weftlab.netlab import Host, Lab, list_netns, poll_until
 
 pytestmark = pytest.mark.lab
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from weftlab import wgpeers
+from weftlab.netlab import Host, Lab, poll_until
+from weftlab.tailnet import Control, Node, start_control, start_node
 from weftnet.control.adminclient import resolve_target
-from weftnet.testing import wgpeers
-from weftnet.testing.netlab import Host, Lab, poll_until
-from weftnet.testing.tailnet import Control, Node, start_control, start_node
 
 pytestmark = pytest.mark.lab
 

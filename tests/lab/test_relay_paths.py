@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.testing.netlab import Lab, poll_until
-from weftnet.testing.tailnet import CONTROL_PORT, Control, Node, join, start_control, start_node
+from weftlab.netlab import Lab, poll_until
+from weftlab.tailnet import CONTROL_PORT, Control, Node, join, start_control, start_node
 
 pytestmark = pytest.mark.lab
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.testing.netlab import Lab, poll_until
-from weftnet.testing.tailnet import (
+from weftlab.netlab import Lab, poll_until
+from weftlab.tailnet import (
     Control,
     Node,
     join,

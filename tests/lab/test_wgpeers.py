@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.node.wgconfig import parse_wg_config
-from weftnet.testing.netlab import Host, Lab, poll_until
-from weftnet.testing.wgpeers import (
+from weftlab.netlab import Host, Lab, poll_until
+from weftlab.wgpeers import (
     Peer,
     PeerStartError,
     generate_keypair,
@@ -25,6 +24,7 @@ from weftnet.testing.wgpeers import (
     start_wireguard_go,
     write_wg_quick_config,
 )
+from weftnet.node.wgconfig import parse_wg_config
 
 pytestmark = pytest.mark.lab
 

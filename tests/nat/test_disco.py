@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from weftlab.fakes import SeededEntropy
 from weftnet import disco, stun
 from weftnet.disco import CallMeMaybe, Packet, Ping, Pong
-from weftnet.testing.fakes import SeededEntropy
 from weftnet.wireguard.errors import ProtocolError
 
 _rand = SeededEntropy("disco tests")

@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from weftlab.fakes import FakeClock, SeededEntropy
 from weftnet import disco, stun
 from weftnet.disco import CallMeMaybe, Packet, Ping, Pong
-from weftnet.pathfinder import TRUST_UDP_ADDR_S, Pathfinder, SendCallMeMaybe, SendPing
-from weftnet.testing.fakes import FakeClock, SeededEntropy
+from weftnet.magicsock.pathfinder import TRUST_UDP_ADDR_S, Pathfinder, SendCallMeMaybe, SendPing
 
 Endpoint = tuple[str, int]
 T0 = 1000.0

@@ -14,9 +14,9 @@ import itertools
 import pytest
 from pytest import approx
 
-from weftnet import pathfinder as pfm
-from weftnet.pathfinder import EndpointStatus, Path, Pathfinder, SendCallMeMaybe, SendPing
-from weftnet.testing.fakes import FakeClock
+from weftlab.fakes import FakeClock
+from weftnet.magicsock import pathfinder as pfm
+from weftnet.magicsock.pathfinder import EndpointStatus, Path, Pathfinder, SendCallMeMaybe, SendPing
 from weftnet.wireguard.errors import ProtocolError
 
 T0 = 1000.0
@@ -374,7 +374,7 @@ def test_next_timer_never_lies_behind_after_timers() -> None:
 
 
 def test_authenticated_packet_from_a_new_source_is_used_at_once() -> None:
-    from weftnet.pathfinder import Pathfinder
+    from weftnet.magicsock.pathfinder import Pathfinder
 
     pf = Pathfinder("default")
     old, new = ("198.18.0.9", 41641), ("198.18.0.7", 2000)

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from weftlab.fakes import FakeClock
 from weftnet.control.policy import (
     NodeInfo,
     PolicyError,
@@ -19,7 +20,6 @@ from weftnet.control.policy import (
     run_tests,
 )
 from weftnet.control.policy.conditions import parse_condition, version_key
-from weftnet.testing.fakes import FakeClock
 
 BERLIN = zoneinfo.ZoneInfo("Europe/Berlin")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from weftlab.fakes import FakeClock
 from weftnet.relay.limits import NoticeThrottle, TokenBucket
-from weftnet.testing.fakes import FakeClock
 
 
 def test_bucket_starts_full_and_refills_at_rate() -> None:

@@ -9,10 +9,10 @@ import struct
 import pytest
 from tests.unit.test_offload import super_packet, tcp_ok
 
+from weftlab.fakes import SeededEntropy
 from weftnet.node import offload
 from weftnet.node.datapath import DataPlane
 from weftnet.node.tun import VIRTIO_NET_HDR_F_NEEDS_CSUM, VIRTIO_NET_HDR_GSO_TCPV4, VNET_HDR
-from weftnet.testing.fakes import SeededEntropy
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Device
 

@@ -18,13 +18,13 @@ from typing import Any
 import pytest
 from tests.unit.test_filter import ALLOW_ALL, ME4, PEER4, rule, tcp4
 
+from weftlab.fakes import SeededEntropy
 from weftnet import controlbox, tailcfg
 from weftnet.cli.main import main as weft
 from weftnet.node import daemon as daemon_module
 from weftnet.node import localapi
 from weftnet.node.daemon import NodeDaemon
 from weftnet.node.datapath import DataPlane, make_socket
-from weftnet.testing.fakes import SeededEntropy
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Device
 

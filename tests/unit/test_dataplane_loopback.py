@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 from tests.unit.test_offload import super_packet
 
+from weftlab.fakes import SeededEntropy
 from weftnet.node.datapath import DataPlane, make_socket
 from weftnet.node.tun import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -24,7 +25,6 @@ from weftnet.node.tun import (
     VIRTIO_NET_HDR_GSO_TCPV6,
     VNET_HDR,
 )
-from weftnet.testing.fakes import SeededEntropy
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Device
 

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from weftnet.testing.fakes import FakeClock, SeededEntropy
+from weftlab.fakes import FakeClock, SeededEntropy
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import (
     KEEPALIVE_TIMEOUT_S,

@@ -7,7 +7,7 @@ import contextlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from weftnet.testing.fakes import SeededEntropy
+from weftlab.fakes import SeededEntropy
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Device
 from weftnet.wireguard.errors import ProtocolError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from weftnet.node.magicsock import Relays
+from weftnet.magicsock.conn import Relays
 
 
 class StubClient:

@@ -35,10 +35,11 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control import admin_api, netmap, stunserver
+from weftnet.control import admin_api, netmap
 from weftnet.control.hub import Hub, StreamClosed, Subscription
 from weftnet.control.relayhost import EmbeddedRelay
 from weftnet.control.service import ControlService, Refused, Registered
+from weftnet.stun import server as stunserver
 
 MAX_BODY = 64 * 1024  # a sealed request larger than this is refused (413)
 OCTET_STREAM = "application/octet-stream"

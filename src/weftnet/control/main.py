@@ -383,8 +383,9 @@ def _serve(args: argparse.Namespace) -> int:
 def _relay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from weftnet.control import relayd, server
+    from weftnet.control import server
     from weftnet.control.relays import check_region_name
+    from weftnet.relay import standalone as relayd
 
     try:
         host, port = server.parse_listen(args.listen)

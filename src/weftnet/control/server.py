@@ -24,7 +24,7 @@ from types import FrameType
 
 import uvicorn
 
-from weftnet.control import keyfile, store, stunserver
+from weftnet.control import keyfile, store
 from weftnet.control.api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
 from weftnet.control.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
 from weftnet.control.records import CallbackFeed
@@ -32,6 +32,7 @@ from weftnet.control.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, Embedd
 from weftnet.control.relays import check_region_name
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
 from weftnet.relay.mount import uvicorn_protocol
+from weftnet.stun import server as stunserver
 
 log = logging.getLogger("weftnet.control")
 

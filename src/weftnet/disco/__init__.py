@@ -13,7 +13,7 @@ the relay when no direct path works yet):
   these". Both sides send at once, so each side's outbound ping opens its own NAT for
   the other side's ping (UDP hole punching, RFC 5128 section 3.3).
 
-The path finder (weftnet.pathfinder) decides whom to ping when and which path to use.
+The path finder (weftnet.magicsock.pathfinder) decides whom to ping when and which path to use.
 Packets are told apart from WireGuard and STUN on the shared socket by their 6-byte
 ``MAGIC`` (see packet.py). Wire format: packet.py (frame and box), messages.py (bodies).
 Nothing here does I/O, reads a clock or draws random numbers: nonces and txids are

@@ -27,11 +27,11 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from weftnet import controlbox, tailcfg
+from weftnet.magicsock.conn import MagicSock
 from weftnet.node import localapi
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays, dump
 from weftnet.node.engine import Engine
 from weftnet.node.filter import PacketFilter
-from weftnet.node.magicsock import MagicSock
 from weftnet.node.state import NodeState
 from weftnet.node.whois import WhoisError, whois
 from weftnet.wireguard.device import Peer

@@ -8,7 +8,7 @@ now?" at most once per ``interval_s`` per key, remembering at most ``max_keys`` 
 client sending to an absent peer gets a few PEER_GONE notices, not one per packet.
 
 Both take ``now`` (monotonic seconds) as an argument and read no clock, so tests step
-time by hand (weftnet.testing.fakes.FakeClock).
+time by hand (weftlab.fakes.FakeClock).
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from weftnet.testing.netlab import Host, Lab
-from weftnet.testing.tailnet import Control, Node, start_control, start_node
-from weftnet.testing.wgpeers import (
+from weftlab.netlab import Host, Lab
+from weftlab.tailnet import Control, Node, start_control, start_node
+from weftlab.wgpeers import (
     Peer,
     generate_keypair,
     overlay_cidrs,

@@ -4,7 +4,7 @@ Every peer is reached either directly (an ip:port found by disco pings) or throu
 home relay. Until a direct path answers, packets go through the relay, so the first
 packet never waits for NAT traversal; once pongs come back, the path finder moves the
 peer to the direct endpoint, and back to the relay when pongs stop (see
-weftnet.pathfinder). The choice is written into the WireGuard peer's endpoint, where
+weftnet.magicsock.pathfinder). The choice is written into the WireGuard peer's endpoint, where
 the data plane reads it: a relay path is the pseudo-endpoint ("relay:<region>", 0).
 
 Disco packets share the WireGuard UDP socket (told apart by their magic) and also
@@ -26,9 +26,9 @@ from urllib.parse import urlsplit
 
 from weftnet import controlbox, disco, stun, tailcfg
 from weftnet.disco import CallMeMaybe, Packet, Ping, Pong
+from weftnet.magicsock.pathfinder import Pathfinder, SendCallMeMaybe, SendPing
 from weftnet.node.datapath import RELAY_PREFIX, DataPlane
 from weftnet.node.engine import Engine
-from weftnet.pathfinder import Pathfinder, SendCallMeMaybe, SendPing
 from weftnet.relay.client import RelayClient
 from weftnet.wireguard.device import Endpoint, Peer
 from weftnet.wireguard.errors import ProtocolError

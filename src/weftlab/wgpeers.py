@@ -2,7 +2,7 @@
 
 Theory of operation
 -------------------
-A peer is an interface in a :class:`~weftnet.testing.netlab.Host` run by one process:
+A peer is an interface in a :class:`~weftlab.netlab.Host` run by one process:
 Debian's ``wireguard-go`` (the reference userspace implementation) or our ``weftd``.
 
 * ``wireguard-go -f IFNAME`` creates the TUN device and a UAPI socket at
@@ -52,7 +52,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from weftnet.testing.netlab import Host, poll_until
+from weftlab.netlab import Host, poll_until
 
 KEY_LEN = 32  # bytes in an X25519 key or a WireGuard preshared key
 DEFAULT_MTU = 1420  # wg-quick's default: 1500 minus 80 bytes of IPv6+UDP+WireGuard

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from weftnet.testing.netlab import Host, poll_until
-from weftnet.testing.wgpeers import local_api_answers
+from weftlab.netlab import Host, poll_until
+from weftlab.wgpeers import local_api_answers
 
 CONTROL_PORT = 8080
 
