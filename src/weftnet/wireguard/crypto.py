@@ -127,6 +127,24 @@ def dh(private_key: bytes, public: bytes) -> bytes:
     return shared
 
 
+# Any fixed clamped scalar works: X25519 with a low-order point gives the all-zero
+# output for every clamped scalar (RFC 7748 section 6.1, "check ... all-zero value").
+_LOW_ORDER_PROBE = clamp(bytes(range(1, KEY_LEN + 1)))
+
+
+def is_low_order(public: bytes) -> bool:
+    """True for a 32-byte X25519 public key whose DH result is all-zero for every private
+    key (the low-order points and their non-canonical encodings): no session can be made
+    with it, so servers refuse it and nodes skip it. Wrong lengths count as unusable."""
+    if len(public) != KEY_LEN:
+        return True
+    try:
+        dh(_LOW_ORDER_PROBE, public)
+    except ProtocolError:
+        return True
+    return False
+
+
 def aead_nonce(counter: int) -> bytes:
     """The 12-byte ChaCha20-Poly1305 nonce for a 64-bit counter."""
     return _ZERO_NONCE_PREFIX + _pack_counter(counter)
