@@ -228,6 +228,26 @@ def parse_proto(value: Any, where: str) -> int:
     raise PolicyError(f"{where}: bad proto {value!r}; use one of {names} or a number 0-255")
 
 
+# As Tailscale: autogroup:self in dst means "each source user's own devices", so
+# every source must stand for users.
+SELF_SOURCE_KINDS = frozenset({"any", "user", "group", "member"})
+_KIND_NAMES = {"tag": "a tag", "tagged": "autogroup:tagged", "net": "a host or address"}
+
+
+def _check_self_sources(
+    src_texts: list[str], src: tuple[Selector, ...], dst: list[Selector], where: str
+) -> None:
+    if not any(sel.kind == "self" for sel in dst):
+        return
+    for text, sel in zip(src_texts, src, strict=True):
+        if sel.kind not in SELF_SOURCE_KINDS:
+            raise PolicyError(
+                f"{where} src {text!r}: autogroup:self in dst may only be used with sources "
+                f'that are users, groups, autogroup:member or "*"; {text!r} is '
+                f"{_KIND_NAMES.get(sel.kind, sel.kind)}"
+            )
+
+
 def _parse_groups(raw: Any) -> dict[str, frozenset[str]]:
     groups: dict[str, frozenset[str]] = {}
     for name, members in _dict(raw, "groups").items():
@@ -307,9 +327,10 @@ def _parse_acls(
         for key in ("src", "dst"):
             if key not in entry:
                 raise PolicyError(f"{where}: missing {key!r}")
+        src_texts = _str_list(entry["src"], f"{where} src")
         src = tuple(
             parse_selector(s, f"{where} src", groups, hosts, tag_owners, AUTOGROUPS_SRC)
-            for s in _str_list(entry["src"], f"{where} src")
+            for s in src_texts
         )
         protos = DEFAULT_PROTOS
         if "proto" in entry:
@@ -325,6 +346,7 @@ def _parse_acls(
                 raise PolicyError(f"{dwhere}: proto {entry['proto']} has no ports; use :*")
             sel = parse_selector(sel_text, dwhere, groups, hosts, tag_owners, AUTOGROUPS_DST)
             dst.append(DstEntry(sel, ports))
+        _check_self_sources(src_texts, src, [d.selector for d in dst], where)
         when: tuple[Schedule, ...] = ()
         if "schedule" in entry:
             when = _named(entry["schedule"], f"{where} schedule", schedules or {}, "schedules")
@@ -347,10 +369,15 @@ def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         src = entry.get("src")
         if not isinstance(src, str) or not src:
-            raise PolicyError(f'{where}: "src" must be a user, tag or address')
+            raise PolicyError(f'{where}: "src" must be a user, group, tag, host or address')
         proto = parse_proto(entry["proto"], f"{where} proto") if "proto" in entry else 6
         accept = tuple(_str_list(entry.get("accept", []), f"{where} accept"))
         deny = tuple(_str_list(entry.get("deny", []), f"{where} deny"))
+        if not accept and not deny:
+            raise PolicyError(
+                f'{where}: a test needs "accept" or "deny" (or both): the HOST:PORTs '
+                f"{src} must or must not reach"
+            )
         at = None
         if "at" in entry:
             at = _parse_time(entry["at"], f"{where} at")
