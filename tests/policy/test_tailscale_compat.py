@@ -137,6 +137,12 @@ def test_autogroup_self_refuses_non_user_sources(src: str, kind: str) -> None:
     assert kind in msg and "autogroup:self" in msg and "autogroup:member" in msg
 
 
+def test_autogroup_self_refusal_also_applies_to_grants() -> None:
+    text = policy_text(grants=[{"src": ["tag:web"], "dst": ["autogroup:self"], "ip": ["*"]}])
+    with pytest.raises(PolicyError, match=r"^grants\[1\] src 'tag:web': .*autogroup:self"):
+        parse_policy(text)
+
+
 # --- 3. tests: a group as src; accept or deny required ---------------------------------
 
 
@@ -169,6 +175,107 @@ def test_a_group_test_must_hold_for_every_member() -> None:
 def test_a_test_without_accept_or_deny_is_refused(test: dict[str, object]) -> None:
     with pytest.raises(PolicyError, match=r"tests\[1\]: .*\"accept\" or \"deny\""):
         parse_policy(policy_text(tests=[test]))
+
+
+# --- 4. grants -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("grant", "acls"),
+    [
+        ({"ip": ["*"], "dst": ["tag:db"]}, [{"dst": ["tag:db:*"]}]),
+        ({"ip": ["tcp:443"], "dst": ["tag:db"]}, [{"dst": ["tag:db:443"], "proto": "tcp"}]),
+        ({"ip": ["443"], "dst": ["tag:db", "nas"]}, [{"dst": ["tag:db:443", "nas:443"]}]),
+        ({"ip": ["80-90"], "dst": ["*"]}, [{"dst": ["*:80-90"]}]),
+        ({"ip": ["icmp:*"], "dst": ["tag:db"]}, [{"dst": ["tag:db:*"], "proto": "icmp"}]),
+        (
+            {"ip": ["tcp:80", "tcp:443", "udp:53"], "dst": ["tag:db"]},
+            [{"dst": ["tag:db:80,443"], "proto": "tcp"}, {"dst": ["tag:db:53"], "proto": "udp"}],
+        ),
+        ({"ip": ["6:22"], "dst": ["100.64.0.0/24"]}, [{"dst": ["100.64.0.0/24:22"], "proto": 6}]),
+        (
+            {"ip": ["*"], "dst": ["autogroup:self"], "src": ["autogroup:member"]},
+            [{"dst": ["autogroup:self:*"], "src": ["autogroup:member"]}],
+        ),
+    ],
+)
+def test_network_grants_compile_as_the_equivalent_acls(
+    grant: dict[str, object], acls: list[dict[str, object]]
+) -> None:
+    src = grant.get("src", ["group:eng"])
+    g = parse_policy(policy_text(grants=[{"src": src, **grant}]))
+    a = parse_policy(policy_text(acls=[{"action": "accept", "src": src, **x} for x in acls]))
+    assert g.acls == a.acls
+    for node in NODES:
+        assert compile_filter(g, node, NODES) == compile_filter(a, node, NODES)
+
+
+def test_grants_and_acls_mix_and_tests_see_both() -> None:
+    text = policy_text(
+        acls=[acl(["group:eng"], ["tag:db:5432"], proto="tcp")],
+        grants=[{"src": ["bob@example.com"], "dst": ["tag:web"], "ip": ["tcp:443"]}],
+        tests=[
+            {"src": "alice@example.com", "accept": ["tag:db:5432"], "deny": ["tag:web:443"]},
+            {"src": "bob@example.com", "accept": ["tag:web:443"], "deny": ["tag:db:5432"]},
+        ],
+    )
+    p = parse_policy(text)
+    run_tests(p, NODES)
+    (rule,) = compile_filter(p, WEB, NODES)
+    assert rule == FilterRule(("100.64.0.3/32",), (("100.64.0.10/32", 443, 443),), (6,))
+    assert visible(p, WEB) == {"b1"}
+
+
+def test_grant_src_posture() -> None:
+    text = policy_text(
+        postures={"posture:mac": ["node:os == 'macos'"]},
+        grants=[{"src": ["*"], "dst": ["tag:db"], "ip": ["22"], "srcPosture": ["posture:mac"]}],
+    )
+    mac = NodeInfo("m", "bob@example.com", (), ("100.64.0.9",), os="macos")
+    (rule,) = compile_filter(parse_policy(text), DB, [*NODES, mac])
+    assert rule.src_ips == ("100.64.0.9/32",)
+
+
+@pytest.mark.parametrize(
+    ("grant", "message"),
+    [
+        (
+            {"src": ["*"], "dst": ["*"], "app": {"example.com/cap/x": [{}]}},
+            r"^grants\[1\] app: application capabilities are not supported",
+        ),
+        (
+            {"src": ["*"], "dst": ["*"], "ip": ["*"], "app": {"example.com/cap/x": [{}]}},
+            r"^grants\[1\] app: application capabilities are not supported",
+        ),
+        (
+            {"src": ["*"], "dst": ["10.0.0.0/8"], "ip": ["*"], "via": ["tag:web"]},
+            r"^grants\[1\] via: routing through a node is not supported",
+        ),
+        ({"src": ["*"], "dst": ["*"]}, r"^grants\[1\]: missing 'ip'"),
+        ({"src": ["*"], "dst": ["*"], "ip": []}, r"^grants\[1\] ip: empty"),
+        ({"dst": ["*"], "ip": ["*"]}, r"^grants\[1\]: missing 'src'"),
+        ({"src": ["*"], "dst": ["*"], "ip": ["*"], "x": 1}, r"unknown key 'x'"),
+        ({"src": ["*"], "dst": ["tag:db:22"], "ip": ["*"]}, r"dst 'tag:db:22': .* no ports"),
+        ({"src": ["*"], "dst": ["nas:22"], "ip": ["*"]}, r"dst 'nas:22': .* no ports"),
+        ({"src": ["*"], "dst": ["*"], "ip": ["icmp:8"]}, r"ip 'icmp:8': icmp has no ports"),
+        ({"src": ["*"], "dst": ["*"], "ip": ["bogus:80"]}, r"ip 'bogus:80': bad proto"),
+        ({"src": ["*"], "dst": ["*"], "ip": ["*:80"]}, r"ip '\*:80': bad proto"),
+        ({"src": ["*"], "dst": ["*"], "ip": ["tcp:99999"]}, r"ip 'tcp:99999': bad port"),
+        ({"src": ["*"], "dst": ["tag:nope"], "ip": ["*"]}, r"unknown tag 'tag:nope'"),
+        ({"src": ["autogroup:self"], "dst": ["*"], "ip": ["*"]}, r"not allowed here"),
+    ],
+)
+def test_grant_errors_name_the_grant_and_field(grant: dict[str, object], message: str) -> None:
+    with pytest.raises(PolicyError, match=message):
+        parse_policy(policy_text(acls=[acl(["*"], ["*:*"])], grants=[grant]))
+
+
+def test_grant_dst_may_be_an_ipv6_address() -> None:
+    p = parse_policy(
+        policy_text(grants=[{"src": ["*"], "dst": ["fd7a:115c:a1e0::1"], "ip": ["22"]}])
+    )
+    (rule,) = compile_filter(p, ALICE, NODES)
+    assert rule.dst_ports == (("fd7a:115c:a1e0::1/128", 22, 22),)
 
 
 # --- property: the compiled filter agrees with the policy's own tests ------------------
@@ -280,3 +387,26 @@ def test_compiled_filters_and_peers_agree_with_the_policy_tests(
                     assert got == expected, (src, dst, port, proto, filt)
                     any_allowed |= expected
             assert can_reach(p, src, dst, nodes) == any_allowed, (src, dst, filt)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(tailnets(), st.lists(rules(), min_size=1, max_size=4))
+def test_a_policy_as_grants_compiles_as_the_same_policy_as_acls(
+    tailnet: tuple[list[NodeInfo], dict[str, list[str]]],
+    drawn: list[tuple[list[str], list[str], str, str | None]],
+) -> None:
+    nodes, groups = tailnet
+    as_acls = parse_policy(tailnet_policy(groups, acls=[as_acl(r) for r in drawn]))
+    as_grants = parse_policy(tailnet_policy(groups, grants=[as_grant(r) for r in drawn]))
+    half = len(drawn) // 2
+    mixed = parse_policy(
+        tailnet_policy(
+            groups,
+            acls=[as_acl(r) for r in drawn[:half]],
+            grants=[as_grant(r) for r in drawn[half:]],
+        )
+    )
+    for node in nodes:
+        want = compile_filter(as_acls, node, nodes)
+        assert compile_filter(as_grants, node, nodes) == want
+        assert compile_filter(mixed, node, nodes) == want

@@ -53,6 +53,7 @@ TOP_LEVEL_KEYS = frozenset(
         "hosts",
         "tagOwners",
         "acls",
+        "grants",
         "tests",
         "schedules",
         "postures",
@@ -133,7 +134,7 @@ class Policy:
     groups: dict[str, frozenset[str]]
     hosts: dict[str, IPNetwork]
     tag_owners: dict[str, tuple[str, ...]]
-    acls: tuple[Acl, ...]
+    acls: tuple[Acl, ...]  # the rules of "acls", then those "grants" make
     tests: tuple[PolicyTest, ...]
     ignored_keys: tuple[str, ...] = ()
     schedules: dict[str, Schedule] = field(default_factory=dict)
@@ -357,6 +358,108 @@ def _parse_acls(
     return tuple(acls)
 
 
+def parse_ip(text: str, where: str) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """A grant's "ip" entry: "*", "PORTS" or "PROTO:PORTS" -> (protocols, port ranges).
+
+    "*" and a bare PORTS cover what an acl without "proto" covers (TCP, UDP, ICMP and
+    ICMPv6); PROTO is a name or number as in an acl's "proto"."""
+    if text == "*":
+        return DEFAULT_PROTOS, ((0, MAX_PORT),)
+    proto_text, sep, ports_text = text.rpartition(":")
+    if not sep:
+        return DEFAULT_PROTOS, parse_ports(text, where)
+    if not proto_text or ":" in proto_text:
+        raise PolicyError(f"{where}: bad ip {text!r}; write *, 443, tcp:443, tcp:80-90 or icmp:*")
+    proto = parse_proto(proto_text, where)
+    ports = parse_ports(ports_text, where)
+    if proto not in PORTED_PROTOS and ports_text != "*":
+        raise PolicyError(f"{where}: {proto_text} has no ports; write {proto_text}:*")
+    return (proto,), ports
+
+
+def _grant_dst(
+    text: str,
+    where: str,
+    groups: dict[str, frozenset[str]],
+    hosts: dict[str, IPNetwork],
+    tag_owners: dict[str, tuple[str, ...]],
+) -> Selector:
+    """A grant's dst names targets only: its ports are in "ip"."""
+    prefixed = text.startswith(("tag:", "group:", "autogroup:"))
+    name = text.partition(":")[2] if prefixed else text
+    if ":" in name and (prefixed or (text not in hosts and _network(text) is None)):
+        raise PolicyError(
+            f'{where}: a grant\'s dst takes no ports; name the target and put ports in "ip"'
+        )
+    return parse_selector(text, where, groups, hosts, tag_owners, AUTOGROUPS_DST)
+
+
+GRANT_KEYS = frozenset({"src", "dst", "ip", "app", "via", "srcPosture", "schedule"})
+
+
+def _parse_grants(
+    raw: Any,
+    groups: dict[str, frozenset[str]],
+    hosts: dict[str, IPNetwork],
+    tag_owners: dict[str, tuple[str, ...]],
+    schedules: dict[str, Schedule],
+    postures: dict[str, Posture],
+    default_posture: tuple[Posture, ...],
+) -> tuple[Acl, ...]:
+    """Tailscale's grants, as the rules the equivalent acls make: one rule per
+    protocol set named in "ip" (a grant's ports apply to every dst)."""
+    if not isinstance(raw, list):
+        raise PolicyError("grants: expected a list of grants")
+    rules: list[Acl] = []
+    for i, entry in enumerate(raw, 1):
+        where = f"grants[{i}]"
+        entry = _dict(entry, where)
+        unknown = set(entry) - GRANT_KEYS
+        if unknown:
+            raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if "app" in entry:
+            raise PolicyError(
+                f"{where} app: application capabilities are not supported; weftnet grants "
+                'carry network access ("ip") only'
+            )
+        if "via" in entry:
+            raise PolicyError(
+                f"{where} via: routing through a node is not supported (weftnet has no "
+                "subnet routers or exit nodes yet)"
+            )
+        for key in ("src", "dst", "ip"):
+            if key not in entry:
+                raise PolicyError(f"{where}: missing {key!r}")
+        src_texts = _str_list(entry["src"], f"{where} src")
+        src = tuple(
+            parse_selector(s, f"{where} src", groups, hosts, tag_owners, AUTOGROUPS_SRC)
+            for s in src_texts
+        )
+        dst = [
+            _grant_dst(d, f"{where} dst {d!r}", groups, hosts, tag_owners)
+            for d in _str_list(entry["dst"], f"{where} dst")
+        ]
+        _check_self_sources(src_texts, src, dst, where)
+        ip_texts = _str_list(entry["ip"], f"{where} ip")
+        if not ip_texts:
+            raise PolicyError(f'{where} ip: empty; write ["*"] for everything')
+        by_protos: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for text in ip_texts:
+            protos, ports = parse_ip(text, f"{where} ip {text!r}")
+            by_protos.setdefault(protos, []).extend(ports)
+        when: tuple[Schedule, ...] = ()
+        if "schedule" in entry:
+            when = _named(entry["schedule"], f"{where} schedule", schedules, "schedules")
+        devices = default_posture
+        if "srcPosture" in entry:
+            devices = _named(entry["srcPosture"], f"{where} srcPosture", postures, "postures")
+        for protos, ranges in by_protos.items():
+            ports = tuple(dict.fromkeys(ranges))
+            entries = tuple(DstEntry(sel, ports) for sel in dst)
+            rules.append(Acl(src, entries, protos, when, devices))
+    return tuple(rules)
+
+
 def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
     if not isinstance(raw, list):
         raise PolicyError("tests: expected a list of tests")
@@ -418,6 +521,9 @@ def parse_policy(text: str) -> Policy:
         )
     acls = _parse_acls(
         raw.get("acls", []), groups, hosts, tag_owners, schedules, postures, default_posture
+    )
+    acls += _parse_grants(
+        raw.get("grants", []), groups, hosts, tag_owners, schedules, postures, default_posture
     )
     tests = _parse_tests(raw.get("tests", []))
     ignored = tuple(sorted(set(raw) & IGNORED_KEYS))
