@@ -278,6 +278,22 @@ def test_grant_dst_may_be_an_ipv6_address() -> None:
     assert rule.dst_ports == (("fd7a:115c:a1e0::1/128", 22, 22),)
 
 
+# --- 5. nearby: the legacy acl field names ------------------------------------------
+
+
+def test_acls_accept_the_legacy_users_and_ports_names() -> None:
+    legacy = {"action": "accept", "users": ["group:eng"], "ports": ["tag:db:22"]}
+    modern = acl(["group:eng"], ["tag:db:22"])
+    assert parse_policy(policy_text(acls=[legacy])) == parse_policy(policy_text(acls=[modern]))
+
+
+@pytest.mark.parametrize(("new", "old"), [("src", "users"), ("dst", "ports")])
+def test_acls_refuse_a_field_given_under_both_names(new: str, old: str) -> None:
+    rule = {**acl(["*"], ["*:*"]), old: ["*:*"] if new == "dst" else ["*"]}
+    with pytest.raises(PolicyError, match=rf'acls\[1\]: give "{new}" or "{old}", not both'):
+        parse_policy(policy_text(acls=[rule]))
+
+
 # --- property: the compiled filter agrees with the policy's own tests ------------------
 
 USERS = ("u1@example.com", "u2@example.com", "u3@example.com")

@@ -319,7 +319,13 @@ def _parse_acls(
     acls = []
     for i, entry in enumerate(raw, 1):
         where = f"acls[{i}]"
-        entry = _dict(entry, where)
+        entry = dict(_dict(entry, where))
+        # Tailscale still reads the legacy names "users" (src) and "ports" (dst).
+        for new_key, legacy in (("src", "users"), ("dst", "ports")):
+            if legacy in entry:
+                if new_key in entry:
+                    raise PolicyError(f'{where}: give "{new_key}" or "{legacy}", not both')
+                entry[new_key] = entry.pop(legacy)
         unknown = set(entry) - {"action", "src", "dst", "proto", "schedule", "srcPosture"}
         if unknown:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
