@@ -7,7 +7,10 @@ by its tags and has no user) and some addresses. ``compile_filter`` answers
 "what may reach this node", turning each rule that covers the target into a
 ``FilterRule`` of source CIDRs, destination (cidr, lo, hi) and protocols, the
 inbound filter a node enforces after decryption. ``autogroup:self`` in dst
-limits the sources to untagged nodes of the target's own user. No policy
+limits the sources to untagged nodes of the target's own user that src names
+("*" there means "each user", never a wildcard address). Rules from "grants"
+are compiled like acls. ``allows`` judges the rules directly, as the policy's
+tests do; the compiled filters must agree with it. No policy
 (None) means everyone may reach everything; with a policy, whatever no rule
 accepts is denied.
 """

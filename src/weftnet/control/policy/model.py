@@ -4,7 +4,8 @@ Theory of operation: ``parse_policy`` turns HuJSON text into a frozen
 ``Policy`` in which every selector ("group:eng", "tag:web", "10.0.0.0/8",
 "alice@example.com", "autogroup:self", "*") is already resolved to a
 ``Selector`` and every port list to ranges, so that compiling a filter never
-meets a malformed name. Every error names the section and entry at fault.
+meets a malformed name. Network "grants" become the ``Acl`` rules the
+equivalent acls make; grants' "app" and "via" are refused. Every error names the section and entry at fault.
 The compiler (``compile.py``) is the only reader of these types.
 """
 
