@@ -311,7 +311,9 @@ def test_tests_autogroup_self_and_proto() -> None:
     [
         ('{"src": "alice", "accept": ["bob"]}', "HOST:PORT"),
         ('{"src": "alice", "accept": ["bob:22,80"]}', "one port"),
-        ('{"src": "group:eng", "accept": ["bob:22"]}', "not one principal"),
+        ('{"src": "autogroup:member", "accept": ["bob:22"]}', "not one principal"),
+        ('{"src": "alice", "accept": ["group:eng:22"]}', "not one principal"),
+        ('{"src": "group:nope", "accept": ["bob:22"]}', "unknown group"),
         ('{"src": "alice", "accept": ["tag:ghost:22"]}', "unknown tag"),
     ],
 )

@@ -8,6 +8,7 @@ gives a node's inbound filter, ``can_reach`` decides map peer visibility and
 from weftnet.control.policy.compile import (
     ALLOW_ALL,
     admits,
+    allows,
     can_reach,
     compile_filter,
     next_edge,
@@ -23,6 +24,7 @@ __all__ = [
     "Policy",
     "PolicyError",
     "admits",
+    "allows",
     "can_reach",
     "compile_filter",
     "loads",

@@ -7,7 +7,10 @@ by its tags and has no user) and some addresses. ``compile_filter`` answers
 "what may reach this node", turning each rule that covers the target into a
 ``FilterRule`` of source CIDRs, destination (cidr, lo, hi) and protocols, the
 inbound filter a node enforces after decryption. ``autogroup:self`` in dst
-limits the sources to untagged nodes of the target's own user. No policy
+limits the sources to untagged nodes of the target's own user that src names
+("*" there means "each user", never a wildcard address). Rules from "grants"
+are compiled like acls. ``allows`` judges the rules directly, as the policy's
+tests do; the compiled filters must agree with it. No policy
 (None) means everyone may reach everything; with a policy, whatever no rule
 accepts is denied.
 """
@@ -34,7 +37,7 @@ from weftnet.control.policy.model import (
     parse_selector,
 )
 
-__all__ = ["ALLOW_ALL", "can_reach", "compile_filter", "next_edge", "run_tests"]
+__all__ = ["ALLOW_ALL", "allows", "can_reach", "compile_filter", "next_edge", "run_tests"]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 WILDCARD_CIDRS = ("0.0.0.0/0", "::/0")
@@ -114,6 +117,22 @@ def _sources(acl: Acl, nodes: Sequence[NodeInfo], policy: Policy) -> list[str]:
     return cidrs
 
 
+def _own_sources(acl: Acl, own: Sequence[NodeInfo], policy: Policy) -> list[str]:
+    """Source CIDRs of acl towards autogroup:self: only the addresses of the target
+    user's own untagged nodes that acl's src names (and that meet its postures).
+
+    Never a wildcard or a CIDR: "*" here stands for "each user", so it may only
+    bring in the target's own devices (Tailscale's autogroup:self semantics)."""
+    if acl.postures:
+        own = [n for n in own if any(p.holds(n.device) for p in acl.postures)]
+    cidrs: list[str] = []
+    for node in own:
+        who = _principal(node)
+        if who.user is not None and any(_matches(sel, who, policy) for sel in acl.src):
+            cidrs.extend(_host_cidr(ip) for ip in who.ips)
+    return cidrs
+
+
 def _active(acl: Acl, now: float | None) -> bool:
     """A rule with schedules holds only while one is open (never when now is None)."""
     return not acl.schedules or (now is not None and any_open(acl.schedules, now))
@@ -168,7 +187,7 @@ def compile_filter(
                 rules.append(FilterRule(src, _unique_ports(dst), acl.protos))
         if self_dst:
             own = [n for n in nodes if not n.tags and n.user == me.user]
-            src = _unique(_sources(acl, own, policy))
+            src = _unique(_own_sources(acl, own, policy))
             if src:
                 rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
     return rules
@@ -200,7 +219,9 @@ def admits(rules: Sequence[FilterRule], src: NodeInfo) -> bool:
 def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -> _Principal:
     """A test's src or dst name as a principal; an address takes the node that holds it."""
     if name.startswith(("group:", "autogroup:")) or name == "*":
-        raise PolicyError(f"{where}: {name!r} is not one principal; name a user, tag or address")
+        raise PolicyError(
+            f"{where}: {name!r} is not one principal; name a user, tag, host or address"
+        )
     sel = parse_selector(name, where, policy.groups, policy.hosts, policy.tag_owners, frozenset())
     if sel.kind in ("tag", "user"):
         # A user or tag also holds the addresses of its nodes, so rules on hosts apply.
@@ -220,6 +241,21 @@ def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -
         if addr in who.ips:
             return _Principal(who.user, who.tags, (addr,), node.device)
     return _Principal(None, (), (addr,))
+
+
+def _resolve_src(
+    name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]
+) -> list[tuple[str, _Principal]]:
+    """A test's src as the principals it stands for: a group stands for each of its
+    members (the test must hold for every one), anything else for itself."""
+    if name.startswith("group:"):
+        if name not in policy.groups:
+            raise PolicyError(f'{where}: unknown group {name!r}; define it under "groups"')
+        members = sorted(policy.groups[name])
+        if not members:
+            raise PolicyError(f"{where}: {name!r} has no members to test")
+        return [(m, _resolve(m, where, policy, nodes)) for m in members]
+    return [(name, _resolve(name, where, policy, nodes))]
 
 
 def _allows(
@@ -246,11 +282,33 @@ def _allows(
     return False
 
 
+def allows(
+    policy: Policy,
+    nodes: Sequence[NodeInfo],
+    src: str,
+    dst: str,
+    port: int,
+    proto: int = 6,
+    at: float | None = None,
+) -> bool:
+    """Whether the policy lets ``src`` reach ``dst`` on ``port`` over ``proto``, judged
+    from the rules themselves, as the policy's ``tests`` are (not from a compiled filter).
+
+    ``src`` and ``dst`` are a user, a tag, a host name or an address (an address takes
+    the node that holds it); ``src`` may also be a group, which must be allowed for
+    every member."""
+    dst_who = _resolve(dst, "dst", policy, nodes)
+    return all(
+        _allows(policy, who, dst_who, port, proto, at)
+        for _, who in _resolve_src(src, "src", policy, nodes)
+    )
+
+
 def run_tests(policy: Policy, nodes: Sequence[NodeInfo]) -> None:
     """Run the policy's tests; raise PolicyError naming the first failing case."""
     for i, test in enumerate(policy.tests, 1):
         where = f"tests[{i}]"
-        src = _resolve(test.src, f"{where} src", policy, nodes)
+        sources = _resolve_src(test.src, f"{where} src", policy, nodes)
         for expect, targets in ((True, test.accept), (False, test.deny)):
             for target in targets:
                 name, sep, port_text = target.rpartition(":")
@@ -261,9 +319,12 @@ def run_tests(policy: Policy, nodes: Sequence[NodeInfo]) -> None:
                 if len(ports) != 1 or ports[0][0] != ports[0][1]:
                     raise PolicyError(f"{twhere}: a test names one port")
                 dst = _resolve(name, twhere, policy, nodes)
-                if _allows(policy, src, dst, ports[0][0], test.proto, test.at) != expect:
+                for label, src in sources:
+                    if _allows(policy, src, dst, ports[0][0], test.proto, test.at) == expect:
+                        continue
                     want, got = ("reach", "denies") if expect else ("not reach", "accepts")
+                    who = test.src if label == test.src else f"{test.src} ({label})"
                     raise PolicyError(
-                        f"policy test failed: {where} expects {test.src} to {want} "
+                        f"policy test failed: {where} expects {who} to {want} "
                         f"{target}, but the policy {got} it; fix the acls or the test"
                     )

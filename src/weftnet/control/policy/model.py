@@ -4,7 +4,8 @@ Theory of operation: ``parse_policy`` turns HuJSON text into a frozen
 ``Policy`` in which every selector ("group:eng", "tag:web", "10.0.0.0/8",
 "alice@example.com", "autogroup:self", "*") is already resolved to a
 ``Selector`` and every port list to ranges, so that compiling a filter never
-meets a malformed name. Every error names the section and entry at fault.
+meets a malformed name. Network "grants" become the ``Acl`` rules the
+equivalent acls make; grants' "app" and "via" are refused. Every error names the section and entry at fault.
 The compiler (``compile.py``) is the only reader of these types.
 """
 
@@ -53,6 +54,7 @@ TOP_LEVEL_KEYS = frozenset(
         "hosts",
         "tagOwners",
         "acls",
+        "grants",
         "tests",
         "schedules",
         "postures",
@@ -133,7 +135,7 @@ class Policy:
     groups: dict[str, frozenset[str]]
     hosts: dict[str, IPNetwork]
     tag_owners: dict[str, tuple[str, ...]]
-    acls: tuple[Acl, ...]
+    acls: tuple[Acl, ...]  # the rules of "acls", then those "grants" make
     tests: tuple[PolicyTest, ...]
     ignored_keys: tuple[str, ...] = ()
     schedules: dict[str, Schedule] = field(default_factory=dict)
@@ -228,6 +230,26 @@ def parse_proto(value: Any, where: str) -> int:
     raise PolicyError(f"{where}: bad proto {value!r}; use one of {names} or a number 0-255")
 
 
+# As Tailscale: autogroup:self in dst means "each source user's own devices", so
+# every source must stand for users.
+SELF_SOURCE_KINDS = frozenset({"any", "user", "group", "member"})
+_KIND_NAMES = {"tag": "a tag", "tagged": "autogroup:tagged", "net": "a host or address"}
+
+
+def _check_self_sources(
+    src_texts: list[str], src: tuple[Selector, ...], dst: list[Selector], where: str
+) -> None:
+    if not any(sel.kind == "self" for sel in dst):
+        return
+    for text, sel in zip(src_texts, src, strict=True):
+        if sel.kind not in SELF_SOURCE_KINDS:
+            raise PolicyError(
+                f"{where} src {text!r}: autogroup:self in dst may only be used with sources "
+                f'that are users, groups, autogroup:member or "*"; {text!r} is '
+                f"{_KIND_NAMES.get(sel.kind, sel.kind)}"
+            )
+
+
 def _parse_groups(raw: Any) -> dict[str, frozenset[str]]:
     groups: dict[str, frozenset[str]] = {}
     for name, members in _dict(raw, "groups").items():
@@ -298,7 +320,13 @@ def _parse_acls(
     acls = []
     for i, entry in enumerate(raw, 1):
         where = f"acls[{i}]"
-        entry = _dict(entry, where)
+        entry = dict(_dict(entry, where))
+        # Tailscale still reads the legacy names "users" (src) and "ports" (dst).
+        for new_key, legacy in (("src", "users"), ("dst", "ports")):
+            if legacy in entry:
+                if new_key in entry:
+                    raise PolicyError(f'{where}: give "{new_key}" or "{legacy}", not both')
+                entry[new_key] = entry.pop(legacy)
         unknown = set(entry) - {"action", "src", "dst", "proto", "schedule", "srcPosture"}
         if unknown:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
@@ -307,9 +335,10 @@ def _parse_acls(
         for key in ("src", "dst"):
             if key not in entry:
                 raise PolicyError(f"{where}: missing {key!r}")
+        src_texts = _str_list(entry["src"], f"{where} src")
         src = tuple(
             parse_selector(s, f"{where} src", groups, hosts, tag_owners, AUTOGROUPS_SRC)
-            for s in _str_list(entry["src"], f"{where} src")
+            for s in src_texts
         )
         protos = DEFAULT_PROTOS
         if "proto" in entry:
@@ -325,6 +354,7 @@ def _parse_acls(
                 raise PolicyError(f"{dwhere}: proto {entry['proto']} has no ports; use :*")
             sel = parse_selector(sel_text, dwhere, groups, hosts, tag_owners, AUTOGROUPS_DST)
             dst.append(DstEntry(sel, ports))
+        _check_self_sources(src_texts, src, [d.selector for d in dst], where)
         when: tuple[Schedule, ...] = ()
         if "schedule" in entry:
             when = _named(entry["schedule"], f"{where} schedule", schedules or {}, "schedules")
@@ -333,6 +363,108 @@ def _parse_acls(
             devices = _named(entry["srcPosture"], f"{where} srcPosture", postures or {}, "postures")
         acls.append(Acl(src, tuple(dst), protos, when, devices))
     return tuple(acls)
+
+
+def parse_ip(text: str, where: str) -> tuple[tuple[int, ...], tuple[tuple[int, int], ...]]:
+    """A grant's "ip" entry: "*", "PORTS" or "PROTO:PORTS" -> (protocols, port ranges).
+
+    "*" and a bare PORTS cover what an acl without "proto" covers (TCP, UDP, ICMP and
+    ICMPv6); PROTO is a name or number as in an acl's "proto"."""
+    if text == "*":
+        return DEFAULT_PROTOS, ((0, MAX_PORT),)
+    proto_text, sep, ports_text = text.rpartition(":")
+    if not sep:
+        return DEFAULT_PROTOS, parse_ports(text, where)
+    if not proto_text or ":" in proto_text:
+        raise PolicyError(f"{where}: bad ip {text!r}; write *, 443, tcp:443, tcp:80-90 or icmp:*")
+    proto = parse_proto(proto_text, where)
+    ports = parse_ports(ports_text, where)
+    if proto not in PORTED_PROTOS and ports_text != "*":
+        raise PolicyError(f"{where}: {proto_text} has no ports; write {proto_text}:*")
+    return (proto,), ports
+
+
+def _grant_dst(
+    text: str,
+    where: str,
+    groups: dict[str, frozenset[str]],
+    hosts: dict[str, IPNetwork],
+    tag_owners: dict[str, tuple[str, ...]],
+) -> Selector:
+    """A grant's dst names targets only: its ports are in "ip"."""
+    prefixed = text.startswith(("tag:", "group:", "autogroup:"))
+    name = text.partition(":")[2] if prefixed else text
+    if ":" in name and (prefixed or (text not in hosts and _network(text) is None)):
+        raise PolicyError(
+            f'{where}: a grant\'s dst takes no ports; name the target and put ports in "ip"'
+        )
+    return parse_selector(text, where, groups, hosts, tag_owners, AUTOGROUPS_DST)
+
+
+GRANT_KEYS = frozenset({"src", "dst", "ip", "app", "via", "srcPosture", "schedule"})
+
+
+def _parse_grants(
+    raw: Any,
+    groups: dict[str, frozenset[str]],
+    hosts: dict[str, IPNetwork],
+    tag_owners: dict[str, tuple[str, ...]],
+    schedules: dict[str, Schedule],
+    postures: dict[str, Posture],
+    default_posture: tuple[Posture, ...],
+) -> tuple[Acl, ...]:
+    """Tailscale's grants, as the rules the equivalent acls make: one rule per
+    protocol set named in "ip" (a grant's ports apply to every dst)."""
+    if not isinstance(raw, list):
+        raise PolicyError("grants: expected a list of grants")
+    rules: list[Acl] = []
+    for i, entry in enumerate(raw, 1):
+        where = f"grants[{i}]"
+        entry = _dict(entry, where)
+        unknown = set(entry) - GRANT_KEYS
+        if unknown:
+            raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
+        if "app" in entry:
+            raise PolicyError(
+                f"{where} app: application capabilities are not supported; weftnet grants "
+                'carry network access ("ip") only'
+            )
+        if "via" in entry:
+            raise PolicyError(
+                f"{where} via: routing through a node is not supported (weftnet has no "
+                "subnet routers or exit nodes yet)"
+            )
+        for key in ("src", "dst", "ip"):
+            if key not in entry:
+                raise PolicyError(f"{where}: missing {key!r}")
+        src_texts = _str_list(entry["src"], f"{where} src")
+        src = tuple(
+            parse_selector(s, f"{where} src", groups, hosts, tag_owners, AUTOGROUPS_SRC)
+            for s in src_texts
+        )
+        dst = [
+            _grant_dst(d, f"{where} dst {d!r}", groups, hosts, tag_owners)
+            for d in _str_list(entry["dst"], f"{where} dst")
+        ]
+        _check_self_sources(src_texts, src, dst, where)
+        ip_texts = _str_list(entry["ip"], f"{where} ip")
+        if not ip_texts:
+            raise PolicyError(f'{where} ip: empty; write ["*"] for everything')
+        by_protos: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for text in ip_texts:
+            protos, ports = parse_ip(text, f"{where} ip {text!r}")
+            by_protos.setdefault(protos, []).extend(ports)
+        when: tuple[Schedule, ...] = ()
+        if "schedule" in entry:
+            when = _named(entry["schedule"], f"{where} schedule", schedules, "schedules")
+        devices = default_posture
+        if "srcPosture" in entry:
+            devices = _named(entry["srcPosture"], f"{where} srcPosture", postures, "postures")
+        for protos, ranges in by_protos.items():
+            ports = tuple(dict.fromkeys(ranges))
+            entries = tuple(DstEntry(sel, ports) for sel in dst)
+            rules.append(Acl(src, entries, protos, when, devices))
+    return tuple(rules)
 
 
 def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
@@ -347,10 +479,15 @@ def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
             raise PolicyError(f"{where}: unknown key {sorted(unknown)[0]!r}")
         src = entry.get("src")
         if not isinstance(src, str) or not src:
-            raise PolicyError(f'{where}: "src" must be a user, tag or address')
+            raise PolicyError(f'{where}: "src" must be a user, group, tag, host or address')
         proto = parse_proto(entry["proto"], f"{where} proto") if "proto" in entry else 6
         accept = tuple(_str_list(entry.get("accept", []), f"{where} accept"))
         deny = tuple(_str_list(entry.get("deny", []), f"{where} deny"))
+        if not accept and not deny:
+            raise PolicyError(
+                f'{where}: a test needs "accept" or "deny" (or both): the HOST:PORTs '
+                f"{src} must or must not reach"
+            )
         at = None
         if "at" in entry:
             at = _parse_time(entry["at"], f"{where} at")
@@ -391,6 +528,9 @@ def parse_policy(text: str) -> Policy:
         )
     acls = _parse_acls(
         raw.get("acls", []), groups, hosts, tag_owners, schedules, postures, default_posture
+    )
+    acls += _parse_grants(
+        raw.get("grants", []), groups, hosts, tag_owners, schedules, postures, default_posture
     )
     tests = _parse_tests(raw.get("tests", []))
     ignored = tuple(sorted(set(raw) & IGNORED_KEYS))
