@@ -51,6 +51,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from weftnet.endpoint import Endpoint
 from weftnet.wireguard.errors import ProtocolError
 
 __all__ = [
@@ -80,7 +81,6 @@ __all__ = [
     "parse_response",
 ]
 
-Endpoint = tuple[str, int]  # (ip, port), IPv4 in dotted form; as wireguard.device.Endpoint
 
 HEADER_SIZE = 20  # 2 type + 2 length + 4 magic cookie + 12 transaction id
 TXID_SIZE = 12  # 96-bit transaction id (section 6)
@@ -353,7 +353,7 @@ def _unpack_address(value: bytes, txid: bytes, *, xor: bool) -> Endpoint:
     ip = ipaddress.ip_address(addr)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return str(ip), port
+    return Endpoint(str(ip), port)
 
 
 def _parse_error_code(value: bytes | None) -> tuple[int, str]:
