@@ -15,7 +15,7 @@ from weftnet.wireguard.constants import (
     REKEY_AFTER_TIME_S,
     REKEY_TIMEOUT_S,
 )
-from weftnet.wireguard.device import Device, DeviceConfig, Transmit
+from weftnet.wireguard.device import SPEC_CONFIG, Device, DeviceConfig, Transmit
 from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.messages import MESSAGE_COOKIE_REPLY, MESSAGE_TRANSPORT, message_type
 
@@ -31,7 +31,7 @@ class Pair:
         self,
         seed: str = "pair",
         clock: FakeClock | None = None,
-        config_a: DeviceConfig = DeviceConfig(),
+        config_a: DeviceConfig = SPEC_CONFIG,
         b_under_load: bool | None = None,
     ) -> None:
         self.clock = clock or FakeClock()

@@ -242,7 +242,7 @@ def parse_request(data: bytes) -> bytes:
     return msg.txid
 
 
-def binding_response(txid: bytes, mapped: Endpoint, software: str | None = None) -> bytes:
+def binding_response(txid: bytes, mapped: tuple[str, int], software: str | None = None) -> bytes:
     """A Binding success response telling the client it was seen at ``mapped``."""
     attrs = [Attribute(ATTR_XOR_MAPPED_ADDRESS, _pack_address(mapped, txid, xor=True))]
     if software is not None:
@@ -317,7 +317,7 @@ def _xor_key(txid: bytes) -> bytes:
     return _COOKIE_BYTES + txid
 
 
-def _pack_address(endpoint: Endpoint, txid: bytes, *, xor: bool) -> bytes:
+def _pack_address(endpoint: tuple[str, int], txid: bytes, *, xor: bool) -> bytes:
     host, port = endpoint
     try:
         ip = ipaddress.ip_address(host)

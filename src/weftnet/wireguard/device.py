@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from weftnet.endpoint import Endpoint
-
 from weftnet.wireguard import crypto, tai64n
 from weftnet.wireguard.allowedips import AllowedIPs
 from weftnet.wireguard.constants import (
@@ -71,7 +70,6 @@ from weftnet.wireguard.messages import (
 from weftnet.wireguard.session import Keypair, padded_size
 
 
-
 @dataclass(frozen=True, slots=True)
 class DeviceConfig:
     """The device's timers and limits; the defaults are the spec's (constants.py).
@@ -85,6 +83,9 @@ class DeviceConfig:
     max_timer_handshakes: int = MAX_TIMER_HANDSHAKES  # initiation retries before giving up
     under_load_handshakes_per_s: int = UNDER_LOAD_HANDSHAKES_PER_S
     under_load_hold_s: float = UNDER_LOAD_HOLD_S
+
+
+SPEC_CONFIG = DeviceConfig()  # the whitepaper's timers
 
 
 class HandshakeLoad:
@@ -241,7 +242,7 @@ class Device:
         private_key: bytes,
         entropy: Entropy,
         epoch_offset_s: float = 0.0,
-        config: DeviceConfig = DeviceConfig(),
+        config: DeviceConfig = SPEC_CONFIG,
         under_load: Callable[[float], bool] | None = None,
     ):
         self.identity = Identity.from_private(private_key)
@@ -265,14 +266,15 @@ class Device:
         public_key: bytes,
         allowed_ips: list[str] | tuple[str, ...] = (),
         preshared_key: bytes | None = None,
-        endpoint: Endpoint | None = None,
+        endpoint: tuple[str, int] | None = None,
         persistent_keepalive_s: int = 0,
     ) -> Peer:
         if public_key == self.identity.public_key:
             raise ValueError("a peer cannot have the device's own public key")
         if public_key in self.peers:
             raise ValueError("peer already configured")
-        peer = Peer(self.identity, public_key, preshared_key, endpoint, persistent_keepalive_s)
+        ep = None if endpoint is None else Endpoint(*endpoint)
+        peer = Peer(self.identity, public_key, preshared_key, ep, persistent_keepalive_s)
         self.peers[public_key] = peer
         for net in allowed_ips:
             self.allowed_ips.insert(ipaddress.ip_network(net, strict=False), peer)
