@@ -348,13 +348,15 @@ def start_weftd(
     extra_args: Sequence[str] = (),
     *,
     timeout_s: float = START_TIMEOUT_S,
+    launcher: str = "weftnet.node.main",
 ) -> PeerProcess:
     """Run weftd in ``host`` with a wg-quick file; return once ``ifname`` is up and, with
     ``--socket PATH`` among ``extra_args``, once its local API listens there.
+    ``launcher``: the module to run (weftlab.weftd_config for shortened timers).
 
     Raises PeerStartError quoting weftd's output if it exits or times out first.
     """
-    cmd = [sys.executable, "-m", "weftnet.node.main", "--wg-config", str(config_path)]
+    cmd = [sys.executable, "-m", launcher, "--wg-config", str(config_path)]
     cmd += ["--tun", ifname, *extra_args]
     args = list(extra_args)
     sock = args[args.index("--socket") + 1] if "--socket" in args[:-1] else None

@@ -57,6 +57,7 @@ def build(
     wg_knows_endpoint: bool = False,
     keepalive: int | None = None,
     weftd_args: tuple[str, ...] = (),
+    launcher: str = "weftnet.node.main",
 ) -> Tunnel:
     inet = lab.segment("inet", "198.18.0.0/24")
     weft_seg = lab.nat_router("natw", upstream=inet, kind=weft_behind).lan if weft_behind else inet
@@ -87,7 +88,7 @@ def build(
             )
         ],
     )
-    weftd = start_weftd(weft, "weft0", cfg, ["--socket", sock, *weftd_args])
+    weftd = start_weftd(weft, "weft0", cfg, ["--socket", sock, *weftd_args], launcher=launcher)
     return Tunnel(weft, wg, weftd, wggo, sock, kw.public, kg.public)
 
 
@@ -215,7 +216,12 @@ def test_replayed_data_and_bad_mac1_initiation_are_dropped_without_reply(
 
 def test_rekey_does_not_stop_the_stream(lab: Lab, tmp_path: Path) -> None:
     # weftd initiates and rekeys every REKEY_TIMEOUT (5 s) instead of every 120 s.
-    t = build(lab, tmp_path, weftd_args=("--rekey-after-seconds", "1"))
+    t = build(
+        lab,
+        tmp_path,
+        weftd_args=("--rekey-after-seconds", "1"),
+        launcher="weftlab.weftd_config",  # shortened timers from outside the product
+    )
     ping(t.weft, WG_V4, count=1)
     first = t.status()["peers"][0]["handshakes"]
     result = iperf(t.weft, t.wg, WG_V4, seconds=12)

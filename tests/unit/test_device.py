@@ -8,16 +8,16 @@ import pytest
 
 from weftlab.fakes import FakeClock, SeededEntropy
 from weftnet.wireguard import crypto
-from weftnet.wireguard.device import (
+from weftnet.wireguard.constants import (
     KEEPALIVE_TIMEOUT_S,
     MAX_TIMER_HANDSHAKES,
+    REJECT_AFTER_TIME_S,
+    REKEY_AFTER_TIME_S,
     REKEY_TIMEOUT_S,
-    Device,
-    Transmit,
 )
+from weftnet.wireguard.device import SPEC_CONFIG, Device, DeviceConfig, Transmit
 from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.messages import MESSAGE_COOKIE_REPLY, MESSAGE_TRANSPORT, message_type
-from weftnet.wireguard.session import REJECT_AFTER_TIME_S, REKEY_AFTER_TIME_S
 
 A_EP = ("198.18.0.1", 51820)
 B_EP = ("198.18.0.2", 51820)
@@ -27,11 +27,18 @@ PING = bytes.fromhex("4500001c00004000400100006440000164400002") + bytes(8)  # 1
 class Pair:
     """Device a (198.18.0.1) and device b (198.18.0.2), each knowing the other."""
 
-    def __init__(self, seed: str = "pair", clock: FakeClock | None = None) -> None:
+    def __init__(
+        self,
+        seed: str = "pair",
+        clock: FakeClock | None = None,
+        config_a: DeviceConfig = SPEC_CONFIG,
+        b_under_load: bool | None = None,
+    ) -> None:
         self.clock = clock or FakeClock()
         ea, eb = SeededEntropy(seed + "a"), SeededEntropy(seed + "b")
-        self.a = Device(crypto.generate_private_key(ea), ea, epoch_offset_s=1.7e9)
-        self.b = Device(crypto.generate_private_key(eb), eb, epoch_offset_s=1.7e9)
+        self.a = Device(crypto.generate_private_key(ea), ea, epoch_offset_s=1.7e9, config=config_a)
+        load = None if b_under_load is None else (lambda now: b_under_load)
+        self.b = Device(crypto.generate_private_key(eb), eb, epoch_offset_s=1.7e9, under_load=load)
         self.pa = self.a.add_peer(self.b.identity.public_key, ["100.64.0.2/32"], endpoint=B_EP)
         self.pb = self.b.add_peer(self.a.identity.public_key, ["100.64.0.1/32"])
         self.wire: list[bytes] = []  # everything sent, in order
@@ -44,7 +51,9 @@ class Pair:
             dst, src = (self.b, A_EP) if to_b else (self.a, B_EP)
             if message_type(t.data) == MESSAGE_TRANSPORT:
                 continue  # transport data is the caller's to open
-            answers = dst.receive_handshake(t.data, src, now)
+            answers, peer = dst.handle_handshake(t.data, src, now)
+            if peer is not None:
+                peer.endpoint = src  # roaming, as plain WireGuard's endpoint owner does
             if depth < 4:
                 self.deliver(answers, not to_b, depth + 1)
 
@@ -136,8 +145,7 @@ def test_initiation_flood_is_refused() -> None:
 
 
 def test_under_load_cookie_reply_then_mac2_is_accepted() -> None:
-    p = Pair()
-    p.b.under_load_override = True
+    p = Pair(b_under_load=True)
     first = p.a.send_packets(p.pa, [PING], p.clock())
     reply = p.b.receive_handshake(first[0].data, A_EP, p.clock())
     assert len(reply) == 1 and message_type(reply[0].data) == MESSAGE_COOKIE_REPLY
@@ -153,8 +161,7 @@ def test_under_load_cookie_reply_then_mac2_is_accepted() -> None:
 
 
 def test_cookie_from_another_address_does_not_count() -> None:
-    p = Pair()
-    p.b.under_load_override = True
+    p = Pair(b_under_load=True)
     first = p.a.send_packets(p.pa, [PING], p.clock())
     reply = p.b.receive_handshake(first[0].data, A_EP, p.clock())
     p.a.receive_handshake(reply[0].data, B_EP, p.clock())
@@ -226,8 +233,7 @@ def test_initiator_rekeys_after_rekey_after_time_when_sending() -> None:
 
 
 def test_shortened_rekey_timer() -> None:
-    p = Pair()
-    p.a.rekey_after_time_s = 2.0
+    p = Pair(config_a=DeviceConfig(rekey_after_time_s=2.0))
     p.handshake()
     p.clock.advance(2.5)
     assert p.a.after_send(p.pa, p.clock()) == []  # initiations are REKEY_TIMEOUT apart
@@ -260,11 +266,31 @@ def test_persistent_keepalive() -> None:
     assert any(len(t.data) == 32 for t in out)
 
 
-def test_responder_roams_to_new_source() -> None:
+def test_an_initiation_reports_its_authenticated_source_and_leaves_the_endpoint() -> None:
     p = Pair()
+    p.pb.endpoint = A_EP
     init = p.a.send_packets(p.pa, [PING], p.clock())
-    p.b.receive_handshake(init[0].data, ("198.18.5.5", 40000), p.clock())
-    assert p.pb.endpoint == ("198.18.5.5", 40000)
+    out, peer = p.b.handle_handshake(init[0].data, ("198.18.5.5", 40000), p.clock())
+    assert peer is p.pb and p.pb.endpoint == A_EP  # the endpoint's owner decides
+    assert out[0].endpoint == ("198.18.5.5", 40000)  # the response goes back to the source
+
+
+def test_a_response_reports_the_peer_it_authenticated() -> None:
+    p = Pair()
+    p.pb.endpoint = A_EP
+    init = p.a.send_packets(p.pa, [PING], p.clock())
+    resp = p.b.receive_handshake(init[0].data, A_EP, p.clock())
+    out, peer = p.a.handle_handshake(resp[0].data, ("198.18.7.7", 1), p.clock())
+    assert peer is p.pa and p.pa.endpoint == B_EP and out
+
+
+def test_under_load_is_an_injected_predicate_over_a_default_rate_limiter() -> None:
+    from weftnet.wireguard.device import HandshakeLoad
+
+    load = HandshakeLoad(per_s=2, hold_s=1.0)
+    assert [load(10.0), load(10.1), load(10.2)] == [False, False, True]
+    assert load(11.1) is True  # held a second after the burst
+    assert load(12.5) is False
 
 
 def test_unknown_peer_initiation_is_refused() -> None:

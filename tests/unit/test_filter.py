@@ -410,12 +410,23 @@ def test_tso_super_packet_is_one_flow() -> None:
 # -- fragments, extension headers, malformed -----------------------------------------
 
 
-def test_ipv4_later_fragments_need_every_port() -> None:
+def test_ipv4_later_fragments_pass_and_the_first_is_filtered() -> None:
     later = ip4(PEER4, ME4, 6, bytes(16), frag=100)
-    assert not PacketFilter([SSH_FROM_PEER]).check(later, T0)
+    assert PacketFilter([SSH_FROM_PEER]).check(later, T0)
     assert PacketFilter([ALLOW_ALL]).check(later, T0)
     first = ip4(PEER4, ME4, 6, tcp(5, 22, SYN), mf=True)
     assert PacketFilter([SSH_FROM_PEER]).check(first, T0)
+    assert not PacketFilter([SSH_FROM_PEER]).check(ip4(PEER4, ME4, 6, tcp(5, 23, SYN), mf=True), T0)
+
+
+def test_fragmented_reply_to_our_own_flow_passes_under_a_port_limited_policy() -> None:
+    # Regression (D7): the tail of a large UDP reply to a flow this node started.
+    f = PacketFilter([SSH_FROM_PEER])  # a policy that opens only SSH to us
+    f.track_outbound(udp4(ME4, PEER4, 5000, 53), T0)  # we ask the peer's DNS server
+    first = ip4(PEER4, ME4, 17, udp(53, 5000, b"x" * 1400), mf=True)  # offset 0, MF
+    second = ip4(PEER4, ME4, 17, b"y" * 600, frag=176)  # the rest of the datagram
+    assert f.check(first, T0)
+    assert f.check(second, T0)
 
 
 def test_tiny_first_fragment_is_malformed() -> None:
@@ -433,7 +444,7 @@ def test_ipv6_extension_headers_are_followed() -> None:
     assert f.check(ip6(PEER6, ME6, 6, tcp(5, 22, SYN), [(43, routing)]), T0)
     assert f.check(ip6(PEER6, ME6, 6, tcp(5, 22, SYN), [(44, frag6(0, True))]), T0)
     later = ip6(PEER6, ME6, 6, bytes(16), [(44, frag6(100))])
-    assert not f.check(later, T0)
+    assert f.check(later, T0)  # later fragments pass, as IPv4 ones
     assert PacketFilter([ALLOW_ALL]).check(later, T0)
     too_many = ip6(PEER6, ME6, 6, tcp(5, 22, SYN), [(60, opts())] * 9)
     assert not f.check(too_many, T0)

@@ -7,7 +7,7 @@ type or version with ProtocolError, so ``pack(unpack(x)) == x`` for every x it a
 
 An endpoint on the wire is 18 bytes: a 16-byte IPv6 address (IPv4 as ::ffff:a.b.c.d,
 RFC 4291 section 2.5.5.2) and a 2-byte big-endian port. In Python an endpoint is the
-``(ip, port)`` tuple of wireguard.device.Endpoint, IPv4 written dotted.
+``weftnet.endpoint.Endpoint`` named tuple ``(ip, port)``, IPv4 written dotted.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from weftnet.endpoint import Endpoint, canonical
 from weftnet.wireguard.errors import ProtocolError
 
 __all__ = [
@@ -39,7 +40,6 @@ __all__ = [
     "unpack_message",
 ]
 
-Endpoint = tuple[str, int]  # (ip, port), as wireguard.device.Endpoint
 
 PING = 1  # message types
 PONG = 2
@@ -57,22 +57,15 @@ PONG_BODY_SIZE = TXID_SIZE + ENDPOINT_SIZE  # 30
 MAX_CALL_ME_MAYBE_ENDPOINTS = 64
 
 
-def canonical_endpoint(endpoint: Endpoint) -> Endpoint:
-    """``(ip, port)`` with the address in its one canonical text form.
+def canonical_endpoint(endpoint: tuple[str, int]) -> Endpoint:
+    """``(ip, port)`` with the address in its one canonical text form (weftnet.endpoint).
 
-    IPv4-mapped IPv6 addresses become dotted IPv4, IPv6 is compressed. Raises
-    ProtocolError for something that is not an IP address and a 16-bit port.
+    Raises ProtocolError for something that is not an IP address and a 16-bit port.
     """
-    host, port = endpoint
     try:
-        ip = ipaddress.ip_address(host)
-    except ValueError as e:
-        raise ProtocolError(f"not an IP address: {host!r}") from e
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
-        raise ProtocolError(f"port out of range: {port!r}")
-    return str(ip), port
+        return canonical(endpoint)
+    except (ValueError, TypeError) as e:
+        raise ProtocolError(str(e)) from None
 
 
 def pack_endpoint(endpoint: Endpoint) -> bytes:
@@ -87,7 +80,7 @@ def unpack_endpoint(data: bytes) -> Endpoint:
         raise ProtocolError(f"an endpoint is {ENDPOINT_SIZE} bytes")
     ip = ipaddress.IPv6Address(bytes(data[:16]))
     host = str(ip.ipv4_mapped) if ip.ipv4_mapped is not None else str(ip)
-    return host, int.from_bytes(data[16:], "big")
+    return Endpoint(host, int.from_bytes(data[16:], "big"))
 
 
 def _header(kind: int) -> bytes:

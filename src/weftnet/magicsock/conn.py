@@ -4,11 +4,23 @@ Every peer is reached either directly (an ip:port found by disco pings) or throu
 home relay. Until a direct path answers, packets go through the relay, so the first
 packet never waits for NAT traversal; once pongs come back, the path finder moves the
 peer to the direct endpoint, and back to the relay when pongs stop (see
-weftnet.magicsock.pathfinder). The choice is written into the WireGuard peer's endpoint, where
-the data plane reads it: a relay path is the pseudo-endpoint ("relay:<region>", 0).
+weftnet.magicsock.pathfinder).
 
-Disco packets share the WireGuard UDP socket (told apart by their magic) and also
-travel through relays (ping via relay is how a peer learns to call us back).
+MagicSock is the data plane's ``Bind`` in a tailnet (weftnet.node.datapath; Tailscale's
+magicsock is wireguard-go's conn.Bind the same way): it alone writes peers' endpoints
+(``_choose``; a relay path is the pseudo-endpoint ``("relay:<region>", 0)``), the data
+plane hands it datagrams for relays, disco and STUN packets, and "peer P authenticated
+from S". Disco packets share the WireGuard UDP socket (told apart by their magic) and
+also travel through relays (ping via relay is how a peer learns to call us back).
+
+One loop drives every timer: it sleeps until the earliest of the path finders'
+``next_timer_at``, the next STUN refresh and the next relay re-probe, and is woken early
+whenever an input changes them (a pong, a new peer, new relays). An error for one peer
+is logged with its traceback and that peer is left alone for a while; the loop goes on.
+
+Peers are input from other members of the tailnet, so nothing they send is trusted: a
+malformed or low-order disco key leaves the peer without disco (reported by
+``health()``), unusable or surplus advertised endpoints are ignored.
 """
 
 from __future__ import annotations
@@ -19,82 +31,142 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from weftnet import controlbox, disco, stun, tailcfg
 from weftnet.disco import CallMeMaybe, Packet, Ping, Pong
-from weftnet.magicsock.pathfinder import Pathfinder, SendCallMeMaybe, SendPing
-from weftnet.node.datapath import RELAY_PREFIX, DataPlane
+from weftnet.endpoint import (
+    RELAY_PREFIX,
+    Endpoint,
+    format_endpoint,
+    is_usable_peer_address,
+    try_parse_endpoint,
+)
+from weftnet.magicsock.pathfinder import Path, Pathfinder, SendCallMeMaybe, SendPing
 from weftnet.node.engine import Engine
 from weftnet.relay.client import RelayClient
-from weftnet.wireguard.device import Endpoint, Peer
+from weftnet.relay.upgrade import parse_relay_url
+from weftnet.wireguard import crypto
+from weftnet.wireguard.device import Peer
 from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.handshake import State as HandshakeState
 
 log = logging.getLogger("weftd.magicsock")
 
-TICK_S = 0.25  # how often path finders' timers run and endpoints are re-chosen
 STUN_INTERVAL_S = 20.0  # re-learn our public mapping this often (NATs forget)
 STUN_RETRY_S = 2.0  # ask again this soon while no STUN server has answered
 HOME_REPROBE_S = 60.0  # re-measure relay latencies this often
 PING_TIMEOUT_S = 3.0  # a relay that does not answer a ping in this time is unusable
 PEER_GONE_RETRY_S = 1.0  # retry a handshake the relay could not deliver this soon
-RELAY_PONG_SRC = ("0.0.0.0", 0)  # a pong sent through a relay has no address to report
+PEER_ERROR_RETRY_S = 5.0  # a peer whose path finding raised is left alone this long
+MIN_WAIT_S = 0.005  # the loop never spins faster than this, whatever a deadline says
+MAX_WAIT_S = 30.0  # and wakes at least this often
+MAX_PEER_ENDPOINTS = 32  # endpoints taken from a peer's map entry (the server's own cap)
+NETCHECK_WAIT_S = 2.0  # how long netcheck waits for STUN answers
+RELAY_PONG_SRC = Endpoint("0.0.0.0", 0)  # a pong sent through a relay has no address
+
+Spawn = Callable[[str, Callable[[], Awaitable[None]]], None]
+
+
+def first_guess(mine: list[str], theirs: list[str]) -> Endpoint | None:
+    """Where to send a peer's packets before path discovery has measured anything, from
+    both nodes' map endpoints (first entry: the address the server saw, the rest: local
+    addresses). The server-seen one, or a local one when the server saw both of us come
+    from the same public address (the same NAT). Unusable addresses are skipped."""
+    their = [ep for text in theirs[:MAX_PEER_ENDPOINTS] if (ep := try_parse_endpoint(text))]
+    if not their:
+        return None
+    my_public = try_parse_endpoint(mine[0]) if mine else None
+    if my_public is not None and my_public.host == their[0].host:
+        for ep in their[1:]:
+            if is_usable_peer_address(ep):
+                return ep
+    return their[0] if is_usable_peer_address(their[0]) else None
 
 
 @dataclass
 class PeerPaths:
     node_id: int
+    name: str
     node_key: bytes
     disco_key: bytes | None
     home_relay: str | None
     pf: Pathfinder
     peer: Peer
-    path: tuple[Any, ...] = ("none",)
+    path: Path = ("none",)
     guess: Endpoint | None = None  # the map's endpoint guess, used with no relay
+    problem: str | None = None  # why the peer has no disco (for health)
+    error: str | None = None  # the last exception in its path finding (for health)
+    retry_at: float = float("-inf")  # after an exception: left alone until then
 
 
 @dataclass
 class Relays:
-    """One RelayClient per region of the relay map; the home one is the fastest."""
+    """One RelayClient per region of the relay map; the home one is the fastest.
+
+    ``update`` never raises: a region it cannot use (a malformed key or URL, an https
+    URL) is left out and described in ``problems``; the others work."""
 
     node_private: bytes
     on_packet: Any
     on_peer_gone: Any = None
+    on_change: Callable[[], None] = lambda: None
     regions: dict[str, tailcfg.RelayRegion] = field(default_factory=dict)
     clients: dict[str, RelayClient] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
+    problems: dict[str, str] = field(default_factory=dict)  # region -> why it is not used
+    unreachable: set[str] = field(default_factory=set)  # regions the last measure missed
     home: str | None = None
 
     async def update(self, relay_map: list[tailcfg.RelayRegion]) -> None:
         wanted = {r.name: r for r in relay_map}
         for name in list(self.clients):
             if name not in wanted or wanted[name] != self.regions.get(name):
-                await self.clients.pop(name).close()
+                client = self.clients.pop(name)
+                try:
+                    await client.close()
+                except Exception:  # a client that fails to close is gone all the same
+                    log.exception("closing relay client %s", name)
                 self.latency.pop(name, None)
         self.regions = wanted
+        for name in list(self.problems):
+            if name not in wanted:
+                del self.problems[name]
+        self.unreachable &= set(wanted)
         for name, region in wanted.items():
             if name in self.clients:
                 continue
-            try:
-                key = controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, region.public_key)
-            except ValueError:
-                log.warning("relay region %s has a malformed key; not used", name)
-                continue
-            client = RelayClient(
-                region.url,
-                self.node_private,
-                self._deliver(name),
-                server_key=key,
-                on_peer_gone=self.on_peer_gone,
-            )
-            client.start()
-            self.clients[name] = client
+            problem = region_problem(region)
+            if problem is None:
+                try:
+                    self.clients[name] = self._client(name, region)
+                except Exception as e:  # never out of here: the map loop calls this
+                    log.exception("relay region %s", name)
+                    problem = f"relay region {name}: not used ({e})"
+            if problem is not None:
+                if self.problems.get(name) != problem:
+                    log.warning("%s", problem)
+                self.problems[name] = problem
+            else:
+                self.problems.pop(name, None)
         if self.home not in self.clients:
             self.home = next(iter(self.clients), None)
+        self.on_change()
+
+    def _client(self, name: str, region: tailcfg.RelayRegion) -> RelayClient:
+        key = controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, region.public_key)
+        client = RelayClient(
+            region.url,
+            self.node_private,
+            self._deliver(name),
+            server_key=key,
+            on_peer_gone=self.on_peer_gone,
+        )
+        client.start()
+        return client
 
     def _deliver(self, region: str) -> Callable[[bytes, bytes], None]:
         def deliver(src: bytes, data: bytes) -> None:
@@ -109,9 +181,12 @@ class Relays:
             try:
                 if await c.wait_connected(PING_TIMEOUT_S):
                     self.latency[name] = await c.ping(PING_TIMEOUT_S)
+                    self.unreachable.discard(name)
+                    return
             except (TimeoutError, OSError, ConnectionError) as e:
                 log.debug("relay %s ping failed: %s", name, e)
-                self.latency.pop(name, None)
+            self.latency.pop(name, None)
+            self.unreachable.add(name)
 
         await asyncio.gather(*(one(n, c) for n, c in self.clients.items()))
         if self.latency:
@@ -120,11 +195,17 @@ class Relays:
                 self.home = best
             for name, c in self.clients.items():
                 c.note_preferred(name == self.home)
+        self.on_change()
         return self.home
 
     def send(self, region: str | None, dst_key: bytes, data: bytes) -> bool:
         client = self.clients.get(region or "") or self.clients.get(self.home or "")
         return client.send(dst_key, data) if client is not None else False
+
+    def health(self) -> list[str]:
+        out = [self.problems[name] for name in sorted(self.problems)]
+        out += [f"relay region {name}: unreachable" for name in sorted(self.unreachable)]
+        return out
 
     async def close(self) -> None:
         for c in self.clients.values():
@@ -132,86 +213,161 @@ class Relays:
         self.clients.clear()
 
 
+def region_problem(region: tailcfg.RelayRegion) -> str | None:
+    """Why a node cannot use this relay region, in words; None if it can."""
+    name = region.name
+    try:
+        scheme = urlsplit(region.url).scheme
+    except ValueError:
+        scheme = ""
+    if scheme == "https":
+        return (
+            f"relay region {name}: https relay URLs are not supported yet "
+            "(TLS arrives with issue 12)"
+        )
+    try:
+        parse_relay_url(region.url)
+    except ValueError as e:
+        return f"relay region {name}: {e}; not used"
+    try:
+        controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, region.public_key)
+    except ValueError:
+        return f"relay region {name}: malformed relay key; not used"
+    return None
+
+
 class MagicSock:
-    def __init__(self, engine: Engine, node_private: bytes) -> None:
+    """The tailnet's path layer: the data plane's Bind, disco, STUN and relays."""
+
+    def __init__(self, engine: Engine, node_private: bytes, spawn: Spawn | None = None) -> None:
         self.engine = engine
-        self.dp: DataPlane = engine.dp
+        self._spawn = spawn or self._spawn_task
+        self._tasks: list[asyncio.Task[None]] = []
         self.disco_private = os.urandom(32)
         self.disco_public = disco.public_key(self.disco_private)
-        self.relays = Relays(node_private, self._relay_packet, self._peer_gone)
+        self.relays = Relays(node_private, self._relay_packet, self._peer_gone, self._rearm)
         self.peers: dict[int, PeerPaths] = {}
         self._by_disco: dict[bytes, PeerPaths] = {}
         self._by_node_key: dict[bytes, PeerPaths] = {}
         self.local_endpoints: list[Endpoint] = []
         self.stun_results: dict[Endpoint, tuple[Endpoint, float]] = {}  # server: mapped, RTT
         self._stun_pending: dict[bytes, tuple[Endpoint, float]] = {}
+        self._stun_answered: set[Endpoint] = set()  # servers that answered since send_stun
         self._last_stun = float("-inf")
+        self._last_probe = float("-inf")
         self.published_endpoints: list[Endpoint] = []
         self._ping_waiters: dict[bytes, tuple[asyncio.Future[tuple[str, str, float]], float]] = {}
         self.endpoints_changed = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._closed = False
         self._probe: asyncio.Task[str | None] | None = None
-        self.dp.roaming = False
-        self.dp.relay_send = self._relay_send
-        self.dp.on_disco = self._udp_disco
-        self.dp.on_authenticated = self._authenticated
+        engine.set_bind(self)
 
     @property
     def disco_key_text(self) -> str:
         return controlbox.key_to_text(tailcfg.DISCO_KEY_PREFIX, self.disco_public)
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._tick_loop())
+        self._spawn("magicsock paths", self._run)
+
+    def _spawn_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+        async def run() -> None:
+            await factory()
+
+        self._tasks.append(asyncio.create_task(run(), name=name))
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        self._closed = True
+        self._wake.set()
+        for task in [*self._tasks, self._probe]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks.clear()
         await self.relays.close()
+        self.engine.set_bind(None)
+
+    def _rearm(self) -> None:
+        """Something changed a deadline: the loop recomputes its sleep."""
+        self._wake.set()
 
     # -- the map ----------------------------------------------------------------------
 
-    def set_peer(self, node: dict[str, Any], peer: Peer, guess: Endpoint | None) -> None:
-        """Add or update a peer from the map."""
-        pp = self.peers.get(node["id"])
-        dk = None
-        if node.get("disco_key"):
-            with contextlib.suppress(ValueError):
-                dk = controlbox.key_from_text(tailcfg.DISCO_KEY_PREFIX, node["disco_key"])
+    def set_peer(self, node: tailcfg.Node, peer: Peer, self_endpoints: list[str]) -> None:
+        """Add or update a peer from the map (``self_endpoints``: our own map entry's).
+
+        The path layer alone sets ``peer.endpoint``: first the guess from the map, then
+        whatever path discovery finds."""
+        pp = self.peers.get(node.id)
+        dk, problem = _disco_key(node.disco_key)
+        if problem is not None and (pp is None or pp.problem != problem):
+            log.warning("peer %s: %s; reached without disco", node.name, problem)
         if pp is None or pp.peer is not peer:
-            pp = PeerPaths(node["id"], peer.public_key, dk, None, Pathfinder(), peer)
-            self.peers[node["id"]] = pp
+            if pp is not None:
+                self.remove_peer(node.id)
+            pp = PeerPaths(node.id, node.name, peer.public_key, None, None, Pathfinder(), peer)
+            self.peers[node.id] = pp
             self._by_node_key[peer.public_key] = pp
+        pp.name = node.given_name or node.name
+        pp.problem = problem
         if pp.disco_key != dk:
             if pp.disco_key is not None:
                 self._by_disco.pop(pp.disco_key, None)
             pp.disco_key = dk
         if dk is not None:
             self._by_disco[dk] = pp
-        pp.home_relay = node.get("home_relay")
+        pp.home_relay = node.home_relay
         pp.pf.set_relay(pp.home_relay or self.relays.home)
-        pp.guess = guess
-        eps = []
-        for text in node.get("endpoints") or []:
-            ep = _parse(text)
-            if ep is not None:
-                eps.append(ep)
+        pp.guess = first_guess(self_endpoints, node.endpoints)
+        eps = [
+            ep
+            for text in node.endpoints[:MAX_PEER_ENDPOINTS]
+            if (ep := try_parse_endpoint(text)) is not None and is_usable_peer_address(ep)
+        ]
         pp.pf.set_endpoints(eps)
         self._choose(pp, time.monotonic())
+        self._rearm()
 
     def remove_peer(self, node_id: int) -> None:
         pp = self.peers.pop(node_id, None)
         if pp is None:
             return
-        self._by_node_key.pop(pp.node_key, None)
-        if pp.disco_key is not None:
-            self._by_disco.pop(pp.disco_key, None)
+        if self._by_node_key.get(pp.node_key) is pp:
+            del self._by_node_key[pp.node_key]
+        if pp.disco_key is not None and self._by_disco.get(pp.disco_key) is pp:
+            del self._by_disco[pp.disco_key]
+
+    # -- the Bind: what the data plane hands us ---------------------------------------
+
+    def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
+        self.relays.send(ep[0][len(RELAY_PREFIX) :], peer_key, data)
+
+    def receive_other(self, data: bytes, src: Endpoint) -> bool:
+        try:
+            if disco.is_disco(data):
+                self._disco(data, src)
+            elif stun.is_stun(data):
+                self._stun_response(data)
+            else:
+                return False
+        except Exception:  # one bad datagram never stops the reader's batch
+            log.exception("disco/STUN datagram from %s", format_endpoint(src))
+        return True
+
+    def authenticated(self, peer: Peer, src: Endpoint) -> None:
+        """WireGuard from a new direct source: the peer moved; follow it."""
+        if src[0].startswith(RELAY_PREFIX):
+            return  # the relay path is chosen by the path finder, not by arrivals
+        pp = self._by_node_key.get(peer.public_key)
+        if pp is None:
+            return
+        now = time.monotonic()
+        pp.pf.on_authenticated(src, now)
+        self._choose(pp, now)
+        self._rearm()
 
     # -- sending ----------------------------------------------------------------------
-
-    def _relay_send(self, peer: Peer, region: str, data: bytes) -> None:
-        self.relays.send(region, peer.public_key, data)
 
     def _send_disco(self, pp: PeerPaths, msg: disco.Message, dst: Endpoint | None) -> None:
         if pp.disco_key is None:
@@ -220,45 +376,51 @@ class MagicSock:
         if dst is None:
             self.relays.send(pp.home_relay, pp.node_key, raw)
             return
-        self.dp.send_raw(raw, dst)
+        self.engine.dp.send_raw(raw, dst)
+
+    def _ping(self, pp: PeerPaths, dst: Endpoint | None, now: float) -> bytes:
+        """A disco ping with a fresh txid to ``dst`` (None: through the relay)."""
+        txid = os.urandom(disco.TXID_SIZE)
+        self._send_disco(pp, Ping(txid, self.engine.device.identity.public_key), dst)
+        if dst is not None:
+            pp.pf.on_ping_sent(dst, txid, now)
+        return txid
 
     # -- receiving --------------------------------------------------------------------
 
     def _relay_packet(self, region: str, src_key: bytes, data: bytes) -> None:
-        if disco.is_disco(data):
-            self._disco(data, None)
-        else:
-            self.dp.receive_from_relay(data, src_key, region)
-
-    def _authenticated(self, peer: Peer, src: Endpoint) -> None:
-        """WireGuard data from a new direct source: the peer moved; follow it."""
-        pp = self._by_node_key.get(peer.public_key)
-        if pp is None:
-            return
-        now = time.monotonic()
-        pp.pf.on_authenticated(src, now)
-        self._choose(pp, now)
+        try:
+            if disco.is_disco(data):
+                self._disco(data, None)
+            else:
+                self.engine.dp.receive_from_relay(data, src_key, region)
+        except Exception:
+            log.exception("datagram from relay region %s", region)
 
     def network_changed(self, local_endpoints: list[Endpoint]) -> None:
         """Our addresses or routes changed (netlink): learn the new public address, tell
         the server and ping every peer at once, so their NATs open to our new source."""
         if local_endpoints == self.local_endpoints:
             return
-        log.info("network changed: local endpoints %s", local_endpoints)
+        log.info(
+            "network changed: local endpoints %s",
+            ", ".join(format_endpoint(ep) for ep in local_endpoints),
+        )
         self.local_endpoints = local_endpoints
         self.stun_results.clear()
         self.send_stun()
         self.endpoints_changed.set()
-        me = self.engine.device.identity.public_key
         now = time.monotonic()
-        for pp in self.peers.values():
-            path = pp.pf.best_path(now)
-            if path[0] == "direct":
-                txid = os.urandom(12)
-                self._send_disco(pp, Ping(txid, me), path[1])
-                pp.pf.on_ping_sent(path[1], txid, now)
-            # WireGuard itself speaks from the new source too: the peer follows at once.
-            self.dp.send_transmits(self.engine.device.send_keepalive(pp.peer, now))
+        for pp in list(self.peers.values()):
+            try:
+                path = pp.pf.best_path(now)
+                if path[0] == "direct":
+                    self._ping(pp, path[1], now)
+                # WireGuard itself speaks from the new source too: the peer follows at once.
+                self.engine.dp.send_transmits(self.engine.device.send_keepalive(pp.peer, now))
+            except Exception as e:
+                self._peer_failed(pp, e, now)
+        self._rearm()
 
     def _peer_gone(self, node_key: bytes, reason: int) -> None:
         """The relay had nowhere to deliver to this peer (it has not connected yet): a
@@ -273,31 +435,28 @@ class MagicSock:
                 pp.peer.retransmit_handshake_at = soon
                 self.engine.rearm()
 
-    def _udp_disco(self, data: bytes, src: Endpoint | None) -> None:
-        if disco.is_disco(data):
-            self._disco(data, src)
-        elif src is not None and stun.is_stun(data):
-            self._stun_response(data)
-
     # -- STUN: our public address, from the WireGuard socket itself -------------------
 
     def stun_servers(self) -> list[Endpoint]:
         out = []
         for region in self.relays.regions.values():
-            if not region.stun_port:
+            if not region.stun_port or region.name in self.relays.problems:
                 continue
-            host = urlsplit(region.url).hostname
-            if host:
-                with contextlib.suppress(ValueError):
-                    out.append((str(ipaddress.ip_address(host)), region.stun_port))
+            with contextlib.suppress(ValueError):
+                host = urlsplit(region.url).hostname
+                if host:
+                    out.append(Endpoint(str(ipaddress.ip_address(host)), region.stun_port))
         return out
 
     def send_stun(self) -> None:
         now = time.monotonic()
+        self._stun_answered.clear()
         for server in self.stun_servers():
-            txid = os.urandom(12)
+            txid = os.urandom(stun.TXID_SIZE)
             self._stun_pending[txid] = (server, now)
-            self.dp.send_raw(stun.binding_request(txid, "weftnet"), server)
+            self.engine.dp.send_raw(stun.binding_request(txid, "weftnet"), server)
+        while len(self._stun_pending) > 64:  # answers that never came
+            del self._stun_pending[next(iter(self._stun_pending))]
         self._last_stun = now
 
     def _stun_response(self, data: bytes) -> None:
@@ -310,7 +469,9 @@ class MagicSock:
             return
         server, sent_at = pending
         self.stun_results[server] = (mapped, time.monotonic() - sent_at)
+        self._stun_answered.add(server)
         self._publish_endpoints()
+        self._rearm()
 
     @property
     def mapping_varies(self) -> bool | None:
@@ -331,6 +492,38 @@ class MagicSock:
             self.published_endpoints = eps
             self.endpoints_changed.set()
 
+    async def netcheck(self) -> dict[str, Any]:
+        """Ask every STUN server again and re-measure the relays (`weft netcheck`).
+
+        The earlier answers stay until new ones replace them, so the published endpoints
+        (and the map stream) change only if the public mapping really changed."""
+        servers = self.stun_servers()
+        if not servers:
+            return {"ok": False, "error": "no STUN servers known yet: is this node up?"}
+        self.send_stun()
+        deadline = time.monotonic() + NETCHECK_WAIT_S
+        while time.monotonic() < deadline and not self._stun_answered >= set(servers):
+            await asyncio.sleep(0.02)
+        await self.relays.measure()
+        fresh = {s: r for s, r in self.stun_results.items() if s in self._stun_answered}
+        mapped = [format_endpoint(m) for m, _ in fresh.values()]
+        seen = {m for m, _ in fresh.values()}
+        return {
+            "ok": True,
+            "result": {
+                "udp": bool(fresh),
+                "public_address": mapped[0] if mapped else None,
+                "mapping_varies_by_destination": len(seen) > 1 if len(fresh) > 1 else None,
+                "stun_servers": {
+                    format_endpoint(s): format_endpoint(m) for s, (m, _) in fresh.items()
+                },
+                "preferred_relay": self.relays.home,
+                "relay_latency_ms": {k: round(v * 1000, 2) for k, v in self.relays.latency.items()},
+            },
+        }
+
+    # -- disco ------------------------------------------------------------------------
+
     def _disco(self, data: bytes, src: Endpoint | None) -> None:
         try:
             packet = Packet.unpack(data)
@@ -339,7 +532,7 @@ class MagicSock:
                 return  # not a peer of ours: not even opened
             msg = disco.open_packet(packet, self.disco_private)
         except ProtocolError:
-            self.dp.counters.drop_malformed += 1
+            self.engine.dp.counters.drop_malformed += 1
             return
         now = time.monotonic()
         if isinstance(msg, Ping):
@@ -359,76 +552,117 @@ class MagicSock:
                 via: tuple[str, str] = (
                     ("relay", pp.home_relay or self.relays.home or "?")
                     if src is None
-                    else ("direct", f"{src[0]}:{src[1]}")
+                    else ("direct", format_endpoint(src))
                 )
                 waiter[0].set_result((*via, now - waiter[1]))
             if src is not None:
                 pp.pf.on_pong(msg.txid, src, now)
                 self._choose(pp, now)
         elif isinstance(msg, CallMeMaybe):
-            pp.pf.on_call_me_maybe(msg.endpoints)
+            usable = [ep for ep in msg.endpoints if is_usable_peer_address(Endpoint(*ep))]
+            pp.pf.on_call_me_maybe(usable)
+        self._rearm()
 
     # -- timers -----------------------------------------------------------------------
 
-    async def _tick_loop(self) -> None:
-        last_probe = float("-inf")
-        while True:
+    async def _run(self) -> None:
+        """The one timer loop (returns only once closed: not to be restarted then)."""
+        while not self._closed:
+            self._wake.clear()
             now = time.monotonic()
-            if now - last_probe > HOME_REPROBE_S and self.relays.clients:
-                last_probe = now
+            next_at = self._on_timer(now)
+            wait = min(max(next_at - time.monotonic(), MIN_WAIT_S), MAX_WAIT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), wait)
+
+    def _on_timer(self, now: float) -> float:
+        """Run what is due at ``now``; the next deadline."""
+        deadlines = [now + MAX_WAIT_S]
+        if self.relays.clients:
+            if now >= self._last_probe + HOME_REPROBE_S and (
+                self._probe is None or self._probe.done()
+            ):
+                self._last_probe = now
                 self._probe = asyncio.create_task(self.relays.measure())
+            deadlines.append(self._last_probe + HOME_REPROBE_S)
+        if self.stun_servers():
             wait = STUN_INTERVAL_S if self.stun_results else STUN_RETRY_S
-            if now - self._last_stun > wait and self.stun_servers():
+            if now >= self._last_stun + wait:
                 self.send_stun()
-            for pp in list(self.peers.values()):
-                for action in pp.pf.timers(now):
-                    if isinstance(action, SendPing):
-                        txid = os.urandom(12)
-                        self._send_disco(pp, Ping(txid, self.engine.device.identity.public_key),
-                                         action.endpoint)  # fmt: skip
-                        pp.pf.on_ping_sent(action.endpoint, txid, now)
-                    elif isinstance(action, SendCallMeMaybe):
-                        self._send_disco(pp, CallMeMaybe(tuple(self.endpoints())), None)
-                if pp.home_relay is None:
-                    pp.pf.set_relay(self.relays.home)
-                self._choose(pp, now)
-            await asyncio.sleep(TICK_S)
+            deadlines.append(self._last_stun + wait)
+        for pp in list(self.peers.values()):
+            if now < pp.retry_at:
+                deadlines.append(pp.retry_at)
+                continue
+            try:
+                at = self._peer_timers(pp, now)
+            except Exception as e:
+                self._peer_failed(pp, e, now)
+                deadlines.append(pp.retry_at)
+                continue
+            if at is not None:
+                deadlines.append(at)
+        return min(deadlines)
+
+    def _peer_timers(self, pp: PeerPaths, now: float) -> float | None:
+        for action in pp.pf.timers(now):
+            if isinstance(action, SendPing):
+                self._ping(pp, action.endpoint, now)
+            elif isinstance(action, SendCallMeMaybe):
+                self._send_disco(pp, CallMeMaybe(tuple(self.endpoints())), None)
+        if pp.home_relay is None:
+            pp.pf.set_relay(self.relays.home)
+        self._choose(pp, now)
+        pp.error = None
+        return pp.pf.next_timer_at(now)
+
+    def _peer_failed(self, pp: PeerPaths, e: Exception, now: float) -> None:
+        log.error(
+            "peer %s: path finding failed; retrying in %.0f s",
+            pp.name,
+            PEER_ERROR_RETRY_S,
+            exc_info=e,
+        )
+        pp.error = f"{type(e).__name__}: {e}"
+        pp.retry_at = now + PEER_ERROR_RETRY_S
 
     def _choose(self, pp: PeerPaths, now: float) -> None:
+        """Point the peer's endpoint at its best path: the one writer of peer.endpoint."""
         path = pp.pf.best_path(now)
         if path[0] == "direct":
             ep: Endpoint | None = path[1]
         elif path[0] == "relay":
-            ep = (RELAY_PREFIX + path[1], 0)
+            ep = Endpoint(RELAY_PREFIX + path[1], 0)
         else:
             ep = pp.guess
         if path != pp.path:
-            log.info("peer %d: path %s", pp.node_id, path)
+            log.info("peer %s: path %s", pp.name, _path_text(path))
             pp.path = path
         if ep is not None and pp.peer.endpoint != ep:
             pp.peer.endpoint = ep
 
+    # -- for `weft ping`, `weft status`, health ---------------------------------------
+
     async def ping(self, node_id: int, timeout_s: float) -> tuple[str, str, float] | None:
-        """A disco ping over the relay and every candidate endpoint at once: the first
-        pong's (path kind, where, seconds), or None on timeout."""
+        """A disco ping over the relay and every candidate endpoint at once, each with
+        its own txid (a path finder counts a pong only from where its txid went): the
+        first pong's (path kind, where, seconds), or None on timeout."""
         pp = self.peers.get(node_id)
         if pp is None or pp.disco_key is None:
             return None
-        txid = os.urandom(12)
         now = time.monotonic()
         fut: asyncio.Future[tuple[str, str, float]] = asyncio.get_running_loop().create_future()
-        self._ping_waiters[txid] = (fut, now)
-        me = self.engine.device.identity.public_key
-        self._send_disco(pp, Ping(txid, me), None)
-        for status in pp.pf.endpoint_status():
-            self._send_disco(pp, Ping(txid, me), status.endpoint)
-            pp.pf.on_ping_sent(status.endpoint, txid, now)
+        txids = [self._ping(pp, None, now)]
+        txids += [self._ping(pp, s.endpoint, now) for s in pp.pf.endpoint_status()]
+        for txid in txids:
+            self._ping_waiters[txid] = (fut, now)
         try:
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             return None
         finally:
-            self._ping_waiters.pop(txid, None)
+            for txid in txids:
+                self._ping_waiters.pop(txid, None)
 
     def path_of(self, node_id: int) -> tuple[str, str | None, str | None]:
         """(path kind, endpoint text, relay region) for `weft status`."""
@@ -437,16 +671,38 @@ class MagicSock:
             return "none", None, None
         path = pp.pf.best_path(time.monotonic())
         if path[0] == "direct":
-            return "direct", f"{path[1][0]}:{path[1][1]}", None
+            return "direct", format_endpoint(path[1]), None
         if path[0] == "relay":
             return "relay", None, path[1]
         return "none", None, None
 
+    def health(self) -> list[str]:
+        """Current problems in words; empty when healthy."""
+        out = self.relays.health()
+        for pp in sorted(self.peers.values(), key=lambda p: p.node_id):
+            if pp.problem is not None:
+                out.append(f"peer {pp.name}: {pp.problem}")
+            if pp.error is not None:
+                out.append(f"peer {pp.name}: path finding failed ({pp.error})")
+        return out
 
-def _parse(text: str) -> Endpoint | None:
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]")
+
+def _disco_key(text: str | None) -> tuple[bytes | None, str | None]:
+    """A peer's disco key from the map, and why it is not used (None: fine or absent)."""
+    if not text:
+        return None, None
     try:
-        return disco.canonical_endpoint((host, int(port)))
-    except (ValueError, ProtocolError):
-        return None
+        key = controlbox.key_from_text(tailcfg.DISCO_KEY_PREFIX, text)
+    except ValueError:
+        return None, "malformed disco key"
+    if crypto.is_low_order(key):
+        return None, "bad disco key (low order)"
+    return key, None
+
+
+def _path_text(path: Path) -> str:
+    if path[0] == "direct":
+        return f"direct {format_endpoint(path[1])}"
+    if path[0] == "relay":
+        return f"relay {path[1]}"
+    return "none"

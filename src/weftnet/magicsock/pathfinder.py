@@ -48,7 +48,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from weftnet.disco.messages import Endpoint, canonical_endpoint
+from weftnet.disco.messages import canonical_endpoint
+from weftnet.endpoint import Endpoint
 
 __all__ = [
     "CALL_ME_MAYBE_INTERVAL_S",

@@ -27,14 +27,16 @@ from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from weftnet import controlbox, tailcfg
+from weftnet.endpoint import Endpoint, try_parse_endpoint
 from weftnet.magicsock.conn import MagicSock
+from weftnet.magicsock.conn import first_guess as choose_endpoint  # noqa: F401 (moved)
 from weftnet.node import localapi
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays, dump
 from weftnet.node.engine import Engine
 from weftnet.node.filter import PacketFilter
 from weftnet.node.state import NodeState
 from weftnet.node.whois import WhoisError, whois
-from weftnet.wireguard.device import Peer
+from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig, Peer
 from weftnet.wireguard.session import REJECT_AFTER_TIME_S
 
 log = logging.getLogger("weftd")
@@ -88,41 +90,19 @@ def _ep_text(ep: tuple[str, int]) -> str:
     return f"[{ep[0]}]:{ep[1]}" if ":" in ep[0] else f"{ep[0]}:{ep[1]}"
 
 
-def parse_endpoint(text: str) -> tuple[str, int] | None:
-    try:
-        host, _, port = text.rpartition(":")
-        host = host.strip("[]")
-        ipaddress.ip_address(host)
-        return host, int(port)
-    except ValueError:
-        return None
-
-
-def choose_endpoint(mine: list[str], theirs: list[str]) -> tuple[str, int] | None:
-    """Where to send a peer's packets, from both nodes' endpoint lists (first entry: the
-    address the server saw, the rest: reported local addresses). Until path discovery
-    measures paths, take the server-seen one, or the local one when the server saw both
-    of us come from the same public address (the same NAT)."""
-    if not theirs:
-        return None
-    their_public = parse_endpoint(theirs[0])
-    my_public = parse_endpoint(mine[0]) if mine else None
-    if my_public and their_public and my_public[0] == their_public[0]:
-        for candidate in theirs[1:]:
-            if (ep := parse_endpoint(candidate)) is not None:
-                return ep
-    return their_public
+def parse_endpoint(text: str) -> Endpoint | None:
+    return try_parse_endpoint(text)
 
 
 class NodeDaemon:
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(self, args: argparse.Namespace, device_config: DeviceConfig = SPEC_CONFIG) -> None:
         self.args = args
         self.state = NodeState.load(args.state_dir)
         self.engine = Engine(
             self.state.node_private,
             args.tun,
             args.port if args.port is not None else DEFAULT_PORT,
-            rekey_after_time_s=args.rekey_after_seconds,
+            config=device_config,
         )
         self.engine.configure([], OVERLAY_ROUTES)
         # Nothing gets in (but replies) until a map, or the cached one, says what may.
@@ -141,7 +121,6 @@ class NodeDaemon:
         self.peers: dict[int, dict[str, Any]] = {}  # node id -> Node (as JSON)
         self.dns_domain: str | None = None
         self._peer_by_id: dict[int, Peer] = {}
-        self._map_endpoint: dict[int, str | None] = {}
         self._first_map = asyncio.Event()
         self._net_check: asyncio.Future[None] | None = None
 
@@ -342,28 +321,7 @@ class NodeDaemon:
         magic = self.magic
         if magic is None or not magic.stun_servers():
             return {"ok": False, "error": "no STUN servers known yet: is this node up?"}
-        magic.stun_results.clear()
-        magic.send_stun()
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and len(magic.stun_results) < len(magic.stun_servers()):
-            await asyncio.sleep(0.05)
-        await magic.relays.measure()
-        mapped = [f"{m[0]}:{m[1]}" for m, _ in magic.stun_results.values()]
-        return {
-            "ok": True,
-            "result": {
-                "udp": bool(magic.stun_results),
-                "public_address": mapped[0] if mapped else None,
-                "mapping_varies_by_destination": magic.mapping_varies,
-                "stun_servers": {
-                    f"{s[0]}:{s[1]}": f"{m[0]}:{m[1]}" for s, (m, _) in magic.stun_results.items()
-                },
-                "preferred_relay": magic.relays.home,
-                "relay_latency_ms": {
-                    k: round(v * 1000, 2) for k, v in magic.relays.latency.items()
-                },
-            },
-        }
+        return await magic.netcheck()
 
     async def down(self) -> dict[str, Any]:
         self.state.prefs.want_running = False
@@ -555,7 +513,6 @@ class NodeDaemon:
 
     def _remove_peer(self, pid: int) -> None:
         peer = self._peer_by_id.pop(pid, None)
-        self._map_endpoint.pop(pid, None)
         if self.magic is not None:
             self.magic.remove_peer(pid)
         if peer is not None:
@@ -586,30 +543,22 @@ class NodeDaemon:
             if peer is not None and peer.public_key != key:
                 self._remove_peer(pid)  # the peer logged in again with a new node key
                 peer = None
-            chosen = choose_endpoint((self.self_node or {}).get("endpoints") or [], n["endpoints"])
+            mine = (self.self_node or {}).get("endpoints") or []
             if peer is None:
                 if key == device.identity.public_key or key in device.peers:
                     continue
                 peer = device.add_peer(
-                    key,
-                    n["allowed_ips"],
-                    endpoint=chosen,
-                    persistent_keepalive_s=PEER_KEEPALIVE_S,
+                    key, n["allowed_ips"], persistent_keepalive_s=PEER_KEEPALIVE_S
                 )
                 self._peer_by_id[pid] = peer
-                self._map_endpoint[pid] = n["endpoints"][0] if n["endpoints"] else None
                 if self.magic is not None:
-                    self.magic.set_peer(n, peer, chosen)
+                    self.magic.set_peer(tailcfg.Node.model_validate(n), peer, mine)
                 # Speak first: a node behind NAT opens its mapping, and the peer learns it.
                 transmits += device.send_keepalive(peer, now)
                 continue
             device.set_allowed_ips(peer, n["allowed_ips"])
-            first = n["endpoints"][0] if n["endpoints"] else None
-            if first != self._map_endpoint.get(pid):
-                self._map_endpoint[pid] = first
-                peer.endpoint = chosen
             if self.magic is not None:
-                self.magic.set_peer(n, peer, chosen)
+                self.magic.set_peer(tailcfg.Node.model_validate(n), peer, mine)
         self.engine.dp.config_changed()
         if transmits:
             self.engine.dp.send_transmits(transmits)

@@ -10,6 +10,13 @@ TUN as a single super-packet (GSO write), the rest one by one.
 
 Everything that is not transport data (handshakes, cookie replies, timers) goes to the
 pure ``Device``; this module only moves bytes and calls it.
+
+The ``Bind`` is the seam to what chooses paths (wireguard-go's conn.Bind, which
+Tailscale's magicsock implements): it owns every peer's endpoint, sends to
+pseudo-endpoints (a relay region) and reads what is not WireGuard (disco, STUN). The
+data plane only tells it "this peer authenticated from that source". ``UdpBind`` is
+plain WireGuard: the endpoint roams to the source of authenticated packets;
+``weftnet.magicsock.MagicSock`` is the tailnet's.
 """
 
 from __future__ import annotations
@@ -24,7 +31,9 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
 from weftnet.node import offload
 from weftnet.node.filter import PacketFilter
 from weftnet.node.tun import (
@@ -36,7 +45,8 @@ from weftnet.node.tun import (
     VNET_HDR,
     VNET_HDR_LEN,
 )
-from weftnet.wireguard.device import Device, Endpoint, Peer, Transmit
+from weftnet.wireguard.constants import PADDING_MULTIPLE, REJECT_AFTER_TIME_S
+from weftnet.wireguard.device import Device, Peer, Transmit
 from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
 from weftnet.wireguard.session import Keypair
@@ -44,7 +54,6 @@ from weftnet.wireguard.session import Keypair
 log = logging.getLogger("weftd.datapath")
 
 SOL_UDP = 17
-RELAY_PREFIX = "relay:"  # endpoint host of a path through a relay region: ("relay:eu", 0)
 UDP_SEGMENT = 103  # linux/udp.h: send with GSO, value = segment size
 UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
 MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
@@ -108,11 +117,33 @@ def make_socket(port: int) -> socket.socket:
     return s
 
 
-def canonical_endpoint(addr: tuple) -> Endpoint:
-    host = addr[0]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    return (host, addr[1])
+class Bind(Protocol):
+    """What the data plane sends through besides its UDP socket, and reports to."""
+
+    def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
+        """Send ``data`` for the peer with ``peer_key`` to a pseudo-endpoint (a relay
+        region, ``("relay:<region>", 0)``), not an IP address."""
+
+    def receive_other(self, data: bytes, src: Endpoint) -> bool:
+        """A UDP datagram that is not WireGuard (disco, STUN); False: not ours, dropped."""
+
+    def authenticated(self, peer: Peer, src: Endpoint) -> None:
+        """``peer`` proved itself (transport data or a handshake) from ``src``, which is
+        not its endpoint. Called only then, so at most once per batch while it differs."""
+
+
+class UdpBind:
+    """Plain WireGuard: the UDP socket only, endpoints roam to authenticated sources."""
+
+    def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
+        log.debug("no relay in plain WireGuard mode: dropped a datagram for %s", ep)
+
+    def receive_other(self, data: bytes, src: Endpoint) -> bool:
+        return False
+
+    def authenticated(self, peer: Peer, src: Endpoint) -> None:
+        if not src[0].startswith(RELAY_PREFIX):
+            peer.endpoint = src  # whitepaper section 2.1: the endpoint roams
 
 
 class DataPlane:
@@ -122,6 +153,7 @@ class DataPlane:
         tun_fd: int,
         sock: socket.socket,
         clock: Callable[[], float] = time.monotonic,
+        bind: Bind | None = None,
     ) -> None:
         self.device = device
         self.tun_fd = tun_fd
@@ -129,11 +161,8 @@ class DataPlane:
         self.clock = clock
         self.counters = Counters()
         self.on_change: Callable[[], None] = lambda: None  # re-arm the timer
-        # Tailnet mode: the path picker owns endpoints, sends via relays and reads disco.
-        self.roaming = True  # plain WireGuard: follow the source of authenticated packets
-        self.relay_send: Callable[[Peer, str, bytes], None] | None = None
-        self.on_disco: Callable[[bytes, Endpoint | None], None] | None = None
-        self.on_authenticated: Callable[[Peer, Endpoint], None] | None = None
+        self.bind: Bind = UdpBind()
+        self.set_bind(bind or self.bind)
         # Tailnet mode: what may reach this node (None: everything, as plain WireGuard).
         self.filter: PacketFilter | None = None
         self._tun_buf = bytearray(VNET_HDR_LEN + 65536)
@@ -164,6 +193,13 @@ class DataPlane:
         self._peer: Peer | None = None
         self._plain: list[bytes] | None = None
 
+    def set_bind(self, bind: Bind) -> None:
+        """Send and receive through ``bind`` from now on (the path layer starting or
+        stopping); the previous bind is forgotten."""
+        self.bind = bind
+        self._authenticated = bind.authenticated
+        self._send_to_pseudo = bind.send_to_pseudo
+
     def config_changed(self) -> None:
         """Forget cached routing decisions (peers or allowed IPs changed)."""
         self._route_cache.clear()
@@ -176,7 +212,7 @@ class DataPlane:
         if sa is None:
             host, port = ep
             if host.startswith(RELAY_PREFIX):
-                return ("relay", host[len(RELAY_PREFIX) :])
+                return ("relay", ep)
             if ipaddress.ip_address(host).version == 4:
                 host = "::ffff:" + host
             sa = (host, port, 0, 0)
@@ -185,11 +221,11 @@ class DataPlane:
 
     def send_transmits(self, transmits: list[Transmit]) -> None:
         for t in transmits:
-            sa = self._sockaddr(t.endpoint)
-            if sa[0] == "relay":
-                peer = self.device.peers.get(t.peer_key)
-                if peer is not None:
-                    self._via_relay(peer, sa[1], t.data)
+            if t.endpoint[0].startswith(RELAY_PREFIX):
+                if t.peer_key:
+                    self._send_to_pseudo(t.peer_key, t.endpoint, t.data)
+                else:
+                    log.debug("dropped a datagram for %s with no peer key", t.endpoint)
                 continue
             self.send_raw(t.data, t.endpoint)
         if transmits:
@@ -202,10 +238,6 @@ class DataPlane:
         except OSError as e:
             log.debug("send to %s failed: %s", ep, e)
 
-    def _via_relay(self, peer: Peer, region: str, data: bytes) -> None:
-        if self.relay_send is not None:
-            self.relay_send(peer, region, data)
-
     def receive_from_relay(self, data: bytes, src_key: bytes, region: str) -> None:
         """A datagram the relay delivered from the peer with node key ``src_key``."""
         peer = self.device.peers.get(src_key)
@@ -213,7 +245,13 @@ class DataPlane:
             self.counters.drop_no_peer += 1
             return
         now = self.clock()
-        self._inbound(memoryview(data), (RELAY_PREFIX + region, 0), now)
+        src = Endpoint(RELAY_PREFIX + region, 0)
+        if data and 0 < data[0] < MESSAGE_TRANSPORT and not any(data[1:4]):
+            # A handshake message: what answers it (a cookie reply has no peer of its
+            # own) goes back through the relay to the key it came from.
+            self._handshake(data, src, now, src_key)
+            return
+        self._inbound(memoryview(data), src, now)
         self._flush_tun()
         self._after_receive(now)
 
@@ -224,7 +262,7 @@ class DataPlane:
             return
         kp = self._kp
         assert kp is not None and self._peer is not None
-        padded = (length + 15) & ~15
+        padded = (length + PADDING_MULTIPLE - 1) & -PADDING_MULTIPLE
         if padded > self.device.mtu and length <= self.device.mtu:
             padded = self.device.mtu
         if padded > length:
@@ -262,8 +300,9 @@ class DataPlane:
         sock = self.sock
         for sa, start, end, seg, count, _, peer in self._batches:
             if sa[0] == "relay":
+                send, key, ep = self._send_to_pseudo, peer.public_key, sa[1]
                 for off in range(start, end, seg):
-                    self._via_relay(peer, sa[1], bytes(out[off : min(off + seg, end)]))
+                    send(key, ep, bytes(out[off : min(off + seg, end)]))
                 self.counters.tx_packets += count
                 continue
             try:
@@ -393,7 +432,7 @@ class DataPlane:
                     seg = int.from_bytes(data[:2], "little") or n
             src = self._ep_cache.get(addr)
             if src is None:
-                src = canonical_endpoint(addr)
+                src = canonical(addr)
                 if len(self._ep_cache) > 1024:
                     self._ep_cache.clear()
                 self._ep_cache[addr] = src
@@ -427,7 +466,7 @@ class DataPlane:
             if type(kp) is not Keypair or msg[1] or msg[2] or msg[3]:
                 self.counters.drop_unknown_index += 1
                 return
-            if now - kp.created_at >= 180.0:
+            if now - kp.created_at >= REJECT_AFTER_TIME_S:
                 self.counters.drop_replay_or_auth += 1
                 return
             off = self._dec_len
@@ -440,10 +479,7 @@ class DataPlane:
             if kp is not peer.current:
                 self.send_transmits(self.device.received_on(kp, now))
             if peer.endpoint != src:
-                if self.roaming:
-                    peer.endpoint = src  # roaming: authenticated traffic teaches the endpoint
-                elif self.on_authenticated is not None and not src[0].startswith(RELAY_PREFIX):
-                    self.on_authenticated(peer, src)
+                self._authenticated(peer, src)
             peer.rx_bytes += mlen
             had = self._recv_peers.get(peer)
             if plen == 0:  # keepalive
@@ -485,17 +521,25 @@ class DataPlane:
             return
         # Not WireGuard (type 1-4 then three zero bytes): disco or STUN, for the path picker.
         if mlen >= 4 and (msg[0] > MESSAGE_TRANSPORT or msg[1] or msg[2] or msg[3]):
-            if self.on_disco is not None:
-                self.on_disco(bytes(msg), None if src[0].startswith(RELAY_PREFIX) else src)
-            else:
+            if not self.bind.receive_other(bytes(msg), src):
                 self.counters.drop_malformed += 1
             return
+        self._handshake(bytes(msg), src, now)
+
+    def _handshake(self, data: bytes, src: Endpoint, now: float, relay_key: bytes = b"") -> None:
+        """A handshake message from ``src`` (through the relay: from ``relay_key``)."""
         try:
-            transmits = self.device.receive_handshake(bytes(msg), src, now)
+            transmits, peer = self.device.handle_handshake(data, src, now)
         except ProtocolError as e:
             self.counters.handshake_drop(str(e))
             log.debug("dropped handshake message from %s: %s", src, e)
             return
+        if peer is not None and peer.endpoint != src:
+            self._authenticated(peer, src)
+        if relay_key:
+            transmits = [
+                t if t.peer_key else Transmit(t.data, t.endpoint, relay_key) for t in transmits
+            ]
         self.send_transmits(transmits)
 
     def _flush_tun(self) -> None:

@@ -13,11 +13,11 @@ import ipaddress
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
-from weftnet.node.datapath import DataPlane, make_socket
+from weftnet.node.datapath import Bind, DataPlane, UdpBind, make_socket
 from weftnet.node.tun import configure_interface, open_tun, set_addresses
-from weftnet.wireguard.device import Device
+from weftnet.wireguard.device import SPEC_CONFIG, Device, DeviceConfig
 
 log = logging.getLogger("weftd")
 
@@ -35,9 +35,9 @@ class Engine:
         tun_name: str,
         port: int,
         mtu: int = DEFAULT_MTU,
-        rekey_after_time_s: float | None = None,
+        config: DeviceConfig = SPEC_CONFIG,
     ) -> None:
-        self.rekey_after_time_s = rekey_after_time_s
+        self.config = config
         self.mtu = mtu
         self.device = self._new_device(private_key)
         self.sock = make_socket(port)
@@ -45,18 +45,22 @@ class Engine:
         self.tun_fd, self.ifname = open_tun(tun_name)
         self.dp = DataPlane(self.device, self.tun_fd, self.sock)
         self.addresses: list[Interface] = []
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer = OneTimer(self._tick)
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def _new_device(self, private_key: bytes) -> Device:
-        kwargs = {}
-        if self.rekey_after_time_s:
-            kwargs["rekey_after_time_s"] = self.rekey_after_time_s
         device = Device(
-            private_key, os.urandom, epoch_offset_s=time.time() - time.monotonic(), **kwargs
+            private_key,
+            os.urandom,
+            epoch_offset_s=time.time() - time.monotonic(),
+            config=self.config,
         )
         device.mtu = self.mtu
         return device
+
+    def set_bind(self, bind: Bind | None) -> None:
+        """Send and receive through ``bind`` (the tailnet's path layer); None: plain UDP."""
+        self.dp.set_bind(bind if bind is not None else UdpBind())
 
     def replace_device(self, private_key: bytes) -> Device:
         """A new identity (node key rotation): every peer and session starts over."""
@@ -87,13 +91,11 @@ class Engine:
         if self._loop is not None:
             self._loop.remove_reader(self.tun_fd)
             self._loop.remove_reader(self.sock.fileno())
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
         os.close(self.tun_fd)
         self.sock.close()
 
     def _tick(self) -> None:
-        self._timer = None
         self.dp.send_transmits(self.device.handle_timers(time.monotonic()))
         self.rearm()
 
@@ -105,9 +107,34 @@ class Engine:
         now = time.monotonic()
         deadline = self.device.next_deadline()
         delay = MAX_TIMER_WAIT_S if deadline is None else min(deadline - now, MAX_TIMER_WAIT_S)
-        delay = max(delay, 0.0)
-        if self._timer is not None:
-            if self._timer.when() - loop.time() <= delay:
+        self._timer.arm(loop, max(delay, 0.0))
+
+
+class OneTimer:
+    """One timer re-armed to the earliest deadline asked for (aioquic's shell re-arms one
+    ``call_at(get_timer())``). It keeps its own deadline: uvloop's ``call_later(0, ...)``
+    returns a plain Handle, which has no ``when()``."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self._callback = callback
+        self._handle: asyncio.Handle | None = None
+        self._at = 0.0  # when the armed handle fires, in loop time
+
+    def arm(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        """Fire in ``delay`` seconds, unless already armed to fire sooner."""
+        at = loop.time() + delay
+        if self._handle is not None:
+            if self._at <= at:
                 return  # the armed timer fires soon enough
-            self._timer.cancel()
-        self._timer = loop.call_later(delay, self._tick)
+            self._handle.cancel()
+        self._at = at
+        self._handle = loop.call_later(delay, self._fire)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._callback()

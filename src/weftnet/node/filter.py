@@ -53,10 +53,12 @@ requests) and untracked protocols; not UDP or SCTP, whose first packet must be s
 
 Decisions:
 
-* IPv4 fragments after the first carry no ports: one passes only if a rule accepts its
-  source, protocol and destination on every port (0-65535), so a port-limited rule
-  never lets a fragment through. The first fragment is filtered like any packet and
-  must hold the whole transport header (RFC 1858 tiny fragments are dropped).
+* IPv4 fragments after the first carry no ports, so they always pass, as in Tailscale
+  ("Fragments after the first always need to be passed through", wgengine/filter/
+  filter.go): the first fragment is filtered like any packet and must hold the whole
+  transport header (RFC 1858 tiny fragments are dropped), and without it the kernel
+  cannot reassemble the datagram. Otherwise the tail of a large UDP reply to a flow this
+  node started would be dropped under a port-limited policy.
 * IPv6 extension headers hop-by-hop (0), routing (43), fragment (44) and destination
   options (60) are followed, at most ``MAX_EXTENSION_HEADERS``; the header after them is
   the protocol. Later IPv6 fragments are treated like IPv4 ones.
@@ -420,7 +422,7 @@ class PacketFilter:
         rules = self._rules4 if p.version == 4 else self._rules6
         proto, l4, end = p.proto, p.l4, p.end
         if p.later_fragment:
-            ok = _accepts(rules, p.src, p.dst, proto, 0, MAX_PORT)
+            ok = True  # filtered by its first fragment (see the module docstring)
         elif proto in PORT_HEADER_LEN:
             if end - l4 < PORT_HEADER_LEN[proto]:
                 self.drop_malformed += 1

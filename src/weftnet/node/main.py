@@ -25,6 +25,7 @@ from weftnet.node.daemon import NodeDaemon
 from weftnet.node.engine import DEFAULT_MTU, Engine
 from weftnet.node.tun import TunError
 from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
+from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
 
 log = logging.getLogger("weftd")
 
@@ -40,12 +41,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--socket", default=None, metavar="PATH", help="local API socket path")
     p.add_argument("--port", type=int, default=None, help="UDP port")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
-    p.add_argument(
-        "--rekey-after-seconds",
-        type=float,
-        default=None,
-        help=argparse.SUPPRESS,  # testing only: shorten REKEY_AFTER_TIME
-    )
     args = p.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         p.error("--port must be from 0 to 65535")
@@ -55,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class WgDaemon:
     """A plain WireGuard peer from a wg-quick file."""
 
-    def __init__(self, cfg: WgConfig, args: argparse.Namespace) -> None:
+    def __init__(
+        self, cfg: WgConfig, args: argparse.Namespace, device_config: DeviceConfig = SPEC_CONFIG
+    ) -> None:
         self.cfg = cfg
         self.args = args
         port = args.port if args.port is not None else cfg.interface.listen_port
@@ -64,7 +61,7 @@ class WgDaemon:
             args.tun,
             port or 0,
             cfg.interface.mtu or DEFAULT_MTU,
-            args.rekey_after_seconds,
+            device_config,
         )
         for pc in cfg.peers:
             self.engine.device.add_peer(
@@ -115,7 +112,8 @@ class WgDaemon:
         return {"ok": False, "error": f"{req.get('cmd')!r} is not available with --wg-config"}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, device_config: DeviceConfig = SPEC_CONFIG) -> None:
+    """weftd; ``device_config`` is WireGuard's timers (the spec's; a lab may shorten them)."""
     args = parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -134,7 +132,9 @@ def main(argv: list[str] | None = None) -> None:
     import uvloop
 
     try:
-        daemon: WgDaemon | NodeDaemon = WgDaemon(cfg, args) if cfg else NodeDaemon(args)
+        daemon: WgDaemon | NodeDaemon = (
+            WgDaemon(cfg, args, device_config) if cfg else NodeDaemon(args, device_config)
+        )
         # uvloop only for our own loop: pyroute2 runs a stock asyncio loop internally.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(daemon.run())

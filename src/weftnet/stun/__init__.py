@@ -51,6 +51,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from weftnet.endpoint import Endpoint
 from weftnet.wireguard.errors import ProtocolError
 
 __all__ = [
@@ -80,7 +81,6 @@ __all__ = [
     "parse_response",
 ]
 
-Endpoint = tuple[str, int]  # (ip, port), IPv4 in dotted form; as wireguard.device.Endpoint
 
 HEADER_SIZE = 20  # 2 type + 2 length + 4 magic cookie + 12 transaction id
 TXID_SIZE = 12  # 96-bit transaction id (section 6)
@@ -242,7 +242,7 @@ def parse_request(data: bytes) -> bytes:
     return msg.txid
 
 
-def binding_response(txid: bytes, mapped: Endpoint, software: str | None = None) -> bytes:
+def binding_response(txid: bytes, mapped: tuple[str, int], software: str | None = None) -> bytes:
     """A Binding success response telling the client it was seen at ``mapped``."""
     attrs = [Attribute(ATTR_XOR_MAPPED_ADDRESS, _pack_address(mapped, txid, xor=True))]
     if software is not None:
@@ -317,7 +317,7 @@ def _xor_key(txid: bytes) -> bytes:
     return _COOKIE_BYTES + txid
 
 
-def _pack_address(endpoint: Endpoint, txid: bytes, *, xor: bool) -> bytes:
+def _pack_address(endpoint: tuple[str, int], txid: bytes, *, xor: bool) -> bytes:
     host, port = endpoint
     try:
         ip = ipaddress.ip_address(host)
@@ -353,7 +353,7 @@ def _unpack_address(value: bytes, txid: bytes, *, xor: bool) -> Endpoint:
     ip = ipaddress.ip_address(addr)
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return str(ip), port
+    return Endpoint(str(ip), port)
 
 
 def _parse_error_code(value: bytes | None) -> tuple[int, str]:

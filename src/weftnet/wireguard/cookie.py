@@ -18,13 +18,13 @@ side (one per peer, keyed by that peer's public key). Both take ``now`` and entr
 from __future__ import annotations
 
 from weftnet.wireguard import crypto
+from weftnet.wireguard.constants import COOKIE_REFRESH_TIME_S
 from weftnet.wireguard.crypto import MAC_LEN, XNONCE_LEN, Entropy
 from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.messages import CookieReply
 
 LABEL_MAC1 = b"mac1----"
 LABEL_COOKIE = b"cookie--"
-COOKIE_REFRESH_TIME_S = 120.0  # a cookie secret (and a received cookie) lives two minutes
 COOKIE_SECRET_LEN = 32  # bytes of the rotating secret R
 _ZERO_MAC = bytes(MAC_LEN)
 

@@ -32,10 +32,25 @@ from __future__ import annotations
 
 import ipaddress
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
+from weftnet.endpoint import Endpoint
 from weftnet.wireguard import crypto, tai64n
 from weftnet.wireguard.allowedips import AllowedIPs
+from weftnet.wireguard.constants import (
+    KEEPALIVE_TIMEOUT_S,
+    MAX_STAGED_PACKETS,
+    MAX_TIMER_HANDSHAKES,
+    REJECT_AFTER_TIME_S,
+    REKEY_AFTER_MESSAGES,
+    REKEY_AFTER_TIME_S,
+    REKEY_TIMEOUT_JITTER_MAX_S,
+    REKEY_TIMEOUT_S,
+    UNDER_LOAD_HANDSHAKES_PER_S,
+    UNDER_LOAD_HOLD_S,
+)
 from weftnet.wireguard.cookie import CookieChecker, CookieGenerator, source_bytes
 from weftnet.wireguard.crypto import Entropy
 from weftnet.wireguard.errors import ProtocolError
@@ -52,24 +67,49 @@ from weftnet.wireguard.messages import (
     Initiation,
     Response,
 )
-from weftnet.wireguard.session import (
-    REJECT_AFTER_TIME_S,
-    REKEY_AFTER_MESSAGES,
-    REKEY_AFTER_TIME_S,
-    Keypair,
-    padded_size,
-)
+from weftnet.wireguard.session import Keypair, padded_size
 
-REKEY_TIMEOUT_S = 5.0  # retransmit an unanswered initiation after this (+ jitter)
-REKEY_TIMEOUT_JITTER_MAX_S = 1 / 3  # up to a third of a second of jitter
-KEEPALIVE_TIMEOUT_S = 10.0  # answer received data with a keepalive if we sent nothing
-REKEY_ATTEMPT_TIME_S = 90.0  # stop retrying a handshake after this long
-MAX_TIMER_HANDSHAKES = int(REKEY_ATTEMPT_TIME_S / REKEY_TIMEOUT_S)  # 18 tries
-MAX_STAGED_PACKETS = 128  # packets kept per peer while waiting for a session
-UNDER_LOAD_HANDSHAKES_PER_S = 64  # above this many handshake messages a second, demand mac2
-UNDER_LOAD_HOLD_S = 1.0  # stay "under load" this long after the rate drops
 
-Endpoint = tuple[str, int]
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    """The device's timers and limits; the defaults are the spec's (constants.py).
+
+    Injected, so a lab or a test can run WireGuard with short timers (a rekey every
+    second) without a hook in the product.
+    """
+
+    rekey_after_time_s: float = REKEY_AFTER_TIME_S  # the initiator rekeys a session this old
+    rekey_after_messages: int = REKEY_AFTER_MESSAGES  # or one that sent this many messages
+    max_timer_handshakes: int = MAX_TIMER_HANDSHAKES  # initiation retries before giving up
+    under_load_handshakes_per_s: int = UNDER_LOAD_HANDSHAKES_PER_S
+    under_load_hold_s: float = UNDER_LOAD_HOLD_S
+
+
+SPEC_CONFIG = DeviceConfig()  # the whitepaper's timers
+
+
+class HandshakeLoad:
+    """Whether the device is "under load" (whitepaper section 5.3, wireguard-go's
+    ratelimiter): more than ``per_s`` handshake messages in a one-second window, and
+    ``hold_s`` after that. Called once per handshake message that has a valid mac1."""
+
+    __slots__ = ("_count", "_hold_s", "_per_s", "_until", "_window_start")
+
+    def __init__(self, per_s: int, hold_s: float) -> None:
+        self._per_s = per_s
+        self._hold_s = hold_s
+        self._window_start = float("-inf")
+        self._count = 0
+        self._until = float("-inf")
+
+    def __call__(self, now: float) -> bool:
+        if now - self._window_start >= 1.0:
+            self._window_start = now
+            self._count = 0
+        self._count += 1
+        if self._count > self._per_s:
+            self._until = now + self._hold_s
+        return now < self._until
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +117,13 @@ class Transmit:
     data: bytes
     endpoint: Endpoint
     peer_key: bytes = b""  # the peer it is for (a relay needs it; b"" for cookie replies)
+
+
+class HandshakeOutcome(NamedTuple):
+    transmits: list[Transmit]
+    # The peer an initiation or response authenticated (from the message's source);
+    # None for a cookie reply, or a message answered with a cookie instead.
+    authenticated: Peer | None
 
 
 class Peer:
@@ -195,21 +242,22 @@ class Device:
         private_key: bytes,
         entropy: Entropy,
         epoch_offset_s: float = 0.0,
-        rekey_after_time_s: float = REKEY_AFTER_TIME_S,
+        config: DeviceConfig = SPEC_CONFIG,
+        under_load: Callable[[float], bool] | None = None,
     ):
         self.identity = Identity.from_private(private_key)
         self.entropy = entropy
         self.epoch_offset_s = epoch_offset_s  # wall clock = now + epoch_offset_s
         self.mtu = 1420
-        self.rekey_after_time_s = rekey_after_time_s  # shortened only by tests
+        self.config = config
+        # under_load(now), asked once per handshake message with a valid mac1.
+        self.under_load = under_load or HandshakeLoad(
+            config.under_load_handshakes_per_s, config.under_load_hold_s
+        )
         self.peers: dict[bytes, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.indices: dict[int, Peer | Keypair] = {}  # local index -> handshake's peer or keypair
         self.cookie_checker = CookieChecker(self.identity.public_key)
-        self.under_load_override: bool | None = None  # tests force cookie behaviour
-        self._load_window_start = float("-inf")
-        self._load_count = 0
-        self._under_load_until = float("-inf")
 
     # -- configuration ----------------------------------------------------------------
 
@@ -218,14 +266,15 @@ class Device:
         public_key: bytes,
         allowed_ips: list[str] | tuple[str, ...] = (),
         preshared_key: bytes | None = None,
-        endpoint: Endpoint | None = None,
+        endpoint: tuple[str, int] | None = None,
         persistent_keepalive_s: int = 0,
     ) -> Peer:
         if public_key == self.identity.public_key:
             raise ValueError("a peer cannot have the device's own public key")
         if public_key in self.peers:
             raise ValueError("peer already configured")
-        peer = Peer(self.identity, public_key, preshared_key, endpoint, persistent_keepalive_s)
+        ep = None if endpoint is None else Endpoint(*endpoint)
+        peer = Peer(self.identity, public_key, preshared_key, ep, persistent_keepalive_s)
         self.peers[public_key] = peer
         for net in allowed_ips:
             self.allowed_ips.insert(ipaddress.ip_network(net, strict=False), peer)
@@ -284,17 +333,6 @@ class Device:
         peer.handshake.clear()
         peer.zero_key_material_at = None
 
-    def under_load(self, now: float) -> bool:
-        if self.under_load_override is not None:
-            return self.under_load_override
-        if now - self._load_window_start >= 1.0:
-            self._load_window_start = now
-            self._load_count = 0
-        self._load_count += 1
-        if self._load_count > UNDER_LOAD_HANDSHAKES_PER_S:
-            self._under_load_until = now + UNDER_LOAD_HOLD_S
-        return now < self._under_load_until
-
     # -- handshake initiation ---------------------------------------------------------
 
     def initiate(self, peer: Peer, now: float, is_retry: bool = False) -> list[Transmit]:
@@ -324,8 +362,16 @@ class Device:
     # -- receiving handshake messages -------------------------------------------------
 
     def receive_handshake(self, data: bytes, src: Endpoint, now: float) -> list[Transmit]:
+        """``handle_handshake`` for a caller that only needs what to send."""
+        return self.handle_handshake(data, src, now).transmits
+
+    def handle_handshake(self, data: bytes, src: Endpoint, now: float) -> HandshakeOutcome:
         """Process a message of type 1, 2 or 3. Bad input raises ProtocolError, changing
-        nothing; the caller drops the datagram."""
+        nothing; the caller drops the datagram.
+
+        The device never moves a peer's endpoint: an initiation or response that
+        authenticates a peer from ``src`` is reported in the outcome, and the endpoint's
+        owner (roaming in plain WireGuard, the path layer in a tailnet) decides."""
         kind = data[0] if data else 0
         if kind == MESSAGE_INITIATION:
             return self._receive_initiation(bytes(data), src, now)
@@ -333,7 +379,7 @@ class Device:
             return self._receive_response(bytes(data), src, now)
         if kind == MESSAGE_COOKIE_REPLY:
             self._receive_cookie_reply(bytes(data), now)
-            return []
+            return HandshakeOutcome([], None)
         raise ProtocolError("not a handshake message")
 
     def _check_macs(
@@ -350,21 +396,19 @@ class Device:
         reply = self.cookie_checker.create_reply(data, off1, sender, srcb, now, self.entropy)
         return [Transmit(reply.pack(), src)]
 
-    def _receive_initiation(self, data: bytes, src: Endpoint, now: float) -> list[Transmit]:
+    def _receive_initiation(self, data: bytes, src: Endpoint, now: float) -> HandshakeOutcome:
         msg = Initiation.unpack(data)
         instead = self._check_macs(
             data, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, msg.sender, src, now
         )
         if instead is not None:
-            return instead
+            return HandshakeOutcome(instead, None)
         consumed = consume_initiation(self.identity, msg)
         peer = self.peers.get(consumed.initiator_static)
         if peer is None:
             raise ProtocolError("initiation from an unknown peer")
         ours = peer.handshake.fork_initiation()
         peer.handshake.accept_initiation(consumed, now)
-        # Authenticated: the peer roams to where it spoke from.
-        peer.endpoint = src
         if ours is not None:
             # Crossing initiations: ours keeps its index and may still complete, so that
             # each side ends with a session it started and one the peer started.
@@ -384,15 +428,17 @@ class Device:
         peer.next = kp
         self._session_derived(peer, now)
         peer.any_authenticated_sent(now)
-        return [Transmit(bytes(raw), src, peer.public_key)]
+        # The response goes back where the initiation came from, wherever the peer's
+        # endpoint points.
+        return HandshakeOutcome([Transmit(bytes(raw), src, peer.public_key)], peer)
 
-    def _receive_response(self, data: bytes, src: Endpoint, now: float) -> list[Transmit]:
+    def _receive_response(self, data: bytes, src: Endpoint, now: float) -> HandshakeOutcome:
         msg = Response.unpack(data)
         instead = self._check_macs(
             data, RESPONSE_MAC1_OFFSET, RESPONSE_MAC2_OFFSET, msg.sender, src, now
         )
         if instead is not None:
-            return instead
+            return HandshakeOutcome(instead, None)
         owner = self.indices.get(msg.receiver)
         if not isinstance(owner, Peer):
             raise ProtocolError("response to an unknown index")
@@ -405,7 +451,6 @@ class Device:
         else:
             peer.handshake.consume_response(msg)
             keys = peer.handshake.derive_keys()
-        peer.endpoint = src
         kp = Keypair(keys, now, peer)
         self.indices[kp.local_index] = kp
         # Initiator: the new session is used at once. A session the peer started that we
@@ -427,7 +472,7 @@ class Device:
         out = self._flush_staged(peer, now)
         if not out:
             out = self._keepalive(peer, now)  # confirm the session to the responder
-        return out
+        return HandshakeOutcome(out, peer)
 
     def _receive_cookie_reply(self, data: bytes, now: float) -> None:
         reply = CookieReply.unpack(data)
@@ -482,8 +527,8 @@ class Device:
         kp = peer.current
         if kp is None:
             return self.initiate(peer, now)
-        if kp.send_counter > REKEY_AFTER_MESSAGES or (
-            kp.is_initiator and now - kp.created_at > self.rekey_after_time_s
+        if kp.send_counter > self.config.rekey_after_messages or (
+            kp.is_initiator and now - kp.created_at > self.config.rekey_after_time_s
         ):
             return self.initiate(peer, now)
         return []
@@ -549,7 +594,7 @@ class Device:
         out: list[Transmit] = []
         if peer.retransmit_handshake_at is not None and now >= peer.retransmit_handshake_at:
             peer.retransmit_handshake_at = None
-            if peer.handshake_attempts >= MAX_TIMER_HANDSHAKES:
+            if peer.handshake_attempts >= self.config.max_timer_handshakes:
                 # Give up: forget queued packets; keys go after 3 x REJECT_AFTER_TIME.
                 peer.send_keepalive_at = None
                 peer.staged.clear()

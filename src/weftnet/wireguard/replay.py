@@ -24,6 +24,8 @@ limit (REJECT_AFTER_MESSAGES); counters at or past it are refused here as well.
 
 from __future__ import annotations
 
+from weftnet.wireguard.constants import REJECT_AFTER_MESSAGES
+
 __all__ = [
     "BITS_PER_BLOCK",
     "BLOCKS",
@@ -37,9 +39,9 @@ COUNTER_BITS_TOTAL = 8192  # bits in the ring of seen counters (kernel messages.
 BITS_PER_BLOCK = 64  # bits per ring word, the kernel's BITS_PER_LONG on 64-bit hosts
 BLOCKS = COUNTER_BITS_TOTAL // BITS_PER_BLOCK  # 128 words in the ring
 COUNTER_WINDOW_SIZE = COUNTER_BITS_TOTAL - BITS_PER_BLOCK  # 8128: how far back we accept
-# Whitepaper section 6.1 and wireguard-go; the kernel uses U64_MAX - COUNTER_WINDOW_SIZE - 1,
-# 63 higher. Either way no keypair gets anywhere near it: REKEY_AFTER_MESSAGES is 2**60.
-REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1
+# REJECT_AFTER_MESSAGES: whitepaper section 6.1 and wireguard-go; the kernel uses
+# U64_MAX - COUNTER_WINDOW_SIZE - 1, 63 higher. Either way no keypair gets anywhere near
+# it: REKEY_AFTER_MESSAGES is 2**60.
 
 _BLOCK_SHIFT = 6  # log2(BITS_PER_BLOCK)
 _BLOCK_INDEX_MASK = BLOCKS - 1  # BLOCKS is a power of two

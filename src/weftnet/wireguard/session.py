@@ -20,15 +20,14 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from weftnet.wireguard.constants import (
+    PADDING_MULTIPLE,
+    REJECT_AFTER_MESSAGES,
+    REJECT_AFTER_TIME_S,
+)
 from weftnet.wireguard.handshake import SessionKeys
 from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
 from weftnet.wireguard.replay import ReplayWindow
-
-REKEY_AFTER_MESSAGES = 1 << 60  # initiate a new handshake after this many sent messages
-REJECT_AFTER_MESSAGES = (1 << 64) - (1 << 13) - 1  # never use a keypair past this counter
-REKEY_AFTER_TIME_S = 120.0  # the initiator rekeys a session this old
-REJECT_AFTER_TIME_S = 180.0  # a session this old is used for nothing
-PADDING_MULTIPLE = 16  # plaintext is padded to a multiple of 16 bytes
 
 _HEADER = struct.Struct("<II Q")
 _pack_header_into = _HEADER.pack_into
