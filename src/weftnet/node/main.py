@@ -18,9 +18,11 @@ import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from weftnet.node import localapi
+from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
 from weftnet.node.daemon import NodeDaemon
 from weftnet.node.engine import DEFAULT_MTU, Engine
 from weftnet.node.tun import TunError
@@ -28,11 +30,8 @@ from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
 
 log = logging.getLogger("weftd")
 
-DEFAULT_TUN = "weft0"
-DEFAULT_STATE_DIR = "/var/lib/weft"
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> NodeConfig:
     p = argparse.ArgumentParser(prog="weftd", description="weftnet node daemon")
     p.add_argument("--wg-config", metavar="FILE", help="run a plain WireGuard peer from FILE")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR", help="keys and state")
@@ -49,22 +48,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         p.error("--port must be from 0 to 65535")
-    return args
+    return NodeConfig(
+        state_dir=args.state_dir,
+        tun=args.tun,
+        port=args.port,
+        socket=args.socket,
+        wg_config=args.wg_config,
+        rekey_after_s=args.rekey_after_seconds,
+        verbose=args.verbose,
+    )
 
 
 class WgDaemon:
     """A plain WireGuard peer from a wg-quick file."""
 
-    def __init__(self, cfg: WgConfig, args: argparse.Namespace) -> None:
+    def __init__(self, cfg: WgConfig, config: NodeConfig) -> None:
         self.cfg = cfg
-        self.args = args
-        port = args.port if args.port is not None else cfg.interface.listen_port
+        self.config = config
+        port = config.port if config.port is not None else cfg.interface.listen_port
         self.engine = Engine(
             cfg.interface.private_key,
-            args.tun,
+            config.tun,
             port or 0,
             cfg.interface.mtu or DEFAULT_MTU,
-            args.rekey_after_seconds,
+            config.rekey_after_s,
         )
         for pc in cfg.peers:
             self.engine.device.add_peer(
@@ -78,8 +85,6 @@ class WgDaemon:
         self.engine.configure(cfg.interface.addresses, routes)
 
     async def run(self) -> None:
-        import time
-
         engine = self.engine
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -87,8 +92,8 @@ class WgDaemon:
             loop.add_signal_handler(sig, stop.set)
         engine.start()
         server = None
-        if self.args.socket:
-            server = await localapi.serve(self.args.socket, self.handle_request)
+        if self.config.socket:
+            server = await localapi.serve(self.config.socket, localapi.make_handler(self))
         log.info(
             "weftd up: interface %s, UDP port %d, %d peer(s)",
             engine.ifname,
@@ -104,37 +109,43 @@ class WgDaemon:
             await stop.wait()
         finally:
             log.info("weftd stopping")
-            if server is not None:
+            if server is not None and self.config.socket:
                 server.close()
-                await localapi.cleanup(self.args.socket)
+                await localapi.cleanup(self.config.socket)
             engine.close()
 
-    async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("cmd") == "status":
-            return {"ok": True, "result": localapi.wg_status(self.engine)}
-        return {"ok": False, "error": f"{req.get('cmd')!r} is not available with --wg-config"}
+    async def api_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": localapi.wg_status(self.engine)}
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s weftd %(levelname)s %(message)s",
-    )
-    cfg = None
-    if args.wg_config:
+def build_daemon(config: NodeConfig) -> WgDaemon | NodeDaemon:
+    """The daemon for ``config`` (exits with a one-line error for a bad wg-quick file)."""
+    if config.wg_config:
         try:
-            cfg = load_wg_config(args.wg_config)
+            cfg = load_wg_config(config.wg_config)
         except ConfigError as e:
             print(f"weftd: {e}", file=sys.stderr)
             sys.exit(2)
     if os.geteuid() != 0:
         print("weftd: must run as root (it creates a TUN device)", file=sys.stderr)
         sys.exit(1)
+    return WgDaemon(cfg, config) if config.wg_config else NodeDaemon(config)
+
+
+def setup_logging(config: NodeConfig) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbose else logging.INFO,
+        format="%(asctime)s weftd %(levelname)s %(name)s %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = parse_args(argv)
+    setup_logging(config)
     import uvloop
 
     try:
-        daemon: WgDaemon | NodeDaemon = WgDaemon(cfg, args) if cfg else NodeDaemon(args)
+        daemon = build_daemon(config)
         # uvloop only for our own loop: pyroute2 runs a stock asyncio loop internally.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(daemon.run())
