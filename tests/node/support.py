@@ -154,11 +154,11 @@ class FakeControl:
 def make_daemon(tmp_path: Path, server: FakeServer, **kw: Any) -> NodeDaemon:
     config = NodeConfig(state_dir=str(tmp_path / "state"), tun="weft-test", port=0,
                         socket=str(tmp_path / "weftd.sock"))  # fmt: skip
+    kw.setdefault("local_endpoints", lambda port, ifname: [])
     return NodeDaemon(
         config,
         engine_factory=FakeEngine,
         control_factory=server.client,
-        local_endpoints=lambda port, ifname: [],
         watch_netlink=False,
         **kw,
     )
