@@ -215,3 +215,10 @@ def test_status_lists_health_empty_when_healthy(tmp_path: Path) -> None:
                                for h in status.health(d)))  # fmt: skip
 
     run(tmp_path, server, body)
+
+
+def test_endpoints_as_plain_tuples_are_reported_too() -> None:
+    from weftnet.node.mapstream import endpoints_to_report
+
+    assert endpoints_to_report([("fd00::1", 41641), ("127.0.0.1", 1), ("198.18.0.2", 41641)]) == [
+        "[fd00::1]:41641", "198.18.0.2:41641", "127.0.0.1:1"]  # fmt: skip

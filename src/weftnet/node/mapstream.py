@@ -23,7 +23,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 from weftnet import tailcfg
-from weftnet.endpoint import Endpoint, format_endpoint, is_usable_peer_address
+from weftnet.endpoint import Endpoint, canonical, format_endpoint, is_usable_peer_address
 from weftnet.node.controlclient import ControlError, backoff_delays
 
 log = logging.getLogger("weftd")
@@ -48,9 +48,13 @@ def refusal_kind(resp: tailcfg.MapResponse) -> str:
     return next((kind for words, kind in _LEGACY_KINDS if words in text), "unknown")
 
 
-def endpoints_to_report(endpoints: list[Endpoint]) -> list[str]:
+def endpoints_to_report(endpoints: list[tuple[str, int]]) -> list[str]:
     """Usable addresses first, at most MAX_ENDPOINTS (the server refuses more)."""
-    ranked = sorted(endpoints, key=lambda ep: not is_usable_peer_address(ep))
+    known = []
+    for ep in endpoints:
+        with contextlib.suppress(ValueError):
+            known.append(canonical(ep))
+    ranked = sorted(known, key=lambda ep: not is_usable_peer_address(ep))
     return [format_endpoint(ep) for ep in ranked[: tailcfg.MAX_ENDPOINTS]]
 
 

@@ -146,6 +146,7 @@ class Supervisor:
             log.info("task %s restarts in %.2f s", name, delay)
             await asyncio.sleep(delay)
             st.restarts += 1
+            log.info("task %s restarted (restart %d)", name, st.restarts)
             delay = min(delay * 2, self.max_delay_s)
 
     @staticmethod
