@@ -34,15 +34,19 @@ class FakeEngine:
         self.listen_port = self.sock.getsockname()[1]
         self.ifname = tun
         self.addresses: list[Any] = []
+        self.routes: list[Any] = []
 
     def start(self) -> None:
         pass
 
     def configure(self, addresses: Any, routes: Any) -> None:
         self.addresses = list(addresses)
+        self.routes = list(routes)
 
     def update_addresses(self, addresses: Any) -> None:
         self.addresses = list(addresses)
+        if not any(a.version == 4 for a in self.addresses):
+            self.routes = [r for r in self.routes if r.version != 4]  # as the kernel does
 
     def replace_device(self, private_key: bytes) -> Device:
         self.device = Device(private_key, SeededEntropy("me again"))

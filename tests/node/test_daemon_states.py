@@ -55,6 +55,8 @@ def test_up_after_down_waits_for_the_next_map(tmp_path: Path) -> None:
         answer = await d.api_up({})
         assert answer["result"] == {"state": "Running"}, answer
         assert time.monotonic() - t0 >= 0.25 and set(d.peers.by_id) == {2, 3}
+        assert [str(a) for a in d.engine.addresses] == ["100.64.0.1/32"]
+        assert "100.64.0.0/10" in [str(r) for r in d.engine.routes]  # routes are back
 
     run(tmp_path, server, body)
 

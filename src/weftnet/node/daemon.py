@@ -302,7 +302,7 @@ class NodeDaemon:
         await self.supervisor.stop("login")
         self.peers.clear(self.magic)
         self.session = MapSession()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.update_addresses, [])
+        await self._set_addresses([])
 
     def _forget_map(self) -> None:
         self.state.save_netmap(None)
@@ -311,7 +311,7 @@ class NodeDaemon:
     async def _server_logged_out(self, why: str) -> None:
         self.peers.clear(self.magic)
         self.session = MapSession()
-        await asyncio.get_running_loop().run_in_executor(None, self.engine.update_addresses, [])
+        await self._set_addresses([])
         self.state.prefs.registered = False
         self.state.save_prefs()
         self._forget_map()
@@ -322,15 +322,21 @@ class NodeDaemon:
         nm = self.session.apply(resp)
         me = nm.self_node
         if me is not None and (old is None or old.addresses != me.addresses):
-            addrs = [ipaddress.ip_interface(a) for a in me.addresses]
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self.engine.update_addresses, addrs)
+            await self._set_addresses([ipaddress.ip_interface(a) for a in me.addresses])
         if nm.packet_filter is not None:
             self._set_filter(nm.packet_filter)
         self.peers.apply(nm, self.magic)
         if persist:
             self.state.save_netmap(nm.to_cache())
         self.backend.map_applied(nm.self_expired)
+
+    async def _set_addresses(self, addrs: list[Any]) -> None:
+        """Exactly ``addrs`` on the interface, and the overlay routes back: the kernel
+        drops an interface's IPv4 routes with its last IPv4 address (`weft down`)."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.engine.update_addresses, addrs)
+        if addrs:
+            await loop.run_in_executor(None, self.engine.configure, addrs, netmon.OVERLAY_ROUTES)
 
     def _set_filter(self, rules: list[tailcfg.FilterRule]) -> None:
         """New rules from the next packet on (flows this node started keep going)."""

@@ -186,7 +186,10 @@ async def next_or_change(
     finally:
         chg.cancel()
         if not nxt.done():
+            # Let the generator unwind before anyone closes it (aclose() on a running
+            # generator raises), even when we are cancelled ourselves.
             nxt.cancel()
+            await asyncio.wait({nxt})
     if nxt not in done:
         with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, ControlError):
             await nxt

@@ -138,6 +138,7 @@ class Supervisor:
                 except InjectedFault as e:
                     self._failed(st, e)
             except Exception as e:
+                st.fault_pending = False
                 self._failed(st, e)
             finally:
                 self._inner.pop(name, None)
