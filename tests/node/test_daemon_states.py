@@ -16,6 +16,7 @@ from tests.node.support import SERVER, FakeServer, make_daemon, node
 from weftnet import tailcfg
 from weftnet.endpoint import Endpoint
 from weftnet.node import status
+from weftnet.node.api import NodeApi
 from weftnet.node.daemon import NodeDaemon
 
 ME = node(1, "me", ["100.64.0.1"])
@@ -47,12 +48,12 @@ def test_up_after_down_waits_for_the_next_map(tmp_path: Path) -> None:
     server = FakeServer(ME, PEERS)
 
     async def body(d: NodeDaemon) -> None:
-        assert (await d.api_up(UP))["result"] == {"state": "Running"}
-        assert (await d.api_down({}))["result"] == {"state": "Stopped"}
+        assert (await d.up(UP))["result"] == {"state": "Running"}
+        assert (await d.down())["result"] == {"state": "Stopped"}
         assert d.peers.by_id == {} and d.engine.addresses == []
         server.first_frame_delay_s = 0.3  # the map comes a while after `weft up`
         t0 = time.monotonic()
-        answer = await d.api_up({})
+        answer = await d.up({})
         assert answer["result"] == {"state": "Running"}, answer
         assert time.monotonic() - t0 >= 0.25 and set(d.peers.by_id) == {2, 3}
         assert [str(a) for a in d.engine.addresses] == ["100.64.0.1/32"]
@@ -65,12 +66,12 @@ def test_up_with_a_key_after_logout(tmp_path: Path) -> None:
     server = FakeServer(ME, PEERS)
 
     async def body(d: NodeDaemon) -> None:
-        await d.api_up(UP)
+        await d.up(UP)
         old_key = d.state.node_public
-        assert (await d.api_logout({}))["result"] == {"state": "NeedsLogin"}
+        assert (await d.logout())["result"] == {"state": "NeedsLogin"}
         assert d.state.node_public != old_key and d.state.load_netmap() is None
         server.first_frame_delay_s = 0.3
-        assert (await d.api_up(UP))["result"] == {"state": "Running"}
+        assert (await d.up(UP))["result"] == {"state": "Running"}
         assert set(d.peers.by_id) == {2, 3} and d.supervisor.is_running("paths")
 
     run(tmp_path, server, body)
@@ -80,18 +81,18 @@ def test_up_after_a_restart(tmp_path: Path) -> None:
     server = FakeServer(ME, PEERS)
 
     async def first(d: NodeDaemon) -> None:
-        await d.api_up(UP)
+        await d.up(UP)
 
     async def running_again(d: NodeDaemon) -> None:
         assert d.backend.state.value == "Running"  # from the cached map, at once
         assert set(d.peers.by_id) == {2, 3}
-        assert (await d.api_up({}))["result"] == {"state": "Running"}
-        await d.api_down({})
+        assert (await d.up({}))["result"] == {"state": "Running"}
+        await d.down()
 
     async def stopped_then_up(d: NodeDaemon) -> None:
         assert d.backend.state.value == "Stopped" and d.peers.by_id == {}
         server.first_frame_delay_s = 0.3
-        assert (await d.api_up({}))["result"] == {"state": "Running"}
+        assert (await d.up({}))["result"] == {"state": "Running"}
 
     run(tmp_path, server, first)
     run(tmp_path, server, running_again)
@@ -112,7 +113,7 @@ def test_a_refusal_saying_logged_out_or_expired_is_a_logout(
     server = FakeServer(ME, PEERS)
 
     async def body(d: NodeDaemon) -> None:
-        await d.api_up(UP)
+        await d.up(UP)
         server.push(tailcfg.MapResponse(error=text, error_kind=kind))
         await poll(lambda: d.backend.state.value == "NeedsLogin")
         assert d.peers.by_id == {} and d.state.load_netmap() is None
@@ -140,7 +141,7 @@ def test_any_other_refusal_keeps_the_node_running_and_retries(
     server = FakeServer(ME, PEERS)
 
     async def body(d: NodeDaemon) -> None:
-        await d.api_up(UP)
+        await d.up(UP)
         server.refusal = tailcfg.MapResponse(error=text, error_kind=kind)
         server.push(server.refusal)
         await poll(lambda: len(server.streams) >= 3)  # retried with backoff
@@ -160,7 +161,7 @@ def test_a_low_order_peer_is_skipped_and_the_rest_of_the_map_applies(tmp_path: P
     server = FakeServer(ME, [*PEERS, evil])
 
     async def body(d: NodeDaemon) -> None:
-        assert (await d.api_up(UP))["result"] == {"state": "Running"}
+        assert (await d.up(UP))["result"] == {"state": "Running"}
         assert set(d.peers.by_id) == {2, 3}
         assert status.health(d) == ["peer evil skipped: low-order node key"]
         newcomer = node(5, "c", ["100.64.0.5"])
@@ -180,7 +181,7 @@ def test_a_relay_the_node_cannot_use_is_reported_not_fatal(tmp_path: Path) -> No
         server.full = lambda: tailcfg.MapResponse(  # type: ignore[method-assign]
             node=ME, peers=PEERS, packet_filter=[], relay_map=[https]
         )
-        assert (await d.api_up(UP))["result"] == {"state": "Running"}
+        assert (await d.up(UP))["result"] == {"state": "Running"}
         problems = status.health(d)
         assert len(problems) == 1 and problems[0].startswith("relay default unusable:")
         assert "only http:// is supported" in problems[0]
@@ -195,7 +196,7 @@ def test_reported_endpoints_are_capped_usable_ones_first(tmp_path: Path) -> None
     local += [Endpoint(f"198.18.{i // 200}.{i % 200 + 1}", 41641) for i in range(40)]
 
     async def body(d: NodeDaemon) -> None:
-        await d.api_up(UP)
+        await d.up(UP)
         reported = server.streams[-1]
         assert len(reported) == tailcfg.MAX_ENDPOINTS
         assert "127.0.0.1:41641" not in reported and "169.254.0.9:41641" not in reported
@@ -208,8 +209,8 @@ def test_status_lists_health_empty_when_healthy(tmp_path: Path) -> None:
     server = FakeServer(ME, PEERS)
 
     async def body(d: NodeDaemon) -> None:
-        await d.api_up(UP)
-        st = (await d.api_status({}))["result"]
+        await d.up(UP)
+        st = (await NodeApi(d).api_status({}))["result"]
         assert st["health"] == [] and st["backend_state"] == "Running"
         server.unreachable = True
         server.push(tailcfg.MapResponse(error="going away", error_kind="server_error"))

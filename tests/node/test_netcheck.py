@@ -8,8 +8,8 @@ import asyncio
 from pathlib import Path
 
 from tests.node.support import SERVER, FakeServer, make_daemon, node
-
 from weftnet import stun, tailcfg
+from weftnet.node.api import NodeApi
 from weftnet.node.daemon import NodeDaemon
 from weftnet.node.pathlayer import PathLayer
 
@@ -35,20 +35,23 @@ def test_netcheck_keeps_the_endpoints_and_the_map_stream(tmp_path: Path) -> None
         d: NodeDaemon = make_daemon(tmp_path, server)
         await d.start()
         try:
-            await d.api_up(UP)
+            await d.up(UP)
             magic = d.magic
             assert magic is not None
-            magic.relays.regions = {
-                f"r{i}": tailcfg.RelayRegion(name=f"r{i}", url=f"http://{host}:1",
-                                             public_key="relaykey:", stun_port=port)
+            regions = [
+                tailcfg.RelayRegion(name=f"r{i}", url=f"http://{host}:1",
+                                    public_key="relaykey:", stun_port=port)
                 for i, (host, port) in enumerate(MAPPED)
-            }  # fmt: skip
+            ]  # fmt: skip
+            # As a map would bring them, without connecting to the relays themselves.
+            d.session.apply(tailcfg.MapResponse(relay_map=regions))
+            magic.relays.regions = {r.name: r for r in regions}
             responder = asyncio.create_task(answer_stun(magic))
-            first = (await d.api_netcheck({}))["result"]
+            first = (await NodeApi(d).api_netcheck({}))["result"]
             await asyncio.sleep(0.3)  # the map stream restarts once for the new endpoints
             before = len(server.streams)
             magic.endpoints_changed.clear()
-            again = (await d.api_netcheck({}))["result"]
+            again = (await NodeApi(d).api_netcheck({}))["result"]
             await asyncio.sleep(0.3)
             responder.cancel()
             assert again == first

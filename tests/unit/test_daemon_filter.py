@@ -21,6 +21,7 @@ from tests.unit.test_filter import ALLOW_ALL, ME4, PEER4, rule, tcp4
 from weftnet import tailcfg
 from weftnet.cli.main import main as weft
 from weftnet.node import localapi, status
+from weftnet.node.api import NodeApi
 from weftnet.node.daemon import NodeDaemon
 
 ME6 = "fd7a:115c:a1e0::1"
@@ -113,7 +114,7 @@ def test_an_old_cache_without_a_filter_denies(make_daemon: Any) -> None:
 
 
 def ask(d: NodeDaemon, **req: Any) -> dict[str, Any]:
-    return asyncio.run(localapi.make_handler(d)({"cmd": "whois", **req}))
+    return asyncio.run(localapi.make_handler(NodeApi(d))({"cmd": "whois", **req}))
 
 
 def test_whois_answers_for_peers_and_ourselves(make_daemon: Any) -> None:
@@ -151,7 +152,9 @@ def served(make_daemon: Any, tmp_path: Path) -> Iterator[str]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = asyncio.run_coroutine_threadsafe(localapi.serve(path, localapi.make_handler(d)), loop)
+    server = asyncio.run_coroutine_threadsafe(
+        localapi.serve(path, localapi.make_handler(NodeApi(d))), loop
+    )
     srv = server.result(5)
     yield path
 

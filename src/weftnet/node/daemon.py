@@ -25,7 +25,8 @@ from typing import Any
 
 from weftnet import tailcfg
 from weftnet.endpoint import Endpoint
-from weftnet.node import localapi, netmon, status
+from weftnet.node import localapi, netmon
+from weftnet.node.api import Answer, NodeApi, error, ok
 from weftnet.node.backend import Backend, State
 from weftnet.node.config import NodeConfig
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays
@@ -37,23 +38,12 @@ from weftnet.node.pathlayer import PathLayer
 from weftnet.node.peers import PeerTable
 from weftnet.node.state import NodeState
 from weftnet.node.supervisor import Supervisor
-from weftnet.node.whois import WhoisError, whois
 
 log = logging.getLogger("weftd")
 
 DEFAULT_PORT = 41641
 NETWORK_SETTLE_S = 0.1  # wait this long after a netlink event before re-checking
 UP_WAIT_S = 15.0  # `weft up` waits this long for the state to change
-
-Answer = dict[str, Any]
-
-
-def ok(result: Any) -> Answer:
-    return {"ok": True, "result": result}
-
-
-def error(text: str) -> Answer:
-    return {"ok": False, "error": text}
 
 
 class NodeDaemon:
@@ -113,7 +103,7 @@ class NodeDaemon:
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         await self.start()
         path = self.config.socket or localapi.DEFAULT_SOCKET
-        server = await localapi.serve(path, localapi.make_handler(self))
+        server = await localapi.serve(path, localapi.make_handler(NodeApi(self)))
         log.info("weftd up: interface %s, UDP port %d, state %s",
                  self.engine.ifname, self.engine.listen_port, self.state.directory)  # fmt: skip
         try:
@@ -163,15 +153,9 @@ class NodeDaemon:
         if self.magic is not None:
             self.magic.network_changed([ep for ep in eps])
 
-    # -- the local API (localapi.COMMANDS) ----------------------------------------------
+    # -- the state changes the local API asks for (node.api) ---------------------------
 
-    async def api_status(self, req: dict[str, Any]) -> Answer:
-        return ok(status.node_status(self))
-
-    async def api_ip(self, req: dict[str, Any]) -> Answer:
-        return ok([str(a.ip) for a in self.engine.addresses])
-
-    async def api_up(self, req: dict[str, Any]) -> Answer:
+    async def up(self, req: dict[str, Any]) -> Answer:
         prefs = self.state.prefs
         server = str(req.get("login_server") or prefs.login_server or "")
         if not server:
@@ -238,14 +222,14 @@ class NodeDaemon:
                 continue  # the long poll ended without an answer: ask again
             return
 
-    async def api_down(self, req: dict[str, Any]) -> Answer:
+    async def down(self) -> Answer:
         self.state.prefs.want_running = False
         self.state.save_prefs()
         await self._stop_following()
         self.backend.stopped()
         return ok({"state": "Stopped"})
 
-    async def api_logout(self, req: dict[str, Any]) -> Answer:
+    async def logout(self) -> Answer:
         prefs = self.state.prefs
         if self.control is not None and prefs.registered:
             with contextlib.suppress(ControlError):
@@ -261,26 +245,6 @@ class NodeDaemon:
         self._new_magic()
         self.backend.logged_out()
         return ok({"state": "NeedsLogin"})
-
-    async def api_ping(self, req: dict[str, Any]) -> Answer:
-        target = str(req.get("target", ""))
-        n = status.find_peer(self.session.netmap, target)
-        if n is None or self.magic is None:
-            return error(f"no peer {target!r} in the tailnet (see weft status)")
-        result = await self.magic.ping(n.id, float(req.get("timeout", 2)))
-        return ok(status.ping_answer(n, result))
-
-    async def api_netcheck(self, req: dict[str, Any]) -> Answer:
-        if self.magic is None or not self.magic.stun_servers():
-            return error("no STUN servers known yet: is this node up?")
-        return ok(await self.magic.netcheck())
-
-    async def api_whois(self, req: dict[str, Any]) -> Answer:
-        nm = self.session.netmap
-        try:
-            return ok(whois(nm.self_node, nm.peers.values(), str(req.get("ip", ""))))
-        except WhoisError as e:
-            return error(str(e))
 
     # -- the map ------------------------------------------------------------------------
 
