@@ -42,7 +42,6 @@ from weftnet.node.supervisor import Supervisor
 log = logging.getLogger("weftd")
 
 DEFAULT_PORT = 41641
-NETWORK_SETTLE_S = 0.1  # wait this long after a netlink event before re-checking
 UP_WAIT_S = 15.0  # `weft up` waits this long for the state to change
 
 
@@ -75,7 +74,6 @@ class NodeDaemon:
         self._control_factory = control_factory
         self._endpoints_of = local_endpoints
         self._watch_netlink = watch_netlink
-        self._net_check: asyncio.Future[None] | None = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -83,7 +81,9 @@ class NodeDaemon:
         self.engine.start()
         self._new_magic()
         if self._watch_netlink:
-            watcher = netmon.NetlinkWatcher(self._network_event)
+            watcher = netmon.NetlinkWatcher(
+                netmon.Debounced(self._local_endpoints, self._network_changed).event
+            )
             self.supervisor.spawn("netmon", watcher.run)
         prefs = self.state.prefs
         registered = prefs.registered and bool(prefs.login_server)
@@ -138,20 +138,9 @@ class NodeDaemon:
             None, self._endpoints_of, self.engine.listen_port, self.engine.ifname
         )
 
-    def _network_event(self) -> None:
-        """A netlink address/route event (debounced): re-check our endpoints."""
-        if self._net_check is None or self._net_check.done():
-            self._net_check = asyncio.ensure_future(self._check_network())
-
-    async def _check_network(self) -> None:
-        await asyncio.sleep(NETWORK_SETTLE_S)  # let a burst of events settle
-        try:
-            eps = await self._local_endpoints()
-        except Exception:
-            log.exception("cannot list the local addresses")
-            return
+    def _network_changed(self, eps: list[Endpoint]) -> None:
         if self.magic is not None:
-            self.magic.network_changed([ep for ep in eps])
+            self.magic.network_changed([ep for ep in eps])  # (list is invariant)
 
     # -- the state changes the local API asks for (node.api) ---------------------------
 

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import select
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from weftnet.endpoint import Endpoint, canonical
 
@@ -24,6 +24,7 @@ OVERLAY_ROUTES = [
     ipaddress.ip_network("100.64.0.0/10"),
     ipaddress.ip_network("fd7a:115c:a1e0::/48"),
 ]
+NETWORK_SETTLE_S = 0.1  # wait this long after a netlink event before re-checking
 POLL_S = 0.5  # how often the reader thread looks whether it should stop
 _WANTED = {"RTM_NEWADDR", "RTM_DELADDR", "RTM_NEWROUTE", "RTM_DELROUTE"}
 
@@ -92,3 +93,30 @@ class NetlinkWatcher:
                 for msg in ipr.get():
                     if msg.get("event") in _WANTED and not loop.is_closed():
                         loop.call_soon_threadsafe(self.on_event)
+
+
+class Debounced:
+    """Netlink events (they come in bursts) to one ``on_change(local endpoints)`` call
+    after the burst settles."""
+
+    def __init__(
+        self,
+        list_endpoints: Callable[[], Awaitable[list[Endpoint]]],
+        on_change: Callable[[list[Endpoint]], None],
+    ) -> None:
+        self.list_endpoints = list_endpoints
+        self.on_change = on_change
+        self._pending: asyncio.Future[None] | None = None
+
+    def event(self) -> None:
+        if self._pending is None or self._pending.done():
+            self._pending = asyncio.ensure_future(self._check())
+
+    async def _check(self) -> None:
+        await asyncio.sleep(NETWORK_SETTLE_S)  # let a burst of events settle
+        try:
+            eps = await self.list_endpoints()
+        except Exception:
+            log.exception("cannot list the local addresses")
+            return
+        self.on_change(eps)
