@@ -164,3 +164,32 @@ def wait_mesh(nodes: list[Node], timeout_s: float) -> float:
             names = [(a.host.name, b.host.name) for a, b in failed]
             raise AssertionError(f"no ping after {timeout_s} s between {names}")
         pending = failed
+
+
+@dataclass
+class FaultyNode(Node):
+    """A weftd started through weftlab.faulty_weftd: ``inject_fault(task)`` fails one of
+    its supervised tasks (the map stream, the path layer's loop, the netlink watcher)."""
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "weftlab.faulty_weftd", "--state-dir", str(self.state_dir)]
+        cmd += ["--socket", self.socket, "--tun", "weft0", *self.extra]
+        log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
+        self.proc = self.host.popen(cmd, stdout=log, stderr=log)
+        poll_until(
+            lambda: local_api_answers(self.socket) or self._died(),
+            timeout_s=15,
+            what=f"weftd on {self.host.name} to answer on its socket",
+        )
+
+    def inject_fault(self, task: str) -> None:
+        import signal
+
+        (self.state_dir / "inject-fault").write_text(task)
+        self.proc.send_signal(signal.SIGUSR1)
+
+
+def start_faulty_node(tmp: Path, host: Host, name: str) -> FaultyNode:
+    n = FaultyNode(host, tmp / f"node-{name}", str(tmp / f"{name}.sock"))
+    n.start()
+    return n

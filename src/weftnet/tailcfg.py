@@ -25,6 +25,8 @@ MACHINE_KEY_PREFIX = "mkey:"
 DISCO_KEY_PREFIX = "discokey:"
 RELAY_KEY_PREFIX = "relaykey:"
 
+MAX_ENDPOINTS = 32  # a MapRequest may report at most this many endpoints
+
 
 class Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -143,3 +145,6 @@ class MapResponse(Wire):
     # node's own flows. With no policy set the server sends one rule accepting all.
     packet_filter: list[FilterRule] | None = None
     error: str | None = None  # e.g. "node deleted": the stream ends after it
+    # What kind of refusal ``error`` is: "logged_out", "expired", "clock_skew",
+    # "bad_request", "server_error"; None from servers that predate it.
+    error_kind: str | None = None

@@ -6,76 +6,25 @@ UDP socket); maps are applied as the map stream would apply them.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.node.support import FakeServer, node
+from tests.node.support import make_daemon as new_daemon
 from tests.unit.test_filter import ALLOW_ALL, ME4, PEER4, rule, tcp4
 
-from weftlab.fakes import SeededEntropy
-from weftnet import controlbox, tailcfg
+from weftnet import tailcfg
 from weftnet.cli.main import main as weft
-from weftnet.node import daemon as daemon_module
-from weftnet.node import localapi
+from weftnet.node import localapi, status
+from weftnet.node.api import NodeApi
 from weftnet.node.daemon import NodeDaemon
-from weftnet.node.datapath import DataPlane, make_socket
-from weftnet.wireguard import crypto
-from weftnet.wireguard.device import Device
 
 ME6 = "fd7a:115c:a1e0::1"
-
-
-class FakeEngine:
-    """What NodeDaemon uses of an Engine, with no TUN and no netlink."""
-
-    def __init__(self, private_key: bytes, tun: str, port: int, **_: Any) -> None:
-        self.device = Device(private_key, SeededEntropy("me"))
-        self.tun_end, self.tun = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock = make_socket(0)
-        self.dp = DataPlane(self.device, self.tun.fileno(), self.sock)
-        self.listen_port = self.sock.getsockname()[1]
-        self.ifname = tun
-        self.addresses: list[Any] = []
-
-    def configure(self, addresses: Any, routes: Any) -> None:
-        self.addresses = list(addresses)
-
-    def update_addresses(self, addresses: Any) -> None:
-        self.addresses = list(addresses)
-
-    def rearm(self) -> None:
-        pass
-
-    def close(self) -> None:
-        for s in (self.tun_end, self.tun, self.sock):
-            s.close()
-
-
-def node(
-    nid: int, name: str, ips: list[str], user: str | None = "alice", tags: list[str] | None = None
-) -> tailcfg.Node:
-    key = crypto.public_key(crypto.generate_private_key(SeededEntropy(name)))
-    return tailcfg.Node(
-        id=nid,
-        name=name,
-        given_name=name + "-1" if name == "laptop" else name,
-        user=tailcfg.UserInfo(id=7, name=user) if user else None,
-        tags=tags or [],
-        node_key=controlbox.key_to_text(tailcfg.NODE_KEY_PREFIX, key),
-        addresses=[ip + ("/32" if "." in ip else "/128") for ip in ips],
-        allowed_ips=[ip + ("/32" if "." in ip else "/128") for ip in ips],
-        online=True,
-        os="linux",
-        client_version="0.1.0",
-    )
-
-
 ME = node(1, "me", [ME4, ME6])
 PEERS = [node(2, "laptop", [PEER4]), node(3, "db", ["100.64.0.3"], user=None, tags=["tag:db"])]
 
@@ -85,18 +34,11 @@ def full_map(packet_filter: list[tailcfg.FilterRule] | None) -> tailcfg.MapRespo
 
 
 @pytest.fixture
-def make_daemon(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Any]:  # a factory: () -> NodeDaemon on the same state directory
-    monkeypatch.setattr(daemon_module, "Engine", FakeEngine)
+def make_daemon(tmp_path: Path) -> Iterator[Any]:  # () -> NodeDaemon on one state directory
     made: list[NodeDaemon] = []
 
     def make() -> NodeDaemon:
-        args = argparse.Namespace(
-            state_dir=str(tmp_path / "state"), tun="weft-test", port=0,
-            rekey_after_seconds=None, socket=str(tmp_path / "weftd.sock"),
-        )  # fmt: skip
-        d = NodeDaemon(args)
+        d = new_daemon(tmp_path, FakeServer(ME, PEERS))
         d.state.prefs.want_running = True
         made.append(d)
         return d
@@ -110,6 +52,10 @@ def apply(d: NodeDaemon, resp: tailcfg.MapResponse, persist: bool = True) -> Non
     asyncio.run(d._apply(resp, persist=persist))
 
 
+def node_status(d: NodeDaemon) -> dict[str, Any]:
+    return status.node_status(d)
+
+
 def inbound(d: NodeDaemon, packet: bytes) -> bool:
     flt = d.engine.dp.filter
     assert flt is not None
@@ -118,14 +64,14 @@ def inbound(d: NodeDaemon, packet: bytes) -> bool:
 
 def test_tailnet_mode_denies_until_a_map_gives_rules(make_daemon: Any) -> None:
     d = make_daemon()
-    assert d.status()["packet_filter_rules"] == 0
+    assert node_status(d)["packet_filter_rules"] == 0
     assert not inbound(d, tcp4(PEER4, ME4, 40000, 22))
     apply(d, full_map(None))  # a map with no filter changes nothing
     assert not inbound(d, tcp4(PEER4, ME4, 40000, 22))
     apply(d, full_map([rule([PEER4 + "/32"], [(ME4 + "/32", 22, 22)], [6])]))
     assert inbound(d, tcp4(PEER4, ME4, 40000, 22))
     assert not inbound(d, tcp4(PEER4, ME4, 40000, 23))
-    st = d.status()
+    st = node_status(d)
     assert st["packet_filter_rules"] == 1
     assert st["counters"]["drop_filtered"] == 0  # check() bypasses the data plane
     assert st["counters"]["filter"] == {"denied": 3, "malformed": 0, "tracked_flows": 0}
@@ -136,9 +82,9 @@ def test_deltas_change_the_filter_only_when_they_carry_one(make_daemon: Any) -> 
     d = make_daemon()
     apply(d, full_map([ALLOW_ALL]))
     apply(d, tailcfg.MapResponse(peers_removed=[3]))
-    assert d.status()["packet_filter_rules"] == 1
+    assert node_status(d)["packet_filter_rules"] == 1
     apply(d, tailcfg.MapResponse(packet_filter=[]))
-    assert d.status()["packet_filter_rules"] == 0
+    assert node_status(d)["packet_filter_rules"] == 0
     assert not inbound(d, tcp4(PEER4, ME4, 40000, 22))
 
 
@@ -160,7 +106,7 @@ def test_an_old_cache_without_a_filter_denies(make_daemon: Any) -> None:
     d = make_daemon()
     d.state.save_netmap({"node": json.loads(ME.model_dump_json()), "peers": [], "dns_domain": None})
     apply(d, tailcfg.MapResponse.model_validate(d.state.load_netmap()), persist=False)
-    assert d.status()["packet_filter_rules"] == 0
+    assert node_status(d)["packet_filter_rules"] == 0
     assert not inbound(d, tcp4(PEER4, ME4, 40000, 22))
 
 
@@ -168,7 +114,7 @@ def test_an_old_cache_without_a_filter_denies(make_daemon: Any) -> None:
 
 
 def ask(d: NodeDaemon, **req: Any) -> dict[str, Any]:
-    return asyncio.run(d.handle_request({"cmd": "whois", **req}))
+    return asyncio.run(localapi.make_handler(NodeApi(d))({"cmd": "whois", **req}))
 
 
 def test_whois_answers_for_peers_and_ourselves(make_daemon: Any) -> None:
@@ -206,7 +152,9 @@ def served(make_daemon: Any, tmp_path: Path) -> Iterator[str]:
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
-    server = asyncio.run_coroutine_threadsafe(localapi.serve(path, d.handle_request), loop)
+    server = asyncio.run_coroutine_threadsafe(
+        localapi.serve(path, localapi.make_handler(NodeApi(d))), loop
+    )
     srv = server.result(5)
     yield path
 

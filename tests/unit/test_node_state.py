@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from weftnet.node.daemon import choose_endpoint, parse_endpoint
+from weftnet.magicsock.conn import first_guess as choose_endpoint
 from weftnet.node.state import NodeState, Pin
 
 
@@ -68,4 +68,4 @@ def test_endpoint_choice() -> None:
     assert choose_endpoint([], behind_nat) == ("198.18.0.9", 41641)
     assert choose_endpoint(public, []) is None
     assert choose_endpoint(public, ["[fd00::1]:41641"]) == ("fd00::1", 41641)
-    assert parse_endpoint("nonsense") is None
+    assert choose_endpoint(public, ["nonsense"]) is None

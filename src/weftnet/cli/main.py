@@ -50,6 +50,14 @@ def print_status(st: dict[str, Any]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
+def print_health(problems: list[str]) -> None:
+    """Current problems, one per line; nothing when all is well."""
+    if problems:
+        print("Health:")
+        for problem in problems:
+            print(f"  - {problem}")
+
+
 def print_node_status(st: dict[str, Any]) -> None:
     me = st["self"]
     if st["backend_state"] != "Running":
@@ -57,6 +65,7 @@ def print_node_status(st: dict[str, Any]) -> None:
         if st.get("auth_url"):
             print(f"To authenticate, visit:\n\n\t{st['auth_url']}\n")
         if st["backend_state"] != "Starting":
+            print_health(st.get("health", []))
             return
     rows = [(", ".join(me["ips"]) or "-", me["hostname"] or "-", "self", "-", "")]
     for p in st["peers"]:
@@ -76,6 +85,7 @@ def print_node_status(st: dict[str, Any]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
+    print_health(st.get("health", []))
 
 
 class CliError(Exception):

@@ -268,7 +268,7 @@ class MagicSock:
         return controlbox.key_to_text(tailcfg.DISCO_KEY_PREFIX, self.disco_public)
 
     def start(self) -> None:
-        self._spawn("magicsock paths", self._run)
+        self._spawn("paths", self._run)
 
     def _spawn_task(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
         async def run() -> None:
@@ -572,8 +572,11 @@ class MagicSock:
             now = time.monotonic()
             next_at = self._on_timer(now)
             wait = min(max(next_at - time.monotonic(), MIN_WAIT_S), MAX_WAIT_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that arrives as the event fires, and the loop would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
 
     def _on_timer(self, now: float) -> float:
         """Run what is due at ``now``; the next deadline."""

@@ -1,7 +1,10 @@
 """The local API: a root-only unix socket speaking one JSON object per line.
 
 Request ``{"cmd": "status"}``, answer ``{"ok": true, "result": {...}}`` or
-``{"ok": false, "error": "..."}``. Connections from a uid other than 0 are refused
+``{"ok": false, "error": "..."}``. ``COMMANDS`` is the one table of requests, for both
+modes (tailnet and ``--wg-config``): a daemon answers a command with its method
+``api_<cmd>``, and one without that method says the command is not available in its
+mode. docs/node.md lists every request and answer. Connections from a uid other than 0 are refused
 (SO_PEERCRED), and the socket file is mode 0600. Secrets never appear in answers: peers
 are named by their public keys only.
 """
@@ -27,6 +30,34 @@ DEFAULT_SOCKET = "/run/weft/weftd.sock"  # where weftd listens and weft looks, b
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+COMMANDS = {
+    "status": "this node, its peers and its health (both modes)",
+    "up": "log in if needed and follow the map (tailnet mode)",
+    "down": "stop following the map, keep the login (tailnet mode)",
+    "logout": "forget the login and rotate the node key (tailnet mode)",
+    "ip": "this node's overlay addresses (tailnet mode)",
+    "ping": "a disco ping to a peer (tailnet mode)",
+    "netcheck": "UDP, public address, NAT kind, relay latencies (tailnet mode)",
+    "whois": "the node and user behind an overlay address (tailnet mode)",
+}
+
+
+def make_handler(daemon: object) -> Handler:
+    """Dispatch requests by COMMANDS to ``daemon.api_<cmd>(request)``."""
+    mode = "tailnet mode" if hasattr(daemon, "api_up") else "--wg-config"
+
+    async def handle(req: dict[str, Any]) -> dict[str, Any]:
+        cmd = req["cmd"]
+        method = getattr(daemon, f"api_{cmd}", None) if cmd in COMMANDS else None
+        if method is not None:
+            answer: dict[str, Any] = await method(req)
+            return answer
+        if cmd in COMMANDS:
+            return {"ok": False, "error": f"{cmd!r} is not available with {mode}"}
+        return {"ok": False, "error": f"unknown command {cmd!r}"}
+
+    return handle
 
 
 def wg_status(engine: Any) -> dict[str, Any]:

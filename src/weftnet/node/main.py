@@ -13,27 +13,27 @@ Two ways to run it:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import asyncio
 import logging
 import os
 import signal
 import sys
+import time
 from typing import Any
 
 from weftnet.node import localapi
+from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
 from weftnet.node.daemon import NodeDaemon
 from weftnet.node.engine import DEFAULT_MTU, Engine
 from weftnet.node.tun import TunError
-from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
 from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
+from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
 
 log = logging.getLogger("weftd")
 
-DEFAULT_TUN = "weft0"
-DEFAULT_STATE_DIR = "/var/lib/weft"
 
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> NodeConfig:
     p = argparse.ArgumentParser(prog="weftd", description="weftnet node daemon")
     p.add_argument("--wg-config", metavar="FILE", help="run a plain WireGuard peer from FILE")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR", help="keys and state")
@@ -44,24 +44,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         p.error("--port must be from 0 to 65535")
-    return args
+    return NodeConfig(
+        state_dir=args.state_dir,
+        tun=args.tun,
+        port=args.port,
+        socket=args.socket,
+        wg_config=args.wg_config,
+        verbose=args.verbose,
+    )
 
 
 class WgDaemon:
     """A plain WireGuard peer from a wg-quick file."""
 
-    def __init__(
-        self, cfg: WgConfig, args: argparse.Namespace, device_config: DeviceConfig = SPEC_CONFIG
-    ) -> None:
+    def __init__(self, cfg: WgConfig, config: NodeConfig) -> None:
         self.cfg = cfg
-        self.args = args
-        port = args.port if args.port is not None else cfg.interface.listen_port
+        self.config = config
+        port = config.port if config.port is not None else cfg.interface.listen_port
         self.engine = Engine(
             cfg.interface.private_key,
-            args.tun,
+            config.tun,
             port or 0,
             cfg.interface.mtu or DEFAULT_MTU,
-            device_config,
+            config.device,
         )
         for pc in cfg.peers:
             self.engine.device.add_peer(
@@ -75,8 +80,6 @@ class WgDaemon:
         self.engine.configure(cfg.interface.addresses, routes)
 
     async def run(self) -> None:
-        import time
-
         engine = self.engine
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -84,8 +87,8 @@ class WgDaemon:
             loop.add_signal_handler(sig, stop.set)
         engine.start()
         server = None
-        if self.args.socket:
-            server = await localapi.serve(self.args.socket, self.handle_request)
+        if self.config.socket:
+            server = await localapi.serve(self.config.socket, localapi.make_handler(self))
         log.info(
             "weftd up: interface %s, UDP port %d, %d peer(s)",
             engine.ifname,
@@ -101,40 +104,44 @@ class WgDaemon:
             await stop.wait()
         finally:
             log.info("weftd stopping")
-            if server is not None:
+            if server is not None and self.config.socket:
                 server.close()
-                await localapi.cleanup(self.args.socket)
+                await localapi.cleanup(self.config.socket)
             engine.close()
 
-    async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
-        if req.get("cmd") == "status":
-            return {"ok": True, "result": localapi.wg_status(self.engine)}
-        return {"ok": False, "error": f"{req.get('cmd')!r} is not available with --wg-config"}
+    async def api_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": localapi.wg_status(self.engine)}
 
 
-def main(argv: list[str] | None = None, device_config: DeviceConfig = SPEC_CONFIG) -> None:
-    """weftd; ``device_config`` is WireGuard's timers (the spec's; a lab may shorten them)."""
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s weftd %(levelname)s %(message)s",
-    )
-    cfg = None
-    if args.wg_config:
+def build_daemon(config: NodeConfig) -> WgDaemon | NodeDaemon:
+    """The daemon for ``config`` (exits with a one-line error for a bad wg-quick file)."""
+    if config.wg_config:
         try:
-            cfg = load_wg_config(args.wg_config)
+            cfg = load_wg_config(config.wg_config)
         except ConfigError as e:
             print(f"weftd: {e}", file=sys.stderr)
             sys.exit(2)
     if os.geteuid() != 0:
         print("weftd: must run as root (it creates a TUN device)", file=sys.stderr)
         sys.exit(1)
+    return WgDaemon(cfg, config) if config.wg_config else NodeDaemon(config)
+
+
+def setup_logging(config: NodeConfig) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if config.verbose else logging.INFO,
+        format="%(asctime)s weftd %(levelname)s %(name)s %(message)s",
+    )
+
+
+def main(argv: list[str] | None = None, device_config: DeviceConfig = SPEC_CONFIG) -> None:
+    """weftd; ``device_config`` is WireGuard's timers (the spec's; a lab may shorten them)."""
+    config = dataclasses.replace(parse_args(argv), device=device_config)
+    setup_logging(config)
     import uvloop
 
     try:
-        daemon: WgDaemon | NodeDaemon = (
-            WgDaemon(cfg, args, device_config) if cfg else NodeDaemon(args, device_config)
-        )
+        daemon = build_daemon(config)
         # uvloop only for our own loop: pyroute2 runs a stock asyncio loop internally.
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(daemon.run())

@@ -1,7 +1,6 @@
 """`weft whois IP`: which node, and whose, holds an overlay address.
 
-Answered from the network map weftd already has (``tailcfg.Node`` as JSON, ourselves
-and our peers), so it works while the coordination server is unreachable. A tagged node
+Answered from the network map weftd already has (ourselves and our peers), so it works while the coordination server is unreachable. A tagged node
 is owned by its tags and has no user.
 """
 
@@ -11,17 +10,19 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from weftnet import tailcfg
+
 
 class WhoisError(ValueError):
     """What to tell the user, in one line."""
 
 
-def _ips(node: dict[str, Any]) -> list[str]:
-    return [a.split("/")[0] for a in node.get("addresses", [])]
+def _ips(node: tailcfg.Node) -> list[str]:
+    return [a.split("/")[0] for a in node.addresses]
 
 
 def whois(
-    self_node: dict[str, Any] | None, peers: Iterable[dict[str, Any]], text: str
+    self_node: tailcfg.Node | None, peers: Iterable[tailcfg.Node], text: str
 ) -> dict[str, Any]:
     """The node holding address ``text`` and its owner; WhoisError if none does."""
     try:
@@ -34,20 +35,20 @@ def whois(
     candidates = ([self_node] if self_node is not None else []) + peers
     for node in candidates:
         if any(ipaddress.ip_address(a) == ip for a in _ips(node)):
-            user = node.get("user")
-            is_self = self_node is not None and node.get("id") == self_node.get("id")
+            user = node.user
+            is_self = self_node is not None and node.id == self_node.id
             return {
                 "node": {
-                    "id": node.get("id"),
-                    "name": node.get("given_name") or node.get("name"),
-                    "hostname": node.get("name"),
+                    "id": node.id,
+                    "name": node.given_name or node.name,
+                    "hostname": node.name,
                     "addresses": _ips(node),
-                    "os": node.get("os", ""),
-                    "client_version": node.get("client_version", ""),
-                    "tags": list(node.get("tags") or []),
-                    "online": True if is_self else node.get("online", False),
+                    "os": node.os,
+                    "client_version": node.client_version,
+                    "tags": list(node.tags),
+                    "online": True if is_self else node.online,
                     "self": is_self,
                 },
-                "user": {"id": user["id"], "name": user["name"]} if user else None,
+                "user": {"id": user.id, "name": user.name} if user else None,
             }
     raise WhoisError(f"no node in the tailnet has the address {ip}")

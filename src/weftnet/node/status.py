@@ -1,0 +1,104 @@
+"""What the local API answers about the node: `weft status`, its Health list, `weft
+ping`. Built from the daemon's parts; nothing here changes them."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from weftnet import tailcfg
+from weftnet.node import localapi
+from weftnet.node.backend import State
+from weftnet.node.mapsession import NetworkMap
+from weftnet.wireguard.session import REJECT_AFTER_TIME_S
+
+if TYPE_CHECKING:
+    from weftnet.node.daemon import NodeDaemon
+
+
+def ips(n: tailcfg.Node) -> list[str]:
+    return [a.split("/")[0] for a in n.addresses]
+
+
+def find_peer(netmap: NetworkMap, target: str) -> tailcfg.Node | None:
+    """A peer by one of its overlay addresses or its name."""
+    for n in netmap.peers.values():
+        if target in ips(n) or target in (n.given_name, n.name):
+            return n
+    return None
+
+
+def health(d: NodeDaemon) -> list[str]:
+    """Current problems, in words; empty when all is well."""
+    out = d.supervisor.health()
+    if d.backend.state in (State.Starting, State.Running) and d.stream is not None:
+        out += d.stream.health(time.monotonic())
+    out += [str(skip) for skip in d.peers.skipped]
+    if d.magic is not None:
+        out += d.magic.health()
+    return out
+
+
+def node_status(d: NodeDaemon) -> dict[str, Any]:
+    now = time.monotonic()
+    wall = time.time()
+    nm = d.session.netmap
+    peers = []
+    for pid, n in sorted(nm.peers.items()):
+        peer = d.peers.by_id.get(pid)
+        last = peer.last_handshake_at if peer else None
+        kind, endpoint, relay = d.magic.path_of(pid) if d.magic else ("none", None, None)
+        if last is None or now - last >= REJECT_AFTER_TIME_S:
+            kind = "none"  # no working session: nothing flows on any path yet
+        peers.append(
+            {
+                "id": pid,
+                "hostname": n.given_name or n.name,
+                "ips": ips(n),
+                "online": n.online,
+                "path": kind,
+                "endpoint": endpoint,
+                "relay": relay,
+                "home_relay": n.home_relay,
+                "rx_bytes": peer.rx_bytes if peer else 0,
+                "tx_bytes": peer.tx_bytes if peer else 0,
+                "last_handshake": None if last is None else wall - (now - last),
+                "expired": n.expired,
+            }
+        )
+    me = nm.self_node
+    running = d.backend.state is State.Running
+    return {
+        "backend_state": d.backend.state.value,
+        "auth_url": d.backend.auth_url,
+        "error": None if running else d.backend.error or (d.stream and d.stream.last_error),
+        "health": health(d),
+        "self": {
+            "hostname": (me.given_name if me else None) or d.state.prefs.hostname,
+            "ips": [str(a.ip) for a in d.engine.addresses],
+            "online": d.stream is not None and d.stream.online,
+            "login_server": d.state.prefs.login_server,
+        },
+        "peers": peers,
+        "dns_domain": nm.dns_domain,
+        "home_relay": d.magic.relays.home if d.magic else None,
+        "relay_latency_ms": {
+            k: round(v * 1000, 2) for k, v in (d.magic.relays.latency.items() if d.magic else [])
+        },
+        "packet_filter_rules": len(d.packet_filter.rules),
+        "counters": localapi.counters(d.engine),
+    }
+
+
+def ping_answer(n: tailcfg.Node, result: tuple[str, str, float] | None) -> dict[str, Any]:
+    name, ip = n.given_name or n.name, ips(n)[0] if n.addresses else "?"
+    if result is None:
+        return {"peer": name, "ip": ip, "timeout": True}
+    kind, where, seconds = result
+    return {
+        "peer": name,
+        "ip": ip,
+        "path": kind,
+        "via": where,
+        "latency_ms": round(seconds * 1000, 2),
+    }
