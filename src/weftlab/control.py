@@ -280,9 +280,12 @@ class FakeNode:
         return self.server_public
 
     def seal(self, model: tailcfg.Wire) -> bytes:
+        return self.seal_bytes(model.model_dump_json().encode())
+
+    def seal_bytes(self, body: bytes) -> bytes:
+        """Any body, sealed as this machine would: for tests of malformed requests."""
         assert self.server_public is not None
         nonce = os.urandom(controlbox.NONCE_LEN)
-        body = model.model_dump_json().encode()
         return controlbox.seal(bytes(self.machine), self.server_public, body, nonce)
 
     def open(self, sealed: bytes) -> bytes:

@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from weftnet import tailcfg
-from weftnet.control import netmap, relays
+from weftnet.control import names, netmap, relays
 from weftnet.control.hub import Hub
 from weftnet.control.policy import Policy
 from weftnet.control.records import ApiKey, AuthKey, Node, User
@@ -114,7 +114,7 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
     return {
         "id": node.id,
         "given_name": node.given_name,
-        "hostname": node.hostname,
+        "hostname": names.clean_hostname(node.hostname),
         "user": owner,
         "tags": list(node.tags),
         "ipv4": node.ipv4,

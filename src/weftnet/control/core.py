@@ -26,13 +26,14 @@ from weftnet.control.records import (
     Tx,
     User,
 )
+from weftnet.wireguard import crypto
 
 DEFAULT_NODE_KEY_EXPIRY_S = 180 * 86400.0
 DEFAULT_AUTH_KEY_EXPIRY_S = 90 * 86400.0
 DEFAULT_DNS_DOMAIN = "weft.internal"
 PENDING_TTL_S = 30 * 60.0  # an interactive login code is good for this long
 WRITE_ATTEMPTS = 8  # a transaction refused by a unique constraint is retried this often
-MAX_ENDPOINTS = 32  # endpoints a node may report in one map request
+MAX_ENDPOINTS = tailcfg.MAX_ENDPOINTS  # endpoints kept from one map request
 
 T = TypeVar("T")
 
@@ -58,7 +59,12 @@ class Unauthorized(ServiceError):
 
 
 class Refused(ServiceError):
-    """The node protocol refuses this request; the message goes into ``error``."""
+    """The node protocol refuses this request; the message goes into ``error`` and
+    ``kind`` (one of ``tailcfg.ERROR_KINDS``) into ``error_kind``."""
+
+    def __init__(self, message: str, kind: str = tailcfg.ERROR_BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +165,7 @@ class ServiceCore:
     ) -> Node:
         """The machine's node, with the new key and owner; created with fresh addresses
         and a unique name if the machine has none. Addresses never change."""
-        hostname = hostname.strip()[:255]
+        hostname = names.clean_hostname(hostname)
         expiry = now + self.settings.node_key_expiry_s
         existing = tx.node_by_machine_key(machine_key)
         if existing is not None:
@@ -212,7 +218,12 @@ def check_version(version: int) -> None:
 
 
 def check_key(prefix: str, text: str, what: str) -> None:
+    """Refuse a key that is malformed or a low-order X25519 point: every peer would fail
+    to make a session (or seal a disco message) with it."""
     try:
-        controlbox.key_from_text(prefix, text)
+        raw = controlbox.key_from_text(prefix, text)
     except ValueError as e:
         raise Refused(f"{what}: {e}") from None
+    if crypto.is_low_order(raw):
+        shown = f"{prefix}{raw.hex()[:4]}\N{HORIZONTAL ELLIPSIS}"
+        raise Refused(f"{what} {shown}: a low-order X25519 point, no session can use it")

@@ -236,7 +236,14 @@ def _when(ts: float | None, now: float) -> str:
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
+def _printable(text: str) -> str:
+    """``text`` without control or format characters: whatever a server or a node put
+    in a field (a hostname with terminal escapes), it cannot drive this terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _table(rows: Sequence[Sequence[str]]) -> None:
+    rows = [[_printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -556,7 +563,7 @@ def _admin(args: argparse.Namespace) -> int:
     elif printer is not None:
         printer(out, now)
     elif text is not None:
-        print(text)
+        print(_printable(text))
     return 0
 
 
@@ -575,7 +582,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{PROG}: {e}", file=sys.stderr)
         code = 2
     except AdminError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{PROG}: {_printable(str(e))}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

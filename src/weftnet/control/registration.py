@@ -24,9 +24,8 @@ After a commit that changes what some node sees, the service publishes on the
 from __future__ import annotations
 
 from weftnet import tailcfg
-from weftnet.control import credentials, netmap, relays
+from weftnet.control import credentials, names, netmap, relays
 from weftnet.control.core import (
-    MAX_ENDPOINTS,
     Refused,
     Registered,
     Snapshot,
@@ -50,9 +49,9 @@ class NodeRules(PolicyRules):
         the RegisterResponse to send (a login URL, a logout, or an ``error``).
         Raises Refused for a request that must be refused."""
         check_version(req.version)
-        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node_key")
+        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node key")
         if req.old_node_key:
-            check_key(tailcfg.NODE_KEY_PREFIX, req.old_node_key, "old_node_key")
+            check_key(tailcfg.NODE_KEY_PREFIX, req.old_node_key, "old node key")
         if req.logout:
             return self._logout(machine_key, req, now)
         if req.followup:
@@ -130,7 +129,7 @@ class NodeRules(PolicyRules):
                     code=code,
                     machine_key=machine_key,
                     node_key=req.node_key,
-                    hostname=req.hostinfo.hostname,
+                    hostname=names.clean_hostname(req.hostinfo.hostname),
                     created_at=now,
                     expires_at=now + self.settings.pending_ttl_s,
                 )
@@ -193,14 +192,12 @@ class NodeRules(PolicyRules):
     ) -> Node:
         """Check a MapRequest and record what it reports; the node it is for."""
         check_version(req.version)
-        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node_key")
+        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node key")
         if req.disco_key is not None:
-            check_key(tailcfg.DISCO_KEY_PREFIX, req.disco_key, "disco_key")
-        if len(req.endpoints) > MAX_ENDPOINTS:
-            raise Refused(f"too many endpoints: at most {MAX_ENDPOINTS}")
-        for endpoint in req.endpoints:
-            if netmap.split_endpoint(endpoint) is None:
-                raise Refused(f"malformed endpoint {endpoint!r}: expected ip:port or [ip6]:port")
+            check_key(tailcfg.DISCO_KEY_PREFIX, req.disco_key, "disco key")
+        # Endpoints are hints: unusable or malformed ones are dropped, not refused (a
+        # refusal would take the node off the tailnet for one odd interface address).
+        endpoints = netmap.clean_endpoints(req.endpoints)
         if req.home_relay is not None:
             try:
                 relays.check_region_name(req.home_relay)
@@ -212,19 +209,25 @@ class NodeRules(PolicyRules):
             nonlocal changed
             node = tx.node_by_machine_key(machine_key)
             if node is None:
-                raise Refused("this machine is not registered: run weft up to log in")
+                raise Refused(
+                    "this machine is not registered: run weft up to log in",
+                    tailcfg.ERROR_LOGGED_OUT,
+                )
             if node.node_key != req.node_key:
                 raise Refused(
-                    "this node key is not the one registered for this machine: log in again"
+                    "this node key is not the one registered for this machine: log in again",
+                    tailcfg.ERROR_LOGGED_OUT,
                 )
             if node.expired_at(now):
-                raise Refused("node key expired: run weft up to log in again")
+                raise Refused(
+                    "node key expired: run weft up to log in again", tailcfg.ERROR_EXPIRED
+                )
             changes: dict[str, object] = {"last_seen": now}
-            if tuple(req.endpoints) != node.endpoints:
-                changes["endpoints"] = tuple(req.endpoints)
+            if endpoints != node.endpoints:
+                changes["endpoints"] = endpoints
             if req.disco_key is not None and req.disco_key != node.disco_key:
                 changes["disco_key"] = req.disco_key
-            hostname = req.hostinfo.hostname.strip()[:255]
+            hostname = names.clean_hostname(req.hostinfo.hostname)
             if hostname and hostname != node.hostname:
                 changes["hostname"] = hostname
             if observed_ip is not None and observed_ip != node.observed_ip:
