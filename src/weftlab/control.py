@@ -1,6 +1,6 @@
 """Helpers for tests that need a coordination server (unit, API, CLI and lab tests).
 
-- ``start_control(host, data_dir, listen)``: ``python -m weftnet.control.main serve`` as
+- ``start_control(host, data_dir, listen)``: ``python -m weftnet.control.cli.main serve`` as
   a subprocess, in the root namespace (``host=None``) or in a lab host (anything with
   the ``popen``/``run`` methods of ``netlab.Host``). Returns a ``ControlProcess`` with
   ``.url``, ``.api_key``, ``.stop()``, ``.kill()``, ``.admin(...)``.
@@ -68,7 +68,7 @@ def admin(
     timeout_s: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``weft-control ARGS... [--data-dir D | --server URL --api-key K]``."""
-    argv = [sys.executable, "-m", "weftnet.control.main", *args]
+    argv = [sys.executable, "-m", "weftnet.control.cli.main", *args]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     if server is not None:
@@ -140,7 +140,7 @@ def start_control(
     argv = [
         sys.executable,
         "-m",
-        "weftnet.control.main",
+        "weftnet.control.cli.main",
         "serve",
         "--listen",
         listen,
@@ -192,7 +192,7 @@ def start_control(
 def serve_in_thread(options: Any) -> Iterator[Any]:
     """A ``server.ControlServer`` for ``options`` (``server.ServeOptions``), serving on a
     thread of this process until the block ends."""
-    from weftnet.control.server import ControlServer
+    from weftnet.control.server.app import ControlServer
 
     server = ControlServer(options)
     server.open()

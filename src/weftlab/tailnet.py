@@ -29,7 +29,7 @@ class Control:
         return f"http://{self.host.ip}:{CONTROL_PORT}"
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "weftnet.control.main", "serve"]
+        cmd = [sys.executable, "-m", "weftnet.control.cli.main", "serve"]
         cmd += ["--listen", f"0.0.0.0:{CONTROL_PORT}", "--data-dir", str(self.data_dir)]
         cmd += ["--server-url", self.url]
         if self.database_url:
@@ -61,7 +61,7 @@ class Control:
 
     def run_admin(self, *args: str) -> Any:
         """``weft-control ARGS --data-dir ...`` on the control host (a CompletedProcess)."""
-        cmd = [sys.executable, "-m", "weftnet.control.main", *args]
+        cmd = [sys.executable, "-m", "weftnet.control.cli.main", *args]
         return self.host.run([*cmd, "--data-dir", str(self.data_dir)], check=False, timeout=60)
 
     def admin(self, *args: str, check: bool = True) -> str:

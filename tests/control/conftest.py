@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from weftlab.control import poll, serve_in_thread
-from weftnet.control.server import ServeOptions
+from weftnet.control.server.app import ServeOptions
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 

@@ -142,7 +142,7 @@ def test_serve_refuses_bad_listen_and_busy_ports(tmp_path: Path) -> None:
         argv = [
             sys.executable,
             "-m",
-            "weftnet.control.main",
+            "weftnet.control.cli.main",
             "serve",
             "--data-dir",
             str(tmp_path / "d"),
@@ -166,7 +166,7 @@ def test_remote_admin_with_a_created_api_key(server: ControlProcess) -> None:
     r = admin("users", "list", "--json", server=server.url, api_key=api_key)
     assert "alice" in [u["name"] for u in json.loads(r.stdout)]
     env = {**os.environ, "WEFT_CONTROL_URL": server.url, "WEFT_CONTROL_API_KEY": api_key}
-    argv = [sys.executable, "-m", "weftnet.control.main", "users", "list", "--json"]
+    argv = [sys.executable, "-m", "weftnet.control.cli.main", "users", "list", "--json"]
     via_env = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=True)
     assert json.loads(via_env.stdout) == json.loads(r.stdout)
     server.admin("apikeys", "revoke", api_key.split("-")[1])

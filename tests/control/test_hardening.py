@@ -22,11 +22,11 @@ from nacl.public import PrivateKey
 from weftlab.control import FakeNode, serve_in_thread
 from weftlab.fakes import SeededEntropy
 from weftnet import controlbox, tailcfg
-from weftnet.control import names, netmap
-from weftnet.control.records import Store
-from weftnet.control.server import ServeOptions
+from weftnet.control.domain import names, netmap
+from weftnet.control.domain.records import Store
+from weftnet.control.server.app import ServeOptions
 from weftnet.control.service import ControlService, Refused, Registered, Settings
-from weftnet.control.store import SqlStore
+from weftnet.control.store.sql import SqlStore
 
 from .memstore import MemoryStore
 

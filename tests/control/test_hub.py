@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from weftlab.fakes import FakeClock
-from weftnet.control.hub import Hub, StreamClosed
-from weftnet.control.records import Node
+from weftnet.control.domain.records import Node
+from weftnet.control.server.hub import Hub, StreamClosed
 from weftnet.control.service import Settings, Snapshot
 
 pytestmark = pytest.mark.anyio

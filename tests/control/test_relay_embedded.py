@@ -19,9 +19,8 @@ import httpx
 import pytest
 
 from weftlab.control import FakeNode, serve_in_thread
-from weftnet import controlbox, stun, tailcfg
-from weftnet.control import keyfile
-from weftnet.control.server import ServeOptions
+from weftnet import controlbox, keyfile, stun, tailcfg
+from weftnet.control.server.app import ServeOptions
 from weftnet.relay import RelayClient
 
 from .conftest import TEST_KEEPALIVE_S, Control

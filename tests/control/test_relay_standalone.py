@@ -18,7 +18,7 @@ import pytest
 
 from weftlab.control import FakeNode, admin, poll, serve_in_thread
 from weftnet import stun
-from weftnet.control.server import ServeOptions
+from weftnet.control.server.app import ServeOptions
 
 from .conftest import TEST_KEEPALIVE_S, Control
 from .test_relay_embedded import (
@@ -55,7 +55,7 @@ def relay_argv(control: Control, tmp_path: Path, region: str, *extra: str) -> li
     return [
         sys.executable,
         "-m",
-        "weftnet.control.main",
+        "weftnet.control.cli.main",
         "relay",
         "--listen",
         "127.0.0.1:0",

@@ -13,7 +13,7 @@ from nacl.public import PrivateKey
 
 from weftlab.fakes import SeededEntropy
 from weftnet import controlbox, tailcfg
-from weftnet.control.records import Store
+from weftnet.control.domain.records import Store
 from weftnet.control.service import (
     Conflict,
     ControlService,
@@ -24,7 +24,7 @@ from weftnet.control.service import (
     Settings,
     Unauthorized,
 )
-from weftnet.control.store import SqlStore
+from weftnet.control.store.sql import SqlStore
 
 from .memstore import MemoryStore
 
@@ -398,7 +398,7 @@ def test_map_request_records_endpoints_and_publishes_only_changes(
 
 
 def test_a_stored_policy_that_no_longer_parses_denies_everything() -> None:
-    from weftnet.control.policyrules import DENY_ALL, PolicyCache
+    from weftnet.control.domain.access import DENY_ALL, PolicyCache
 
     cache = PolicyCache()
     assert cache.get(None) is None

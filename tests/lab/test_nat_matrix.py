@@ -94,7 +94,7 @@ def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Pat
     control = start_control(tmp_path, ctl)
     api_key = control.admin("apikeys", "create").strip()
     relay_host.popen(
-        [sys.executable, "-m", "weftnet.control.main", "relay", "--region", "second",
+        [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", "second",
          "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
          "--api-key", api_key, "--data-dir", str(tmp_path / "relay2")],
     )  # fmt: skip

@@ -18,7 +18,7 @@ import pytest
 from weftlab import wgpeers
 from weftlab.netlab import Host, Lab, poll_until
 from weftlab.tailnet import Control, Node, start_control, start_node
-from weftnet.control.adminclient import resolve_target
+from weftnet.control.cli.adminclient import resolve_target
 
 pytestmark = pytest.mark.lab
 

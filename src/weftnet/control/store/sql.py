@@ -46,8 +46,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from weftnet.control import models as m
-from weftnet.control.records import (
+from weftnet.control.domain.records import (
     NODE_UPDATABLE,
     ApiKey,
     AuthKey,
@@ -60,6 +59,7 @@ from weftnet.control.records import (
     StoreConflict,
     User,
 )
+from weftnet.control.store import models as m
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from weftnet import tailcfg
-from weftnet.control import names, netmap, relays
-from weftnet.control.hub import Hub
+from weftnet.control.domain import names, netmap, relays
+from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
 from weftnet.control.policy import Policy
-from weftnet.control.records import ApiKey, AuthKey, Node, User
+from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
     Conflict,
     ControlService,

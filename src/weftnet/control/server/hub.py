@@ -41,8 +41,8 @@ from typing import Any
 import anyio.to_thread
 
 from weftnet import tailcfg
-from weftnet.control.netmap import NetMap
-from weftnet.control.relays import RelayRegistry
+from weftnet.control.domain.netmap import NetMap
+from weftnet.control.domain.relays import RelayRegistry
 from weftnet.control.service import ControlService
 
 log = logging.getLogger(__name__)

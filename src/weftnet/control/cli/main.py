@@ -51,7 +51,7 @@ class Parser(argparse.ArgumentParser):
 
 def _seconds(text: str) -> float:
     """A duration: "15s", "1h", "90d", or a plain number of seconds ("0.5")."""
-    from weftnet.control.names import parse_duration
+    from weftnet.control.domain.names import parse_duration
 
     try:
         value = float(text)
@@ -353,7 +353,7 @@ def _print_relays(relays: list[dict[str, Any]], now: float) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from weftnet.control import server
+    from weftnet.control.server import app as server
 
     try:
         host, port = server.parse_listen(args.listen)
@@ -390,8 +390,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _relay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from weftnet.control import server
-    from weftnet.control.relays import check_region_name
+    from weftnet.control.domain.relays import check_region_name
+    from weftnet.control.server import app as server
     from weftnet.relay import standalone as relayd
 
     try:
@@ -451,14 +451,14 @@ def _node_id(client: Any, ref: str) -> int:
         return int(ref)
     matches = [n["id"] for n in client.request("GET", "/nodes") if n["given_name"] == ref]
     if not matches:
-        from weftnet.control.adminclient import AdminError
+        from weftnet.control.cli.adminclient import AdminError
 
         raise AdminError(f"no node named {ref}: see `{PROG} nodes list`")
     return int(matches[0])
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from weftnet.control.adminclient import AdminClient, resolve_target
+    from weftnet.control.cli.adminclient import AdminClient, resolve_target
 
     now = time.time()
     target = resolve_target(args.data_dir, args.server, args.api_key)
@@ -569,7 +569,7 @@ def _admin(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from weftnet.control.adminclient import AdminError
+    from weftnet.control.cli.adminclient import AdminError
 
     try:
         if args.command == "serve":

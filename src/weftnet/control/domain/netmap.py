@@ -40,10 +40,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weftnet import endpoint, tailcfg
-from weftnet.control import names
 from weftnet.control import policy as pol
-from weftnet.control.policyrules import node_info
-from weftnet.control.records import Node, User
+from weftnet.control.domain import names
+from weftnet.control.domain.access import node_info
+from weftnet.control.domain.records import Node, User
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int] | None:

@@ -24,13 +24,14 @@ from types import FrameType
 
 import uvicorn
 
-from weftnet.control import keyfile, store
-from weftnet.control.api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
-from weftnet.control.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
-from weftnet.control.records import CallbackFeed
-from weftnet.control.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
-from weftnet.control.relays import check_region_name
+from weftnet import keyfile
+from weftnet.control.domain.records import CallbackFeed
+from weftnet.control.domain.relays import check_region_name
+from weftnet.control.server.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
+from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
+from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
+from weftnet.control.store import sql as store
 from weftnet.relay.mount import uvicorn_protocol
 from weftnet.stun import server as stunserver
 

@@ -1,9 +1,11 @@
 """The service's foundations: errors, settings, and the transaction plumbing.
 
-``ServiceCore`` holds what the admin rules (``admin.py``) and the node-protocol rules
-(``registration.py``) share: the store, the change feed, the source of randomness, and
-the helpers that find users and nodes or create a node with fresh addresses.
-``service.ControlService`` puts the two halves together.
+``Db`` holds what the rule classes share - the store, the change feed, the settings and
+the source of randomness - and runs their transactions (``write``, retried on a unique
+constraint, and ``read``). Each rule class (``policyrules.PolicyRules``,
+``admin.AdminRules``, ``registration.NodeRules``) gets the one ``Db`` by composition;
+``service.ControlService`` is the facade over them. The module functions below are the
+lookups and the node upsert that more than one rule class needs; they work on a ``Tx``.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 from weftnet import controlbox, tailcfg
-from weftnet.control import ipam, names
-from weftnet.control.policy import Policy
-from weftnet.control.records import (
+from weftnet.control.domain import ipam, names
+from weftnet.control.domain.records import (
     ChangeFeed,
     NewNode,
     Node,
@@ -26,6 +27,7 @@ from weftnet.control.records import (
     Tx,
     User,
 )
+from weftnet.control.policy import Policy
 from weftnet.wireguard import crypto
 
 DEFAULT_NODE_KEY_EXPIRY_S = 180 * 86400.0
@@ -89,7 +91,9 @@ class Registered:
     user: User | None
 
 
-class ServiceCore:
+class Db:
+    """The store, the change feed, the settings and entropy, shared by the rule classes."""
+
     def __init__(
         self,
         store: Store,
@@ -100,9 +104,9 @@ class ServiceCore:
         self.store = store
         self.settings = settings or Settings()
         self.feed: ChangeFeed = feed or NullFeed()
-        self._random = random_bytes
+        self.random = random_bytes
 
-    def _write(self, fn: Callable[[Tx], T]) -> T:
+    def write(self, fn: Callable[[Tx], T]) -> T:
         """Run ``fn`` in a write transaction; retry when a unique constraint refused it."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
@@ -115,91 +119,92 @@ class ServiceCore:
                     ) from None
         raise AssertionError("unreachable")
 
-    def _read(self, fn: Callable[[Tx], T]) -> T:
+    def read(self, fn: Callable[[Tx], T]) -> T:
         with self.store.transaction(write=False) as tx:
             return fn(tx)
 
-    @staticmethod
-    def _parse_duration(text: str) -> float:
-        try:
-            return names.parse_duration(text)
-        except ValueError as e:
-            raise Invalid(str(e)) from None
 
-    @staticmethod
-    def _user(tx: Tx, name: str) -> User:
-        user = tx.user_by_name(name)
-        if user is None:
-            raise NotFound(f"no user named {name}: see `weft-control users list`")
-        return user
+def parse_duration(text: str) -> float:
+    try:
+        return names.parse_duration(text)
+    except ValueError as e:
+        raise Invalid(str(e)) from None
 
-    @staticmethod
-    def _node(tx: Tx, node_id: int) -> Node:
-        node = tx.node_by_id(node_id)
-        if node is None:
-            raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
-        return node
 
-    @staticmethod
-    def _registered(tx: Tx, node: Node) -> Registered:
-        return Registered(node, tx.user_by_id(node.user_id) if node.user_id else None)
+def find_user(tx: Tx, name: str) -> User:
+    user = tx.user_by_name(name)
+    if user is None:
+        raise NotFound(f"no user named {name}: see `weft-control users list`")
+    return user
 
-    @staticmethod
-    def _check_node_key_owner(tx: Tx, machine_key: str, node_key: str) -> None:
-        holder = tx.node_by_node_key(node_key)
-        if holder is not None and holder.machine_key != machine_key:
-            raise Refused("this node key is registered to another machine: refused")
 
-    def _upsert_node(
-        self,
-        tx: Tx,
-        *,
-        machine_key: str,
-        node_key: str,
-        hostname: str,
-        user_id: int | None,
-        tags: tuple[str, ...],
-        ephemeral: bool,
-        auth_key_id: int | None,
-        now: float,
-    ) -> Node:
-        """The machine's node, with the new key and owner; created with fresh addresses
-        and a unique name if the machine has none. Addresses never change."""
-        hostname = names.clean_hostname(hostname)
-        expiry = now + self.settings.node_key_expiry_s
-        existing = tx.node_by_machine_key(machine_key)
-        if existing is not None:
-            return tx.update_node(
-                existing.id,
-                node_key=node_key,
-                hostname=hostname or existing.hostname,
-                user_id=user_id,
-                tags=tags,
-                ephemeral=ephemeral,
-                auth_key_id=auth_key_id,
-                key_expiry=expiry,
-            )
-        used = {ipam.host_number(ip) for ip in tx.used_ipv4s()}
-        try:
-            ipv4, ipv6 = ipam.addresses(ipam.allocate(used))
-        except ipam.AddressPoolExhausted as e:
-            raise Refused(str(e)) from None
-        return tx.add_node(
-            NewNode(
-                machine_key=machine_key,
-                node_key=node_key,
-                user_id=user_id,
-                tags=tags,
-                hostname=hostname,
-                given_name=names.unique_given_name(hostname, tx.given_name_taken),
-                ipv4=ipv4,
-                ipv6=ipv6,
-                ephemeral=ephemeral,
-                created_at=now,
-                key_expiry=expiry,
-                auth_key_id=auth_key_id,
-            )
+def find_node(tx: Tx, node_id: int) -> Node:
+    node = tx.node_by_id(node_id)
+    if node is None:
+        raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
+    return node
+
+
+def registered(tx: Tx, node: Node) -> Registered:
+    return Registered(node, tx.user_by_id(node.user_id) if node.user_id else None)
+
+
+def check_node_key_owner(tx: Tx, machine_key: str, node_key: str) -> None:
+    holder = tx.node_by_node_key(node_key)
+    if holder is not None and holder.machine_key != machine_key:
+        raise Refused("this node key is registered to another machine: refused")
+
+
+def upsert_node(
+    tx: Tx,
+    settings: Settings,
+    *,
+    machine_key: str,
+    node_key: str,
+    hostname: str,
+    user_id: int | None,
+    tags: tuple[str, ...],
+    ephemeral: bool,
+    auth_key_id: int | None,
+    now: float,
+) -> Node:
+    """The machine's node, with the new key and owner; created with fresh addresses
+    and a unique name if the machine has none. Addresses never change."""
+    hostname = names.clean_hostname(hostname)
+    expiry = now + settings.node_key_expiry_s
+    existing = tx.node_by_machine_key(machine_key)
+    if existing is not None:
+        return tx.update_node(
+            existing.id,
+            node_key=node_key,
+            hostname=hostname or existing.hostname,
+            user_id=user_id,
+            tags=tags,
+            ephemeral=ephemeral,
+            auth_key_id=auth_key_id,
+            key_expiry=expiry,
         )
+    used = {ipam.host_number(ip) for ip in tx.used_ipv4s()}
+    try:
+        ipv4, ipv6 = ipam.addresses(ipam.allocate(used))
+    except ipam.AddressPoolExhausted as e:
+        raise Refused(str(e)) from None
+    return tx.add_node(
+        NewNode(
+            machine_key=machine_key,
+            node_key=node_key,
+            user_id=user_id,
+            tags=tags,
+            hostname=hostname,
+            given_name=names.unique_given_name(hostname, tx.given_name_taken),
+            ipv4=ipv4,
+            ipv6=ipv6,
+            ephemeral=ephemeral,
+            created_at=now,
+            key_expiry=expiry,
+            auth_key_id=auth_key_id,
+        )
+    )
 
 
 def device_info(hostinfo: tailcfg.Hostinfo) -> tuple[str, str]:

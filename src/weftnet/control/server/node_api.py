@@ -36,9 +36,10 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control import admin_api, netmap
-from weftnet.control.hub import Hub, StreamClosed, Subscription
-from weftnet.control.relayhost import EmbeddedRelay
+from weftnet.control.domain import netmap
+from weftnet.control.server import admin_api
+from weftnet.control.server.hub import Hub, StreamClosed, Subscription
+from weftnet.control.server.relayhost import EmbeddedRelay
 from weftnet.control.service import ControlService, Refused, Registered, ServiceError
 from weftnet.stun import server as stunserver
 
