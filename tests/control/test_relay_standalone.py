@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from weftlab.control import FakeNode, admin, poll, serve_in_thread
+from weftlab.control import FakeNode, admin, serve_in_thread
+from weftlab.netlab import poll_until
 from weftnet import stun
 from weftnet.control.server.app import ServeOptions
 
@@ -112,7 +113,7 @@ async def wait_region(control: Control, name: str, proc: subprocess.Popen[str]) 
         assert proc.poll() is None, "the relay exited"
         return registered_regions(control).get(name)
 
-    found = await asyncio.to_thread(poll, ready, timeout_s=20, what=f"relay region {name}")
+    found = await asyncio.to_thread(poll_until, ready, timeout_s=20, what=f"relay region {name}")
     assert found is not None
     return found
 

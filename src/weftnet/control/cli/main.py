@@ -29,8 +29,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
+
+if TYPE_CHECKING:  # the server's modules load only for `serve` and `relay`
+    from weftnet.control.server.app import ServeOptions
 
 PROG = "weft-control"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -123,7 +126,6 @@ def build_parser() -> Parser:
         help="UDP port of the STUN server on the --listen host; 0: none (%(default)s)",
     )
     # Tests only: lets the admin API move the clock policy schedules are judged by.
-    serve.add_argument("--policy-clock-api", action="store_true", help=argparse.SUPPRESS)
 
     relay = commands.add_parser("relay", help="run a standalone relay region")
     relay.add_argument(
@@ -352,16 +354,15 @@ def _print_relays(relays: list[dict[str, Any]], now: float) -> None:
 # -- commands -------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The ServeOptions of a parsed ``serve`` command line (UsageError if they are bad)."""
     from weftnet.control.server import app as server
 
     try:
         host, port = server.parse_listen(args.listen)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    server.configure_logging()
-    os.umask(0o077)  # the database and everything else in the data dir: owner only
-    options = server.ServeOptions(
+    return server.ServeOptions(
         data_dir=Path(args.data_dir),
         host=host,
         port=port,
@@ -377,14 +378,26 @@ def _serve(args: argparse.Namespace) -> int:
         region=args.region,
         relay_rate_bytes_per_s=args.relay_rate,
         stun_port=args.stun_port,
-        policy_clock_api=args.policy_clock_api,
     )
+
+
+def run_serve(options: ServeOptions) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status (1, with a one-line error, if the
+    server cannot start)."""
+    from weftnet.control.server import app as server
+
+    server.configure_logging()
+    os.umask(0o077)  # the database and everything else in the data dir: owner only
     try:
         server.serve(options)
     except server.ServeError as e:
         print(f"{PROG}: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    return run_serve(serve_options(args))
 
 
 def _relay(args: argparse.Namespace) -> int:

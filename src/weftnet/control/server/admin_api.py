@@ -75,10 +75,6 @@ class AttributeValue(BaseModel):
     value: str | float | bool
 
 
-class PolicyClock(BaseModel):
-    now: float  # unix seconds
-
-
 class RelayRegistration(BaseModel):
     region: str
     url: str
@@ -196,8 +192,6 @@ def router(
     hub: Hub,
     clock: Callable[[], float],
     own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
-    *,
-    policy_clock_api: bool = False,
 ) -> APIRouter:
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -309,14 +303,6 @@ def router(
     async def check_policy(body: PolicyText) -> dict[str, Any]:
         policy = await call(service.check_policy, body.policy)
         return {"set": False, **policy_json(policy)}
-
-    if policy_clock_api:
-
-        @api.put("/debug/policy-clock")
-        async def set_policy_clock(body: PolicyClock) -> dict[str, Any]:
-            """Judge policy schedules as if it were ``now`` (serve --policy-clock-api)."""
-            hub.set_policy_time(body.now)
-            return {"policy_now": hub.policy_now()}
 
     # admin API keys
 

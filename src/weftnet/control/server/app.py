@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -65,7 +66,9 @@ class ServeOptions:
     region: str = DEFAULT_REGION  # its region name in the relay map
     relay_rate_bytes_per_s: int = DEFAULT_RELAY_RATE  # per client
     stun_port: int = stunserver.DEFAULT_STUN_PORT  # UDP, on the --listen host; 0: none
-    policy_clock_api: bool = False  # tests: the admin API may move the policy's clock
+    # The wall clock policy schedules are judged by; None: the system clock. Keys,
+    # logins and requests always use the system clock.
+    policy_clock: Callable[[], float] | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -204,7 +207,12 @@ class ControlServer:
             service.load_settings(opts.node_key_expiry, opts.dns_domain)
         except ServiceError as e:
             raise ServeError(str(e)) from None
-        hub = Hub(service, keepalive_s=opts.keepalive_s, ephemeral_grace_s=opts.ephemeral_grace_s)
+        hub = Hub(
+            service,
+            keepalive_s=opts.keepalive_s,
+            ephemeral_grace_s=opts.ephemeral_grace_s,
+            policy_clock=opts.policy_clock,
+        )
         feed.subscribe(hub.notify_threadsafe)
         self._sock = bind(opts.host, opts.port)
         self.port = self._sock.getsockname()[1]
@@ -231,7 +239,6 @@ class ControlServer:
             followup_wait_s=opts.followup_wait_s,
             relay=self.relay,
             stun_socket=self._stun_sock,
-            policy_clock_api=opts.policy_clock_api,
         )
         config = uvicorn.Config(
             create_app(ctx),

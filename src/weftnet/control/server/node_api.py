@@ -66,7 +66,6 @@ class ControlContext:
     clock: Callable[[], float] = time.time
     relay: EmbeddedRelay | None = None  # the server's own relay, if it runs one
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
-    policy_clock_api: bool = False  # PUT /api/v1/debug/policy-clock (tests only)
 
     def base_url(self, request: Request) -> str:
         """The server's URL for this client: ``--server-url``, else what it asked for."""
@@ -201,7 +200,6 @@ def create_app(ctx: ControlContext) -> FastAPI:
             ctx.hub,
             ctx.clock,
             lambda r: ctx.own_relays(ctx.base_url(r)),
-            policy_clock_api=ctx.policy_clock_api,
         ),
         prefix="/api/v1",
     )
