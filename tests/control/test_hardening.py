@@ -26,7 +26,7 @@ from weftnet.control.domain import names, netmap
 from weftnet.control.domain.records import Store
 from weftnet.control.server.app import ServeOptions
 from weftnet.control.service import ControlService, Refused, Registered, Settings
-from weftnet.control.store.sql import SqlStore
+from weftnet.control.store.sql import SqlStore, redact_error
 
 from .memstore import MemoryStore
 
@@ -363,7 +363,8 @@ async def test_health_never_shows_database_error_text(
         r = await http.get(f"{server.url}/health")
     assert r.status_code == 503
     assert r.json() == {"ok": False, "error": "database unavailable"}
-    assert "health" in caplog.text and "hunter2" not in caplog.text
+    assert "db.internal.example" in caplog.text  # the operator sees what failed
+    assert "hunter2" not in caplog.text
 
 
 @pytest.mark.anyio
@@ -381,6 +382,16 @@ async def test_a_database_failure_on_a_map_request_is_a_server_error_not_a_logou
 
 
 # -- the replay guard ------------------------------------------------------------------
+
+
+def test_database_errors_are_logged_without_passwords() -> None:
+    e = RuntimeError(
+        "could not connect to postgresql://weft:s3cret@db.example:5432/weft"
+        " (password=hunter2 host=db.example)\nDETAIL: more"
+    )
+    line = redact_error(e)
+    assert "s3cret" not in line and "hunter2" not in line and "DETAIL" not in line
+    assert "postgresql://weft:***@db.example:5432/weft" in line and "password=***" in line
 
 
 def test_the_replay_guard_never_forgets_a_nonce_inside_its_window() -> None:
@@ -417,3 +428,28 @@ def test_the_replay_guard_forgets_by_the_request_ts_not_arrival_order() -> None:
     with pytest.raises(controlbox.SealError, match="replayed"):
         guard.check(late, NOW + 100, now)
     assert len(guard) == 1
+
+
+def test_nodes_list_prints_no_control_characters_whatever_the_server_sends(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from weftnet.control.cli import main as cli
+
+    row = {
+        "id": 1,
+        "given_name": "db",
+        "hostname": f"db{ESCAPES}",  # an older server may send a raw hostname
+        "user": "alice\x1b[31m",
+        "tags": [],
+        "ipv4": "100.64.0.1",
+        "ipv6": "fd7a:115c:a1e0::1",
+        "online": True,
+        "home_relay": None,
+        "last_seen": None,
+        "key_expiry": None,
+        "expired": False,
+    }
+    cli._print_nodes([row], NOW)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "\r" not in out and "\x07" not in out
+    assert "db?]0;owned?" in out and "alice?[31m" in out

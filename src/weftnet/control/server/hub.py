@@ -44,6 +44,7 @@ from weftnet import tailcfg
 from weftnet.control.domain.netmap import NetMap
 from weftnet.control.domain.relays import RelayRegistry
 from weftnet.control.service import ControlService
+from weftnet.control.store.sql import redact_error
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +278,7 @@ class Hub:
             try:
                 snapshot = await anyio.to_thread.run_sync(self.service.snapshot)
             except Exception as e:
-                log.warning("could not read the network map from the database: %s", e)
+                log.warning("could not read the network map from the database: %s", redact_error(e))
                 await asyncio.sleep(REBUILD_RETRY_S)
                 self._dirty.set()
                 continue

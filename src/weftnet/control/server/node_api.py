@@ -41,6 +41,7 @@ from weftnet.control.server import admin_api
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
 from weftnet.control.server.relayhost import EmbeddedRelay
 from weftnet.control.service import ControlService, Refused, Registered, ServiceError
+from weftnet.control.store.sql import redact_error
 from weftnet.stun import server as stunserver
 
 log = logging.getLogger(__name__)
@@ -144,7 +145,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         except Exception as e:
             # The detail (it can name the database host and user) stays in the log;
             # this route answers anyone.
-            log.warning("health check: the database did not answer: %s", type(e).__name__)
+            log.warning("health check: the database did not answer: %s", redact_error(e))
             return JSONResponse({"ok": False, "error": "database unavailable"}, status_code=503)
         relay_clients = len(ctx.relay.server.clients()) if ctx.relay is not None else 0
         return JSONResponse(
@@ -263,7 +264,7 @@ async def _call(fn: Callable[..., R], *args: Any) -> R:
     except ServiceError as e:  # e.g. Conflict: the database stayed busy
         raise SealedRefusal(str(e), tailcfg.ERROR_SERVER) from None
     except Exception as e:
-        log.error("%s failed: %s", getattr(fn, "__name__", "a rule"), type(e).__name__)
+        log.error("%s failed: %s", getattr(fn, "__name__", "a rule"), redact_error(e))
         raise SealedRefusal(
             "the server could not answer this request: try again later", tailcfg.ERROR_SERVER
         ) from None
