@@ -42,8 +42,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from weftlab.control import start_control
 from weftlab.netlab import Host, Lab, LabError, poll_until
-from weftlab.tailnet import join, start_control, start_node
+from weftlab.tailnet import join, start_node
 from weftlab.wgpeers import (
     Peer as WgPeer,
 )
@@ -213,8 +214,8 @@ def start_tailnet(
     if path == "relay":
         lab.block_udp(client, server)
         cleanup.append(lambda: lab.unblock_udp(client, server))
-    control = start_control(work, ctl)
-    cleanup.append(control.kill9)
+    control = start_control(ctl, work / "control")
+    cleanup.append(control.kill)
     nodes = []
     for host in (client, server):
         nodes.append(start_node(work, host, host.name))

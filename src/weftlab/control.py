@@ -1,16 +1,19 @@
 """Helpers for tests that need a coordination server (unit, API, CLI and lab tests).
 
-- ``start_control(host, data_dir, listen)``: ``python -m weftnet.control.main serve`` as
-  a subprocess, in the root namespace (``host=None``) or in a lab host (anything with
-  the ``popen``/``run`` methods of ``netlab.Host``). Returns a ``ControlProcess`` with
-  ``.url``, ``.api_key``, ``.stop()``, ``.kill()``, ``.admin(...)``.
+- ``start_control(host, data_dir)``: ``weft-control serve`` as a subprocess, in the root
+  namespace (``host=None``, on 127.0.0.1, a free port) or in a lab host (anything with
+  the ``popen``/``run`` methods of ``netlab.Host``; port 8080 on all its addresses,
+  reached at ``host.ip``). Returns a ``Control`` with ``.url``, ``.api_key``,
+  ``.admin(...)``, ``.stop()``, ``.kill()``, ``.start()`` (again, after a kill) and,
+  with ``policy_clock=True``, ``.set_policy_clock(now)``.
 - ``admin(*args, data_dir=..., host=...)``: run the ``weft-control`` admin CLI.
 - ``serve_in_thread(options)``: the server in this process, on a thread (fast; used
   by the API tests).
 - ``FakeNode``: a node that speaks the sealed protocol (register, map streams), for
   driving the server without weftd.
 
-Every wait polls with a deadline; nothing sleeps a fixed time to synchronize.
+Every wait polls with a deadline (``netlab.poll_until``); nothing sleeps a fixed time to
+synchronize.
 """
 
 from __future__ import annotations
@@ -27,30 +30,18 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 from nacl.public import PrivateKey
 
+from weftlab import control_clock
+from weftlab.netlab import poll_until
 from weftnet import controlbox, tailcfg
-
-T = TypeVar("T")
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-POLL_S = 0.02
-
-
-def poll(predicate: Callable[[], T], *, timeout_s: float, what: str) -> T:
-    """``predicate()`` once it is truthy; TimeoutError naming ``what`` after ``timeout_s``."""
-    deadline_at = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() >= deadline_at:
-            raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-        time.sleep(POLL_S)
+LAB_CONTROL_PORT = 8080  # a lab host's control server listens here, on every address
 
 
 class AdminCommandError(subprocess.CalledProcessError):
@@ -68,7 +59,7 @@ def admin(
     timeout_s: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``weft-control ARGS... [--data-dir D | --server URL --api-key K]``."""
-    argv = [sys.executable, "-m", "weftnet.control.main", *args]
+    argv = [sys.executable, "-m", "weftnet.control.cli.main", *args]
     if data_dir is not None:
         argv += ["--data-dir", str(data_dir)]
     if server is not None:
@@ -85,13 +76,68 @@ def admin(
 
 
 @dataclass
-class ControlProcess:
-    process: subprocess.Popen[Any]
+class Control:
+    """One ``weft-control serve`` process (and its restarts on the same data dir)."""
+
+    argv: list[str]
     data_dir: Path
-    url: str
-    api_key: str
-    log_path: Path
-    host: Any | None = None
+    host: Any | None = None  # a lab host, or None for the root namespace
+    public_url: str | None = None  # the URL nodes use; else the one admin.json names
+    clock_file: Path | None = None  # with a policy clock: the file that moves it
+    process: subprocess.Popen[Any] | None = None
+    url: str = ""
+    api_key: str = ""
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.data_dir.with_name(self.data_dir.name + ".log")
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Start the server (again) and wait until it answers ``/health``."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            kwargs: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT}
+            if self.host is not None:
+                process = self.host.popen(self.argv, **kwargs)
+            else:
+                process = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, **kwargs)
+        self.process = process
+        try:
+            info = poll_until(
+                self._ready, timeout_s=timeout_s, what=f"weft-control serve in {self.data_dir}"
+            )
+        except BaseException:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            raise
+        assert info is not None
+        self.url = self.public_url or info["url"]
+        self.api_key = info["api_key"]
+
+    def _ready(self) -> dict[str, Any] | None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(
+                f"weft-control serve exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+            )
+        try:
+            info: dict[str, Any] = json.loads((self.data_dir / "admin.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if info.get("pid") != self.process.pid:
+            return None  # the file of an earlier run
+        return info if self._healthy(self.public_url or info["url"]) else None
+
+    def _healthy(self, url: str) -> bool:
+        if self.host is None:
+            try:
+                httpx.get(url + "/health", timeout=2).raise_for_status()
+            except httpx.HTTPError:
+                return False
+            return True
+        probe = f"import urllib.request as u; u.urlopen('{url}/health', timeout=2)"
+        return bool(self.host.run(["python3", "-c", probe], check=False).returncode == 0)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return admin(*args, data_dir=self.data_dir, host=self.host, check=check)
@@ -99,20 +145,28 @@ class ControlProcess:
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin(*args, "--json").stdout)
 
+    def set_policy_clock(self, now: float) -> None:
+        """Judge policy schedules as if it were ``now`` (time runs on from there)."""
+        if self.clock_file is None:
+            raise RuntimeError("start_control(..., policy_clock=True) to move the clock")
+        control_clock.set_clock(self.clock_file, now)
+
     def log(self) -> str:
         try:
-            return self.log_path.read_text()
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> int:
         """SIGTERM, then wait; the exit status."""
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout_s)
 
     def kill(self) -> None:
         """kill -9, as a crash would."""
+        assert self.process is not None
         if self.process.poll() is None:
             self.process.kill()
         self.process.wait(STOP_TIMEOUT_S)
@@ -121,85 +175,67 @@ class ControlProcess:
 def start_control(
     host: Any | None,
     data_dir: Path | str,
-    listen: str = "127.0.0.1:0",
+    listen: str | None = None,
     *,
     database_url: str | None = None,
     extra_args: Sequence[str] = (),
+    policy_clock: bool = False,
     timeout_s: float = START_TIMEOUT_S,
-) -> ControlProcess:
+) -> Control:
     """Start ``weft-control serve`` and wait until it accepts requests.
 
-    ``extra_args`` go to ``serve`` (e.g. ``["--keepalive-interval", "1"]``). The server's
-    output goes to ``<data_dir>.log``. In the root namespace (``host=None``) the STUN
-    server is off unless ``extra_args`` has ``--stun-port``: tests must not take the
-    fixed UDP port 3478 of the host they run on.
+    In the root namespace (``host=None``) it listens on ``listen`` (default
+    127.0.0.1, a free port) and the STUN server is off unless ``extra_args`` has
+    ``--stun-port``: tests must not take the fixed UDP port 3478 of the machine they run
+    on. In a lab host it listens on ``listen`` (default every address, port 8080) and
+    tells nodes ``http://<host.ip>:8080`` (``--server-url``). ``extra_args`` go to
+    ``serve`` (e.g. ``["--keepalive-interval", "1"]``). With ``policy_clock`` the server
+    runs under ``weftlab.control_clock``: ``Control.set_policy_clock`` moves the clock
+    its policy schedules are judged by. Output goes to ``<data_dir>.log``.
     """
     data_dir = Path(data_dir)
-    if host is None and "--stun-port" not in extra_args:
-        extra_args = [*extra_args, "--stun-port", "0"]
+    extra = list(extra_args)
+    public_url = None
+    if host is None:
+        listen = listen or "127.0.0.1:0"
+        if "--stun-port" not in extra:
+            extra += ["--stun-port", "0"]
+    else:
+        listen = listen or f"0.0.0.0:{LAB_CONTROL_PORT}"
+        if "--server-url" not in extra:
+            public_url = f"http://{host.ip}:{listen.rpartition(':')[2]}"
+            extra += ["--server-url", public_url]
+    clock_file = data_dir.with_name(data_dir.name + ".policy-clock") if policy_clock else None
+    launcher = ["weftlab.control_clock", "--clock-file", str(clock_file)] if clock_file else []
     argv = [
         sys.executable,
         "-m",
-        "weftnet.control.main",
+        *(launcher or ["weftnet.control.cli.main"]),
         "serve",
         "--listen",
         listen,
         "--data-dir",
         str(data_dir),
         *(["--database-url", database_url] if database_url else []),
-        *extra_args,
+        *extra,
     ]
-    log_path = data_dir.with_name(data_dir.name + ".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
-        kwargs: dict[str, Any] = {"stdout": log, "stderr": subprocess.STDOUT}
-        if host is not None:
-            process = host.popen(argv, **kwargs)
-        else:
-            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, **kwargs)
-    admin_file = data_dir / "admin.json"
-
-    def ready() -> dict[str, Any] | None:
-        if process.poll() is not None:
-            raise RuntimeError(
-                f"weft-control serve exited with {process.returncode}:\n{log_path.read_text()}"
-            )
-        try:
-            info: dict[str, Any] = json.loads(admin_file.read_text())
-        except (OSError, ValueError):
-            return None
-        if info.get("pid") != process.pid:
-            return None  # the file of an earlier run
-        if host is None:
-            try:
-                httpx.get(info["url"] + "/health", timeout=2).raise_for_status()
-            except httpx.HTTPError:
-                return None
-        return info
-
-    try:
-        info = poll(ready, timeout_s=timeout_s, what=f"weft-control serve in {data_dir}")
-    except BaseException:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        raise
-    assert info is not None
-    return ControlProcess(process, data_dir, info["url"], info["api_key"], log_path, host)
+    control = Control(argv, data_dir, host, public_url, clock_file)
+    control.start(timeout_s)
+    return control
 
 
 @contextlib.contextmanager
 def serve_in_thread(options: Any) -> Iterator[Any]:
     """A ``server.ControlServer`` for ``options`` (``server.ServeOptions``), serving on a
     thread of this process until the block ends."""
-    from weftnet.control.server import ControlServer
+    from weftnet.control.server.app import ControlServer
 
     server = ControlServer(options)
     server.open()
     thread = threading.Thread(target=server.run, name="weft-control", daemon=True)
     thread.start()
     try:
-        poll(
+        poll_until(
             lambda: server.started or not thread.is_alive(),
             timeout_s=START_TIMEOUT_S,
             what="server",
@@ -283,7 +319,7 @@ class FakeNode:
         return self.seal_bytes(model.model_dump_json().encode())
 
     def seal_bytes(self, body: bytes) -> bytes:
-        """Any bytes sealed as a request (garbage inside a valid box, for hostile tests)."""
+        """Any body, sealed as this machine would: for tests of malformed requests."""
         assert self.server_public is not None
         nonce = os.urandom(controlbox.NONCE_LEN)
         return controlbox.seal(bytes(self.machine), self.server_public, body, nonce)

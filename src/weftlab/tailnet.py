@@ -1,5 +1,5 @@
-"""A tailnet in the lab: a coordination server and weftd nodes in namespaces (used by
-the tests and `make demo`)."""
+"""A tailnet in the lab: weftd nodes in namespaces around a coordination server
+(``weftlab.control.start_control``), used by the tests and `make demo`."""
 
 from __future__ import annotations
 
@@ -10,68 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from weftlab.control import LAB_CONTROL_PORT, Control
 from weftlab.netlab import Host, poll_until
 from weftlab.wgpeers import local_api_answers
 
-CONTROL_PORT = 8080
-
-
-@dataclass
-class Control:
-    host: Host
-    data_dir: Path
-    database_url: str | None = None
-    proc: Any = None
-    extra: list[str] = field(default_factory=list)  # more `serve` flags
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host.ip}:{CONTROL_PORT}"
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "weftnet.control.main", "serve"]
-        cmd += ["--listen", f"0.0.0.0:{CONTROL_PORT}", "--data-dir", str(self.data_dir)]
-        cmd += ["--server-url", self.url]
-        if self.database_url:
-            cmd += ["--database-url", self.database_url]
-        cmd += self.extra
-        log = open(self.data_dir.parent / f"{self.data_dir.name}.log", "a")  # noqa: SIM115
-        self.proc = self.host.popen(cmd, stdout=log, stderr=log)
-        poll_until(
-            lambda: (self.data_dir / "admin.json").exists() and self._healthy(),
-            timeout_s=30,
-            what="the control server to answer /health",
-        )
-
-    def _healthy(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"control server exited: {self.log()[-2000:]}")
-        r = self.host.run(
-            ["python3", "-c", f"import urllib.request as u; u.urlopen('{self.url}/health')"],
-            check=False,
-        )
-        return r.returncode == 0
-
-    def log(self) -> str:
-        return (self.data_dir.parent / f"{self.data_dir.name}.log").read_text(errors="replace")
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def run_admin(self, *args: str) -> Any:
-        """``weft-control ARGS --data-dir ...`` on the control host (a CompletedProcess)."""
-        cmd = [sys.executable, "-m", "weftnet.control.main", *args]
-        return self.host.run([*cmd, "--data-dir", str(self.data_dir)], check=False, timeout=60)
-
-    def admin(self, *args: str, check: bool = True) -> str:
-        r = self.run_admin(*args)
-        if check and r.returncode != 0:
-            raise AssertionError(f"weft-control {' '.join(args)} failed: {r.stderr}{r.stdout}")
-        return r.stdout
-
-    def admin_json(self, *args: str) -> Any:
-        return json.loads(self.admin(*args, "--json"))
+CONTROL_PORT = LAB_CONTROL_PORT  # the control server of a lab tailnet (weftlab.control)
 
 
 @dataclass
@@ -119,19 +62,11 @@ class Node:
         return str(self.weft("ip", "-4").stdout.strip())
 
 
-def start_control(
-    tmp: Path, host: Host, database_url: str | None = None, extra: list[str] | None = None
-) -> Control:
-    c = Control(host, tmp / "control", database_url, extra=extra or [])
-    c.start()
-    return c
-
-
 def join(control: Control, nodes: list[Node], user: str = "alice") -> str:
     """Create ``user`` and a reusable auth key, and `weft up` every node with it (each
     named after its host). Returns the key."""
     control.admin("users", "create", user)
-    key = control.admin("keys", "create", "--user", user, "--reusable").strip()
+    key = control.admin("keys", "create", "--user", user, "--reusable").stdout.strip()
     assert key.startswith("weftkey-") and "\n" not in key
     for n in nodes:
         n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)

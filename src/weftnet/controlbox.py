@@ -15,8 +15,8 @@ body. Nothing here does I/O or reads a clock: ``now`` and nonces come in as argu
 
 from __future__ import annotations
 
+import heapq
 import struct
-from collections import OrderedDict
 
 from nacl.exceptions import CryptoError
 from nacl.public import Box, PrivateKey, PublicKey
@@ -30,6 +30,14 @@ FRAME_HEADER = struct.Struct(">I")
 
 class SealError(ValueError):
     """A sealed message did not open, was malformed, or was replayed."""
+
+
+class ClockSkew(SealError):
+    """A request's ``ts`` is too far from the server's clock."""
+
+
+class GuardFull(SealError):
+    """The replay guard holds as many live nonces as it may: try again shortly."""
 
 
 def key_to_text(prefix: str, raw: bytes) -> str:
@@ -68,27 +76,42 @@ def open_sealed(private_key: bytes, peer_public: bytes, sealed: bytes) -> bytes:
 
 
 class ReplayGuard:
-    """Nonces of accepted requests inside the clock-skew window (per server process)."""
+    """Nonces of accepted requests while their ``ts`` is inside the clock-skew window
+    (per server process).
+
+    A nonce is forgotten only once its request could no longer pass the ``ts`` check
+    (``now > ts + MAX_CLOCK_SKEW_S``), never earlier: when ``max_entries`` live nonces
+    are held, new requests are refused (``GuardFull``) until old ones age out, rather
+    than reopening replay for the oldest. A clock that steps back can revive a
+    forgotten request's window; the guard assumes the server clock moves forward.
+    """
 
     def __init__(self, max_entries: int = 100_000) -> None:
-        self._seen: OrderedDict[bytes, float] = OrderedDict()
+        self._seen: dict[bytes, float] = {}  # nonce -> when its window closes
+        self._expiry: list[tuple[float, bytes]] = []  # heap of (window closes at, nonce)
         self._max = max_entries
 
+    def __len__(self) -> int:
+        return len(self._seen)
+
     def check(self, sealed: bytes, ts: float, now: float) -> None:
-        """Raise SealError if ``ts`` is stale or this message was seen before."""
-        if abs(now - ts) > MAX_CLOCK_SKEW_S:
-            raise SealError(
+        """Raise SealError if ``ts`` is stale or this message was seen before, GuardFull
+        if the guard cannot remember one more nonce now; else remember it."""
+        if not abs(now - ts) <= MAX_CLOCK_SKEW_S:  # also refuses a NaN ts
+            raise ClockSkew(
                 f"request timestamp is {now - ts:+.0f} s off the server clock: check the time"
             )
-        while self._seen:
-            first, at = next(iter(self._seen.items()))
-            if now - at <= 2 * MAX_CLOCK_SKEW_S and len(self._seen) < self._max:
-                break
-            self._seen.pop(first)
+        while self._expiry and self._expiry[0][0] < now:
+            _, old = heapq.heappop(self._expiry)
+            self._seen.pop(old, None)
         nonce = sealed[:NONCE_LEN]
         if nonce in self._seen:
             raise SealError("replayed request")
-        self._seen[nonce] = now
+        if len(self._seen) >= self._max:
+            raise GuardFull("the server is receiving too many requests: try again in a minute")
+        closes_at = ts + MAX_CLOCK_SKEW_S
+        self._seen[nonce] = closes_at
+        heapq.heappush(self._expiry, (closes_at, nonce))
 
 
 def frame(sealed: bytes) -> bytes:

@@ -15,7 +15,7 @@ The protocol (see docs/control-protocol.md):
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
 CAPABILITY_VERSION = 1  # bumped on any change an older peer would misread
 MIN_CAPABILITY_VERSION = 1  # the oldest the server still talks to
@@ -25,7 +25,21 @@ MACHINE_KEY_PREFIX = "mkey:"
 DISCO_KEY_PREFIX = "discokey:"
 RELAY_KEY_PREFIX = "relaykey:"
 
-MAX_ENDPOINTS = 32  # a MapRequest may report at most this many endpoints
+MAX_ENDPOINTS = 32  # endpoints the server keeps from one map request (it drops the rest)
+MAX_HOSTNAME = 255  # characters of Hostinfo.hostname the server keeps
+
+# Machine-readable reasons for a refusal (``MapResponse.error_kind``,
+# ``RegisterResponse.error_kind``); ``error`` carries the text for people. The field is a
+# plain string on the wire so that a kind added later does not break older nodes: treat
+# an unknown kind like ``server_error`` (retry with backoff).
+ERROR_LOGGED_OUT = "logged_out"  # no node for this machine and key (deleted, re-keyed): log in
+ERROR_EXPIRED = "expired"  # the node key expired: log in again
+ERROR_CLOCK_SKEW = "clock_skew"  # the request's ts is too far from the server clock: fix, retry
+ERROR_BAD_REQUEST = "bad_request"  # the request is malformed or not allowed; retrying won't help
+ERROR_SERVER = "server_error"  # the server could not answer now (database busy): retry later
+ERROR_KINDS = frozenset(
+    {ERROR_LOGGED_OUT, ERROR_EXPIRED, ERROR_CLOCK_SKEW, ERROR_BAD_REQUEST, ERROR_SERVER}
+)
 
 
 class Wire(BaseModel):
@@ -54,7 +68,7 @@ class RelayRegion(Wire):
 
 class RegisterRequest(Wire):
     version: int = CAPABILITY_VERSION
-    ts: float  # unix seconds; the server refuses requests far from its own clock
+    ts: FiniteFloat  # unix seconds; the server refuses requests far from its own clock
     node_key: str
     old_node_key: str | None = None
     auth_key: str | None = None
@@ -96,11 +110,12 @@ class RegisterResponse(Wire):
     user: UserInfo | None = None
     node_key_expired: bool = False
     error: str | None = None
+    error_kind: str | None = None  # one of ERROR_KINDS when ``error`` is set (else None)
 
 
 class MapRequest(Wire):
     version: int = CAPABILITY_VERSION
-    ts: float
+    ts: FiniteFloat  # unix seconds, as in RegisterRequest
     node_key: str
     disco_key: str | None = None
     endpoints: list[str] = Field(default_factory=list)
@@ -145,6 +160,4 @@ class MapResponse(Wire):
     # node's own flows. With no policy set the server sends one rule accepting all.
     packet_filter: list[FilterRule] | None = None
     error: str | None = None  # e.g. "node deleted": the stream ends after it
-    # What kind of refusal ``error`` is: "logged_out", "expired", "clock_skew",
-    # "bad_request", "server_error"; None from servers that predate it.
-    error_kind: str | None = None
+    error_kind: str | None = None  # one of ERROR_KINDS when ``error`` is set (else None)

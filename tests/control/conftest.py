@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from weftlab.control import poll, serve_in_thread
-from weftnet.control.server import ServeOptions
+from weftlab.control import serve_in_thread
+from weftnet.control.server.app import ServeOptions
 
 PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
@@ -202,4 +202,4 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-__all__ = ["Control", "PgCluster", "poll"]
+__all__ = ["Control", "PgCluster"]

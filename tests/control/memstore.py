@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from weftnet.control.records import (
+from weftnet.control.domain.records import (
     NODE_UPDATABLE,
     ApiKey,
     AuthKey,

@@ -17,8 +17,8 @@ import pytest
 
 from weftlab.control import FakeNode, StreamEnded, serve_in_thread
 from weftnet import controlbox, tailcfg
-from weftnet.control.server import ServeOptions
-from weftnet.control.store import SqlStore
+from weftnet.control.server.app import ServeOptions
+from weftnet.control.store.sql import SqlStore
 
 from .conftest import TEST_KEEPALIVE_S, Control
 

@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from weftlab.control import ControlProcess, FakeNode, admin, start_control
+from weftlab.control import Control, FakeNode, admin, start_control
 
 KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}\n$")
 
@@ -33,7 +33,7 @@ RELAY_ARGS = ["--region", "cli", "--stun-port", str(STUN_PORT), "--relay-rate", 
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
     proc = start_control(None, tmp_path_factory.mktemp("cli") / "data", extra_args=RELAY_ARGS)
     try:
         yield proc
@@ -56,7 +56,7 @@ async def _register(url: str, key: str | None, hostname: str, **kw: Any) -> Any:
         return node, await node.register(key, **kw)
 
 
-def test_keys_create_prints_the_key_alone(server: ControlProcess) -> None:
+def test_keys_create_prints_the_key_alone(server: Control) -> None:
     server.admin("users", "create", "alice")
     r = server.admin("keys", "create", "--user", "alice", "--reusable", "--tags", "tag:a,tag:b")
     assert KEY_LINE.match(r.stdout) and r.stderr == ""
@@ -67,7 +67,7 @@ def test_keys_create_prints_the_key_alone(server: ControlProcess) -> None:
     assert listed["prefix"] in revoked.stdout
 
 
-def test_every_listing_has_json(server: ControlProcess) -> None:
+def test_every_listing_has_json(server: Control) -> None:
     for group in ("users", "keys", "nodes", "apikeys"):
         out = server.admin_json(group, "list")
         assert isinstance(out, list)
@@ -75,7 +75,7 @@ def test_every_listing_has_json(server: ControlProcess) -> None:
         assert table.splitlines()[0].startswith("ID")
 
 
-def test_serve_relay_flags_reach_the_relay_map_and_the_relay(server: ControlProcess) -> None:
+def test_serve_relay_flags_reach_the_relay_map_and_the_relay(server: Control) -> None:
     [relay] = server.admin_json("relays", "list")
     assert (relay["region"], relay["url"], relay["stun_port"]) == ("cli", server.url, STUN_PORT)
     assert relay["embedded"] and relay["public_key"].startswith("relaykey:")
@@ -84,7 +84,7 @@ def test_serve_relay_flags_reach_the_relay_map_and_the_relay(server: ControlProc
 
     async def scenario() -> None:
         from weftnet import controlbox, stun, tailcfg
-        from weftnet.relay import RelayClient
+        from weftnet.relay.client import RelayClient
 
         key = server.admin("keys", "create", "--user", "alice").stdout.strip()
         node, answer = await _register(server.url, key, "relay-flags")
@@ -108,7 +108,7 @@ def test_serve_relay_flags_reach_the_relay_map_and_the_relay(server: ControlProc
     asyncio.run(scenario())
 
 
-def test_bad_input_gets_one_line_and_a_nonzero_exit(server: ControlProcess, tmp_path: Path) -> None:
+def test_bad_input_gets_one_line_and_a_nonzero_exit(server: Control, tmp_path: Path) -> None:
     assert "no user named nobody" in one_line_error(
         server.admin("keys", "create", "--user", "nobody", check=False)
     )
@@ -142,7 +142,7 @@ def test_serve_refuses_bad_listen_and_busy_ports(tmp_path: Path) -> None:
         argv = [
             sys.executable,
             "-m",
-            "weftnet.control.main",
+            "weftnet.control.cli.main",
             "serve",
             "--data-dir",
             str(tmp_path / "d"),
@@ -159,14 +159,14 @@ def test_serve_refuses_bad_listen_and_busy_ports(tmp_path: Path) -> None:
     assert r.returncode == 1 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_remote_admin_with_a_created_api_key(server: ControlProcess) -> None:
+def test_remote_admin_with_a_created_api_key(server: Control) -> None:
     created = server.admin("apikeys", "create", "--expiration", "1d")
     api_key = created.stdout.strip()
     assert re.match(r"^weftapi-[0-9a-f]{12}-[0-9a-f]{48}$", api_key)
     r = admin("users", "list", "--json", server=server.url, api_key=api_key)
     assert "alice" in [u["name"] for u in json.loads(r.stdout)]
     env = {**os.environ, "WEFT_CONTROL_URL": server.url, "WEFT_CONTROL_API_KEY": api_key}
-    argv = [sys.executable, "-m", "weftnet.control.main", "users", "list", "--json"]
+    argv = [sys.executable, "-m", "weftnet.control.cli.main", "users", "list", "--json"]
     via_env = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=30, check=True)
     assert json.loads(via_env.stdout) == json.loads(r.stdout)
     server.admin("apikeys", "revoke", api_key.split("-")[1])
@@ -175,7 +175,7 @@ def test_remote_admin_with_a_created_api_key(server: ControlProcess) -> None:
     )
 
 
-def test_interactive_login_approved_with_nodes_register(server: ControlProcess) -> None:
+def test_interactive_login_approved_with_nodes_register(server: Control) -> None:
     async def flow() -> None:
         async with httpx.AsyncClient(timeout=30) as http:
             node = FakeNode(server.url, http, "kiosk")
@@ -203,7 +203,7 @@ def test_interactive_login_approved_with_nodes_register(server: ControlProcess) 
     assert server.admin("nodes", "delete", "front-desk").returncode == 0
 
 
-def test_files_are_private_and_logs_hold_no_secrets(server: ControlProcess) -> None:
+def test_files_are_private_and_logs_hold_no_secrets(server: Control) -> None:
     key = server.admin("keys", "create", "--user", "alice").stdout.strip()
     assert stat.S_IMODE(server.data_dir.stat().st_mode) == 0o700
     for name in ("admin.json", "server.key", "control.db"):

@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from weftlab.fakes import FakeClock
-from weftnet.control.hub import Hub, StreamClosed
-from weftnet.control.records import Node
+from weftnet.control.domain.records import Node
+from weftnet.control.server.hub import Hub, StreamClosed
 from weftnet.control.service import Settings, Snapshot
 
 pytestmark = pytest.mark.anyio
@@ -126,3 +126,38 @@ async def test_a_key_reaching_its_expiry_time_triggers_a_rebuild() -> None:
         assert later is not None and 2 not in later.view_for(1).peers  # type: ignore[union-attr]
     finally:
         await hub.stop()
+
+
+async def test_policy_schedules_follow_the_injected_clock_and_a_step_back_rebuilds() -> None:
+    clock, policy_clock = FakeClock(NOW), FakeClock(NOW + 1000)
+    service = FakeService()
+    service.nodes[1] = node(1)
+    hub = Hub(service, tick_s=0.01, clock=clock, policy_clock=policy_clock)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        sub = hub.connect(1)
+        first = await sub.next(5)
+        assert first is not None and first.now == NOW and first.policy_now == NOW + 1000
+        # Nothing changed and no edge is due: no rebuild.
+        assert await sub.next(0.2) is None
+        # The wall clock steps back a day (NTP, or a lab test): the schedules are judged
+        # again at the new time, with no other change to trigger it.
+        policy_clock.now = NOW - 86400
+        later = await sub.next(5)
+        assert later is not None and later.policy_now == NOW - 86400 and later.now == NOW
+    finally:
+        await hub.stop()
+
+
+def test_the_lab_file_clock_moves_only_when_the_test_says(tmp_path: Any) -> None:
+    import time
+
+    from weftlab.control_clock import FileClock, set_clock
+
+    path = tmp_path / "policy-clock"
+    clock = FileClock(path)
+    assert abs(clock() - time.time()) < 5  # no file: the real clock
+    set_clock(path, NOW)
+    assert abs(clock() - NOW) < 5
+    set_clock(path, NOW + 86400)
+    assert abs(clock() - (NOW + 86400)) < 5

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from weftnet.control import netmap
-from weftnet.control.records import Node, User
+from weftnet.control.domain import netmap
+from weftnet.control.domain.records import Node, User
 
 NOW = 1_700_000_000.0
 ALICE = User(id=1, name="alice", created_at=NOW)

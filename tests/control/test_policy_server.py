@@ -17,17 +17,15 @@ import httpx
 import pytest
 
 from tests.control.test_cli import one_line_error
-from weftlab.control import ControlProcess, FakeNode, start_control
+from weftlab.control import Control, FakeNode, start_control
 from weftnet import tailcfg
 
 ALLOW_ALL_SRC = ["0.0.0.0/0", "::/0"]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlProcess]:
-    proc = start_control(
-        None, tmp_path_factory.mktemp("policy") / "data", extra_args=["--policy-clock-api"]
-    )
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Control]:
+    proc = start_control(None, tmp_path_factory.mktemp("policy") / "data", policy_clock=True)
     try:
         yield proc
     finally:
@@ -40,7 +38,7 @@ def write(tmp_path: Path, text: str, name: str = "policy.hujson") -> str:
     return str(path)
 
 
-def set_policy(server: ControlProcess, tmp_path: Path, text: str) -> None:
+def set_policy(server: Control, tmp_path: Path, text: str) -> None:
     r = server.admin("policy", "set", write(tmp_path, text))
     assert r.stdout.startswith("policy set:"), r.stdout
 
@@ -52,7 +50,7 @@ def ip4(node: tailcfg.Node) -> str:
 class Net:
     """Three nodes: alice's laptop, bob's laptop, a server tagged tag:db."""
 
-    def __init__(self, http: httpx.AsyncClient, server: ControlProcess, suffix: str) -> None:
+    def __init__(self, http: httpx.AsyncClient, server: Control, suffix: str) -> None:
         self.server = server
         self.alice = FakeNode(server.url, http, f"alice-{suffix}")
         self.bob = FakeNode(server.url, http, f"bob-{suffix}")
@@ -85,7 +83,7 @@ class Net:
 
 
 @pytest.fixture(scope="module")
-def users(server: ControlProcess) -> None:
+def users(server: Control) -> None:
     for name in ("alice@example.com", "bob@example.com"):
         server.admin("users", "create", name)
 
@@ -105,7 +103,7 @@ POLICY = """{
 
 
 def test_policy_commands_refuse_bad_policies_and_keep_the_old_one(
-    server: ControlProcess, users: None, tmp_path: Path
+    server: Control, users: None, tmp_path: Path
 ) -> None:
     first = server.admin("policy", "get").stdout
     assert first.startswith("no policy set") or "tagOwners" in first
@@ -134,7 +132,7 @@ def test_policy_commands_refuse_bad_policies_and_keep_the_old_one(
 
 
 def test_maps_carry_filters_and_only_reachable_peers(
-    server: ControlProcess, users: None, tmp_path: Path
+    server: Control, users: None, tmp_path: Path
 ) -> None:
     set_policy(server, tmp_path, POLICY)
 
@@ -163,7 +161,7 @@ def test_maps_carry_filters_and_only_reachable_peers(
 
 
 def test_a_policy_change_reaches_the_stream_within_2_s(
-    server: ControlProcess, users: None, tmp_path: Path
+    server: Control, users: None, tmp_path: Path
 ) -> None:
     set_policy(server, tmp_path, POLICY)
 
@@ -194,7 +192,7 @@ def test_a_policy_change_reaches_the_stream_within_2_s(
 
 
 def test_only_tag_owners_create_keys_for_a_tag(
-    server: ControlProcess, users: None, tmp_path: Path
+    server: Control, users: None, tmp_path: Path
 ) -> None:
     set_policy(server, tmp_path, POLICY)
     line = one_line_error(
@@ -227,7 +225,7 @@ def berlin(y: int, mo: int, d: int, h: int, mi: int = 0, s: int = 0) -> float:
 
 
 def test_schedules_open_and_close_at_the_edges_and_postures_follow_attributes(
-    server: ControlProcess, users: None, tmp_path: Path
+    server: Control, users: None, tmp_path: Path
 ) -> None:
     set_policy(server, tmp_path, SCHEDULED)
 
@@ -236,26 +234,22 @@ def test_schedules_open_and_close_at_the_edges_and_postures_follow_attributes(
             net = Net(http, server, "time")
             await net.join()
             alice_ip, bob_ip = ip4(net.nodes["alice"]), ip4(net.nodes["bob"])
-            clock = f"{server.url}/api/v1/debug/policy-clock"
-            auth = {"Authorization": f"Bearer {server.api_key}"}
 
             def srcs(frame: tailcfg.MapResponse) -> set[str]:
                 return {s for r in frame.packet_filter or [] for s in r.src_ips}
 
             async with net.db.map_stream() as stream:
-                # Monday 08:59:58 in Berlin: closed. Two seconds later the hub's ticker
-                # reaches the edge on its own and pushes the opened filter.
-                r = await http.put(
-                    clock, json={"now": berlin(2026, 11, 23, 8, 59, 58)}, headers=auth
-                )
-                assert r.status_code == 200
+                # Monday 08:59:58 in Berlin (the clock steps back from today): closed.
+                # Two seconds later the hub's ticker reaches the edge on its own and
+                # pushes the opened filter.
+                server.set_policy_clock(berlin(2026, 11, 23, 8, 59, 58))
                 frame = await stream.until(lambda f: alice_ip not in srcs(f), 2.0)
                 start = time.monotonic()
                 frame = await stream.until(lambda f: alice_ip in srcs(f), 4.0)
                 assert time.monotonic() - start < 3.5
                 assert net.nodes["alice"].id in {p.id for p in frame.peers_changed}
                 # Friday 17:00:00: closed again.
-                await http.put(clock, json={"now": berlin(2026, 11, 27, 17, 0, 0)}, headers=auth)
+                server.set_policy_clock(berlin(2026, 11, 27, 17, 0, 0))
                 frame = await stream.until(lambda f: alice_ip not in srcs(f), 2.0)
                 assert net.nodes["alice"].id in frame.peers_removed
 
@@ -273,7 +267,7 @@ def test_schedules_open_and_close_at_the_edges_and_postures_follow_attributes(
     asyncio.run(scenario())
 
 
-def test_the_policy_clock_api_is_off_unless_asked_for(tmp_path: Path) -> None:
+def test_the_product_server_has_no_route_that_moves_its_clock(tmp_path: Path) -> None:
     proc = start_control(None, tmp_path / "data")
     try:
         r = httpx.put(

@@ -19,10 +19,9 @@ import httpx
 import pytest
 
 from weftlab.control import FakeNode, serve_in_thread
-from weftnet import controlbox, stun, tailcfg
-from weftnet.control import keyfile
-from weftnet.control.server import ServeOptions
-from weftnet.relay import RelayClient
+from weftnet import controlbox, keyfile, stun, tailcfg
+from weftnet.control.server.app import ServeOptions
+from weftnet.relay.client import RelayClient
 
 from .conftest import TEST_KEEPALIVE_S, Control
 

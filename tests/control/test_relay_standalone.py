@@ -16,9 +16,10 @@ from typing import Any
 import httpx
 import pytest
 
-from weftlab.control import FakeNode, admin, poll, serve_in_thread
+from weftlab.control import FakeNode, admin, serve_in_thread
+from weftlab.netlab import poll_until
 from weftnet import stun
-from weftnet.control.server import ServeOptions
+from weftnet.control.server.app import ServeOptions
 
 from .conftest import TEST_KEEPALIVE_S, Control
 from .test_relay_embedded import (
@@ -55,7 +56,7 @@ def relay_argv(control: Control, tmp_path: Path, region: str, *extra: str) -> li
     return [
         sys.executable,
         "-m",
-        "weftnet.control.main",
+        "weftnet.control.cli.main",
         "relay",
         "--listen",
         "127.0.0.1:0",
@@ -112,7 +113,7 @@ async def wait_region(control: Control, name: str, proc: subprocess.Popen[str]) 
         assert proc.poll() is None, "the relay exited"
         return registered_regions(control).get(name)
 
-    found = await asyncio.to_thread(poll, ready, timeout_s=20, what=f"relay region {name}")
+    found = await asyncio.to_thread(poll_until, ready, timeout_s=20, what=f"relay region {name}")
     assert found is not None
     return found
 

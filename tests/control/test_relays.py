@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 
 from weftlab.fakes import FakeClock
 from weftnet import stun, tailcfg
-from weftnet.control import netmap, relays
-from weftnet.control.hub import Hub
-from weftnet.control.main import main
+from weftnet.control.cli.main import main
+from weftnet.control.domain import netmap, relays
+from weftnet.control.server.hub import Hub
 from weftnet.relay.standalone import RelayError, derive_public_url
 from weftnet.stun.server import StunServer
 

@@ -10,8 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weftlab.fakes import SeededEntropy
-from weftnet.control import credentials, ipam, names, netmap
-from weftnet.control.server import parse_listen
+from weftnet.control.domain import credentials, ipam, names, netmap
+from weftnet.control.server.app import parse_listen
 
 
 def test_first_addresses_pair_v4_and_v6() -> None:

@@ -10,9 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from weftnet.control.models import metadata
-from weftnet.control.records import NewAuthKey, NewNode
-from weftnet.control.store import SqlStore, normalize_url, redact
+from weftnet.control.domain.records import NewAuthKey, NewNode
+from weftnet.control.store.models import metadata
+from weftnet.control.store.sql import SqlStore, normalize_url, redact
 
 NOW = 1_700_000_000.0
 

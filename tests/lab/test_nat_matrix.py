@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from weftlab.control import start_control
 from weftlab.netlab import Lab
-from weftlab.tailnet import Node, join, pings, start_control, start_node
+from weftlab.tailnet import Node, join, pings, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -44,7 +45,7 @@ def test_nat_matrix(lab: Lab, tmp_path: Path) -> None:
     hosts["same1"] = lab.host("same1", shared.lan)
     hosts["same2"] = lab.host("same2", shared.lan)
 
-    control = start_control(tmp_path, ctl)
+    control = start_control(ctl, tmp_path / "control")
     nodes = {name: start_node(tmp_path, h, name) for name, h in hosts.items()}
     join(control, list(nodes.values()))
     ips = {name: n.ip4() for name, n in nodes.items()}
@@ -91,10 +92,10 @@ def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Pat
     for kind in ("easy", "hard"):
         nat = lab.nat_router(f"nat-{kind}", upstream=inet, kind=kind)  # type: ignore[arg-type]
         hosts[kind] = lab.host(kind, nat.lan)
-    control = start_control(tmp_path, ctl)
-    api_key = control.admin("apikeys", "create").strip()
+    control = start_control(ctl, tmp_path / "control")
+    api_key = control.admin("apikeys", "create").stdout.strip()
     relay_host.popen(
-        [sys.executable, "-m", "weftnet.control.main", "relay", "--region", "second",
+        [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", "second",
          "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
          "--api-key", api_key, "--data-dir", str(tmp_path / "relay2")],
     )  # fmt: skip

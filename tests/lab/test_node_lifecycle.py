@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from weftlab.control import start_control
 from weftlab.netlab import Lab, poll_until
-from weftlab.tailnet import Node, join, pings, start_control, start_faulty_node, start_node
+from weftlab.tailnet import Node, join, pings, start_faulty_node, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -33,7 +34,7 @@ def timed_up(node: Node, *args: str) -> float:
 
 def test_up_after_down_after_logout_and_after_a_restart(lab: Lab, tmp_path: Path) -> None:
     inet = lab.segment("inet", "198.18.0.0/24")
-    control = start_control(tmp_path, lab.host("ctl", inet))
+    control = start_control(lab.host("ctl", inet), tmp_path / "control")
     a, b = (start_node(tmp_path, lab.host(name, inet), name) for name in ("a", "b"))
     key = join(control, [a, b])
     b_ip = b.ip4()
@@ -74,7 +75,7 @@ def test_every_supervised_task_comes_back_after_a_fault_while_pings_flow(
     lab: Lab, tmp_path: Path
 ) -> None:
     inet = lab.segment("inet", "198.18.0.0/24")
-    control = start_control(tmp_path, lab.host("ctl", inet))
+    control = start_control(lab.host("ctl", inet), tmp_path / "control")
     a = start_faulty_node(tmp_path, lab.host("a", inet), "a")
     b = start_node(tmp_path, lab.host("b", inet), "b")
     join(control, [a, b])

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from weftlab import wgpeers
+from weftlab.control import Control, start_control
 from weftlab.netlab import Host, Lab, poll_until
-from weftlab.tailnet import Control, Node, start_control, start_node
-from weftnet.control.adminclient import resolve_target
+from weftlab.tailnet import Node, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -79,15 +79,6 @@ open(out, "w").write(f"{n} {err}")
 sys.exit(1 if err else 0)
 """
 
-SET_CLOCK = r"""
-import json, sys, urllib.request
-url, key, now = sys.argv[1], sys.argv[2], float(sys.argv[3])
-req = urllib.request.Request(
-    f"{url}/api/v1/debug/policy-clock", data=json.dumps({"now": now}).encode(), method="PUT",
-    headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
-urllib.request.urlopen(req, timeout=10).read()
-"""
-
 POLICY = """{
   // alice reaches the database on 5432; nobody else reaches anything.
   "tagOwners": {"tag:db": ["alice@example.com"]},
@@ -124,7 +115,7 @@ def set_policy(control: Control, tmp: Path, text: str) -> float:
     """Put ``text`` in force; the monotonic time the command returned."""
     path = tmp / "policy.hujson"
     path.write_text(text)
-    out = control.admin("policy", "set", str(path))
+    out = control.admin("policy", "set", str(path)).stdout
     assert out.startswith("policy set:"), out
     return time.monotonic()
 
@@ -133,14 +124,16 @@ def tailnet(lab: Lab, tmp: Path) -> tuple[Control, Node, Node, Node]:
     """The control server (policy clock movable), a = alice, b = tag:db, c = bob."""
     inet = lab.segment("inet", "198.18.0.0/24")
     ctl = lab.host("ctl", inet)
-    control = start_control(tmp, ctl, extra=["--policy-clock-api"])
+    control = start_control(ctl, tmp / "control", policy_clock=True)
     set_policy(control, tmp, POLICY)
     for user in ("alice@example.com", "bob@example.com"):
         control.admin("users", "create", user)
     keys = {
-        "a": control.admin("keys", "create", "--user", "alice@example.com").strip(),
-        "b": control.admin("keys", "create", "--user", "alice@example.com", "--tags", "tag:db"),
-        "c": control.admin("keys", "create", "--user", "bob@example.com").strip(),
+        "a": control.admin("keys", "create", "--user", "alice@example.com").stdout.strip(),
+        "b": control.admin(
+            "keys", "create", "--user", "alice@example.com", "--tags", "tag:db"
+        ).stdout,
+        "c": control.admin("keys", "create", "--user", "bob@example.com").stdout.strip(),
     }
     nodes = []
     for name in ("a", "b", "c"):
@@ -251,25 +244,20 @@ def test_policy_changes_apply_within_2_s_and_time_windows_open_and_close(
         # A policy whose tests fail is refused and the old one stays in force.
         bad = tmp_path / "bad.hujson"
         bad.write_text(OPEN_FOR_BOB.replace('"deny": ["tag:db:22"]', '"deny": ["tag:db:5432"]'))
-        r = control.run_admin("policy", "set", str(bad))
+        r = control.admin("policy", "set", str(bad), check=False)
         assert r.returncode == 1 and "tests[1] expects alice@example.com" in r.stderr, r.stderr
         assert control.admin_json("policy", "get")["policy"] == POLICY
         assert not reach(c.host, b_ip, 5432) and reach(a.host, b_ip, 5432)
 
         # A time window, judged by a clock the test moves: Monday 08:59:57 in Berlin.
         set_policy(control, tmp_path, SCHEDULED)
-        api_key = resolve_target(str(control.data_dir), None, None, env={}).api_key
-
-        def move_clock(now: float) -> None:
-            control.host.run(["python3", "-c", SET_CLOCK, control.url, api_key, str(now)])
-
-        move_clock(monday_berlin(8, 59, 57))
+        control.set_policy_clock(monday_berlin(8, 59, 57))
         edge = time.monotonic() + 3.0
         poll_until(lambda: not reach(a.host, b_ip, 8080, 0.3), timeout_s=2, what="8080 closed")
         poll_until(lambda: reach(a.host, b_ip, 8080, 0.3), timeout_s=6, what="8080 at 09:00")
         opened_after_edge = time.monotonic() - edge
         assert opened_after_edge < 2.0, opened_after_edge
-        move_clock(monday_berlin(17, 0, 1))
+        control.set_policy_clock(monday_berlin(17, 0, 1))
         start = time.monotonic()
         poll_until(lambda: not reach(a.host, b_ip, 8080, 0.3), timeout_s=2, what="8080 at 17:00")
         print(

@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from weftlab.control import Control, start_control
 from weftlab.netlab import Lab, poll_until
-from weftlab.tailnet import CONTROL_PORT, Control, Node, join, start_control, start_node
+from weftlab.tailnet import CONTROL_PORT, Node, join, start_node
 
 pytestmark = pytest.mark.lab
 
@@ -23,7 +24,7 @@ def blocked_pair(lab: Lab, tmp: Path) -> tuple[Control, Node, Node]:
     inet = lab.segment("inet", "198.18.0.0/24")
     ctl, a_host, b_host = lab.host("ctl", inet), lab.host("a", inet), lab.host("b", inet)
     lab.block_udp(a_host, b_host)  # no direct path, in either direction
-    control = start_control(tmp, ctl)
+    control = start_control(ctl, tmp / "control")
     a, b = start_node(tmp, a_host, "a"), start_node(tmp, b_host, "b")
     join(control, [a, b])
     return control, a, b
@@ -117,7 +118,7 @@ def test_traffic_resumes_within_5_s_of_a_relay_restart(lab: Lab, tmp_path: Path)
     t = threading.Thread(target=pinger)
     t.start()
     time.sleep(2)
-    control.kill9()
+    control.kill()
     time.sleep(1)
     control.start()
     back = time.time()
@@ -134,7 +135,7 @@ def test_traffic_resumes_within_5_s_of_a_relay_restart(lab: Lab, tmp_path: Path)
 def test_blocking_udp_mid_stream_moves_to_the_relay_and_back(lab: Lab, tmp_path: Path) -> None:
     inet = lab.segment("inet", "198.18.0.0/24")
     ctl, a_host, b_host = lab.host("ctl", inet), lab.host("a", inet), lab.host("b", inet)
-    control = start_control(tmp_path, ctl)
+    control = start_control(ctl, tmp_path / "control")
     a, b = start_node(tmp_path, a_host, "a"), start_node(tmp_path, b_host, "b")
     join(control, [a, b])
     b_ip = b.ip4()
@@ -174,7 +175,7 @@ def test_roaming_keeps_the_tcp_stream_and_goes_direct_again(lab: Lab, tmp_path: 
     home = lab.nat_router("home", upstream=inet, kind="easy")
     cafe = lab.nat_router("cafe", upstream=inet, kind="easy")
     m_host = lab.host("m", home.lan)
-    control = start_control(tmp_path, ctl)
+    control = start_control(ctl, tmp_path / "control")
     a, m = start_node(tmp_path, a_host, "a"), start_node(tmp_path, m_host, "m")
     join(control, [a, m])
     a_ip = a.ip4()

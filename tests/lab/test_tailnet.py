@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from weftlab.control import Control, start_control
 from weftlab.netlab import Lab, poll_until
-from weftlab.tailnet import (
-    Control,
-    Node,
-    join,
-    pings,
-    start_control,
-    start_node,
-    wait_mesh,
-)
+from weftlab.tailnet import Node, join, pings, start_node, wait_mesh
 
 pytestmark = pytest.mark.lab
 
@@ -31,7 +24,7 @@ def build(lab: Lab, tmp: Path, database_url: str | None = None) -> tuple[Control
     b = lab.host("b", inet)
     nat = lab.nat_router("nat", upstream=inet, kind="easy")
     c = lab.host("c", nat.lan)
-    control = start_control(tmp, ctl_host, database_url)
+    control = start_control(ctl_host, tmp / "control", database_url=database_url)
     nodes = [start_node(tmp, h, h.name) for h in (a, b, c)]
     return control, nodes
 
@@ -86,7 +79,7 @@ def test_control_server_crash_does_not_stop_traffic(lab: Lab, tmp_path: Path) ->
     t = threading.Thread(target=ping_through)
     t.start()
     time.sleep(1)
-    control.kill9()
+    control.kill()
     poll_until(lambda: not a.status()["self"]["online"], timeout_s=10, what="a to notice")
     t.join()
     assert " 0% packet loss" in result["out"], result["out"]
@@ -138,12 +131,12 @@ def test_bad_auth_keys_are_refused_and_leave_nothing(lab: Lab, tmp_path: Path) -
     control, nodes = build(lab, tmp_path)
     a, b = nodes[0], nodes[1]
     control.admin("users", "create", "bob")
-    single = control.admin("keys", "create", "--user", "bob").strip()
+    single = control.admin("keys", "create", "--user", "bob").stdout.strip()
     a.weft("up", "--login-server", control.url, "--auth-key", single)
     count = len(control.admin_json("nodes", "list"))
-    revoked = control.admin("keys", "create", "--user", "bob").strip()
+    revoked = control.admin("keys", "create", "--user", "bob").stdout.strip()
     control.admin("keys", "revoke", revoked.split("-")[1])
-    expired = control.admin("keys", "create", "--user", "bob", "--expiration", "1s").strip()
+    expired = control.admin("keys", "create", "--user", "bob", "--expiration", "1s").stdout.strip()
     time.sleep(1.5)  # the key's lifetime must pass; there is nothing to poll
     for key in (single, revoked, expired, "weftkey-000000000000-" + "0" * 40, "garbage"):
         r = b.weft("up", "--login-server", control.url, "--auth-key", key, check=False)
@@ -164,7 +157,7 @@ def test_three_nodes_on_postgresql(lab: Lab, tmp_path: Path, pg_cluster) -> None
         control, nodes = build(lab, tmp_path, database_url=url)
         join(control, nodes)
         wait_mesh(nodes, timeout_s=5)
-        control.kill9()
+        control.kill()
         control.start()
         for n in nodes:
             poll_until(lambda n=n: n.status()["self"]["online"], timeout_s=20, what="resync")

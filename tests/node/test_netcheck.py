@@ -9,9 +9,9 @@ from pathlib import Path
 
 from tests.node.support import SERVER, FakeServer, make_daemon, node
 from weftnet import stun, tailcfg
+from weftnet.magicsock.conn import MagicSock
 from weftnet.node.api import NodeApi
 from weftnet.node.daemon import NodeDaemon
-from weftnet.magicsock.conn import MagicSock
 
 ME = node(1, "me", ["100.64.0.1"])
 UP = {"login_server": SERVER, "auth_key": "weftkey-test", "hostname": "me"}

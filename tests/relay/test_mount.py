@@ -14,8 +14,9 @@ import uvloop
 from fastapi import FastAPI
 
 from tests.relay.helpers import Inbox, allow_all, keypair, until
-from weftnet.relay import RelayClient, RelayServer
+from weftnet.relay.client import RelayClient
 from weftnet.relay.mount import uvicorn_protocol
+from weftnet.relay.server import RelayServer
 
 
 def _app() -> FastAPI:

@@ -12,10 +12,9 @@ from typing import Any
 
 from tests.relay.helpers import Inbox, RawConn, allow_all, keypair, run, until
 from weftlab.fakes import FakeClock
-from weftnet.relay import ClientStats, RelayClient, RelayServer
 from weftnet.relay import protocol as p
-from weftnet.relay.client import BACKOFF_RESET_S
-from weftnet.relay.server import FORGED_INFO, REPLACED, UNKNOWN_KEY
+from weftnet.relay.client import BACKOFF_RESET_S, RelayClient
+from weftnet.relay.server import FORGED_INFO, REPLACED, UNKNOWN_KEY, ClientStats, RelayServer
 
 
 @asynccontextmanager

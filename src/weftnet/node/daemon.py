@@ -25,6 +25,7 @@ from typing import Any
 
 from weftnet import tailcfg
 from weftnet.endpoint import Endpoint
+from weftnet.magicsock.conn import MagicSock
 from weftnet.node import localapi, netmon
 from weftnet.node.api import Answer, NodeApi, error, ok
 from weftnet.node.backend import Backend, State
@@ -36,7 +37,6 @@ from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import MapStream
 from weftnet.node.peers import PeerTable
 from weftnet.node.state import NodeState
-from weftnet.magicsock.conn import MagicSock
 from weftnet.node.supervisor import Supervisor
 
 log = logging.getLogger("weftd")

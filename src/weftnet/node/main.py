@@ -13,8 +13,8 @@ Two ways to run it:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,8 +27,8 @@ from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
 from weftnet.node.daemon import NodeDaemon
 from weftnet.node.engine import DEFAULT_MTU, Engine
 from weftnet.node.tun import TunError
-from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
 from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
+from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
 
 log = logging.getLogger("weftd")
 

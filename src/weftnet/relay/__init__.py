@@ -3,9 +3,5 @@
 ``protocol`` (frames, pure), ``upgrade`` (the HTTP/1.1 upgrade, pure), ``limits`` (token
 bucket and notice throttle, pure), ``server`` (asyncio relay core) and ``client``
 (asyncio client core with reconnection). The frame format is docs/relay-protocol.md.
+The package itself imports nothing, so the pure modules load without asyncio.
 """
-
-from weftnet.relay.client import RelayClient
-from weftnet.relay.server import ClientStats, RelayServer
-
-__all__ = ["ClientStats", "RelayClient", "RelayServer"]

@@ -36,10 +36,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from weftnet import controlbox, tailcfg
-from weftnet.control import keyfile
-from weftnet.control.relayhost import DEFAULT_RELAY_RATE, REVOKED
-from weftnet.control.relays import REGISTER_INTERVAL_S, check_region_name, relay_key_text
+from weftnet import controlbox, keyfile, tailcfg
+from weftnet.control.domain.relays import REGISTER_INTERVAL_S, check_region_name, relay_key_text
+from weftnet.control.server.relayhost import DEFAULT_RELAY_RATE, REVOKED
 from weftnet.relay.server import RelayServer
 from weftnet.relay.upgrade import parse_relay_url
 from weftnet.stun import server as stunserver

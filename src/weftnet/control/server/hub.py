@@ -41,9 +41,10 @@ from typing import Any
 import anyio.to_thread
 
 from weftnet import tailcfg
-from weftnet.control.netmap import NetMap
-from weftnet.control.relays import RelayRegistry
+from weftnet.control.domain.netmap import NetMap
+from weftnet.control.domain.relays import RelayRegistry
 from weftnet.control.service import ControlService
+from weftnet.control.store.sql import redact_error
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,16 @@ class Hub:
         ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S,
         tick_s: float = DEFAULT_TICK_S,
         clock: Callable[[], float] = time.time,
+        policy_clock: Callable[[], float] | None = None,
     ) -> None:
         self.service = service
         self.keepalive_s = keepalive_s
         self.ephemeral_grace_s = ephemeral_grace_s
         self.tick_s = tick_s
         self.clock = clock
-        # Policy schedules are judged at clock() + policy_offset_s; only a test server
-        # (serve --policy-clock-api) moves it, never the clock keys and requests use.
-        self.policy_offset_s = 0.0
+        # The wall clock policy schedules are judged by (``clock`` unless given): a lab
+        # server moves it to test schedules; keys and requests keep ``clock``.
+        self.policy_clock = policy_clock or clock
         self.current: NetMap | None = None  # the newest NetMap built
         self.generation = 0  # bumped on every change; long-polls wait for it to move
         self.current_generation = -1  # the generation ``current`` was built at
@@ -190,12 +192,7 @@ class Hub:
                 await asyncio.wait_for(self._changed_event.wait(), remaining_s)
 
     def policy_now(self) -> float:
-        return self.clock() + self.policy_offset_s
-
-    def set_policy_time(self, at: float) -> None:
-        """Judge policy schedules as if it were ``at`` now (time runs on from there)."""
-        self.policy_offset_s = at - self.clock()
-        self._mark_changed()
+        return self.policy_clock()
 
     # -- relays -----------------------------------------------------------------------
 
@@ -281,7 +278,7 @@ class Hub:
             try:
                 snapshot = await anyio.to_thread.run_sync(self.service.snapshot)
             except Exception as e:
-                log.warning("could not read the network map from the database: %s", e)
+                log.warning("could not read the network map from the database: %s", redact_error(e))
                 await asyncio.sleep(REBUILD_RETRY_S)
                 self._dirty.set()
                 continue
@@ -325,8 +322,13 @@ class Hub:
             netmap = self.current
             expiry_at = netmap.next_expiry_at if netmap is not None else None
             edge_at = netmap.next_policy_edge_at if netmap is not None else None
-            if (expiry_at is not None and now >= expiry_at) or (
-                edge_at is not None and self.policy_now() >= edge_at
+            policy_now = self.policy_now()
+            if (
+                (expiry_at is not None and now >= expiry_at)
+                or (edge_at is not None and policy_now >= edge_at)
+                # The wall clock stepped back (NTP, an admin): the edges known are no
+                # longer the next ones, so judge the schedules again.
+                or (netmap is not None and policy_now < netmap.policy_now)
             ):
                 self._mark_changed()
             if self.relays.expire(now):

@@ -22,6 +22,7 @@ Unique-constraint violations, deadlocks and serialization failures surface as
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,8 +47,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from weftnet.control import models as m
-from weftnet.control.records import (
+from weftnet.control.domain.records import (
     NODE_UPDATABLE,
     ApiKey,
     AuthKey,
@@ -60,6 +60,7 @@ from weftnet.control.records import (
     StoreConflict,
     User,
 )
+from weftnet.control.store import models as m
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,19 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
         return "<unparseable database URL>"
+
+
+_SECRET_IN_URL = re.compile(r"(://[^:/@\s]*):[^@\s]*@")
+_SECRET_PARAM = re.compile(r"\b(password|passwd|pwd|sslpassword)\s*=\s*('[^']*'|\S+)", re.I)
+
+
+def redact_error(e: BaseException) -> str:
+    """The first line of a database error as it may appear in logs: no passwords, in
+    URLs or connection parameters. Never for answers to clients (they get none)."""
+    text = str(getattr(e, "orig", None) or e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    line = _SECRET_IN_URL.sub(r"\1:***@", line)
+    return _SECRET_PARAM.sub(r"\1=***", line)[:300]
 
 
 class SqlStore:

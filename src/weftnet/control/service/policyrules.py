@@ -13,16 +13,12 @@ change what postures hold, so they publish a change like any other.
 
 from __future__ import annotations
 
-import logging
 import re
-from collections.abc import Mapping
-from typing import Any
 
 from weftnet.control import policy as pol
-from weftnet.control.core import Invalid, NotFound, ServiceCore
-from weftnet.control.records import Node, Tx, User
-
-log = logging.getLogger(__name__)
+from weftnet.control.domain.access import PolicyCache, node_info, owns_tag
+from weftnet.control.domain.records import Node, Tx
+from weftnet.control.service.core import Db, Invalid, NotFound
 
 POLICY_SETTING = "policy"
 MAX_POLICY_BYTES = 1 << 20  # a policy file larger than 1 MiB is refused
@@ -31,67 +27,18 @@ _ATTR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 AttrValue = str | float | bool
 
 
-def node_info(node: Node, users: Mapping[int, User]) -> pol.NodeInfo:
-    """A node as the policy sees it."""
-    user = users.get(node.user_id) if node.user_id is not None else None
-    return pol.NodeInfo(
-        id=node.id,
-        user=user.name if user is not None else None,
-        tags=node.tags,
-        ips=(node.ipv4, node.ipv6),
-        os=node.os,
-        attrs=dict(node.attrs),
-        client_version=node.client_version,
-        hostname=node.hostname,
-    )
-
-
-def owns_tag(policy: pol.Policy, user: str, tag: str) -> bool:
-    """Whether ``user`` may create keys for ``tag`` (tagOwners: users, groups, members)."""
-    for owner in policy.tag_owners.get(tag, ()):
-        if owner in (user, "autogroup:member"):
-            return True
-        if owner.startswith("group:") and user in policy.groups.get(owner, frozenset()):
-            return True
-    return False
-
-
-# What a stored policy that no longer parses turns into: nothing reaches anything.
-DENY_ALL = pol.Policy(groups={}, hosts={}, tag_owners={}, acls=(), tests=())
-
-
-class PolicyCache:
-    """Parses each stored policy text once."""
-
-    def __init__(self) -> None:
-        self._text: str | None = None
-        self._policy: pol.Policy | None = None
-
-    def get(self, text: str | None) -> pol.Policy | None:
-        if text is None:
-            return None
-        if text != self._text:
-            try:
-                self._policy = pol.parse_policy(text)
-            except pol.PolicyError as e:
-                # Only a stored policy an older server accepted can get here: fail closed.
-                log.error("the stored policy does not parse (%s): denying all traffic", e)
-                self._policy = DENY_ALL
-            self._text = text
-        return self._policy
-
-
-class PolicyRules(ServiceCore):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class PolicyRules:
+    def __init__(self, db: Db) -> None:
+        self.db = db
         self._policy_cache = PolicyCache()
 
-    def _policy(self, tx: Tx) -> pol.Policy | None:
+    def policy(self, tx: Tx) -> pol.Policy | None:
+        """The parsed policy in force in ``tx``; None when none is set."""
         return self._policy_cache.get(tx.get_setting(POLICY_SETTING))
 
     def get_policy(self) -> str | None:
         """The policy text in force; None when none is set (everyone reaches everyone)."""
-        return self._read(lambda tx: tx.get_setting(POLICY_SETTING))
+        return self.db.read(lambda tx: tx.get_setting(POLICY_SETTING))
 
     @staticmethod
     def _checked(tx: Tx, text: str) -> pol.Policy:
@@ -107,7 +54,7 @@ class PolicyRules(ServiceCore):
 
     def check_policy(self, text: str) -> pol.Policy:
         """Parse ``text`` and run its tests against today's nodes; change nothing."""
-        return self._read(lambda tx: self._checked(tx, text))
+        return self.db.read(lambda tx: self._checked(tx, text))
 
     def set_policy(self, text: str) -> pol.Policy:
         """Check and store ``text`` in one transaction; Invalid leaves the old one."""
@@ -117,14 +64,14 @@ class PolicyRules(ServiceCore):
             tx.set_setting(POLICY_SETTING, text)
             return policy
 
-        policy = self._write(store)
-        self.feed.publish()
+        policy = self.db.write(store)
+        self.db.feed.publish()
         return policy
 
     def check_tag_owner(self, tx: Tx, user: str | None, tags: tuple[str, ...]) -> None:
         """Only a tag's owners may create keys for it. With no policy any tag goes; an
         admin key with no user (the API key's holder) owns every tag the policy names."""
-        policy = self._policy(tx)
+        policy = self.policy(tx)
         if policy is None or not tags:
             return
         for tag in tags:
@@ -161,6 +108,6 @@ class PolicyRules(ServiceCore):
                     raise Invalid(f"a node has at most {MAX_ATTRS} attributes")
             return tx.update_node(node_id, attrs=tuple(sorted(attrs.items())))
 
-        node = self._write(apply)
-        self.feed.publish()
+        node = self.db.write(apply)
+        self.db.feed.publish()
         return node

@@ -7,21 +7,8 @@ creation; the store keeps only their prefix and hash (``credentials``).
 
 from __future__ import annotations
 
-from weftnet.control import credentials, names
-from weftnet.control.core import (
-    DEFAULT_AUTH_KEY_EXPIRY_S,
-    DEFAULT_DNS_DOMAIN,
-    DEFAULT_NODE_KEY_EXPIRY_S,
-    Conflict,
-    Invalid,
-    NotFound,
-    Refused,
-    Registered,
-    Settings,
-    Unauthorized,
-)
-from weftnet.control.policyrules import PolicyRules
-from weftnet.control.records import (
+from weftnet.control.domain import credentials, names
+from weftnet.control.domain.records import (
     ApiKey,
     AuthKey,
     NewApiKey,
@@ -30,9 +17,32 @@ from weftnet.control.records import (
     Tx,
     User,
 )
+from weftnet.control.service.core import (
+    DEFAULT_AUTH_KEY_EXPIRY_S,
+    DEFAULT_DNS_DOMAIN,
+    DEFAULT_NODE_KEY_EXPIRY_S,
+    Conflict,
+    Db,
+    Invalid,
+    NotFound,
+    Refused,
+    Registered,
+    Settings,
+    Unauthorized,
+    check_node_key_owner,
+    find_node,
+    find_user,
+    parse_duration,
+    upsert_node,
+)
+from weftnet.control.service.policyrules import PolicyRules
 
 
-class AdminRules(PolicyRules):
+class AdminRules:
+    def __init__(self, db: Db, policy: PolicyRules) -> None:
+        self.db = db
+        self.policy = policy
+
     def load_settings(self, node_key_expiry: str | None, dns_domain: str | None) -> Settings:
         """Settings given now are saved; ones not given come from the database or defaults."""
 
@@ -48,17 +58,17 @@ class AdminRules(PolicyRules):
                     names.parse_duration(expiry) if expiry else DEFAULT_NODE_KEY_EXPIRY_S
                 ),
                 dns_domain=domain or DEFAULT_DNS_DOMAIN,
-                pending_ttl_s=self.settings.pending_ttl_s,
+                pending_ttl_s=self.db.settings.pending_ttl_s,
             )
 
         if node_key_expiry is not None:
-            self._parse_duration(node_key_expiry)
+            parse_duration(node_key_expiry)
         if dns_domain is not None and not all(
             names.dns_label(part) == part for part in dns_domain.split(".")
         ):
             raise Invalid(f"invalid DNS domain {dns_domain!r}: e.g. weft.internal")
-        self.settings = self._write(apply)
-        return self.settings
+        self.db.settings = self.db.write(apply)
+        return self.db.settings
 
     def create_user(self, name: str, now: float) -> User:
         try:
@@ -71,16 +81,16 @@ class AdminRules(PolicyRules):
                 raise Conflict(f"user {name} already exists")
             return tx.add_user(name, now)
 
-        return self._write(add)
+        return self.db.write(add)
 
     def list_users(self) -> list[User]:
-        return self._read(lambda tx: tx.users())
+        return self.db.read(lambda tx: tx.users())
 
     def delete_user(self, name: str, force: bool = False) -> int:
         """Delete a user (and its auth keys); returns how many nodes went with it."""
 
         def delete(tx: Tx) -> int:
-            user = self._user(tx, name)
+            user = find_user(tx, name)
             nodes = tx.nodes(user.id)
             if nodes and not force:
                 raise Conflict(
@@ -92,9 +102,9 @@ class AdminRules(PolicyRules):
             tx.delete_user(user.id)
             return len(nodes)
 
-        deleted = self._write(delete)
+        deleted = self.db.write(delete)
         if deleted:
-            self.feed.publish()
+            self.db.feed.publish()
         return deleted
 
     def create_auth_key(
@@ -114,12 +124,12 @@ class AdminRules(PolicyRules):
             raise Invalid(str(e)) from None
         if user is None and not tag_set:
             raise Invalid("an auth key needs --user, or --tags for tagged nodes")
-        lifetime = self._parse_duration(expiration) if expiration else DEFAULT_AUTH_KEY_EXPIRY_S
-        text, prefix = credentials.new_key(credentials.AUTH_KEY_KIND, self._random)
+        lifetime = parse_duration(expiration) if expiration else DEFAULT_AUTH_KEY_EXPIRY_S
+        text, prefix = credentials.new_key(credentials.AUTH_KEY_KIND, self.db.random)
 
         def add(tx: Tx) -> AuthKey:
-            owner = self._user(tx, user) if user is not None else None
-            self.check_tag_owner(tx, user, tag_set)
+            owner = find_user(tx, user) if user is not None else None
+            self.policy.check_tag_owner(tx, user, tag_set)
             return tx.add_auth_key(
                 NewAuthKey(
                     prefix=prefix,
@@ -133,15 +143,15 @@ class AdminRules(PolicyRules):
                 )
             )
 
-        return text, self._write(add)
+        return text, self.db.write(add)
 
     def list_auth_keys(self, user: str | None = None) -> list[tuple[AuthKey, User | None]]:
         def listing(tx: Tx) -> list[tuple[AuthKey, User | None]]:
-            owner = self._user(tx, user) if user is not None else None
+            owner = find_user(tx, user) if user is not None else None
             keys = tx.auth_keys(owner.id if owner else None)
             return [(k, tx.user_by_id(k.user_id) if k.user_id else None) for k in keys]
 
-        return self._read(listing)
+        return self.db.read(listing)
 
     def revoke_auth_key(self, prefix_or_id: str, now: float) -> AuthKey:
         def revoke(tx: Tx) -> AuthKey:
@@ -151,7 +161,7 @@ class AdminRules(PolicyRules):
             assert revoked is not None
             return revoked
 
-        return self._write(revoke)
+        return self.db.write(revoke)
 
     @staticmethod
     def _find_auth_key(tx: Tx, ref: str) -> AuthKey:
@@ -171,9 +181,9 @@ class AdminRules(PolicyRules):
     def create_api_key(
         self, now: float, expiration: str | None = None, description: str = ""
     ) -> tuple[str, ApiKey]:
-        lifetime = self._parse_duration(expiration) if expiration else None
-        text, prefix = credentials.new_key(credentials.API_KEY_KIND, self._random)
-        record = self._write(
+        lifetime = parse_duration(expiration) if expiration else None
+        text, prefix = credentials.new_key(credentials.API_KEY_KIND, self.db.random)
+        record = self.db.write(
             lambda tx: tx.add_api_key(
                 NewApiKey(
                     prefix=prefix,
@@ -192,7 +202,7 @@ class AdminRules(PolicyRules):
             prefix = credentials.key_prefix(credentials.API_KEY_KIND, text)
         except ValueError:
             raise Unauthorized("malformed API key: expected weftapi-<prefix>-<secret>") from None
-        key = self._read(lambda tx: tx.api_key_by_prefix(prefix))
+        key = self.db.read(lambda tx: tx.api_key_by_prefix(prefix))
         if key is None or not credentials.key_matches(text, key.key_hash):
             raise Unauthorized("API key not valid")
         if key.revoked_at is not None:
@@ -200,11 +210,11 @@ class AdminRules(PolicyRules):
         if key.expires_at is not None and key.expires_at <= now:
             raise Unauthorized("API key has expired: create a new one")
         if key.last_used_at is None or now - key.last_used_at > 60:
-            self._write(lambda tx: tx.touch_api_key(key.id, now))
+            self.db.write(lambda tx: tx.touch_api_key(key.id, now))
         return key
 
     def list_api_keys(self) -> list[ApiKey]:
-        return self._read(lambda tx: tx.api_keys())
+        return self.db.read(lambda tx: tx.api_keys())
 
     def revoke_api_key(self, prefix: str, now: float) -> ApiKey:
         ref = prefix.strip()
@@ -220,41 +230,41 @@ class AdminRules(PolicyRules):
             tx.revoke_api_key(key.id, now)
             return key
 
-        return self._write(revoke)
+        return self.db.write(revoke)
 
     def list_nodes(self, user: str | None = None) -> list[tuple[Node, User | None]]:
         def listing(tx: Tx) -> list[tuple[Node, User | None]]:
-            owner = self._user(tx, user) if user is not None else None
+            owner = find_user(tx, user) if user is not None else None
             nodes = tx.nodes(owner.id if owner else None)
             return [(n, tx.user_by_id(n.user_id) if n.user_id else None) for n in nodes]
 
-        return self._read(listing)
+        return self.db.read(listing)
 
     def get_node(self, node_id: int) -> Node:
-        node = self._read(lambda tx: tx.node_by_id(node_id))
+        node = self.db.read(lambda tx: tx.node_by_id(node_id))
         if node is None:
             raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
         return node
 
     def delete_node(self, node_id: int) -> Node:
         def delete(tx: Tx) -> Node:
-            node = self._node(tx, node_id)
+            node = find_node(tx, node_id)
             tx.delete_node(node.id)
             return node
 
-        node = self._write(delete)
-        self.feed.publish()
+        node = self.db.write(delete)
+        self.db.feed.publish()
         return node
 
     def expire_node(self, node_id: int, now: float) -> Node:
         def expire(tx: Tx) -> Node:
-            node = self._node(tx, node_id)
+            node = find_node(tx, node_id)
             if node.expired_at(now):
                 return node
             return tx.update_node(node.id, key_expiry=now)
 
-        node = self._write(expire)
-        self.feed.publish()
+        node = self.db.write(expire)
+        self.db.feed.publish()
         return node
 
     def rename_node(self, node_id: int, name: str) -> Node:
@@ -264,15 +274,15 @@ class AdminRules(PolicyRules):
             raise Invalid(str(e)) from None
 
         def rename(tx: Tx) -> Node:
-            node = self._node(tx, node_id)
+            node = find_node(tx, node_id)
             if node.given_name == name:
                 return node
             if tx.given_name_taken(name):
                 raise Conflict(f"the name {name} is taken by another node")
             return tx.update_node(node.id, given_name=name)
 
-        node = self._write(rename)
-        self.feed.publish()
+        node = self.db.write(rename)
+        self.db.feed.publish()
         return node
 
     def register_by_code(self, user: str, code: str, now: float) -> Registered:
@@ -288,21 +298,22 @@ class AdminRules(PolicyRules):
 
         def approve(tx: Tx) -> Registered:
             tx.lock_addresses()
-            owner = self._user(tx, user)
+            owner = find_user(tx, user)
             pending = tx.pending_by_code(code)
             if pending is None or pending.expires_at <= now:
                 raise NotFound(
                     f"no pending login with code {code} (codes expire after"
-                    f" {names.format_duration(self.settings.pending_ttl_s)}): run weft up again"
+                    f" {names.format_duration(self.db.settings.pending_ttl_s)}): run weft up again"
                 )
             if pending.node_id is not None:
                 raise Conflict(f"the login with code {code} was already approved")
             try:
-                self._check_node_key_owner(tx, pending.machine_key, pending.node_key)
+                check_node_key_owner(tx, pending.machine_key, pending.node_key)
             except Refused as e:
                 raise Conflict(str(e)) from None
-            node = self._upsert_node(
+            node = upsert_node(
                 tx,
+                self.db.settings,
                 machine_key=pending.machine_key,
                 node_key=pending.node_key,
                 hostname=pending.hostname,
@@ -315,6 +326,6 @@ class AdminRules(PolicyRules):
             tx.approve_pending(pending.id, node.id)
             return Registered(node, owner)
 
-        registered = self._write(approve)
-        self.feed.publish()
+        registered = self.db.write(approve)
+        self.db.feed.publish()
         return registered

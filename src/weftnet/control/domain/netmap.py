@@ -27,9 +27,10 @@ every filter accepts everything. Filters with schedules hold until
 
 Endpoints rule (the node side depends on it): ``Node.endpoints[0]`` is the address the
 server saw the node's last map request come from, with the UDP port of the node's first
-reported endpoint; then come the node's reported endpoints in its order (duplicates
-allowed). A node that reported no endpoint has none; a node the server has not yet seen
-has only the ones it reported.
+reported endpoint; then come the node's reported endpoints in its order, as the server
+kept them (``clean_endpoints``: usable, canonical, no duplicates, at most 32). A node
+that reported no endpoint has none; a node the server has not yet seen has only the
+ones it reported.
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from weftnet import tailcfg
+from weftnet import endpoint, tailcfg
 from weftnet.control import policy as pol
-from weftnet.control.policyrules import node_info
-from weftnet.control.records import Node, User
+from weftnet.control.domain import names
+from weftnet.control.domain.access import node_info
+from weftnet.control.domain.records import Node, User
 
 
 def split_endpoint(endpoint: str) -> tuple[str, int] | None:
@@ -57,6 +59,23 @@ def split_endpoint(endpoint: str) -> tuple[str, int] | None:
     if bracketed != (addr.version == 6):
         return None
     return str(addr), int(port)
+
+
+def clean_endpoints(reported: Iterable[str]) -> tuple[str, ...]:
+    """The endpoints a node reported, as the server keeps them: canonical text, without
+    malformed or unusable ones (loopback, multicast, unspecified, link-local, port 0)
+    and duplicates, at most ``tailcfg.MAX_ENDPOINTS`` (the first ones, in its order)."""
+    out: list[str] = []
+    for text in reported:
+        ep = endpoint.try_parse_endpoint(text) if isinstance(text, str) else None
+        if ep is None or not endpoint.is_usable_peer_address(ep):
+            continue
+        canonical = endpoint.format_endpoint(ep)
+        if canonical not in out:
+            out.append(canonical)
+            if len(out) == tailcfg.MAX_ENDPOINTS:
+                break
+    return tuple(out)
 
 
 def join_endpoint(ip: str, port: int) -> str:
@@ -89,7 +108,7 @@ def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -
     addresses = [f"{node.ipv4}/32", f"{node.ipv6}/128"]
     return tailcfg.Node(
         id=node.id,
-        name=node.hostname,
+        name=names.clean_hostname(node.hostname),
         given_name=node.given_name,
         user=tailcfg.UserInfo(id=user.id, name=user.name) if user else None,
         tags=list(node.tags),

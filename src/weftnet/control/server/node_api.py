@@ -20,6 +20,7 @@ streams are fed by the hub.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import time
@@ -35,17 +36,23 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control import admin_api, netmap
-from weftnet.control.hub import Hub, StreamClosed, Subscription
-from weftnet.control.relayhost import EmbeddedRelay
-from weftnet.control.service import ControlService, Refused, Registered
+from weftnet.control.domain import netmap
+from weftnet.control.server import admin_api
+from weftnet.control.server.hub import Hub, StreamClosed, Subscription
+from weftnet.control.server.relayhost import EmbeddedRelay
+from weftnet.control.service import ControlService, Refused, Registered, ServiceError
+from weftnet.control.store.sql import redact_error
 from weftnet.stun import server as stunserver
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024  # a sealed request larger than this is refused (413)
 OCTET_STREAM = "application/octet-stream"
 DEFAULT_FOLLOWUP_WAIT_S = 60.0  # an interactive login's followup is held this long
 
 W = TypeVar("W", bound=tailcfg.Wire)
+
+NODE_DELETED = tailcfg.MapResponse(error="node deleted", error_kind=tailcfg.ERROR_LOGGED_OUT)
 
 
 @dataclass
@@ -60,7 +67,6 @@ class ControlContext:
     clock: Callable[[], float] = time.time
     relay: EmbeddedRelay | None = None  # the server's own relay, if it runs one
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
-    policy_clock_api: bool = False  # PUT /api/v1/debug/policy-clock (tests only)
 
     def base_url(self, request: Request) -> str:
         """The server's URL for this client: ``--server-url``, else what it asked for."""
@@ -88,7 +94,12 @@ class PlainRefusal(Exception):
 
 
 class SealedRefusal(Exception):
-    """A request that opened but must be refused: the reason goes back sealed."""
+    """A request that opened but must be refused: the reason goes back sealed, with its
+    kind (``tailcfg.ERROR_KINDS``) so the node knows whether to log in, fix or retry."""
+
+    def __init__(self, message: str, kind: str = tailcfg.ERROR_BAD_REQUEST) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def create_app(ctx: ControlContext) -> FastAPI:
@@ -132,7 +143,10 @@ def create_app(ctx: ControlContext) -> FastAPI:
         try:
             await anyio.to_thread.run_sync(ctx.service.list_users)
         except Exception as e:
-            return JSONResponse({"ok": False, "error": f"database: {e}"}, status_code=503)
+            # The detail (it can name the database host and user) stays in the log;
+            # this route answers anyone.
+            log.warning("health check: the database did not answer: %s", redact_error(e))
+            return JSONResponse({"ok": False, "error": "database unavailable"}, status_code=503)
         relay_clients = len(ctx.relay.server.clients()) if ctx.relay is not None else 0
         return JSONResponse(
             {"ok": True, "nodes_online": len(ctx.hub.online()), "relay_clients": relay_clients}
@@ -153,7 +167,9 @@ def create_app(ctx: ControlContext) -> FastAPI:
             req = await _open(ctx, request, machine_public, tailcfg.RegisterRequest)
             answer = await _register(ctx, request, machine_public, req)
         except SealedRefusal as e:
-            answer = tailcfg.RegisterResponse(machine_authorized=False, error=str(e))
+            answer = tailcfg.RegisterResponse(
+                machine_authorized=False, error=str(e), error_kind=e.kind
+            )
         return Response(ctx.seal(machine_public, answer), media_type=OCTET_STREAM)
 
     @app.post("/machine/{mkey}/map")
@@ -165,7 +181,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             observed = netmap.normalize_ip(request.client.host) if request.client else None
             node = await _call(ctx.service.map_request, machine_key, req, observed, ctx.clock())
         except SealedRefusal as e:
-            error = tailcfg.MapResponse(error=str(e))
+            error = tailcfg.MapResponse(error=str(e), error_kind=e.kind)
             return Response(ctx.frame(machine_public, error), media_type=OCTET_STREAM)
         own_relays = ctx.own_relays(ctx.base_url(request))
         if req.omit_peers or not req.stream:
@@ -185,7 +201,6 @@ def create_app(ctx: ControlContext) -> FastAPI:
             ctx.hub,
             ctx.clock,
             lambda r: ctx.own_relays(ctx.base_url(r)),
-            policy_clock_api=ctx.policy_clock_api,
         ),
         prefix="/api/v1",
     )
@@ -223,9 +238,14 @@ async def _open(ctx: ControlContext, request: Request, machine_public: bytes, mo
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise SealedRefusal(f"malformed {model.__name__}: {where}: {first['msg']}") from None
     ts = getattr(req, "ts", None)
-    assert isinstance(ts, float)
+    if not isinstance(ts, float):  # every request model has a float ts
+        raise SealedRefusal(f"malformed {model.__name__}: ts: missing")
     try:
         ctx.replay.check(body, ts, ctx.clock())
+    except controlbox.ClockSkew as e:
+        raise SealedRefusal(str(e), tailcfg.ERROR_CLOCK_SKEW) from None
+    except controlbox.GuardFull as e:
+        raise SealedRefusal(str(e), tailcfg.ERROR_SERVER) from None
     except controlbox.SealError as e:
         raise SealedRefusal(str(e)) from None
     return req
@@ -235,11 +255,19 @@ R = TypeVar("R")
 
 
 async def _call(fn: Callable[..., R], *args: Any) -> R:
-    """Run a service rule in a worker thread; a protocol refusal becomes SealedRefusal."""
+    """Run a service rule in a worker thread; a protocol refusal becomes SealedRefusal, and
+    so does any other failure (as ``server_error``: the node retries, it is not logged out)."""
     try:
         return await anyio.to_thread.run_sync(fn, *args)
     except Refused as e:
-        raise SealedRefusal(str(e)) from None
+        raise SealedRefusal(str(e), e.kind) from None
+    except ServiceError as e:  # e.g. Conflict: the database stayed busy
+        raise SealedRefusal(str(e), tailcfg.ERROR_SERVER) from None
+    except Exception as e:
+        log.error("%s failed: %s", getattr(fn, "__name__", "a rule"), redact_error(e))
+        raise SealedRefusal(
+            "the server could not answer this request: try again later", tailcfg.ERROR_SERVER
+        ) from None
 
 
 async def _register(
@@ -293,7 +321,7 @@ async def _one_map(
     )
     view = current.view_for(node_id, own_relays)
     if view is None:
-        return ctx.frame(machine_public, tailcfg.MapResponse(error="node deleted"))
+        return ctx.frame(machine_public, NODE_DELETED)
     if req.omit_peers:
         answer = tailcfg.MapResponse(node=view.node, dns_domain=current.dns_domain)
     else:
@@ -319,7 +347,7 @@ async def _stream(
             continue
         new = current.view_for(sub.node_id, own_relays)
         if new is None:
-            yield ctx.frame(machine_public, tailcfg.MapResponse(error="node deleted"))
+            yield ctx.frame(machine_public, NODE_DELETED)
             return
         if view is None:
             yield ctx.frame(machine_public, new.full(current.dns_domain))
@@ -330,7 +358,9 @@ async def _stream(
         view = new
         if new.node.expired:
             final = tailcfg.MapResponse(
-                node=new.node, error="node key expired: run weft up to log in again"
+                node=new.node,
+                error="node key expired: run weft up to log in again",
+                error_kind=tailcfg.ERROR_EXPIRED,
             )
             yield ctx.frame(machine_public, final)
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 
+MAX_HOSTNAME = 255  # characters of a reported hostname kept (tailcfg.MAX_HOSTNAME)
 MAX_LABEL = 63  # octets in one DNS label (RFC 1035 section 2.3.4)
 MAX_USER_NAME = 128
 DEFAULT_NAME = "node"  # for a device that reported no usable hostname
@@ -19,6 +20,14 @@ _LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _TAG = re.compile(r"^tag:[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _DURATION_PART = re.compile(r"(\d+)([smhdw])")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def clean_hostname(hostname: str) -> str:
+    """A reported hostname as stored and shown: without control, format (bidi overrides)
+    or other non-printable characters, so it can never drive a terminal; trimmed and
+    bounded. It stays the device's own spelling; ``dns_label`` makes the given name."""
+    printable = "".join(c if c.isprintable() else " " for c in hostname)
+    return " ".join(printable.split())[:MAX_HOSTNAME]
 
 
 def dns_label(hostname: str, max_len: int = MAX_LABEL) -> str:

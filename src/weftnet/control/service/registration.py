@@ -24,25 +24,32 @@ After a commit that changes what some node sees, the service publishes on the
 from __future__ import annotations
 
 from weftnet import tailcfg
-from weftnet.control import credentials, netmap, relays
-from weftnet.control.core import (
-    MAX_ENDPOINTS,
-    Refused,
-    Registered,
-    Snapshot,
-    check_key,
-    check_version,
-    device_info,
-)
-from weftnet.control.policyrules import PolicyRules
-from weftnet.control.records import (
+from weftnet.control.domain import credentials, names, netmap, relays
+from weftnet.control.domain.records import (
     NewPending,
     Node,
     Tx,
 )
+from weftnet.control.service.core import (
+    Db,
+    Refused,
+    Registered,
+    Snapshot,
+    check_key,
+    check_node_key_owner,
+    check_version,
+    device_info,
+    registered,
+    upsert_node,
+)
+from weftnet.control.service.policyrules import PolicyRules
 
 
-class NodeRules(PolicyRules):
+class NodeRules:
+    def __init__(self, db: Db, policy: PolicyRules) -> None:
+        self.db = db
+        self.policy = policy
+
     def register(
         self, machine_key: str, req: tailcfg.RegisterRequest, now: float, server_url: str
     ) -> tailcfg.RegisterResponse | Registered:
@@ -50,16 +57,16 @@ class NodeRules(PolicyRules):
         the RegisterResponse to send (a login URL, a logout, or an ``error``).
         Raises Refused for a request that must be refused."""
         check_version(req.version)
-        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node_key")
+        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node key")
         if req.old_node_key:
-            check_key(tailcfg.NODE_KEY_PREFIX, req.old_node_key, "old_node_key")
+            check_key(tailcfg.NODE_KEY_PREFIX, req.old_node_key, "old node key")
         if req.logout:
             return self._logout(machine_key, req, now)
         if req.followup:
             return self._followup(machine_key, req, now)
         if req.auth_key:
             registered = self._register_with_key(machine_key, req, now)
-            self.feed.publish()
+            self.db.feed.publish()
             return registered
         return self._register_interactive(machine_key, req, now, server_url)
 
@@ -87,13 +94,14 @@ class NodeRules(PolicyRules):
                 raise Refused("auth key has expired: create a new one")
             if not key.reusable and key.used_count > 0:
                 raise Refused("auth key has already been used (it is single-use): create a new one")
-            self._check_node_key_owner(tx, machine_key, req.node_key)
+            check_node_key_owner(tx, machine_key, req.node_key)
             if not tx.use_auth_key(key.id, now):
                 # Another registration took this single-use key between our read and now.
                 raise Refused("auth key has already been used (it is single-use): create a new one")
             owner = tx.user_by_id(key.user_id) if key.user_id and not key.tags else None
-            node = self._upsert_node(
+            node = upsert_node(
                 tx,
+                self.db.settings,
                 machine_key=machine_key,
                 node_key=req.node_key,
                 hostname=req.hostinfo.hostname,
@@ -105,7 +113,7 @@ class NodeRules(PolicyRules):
             )
             return Registered(node, owner)
 
-        return self._write(register)
+        return self.db.write(register)
 
     def _register_interactive(
         self, machine_key: str, req: tailcfg.RegisterRequest, now: float, server_url: str
@@ -114,34 +122,34 @@ class NodeRules(PolicyRules):
 
         def login(tx: Tx) -> tailcfg.RegisterResponse | Registered:
             nonlocal rotated
-            self._check_node_key_owner(tx, machine_key, req.node_key)
+            check_node_key_owner(tx, machine_key, req.node_key)
             node = tx.node_by_machine_key(machine_key)
             if node is not None and not node.expired_at(now):
                 if node.node_key == req.node_key:
-                    return self._registered(tx, node)
+                    return registered(tx, node)
                 if req.old_node_key == node.node_key:
                     # A key rotation while logged in: proven by the machine key.
                     rotated = True
-                    return self._registered(tx, tx.update_node(node.id, node_key=req.node_key))
+                    return registered(tx, tx.update_node(node.id, node_key=req.node_key))
             tx.delete_expired_pending(now)
-            code = credentials.new_code(self._random)
+            code = credentials.new_code(self.db.random)
             tx.add_pending(
                 NewPending(
                     code=code,
                     machine_key=machine_key,
                     node_key=req.node_key,
-                    hostname=req.hostinfo.hostname,
+                    hostname=names.clean_hostname(req.hostinfo.hostname),
                     created_at=now,
-                    expires_at=now + self.settings.pending_ttl_s,
+                    expires_at=now + self.db.settings.pending_ttl_s,
                 )
             )
             return tailcfg.RegisterResponse(
                 machine_authorized=False, auth_url=f"{server_url.rstrip('/')}/register/{code}"
             )
 
-        answer = self._write(login)
+        answer = self.db.write(login)
         if rotated:
-            self.feed.publish()
+            self.db.feed.publish()
         return answer
 
     def _followup(
@@ -167,9 +175,9 @@ class NodeRules(PolicyRules):
                 raise Refused("the node approved for this login was deleted: run weft up again")
             if node.node_key != req.node_key:
                 raise Refused("the node key changed during login: run weft up again")
-            return self._registered(tx, node)
+            return registered(tx, node)
 
-        return self._read(check)
+        return self.db.read(check)
 
     def _logout(
         self, machine_key: str, req: tailcfg.RegisterRequest, now: float
@@ -184,8 +192,8 @@ class NodeRules(PolicyRules):
                 tx.update_node(node.id, key_expiry=now)
             return True
 
-        if self._write(logout):
-            self.feed.publish()
+        if self.db.write(logout):
+            self.db.feed.publish()
         return tailcfg.RegisterResponse(machine_authorized=False, node_key_expired=True)
 
     def map_request(
@@ -193,14 +201,12 @@ class NodeRules(PolicyRules):
     ) -> Node:
         """Check a MapRequest and record what it reports; the node it is for."""
         check_version(req.version)
-        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node_key")
+        check_key(tailcfg.NODE_KEY_PREFIX, req.node_key, "node key")
         if req.disco_key is not None:
-            check_key(tailcfg.DISCO_KEY_PREFIX, req.disco_key, "disco_key")
-        if len(req.endpoints) > MAX_ENDPOINTS:
-            raise Refused(f"too many endpoints: at most {MAX_ENDPOINTS}")
-        for endpoint in req.endpoints:
-            if netmap.split_endpoint(endpoint) is None:
-                raise Refused(f"malformed endpoint {endpoint!r}: expected ip:port or [ip6]:port")
+            check_key(tailcfg.DISCO_KEY_PREFIX, req.disco_key, "disco key")
+        # Endpoints are hints: unusable or malformed ones are dropped, not refused (a
+        # refusal would take the node off the tailnet for one odd interface address).
+        endpoints = netmap.clean_endpoints(req.endpoints)
         if req.home_relay is not None:
             try:
                 relays.check_region_name(req.home_relay)
@@ -212,19 +218,25 @@ class NodeRules(PolicyRules):
             nonlocal changed
             node = tx.node_by_machine_key(machine_key)
             if node is None:
-                raise Refused("this machine is not registered: run weft up to log in")
+                raise Refused(
+                    "this machine is not registered: run weft up to log in",
+                    tailcfg.ERROR_LOGGED_OUT,
+                )
             if node.node_key != req.node_key:
                 raise Refused(
-                    "this node key is not the one registered for this machine: log in again"
+                    "this node key is not the one registered for this machine: log in again",
+                    tailcfg.ERROR_LOGGED_OUT,
                 )
             if node.expired_at(now):
-                raise Refused("node key expired: run weft up to log in again")
+                raise Refused(
+                    "node key expired: run weft up to log in again", tailcfg.ERROR_EXPIRED
+                )
             changes: dict[str, object] = {"last_seen": now}
-            if tuple(req.endpoints) != node.endpoints:
-                changes["endpoints"] = tuple(req.endpoints)
+            if endpoints != node.endpoints:
+                changes["endpoints"] = endpoints
             if req.disco_key is not None and req.disco_key != node.disco_key:
                 changes["disco_key"] = req.disco_key
-            hostname = req.hostinfo.hostname.strip()[:255]
+            hostname = names.clean_hostname(req.hostinfo.hostname)
             if hostname and hostname != node.hostname:
                 changes["hostname"] = hostname
             if observed_ip is not None and observed_ip != node.observed_ip:
@@ -239,9 +251,9 @@ class NodeRules(PolicyRules):
             changed = len(changes) > 1
             return tx.update_node(node.id, **changes)
 
-        node = self._write(record)
+        node = self.db.write(record)
         if changed:
-            self.feed.publish()
+            self.db.feed.publish()
         return node
 
     def snapshot(self) -> Snapshot:
@@ -249,10 +261,10 @@ class NodeRules(PolicyRules):
             return Snapshot(
                 nodes={n.id: n for n in tx.nodes()},
                 users={u.id: u for u in tx.users()},
-                policy=self._policy(tx),
+                policy=self.policy.policy(tx),
             )
 
-        return self._read(read)
+        return self.db.read(read)
 
     def node_disconnected(self, node_id: int, now: float) -> None:
         """Remember when a node's last map stream ended (its last_seen)."""
@@ -261,7 +273,7 @@ class NodeRules(PolicyRules):
             if tx.node_by_id(node_id) is not None:
                 tx.update_node(node_id, last_seen=now)
 
-        self._write(touch)
+        self.db.write(touch)
 
     def delete_ephemeral(self, node_id: int) -> bool:
         """Delete ``node_id`` if it (still) is ephemeral; the hub calls this after grace."""
@@ -273,7 +285,7 @@ class NodeRules(PolicyRules):
             tx.delete_node(node_id)
             return True
 
-        deleted = self._write(delete)
+        deleted = self.db.write(delete)
         if deleted:
-            self.feed.publish()
+            self.db.feed.publish()
         return deleted

@@ -18,19 +18,21 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
-from weftnet.control import keyfile, store
-from weftnet.control.api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
-from weftnet.control.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
-from weftnet.control.records import CallbackFeed
-from weftnet.control.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
-from weftnet.control.relays import check_region_name
+from weftnet import keyfile
+from weftnet.control.domain.records import CallbackFeed
+from weftnet.control.domain.relays import check_region_name
+from weftnet.control.server.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
+from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
+from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
+from weftnet.control.store import sql as store
 from weftnet.relay.mount import uvicorn_protocol
 from weftnet.stun import server as stunserver
 
@@ -64,7 +66,9 @@ class ServeOptions:
     region: str = DEFAULT_REGION  # its region name in the relay map
     relay_rate_bytes_per_s: int = DEFAULT_RELAY_RATE  # per client
     stun_port: int = stunserver.DEFAULT_STUN_PORT  # UDP, on the --listen host; 0: none
-    policy_clock_api: bool = False  # tests: the admin API may move the policy's clock
+    # The wall clock policy schedules are judged by; None: the system clock. Keys,
+    # logins and requests always use the system clock.
+    policy_clock: Callable[[], float] | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -203,7 +207,12 @@ class ControlServer:
             service.load_settings(opts.node_key_expiry, opts.dns_domain)
         except ServiceError as e:
             raise ServeError(str(e)) from None
-        hub = Hub(service, keepalive_s=opts.keepalive_s, ephemeral_grace_s=opts.ephemeral_grace_s)
+        hub = Hub(
+            service,
+            keepalive_s=opts.keepalive_s,
+            ephemeral_grace_s=opts.ephemeral_grace_s,
+            policy_clock=opts.policy_clock,
+        )
         feed.subscribe(hub.notify_threadsafe)
         self._sock = bind(opts.host, opts.port)
         self.port = self._sock.getsockname()[1]
@@ -230,7 +239,6 @@ class ControlServer:
             followup_wait_s=opts.followup_wait_s,
             relay=self.relay,
             stun_socket=self._stun_sock,
-            policy_clock_api=opts.policy_clock_api,
         )
         config = uvicorn.Config(
             create_app(ctx),

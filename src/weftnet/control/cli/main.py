@@ -29,8 +29,11 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
+
+if TYPE_CHECKING:  # the server's modules load only for `serve` and `relay`
+    from weftnet.control.server.app import ServeOptions
 
 PROG = "weft-control"
 DEFAULT_LISTEN = "0.0.0.0:8080"
@@ -51,7 +54,7 @@ class Parser(argparse.ArgumentParser):
 
 def _seconds(text: str) -> float:
     """A duration: "15s", "1h", "90d", or a plain number of seconds ("0.5")."""
-    from weftnet.control.names import parse_duration
+    from weftnet.control.domain.names import parse_duration
 
     try:
         value = float(text)
@@ -123,7 +126,6 @@ def build_parser() -> Parser:
         help="UDP port of the STUN server on the --listen host; 0: none (%(default)s)",
     )
     # Tests only: lets the admin API move the clock policy schedules are judged by.
-    serve.add_argument("--policy-clock-api", action="store_true", help=argparse.SUPPRESS)
 
     relay = commands.add_parser("relay", help="run a standalone relay region")
     relay.add_argument(
@@ -236,7 +238,14 @@ def _when(ts: float | None, now: float) -> str:
     return f"in {text}" if delta > 0 else f"{text} ago"
 
 
+def _printable(text: str) -> str:
+    """``text`` without control or format characters: whatever a server or a node put
+    in a field (a hostname with terminal escapes), it cannot drive this terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _table(rows: Sequence[Sequence[str]]) -> None:
+    rows = [[_printable(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
@@ -345,16 +354,15 @@ def _print_relays(relays: list[dict[str, Any]], now: float) -> None:
 # -- commands -------------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from weftnet.control import server
+def serve_options(args: argparse.Namespace) -> ServeOptions:
+    """The ServeOptions of a parsed ``serve`` command line (UsageError if they are bad)."""
+    from weftnet.control.server import app as server
 
     try:
         host, port = server.parse_listen(args.listen)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    server.configure_logging()
-    os.umask(0o077)  # the database and everything else in the data dir: owner only
-    options = server.ServeOptions(
+    return server.ServeOptions(
         data_dir=Path(args.data_dir),
         host=host,
         port=port,
@@ -370,8 +378,16 @@ def _serve(args: argparse.Namespace) -> int:
         region=args.region,
         relay_rate_bytes_per_s=args.relay_rate,
         stun_port=args.stun_port,
-        policy_clock_api=args.policy_clock_api,
     )
+
+
+def run_serve(options: ServeOptions) -> int:
+    """Serve until SIGTERM/SIGINT; the exit status (1, with a one-line error, if the
+    server cannot start)."""
+    from weftnet.control.server import app as server
+
+    server.configure_logging()
+    os.umask(0o077)  # the database and everything else in the data dir: owner only
     try:
         server.serve(options)
     except server.ServeError as e:
@@ -380,11 +396,15 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    return run_serve(serve_options(args))
+
+
 def _relay(args: argparse.Namespace) -> int:
     import asyncio
 
-    from weftnet.control import server
-    from weftnet.control.relays import check_region_name
+    from weftnet.control.domain.relays import check_region_name
+    from weftnet.control.server import app as server
     from weftnet.relay import standalone as relayd
 
     try:
@@ -444,14 +464,14 @@ def _node_id(client: Any, ref: str) -> int:
         return int(ref)
     matches = [n["id"] for n in client.request("GET", "/nodes") if n["given_name"] == ref]
     if not matches:
-        from weftnet.control.adminclient import AdminError
+        from weftnet.control.cli.adminclient import AdminError
 
         raise AdminError(f"no node named {ref}: see `{PROG} nodes list`")
     return int(matches[0])
 
 
 def _admin(args: argparse.Namespace) -> int:
-    from weftnet.control.adminclient import AdminClient, resolve_target
+    from weftnet.control.cli.adminclient import AdminClient, resolve_target
 
     now = time.time()
     target = resolve_target(args.data_dir, args.server, args.api_key)
@@ -556,13 +576,13 @@ def _admin(args: argparse.Namespace) -> int:
     elif printer is not None:
         printer(out, now)
     elif text is not None:
-        print(text)
+        print(_printable(text))
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    from weftnet.control.adminclient import AdminError
+    from weftnet.control.cli.adminclient import AdminError
 
     try:
         if args.command == "serve":
@@ -575,7 +595,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{PROG}: {e}", file=sys.stderr)
         code = 2
     except AdminError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
+        print(f"{PROG}: {_printable(str(e))}", file=sys.stderr)
         code = 1
     except KeyboardInterrupt:
         code = 130

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
-from weftnet.control.models import metadata
+from weftnet.control.store.models import metadata
 
 config = context.config
 

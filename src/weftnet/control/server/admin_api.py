@@ -23,10 +23,10 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from weftnet import tailcfg
-from weftnet.control import netmap, relays
-from weftnet.control.hub import Hub
+from weftnet.control.domain import names, netmap, relays
+from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
 from weftnet.control.policy import Policy
-from weftnet.control.records import ApiKey, AuthKey, Node, User
+from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
     Conflict,
     ControlService,
@@ -75,10 +75,6 @@ class AttributeValue(BaseModel):
     value: str | float | bool
 
 
-class PolicyClock(BaseModel):
-    now: float  # unix seconds
-
-
 class RelayRegistration(BaseModel):
     region: str
     url: str
@@ -114,7 +110,7 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
     return {
         "id": node.id,
         "given_name": node.given_name,
-        "hostname": node.hostname,
+        "hostname": names.clean_hostname(node.hostname),
         "user": owner,
         "tags": list(node.tags),
         "ipv4": node.ipv4,
@@ -196,8 +192,6 @@ def router(
     hub: Hub,
     clock: Callable[[], float],
     own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
-    *,
-    policy_clock_api: bool = False,
 ) -> APIRouter:
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -309,14 +303,6 @@ def router(
     async def check_policy(body: PolicyText) -> dict[str, Any]:
         policy = await call(service.check_policy, body.policy)
         return {"set": False, **policy_json(policy)}
-
-    if policy_clock_api:
-
-        @api.put("/debug/policy-clock")
-        async def set_policy_clock(body: PolicyClock) -> dict[str, Any]:
-            """Judge policy schedules as if it were ``now`` (serve --policy-clock-api)."""
-            hub.set_policy_time(body.now)
-            return {"policy_now": hub.policy_now()}
 
     # admin API keys
 

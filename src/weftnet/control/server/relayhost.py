@@ -21,9 +21,9 @@ import logging
 from urllib.parse import urlsplit
 
 from weftnet import controlbox, tailcfg
-from weftnet.control.hub import Hub
-from weftnet.control.netmap import NetMap
-from weftnet.control.relays import relay_key_text
+from weftnet.control.domain.netmap import NetMap
+from weftnet.control.domain.relays import relay_key_text
+from weftnet.control.server.hub import Hub
 from weftnet.relay.server import RelayServer
 
 log = logging.getLogger(__name__)

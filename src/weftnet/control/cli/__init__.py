@@ -1,0 +1,1 @@
+"""The ``weft-control`` command line: argument parsing, printers, the admin API client."""

@@ -1,0 +1,114 @@
+"""The coordination server's rules, in one object: ``ControlService``. No HTTP, no SQL.
+
+Theory of operation: every operation is one transaction on the ``Store``
+(``records.Store``); a rule that refuses raises before anything commits, so a refused
+request leaves nothing behind. After a commit that changes what some node sees, the
+service calls ``ChangeFeed.publish()`` and the map hub recomputes maps.
+
+The rules live by concern, as plain classes that share one ``core.Db`` (store, change
+feed, settings, entropy) by composition: ``policyrules.PolicyRules`` (the access policy,
+device attributes), ``admin.AdminRules`` (users, keys, nodes, approving logins) and
+``registration.NodeRules`` (what nodes ask: register, log in, log out, map). The two
+latter ask ``PolicyRules`` for the policy in force. ``ControlService`` is the facade the
+server talks to: it builds the three and forwards each public rule to its owner. The
+API layer maps ``Refused`` into the sealed answer's ``error`` and the other errors into
+HTTP statuses of the admin API.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from weftnet.control.domain.records import ChangeFeed, Store
+from weftnet.control.service.admin import AdminRules
+from weftnet.control.service.core import (
+    DEFAULT_AUTH_KEY_EXPIRY_S,
+    DEFAULT_DNS_DOMAIN,
+    DEFAULT_NODE_KEY_EXPIRY_S,
+    Conflict,
+    Db,
+    Invalid,
+    NotFound,
+    Refused,
+    Registered,
+    ServiceError,
+    Settings,
+    Snapshot,
+    Unauthorized,
+)
+from weftnet.control.service.policyrules import PolicyRules
+from weftnet.control.service.registration import NodeRules
+
+__all__ = [
+    "DEFAULT_AUTH_KEY_EXPIRY_S",
+    "DEFAULT_DNS_DOMAIN",
+    "DEFAULT_NODE_KEY_EXPIRY_S",
+    "Conflict",
+    "ControlService",
+    "Invalid",
+    "NotFound",
+    "Refused",
+    "Registered",
+    "ServiceError",
+    "Settings",
+    "Snapshot",
+    "Unauthorized",
+]
+
+
+class ControlService:
+    """Everything the API layer may ask of the server; see the three rule classes."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings | None = None,
+        feed: ChangeFeed | None = None,
+        random_bytes: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.db = Db(store, settings, feed, random_bytes)
+        self.policy_rules = PolicyRules(self.db)
+        self.admin_rules = AdminRules(self.db, self.policy_rules)
+        self.node_rules = NodeRules(self.db, self.policy_rules)
+        # The access policy and device attributes.
+        self.get_policy = self.policy_rules.get_policy
+        self.check_policy = self.policy_rules.check_policy
+        self.set_policy = self.policy_rules.set_policy
+        self.set_node_attr = self.policy_rules.set_node_attr
+        # What an admin does.
+        self.load_settings = self.admin_rules.load_settings
+        self.create_user = self.admin_rules.create_user
+        self.list_users = self.admin_rules.list_users
+        self.delete_user = self.admin_rules.delete_user
+        self.create_auth_key = self.admin_rules.create_auth_key
+        self.list_auth_keys = self.admin_rules.list_auth_keys
+        self.revoke_auth_key = self.admin_rules.revoke_auth_key
+        self.create_api_key = self.admin_rules.create_api_key
+        self.check_api_key = self.admin_rules.check_api_key
+        self.list_api_keys = self.admin_rules.list_api_keys
+        self.revoke_api_key = self.admin_rules.revoke_api_key
+        self.list_nodes = self.admin_rules.list_nodes
+        self.get_node = self.admin_rules.get_node
+        self.delete_node = self.admin_rules.delete_node
+        self.expire_node = self.admin_rules.expire_node
+        self.rename_node = self.admin_rules.rename_node
+        self.register_by_code = self.admin_rules.register_by_code
+        # What nodes ask, and what the map hub reads.
+        self.register = self.node_rules.register
+        self.map_request = self.node_rules.map_request
+        self.snapshot = self.node_rules.snapshot
+        self.node_disconnected = self.node_rules.node_disconnected
+        self.delete_ephemeral = self.node_rules.delete_ephemeral
+
+    @property
+    def store(self) -> Store:
+        return self.db.store
+
+    @property
+    def settings(self) -> Settings:
+        return self.db.settings
+
+    @property
+    def feed(self) -> ChangeFeed:
+        return self.db.feed
