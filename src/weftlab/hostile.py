@@ -68,11 +68,15 @@ async def run(url: str, auth_key: str) -> dict[str, Any]:
             ),
             "sealed stale": node.seal(node.map_request(ts=time.time() - 3600)),
         }
-        codes = {}
+        answers = {}
         for what, body in garbage.items():
             r = await node.post("map", body)
-            codes[what] = r.status_code
-        out["garbage_map_status"] = codes
+            answers[what] = f"HTTP {r.status_code}"
+            if r.status_code == 200:  # a request that opens is refused sealed, with a kind
+                frames = controlbox.FrameReader().feed(r.content) or [r.content]
+                refusal = tailcfg.MapResponse.model_validate_json(node.open(frames[0]))
+                answers[what] = f"{refusal.error_kind}: {refusal.error}"
+        out["garbage_map"] = answers
     return out
 
 
