@@ -15,6 +15,7 @@ body. Nothing here does I/O or reads a clock: ``now`` and nonces come in as argu
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import struct
 
@@ -26,6 +27,7 @@ KEY_LEN = 32  # X25519 public and private keys
 MAX_CLOCK_SKEW_S = 120.0  # a request's ts may be this far from the server's clock
 MAX_FRAME = 4 * 1024 * 1024  # a map frame larger than this is refused
 FRAME_HEADER = struct.Struct(">I")
+ANSWER_PERSON = b"weft-answer"  # BLAKE2b personalisation of answer nonces
 
 
 class SealError(ValueError):
@@ -73,6 +75,25 @@ def open_sealed(private_key: bytes, peer_public: bytes, sealed: bytes) -> bytes:
         return box.decrypt(sealed[NONCE_LEN:], sealed[:NONCE_LEN])
     except (CryptoError, ValueError) as e:
         raise SealError("message does not open with this key pair") from e
+
+
+def answer_nonce(request: bytes, index: int) -> bytes:
+    """The nonce of the ``index``-th sealed answer (0: the answer, or a stream's first
+    frame) to the sealed ``request``. Binding every answer to its request this way means
+    a recorded answer (an old map, a RegisterResponse) cannot be replayed to a node as the
+    answer to a new request, and a stream's frames cannot be dropped or reordered."""
+    data = request[:NONCE_LEN] + index.to_bytes(8, "big")
+    return hashlib.blake2b(data, digest_size=NONCE_LEN, person=ANSWER_PERSON).digest()
+
+
+def open_answer(
+    private_key: bytes, peer_public: bytes, sealed: bytes, request: bytes, index: int
+) -> bytes:
+    """open_sealed for the ``index``-th answer to ``request``; SealError for an answer
+    sealed for another request or position (a replay, or frames out of order)."""
+    if sealed[:NONCE_LEN] != answer_nonce(request, index):
+        raise SealError("an answer that belongs to another request (replayed or reordered)")
+    return open_sealed(private_key, peer_public, sealed)
 
 
 class ReplayGuard:

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-CAPABILITY_VERSION = 1  # bumped on any change an older peer would misread
+CAPABILITY_VERSION = 2  # bumped on any change an older peer would misread
+# 2: every sealed answer is bound to its request (controlbox.answer_nonce)
+ANSWER_BINDING_VERSION = 2
 MIN_CAPABILITY_VERSION = 1  # the oldest the server still talks to
 
 NODE_KEY_PREFIX = "nodekey:"

@@ -19,6 +19,8 @@ from weftlab.control import FakeNode, StreamEnded, serve_in_thread
 from weftnet import controlbox, tailcfg
 from weftnet.control.server.app import ServeOptions
 from weftnet.control.store.sql import SqlStore
+from weftnet.node.controlclient import ControlClient, ControlError
+from weftnet.node.state import NodeState
 
 from .conftest import TEST_KEEPALIVE_S, Control
 
@@ -153,6 +155,48 @@ async def test_replayed_and_stale_requests_are_refused(
     )
     assert old.error is not None and "check the time" in old.error
     assert row_counts(control) == before
+
+
+async def test_answers_are_bound_to_their_request(
+    http: httpx.AsyncClient, control: Control
+) -> None:
+    """D6: a recorded answer cannot be passed off as the answer to a new request (a
+    rollback to an older map or peer list), and a stream's frames keep their order."""
+    key = await new_key(http, control, reusable=True)
+    node = FakeNode(control.url, http)
+    await node.fetch_server_key()
+    me, server = bytes(node.machine), node.server_public
+    assert server is not None
+    first = node.seal(node.register_request(auth_key=key))
+    answer = (await node.post("register", first)).content
+    controlbox.open_answer(me, server, answer, first, 0)
+    second = node.seal(node.map_request(stream=False))
+    frames = controlbox.FrameReader().feed((await node.post("map", second)).content)
+    controlbox.open_answer(me, server, frames[0], second, 0)
+    with pytest.raises(controlbox.SealError, match="another request"):
+        controlbox.open_answer(me, server, answer, second, 0)  # the old answer, replayed
+    with pytest.raises(controlbox.SealError, match="another request"):
+        controlbox.open_answer(me, server, frames[0], second, 1)  # out of its place
+
+    # weftd's own client refuses an on-path replay of its last RegisterResponse.
+    client = ControlClient(NodeState.load(control.data_dir.parent / "node"), control.url)
+    recorded: list[bytes] = []
+
+    async def replaying(request: httpx.Request) -> httpx.Response:
+        real = await http.request(request.method, str(request.url), content=request.content)
+        if request.url.path.endswith("/register"):
+            recorded.append(real.content)
+            return httpx.Response(real.status_code, content=recorded[0])
+        return httpx.Response(real.status_code, content=real.content)
+
+    await client.http.aclose()
+    client.http = httpx.AsyncClient(transport=httpx.MockTransport(replaying))
+    try:
+        assert (await client.register(auth_key=key, hostname="n")).machine_authorized
+        with pytest.raises(ControlError, match="for this request"):
+            await client.register(hostname="n")
+    finally:
+        await client.close()
 
 
 async def test_a_node_key_cannot_be_claimed_by_another_machine(

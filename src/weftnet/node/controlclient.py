@@ -61,6 +61,12 @@ class ControlClient:
             offered = tailcfg.ServerKey.model_validate_json(r.content)
         except (httpx.HTTPError, ValueError) as e:
             raise ControlError(f"cannot reach the coordination server at {self.url}: {e}") from e
+        if offered.capability_version < tailcfg.ANSWER_BINDING_VERSION:
+            raise ControlError(
+                f"the server at {self.url} is too old (capability version"
+                f" {offered.capability_version}; weftd needs {tailcfg.ANSWER_BINDING_VERSION}"
+                " or newer, which binds answers to requests): upgrade weft-control"
+            )
         key = controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, offered.public_key)
         if pin is not None and pin.login_server == self.url:
             pinned = controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, pin.server_key)
@@ -83,12 +89,18 @@ class ControlClient:
             os.urandom(controlbox.NONCE_LEN),
         )
 
-    def _open(self, sealed: bytes) -> bytes:
+    def _open(self, sealed: bytes, request: bytes, index: int = 0) -> bytes:
+        """The ``index``-th answer to our sealed ``request``: sealed with the pinned key and
+        bound to that request (a recorded older answer is refused)."""
         assert self.server_key is not None
         try:
-            return controlbox.open_sealed(self.state.machine_private, self.server_key, sealed)
+            return controlbox.open_answer(
+                self.state.machine_private, self.server_key, sealed, request, index
+            )
         except controlbox.SealError as e:
-            raise ControlError("the server's answer is not sealed with the pinned key") from e
+            raise ControlError(
+                f"the server's answer is not sealed with the pinned key for this request: {e}"
+            ) from e
 
     def _machine_url(self, what: str) -> str:
         return f"{self.url}/machine/{self.state.machine_public.hex()}/{what}"
@@ -111,14 +123,15 @@ class ControlClient:
             followup=followup,
             logout=logout,
         )
+        sealed_req = self._seal(req)
         try:
-            r = await self.http.post(self._machine_url("register"), content=self._seal(req))
+            r = await self.http.post(self._machine_url("register"), content=sealed_req)
         except httpx.HTTPError as e:
             raise ControlError(f"cannot reach the coordination server at {self.url}: {e}") from e
         if r.status_code != 200:
             raise ControlError(f"the server refused the request: {r.status_code} {r.text[:200]}")
         try:
-            return tailcfg.RegisterResponse.model_validate_json(self._open(r.content))
+            return tailcfg.RegisterResponse.model_validate_json(self._open(r.content, sealed_req))
         except ValueError as e:
             raise ControlError(f"malformed answer from the server: {e}") from e
 
@@ -140,16 +153,18 @@ class ControlClient:
             hostinfo=tailcfg.Hostinfo(hostname=hostname, client_version=_version()),
         )
         reader = controlbox.FrameReader()
+        sealed_req = self._seal(req)
+        frames = 0
         try:
-            async with self.http.stream(
-                "POST", self._machine_url("map"), content=self._seal(req)
-            ) as r:
+            async with self.http.stream("POST", self._machine_url("map"), content=sealed_req) as r:
                 if r.status_code != 200:
                     body = (await r.aread())[:200]
                     raise ControlError(f"map request refused: {r.status_code} {body!r}")
                 async for chunk in r.aiter_raw():
                     for sealed in reader.feed(chunk):
-                        yield tailcfg.MapResponse.model_validate_json(self._open(sealed))
+                        plain = self._open(sealed, sealed_req, frames)
+                        frames += 1
+                        yield tailcfg.MapResponse.model_validate_json(plain)
         except (httpx.HTTPError, controlbox.SealError, ValueError) as e:
             raise ControlError(f"map stream from {self.url} broke: {e}") from e
 

@@ -20,8 +20,8 @@ streams are fed by the hub.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import os
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -76,13 +76,18 @@ class ControlContext:
         """The embedded relay's relay map entry for a client that reached us at base_url."""
         return (self.relay.region(base_url),) if self.relay is not None else ()
 
-    def seal(self, machine_public: bytes, model: tailcfg.Wire) -> bytes:
+    def seal(
+        self, machine_public: bytes, model: tailcfg.Wire, request: bytes, index: int = 0
+    ) -> bytes:
+        """``model`` sealed as the ``index``-th answer to the sealed ``request``."""
         body = model.model_dump_json().encode()
-        nonce = os.urandom(controlbox.NONCE_LEN)
+        nonce = controlbox.answer_nonce(request, index)
         return controlbox.seal(self.server_private, machine_public, body, nonce)
 
-    def frame(self, machine_public: bytes, model: tailcfg.MapResponse) -> bytes:
-        return controlbox.frame(self.seal(machine_public, model))
+    def frame(
+        self, machine_public: bytes, model: tailcfg.MapResponse, request: bytes, index: int = 0
+    ) -> bytes:
+        return controlbox.frame(self.seal(machine_public, model, request, index))
 
 
 class PlainRefusal(Exception):
@@ -170,7 +175,8 @@ def create_app(ctx: ControlContext) -> FastAPI:
             answer = tailcfg.RegisterResponse(
                 machine_authorized=False, error=str(e), error_kind=e.kind
             )
-        return Response(ctx.seal(machine_public, answer), media_type=OCTET_STREAM)
+        sealed = ctx.seal(machine_public, answer, await request.body())
+        return Response(sealed, media_type=OCTET_STREAM)
 
     @app.post("/machine/{mkey}/map")
     async def map_request(mkey: str, request: Request) -> Response:
@@ -182,16 +188,17 @@ def create_app(ctx: ControlContext) -> FastAPI:
             node = await _call(ctx.service.map_request, machine_key, req, observed, ctx.clock())
         except SealedRefusal as e:
             error = tailcfg.MapResponse(error=str(e), error_kind=e.kind)
-            return Response(ctx.frame(machine_public, error), media_type=OCTET_STREAM)
+            framed = ctx.frame(machine_public, error, await request.body())
+            return Response(framed, media_type=OCTET_STREAM)
         own_relays = ctx.own_relays(ctx.base_url(request))
         if req.omit_peers or not req.stream:
             return Response(
-                await _one_map(ctx, machine_public, node.id, req, own_relays),
+                await _one_map(ctx, machine_public, await request.body(), node.id, req, own_relays),
                 media_type=OCTET_STREAM,
             )
         sub = ctx.hub.connect(node.id)
         return MapStreamResponse(
-            _stream(ctx, machine_public, sub, own_relays),
+            _stream(ctx, machine_public, await request.body(), sub, own_relays),
             on_close=lambda: ctx.hub.disconnect(sub),
         )
 
@@ -303,6 +310,7 @@ def _authorized(ctx: ControlContext, registered: Registered) -> tailcfg.Register
 async def _one_map(
     ctx: ControlContext,
     machine_public: bytes,
+    request: bytes,
     node_id: int,
     req: tailcfg.MapRequest,
     own_relays: tuple[tailcfg.RelayRegion, ...],
@@ -321,40 +329,46 @@ async def _one_map(
     )
     view = current.view_for(node_id, own_relays)
     if view is None:
-        return ctx.frame(machine_public, NODE_DELETED)
+        return ctx.frame(machine_public, NODE_DELETED, request)
     if req.omit_peers:
         answer = tailcfg.MapResponse(node=view.node, dns_domain=current.dns_domain)
     else:
         answer = view.full(current.dns_domain)
-    return ctx.frame(machine_public, answer)
+    return ctx.frame(machine_public, answer, request)
 
 
 async def _stream(
     ctx: ControlContext,
     machine_public: bytes,
+    request: bytes,
     sub: Subscription,
     own_relays: tuple[tailcfg.RelayRegion, ...],
 ) -> AsyncIterator[bytes]:
     """The frames of one map stream: full first, then deltas, keepalives, a final error."""
     view: netmap.MapView | None = None
+    frames = itertools.count()  # each frame is sealed as the next answer to the request
+
+    def frame(model: tailcfg.MapResponse) -> bytes:
+        return ctx.frame(machine_public, model, request, next(frames))
+
     while True:
         try:
             current = await sub.next(ctx.hub.keepalive_s if view is not None else None)
         except StreamClosed:
             return
         if current is None:
-            yield ctx.frame(machine_public, tailcfg.MapResponse(keepalive=True))
+            yield frame(tailcfg.MapResponse(keepalive=True))
             continue
         new = current.view_for(sub.node_id, own_relays)
         if new is None:
-            yield ctx.frame(machine_public, NODE_DELETED)
+            yield frame(NODE_DELETED)
             return
         if view is None:
-            yield ctx.frame(machine_public, new.full(current.dns_domain))
+            yield frame(new.full(current.dns_domain))
         else:
             change = netmap.delta(view, new)
             if change is not None:
-                yield ctx.frame(machine_public, change)
+                yield frame(change)
         view = new
         if new.node.expired:
             final = tailcfg.MapResponse(
@@ -362,7 +376,7 @@ async def _stream(
                 error="node key expired: run weft up to log in again",
                 error_kind=tailcfg.ERROR_EXPIRED,
             )
-            yield ctx.frame(machine_public, final)
+            yield frame(final)
             return
 
 
