@@ -23,6 +23,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from weftnet.endpoint import format_endpoint
+
 log = logging.getLogger("weftd.localapi")
 
 MAX_REQUEST_BYTES = 64 * 1024  # a request line longer than this is refused
@@ -71,7 +73,7 @@ def wg_status(engine: Any) -> dict[str, Any]:
         peers.append(
             {
                 "public_key": base64.b64encode(peer.public_key).decode(),
-                "endpoint": f"{peer.endpoint[0]}:{peer.endpoint[1]}" if peer.endpoint else None,
+                "endpoint": format_endpoint(peer.endpoint) if peer.endpoint else None,
                 "allowed_ips": [str(n) for n in dev.allowed_ips.entries(peer)],
                 "rx_bytes": peer.rx_bytes,
                 "tx_bytes": peer.tx_bytes,

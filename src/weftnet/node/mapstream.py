@@ -28,7 +28,7 @@ from weftnet.node.controlclient import ControlError, backoff_delays
 
 log = logging.getLogger("weftd")
 
-LOGOUT_KINDS = frozenset({"logged_out", "expired"})
+LOGOUT_KINDS = frozenset({tailcfg.ERROR_LOGGED_OUT, tailcfg.ERROR_EXPIRED})
 # What servers without error_kind say, for the refusals that are a logout.
 _LEGACY_KINDS = (
     ("node deleted", "logged_out"),

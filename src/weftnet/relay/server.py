@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from nacl.public import PrivateKey
 
+from weftnet.endpoint import format_endpoint
 from weftnet.relay import protocol as p
 from weftnet.relay.limits import NoticeThrottle, TokenBucket
 from weftnet.relay.upgrade import (
@@ -148,7 +149,7 @@ class _Conn:
 def _peername(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
     if isinstance(peer, tuple) and len(peer) >= 2:
-        return f"[{peer[0]}]:{peer[1]}" if ":" in str(peer[0]) else f"{peer[0]}:{peer[1]}"
+        return format_endpoint((str(peer[0]), int(peer[1])))
     return "?"
 
 

@@ -79,7 +79,7 @@ def clean_endpoints(reported: Iterable[str]) -> tuple[str, ...]:
 
 
 def join_endpoint(ip: str, port: int) -> str:
-    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+    return endpoint.format_endpoint((ip, port))
 
 
 def normalize_ip(ip: str) -> str:
