@@ -24,9 +24,10 @@ class Node:
     socket: str
     proc: Any = None
     extra: list[str] = field(default_factory=list)
+    module = "weftnet.node.main"  # what `python -m` runs: weftd, or a lab launcher of it
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "weftnet.node.main", "--state-dir", str(self.state_dir)]
+        cmd = [sys.executable, "-m", self.module, "--state-dir", str(self.state_dir)]
         cmd += ["--socket", self.socket, "--tun", "weft0", *self.extra]
         log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
         self.proc = self.host.popen(cmd, stdout=log, stderr=log)
@@ -106,16 +107,7 @@ class FaultyNode(Node):
     """A weftd started through weftlab.faulty_weftd: ``inject_fault(task)`` fails one of
     its supervised tasks (the map stream, the path layer's loop, the netlink watcher)."""
 
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "weftlab.faulty_weftd", "--state-dir", str(self.state_dir)]
-        cmd += ["--socket", self.socket, "--tun", "weft0", *self.extra]
-        log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
-        self.proc = self.host.popen(cmd, stdout=log, stderr=log)
-        poll_until(
-            lambda: local_api_answers(self.socket) or self._died(),
-            timeout_s=15,
-            what=f"weftd on {self.host.name} to answer on its socket",
-        )
+    module = "weftlab.faulty_weftd"
 
     def inject_fault(self, task: str) -> None:
         import signal

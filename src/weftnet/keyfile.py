@@ -1,4 +1,5 @@
-"""Private key files: ``privkey:<64 hex>`` on one line, mode 0600, made on first use.
+"""Private key files: ``privkey:<64 hex>`` on one line, mode 0600, made on first use; and
+the one atomic owner-only write every private file goes through (node state too).
 
 The coordination server keeps its server key (``server.key``) and its relay's key
 (``relay.key``) this way; a standalone relay keeps its key in its own data directory.
@@ -25,6 +26,7 @@ def write_private(path: Path, content: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # a stale temporary file keeps its old mode through O_CREAT
         os.write(fd, content.encode())
         os.fsync(fd)
     finally:

@@ -21,6 +21,7 @@ from typing import Any
 
 from nacl.public import PrivateKey
 
+from weftnet import keyfile
 from weftnet.wireguard import crypto
 
 KEY_LEN = 32
@@ -130,13 +131,4 @@ class NodeState:
         return data if isinstance(data, dict) else None
 
     def _write(self, name: str, text: str) -> None:
-        path = self.directory / name
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
+        keyfile.write_private(self.directory / name, text)
