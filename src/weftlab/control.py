@@ -181,6 +181,7 @@ def start_control(
     extra_args: Sequence[str] = (),
     policy_clock: bool = False,
     timeout_s: float = START_TIMEOUT_S,
+    reach_url: str | None = None,
 ) -> Control:
     """Start ``weft-control serve`` and wait until it accepts requests.
 
@@ -191,11 +192,13 @@ def start_control(
     tells nodes ``http://<host.ip>:8080`` (``--server-url``). ``extra_args`` go to
     ``serve`` (e.g. ``["--keepalive-interval", "1"]``). With ``policy_clock`` the server
     runs under ``weftlab.control_clock``: ``Control.set_policy_clock`` moves the clock
-    its policy schedules are judged by. Output goes to ``<data_dir>.log``.
+    its policy schedules are judged by. ``reach_url`` is the URL the tests and nodes use
+    when ``--server-url`` in ``extra_args`` names another (say an https front the lab does
+    not run). Output goes to ``<data_dir>.log``.
     """
     data_dir = Path(data_dir)
     extra = list(extra_args)
-    public_url = None
+    public_url = reach_url
     if host is None:
         listen = listen or "127.0.0.1:0"
         if "--stun-port" not in extra:
