@@ -67,7 +67,10 @@ async def joined(http: httpx.AsyncClient, control: Control, key: str, hostname: 
 
 async def test_server_key_and_health(http: httpx.AsyncClient, control: Control) -> None:
     key = tailcfg.ServerKey.model_validate_json((await http.get(f"{control.url}/key")).content)
-    assert key.public_key.startswith("mkey:") and key.capability_version == tailcfg.CAPABILITY_VERSION == 2
+    assert (
+        key.public_key.startswith("mkey:")
+        and key.capability_version == tailcfg.CAPABILITY_VERSION == 2
+    )
     assert (await http.get(f"{control.url}/health")).json()["ok"] is True
 
 

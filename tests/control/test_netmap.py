@@ -73,13 +73,6 @@ def test_observed_ip_of_a_dual_stack_socket_is_plain_ipv4() -> None:
     assert netmap.normalize_ip("2001:db8::1") == "2001:db8::1"
 
 
-def test_split_endpoint() -> None:
-    assert netmap.split_endpoint("1.2.3.4:5") == ("1.2.3.4", 5)
-    assert netmap.split_endpoint("[::1]:5") == ("::1", 5)
-    for bad in ("1.2.3.4", "1.2.3.4:0", "1.2.3.4:70000", "::1:5", "[1.2.3.4]:5", "host:5"):
-        assert netmap.split_endpoint(bad) is None
-
-
 def test_deltas() -> None:
     before = build([node(1), node(2), node(3)]).view_for(1)
     after = build([node(1), node(2, endpoints=("1.1.1.1:1",)), node(4)], online={1}).view_for(1)

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from weftlab.fakes import SeededEntropy
-from weftnet.control.domain import credentials, ipam, names, netmap
+from weftnet.control.domain import credentials, ipam, names
 from weftnet.control.server.app import parse_listen
 
 
@@ -133,8 +133,5 @@ def test_text_parsers_answer_or_raise_value_error(text: str) -> None:
     ):
         with contextlib.suppress(ValueError):
             parse(text)
-    parsed = netmap.split_endpoint(text)
-    if parsed is not None:
-        assert netmap.split_endpoint(netmap.join_endpoint(*parsed)) == parsed
     label = names.dns_label(text)
     assert names.check_given_name(label) == label

@@ -46,21 +46,6 @@ from weftnet.control.domain.access import node_info
 from weftnet.control.domain.records import Node, User
 
 
-def split_endpoint(endpoint: str) -> tuple[str, int] | None:
-    """(ip, port) of "1.2.3.4:5" or "[2001:db8::1]:5"; None when malformed."""
-    host, sep, port = endpoint.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        return None
-    bracketed = host.startswith("[") and host.endswith("]")
-    try:
-        addr = ipaddress.ip_address(host[1:-1] if bracketed else host)
-    except ValueError:
-        return None
-    if bracketed != (addr.version == 6):
-        return None
-    return str(addr), int(port)
-
-
 def clean_endpoints(reported: Iterable[str]) -> tuple[str, ...]:
     """The endpoints a node reported, as the server keeps them: canonical text, without
     malformed or unusable ones (loopback, multicast, unspecified, link-local, port 0)
@@ -78,10 +63,6 @@ def clean_endpoints(reported: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def join_endpoint(ip: str, port: int) -> str:
-    return endpoint.format_endpoint((ip, port))
-
-
 def normalize_ip(ip: str) -> str:
     """An IPv4-mapped IPv6 address (a dual-stack socket's view of IPv4) as plain IPv4."""
     try:
@@ -97,10 +78,10 @@ def node_endpoints(observed_ip: str | None, reported: Iterable[str]) -> list[str
     reported = list(reported)
     if observed_ip is None or not reported:
         return reported
-    first = split_endpoint(reported[0])
-    if first is None:
+    first = endpoint.try_parse_endpoint(reported[0])
+    if first is None or first.port == 0:
         return reported
-    return [join_endpoint(observed_ip, first[1]), *reported]
+    return [endpoint.format_endpoint((observed_ip, first.port)), *reported]
 
 
 def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -> tailcfg.Node:
