@@ -1,6 +1,7 @@
 """weftd's states and supervised tasks, with real daemons in namespaces: `weft up` after
 `weft down`, after `weft logout`, and after a restart (defect D4); every supervised task
-failed by fault injection comes back within 2 s while traffic keeps flowing (D1)."""
+failed by fault injection (map stream, path layer, netlink watcher, relay client) comes
+back within 2 s while traffic keeps flowing (D1)."""
 
 from __future__ import annotations
 
@@ -81,7 +82,7 @@ def test_every_supervised_task_comes_back_after_a_fault_while_pings_flow(
     join(control, [a, b])
     b_ip = b.ip4()
     poll_until(lambda: pings(a, b_ip), timeout_s=5, what="a to ping b")
-    tasks = ("map", "paths", "netmon")
+    tasks = ("map", "paths", "netmon", "relay default")
     result: dict[str, str] = {}
 
     def ping_through() -> None:

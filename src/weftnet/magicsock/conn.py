@@ -114,6 +114,7 @@ class Relays:
     on_packet: Any
     on_peer_gone: Any = None
     on_change: Callable[[], None] = lambda: None
+    spawn: Spawn | None = None  # the supervisor, for each client's connection loop
     regions: dict[str, tailcfg.RelayRegion] = field(default_factory=dict)
     clients: dict[str, RelayClient] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
@@ -165,7 +166,7 @@ class Relays:
             server_key=key,
             on_peer_gone=self.on_peer_gone,
         )
-        client.start()
+        client.start(self.spawn, f"relay {name}")
         return client
 
     def _deliver(self, region: str) -> Callable[[bytes, bytes], None]:
@@ -245,7 +246,9 @@ class MagicSock:
         self._tasks: list[asyncio.Task[None]] = []
         self.disco_private = os.urandom(32)
         self.disco_public = disco.public_key(self.disco_private)
-        self.relays = Relays(node_private, self._relay_packet, self._peer_gone, self._rearm)
+        self.relays = Relays(
+            node_private, self._relay_packet, self._peer_gone, self._rearm, spawn=spawn
+        )
         self.peers: dict[int, PeerPaths] = {}
         self._by_disco: dict[bytes, PeerPaths] = {}
         self._by_node_key: dict[bytes, PeerPaths] = {}

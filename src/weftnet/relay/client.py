@@ -29,7 +29,7 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nacl.public import PrivateKey
 
@@ -118,6 +118,7 @@ class RelayClient:
         self._closing = False
         self._last_rx = 0.0
         self._closed_because: str | None = None  # the ERROR of the current connection
+        self._spawned = False  # the loop runs under a supervisor (start(spawn))
         self._connected_at: float | None = None  # when the current connection came up
 
     # -- public surface ---------------------------------------------------------------
@@ -126,11 +127,29 @@ class RelayClient:
     def connected(self) -> bool:
         return self._up.is_set()
 
-    def start(self) -> None:
-        """Begin connecting (and reconnecting) in the background; idempotent."""
-        if self._task is None:
-            self._closing = False
+    def start(
+        self,
+        spawn: Callable[[str, Callable[[], Awaitable[None]]], None] | None = None,
+        name: str | None = None,
+    ) -> None:
+        """Begin connecting (and reconnecting) in the background; idempotent. With
+        ``spawn`` (weftd's supervisor) the connection loop runs as the supervised task
+        ``name`` (default ``relay <host:port>``): an error nobody foresaw is logged and the loop restarted."""
+        if self._task is not None or self._spawned:
+            return
+        self._closing = False
+        if spawn is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
+            return
+        self._spawned = True
+
+        async def supervised() -> None:
+            if self._closing:
+                return
+            self._task = asyncio.current_task()
+            await self._run()
+
+        spawn(name or f"relay {self.address.host_header}", supervised)
 
     async def close(self) -> None:
         """Disconnect for good; pending pings fail with ConnectionError."""
