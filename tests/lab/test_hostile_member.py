@@ -25,6 +25,7 @@ from weftlab.control import start_control
 from weftlab.netlab import Lab, poll_until
 from weftlab.tailnet import Node, join, start_node, wait_mesh
 from weftnet import controlbox, tailcfg
+from weftnet.endpoint import is_usable_peer_address, parse_endpoint
 
 pytestmark = pytest.mark.lab
 
@@ -80,6 +81,11 @@ def test_a_hostile_member_cannot_stop_the_honest_nodes(lab: Lab, tmp_path: Path)
     listed = control.admin_json("nodes", "list")
     evil = next(n for n in listed if n["node_key"] == tries["node_key"])
     assert not CONTROL_CHARS.search(json.dumps(evil, ensure_ascii=False))
+    # The 200 endpoints: only usable unicast ones kept, at most MAX_ENDPOINTS (+ the
+    # address the server saw the member come from).
+    kept = [parse_endpoint(e) for e in evil["endpoints"]]
+    assert 0 < len(kept) <= tailcfg.MAX_ENDPOINTS + 1, evil["endpoints"]
+    assert all(is_usable_peer_address(e) for e in kept), evil["endpoints"]
     assert not CONTROL_CHARS.search(control.admin("nodes", "list").stdout.replace("\n", ""))
     peer_view = next(p for p in honest[0].status()["peers"] if p["id"] == evil["id"])
     assert not CONTROL_CHARS.search(peer_view["hostname"])
