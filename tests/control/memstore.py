@@ -184,6 +184,9 @@ class MemoryTx:
     def node_by_node_key(self, node_key: str) -> Node | None:
         return next((n for n in self.s.nodes.values() if n.node_key == node_key), None)
 
+    def node_by_disco_key(self, disco_key: str) -> Node | None:
+        return next((n for n in self.s.nodes.values() if n.disco_key == disco_key), None)
+
     def nodes(self, user_id: int | None = None) -> list[Node]:
         nodes = sorted(self.s.nodes.values(), key=lambda n: n.id)
         return [n for n in nodes if user_id is None or n.user_id == user_id]

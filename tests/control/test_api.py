@@ -406,6 +406,61 @@ async def test_admin_api_needs_a_valid_key_and_never_shows_secrets(
     assert r.status_code == 401 and "revoked" in r.json()["error"]
 
 
+async def test_a_relay_scoped_key_does_only_what_a_relay_needs(
+    http: httpx.AsyncClient, control: Control
+) -> None:
+    base = f"{control.url}/api/v1"
+    created = await api(http, control, "POST", "/apikeys", json={"scope": "relay"})
+    assert created["scope"] == "relay" and created["expires_at"] is not None
+    relay = {"Authorization": f"Bearer {created['key']}"}
+    ok = await http.get(f"{base}/relay/nodekeys", headers=relay)
+    assert ok.status_code == 200 and "node_keys" in ok.json()
+    registration = {
+        "region": "scoped",
+        "url": "http://127.0.0.1:9/",
+        "public_key": "relaykey:" + "ab" * 32,
+    }
+    r = await http.post(f"{base}/relays", json=registration, headers=relay)
+    assert r.status_code == 200, r.text
+    refused = [
+        ("GET", "/users", None),
+        ("POST", "/keys", {"user": "alice"}),
+        ("GET", "/keys", None),
+        ("POST", "/apikeys", {"scope": "admin"}),
+        ("GET", "/apikeys", None),
+        ("PUT", "/policy", {"policy": "{}"}),
+        ("DELETE", "/nodes/1", None),
+        ("DELETE", "/relays/scoped", None),
+        ("GET", "/relays", None),
+    ]
+    for method, path, body in refused:
+        r = await http.request(method, f"{base}{path}", json=body, headers=relay)
+        assert r.status_code == 403, (method, path, r.text)
+        assert "scope 'relay'" in r.json()["error"] and path in r.json()["error"]
+    # Full-admin keys keep working everywhere.
+    assert [k["scope"] for k in await api(http, control, "GET", "/apikeys")].count("admin") >= 1
+    await api(http, control, "DELETE", "/relays/scoped")
+
+
+async def test_revoking_by_the_whole_key_is_refused_over_http(
+    http: httpx.AsyncClient, control: Control
+) -> None:
+    base = f"{control.url}/api/v1"
+    admin = {"Authorization": f"Bearer {control.api_key}"}
+    created = await api(http, control, "POST", "/apikeys", json={"expiration": "1d"})
+    r = await http.delete(f"{base}/apikeys/{created['key']}", headers=admin)
+    assert r.status_code == 400 and "prefix" in r.json()["error"]
+    key = await new_key(http, control)
+    r = await http.delete(f"{base}/keys/{key}", headers=admin)
+    assert r.status_code == 400 and "prefix" in r.json()["error"]
+    listing = await api(http, control, "GET", "/keys")
+    assert all(k["valid"] for k in listing if k["prefix"] == key.split("-")[1])
+    r = await http.post(
+        f"{base}/keys", json={"user": "alice", "expiration": "9999d"}, headers=admin
+    )
+    assert r.status_code == 400 and "at most 365d" in r.json()["error"]
+
+
 async def test_an_oversized_body_is_refused(http: httpx.AsyncClient, control: Control) -> None:
     node = FakeNode(control.url, http)
     await node.fetch_server_key()

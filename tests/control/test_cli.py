@@ -175,6 +175,34 @@ def test_remote_admin_with_a_created_api_key(server: Control) -> None:
     )
 
 
+def test_apikeys_scope_expiry_and_revoke_by_prefix_only(server: Control) -> None:
+    relay_key = server.admin("apikeys", "create", "--scope", "relay").stdout.strip()
+    prefix = relay_key.split("-")[1]
+    [listed] = [k for k in server.admin_json("apikeys", "list") if k["prefix"] == prefix]
+    assert listed["scope"] == "relay" and listed["expires_at"] is not None
+    row = next(
+        line for line in server.admin("apikeys", "list").stdout.splitlines() if prefix in line
+    )
+    assert "relay" in row and "never" not in row
+    error = one_line_error(
+        admin("users", "list", server=server.url, api_key=relay_key, check=False)
+    )
+    assert "403" in error or "scope 'relay'" in error
+    assert "at most 365d" in one_line_error(
+        server.admin("apikeys", "create", "--expiration", "400d", check=False)
+    )
+    assert "at most 365d" in one_line_error(
+        server.admin("keys", "create", "--user", "alice", "--expiration", "53w", check=False)
+    )
+    # Revocation by the whole key is refused before anything is sent.
+    r = server.admin("apikeys", "revoke", relay_key, check=False)
+    assert "prefix" in one_line_error(r, code=2) and relay_key.split("-")[2] not in r.stderr
+    auth_key = server.admin("keys", "create", "--user", "alice").stdout.strip()
+    r = server.admin("keys", "revoke", auth_key, check=False)
+    assert "prefix" in one_line_error(r, code=2) and auth_key.split("-")[2] not in r.stderr
+    assert prefix in server.admin("apikeys", "revoke", prefix).stdout
+
+
 def test_interactive_login_approved_with_nodes_register(server: Control) -> None:
     async def flow() -> None:
         async with httpx.AsyncClient(timeout=30) as http:

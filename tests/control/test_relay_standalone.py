@@ -52,6 +52,18 @@ def control(tmp_path: Path) -> Iterator[Control]:
         yield Control(server.url, server.api_key, data_dir, "")
 
 
+def relay_scoped_key(control: Control) -> str:
+    """An API key with scope relay: all a standalone relay needs (M4)."""
+    r = httpx.post(
+        f"{control.url}/api/v1/apikeys",
+        json={"scope": "relay", "description": "test relay"},
+        headers={"Authorization": f"Bearer {control.api_key}"},
+        timeout=5,
+    )
+    r.raise_for_status()
+    return str(r.json()["key"])
+
+
 def relay_argv(control: Control, tmp_path: Path, region: str, *extra: str) -> list[str]:
     return [
         sys.executable,
@@ -63,7 +75,7 @@ def relay_argv(control: Control, tmp_path: Path, region: str, *extra: str) -> li
         "--control-url",
         control.url,
         "--api-key",
-        control.api_key,
+        relay_scoped_key(control),
         "--region",
         region,
         "--data-dir",

@@ -374,6 +374,47 @@ def test_api_keys(svc: ControlService) -> None:
         svc.revoke_api_key("ffffffffffff", NOW)
 
 
+def test_api_keys_expire_by_default_and_lifetimes_are_bounded(svc: ControlService) -> None:
+    _, record = svc.create_api_key(NOW)
+    assert record.expires_at == NOW + 90 * DAY_S and record.scope == "admin"
+    text, _ = svc.create_api_key(NOW, "365d")
+    with pytest.raises(Unauthorized, match="expired"):
+        svc.check_api_key(text, NOW + 365 * DAY_S)
+    with pytest.raises(Invalid, match="at most 365d"):
+        svc.create_api_key(NOW, "366d")
+    with pytest.raises(Invalid, match="at most 365d"):
+        svc.create_api_key(NOW, "99999999999999999999d")
+    svc.create_user("alice", NOW)
+    _, auth = svc.create_auth_key(NOW, "alice", expiration="365d")
+    assert auth.expires_at == NOW + 365 * DAY_S
+    with pytest.raises(Invalid, match="auth key expiration 400d is too long: at most 365d"):
+        svc.create_auth_key(NOW, "alice", expiration="400d")
+    with pytest.raises(Invalid, match="at most 365d"):
+        svc.create_auth_key(NOW, "alice", expiration="99999999999999999999d")
+
+
+def test_api_key_scopes(svc: ControlService) -> None:
+    _, relay = svc.create_api_key(NOW, scope="relay")
+    assert relay.scope == "relay"
+    assert svc.list_api_keys()[0].scope == "relay"
+    with pytest.raises(Invalid, match="scope"):
+        svc.create_api_key(NOW, scope="root")
+
+
+def test_revoking_by_the_whole_key_is_refused(svc: ControlService) -> None:
+    """The secret would sit in access logs (the key goes in the URL path)."""
+    api_text, api_key = svc.create_api_key(NOW)
+    svc.create_user("alice", NOW)
+    auth_text, auth_key = svc.create_auth_key(NOW, "alice")
+    with pytest.raises(Invalid, match="prefix"):
+        svc.revoke_api_key(api_text, NOW)
+    with pytest.raises(Invalid, match="prefix"):
+        svc.revoke_auth_key(auth_text, NOW)
+    assert svc.check_api_key(api_text, NOW).revoked_at is None  # nothing was revoked
+    assert svc.revoke_api_key(f"weftapi-{api_key.prefix}", NOW).id == api_key.id
+    assert svc.revoke_auth_key(f"weftkey-{auth_key.prefix}", NOW).revoked_at == NOW
+
+
 # -- map requests ---------------------------------------------------------------------
 
 
@@ -395,6 +436,41 @@ def test_map_request_records_endpoints_and_publishes_only_changes(
     assert feed.count == before + 1  # nothing a peer would see changed
     odd = tailcfg.MapRequest(ts=NOW, node_key=dev.node_key, endpoints=["nonsense", "127.0.0.1:1"])
     assert svc.map_request(dev.machine_key, odd, None, NOW + 3).endpoints == ()  # dropped
+
+
+def test_a_disco_key_belongs_to_one_node(svc: ControlService) -> None:
+    svc.create_user("alice", NOW)
+    key, _ = svc.create_auth_key(NOW, "alice", reusable=True)
+    a, b = Device("a"), Device("b")
+    register(svc, a, key)
+    register(svc, b, key)
+    disco = _key("discokey:")
+    svc.map_request(
+        a.machine_key, tailcfg.MapRequest(ts=NOW, node_key=a.node_key, disco_key=disco), None, NOW
+    )
+    steal = tailcfg.MapRequest(ts=NOW, node_key=b.node_key, disco_key=disco)
+    with pytest.raises(Refused, match="disco key is used by another node") as e:
+        svc.map_request(b.machine_key, steal, None, NOW + 1)
+    assert e.value.kind == tailcfg.ERROR_BAD_REQUEST
+    nodes = {n.hostname: n for n, _ in svc.list_nodes()}
+    assert nodes["a"].disco_key == disco and nodes["b"].disco_key is None
+    # The holder may report it again; a fresh key for b is fine.
+    svc.map_request(
+        a.machine_key,
+        tailcfg.MapRequest(ts=NOW, node_key=a.node_key, disco_key=disco),
+        None,
+        NOW + 2,
+    )
+    own = _key("discokey:")
+    assert (
+        svc.map_request(
+            b.machine_key,
+            tailcfg.MapRequest(ts=NOW, node_key=b.node_key, disco_key=own),
+            None,
+            NOW + 3,
+        ).disco_key
+        == own
+    )
 
 
 def test_a_stored_policy_that_no_longer_parses_denies_everything() -> None:

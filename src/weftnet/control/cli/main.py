@@ -11,7 +11,8 @@
                        | register --user U --code CODE
     weft-control nodes attr ID custom:NAME [VALUE | --delete]
     weft-control policy get | set FILE | check FILE
-    weft-control apikeys create [--expiration 90d] | list | revoke PREFIX
+    weft-control apikeys create [--expiration 90d] [--scope admin|relay] | list
+                        | revoke PREFIX
     weft-control relays list
 
 Admin commands talk to a running server: through ``--data-dir DIR`` (its admin.json,
@@ -180,7 +181,7 @@ def build_parser() -> Parser:
     p.add_argument("--reusable", action="store_true", help="usable more than once")
     p.add_argument("--ephemeral", action="store_true", help="nodes go away when offline")
     p.add_argument("--tags", default="", help="tag:a,tag:b: nodes owned by the tags")
-    p.add_argument("--expiration", help="e.g. 1h, 7d (default 90d)")
+    p.add_argument("--expiration", help="e.g. 1h, 7d (default 90d, at most 365d)")
     action(keys, "list", "list auth keys").add_argument("--user")
     action(keys, "revoke", "revoke an auth key").add_argument("key", metavar="PREFIX_OR_ID")
 
@@ -209,8 +210,14 @@ def build_parser() -> Parser:
 
     apikeys = group("apikeys", "manage admin API keys")
     p = action(apikeys, "create", "create an API key (printed alone on stdout)")
-    p.add_argument("--expiration", help="e.g. 90d (default: never)")
+    p.add_argument("--expiration", help="e.g. 30d (default 90d, at most 365d)")
     p.add_argument("--description", default="")
+    p.add_argument(
+        "--scope",
+        choices=("admin", "relay"),
+        default="admin",
+        help="admin: everything (default); relay: only what `weft-control relay` needs",
+    )
     action(apikeys, "list", "list API keys")
     action(apikeys, "revoke", "revoke an API key").add_argument("prefix", metavar="PREFIX")
 
@@ -318,13 +325,14 @@ def _print_nodes(nodes: list[dict[str, Any]], now: float) -> None:
 
 
 def _print_api_keys(keys: list[dict[str, Any]], now: float) -> None:
-    rows = [("ID", "PREFIX", "DESCRIPTION", "CREATED", "EXPIRES", "LAST USED", "STATUS")]
+    rows = [("ID", "PREFIX", "SCOPE", "DESCRIPTION", "CREATED", "EXPIRES", "LAST USED", "STATUS")]
     for k in keys:
         status = "revoked" if k["revoked"] else "expired" if k["expired"] else "valid"
         rows.append(
             (
                 str(k["id"]),
                 k["prefix"],
+                k.get("scope", "admin"),
                 k["description"] or "-",
                 _when(k["created_at"], now),
                 _when(k["expires_at"], now) if k["expires_at"] else "never",
@@ -470,6 +478,16 @@ def _node_id(client: Any, ref: str) -> int:
     return int(matches[0])
 
 
+def _only_prefix(ref: str, command: str) -> None:
+    """Revocation goes by prefix or id: a whole key would put its secret in a URL."""
+    if ref.strip().count("-") >= 2:
+        raise UsageError(
+            f"{command} revoke takes the key's prefix (the 12 hex digits after the first"
+            f" '-') or its id, not the whole key, whose secret would land in access logs;"
+            f" see `weft-control {command} list`"
+        )
+
+
 def _admin(args: argparse.Namespace) -> int:
     from weftnet.control.cli.adminclient import AdminClient, resolve_target
 
@@ -509,6 +527,7 @@ def _admin(args: argparse.Namespace) -> int:
         elif key == ("keys", "list"):
             out, printer = req("GET", "/keys", params={"user": args.user}), _print_keys
         elif key == ("keys", "revoke"):
+            _only_prefix(args.key, "keys")
             out = req("DELETE", f"/keys/{quote(args.key, safe='')}")
             text = f"revoked auth key {out['revoked']}"
         elif key == ("nodes", "list"):
@@ -559,12 +578,17 @@ def _admin(args: argparse.Namespace) -> int:
             if out["ignored_keys"]:
                 text += f"; ignored: {', '.join(out['ignored_keys'])}"
         elif key == ("apikeys", "create"):
-            body = {"expiration": args.expiration, "description": args.description}
+            body = {
+                "expiration": args.expiration,
+                "description": args.description,
+                "scope": args.scope,
+            }
             out = req("POST", "/apikeys", body=body)
             text = out["key"]
         elif key == ("apikeys", "list"):
             out, printer = req("GET", "/apikeys"), _print_api_keys
         elif key == ("apikeys", "revoke"):
+            _only_prefix(args.prefix, "apikeys")
             out = req("DELETE", f"/apikeys/{quote(args.prefix, safe='')}")
             text = f"revoked API key {out['revoked']}"
         elif key == ("relays", "list"):

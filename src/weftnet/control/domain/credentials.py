@@ -21,6 +21,12 @@ SECRET_BYTES = 24  # 48 hex digits: 192 bits of secret
 CODE_BYTES = 10  # 20 hex digits: an interactive-login code, read out to an admin
 MIN_SECRET_HEX = 40  # keys with shorter secrets are refused outright
 
+# What an admin API key may do: "admin" everything; "relay" only what a standalone relay
+# needs (register its region, fetch the node keys it may admit).
+API_KEY_SCOPE_ADMIN = "admin"
+API_KEY_SCOPE_RELAY = "relay"
+API_KEY_SCOPES = (API_KEY_SCOPE_ADMIN, API_KEY_SCOPE_RELAY)
+
 RandomBytes = Callable[[int], bytes]
 
 _KEY_RE = re.compile(r"^(?P<kind>[a-z]+)-(?P<prefix>[0-9a-f]{12})-(?P<secret>[0-9a-f]+)$")
@@ -39,6 +45,12 @@ def key_prefix(kind: str, text: str) -> str:
     if m is None or m["kind"] != kind or len(m["secret"]) < MIN_SECRET_HEX:
         raise ValueError(f"malformed key: expected {kind}-<12 hex>-<48 hex>")
     return m["prefix"]
+
+
+def has_secret(text: str) -> bool:
+    """Whether ``text`` looks like a whole key (kind-prefix-secret), not just a prefix or id:
+    such text must not go into a URL (access logs)."""
+    return text.strip().count("-") >= 2
 
 
 def key_hash(text: str) -> str:

@@ -1,13 +1,15 @@
 """The admin REST API under /api/v1, for ``weft-control`` and scripts.
 
 Every route needs ``Authorization: Bearer weftapi-...``. Answers are JSON; errors are
-``{"error": "<one line>"}`` with 400 (bad input), 401 (API key), 404 (no such thing) or
+``{"error": "<one line>"}`` with 400 (bad input), 401 (API key), 403 (the key's
+scope does not allow it), 404 (no such thing) or
 409 (conflict). Secrets appear only once: in the answer that creates an auth key or an
 API key (field ``key``). Times are unix seconds.
 
 Standalone relays use the same API (with an API key): they register their region
 (``POST /relays``, again every 10 s) and fetch the node keys they may admit
-(``GET /relay/nodekeys``, every second and on a miss).
+(``GET /relay/nodekeys``, every second and on a miss). A key made with
+``apikeys create --scope relay`` may call only those two; anything else answers 403.
 """
 
 from __future__ import annotations
@@ -23,13 +25,14 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from weftnet import tailcfg
-from weftnet.control.domain import names, netmap, relays
+from weftnet.control.domain import credentials, names, netmap, relays
 from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
 from weftnet.control.policy import Policy
 from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
     Conflict,
     ControlService,
+    Forbidden,
     Invalid,
     NotFound,
     Refused,
@@ -37,7 +40,19 @@ from weftnet.control.service import (
     Unauthorized,
 )
 
-STATUS = {Invalid: 400, Refused: 400, Unauthorized: 401, NotFound: 404, Conflict: 409}
+STATUS = {
+    Invalid: 400,
+    Refused: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFound: 404,
+    Conflict: 409,
+}
+API_PREFIX = "/api/v1"
+# What a key of each non-admin scope may call: (method, route path under /api/v1).
+SCOPE_ROUTES = {
+    credentials.API_KEY_SCOPE_RELAY: frozenset({("POST", "/relays"), ("GET", "/relay/nodekeys")}),
+}
 NODE_KEYS_WAIT_S = 5.0  # longest wait for a fresh network map before answering 503
 
 
@@ -54,8 +69,9 @@ class NewAuthKeyRequest(BaseModel):
 
 
 class NewApiKeyRequest(BaseModel):
-    expiration: str | None = None
+    expiration: str | None = None  # default 90d, at most 365d
     description: str = ""
+    scope: str = credentials.API_KEY_SCOPE_ADMIN
 
 
 class Rename(BaseModel):
@@ -145,6 +161,7 @@ def api_key_json(key: ApiKey, now: float) -> dict[str, Any]:
     return {
         "id": key.id,
         "prefix": key.prefix,
+        "scope": key.scope,
         "description": key.description,
         "created_at": key.created_at,
         "expires_at": key.expires_at,
@@ -168,6 +185,19 @@ def relay_json(
         "last_seen": registration.last_seen if registration else None,
         "expires_at": registration.expires_at if registration else None,
     }
+
+
+def check_scope(key: ApiKey, method: str, path: str) -> None:
+    """Forbidden unless ``key``'s scope allows ``method`` on ``path`` (the request path;
+    /api/v1 may lead). Admin keys may do everything."""
+    if key.scope == credentials.API_KEY_SCOPE_ADMIN:
+        return
+    route = "/" + path.removeprefix(API_PREFIX).strip("/")
+    if (method.upper(), route) not in SCOPE_ROUTES.get(key.scope, frozenset()):
+        raise Forbidden(
+            f"this API key has scope {key.scope!r} and may not call {method.upper()}"
+            f" {API_PREFIX}{route}: use an admin API key (apikeys create --scope admin)"
+        )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -201,6 +231,7 @@ def router(
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing API key: send Authorization: Bearer weftapi-...")
         key: ApiKey = await call(service.check_api_key, token.strip(), clock())
+        check_scope(key, request.method, request.url.path)
         return key
 
     api = APIRouter(dependencies=[Depends(require_api_key)])
@@ -314,7 +345,9 @@ def router(
     @api.post("/apikeys", status_code=201)
     async def create_api_key(body: NewApiKeyRequest) -> dict[str, Any]:
         now = clock()
-        text, key = await call(service.create_api_key, now, body.expiration, body.description)
+        text, key = await call(
+            service.create_api_key, now, body.expiration, body.description, body.scope
+        )
         return {"key": text, **api_key_json(key, now)}
 
     @api.delete("/apikeys/{prefix}")

@@ -18,9 +18,12 @@ from weftnet.control.domain.records import (
     User,
 )
 from weftnet.control.service.core import (
+    DEFAULT_API_KEY_EXPIRY_S,
     DEFAULT_AUTH_KEY_EXPIRY_S,
     DEFAULT_DNS_DOMAIN,
     DEFAULT_NODE_KEY_EXPIRY_S,
+    MAX_API_KEY_EXPIRY_S,
+    MAX_AUTH_KEY_EXPIRY_S,
     Conflict,
     Db,
     Invalid,
@@ -124,7 +127,7 @@ class AdminRules:
             raise Invalid(str(e)) from None
         if user is None and not tag_set:
             raise Invalid("an auth key needs --user, or --tags for tagged nodes")
-        lifetime = parse_duration(expiration) if expiration else DEFAULT_AUTH_KEY_EXPIRY_S
+        lifetime = _lifetime(expiration, DEFAULT_AUTH_KEY_EXPIRY_S, MAX_AUTH_KEY_EXPIRY_S, "auth")
         text, prefix = credentials.new_key(credentials.AUTH_KEY_KIND, self.db.random)
 
         def add(tx: Tx) -> AuthKey:
@@ -154,6 +157,8 @@ class AdminRules:
         return self.db.read(listing)
 
     def revoke_auth_key(self, prefix_or_id: str, now: float) -> AuthKey:
+        _refuse_whole_key(prefix_or_id, "keys")
+
         def revoke(tx: Tx) -> AuthKey:
             key = self._find_auth_key(tx, prefix_or_id)
             tx.revoke_auth_key(key.id, now)
@@ -179,9 +184,18 @@ class AdminRules:
         return key
 
     def create_api_key(
-        self, now: float, expiration: str | None = None, description: str = ""
+        self,
+        now: float,
+        expiration: str | None = None,
+        description: str = "",
+        scope: str = credentials.API_KEY_SCOPE_ADMIN,
     ) -> tuple[str, ApiKey]:
-        lifetime = parse_duration(expiration) if expiration else None
+        """A new API key: expires after ``expiration`` (default 90d, at most 365d)."""
+        if scope not in credentials.API_KEY_SCOPES:
+            raise Invalid(
+                f"unknown API key scope {scope!r}: use one of {', '.join(credentials.API_KEY_SCOPES)}"
+            )
+        lifetime = _lifetime(expiration, DEFAULT_API_KEY_EXPIRY_S, MAX_API_KEY_EXPIRY_S, "API")
         text, prefix = credentials.new_key(credentials.API_KEY_KIND, self.db.random)
         record = self.db.write(
             lambda tx: tx.add_api_key(
@@ -190,7 +204,8 @@ class AdminRules:
                     key_hash=credentials.key_hash(text),
                     description=description[:200],
                     created_at=now,
-                    expires_at=now + lifetime if lifetime else None,
+                    expires_at=now + lifetime,
+                    scope=scope,
                 )
             )
         )
@@ -217,6 +232,7 @@ class AdminRules:
         return self.db.read(lambda tx: tx.api_keys())
 
     def revoke_api_key(self, prefix: str, now: float) -> ApiKey:
+        _refuse_whole_key(prefix, "apikeys")
         ref = prefix.strip()
         if ref.startswith(credentials.API_KEY_KIND + "-"):
             ref = ref.split("-")[1]
@@ -329,3 +345,26 @@ class AdminRules:
         registered = self.db.write(approve)
         self.db.feed.publish()
         return registered
+
+
+def _lifetime(expiration: str | None, default_s: float, max_s: float, kind: str) -> float:
+    """Seconds a new key lives: ``expiration`` parsed, or the default; at most ``max_s``."""
+    if not expiration:
+        return default_s
+    lifetime = parse_duration(expiration)
+    if lifetime > max_s:
+        raise Invalid(
+            f"{kind} key expiration {expiration} is too long:"
+            f" at most {names.format_duration(max_s)}"
+        )
+    return lifetime
+
+
+def _refuse_whole_key(ref: str, command: str) -> None:
+    """A whole key (with its secret) is refused: it would sit in access logs."""
+    if credentials.has_secret(ref):
+        raise Invalid(
+            "pass the key's prefix (the 12 hex digits after the first '-') or its id,"
+            " not the whole key: the secret would land in access logs;"
+            f" see `weft-control {command} list`"
+        )

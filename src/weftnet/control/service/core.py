@@ -32,6 +32,9 @@ from weftnet.wireguard import crypto
 
 DEFAULT_NODE_KEY_EXPIRY_S = 180 * 86400.0
 DEFAULT_AUTH_KEY_EXPIRY_S = 90 * 86400.0
+MAX_AUTH_KEY_EXPIRY_S = 365 * 86400.0  # a longer auth key --expiration is refused
+DEFAULT_API_KEY_EXPIRY_S = 90 * 86400.0
+MAX_API_KEY_EXPIRY_S = 365 * 86400.0
 DEFAULT_DNS_DOMAIN = "weft.internal"
 PENDING_TTL_S = 30 * 60.0  # an interactive login code is good for this long
 WRITE_ATTEMPTS = 8  # a transaction refused by a unique constraint is retried this often
@@ -58,6 +61,10 @@ class Conflict(ServiceError):
 
 class Unauthorized(ServiceError):
     pass
+
+
+class Forbidden(ServiceError):
+    """A valid API key whose scope does not allow this."""
 
 
 class Refused(ServiceError):

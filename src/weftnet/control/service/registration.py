@@ -235,6 +235,10 @@ class NodeRules:
             if endpoints != node.endpoints:
                 changes["endpoints"] = endpoints
             if req.disco_key is not None and req.disco_key != node.disco_key:
+                holder = tx.node_by_disco_key(req.disco_key)
+                if holder is not None and holder.id != node.id:
+                    # Peers attribute disco messages by this key: one node only (L1).
+                    raise Refused("this disco key is used by another node: restart weftd")
                 changes["disco_key"] = req.disco_key
             hostname = names.clean_hostname(req.hostinfo.hostname)
             if hostname and hostname != node.hostname:

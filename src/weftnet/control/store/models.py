@@ -95,6 +95,7 @@ api_keys = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float),
     Column("revoked_at", Float),
+    Column("scope", String(16), nullable=False, server_default="admin"),
     Column("last_used_at", Float),
     sqlite_autoincrement=True,
 )

@@ -251,6 +251,7 @@ def _api_key(r: Any) -> ApiKey:
         expires_at=r.expires_at,
         revoked_at=r.revoked_at,
         last_used_at=r.last_used_at,
+        scope=r.scope,
     )
 
 
@@ -406,6 +407,10 @@ class SqlTx:
 
     def node_by_node_key(self, node_key: str) -> Node | None:
         r = self._one(select(m.nodes).where(m.nodes.c.node_key == node_key))
+        return _node(r) if r else None
+
+    def node_by_disco_key(self, disco_key: str) -> Node | None:
+        r = self._one(select(m.nodes).where(m.nodes.c.disco_key == disco_key).limit(1))
         return _node(r) if r else None
 
     def nodes(self, user_id: int | None = None) -> list[Node]:
