@@ -171,6 +171,23 @@ def test_a_low_order_peer_is_skipped_and_the_rest_of_the_map_applies(tmp_path: P
     run(tmp_path, server, body)
 
 
+def test_allowed_ips_outside_the_tailnet_never_reach_the_device(tmp_path: Path) -> None:
+    greedy = node(4, "greedy", ["100.64.0.4"])
+    greedy = greedy.model_copy(update={"allowed_ips": ["100.64.0.4/32", "0.0.0.0/0"]})
+    server = FakeServer(ME, [*PEERS, greedy])
+
+    async def body(d: NodeDaemon) -> None:
+        assert (await d.up(UP))["result"] == {"state": "Running"}
+        assert set(d.peers.by_id) == {2, 3, 4}
+        entries = d.engine.device.allowed_ips.entries(d.peers.by_id[4])
+        assert [str(n) for n in entries] == ["100.64.0.4/32"]
+        assert status.health(d) == [
+            "peer greedy: ignored allowed IPs outside the tailnet: 0.0.0.0/0"
+        ]
+
+    run(tmp_path, server, body)
+
+
 def test_a_relay_the_node_cannot_use_is_reported_not_fatal(tmp_path: Path) -> None:
     server = FakeServer(ME, PEERS)
     https = tailcfg.RelayRegion(

@@ -69,3 +69,35 @@ def test_expired_peers_and_an_expired_self_want_nothing() -> None:
     expired_me = ME.model_copy(update={"expired": True})
     ops = plan(nm(a, me=expired_me), {2: key(a)}, OWN)
     assert ops.remove == [2] and ops.add == [] and ops.update == []
+
+
+def test_allowed_ips_outside_the_tailnet_are_dropped_and_reported() -> None:
+    """A compromised control server must not let a peer claim 0.0.0.0/0 or a LAN."""
+    greedy = node(2, "greedy", ["100.64.0.2"])
+    greedy = greedy.model_copy(
+        update={
+            "allowed_ips": [
+                "100.64.0.2/32",
+                "fd7a:115c:a1e0::2/128",
+                "0.0.0.0/0",
+                "192.168.1.0/24",
+                "::/0",
+                "100.0.0.0/8",  # wider than the overlay: not inside it
+                "nonsense",
+            ]
+        }
+    )
+    honest = node(3, "honest", ["100.64.0.3", "fd7a:115c:a1e0::3"])
+    ops = plan(nm(greedy, honest), {}, OWN)
+    wanted = {w.node.id: w for w in ops.add}
+    assert wanted[2].allowed_ips == ("100.64.0.2/32", "fd7a:115c:a1e0::2/128")
+    assert wanted[3].allowed_ips == ("100.64.0.3/32", "fd7a:115c:a1e0::3/128")
+    assert ops.skipped == []
+    assert [str(n) for n in ops.narrowed] == [
+        "peer greedy: ignored allowed IPs outside the tailnet:"
+        " 0.0.0.0/0, 192.168.1.0/24, ::/0, 100.0.0.0/8, nonsense"
+    ]
+    # The same holds when the peer is already configured (an update).
+    ops = plan(nm(greedy), {2: key(greedy)}, OWN)
+    assert [w.allowed_ips for w in ops.update] == [("100.64.0.2/32", "fd7a:115c:a1e0::2/128")]
+    assert len(ops.narrowed) == 1

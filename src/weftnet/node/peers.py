@@ -40,8 +40,8 @@ class PeerTable:
         device = self.engine.device
         current = {pid: p.public_key for pid, p in self.by_id.items()}
         ops = reconcile.plan(netmap, current, device.identity.public_key)
-        skipped = list(ops.skipped)
-        for skip in ops.skipped:
+        skipped: list[Skip] = [*ops.skipped, *ops.narrowed]
+        for skip in skipped:
             if skip not in self.skipped:
                 log.warning("%s", skip)
         for pid in ops.remove:
@@ -55,7 +55,7 @@ class PeerTable:
                 peer = self.by_id.get(w.node.id)
                 if peer is None:
                     peer = device.add_peer(
-                        w.key, w.node.allowed_ips, persistent_keepalive_s=PEER_KEEPALIVE_S
+                        w.key, w.allowed_ips, persistent_keepalive_s=PEER_KEEPALIVE_S
                     )
                     self.by_id[w.node.id] = peer
                     if magic is not None:
@@ -63,7 +63,7 @@ class PeerTable:
                     # Speak first: a node behind NAT opens its mapping, the peer learns it.
                     transmits += device.send_keepalive(peer, now)
                 else:
-                    device.set_allowed_ips(peer, w.node.allowed_ips)
+                    device.set_allowed_ips(peer, w.allowed_ips)
                     if magic is not None:
                         magic.set_peer(w.node, peer, mine)
             except Exception as e:  # one peer must not stop the others (D2)
