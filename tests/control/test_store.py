@@ -119,3 +119,35 @@ def test_urls() -> None:
     assert "pw" not in redact("postgresql+psycopg://u:pw@h/db")
     with pytest.raises(ValueError, match="unsupported database"):
         SqlStore("mysql://h/db")
+
+
+def test_api_keys_from_before_scopes_become_admin_keys(url: str) -> None:
+    """Migration 0004 adds api_keys.scope; keys made before it keep full access."""
+    from alembic import command
+    from alembic.config import Config
+
+    from weftnet.control.store.sql import MIGRATIONS_DIR
+
+    old = SqlStore(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with old.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0003")
+            conn.execute(
+                text(
+                    "INSERT INTO api_keys (prefix, key_hash, description, created_at)"
+                    " VALUES ('bbbbbbbbbbbb', :h, 'old', :t)"
+                ),
+                {"h": "0" * 64, "t": NOW},
+            )
+    finally:
+        old.dispose()
+    store = SqlStore.open(url)
+    try:
+        with store.transaction(write=False) as tx:
+            key = tx.api_key_by_prefix("bbbbbbbbbbbb")
+        assert key is not None and key.scope == "admin" and key.expires_at is None
+    finally:
+        store.dispose()
