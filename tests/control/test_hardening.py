@@ -453,3 +453,37 @@ def test_nodes_list_prints_no_control_characters_whatever_the_server_sends(
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\u202e" not in out and "\r" not in out and "\x07" not in out
     assert "db?]0;owned?" in out and "alice?[31m" in out
+
+
+def test_the_admin_json_key_expires_and_is_renewed_at_start(tmp_path: Path) -> None:
+    """L6: the local admin key has a lifetime too; an old one is replaced and revoked."""
+    from weftnet.control.domain import credentials
+    from weftnet.control.domain.records import NewApiKey
+    from weftnet.control.server.app import ADMIN_FILE, ensure_admin_key
+
+    store = SqlStore.open("sqlite://")
+    svc = ControlService(store, Settings(), random_bytes=SeededEntropy("admin.json"))
+    first = ensure_admin_key(svc, tmp_path, "http://127.0.0.1:1")
+    key = svc.check_api_key(first, time.time())
+    assert key.scope == "admin" and key.expires_at is not None
+    assert abs(key.expires_at - time.time() - 365 * 86400) < 60
+    assert ensure_admin_key(svc, tmp_path, "http://127.0.0.1:1") == first  # still young
+    # A never-expiring key from before migration 0004 is replaced, and revoked.
+    legacy, prefix = credentials.new_key(credentials.API_KEY_KIND, os.urandom)
+    with store.transaction(write=True) as tx:
+        tx.add_api_key(
+            NewApiKey(
+                prefix=prefix,
+                key_hash=credentials.key_hash(legacy),
+                description="old local admin",
+                created_at=time.time(),
+                expires_at=None,
+            )
+        )
+    (tmp_path / ADMIN_FILE).write_text(json.dumps({"api_key": legacy}))
+    renewed = ensure_admin_key(svc, tmp_path, "http://127.0.0.1:1")
+    assert renewed != legacy and svc.check_api_key(renewed, time.time()).expires_at
+    assert json.loads((tmp_path / ADMIN_FILE).read_text())["api_key"] == renewed
+    revoked = {k.prefix: k.revoked_at for k in svc.list_api_keys()}
+    assert revoked[prefix] is not None
+    store.dispose()

@@ -43,6 +43,8 @@ RELAY_KEY_FILE = "relay.key"
 ADMIN_FILE = "admin.json"
 GRACEFUL_SHUTDOWN_S = 5.0  # after this, connections still open are cut
 LOCAL_ADMIN_DESCRIPTION = "local admin (admin.json)"
+LOCAL_ADMIN_LIFETIME = "365d"  # the longest an API key may live
+LOCAL_ADMIN_RENEW_BELOW_S = 275 * 86400.0  # replaced at a start once 90 days old
 
 
 class ServeError(Exception):
@@ -118,11 +120,19 @@ def ensure_admin_key(service: ControlService, data_dir: Path, url: str) -> str:
     now = time.time()
     if api_key:
         try:
-            service.check_api_key(api_key, now)
+            key = service.check_api_key(api_key, now)
         except Unauthorized:
             api_key = None
+        else:
+            # Renewed at a start once it has aged (or never expires: from before 0004), so
+            # a running server keeps a local key for LOCAL_ADMIN_LIFETIME - its age.
+            if key.expires_at is None or key.expires_at - now < LOCAL_ADMIN_RENEW_BELOW_S:
+                service.revoke_api_key(key.prefix, now)
+                api_key = None
     if not api_key:
-        api_key, _ = service.create_api_key(now, description=LOCAL_ADMIN_DESCRIPTION)
+        api_key, _ = service.create_api_key(
+            now, LOCAL_ADMIN_LIFETIME, description=LOCAL_ADMIN_DESCRIPTION
+        )
     info = {"url": url, "api_key": api_key, "pid": os.getpid(), "started_at": now}
     keyfile.write_private(path, json.dumps(info, indent=2) + "\n")
     return api_key
