@@ -39,8 +39,15 @@ from weftnet import controlbox, tailcfg
 from weftnet.control.domain import netmap
 from weftnet.control.server import admin_api
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
+from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
 from weftnet.control.server.relayhost import EmbeddedRelay
-from weftnet.control.service import ControlService, Refused, Registered, ServiceError
+from weftnet.control.service import (
+    ControlService,
+    Refused,
+    Registered,
+    ServiceError,
+    Unauthorized,
+)
 from weftnet.control.store.sql import redact_error
 from weftnet.stun import server as stunserver
 
@@ -212,6 +219,23 @@ def create_app(ctx: ControlContext) -> FastAPI:
         prefix="/api/v1",
     )
     admin_api.install_error_handlers(app)
+
+    async def authenticate(token: str) -> str | None:
+        try:
+            await anyio.to_thread.run_sync(ctx.service.check_api_key, token, ctx.clock())
+        except Unauthorized as e:
+            return str(e)
+        except ServiceError:
+            return None  # e.g. the database is busy: the route's own check answers
+        return None
+
+    # Bodies are limited, and admin keys checked, before any body is read (H2).
+    app.add_middleware(
+        BodyLimits,
+        authenticate=authenticate,
+        node_limit=MAX_BODY,
+        admin_limit=ADMIN_BODY_LIMIT,
+    )
     return app
 
 
