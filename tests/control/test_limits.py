@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from weftlab.control import Control, start_control
+from weftlab.control import Control, FakeNode, serve_in_thread, start_control
+from weftnet.control.server.app import ServeOptions
 
 MIB = 1 << 20
 
@@ -103,3 +107,109 @@ def test_admin_api_checks_the_key_before_reading_the_body(control: Control) -> N
     )
     assert r.status_code == 413
     assert httpx.get(control.url + "/api/v1/openapi.json", timeout=5).status_code == 200
+
+
+# -- M5: half-open connections, request-head timeout --------------------------------
+
+HALF_OPEN = 500
+
+
+@pytest.fixture
+def fast_server(tmp_path: Path) -> Iterator[Any]:
+    options = ServeOptions(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        access_log=False,
+        stun_port=0,
+        head_timeout_s=1.5,
+        keepalive_s=0.5,
+    )
+    with serve_in_thread(options) as running:
+        yield running
+
+
+async def _joined(http: httpx.AsyncClient, server: Any) -> FakeNode:
+    auth = {"authorization": f"Bearer {server.api_key}"}
+    r = await http.post(f"{server.url}/api/v1/users", json={"name": "alice"}, headers=auth)
+    assert r.status_code == 201, r.text
+    r = await http.post(f"{server.url}/api/v1/keys", json={"user": "alice"}, headers=auth)
+    node = FakeNode(server.url, http, "legit")
+    answer = await node.register(r.json()["key"])
+    assert answer.machine_authorized, answer.error
+    return node
+
+
+async def _closed_by_server(reader: asyncio.StreamReader) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(100), 0.01) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+@pytest.mark.anyio
+async def test_half_open_connections_neither_block_nodes_nor_stay_open(fast_server: Any) -> None:
+    port = fast_server.port
+    conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(HALF_OPEN):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            conns.append((reader, writer))
+        await asyncio.gather(*(w.drain() for _, w in conns))
+        started = time.monotonic()
+        async with httpx.AsyncClient(timeout=5) as http:
+            node = await _joined(http, fast_server)
+            async with node.map_stream() as stream:
+                first = await stream.next(5)
+                assert first.node is not None
+                took = time.monotonic() - started
+                assert took < 5, f"a node needed {took:.1f}s to get its map"
+                # The slow heads go on (one header line each), past the head timeout;
+                # the map stream (keepalives every 0.5 s) is not cut meanwhile.
+                for i in range(6):
+                    for _, writer in conns:
+                        if not writer.is_closing():
+                            with contextlib.suppress(OSError):
+                                writer.write(f"X-{i}: y\r\n".encode())
+                    await asyncio.sleep(0.5)
+                frame = await stream.next(2)
+                assert frame.keepalive or frame.node is not None
+            # admin API still answers
+            r = await http.get(
+                f"{fast_server.url}/api/v1/users",
+                headers={"authorization": f"Bearer {fast_server.api_key}"},
+            )
+            assert r.status_code == 200
+        closed = [await _closed_by_server(r) for r, _ in conns]
+        assert all(closed), f"{closed.count(False)} half-open connections still open"
+    finally:
+        for _, writer in conns:
+            writer.close()
+
+
+@pytest.mark.anyio
+async def test_a_map_stream_outlives_the_head_timeout(fast_server: Any) -> None:
+    async with httpx.AsyncClient(timeout=5) as http:
+        node = await _joined(http, fast_server)
+        async with node.map_stream() as stream:
+            await stream.next(5)
+            deadline = time.monotonic() + 4  # well past head_timeout_s 1.5
+            keepalives = 0
+            while time.monotonic() < deadline:
+                frame = await stream.next(2)
+                keepalives += bool(frame.keepalive)
+            assert keepalives >= 4
+
+
+@pytest.mark.anyio
+async def test_an_idle_connection_is_closed_after_the_head_timeout(fast_server: Any) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", fast_server.port)
+    try:
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        assert time.monotonic() - started < 3
+    finally:
+        writer.close()
