@@ -237,6 +237,16 @@ class MemoryTx:
             self.s.pending[pending_id], node_id=node_id
         )
 
+    def delete_open_pending(self, machine_key: str) -> int:
+        open_ = [
+            p.id
+            for p in self.s.pending.values()
+            if p.machine_key == machine_key and p.node_id is None
+        ]
+        for pending_id in open_:
+            del self.s.pending[pending_id]
+        return len(open_)
+
     def delete_expired_pending(self, now: float) -> int:
         expired = [p.id for p in self.s.pending.values() if p.expires_at <= now]
         for pending_id in expired:

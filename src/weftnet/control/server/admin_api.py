@@ -222,6 +222,7 @@ def router(
     hub: Hub,
     clock: Callable[[], float],
     own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
+    on_login_approved: Callable[[str], None] = lambda _code: None,
 ) -> APIRouter:
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -305,6 +306,7 @@ def router(
     async def register_node(body: RegisterByCode) -> dict[str, Any]:
         now = clock()
         registered = await call(service.register_by_code, body.user, body.code, now)
+        on_login_approved(body.code)  # wakes that login's waiting followup
         node = registered.node
         owner = registered.user.name if registered.user else None
         return node_json(node, owner, node.id in hub.online(), now)

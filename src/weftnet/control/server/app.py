@@ -12,6 +12,7 @@ it closes, with ERROR ``relay shutting down`` to every client, when the app shut
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -23,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from weftnet import keyfile
 from weftnet.control.domain.records import CallbackFeed
@@ -45,6 +48,12 @@ GRACEFUL_SHUTDOWN_S = 5.0  # after this, connections still open are cut
 LOCAL_ADMIN_DESCRIPTION = "local admin (admin.json)"
 LOCAL_ADMIN_LIFETIME = "365d"  # the longest an API key may live
 LOCAL_ADMIN_RENEW_BELOW_S = 275 * 86400.0  # replaced at a start once 90 days old
+# Connection limits (security audit M5; docs/control-protocol.md, "Limits").
+DEFAULT_HEAD_TIMEOUT_S = 10.0  # a request head (line and headers) must arrive within this
+DEFAULT_MAX_CONNECTIONS = 4096  # beyond this many connections, requests are answered 503
+KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
+MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is refused (400)
+LISTEN_BACKLOG = 2048
 
 
 class ServeError(Exception):
@@ -71,6 +80,8 @@ class ServeOptions:
     # The wall clock policy schedules are judged by; None: the system clock. Keys,
     # logins and requests always use the system clock.
     policy_clock: Callable[[], float] | None = None
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -144,7 +155,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
-        sock.listen(2048)
+        sock.listen(LISTEN_BACKLOG)
     except OSError as e:
         sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
@@ -160,6 +171,54 @@ def bind_stun(host: str, port: int) -> socket.socket:
             f"cannot listen for STUN on UDP {host}:{port}: {e.strerror or e}:"
             " pass --stun-port with a free port, or --stun-port 0 for no STUN server"
         ) from None
+
+
+def head_timeout_protocol(base: type[H11Protocol], timeout_s: float) -> type[H11Protocol]:
+    """``base`` (an uvicorn h11 protocol class), but a connection whose request head is not
+    complete ``timeout_s`` after it opened (or after its previous answer) is closed.
+
+    uvicorn's keep-alive timeout stops as soon as any byte arrives, so a client sending
+    its head slowly (slowloris) would hold the connection for ever. The timer stops once
+    a head is complete: a request's body and answer (a map stream runs for hours) are not
+    limited by it.
+    """
+
+    class HeadTimeoutProtocol(base):  # type: ignore[valid-type,misc]
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm_head_timer(self) -> None:
+            self._cancel_head_timer()
+            self._head_timer = self.loop.call_later(timeout_s, self._head_timed_out)
+
+        def _cancel_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timed_out(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport: asyncio.Transport) -> None:
+            super().connection_made(transport)
+            self._arm_head_timer()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._cancel_head_timer()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:
+                self._cancel_head_timer()  # a head arrived (or the connection ended)
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self._arm_head_timer()  # the next request's head
+
+    return HeadTimeoutProtocol
 
 
 class _Uvicorn(uvicorn.Server):
@@ -250,9 +309,14 @@ class ControlServer:
             relay=self.relay,
             stun_socket=self._stun_sock,
         )
+        base = uvicorn_protocol(self.relay.server) if self.relay is not None else H11Protocol
         config = uvicorn.Config(
             create_app(ctx),
-            http=uvicorn_protocol(self.relay.server) if self.relay is not None else "auto",
+            http=head_timeout_protocol(base, opts.head_timeout_s),
+            limit_concurrency=opts.max_connections,
+            backlog=LISTEN_BACKLOG,
+            timeout_keep_alive=KEEP_ALIVE_S,
+            h11_max_incomplete_event_size=MAX_HEAD_BYTES,
             lifespan="on",
             access_log=opts.access_log,
             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),

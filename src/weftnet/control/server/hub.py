@@ -120,6 +120,7 @@ class Hub:
         self.current_generation = -1  # the generation ``current`` was built at
         self.relays = RelayRegistry()  # standalone relays (the relay map after our own)
         self.closed = False
+        self.on_close: list[Callable[[], None]] = []  # called once, at shutdown
         self._built = asyncio.Event()  # set (and replaced) after every rebuild
         self._watchers: list[Callable[[NetMap], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -140,6 +141,9 @@ class Hub:
 
     def close(self) -> None:
         """End every stream and long-poll (server shutdown). Call on the hub's loop."""
+        if not self.closed:
+            for callback in self.on_close:
+                callback()
         self.closed = True
         for sub in list(self._subs):
             sub.close()

@@ -20,6 +20,7 @@ streams are fed by the hub.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import socket
@@ -36,11 +37,19 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control.domain import netmap
+from weftnet.control.domain import credentials, netmap
 from weftnet.control.server import admin_api
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
+from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
+from weftnet.control.server.logins import RECHECK_S, LoginLimiter, LoginWaiters, TooManyLogins
 from weftnet.control.server.relayhost import EmbeddedRelay
-from weftnet.control.service import ControlService, Refused, Registered, ServiceError
+from weftnet.control.service import (
+    ControlService,
+    Refused,
+    Registered,
+    ServiceError,
+    Unauthorized,
+)
 from weftnet.control.store.sql import redact_error
 from weftnet.stun import server as stunserver
 
@@ -67,6 +76,13 @@ class ControlContext:
     clock: Callable[[], float] = time.time
     relay: EmbeddedRelay | None = None  # the server's own relay, if it runs one
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
+    logins: LoginLimiter | None = None  # None: made from the service's pending-login TTL
+    waiters: LoginWaiters = field(default_factory=LoginWaiters)
+
+    def __post_init__(self) -> None:
+        if self.logins is None:
+            self.logins = LoginLimiter(self.service.settings.pending_ttl_s)
+        self.hub.on_close.append(self.waiters.close)
 
     def base_url(self, request: Request) -> str:
         """The server's URL for this client: ``--server-url``, else what it asked for."""
@@ -208,10 +224,28 @@ def create_app(ctx: ControlContext) -> FastAPI:
             ctx.hub,
             ctx.clock,
             lambda r: ctx.own_relays(ctx.base_url(r)),
+            on_login_approved=ctx.waiters.approved,
         ),
         prefix="/api/v1",
     )
     admin_api.install_error_handlers(app)
+
+    async def authenticate(token: str) -> str | None:
+        try:
+            await anyio.to_thread.run_sync(ctx.service.check_api_key, token, ctx.clock())
+        except Unauthorized as e:
+            return str(e)
+        except ServiceError:
+            return None  # e.g. the database is busy: the route's own check answers
+        return None
+
+    # Bodies are limited, and admin keys checked, before any body is read (H2).
+    app.add_middleware(
+        BodyLimits,
+        authenticate=authenticate,
+        node_limit=MAX_BODY,
+        admin_limit=ADMIN_BODY_LIMIT,
+    )
     return app
 
 
@@ -261,11 +295,13 @@ async def _open(ctx: ControlContext, request: Request, machine_public: bytes, mo
 R = TypeVar("R")
 
 
-async def _call(fn: Callable[..., R], *args: Any) -> R:
+async def _call(
+    fn: Callable[..., R], *args: Any, limiter: anyio.CapacityLimiter | None = None
+) -> R:
     """Run a service rule in a worker thread; a protocol refusal becomes SealedRefusal, and
     so does any other failure (as ``server_error``: the node retries, it is not logged out)."""
     try:
-        return await anyio.to_thread.run_sync(fn, *args)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=limiter)
     except Refused as e:
         raise SealedRefusal(str(e), e.kind) from None
     except ServiceError as e:  # e.g. Conflict: the database stayed busy
@@ -282,18 +318,43 @@ async def _register(
 ) -> tailcfg.RegisterResponse:
     machine_key = controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, machine_public)
     base_url = ctx.base_url(request)
+    assert ctx.logins is not None
+    source = netmap.normalize_ip(request.client.host) if request.client else ""
+    interactive = not (req.followup or req.auth_key or req.logout)
+    reserved = False
+    if interactive:
+        try:
+            reserved = ctx.logins.reserve(source, machine_key)  # before any row is written
+        except TooManyLogins as e:
+            raise SealedRefusal(str(e), tailcfg.ERROR_SERVER) from None
+    code = None
+    if req.followup is not None:
+        with contextlib.suppress(ValueError):  # else the service refuses it
+            code = credentials.code_from_url(req.followup)
     deadline_at = time.monotonic() + ctx.followup_wait_s
+    limiter = None
     while True:
-        generation = ctx.hub.generation
-        outcome = await _call(ctx.service.register, machine_key, req, ctx.clock(), base_url)
+        try:
+            outcome = await _call(
+                ctx.service.register, machine_key, req, ctx.clock(), base_url, limiter=limiter
+            )
+        except SealedRefusal:
+            if reserved:
+                ctx.logins.release(source, machine_key)
+            raise
+        if reserved and (isinstance(outcome, Registered) or outcome.auth_url is None):
+            ctx.logins.release(source, machine_key)  # no login was started
         if isinstance(outcome, Registered):
             return _authorized(ctx, outcome)
-        waiting = req.followup is not None and outcome.error is None
+        waiting = code is not None and outcome.error is None
         remaining_s = deadline_at - time.monotonic()
         if not waiting or remaining_s <= 0 or ctx.hub.closed:
             return outcome
-        # Held open until an admin approves the login (any change wakes us to re-check).
-        await ctx.hub.wait_for_change(generation, remaining_s)
+        assert code is not None
+        # Held open until an admin approves this code (which wakes us), re-checked every
+        # RECHECK_S (another server on the same database may approve it) in few threads.
+        await ctx.waiters.wait(code, min(remaining_s, RECHECK_S))
+        limiter = ctx.waiters.limiter
 
 
 def _authorized(ctx: ControlContext, registered: Registered) -> tailcfg.RegisterResponse:

@@ -132,6 +132,7 @@ class NodeRules:
                     rotated = True
                     return registered(tx, tx.update_node(node.id, node_key=req.node_key))
             tx.delete_expired_pending(now)
+            tx.delete_open_pending(machine_key)  # one open login per machine: the newest
             code = credentials.new_code(self.db.random)
             tx.add_pending(
                 NewPending(

@@ -475,6 +475,12 @@ class SqlTx:
         p = m.pending_registrations
         return self.conn.execute(delete(p).where(p.c.expires_at <= now)).rowcount
 
+    def delete_open_pending(self, machine_key: str) -> int:
+        """Delete this machine's pending logins not approved yet."""
+        p = m.pending_registrations
+        query = delete(p).where(p.c.machine_key == machine_key, p.c.node_id.is_(None))
+        return self.conn.execute(query).rowcount
+
     # settings
 
     def get_setting(self, name: str) -> str | None:
