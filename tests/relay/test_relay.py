@@ -135,6 +135,38 @@ def test_forged_client_info_is_refused_before_admission() -> None:
     run(scenario())
 
 
+def test_captured_client_info_replayed_on_a_new_connection_is_refused() -> None:
+    async def scenario() -> None:
+        asked: list[bytes] = []
+
+        async def admit(key: bytes) -> bool:
+            asked.append(key)
+            return True
+
+        async with relay(admit) as (server, port), node(port) as (peer, _, _):
+            await _connected(peer)
+            victim_private, victim_key = keypair()
+            victim = await RawConn.open(port)
+            assert isinstance(await victim.handshake(victim_private), p.ServerInfo)
+            await until(lambda: server.client(victim_key) is not None)
+            before = _stats(server, victim_key)
+            for _ in range(2):  # at once, and again later: refused both times
+                replayer = await RawConn.open(port)
+                assert await replayer.replay(victim.sent_info) == p.Error(p.CHALLENGE_MISMATCH)
+                assert replayer.challenge != victim.challenge
+                assert await replayer.frames_until_eof() == []
+                replayer.close()
+            assert asked.count(victim_key) == 1  # the replay never reached admission
+            # The victim keeps its slot and its packets.
+            assert _stats(server, victim_key).connected_at == before.connected_at
+            assert peer.send(victim_key, b"for the victim")
+            got = await victim.next_frame()
+            assert isinstance(got, p.RecvPacket) and got.packet == b"for the victim"
+            victim.close()
+
+    run(scenario())
+
+
 def test_malformed_frame_closes_only_that_connection() -> None:
     async def scenario() -> None:
         async with (

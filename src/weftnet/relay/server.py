@@ -3,7 +3,8 @@
 Theory of operation: ``handle(reader, writer)`` runs one client connection once its
 transport is up (after the HTTP upgrade; ``serve_tcp`` does that upgrade itself for a
 plain TCP listener). The server sends SERVER_KEY, waits CLIENT_INFO_TIMEOUT_S for
-CLIENT_INFO, opens its box with the claimed node key (proof of the private half), asks
+CLIENT_INFO, opens its box with the claimed node key (proof of the private half), checks
+that it holds the random challenge this connection's SERVER_KEY carried (no replay), asks
 ``admit(key)`` (the coordination server's verdict: known, not expired, not revoked) and
 answers SERVER_INFO. A refusal is one ERROR frame, then the connection closes.
 
@@ -187,7 +188,6 @@ class RelayServer:
         self.admit_timeout_s = admit_timeout_s
         self._clock = clock
         self._entropy = entropy
-        self._server_key_frame = p.ServerKey(self.public_key).pack()
         self._conns: dict[bytes, _Conn] = {}
         self._handlers: set[asyncio.Task[object]] = set()  # every connection's task
         self._handshaking: set[asyncio.Task[object]] = set()  # those not yet admitted
@@ -325,7 +325,8 @@ class RelayServer:
     ) -> tuple[_Conn | None, p.FrameDecoder, list[p.Frame]]:
         """The handshake; a refusal writes ERROR and returns no connection."""
         decoder = p.FrameDecoder()
-        writer.write(self._server_key_frame)
+        challenge = self._entropy(p.CHALLENGE_LEN)  # fresh per connection: no replays
+        writer.write(p.ServerKey(self.public_key, challenge).pack())
         await writer.drain()
         try:
             async with asyncio.timeout(self.client_info_timeout_s):
@@ -343,9 +344,10 @@ class RelayServer:
         if not isinstance(first, p.ClientInfo):
             return self._refuse(writer, "expected CLIENT_INFO first"), decoder, []
         try:
-            hello = first.open(self._private_key)
-        except ProtocolError:
-            return self._refuse(writer, FORGED_INFO), decoder, []
+            hello = first.open(self._private_key, challenge)
+        except ProtocolError as e:
+            reason = p.CHALLENGE_MISMATCH if str(e) == p.CHALLENGE_MISMATCH else FORGED_INFO
+            return self._refuse(writer, reason), decoder, []
         key = first.node_key
         self._admitting[key] = self._admitting.get(key, 0) + 1
         try:
