@@ -97,7 +97,7 @@ def test_serve_relay_flags_reach_the_relay_map_and_the_relay(server: Control) ->
             assert c.server_hello is not None and c.server_hello.rate_bytes_per_s == 1_500_000
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.settimeout(5)
-            s.sendto(stun.binding_request(b"c" * 12), ("127.0.0.1", STUN_PORT))
+            s.sendto(stun.binding_request(b"c" * 12, "weftnet"), ("127.0.0.1", STUN_PORT))
             assert stun.parse_response(s.recv(1500)) == (
                 b"c" * 12,
                 ("127.0.0.1", s.getsockname()[1]),

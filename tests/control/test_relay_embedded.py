@@ -245,24 +245,25 @@ async def test_stun_answers_binding_requests_with_the_source_address_and_ignores
     )
     try:
         me = transport.get_extra_info("sockname")
-        request = stun.binding_request(b"f" * 12)
+        request = stun.binding_request(b"f" * 12, "weftnet")
         bad_fingerprint = request[:-1] + bytes([request[-1] ^ 0xFF])
         garbage = [
             b"",
             b"\x00",
             b"hello, is this STUN?",
             stun.binding_response(b"r" * 12, ("1.2.3.4", 5)),  # a response, not a request
-            stun.binding_request(b"t" * 12)[:-4],  # truncated
+            stun.binding_request(b"t" * 12, "weftnet")[:-4],  # truncated
+            stun.binding_request(b"s" * 12),  # 28 bytes: shorter than its 40-byte answer
             bad_fingerprint,
             bytes(20) + b"\x00" * 1400,
         ]
         for datagram in garbage:
             transport.sendto(datagram)
-        transport.sendto(stun.binding_request(b"x" * 12, "test"))
+        transport.sendto(stun.binding_request(b"x" * 12, "weftnet"))
         answer = await asyncio.wait_for(proto.received.get(), 2)
         assert stun.parse_response(answer) == (b"x" * 12, ("127.0.0.1", me[1]))
         assert proto.received.empty()  # nothing came back for the garbage
-        transport.sendto(stun.binding_request(b"y" * 12))
+        transport.sendto(stun.binding_request(b"y" * 12, "weftnet"))
         answer = await asyncio.wait_for(proto.received.get(), 2)
         assert stun.parse_response(answer)[0] == b"y" * 12  # still serving
     finally:

@@ -192,7 +192,7 @@ async def test_a_standalone_relay_registers_admits_known_keys_and_cuts_off_delet
     )
     try:
         transport.sendto(b"not stun")
-        transport.sendto(stun.binding_request(b"s" * 12))
+        transport.sendto(stun.binding_request(b"s" * 12, "weftnet"))
         answer = await asyncio.wait_for(proto.received.get(), 2)
         me = transport.get_extra_info("sockname")
         assert stun.parse_response(answer) == (b"s" * 12, ("127.0.0.1", me[1]))

@@ -188,7 +188,11 @@ def test_relay_command_usage_errors(
         assert len(err.strip().splitlines()) == 1
 
 
-REQUESTS = st.binary(min_size=12, max_size=12).map(stun.binding_request)
+REQUESTS = st.builds(
+    stun.binding_request,
+    st.binary(min_size=12, max_size=12),
+    st.sampled_from([None, "weftnet", "weftnet, padded to an IPv6 answer"]),
+)
 DATAGRAMS = st.one_of(
     st.binary(max_size=200),
     REQUESTS,
@@ -198,7 +202,10 @@ DATAGRAMS = st.one_of(
 )
 
 
-@given(DATAGRAMS, st.sampled_from([("127.0.0.1", 1), ("::ffff:10.0.0.1", 9, 0, 0)]))
+ADDRS = [("127.0.0.1", 1), ("::ffff:10.0.0.1", 9, 0, 0), ("2001:db8::1", 7, 0, 0)]
+
+
+@given(DATAGRAMS, st.sampled_from(ADDRS))
 def test_the_stun_server_answers_binding_requests_only_and_never_raises(
     data: bytes, addr: tuple[Any, ...]
 ) -> None:
@@ -207,10 +214,70 @@ def test_the_stun_server_answers_binding_requests_only_and_never_raises(
         txid, mapped = stun.parse_response(answer)
         assert stun.parse_request(data) == txid
         assert mapped == (addr[0].removeprefix("::ffff:"), addr[1])
+        assert len(answer) <= len(data)  # no amplification
+
+
+def test_the_stun_server_ignores_requests_shorter_than_their_answer() -> None:
+    v4, v6 = ("192.0.2.7", 4500), ("2001:db8::1", 4500, 0, 0)
+    bare = stun.binding_request(b"q" * 12)  # 28 bytes
+    own = stun.binding_request(b"q" * 12, "weftnet")  # what weftnet nodes send: 40 bytes
+    long = stun.binding_request(b"q" * 12, "x" * 20)  # 52 bytes
+    assert (len(bare), len(own), len(long)) == (28, 40, 52)
+    assert StunServer.answer(bare, v4) is None and StunServer.answer(bare, v6) is None
+    assert len(StunServer.answer(own, v4) or b"") == 40
+    assert StunServer.answer(own, v6) is None  # the IPv6 answer is 52 bytes
+    assert len(StunServer.answer(long, v6) or b"") == 52
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.to: list[Any] = []
+
+    def sendto(self, data: bytes, addr: Any) -> None:
+        self.to.append(addr)
+
+
+def _stun(clock: FakeClock, **kw: Any) -> tuple[StunServer, _Sent]:
+    server, sent = StunServer(clock=clock, **kw), _Sent()
+    server.connection_made(sent)  # type: ignore[arg-type]
+    return server, sent
+
+
+def test_the_stun_server_answers_at_most_its_rate_per_source() -> None:
+    clock = FakeClock()
+    server, sent = _stun(clock, rate_per_s=10, burst=20)
+    request = stun.binding_request(b"r" * 12, "weftnet")
+    a, b = ("198.51.100.1", 1000), ("198.51.100.2", 1000)
+    for _ in range(100):  # 100 at once from one source: the burst is answered, no more
+        server.datagram_received(request, a)
+    assert sent.to.count(a) == 20 and server.limited == 80
+    server.datagram_received(request, b)  # another source is not held back
+    assert sent.to.count(b) == 1
+    for _ in range(50):  # 5 s at 100 requests/s: 10 answers per second
+        clock.advance(0.1)
+        for _ in range(10):
+            server.datagram_received(request, a)
+    assert sent.to.count(a) == 20 + 50
+    assert server.answered == 71 and server.ignored == 0
+
+
+def test_the_stun_server_limits_an_ipv6_64_as_one_source_and_remembers_few() -> None:
+    clock = FakeClock()
+    server, sent = _stun(clock, rate_per_s=1, burst=2, max_sources=3)
+    request = stun.binding_request(b"r" * 12, "x" * 20)
+    for i in range(10):  # spoofed addresses in one /64 share one bucket
+        server.datagram_received(request, (f"2001:db8::{i + 1:x}", 9, 0, 0))
+    assert len(sent.to) == 2
+    for i in range(5):  # a table full of busy sources refuses newcomers
+        server.datagram_received(request, (f"203.0.113.{i}", 9))
+    assert len(sent.to) == 2 + 2 and server.limited == 8 + 3
+    clock.advance(3)  # once the buckets have refilled they are forgotten
+    server.datagram_received(request, ("203.0.113.9", 9))
+    assert len(sent.to) == 5
 
 
 def test_the_stun_server_answers_a_request_in_the_plain_ipv4_of_a_dual_stack_socket() -> None:
-    request = stun.binding_request(b"q" * 12, "client")
+    request = stun.binding_request(b"q" * 12, "client, padded to 52 bytes")
     answer = StunServer.answer(request, ("::ffff:192.0.2.7", 4500, 0, 0))
     assert answer is not None
     assert stun.parse_response(answer) == (b"q" * 12, ("192.0.2.7", 4500))

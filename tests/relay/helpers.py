@@ -74,6 +74,8 @@ class RawConn:
         self.decoder = FrameDecoder()
         self.pending: list[Frame] = []
         self.server_key = b""
+        self.challenge = b""
+        self.sent_info = b""  # the CLIENT_INFO frame handshake() sent, as on the wire
 
     @classmethod
     async def open(cls, port: int, rcvbuf: int | None = None) -> RawConn:
@@ -104,11 +106,22 @@ class RawConn:
         """Read SERVER_KEY, send CLIENT_INFO (claiming ``claim`` if given); the answer."""
         first = await self.next_frame()
         assert isinstance(first, ServerKey)
-        self.server_key = first.key
-        info = ClientInfo.create(node_private, first.key, ClientHello(1, False), os.urandom(24))
+        self.server_key, self.challenge = first.key, first.challenge
+        info = ClientInfo.create(
+            node_private, first.key, ClientHello(2, False, first.challenge), os.urandom(24)
+        )
         if claim is not None:
             info = ClientInfo(claim, info.nonce, info.sealed)
-        self.writer.write(info.pack())
+        self.sent_info = info.pack()
+        self.writer.write(self.sent_info)
+        return await self.next_frame()
+
+    async def replay(self, captured: bytes) -> Frame:
+        """Read SERVER_KEY, send ``captured`` bytes as they are; the answer."""
+        first = await self.next_frame()
+        assert isinstance(first, ServerKey)
+        self.server_key, self.challenge = first.key, first.challenge
+        self.writer.write(captured)
         return await self.next_frame()
 
     async def frames_until_eof(self, timeout: float = 5.0) -> list[Frame]:

@@ -12,10 +12,11 @@ from weftnet.relay import protocol as p
 from weftnet.wireguard.errors import ProtocolError
 
 keys = st.binary(min_size=32, max_size=32)
+challenges = st.binary(min_size=p.CHALLENGE_LEN, max_size=p.CHALLENGE_LEN)
 packets = st.binary(max_size=2000) | st.binary(min_size=p.MAX_PACKET, max_size=p.MAX_PACKET)
 
 frames: st.SearchStrategy[p.Frame] = st.one_of(
-    st.builds(p.ServerKey, keys),
+    st.builds(p.ServerKey, keys, challenges),
     st.builds(
         p.ClientInfo,
         keys,
@@ -122,8 +123,9 @@ def test_largest_payload_is_accepted() -> None:
     [
         (p.HEADER.pack(0x00, 0), "unknown"),
         (p.HEADER.pack(0x0C, 0), "unknown"),
-        (p.HEADER.pack(p.SERVER_KEY, 40) + b"WEFTRLY2" + bytes(32), "magic"),
-        (p.HEADER.pack(p.SERVER_KEY, 39) + b"WEFTRLY1" + bytes(31), "40 bytes"),
+        (p.HEADER.pack(p.SERVER_KEY, 64) + b"WEFTRLY2" + bytes(56), "magic"),
+        (p.HEADER.pack(p.SERVER_KEY, 63) + b"WEFTRLY1" + bytes(55), "64 bytes"),
+        (p.HEADER.pack(p.SERVER_KEY, 40) + b"WEFTRLY1" + bytes(32), "older relay protocol"),
         (p.HEADER.pack(p.KEEPALIVE, 1) + b"\x00", "empty"),
         (p.HEADER.pack(p.NOTE_PREFERRED, 1) + b"\x02", "0 or 1"),
         (p.HEADER.pack(p.PING, 7) + bytes(7), "8 bytes"),
@@ -142,7 +144,8 @@ def test_malformed_frames_say_why(raw: bytes, why: str) -> None:
 @pytest.mark.parametrize(
     "frame",
     [
-        p.ServerKey(bytes(31)),
+        p.ServerKey(bytes(31), bytes(24)),
+        p.ServerKey(bytes(32), bytes(23)),
         p.SendPacket(bytes(32), bytes(p.MAX_PACKET + 1)),
         p.RecvPacket(bytes(33), b""),
         p.PeerGone(bytes(32), 256),
@@ -155,29 +158,64 @@ def test_pack_refuses_what_unpack_would(frame: p.Frame) -> None:
         frame.pack()
 
 
+CH = bytes(range(24))  # a challenge
+
+
 def test_client_info_proves_the_node_key() -> None:
     server_priv, server_pub = keypair()
     node_priv, node_pub = keypair()
-    info = p.ClientInfo.create(node_priv, server_pub, p.ClientHello(1, True), bytes(24))
+    info = p.ClientInfo.create(node_priv, server_pub, p.ClientHello(2, True, CH), bytes(24))
     assert info.node_key == node_pub
     wire = p.ClientInfo.unpack(info.pack())
-    assert wire.open(server_priv) == p.ClientHello(1, True)
+    assert wire.open(server_priv, CH) == p.ClientHello(2, True, CH)
 
 
 def test_client_info_claiming_another_key_does_not_open() -> None:
     server_priv, server_pub = keypair()
     attacker_priv, _ = keypair()
     _, victim_pub = keypair()
-    made = p.ClientInfo.create(attacker_priv, server_pub, p.ClientHello(1, False), bytes(24))
+    made = p.ClientInfo.create(attacker_priv, server_pub, p.ClientHello(2, False, CH), bytes(24))
     forged = p.ClientInfo(victim_pub, made.nonce, made.sealed)
     with pytest.raises(ProtocolError, match="does not open"):
-        p.ClientInfo.unpack(forged.pack()).open(server_priv)
+        p.ClientInfo.unpack(forged.pack()).open(server_priv, CH)
+
+
+@given(challenges, challenges)
+@settings(max_examples=25)
+def test_client_info_opens_only_with_its_own_challenge(made_for: bytes, asked: bytes) -> None:
+    server_priv, server_pub = _SERVER
+    info = p.ClientInfo.create(_NODE[0], server_pub, p.ClientHello(2, False, made_for), CH)
+    wire = p.ClientInfo.unpack(info.pack())
+    if made_for == asked:
+        assert wire.open(server_priv, asked).challenge == asked
+    else:
+        with pytest.raises(ProtocolError, match="challenge"):
+            wire.open(server_priv, asked)
+
+
+_SERVER, _NODE = keypair(), keypair()
+
+
+@pytest.mark.parametrize("challenge", [None, 7, "", "zz" * 24, "\u00e9" * 48, CH.hex()[:-2]])
+def test_client_info_without_the_challenge_is_refused(challenge: object) -> None:
+    server_priv, server_pub = _SERVER
+    body: dict[str, object] = {"version": 2, "preferred": False}
+    if challenge is not None:
+        body["challenge"] = challenge
+    sealed = p._seal(_NODE[0], server_pub, body, CH)
+    with pytest.raises(ProtocolError, match="challenge"):
+        p.ClientInfo(_NODE[1], CH, sealed).open(server_priv, CH)
+
+
+def test_client_hello_with_a_short_challenge_is_not_made() -> None:
+    with pytest.raises(ProtocolError, match="challenge"):
+        p.ClientInfo.create(_NODE[0], _SERVER[1], p.ClientHello(2, False, bytes(23)), CH)
 
 
 def test_server_info_proves_the_server_key() -> None:
     server_priv, server_pub = keypair()
     node_priv, node_pub = keypair()
-    hello = p.ServerHello(1, 1000, 2000)
+    hello = p.ServerHello(2, 1000, 2000)
     info = p.ServerInfo.create(server_priv, node_pub, hello, bytes(range(24)))
     assert p.ServerInfo.unpack(info.pack()).open(node_priv, server_pub) == hello
     _, other_pub = keypair()
@@ -185,9 +223,11 @@ def test_server_info_proves_the_server_key() -> None:
         info.open(node_priv, other_pub)
 
 
-def test_boxed_hello_of_another_version_is_refused() -> None:
+@pytest.mark.parametrize("version", [1, 3])
+def test_boxed_hello_of_another_version_is_refused(version: int) -> None:
     server_priv, server_pub = keypair()
     node_priv, _ = keypair()
-    info = p.ClientInfo.create(node_priv, server_pub, p.ClientHello(2, False), bytes(24))
+    hello = p.ClientHello(version, False, CH)
+    info = p.ClientInfo.create(node_priv, server_pub, hello, bytes(24))
     with pytest.raises(ProtocolError, match="version"):
-        info.open(server_priv)
+        info.open(server_priv, CH)

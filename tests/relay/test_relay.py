@@ -135,6 +135,38 @@ def test_forged_client_info_is_refused_before_admission() -> None:
     run(scenario())
 
 
+def test_captured_client_info_replayed_on_a_new_connection_is_refused() -> None:
+    async def scenario() -> None:
+        asked: list[bytes] = []
+
+        async def admit(key: bytes) -> bool:
+            asked.append(key)
+            return True
+
+        async with relay(admit) as (server, port), node(port) as (peer, _, _):
+            await _connected(peer)
+            victim_private, victim_key = keypair()
+            victim = await RawConn.open(port)
+            assert isinstance(await victim.handshake(victim_private), p.ServerInfo)
+            await until(lambda: server.client(victim_key) is not None)
+            before = _stats(server, victim_key)
+            for _ in range(2):  # at once, and again later: refused both times
+                replayer = await RawConn.open(port)
+                assert await replayer.replay(victim.sent_info) == p.Error(p.CHALLENGE_MISMATCH)
+                assert replayer.challenge != victim.challenge
+                assert await replayer.frames_until_eof() == []
+                replayer.close()
+            assert asked.count(victim_key) == 1  # the replay never reached admission
+            # The victim keeps its slot and its packets.
+            assert _stats(server, victim_key).connected_at == before.connected_at
+            assert peer.send(victim_key, b"for the victim")
+            got = await victim.next_frame()
+            assert isinstance(got, p.RecvPacket) and got.packet == b"for the victim"
+            victim.close()
+
+    run(scenario())
+
+
 def test_malformed_frame_closes_only_that_connection() -> None:
     async def scenario() -> None:
         async with (
@@ -307,39 +339,97 @@ def test_flooding_client_is_rate_limited_and_others_still_get_through() -> None:
     run(scenario())
 
 
-def test_send_queue_of_a_client_that_does_not_read_is_bounded() -> None:
+def test_a_reader_that_stalls_costs_at_most_its_byte_cap_and_is_dropped() -> None:
     async def scenario() -> None:
-        queue = 16
+        queue = 128 * 1024
         async with (
-            relay(queue_packets=queue) as (server, port),
-            node(port) as (
-                sender,
-                _,
-                _,
-            ),
+            relay(queue_bytes=queue, write_timeout_s=1.0) as (server, port),
+            node(port) as (sender, _, _),
+            node(port) as (_, c_in, c_key),
         ):
             await _connected(sender)
+            await until(lambda: server.client(c_key) is not None)
             slow_private, slow_key = keypair()
             slow = await RawConn.open(port, rcvbuf=4096)
             assert isinstance(await slow.handshake(slow_private), p.ServerInfo)
             await until(lambda: server.client(slow_key) is not None)
 
-            def drops() -> int:
+            def stalled() -> bool:
                 s = server.client(slow_key)
-                assert s is not None and s.queued <= queue
-                return s.drops_queue
+                assert s is not None and s.queued_bytes <= queue
+                return s.drops_queue > 0 and s.queued_bytes > queue // 2
 
-            for _ in range(400):  # at most 400 x 100 x 1 kB = 40 MB, far beyond socket buffers
-                if drops() > 0:
+            for i in range(400):  # at most 400 x 50 x 8 kB = 160 MB, far beyond socket buffers
+                if stalled():
                     break
-                for _ in range(100):
-                    sender.send(slow_key, bytes(1000))
+                for _ in range(50):
+                    sender.send(slow_key, bytes(8000))
+                sender.send(c_key, b"c%d" % i)
                 await asyncio.sleep(0.005)
-            assert drops() > 0
+            assert stalled()
+            peak = _stats(server, slow_key).queued_bytes_peak
+            assert queue // 2 < peak <= queue and server.budget.peak <= queue + 64 * 1024
+            # It never reads again: dropped after the write timeout, its bytes released.
+            t = await until(lambda: server.client(slow_key) is None, timeout=5.0)
+            assert t < 3.0
+            await until(lambda: server.budget.used < 1000)
+            # Meanwhile the others were unaffected.
+            await until(lambda: len(c_in.packets) == i, what="c's packets")
+            assert i > 0 and c_in.payloads() == [b"c%d" % k for k in range(i)]
             assert sender.connected and sender.connections == 1
             slow.close()
 
     run(scenario(), timeout=30)
+
+
+def test_the_byte_budget_is_shared_by_all_queues() -> None:
+    async def scenario() -> None:
+        queue = 128 * 1024
+        async with (
+            relay(queue_bytes=queue, total_queue_bytes=queue, write_timeout_s=5.0) as (
+                server,
+                port,
+            ),
+            node(port) as (sender, _, _),
+        ):
+            await _connected(sender)
+            stalled = []
+            for _ in range(2):
+                private, key = keypair()
+                raw = await RawConn.open(port, rcvbuf=4096)
+                assert isinstance(await raw.handshake(private), p.ServerInfo)
+                stalled.append((raw, key))
+            await until(lambda: len(server.clients()) == 3)
+            for _ in range(200):
+                if all(s.drops_queue for s in server.clients() if s.node_key != sender.node_key):
+                    break
+                for _, key in stalled:
+                    for _ in range(20):
+                        sender.send(key, bytes(8000))
+                await asyncio.sleep(0.005)
+            assert server.budget.peak <= queue
+            queued = [_stats(server, key) for _, key in stalled]
+            assert sum(s.queued_bytes for s in queued) <= queue
+            assert all(s.drops_queue for s in queued)
+            for raw, _ in stalled:
+                raw.close()
+
+    run(scenario(), timeout=30)
+
+
+def test_packets_to_oneself_are_dropped_and_counted() -> None:
+    async def scenario() -> None:
+        async with relay() as (server, port), node(port) as (a, a_in, a_key):
+            await _connected(a)
+            for _ in range(10):
+                assert a.send(a_key, bytes(1000))
+            a.send(bytes(32), b"flush")  # to an absent key: PEER_GONE comes back after them
+            await until(lambda: _stats(server, a_key).drops_no_peer == 1)
+            stats = _stats(server, a_key)
+            assert stats.drops_self == 10 and stats.packets_in == 1 and stats.packets_out == 0
+            assert a_in.packets == []
+
+    run(scenario())
 
 
 def test_peer_gone_not_here_is_throttled_and_disconnected_is_announced() -> None:

@@ -2,10 +2,12 @@
 
 Theory of operation: after the HTTP upgrade on ``/relay`` (see ``upgrade.py``) the TCP
 stream carries frames, each ``type (1) | length (4, big-endian) | payload``. The server
-speaks first with SERVER_KEY (a magic and its X25519 public key). The client answers
-CLIENT_INFO: its node public key, a nonce, and a NaCl box made with the node's private
-key and the server's public key; the box opening under (server private, claimed key) is
-what proves that the client holds the node key. The server answers SERVER_INFO, boxed
+speaks first with SERVER_KEY (a magic, its X25519 public key and a fresh random challenge
+for this connection). The client answers CLIENT_INFO: its node public key, a nonce, and a
+NaCl box made with the node's private key and the server's public key, holding the
+challenge; the box opening under (server private, claimed key) is what proves that the
+client holds the node key, and the challenge inside it that the proof was made for this
+connection (a CLIENT_INFO captured from another connection is refused). The server answers SERVER_INFO, boxed
 the other way, which proves the server holds the key it announced. From then on the
 client sends SEND_PACKET (destination key + opaque datagram) and receives RECV_PACKET
 (source key + datagram); the relay never looks inside a datagram, which is WireGuard
@@ -16,11 +18,13 @@ Every frame type is a frozen, slotted dataclass: ``pack()`` gives the whole fram
 else with ProtocolError, so ``X.unpack(b).pack() == b`` for every ``b`` it accepts.
 ``FrameDecoder`` cuts a byte stream into frames whatever the chunking; it checks a
 header as soon as it has one, so a bad type or an oversized length is refused before
-the payload arrives. Nothing here does I/O or reads a clock; nonces come in as arguments.
+the payload arrives. Nothing here does I/O, reads a clock or draws randomness: nonces and
+challenges come in as arguments.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import struct
 from dataclasses import dataclass
@@ -31,10 +35,11 @@ from nacl.public import Box, PrivateKey, PublicKey
 
 from weftnet.wireguard.errors import ProtocolError
 
-PROTOCOL_VERSION = 1  # the "version" inside CLIENT_INFO and SERVER_INFO
+PROTOCOL_VERSION = 2  # the "version" inside CLIENT_INFO and SERVER_INFO (2: the challenge)
 MAGIC = b"WEFTRLY1"  # first 8 payload bytes of SERVER_KEY: "this is a weft relay, v1 framing"
 KEY_LEN = 32  # X25519 public key (relay server key, node keys)
 NONCE_LEN = 24  # crypto_box nonce
+CHALLENGE_LEN = 24  # SERVER_KEY's per-connection random challenge, echoed in CLIENT_INFO
 BOX_TAG_LEN = 16  # Poly1305 tag that every crypto_box ciphertext carries
 PING_LEN = 8  # opaque PING/PONG payload, echoed back unchanged
 MAX_PACKET = 64 * 1024  # largest relayed datagram (a UDP payload fits)
@@ -56,6 +61,8 @@ ERROR = 0x0B
 
 PEER_GONE_DISCONNECTED = 0  # the peer was connected here and has gone
 PEER_GONE_NOT_HERE = 1  # the peer is not connected to this relay
+
+CHALLENGE_MISMATCH = "CLIENT_INFO does not hold this connection's challenge (a replay?)"
 
 
 def _header(kind: int, payload_len: int) -> bytes:
@@ -83,33 +90,44 @@ def _key(key: bytes, what: str) -> None:
         raise ProtocolError(f"{what} must be {KEY_LEN} bytes, got {len(key)}")
 
 
+_SERVER_KEY_LEN = len(MAGIC) + KEY_LEN + CHALLENGE_LEN  # 64
+
+
 @dataclass(frozen=True, slots=True)
 class ServerKey:
-    """0x01, server -> client, first frame: MAGIC (8) + server public key (32)."""
+    """0x01, server -> client, first frame: MAGIC (8) + server public key (32) +
+    challenge (24), fresh and random for every connection."""
 
     TYPE: ClassVar[int] = SERVER_KEY
     key: bytes
+    challenge: bytes
 
     def pack(self) -> bytes:
         _key(self.key, "server key")
-        return _header(SERVER_KEY, len(MAGIC) + KEY_LEN) + MAGIC + self.key
+        if len(self.challenge) != CHALLENGE_LEN:
+            raise ProtocolError(f"a challenge is {CHALLENGE_LEN} bytes")
+        return _header(SERVER_KEY, _SERVER_KEY_LEN) + MAGIC + self.key + self.challenge
 
     @classmethod
     def unpack(cls, data: bytes) -> ServerKey:
         p = _payload(data, SERVER_KEY, "SERVER_KEY")
-        if len(p) != len(MAGIC) + KEY_LEN:
-            raise ProtocolError(f"SERVER_KEY payload must be 40 bytes, got {len(p)}")
+        if len(p) != _SERVER_KEY_LEN:
+            raise ProtocolError(
+                f"SERVER_KEY payload must be {_SERVER_KEY_LEN} bytes, got {len(p)}"
+                " (an older relay protocol?)"
+            )
         if p[: len(MAGIC)] != MAGIC:
             raise ProtocolError("SERVER_KEY magic is wrong: not a weft relay")
-        return cls(p[len(MAGIC) :])
+        return cls(p[len(MAGIC) : len(MAGIC) + KEY_LEN], p[len(MAGIC) + KEY_LEN :])
 
 
 @dataclass(frozen=True, slots=True)
 class ClientHello:
-    """What CLIENT_INFO's box holds."""
+    """What CLIENT_INFO's box holds: ``challenge`` is SERVER_KEY's, echoed."""
 
     version: int
     preferred: bool
+    challenge: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +164,10 @@ def _open(private_key: bytes, peer_public: bytes, nonce: bytes, sealed: bytes) -
 
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
-    """0x02, client -> server: node key (32) + nonce (24) + box(JSON ClientHello)."""
+    """0x02, client -> server: node key (32) + nonce (24) + box(JSON ClientHello).
+
+    The JSON is {"version": 2, "preferred": bool, "challenge": hex of SERVER_KEY's}.
+    """
 
     TYPE: ClassVar[int] = CLIENT_INFO
     node_key: bytes
@@ -158,16 +179,28 @@ class ClientInfo:
         cls, node_private: bytes, server_public: bytes, hello: ClientHello, nonce: bytes
     ) -> ClientInfo:
         node_public = bytes(PrivateKey(node_private).public_key)
-        body = {"version": hello.version, "preferred": hello.preferred}
+        if len(hello.challenge) != CHALLENGE_LEN:
+            raise ProtocolError(f"a challenge is {CHALLENGE_LEN} bytes")
+        body = {
+            "version": hello.version,
+            "preferred": hello.preferred,
+            "challenge": hello.challenge.hex(),
+        }
         return cls(node_public, nonce, _seal(node_private, server_public, body, nonce))
 
-    def open(self, server_private: bytes) -> ClientHello:
-        """The hello, if the box was made with the private half of ``node_key``."""
+    def open(self, server_private: bytes, challenge: bytes) -> ClientHello:
+        """The hello, if the box was made with the private half of ``node_key`` and holds
+        ``challenge`` (the one this connection's SERVER_KEY carried)."""
         body = _open(server_private, self.node_key, self.nonce, self.sealed)
         preferred = body.get("preferred", False)
         if not isinstance(preferred, bool):
             raise ProtocolError("CLIENT_INFO 'preferred' must be true or false")
-        return ClientHello(PROTOCOL_VERSION, preferred)
+        echoed = body.get("challenge")
+        if not isinstance(echoed, str) or not hmac.compare_digest(
+            echoed.encode(), challenge.hex().encode()
+        ):
+            raise ProtocolError(CHALLENGE_MISMATCH)
+        return ClientHello(PROTOCOL_VERSION, preferred, challenge)
 
     def pack(self) -> bytes:
         _key(self.node_key, "node key")

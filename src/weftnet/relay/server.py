@@ -3,7 +3,8 @@
 Theory of operation: ``handle(reader, writer)`` runs one client connection once its
 transport is up (after the HTTP upgrade; ``serve_tcp`` does that upgrade itself for a
 plain TCP listener). The server sends SERVER_KEY, waits CLIENT_INFO_TIMEOUT_S for
-CLIENT_INFO, opens its box with the claimed node key (proof of the private half), asks
+CLIENT_INFO, opens its box with the claimed node key (proof of the private half), checks
+that it holds the random challenge this connection's SERVER_KEY carried (no replay), asks
 ``admit(key)`` (the coordination server's verdict: known, not expired, not revoked) and
 answers SERVER_INFO. A refusal is one ERROR frame, then the connection closes.
 
@@ -11,10 +12,15 @@ An admitted connection is registered under its node key; a newer connection with
 same key replaces the older one. Each connection has two tasks: the reader decodes
 frames and routes every SEND_PACKET to the destination's bounded send queue as
 RECV_PACKET; the writer drains that queue to the socket, sends KEEPALIVE when the queue
-has been quiet for ``keepalive_interval_s``, and closes a client that has sent nothing
-for ``idle_timeout_s`` or has not read for as long. What a client sends passes its own
-token bucket first (limits.py): over the limit, a packet is dropped and counted. A full
-destination queue drops the packet and counts it against the destination. A packet for
+has been quiet for ``keepalive_interval_s``, closes a client that has sent nothing for
+``idle_timeout_s``, and drops one that has not taken WRITE_CHUNK bytes off the socket
+within ``write_timeout_s`` (a slow or stalled reader). What a client sends passes its
+own token bucket first (limits.py): over the limit, a packet is dropped and counted.
+Queues are bounded in bytes: a frame counts from when it is queued until the socket has
+taken it, and a destination over its ``queue_bytes``, or all queues together over
+``total_queue_bytes``, drops the packet and counts it against the destination. So a
+client that never reads holds at most ``queue_bytes`` of the relay's memory, for at
+most ``write_timeout_s``. A packet a client addresses to itself is dropped and counted. A packet for
 a key that is not connected here is answered with PEER_GONE(not here), at most once per
 PEER_GONE_INTERVAL_S per key. When a client leaves, every client that sent to it is told
 PEER_GONE(disconnected).
@@ -55,7 +61,10 @@ log = logging.getLogger(__name__)
 
 DEFAULT_RATE_BYTES_PER_S = 25_000_000  # 200 Mbit/s of datagrams per client
 DEFAULT_BURST_BYTES = 2 * 1024 * 1024  # a client may send this much at once
-DEFAULT_QUEUE_PACKETS = 512  # frames waiting for one client before its packets drop
+DEFAULT_QUEUE_BYTES = 1024 * 1024  # frame bytes waiting for one client before drops
+DEFAULT_TOTAL_QUEUE_BYTES = 256 * 1024 * 1024  # all clients' queues together
+WRITE_TIMEOUT_S = 2.0  # a client that does not take WRITE_CHUNK bytes this fast is dropped
+WRITE_CHUNK = 64 * 1024  # frame bytes written to the socket between drains
 KEEPALIVE_INTERVAL_S = 15.0  # a quiet connection gets a KEEPALIVE this often
 IDLE_TIMEOUT_S = 60.0  # a client silent (or not reading) this long is closed
 CLIENT_INFO_TIMEOUT_S = 5.0  # from accept to CLIENT_INFO (and for the HTTP head)
@@ -87,21 +96,24 @@ class ClientStats:
     drops_queue: int  # packets to it dropped because its send queue was full
     drops_no_peer: int  # its packets to keys not connected here
     queued: int  # frames waiting in its send queue now
+    queued_bytes: int  # bytes of frames queued to it and not yet taken by its socket
+    drops_self: int  # its packets addressed to its own key (dropped)
+    queued_bytes_peak: int  # the most queued_bytes has been
 
 
 class _Conn:
     """The server's state for one admitted connection."""
 
     __slots__ = (
-        "bucket", "bytes_in", "bytes_out", "close_reason", "connected_at", "drops_no_peer",
-        "drops_queue", "drops_rate", "key", "last_rx", "packets_in", "packets_out",
-        "preferred", "queue", "queue_limit", "remote", "senders", "tasks", "throttle",
-        "wake", "writer",
+        "bucket", "budget", "bytes_in", "bytes_out", "close_reason", "connected_at",
+        "drops_no_peer", "drops_queue", "drops_rate", "drops_self", "key", "last_rx",
+        "packets_in", "packets_out", "preferred", "queue", "queue_limit", "queued_bytes",
+        "queued_bytes_peak", "remote", "senders", "tasks", "throttle", "wake", "writer",
     )  # fmt: skip
 
     def __init__(
         self, key: bytes, writer: asyncio.StreamWriter, preferred: bool, now: float,
-        bucket: TokenBucket, queue_limit: int,
+        bucket: TokenBucket, queue_limit: int, budget: _Budget,
     ) -> None:  # fmt: skip
         self.key = key
         self.writer = writer
@@ -112,20 +124,38 @@ class _Conn:
         self.bucket = bucket
         self.throttle = NoticeThrottle(PEER_GONE_INTERVAL_S)
         self.queue: deque[bytes] = deque()
-        self.queue_limit = queue_limit
+        self.queue_limit = queue_limit  # bytes
+        self.queued_bytes = 0  # queued + being written; counted in budget.used too
+        self.queued_bytes_peak = 0
+        self.budget = budget
         self.wake = asyncio.Event()
         self.senders: set[bytes] = set()
         self.tasks: list[asyncio.Task[None]] = []
         self.close_reason: str | None = None
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
-        self.drops_rate = self.drops_queue = self.drops_no_peer = 0
+        self.drops_rate = self.drops_queue = self.drops_no_peer = self.drops_self = 0
 
     def enqueue(self, frame: bytes) -> bool:
-        if self.close_reason is not None or len(self.queue) >= self.queue_limit:
+        n = len(frame)
+        if (
+            self.close_reason is not None
+            or self.queued_bytes + n > self.queue_limit
+            or self.budget.used + n > self.budget.limit
+        ):
             return False
         self.queue.append(frame)
+        self.queued_bytes += n
+        self.queued_bytes_peak = max(self.queued_bytes_peak, self.queued_bytes)
+        self.budget.used += n
+        self.budget.peak = max(self.budget.peak, self.budget.used)
         self.wake.set()
         return True
+
+    def written(self, n: int) -> None:
+        """``n`` queued bytes have been taken by the socket: no longer held here."""
+        if self.close_reason is None:
+            self.queued_bytes -= n
+            self.budget.used -= n
 
     def close(self, reason: str) -> None:
         """Stop both tasks; the ERROR frame goes out ahead of anything still queued."""
@@ -133,6 +163,8 @@ class _Conn:
             return
         self.close_reason = reason
         self.queue.clear()
+        self.budget.used -= self.queued_bytes
+        self.queued_bytes = 0
         with contextlib.suppress(Exception):
             self.writer.write(p.Error(reason).pack())
         for task in self.tasks:
@@ -142,8 +174,20 @@ class _Conn:
         return ClientStats(
             self.key, self.remote, self.preferred, self.connected_at, self.packets_in,
             self.bytes_in, self.packets_out, self.bytes_out, self.drops_rate,
-            self.drops_queue, self.drops_no_peer, len(self.queue),
+            self.drops_queue, self.drops_no_peer, len(self.queue), self.queued_bytes,
+            self.drops_self, self.queued_bytes_peak,
         )  # fmt: skip
+
+
+class _Budget:
+    """The byte budget that all clients' send queues share."""
+
+    __slots__ = ("limit", "peak", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.peak = 0
 
 
 def _peername(writer: asyncio.StreamWriter) -> str:
@@ -163,7 +207,9 @@ class RelayServer:
         *,
         rate_bytes_per_s: int = DEFAULT_RATE_BYTES_PER_S,
         burst_bytes: int = DEFAULT_BURST_BYTES,
-        queue_packets: int = DEFAULT_QUEUE_PACKETS,
+        queue_bytes: int = DEFAULT_QUEUE_BYTES,
+        total_queue_bytes: int = DEFAULT_TOTAL_QUEUE_BYTES,
+        write_timeout_s: float = WRITE_TIMEOUT_S,
         keepalive_interval_s: float = KEEPALIVE_INTERVAL_S,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         client_info_timeout_s: float = CLIENT_INFO_TIMEOUT_S,
@@ -173,21 +219,24 @@ class RelayServer:
     ) -> None:
         if len(private_key) != p.KEY_LEN:
             raise ValueError("the relay private key is 32 bytes")
-        if queue_packets < 1:
-            raise ValueError("queue_packets must be at least 1")
+        if queue_bytes < p.HEADER_LEN + p.MAX_PAYLOAD:
+            raise ValueError("queue_bytes must hold at least one largest frame")
+        if total_queue_bytes < queue_bytes:
+            raise ValueError("total_queue_bytes must be at least queue_bytes")
         self._private_key = private_key
         self.public_key = bytes(PrivateKey(private_key).public_key)
         self._admit = admit
         self.rate_bytes_per_s = rate_bytes_per_s
         self.burst_bytes = burst_bytes
-        self.queue_packets = queue_packets
+        self.queue_bytes = queue_bytes
+        self.budget = _Budget(total_queue_bytes)
+        self.write_timeout_s = write_timeout_s
         self.keepalive_interval_s = keepalive_interval_s
         self.idle_timeout_s = idle_timeout_s
         self.client_info_timeout_s = client_info_timeout_s
         self.admit_timeout_s = admit_timeout_s
         self._clock = clock
         self._entropy = entropy
-        self._server_key_frame = p.ServerKey(self.public_key).pack()
         self._conns: dict[bytes, _Conn] = {}
         self._handlers: set[asyncio.Task[object]] = set()  # every connection's task
         self._handshaking: set[asyncio.Task[object]] = set()  # those not yet admitted
@@ -325,7 +374,8 @@ class RelayServer:
     ) -> tuple[_Conn | None, p.FrameDecoder, list[p.Frame]]:
         """The handshake; a refusal writes ERROR and returns no connection."""
         decoder = p.FrameDecoder()
-        writer.write(self._server_key_frame)
+        challenge = self._entropy(p.CHALLENGE_LEN)  # fresh per connection: no replays
+        writer.write(p.ServerKey(self.public_key, challenge).pack())
         await writer.drain()
         try:
             async with asyncio.timeout(self.client_info_timeout_s):
@@ -343,9 +393,10 @@ class RelayServer:
         if not isinstance(first, p.ClientInfo):
             return self._refuse(writer, "expected CLIENT_INFO first"), decoder, []
         try:
-            hello = first.open(self._private_key)
-        except ProtocolError:
-            return self._refuse(writer, FORGED_INFO), decoder, []
+            hello = first.open(self._private_key, challenge)
+        except ProtocolError as e:
+            reason = p.CHALLENGE_MISMATCH if str(e) == p.CHALLENGE_MISMATCH else FORGED_INFO
+            return self._refuse(writer, reason), decoder, []
         key = first.node_key
         self._admitting[key] = self._admitting.get(key, 0) + 1
         try:
@@ -371,7 +422,7 @@ class RelayServer:
         writer.write(p.ServerInfo.create(self._private_key, key, server_hello, nonce).pack())
         now = self._clock()
         bucket = TokenBucket(self.rate_bytes_per_s, self.burst_bytes, now)
-        conn = _Conn(key, writer, hello.preferred, now, bucket, self.queue_packets)
+        conn = _Conn(key, writer, hello.preferred, now, bucket, self.queue_bytes, self.budget)
         old = self._conns.get(key)
         if old is not None:
             old.close(REPLACED)
@@ -423,6 +474,9 @@ class RelayServer:
         for frame in frames:
             if isinstance(frame, p.SendPacket):
                 size = len(frame.packet)
+                if frame.dst == conn.key:
+                    conn.drops_self += 1  # would only fill its own queue at no cost to it
+                    continue
                 if not conn.bucket.take(size, now):
                     conn.drops_rate += 1
                     continue
@@ -457,19 +511,24 @@ class RelayServer:
                     async with asyncio.timeout(self.keepalive_interval_s):
                         await conn.wake.wait()
                 except TimeoutError:
-                    conn.queue.append(keepalive)
+                    conn.enqueue(keepalive)
             if self._clock() - conn.last_rx > self.idle_timeout_s:
                 conn.close(f"no frame from the client in {self.idle_timeout_s:.0f} s")
                 return
-            batch = list(conn.queue)
-            conn.queue.clear()
-            writer.writelines(batch)
-            try:
-                async with asyncio.timeout(self.idle_timeout_s):
-                    await writer.drain()
-            except TimeoutError:
-                conn.close(f"client has not read for {self.idle_timeout_s:.0f} s")
-                return
+            while conn.queue:
+                batch, n = [], 0
+                while conn.queue and n < WRITE_CHUNK:
+                    frame = conn.queue.popleft()
+                    batch.append(frame)
+                    n += len(frame)
+                writer.writelines(batch)
+                try:
+                    async with asyncio.timeout(self.write_timeout_s):
+                        await writer.drain()
+                except TimeoutError:
+                    conn.close(f"client did not read {n} bytes in {self.write_timeout_s:g} s")
+                    return
+                conn.written(n)
 
     def _unregister(self, conn: _Conn) -> None:
         if self._conns.get(conn.key) is conn:

@@ -13,7 +13,12 @@ admin API with an API key:
   once when a client presents a key that is not in it. After every fetch it disconnects
   connected clients whose key left the set, so a deleted or expired node is cut off
   within about a second. Fetches run one at a time; a miss waits for a fetch that began
-  after it, so a node registered a moment ago is admitted.
+  after it, so a node registered a moment ago is admitted. Misses cannot make the relay
+  hammer the control server (an anonymous client can claim a new key per connection):
+  a fetch for a miss begins at least ``MISS_FETCH_INTERVAL_S`` after the previous
+  fetch began (misses meanwhile share it), and a key found unknown is refused without a
+  fetch for ``UNKNOWN_TTL_S`` (a negative cache of at most ``MAX_UNKNOWN`` keys, the
+  oldest forgotten first). A key that appears in a later fetch is admitted at once.
 
 If the control server cannot be reached, the relay keeps the last set it fetched (the
 tailnet keeps working through a control outage) and refuses keys outside it with
@@ -28,6 +33,8 @@ import contextlib
 import logging
 import signal
 import socket
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +53,9 @@ from weftnet.stun import server as stunserver
 log = logging.getLogger("weftnet.relayd")
 
 KEYS_INTERVAL_S = 1.0  # the admitted node keys are fetched this often
+MISS_FETCH_INTERVAL_S = 1.0  # a fetch for an unknown key waits this long after the last
+UNKNOWN_TTL_S = 5.0  # a key found unknown is refused without a fetch for this long
+MAX_UNKNOWN = 4096  # keys in that negative cache
 HTTP_TIMEOUT_S = 5.0  # one request to the control server
 RELAY_KEY_FILE = "relay.key"
 DEFAULT_LISTEN = "0.0.0.0:8081"
@@ -74,21 +84,49 @@ class RelayOptions:
 class NodeKeys:
     """The node keys the control server admits, as last fetched."""
 
-    def __init__(self, fetch: Callable[[], Awaitable[frozenset[bytes]]]) -> None:
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[frozenset[bytes]]],
+        *,
+        miss_interval_s: float = MISS_FETCH_INTERVAL_S,
+        unknown_ttl_s: float = UNKNOWN_TTL_S,
+        max_unknown: int = MAX_UNKNOWN,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._fetch = fetch
         self.keys: frozenset[bytes] | None = None  # None until the first fetch succeeds
         self.error: str | None = None  # why the last fetch failed, if it did
+        self.miss_interval_s = miss_interval_s
+        self.unknown_ttl_s = unknown_ttl_s
+        self.max_unknown = max_unknown
+        self._clock = clock
         self._lock = asyncio.Lock()
         self._started = 0  # fetches begun, ever
+        self._last_start: float | None = None  # clock() when the last fetch began
+        self._unknown: OrderedDict[bytes, float] = OrderedDict()  # key -> when found unknown
+        self.fetches = 0  # fetches done, ever
+        self.refused_cached = 0  # admissions refused from the negative cache
 
-    async def refresh(self) -> bool:
+    @property
+    def unknown(self) -> int:
+        """How many keys the negative cache holds now (at most ``max_unknown``)."""
+        return len(self._unknown)
+
+    async def refresh(self, min_interval_s: float = 0.0) -> bool:
         """Fetch the set, unless a fetch that began after this call already finished;
-        False if the fetch failed (the old set stays)."""
+        False if the fetch failed (the old set stays). The fetch begins no sooner than
+        ``min_interval_s`` after the previous one began."""
         asked = self._started
         async with self._lock:
             if self._started > asked:  # one began after we asked, and has finished
                 return self.error is None
+            if self._last_start is not None:
+                wait = self._last_start + min_interval_s - self._clock()
+                if wait > 0:
+                    await asyncio.sleep(wait)
             self._started += 1
+            self.fetches += 1
+            self._last_start = self._clock()
             try:
                 self.keys = await self._fetch()
             except Exception as e:
@@ -103,10 +141,23 @@ class NodeKeys:
 
     async def admit(self, key: bytes) -> bool:
         if self.keys is not None and key in self.keys:
+            self._unknown.pop(key, None)
             return True
-        if not await self.refresh() and (self.keys is None or key not in self.keys):
+        found_at = self._unknown.get(key)
+        if found_at is not None:
+            if self._clock() - found_at < self.unknown_ttl_s:
+                self.refused_cached += 1
+                return False
+            del self._unknown[key]
+        fetched = await self.refresh(self.miss_interval_s)
+        if self.keys is not None and key in self.keys:
+            return True
+        if not fetched:
             raise ConnectionError(f"the control server did not answer: {self.error}")
-        return self.keys is not None and key in self.keys
+        self._unknown[key] = self._clock()
+        while len(self._unknown) > self.max_unknown:
+            self._unknown.popitem(last=False)
+        return False
 
 
 class StandaloneRelay:
