@@ -268,3 +268,13 @@ def test_netcheck_keeps_the_published_endpoints_when_the_mapping_is_the_same() -
         "127.0.0.1:3478": "203.0.113.5:1000",
         "127.0.0.2:3478": "203.0.113.5:2000",
     }
+
+
+def test_our_stun_requests_are_long_enough_for_an_ipv6_answer() -> None:
+    from weftnet import stun
+    from weftnet.magicsock.conn import STUN_SOFTWARE
+
+    txid = bytes(12)
+    request = stun.binding_request(txid, STUN_SOFTWARE)
+    answer = stun.binding_response(txid, ("fd7a:115c:a1e0::1", 41641))
+    assert len(request) >= len(answer) == 52

@@ -55,6 +55,10 @@ from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.handshake import State as HandshakeState
 
 log = logging.getLogger("weftd.magicsock")
+# Our Binding requests are padded with this SOFTWARE text to 56 bytes: STUN servers
+# (ours included) answer only requests at least as long as the answer, which is 52
+# bytes for an IPv6 mapped address, so they cannot be used to amplify traffic.
+STUN_SOFTWARE = "weftnet path discovery"
 
 STUN_INTERVAL_S = 20.0  # re-learn our public mapping this often (NATs forget)
 STUN_RETRY_S = 2.0  # ask again this soon while no STUN server has answered
@@ -457,7 +461,7 @@ class MagicSock:
         for server in self.stun_servers():
             txid = os.urandom(stun.TXID_SIZE)
             self._stun_pending[txid] = (server, now)
-            self.engine.dp.send_raw(stun.binding_request(txid, "weftnet"), server)
+            self.engine.dp.send_raw(stun.binding_request(txid, STUN_SOFTWARE), server)
         while len(self._stun_pending) > 64:  # answers that never came
             del self._stun_pending[next(iter(self._stun_pending))]
         self._last_stun = now
