@@ -17,7 +17,7 @@ from weftlab.fakes import SeededEntropy
 from weftnet import controlbox, disco, stun, tailcfg
 from weftnet.disco import Packet, Ping, Pong
 from weftnet.endpoint import Endpoint
-from weftnet.magicsock.conn import MAX_PEER_ENDPOINTS, MagicSock, Relays, first_guess
+from weftnet.magicsock.conn import MagicSock, Relays, first_guess
 from weftnet.node.datapath import Bind, DataPlane, UdpBind, make_socket
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Device, Peer
@@ -174,7 +174,7 @@ def test_unusable_and_surplus_advertised_endpoints_are_ignored() -> None:
         hostile.add_to(engine, magic)
         eps = [s.endpoint for s in magic.peers[2].pf.endpoint_status()]
         assert all(ep.host.startswith("198.18.1.") for ep in eps)
-        assert len(eps) <= MAX_PEER_ENDPOINTS
+        assert len(eps) <= tailcfg.MAX_ENDPOINTS
 
     run(scenario)
 

@@ -68,7 +68,6 @@ PEER_GONE_RETRY_S = 1.0  # retry a handshake the relay could not deliver this so
 PEER_ERROR_RETRY_S = 5.0  # a peer whose path finding raised is left alone this long
 MIN_WAIT_S = 0.005  # the loop never spins faster than this, whatever a deadline says
 MAX_WAIT_S = 30.0  # and wakes at least this often
-MAX_PEER_ENDPOINTS = 32  # endpoints taken from a peer's map entry (the server's own cap)
 NETCHECK_WAIT_S = 2.0  # how long netcheck waits for STUN answers
 RELAY_PONG_SRC = Endpoint("0.0.0.0", 0)  # a pong sent through a relay has no address
 
@@ -80,7 +79,7 @@ def first_guess(mine: list[str], theirs: list[str]) -> Endpoint | None:
     both nodes' map endpoints (first entry: the address the server saw, the rest: local
     addresses). The server-seen one, or a local one when the server saw both of us come
     from the same public address (the same NAT). Unusable addresses are skipped."""
-    their = [ep for text in theirs[:MAX_PEER_ENDPOINTS] if (ep := try_parse_endpoint(text))]
+    their = [ep for text in theirs[: tailcfg.MAX_ENDPOINTS] if (ep := try_parse_endpoint(text))]
     if not their:
         return None
     my_public = try_parse_endpoint(mine[0]) if mine else None
@@ -329,7 +328,7 @@ class MagicSock:
         pp.guess = first_guess(self_endpoints, node.endpoints)
         eps = [
             ep
-            for text in node.endpoints[:MAX_PEER_ENDPOINTS]
+            for text in node.endpoints[: tailcfg.MAX_ENDPOINTS]
             if (ep := try_parse_endpoint(text)) is not None and is_usable_peer_address(ep)
         ]
         pp.pf.set_endpoints(eps)

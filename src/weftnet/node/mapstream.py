@@ -49,7 +49,7 @@ def refusal_kind(resp: tailcfg.MapResponse) -> str:
 
 
 def endpoints_to_report(endpoints: list[tuple[str, int]]) -> list[str]:
-    """Usable addresses first, at most MAX_ENDPOINTS (the server refuses more)."""
+    """Usable addresses first, at most MAX_ENDPOINTS (the server keeps no more)."""
     known = []
     for ep in endpoints:
         with contextlib.suppress(ValueError):
