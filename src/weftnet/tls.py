@@ -96,6 +96,16 @@ def check_server_files(cert_file: str, key_file: str, ctx: ssl.SSLContext | None
         ) from None
 
 
+def is_verify_error(e: BaseException) -> bool:
+    """Whether ``e`` (or what caused it) is a certificate that did not verify."""
+    cause = e.__cause__ or e.__context__
+    return (
+        isinstance(e, ssl.SSLCertVerificationError)
+        or isinstance(cause, ssl.SSLCertVerificationError)
+        or "CERTIFICATE_VERIFY_FAILED" in str(e)
+    )
+
+
 def describe(e: BaseException) -> str:
     """A one-line reason for a failed TLS connection that says what to do about it."""
     text = str(e)
@@ -103,7 +113,7 @@ def describe(e: BaseException) -> str:
     cause = e.__cause__ or e.__context__
     if verify is None and isinstance(cause, ssl.SSLCertVerificationError):
         verify = cause
-    if verify is not None or "CERTIFICATE_VERIFY_FAILED" in text:
+    if is_verify_error(e):
         detail = (verify.verify_message if verify is not None else "") or text
         return (
             f"the server's TLS certificate is not trusted ({detail}): refusing to talk to it;"

@@ -267,6 +267,10 @@ class StandaloneRelay:
         except RelayError:
             raise
         except httpx.HTTPError as e:
+            if tls.is_verify_error(e):  # not an outage: a configuration to fix
+                raise RelayError(
+                    f"cannot register with {opts.control_url}: {tls.describe(e)}"
+                ) from None
             log.warning(
                 "cannot register with the control server at %s yet: %s (retrying every %g s)",
                 opts.control_url,
