@@ -126,7 +126,7 @@ def test_an_untrusted_certificate_is_refused_with_a_clear_error(
             NodeState.load(tmp_path / "node"), server.url, tls_ca=str(other.ca_file)
         )
         try:
-            with pytest.raises(ControlError, match="TLS certificate is not trusted.*--tls-ca"):
+            with pytest.raises(ControlError, match=r"TLS certificate is not trusted.*--tls-ca"):
                 await client.register(hostname="n")
         finally:
             await client.close()
@@ -159,7 +159,7 @@ def test_unusable_certificate_files_stop_the_server_with_one_line(
         options.tls_cert, options.tls_key = cert_file, key_file
         with pytest.raises(ServeError, match=message):
             ControlServer(options).open()
-    with pytest.raises(tls.TlsError, match="--tls-ca .*no such file"):
+    with pytest.raises(tls.TlsError, match=r"--tls-ca .*no such file"):
         tls.client_context(str(tmp_path / "nope.pem"))
 
 

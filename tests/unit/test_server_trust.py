@@ -52,7 +52,7 @@ def test_split_never_raises_and_keeps_every_character(text: str) -> None:
 
 
 def test_nothing_to_verify_with_over_plain_http_refuses_before_any_contact() -> None:
-    with pytest.raises(TrustError, match="refusing to log in .* over plain http"):
+    with pytest.raises(TrustError, match=r"refusing to log in .* over plain http"):
         check_login_channel(PLAIN, ServerTrust(), pinned=None)
     warning = check_login_channel(PLAIN, ServerTrust(allow_insecure_http=True), None)
     assert warning is not None and "--allow-insecure-http" in warning
@@ -79,7 +79,7 @@ def test_any_means_of_verification_lets_a_login_begin(
 def test_the_offered_key_must_match_what_the_user_gave() -> None:
     check_offered(PLAIN, REAL, ServerTrust(server_key=REAL), None)
     check_offered(PLAIN, REAL, ServerTrust(fingerprint=serverkey.fingerprint(REAL)), None)
-    with pytest.raises(TrustError, match="not .* given with --server-key"):
+    with pytest.raises(TrustError, match=r"not .* given with --server-key"):
         check_offered(PLAIN, OTHER, ServerTrust(server_key=REAL), None)
     with pytest.raises(TrustError, match="auth key was made for"):
         check_offered(PLAIN, OTHER, ServerTrust(fingerprint=serverkey.fingerprint(REAL)), None)
