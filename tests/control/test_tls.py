@@ -116,6 +116,35 @@ def test_a_node_logs_in_over_https_and_uses_the_relay_over_tls(
     asyncio.run(scenario())
 
 
+def test_an_old_auth_key_without_a_fingerprint_still_works_over_https(
+    server: ControlServer, ca: TestCA, tmp_path: Path
+) -> None:
+    from weftnet import serverkey
+    from weftnet.node.trust import ServerTrust
+
+    cli("users", "create", "bob", data_dir=server.options.data_dir)
+    made = cli("keys", "create", "--user", "bob", data_dir=server.options.data_dir)
+    legacy, fingerprint = serverkey.split_auth_key(made.stdout.strip())
+    assert fingerprint is not None and legacy.count("-") == 2
+
+    async def scenario() -> None:
+        state = NodeState.load(tmp_path / "node")
+        client = ControlClient(state, server.url, tls_ca=str(ca.ca_file))
+        try:
+            answer = await client.register(auth_key=legacy, hostname="old", trust=ServerTrust())
+            assert answer.machine_authorized, answer.error
+        finally:
+            await client.close()
+        plain = ControlClient(state, "http://198.18.0.1:8080")
+        try:  # the same key over plain http to another host: nothing verifies the server
+            with pytest.raises(ControlError, match="over plain http"):
+                await plain.register(auth_key=legacy, hostname="old", trust=ServerTrust())
+        finally:
+            await plain.close()
+
+    asyncio.run(scenario())
+
+
 def test_an_untrusted_certificate_is_refused_with_a_clear_error(
     server: ControlServer, tmp_path: Path
 ) -> None:
