@@ -31,6 +31,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from weftnet import keyfile
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
+from weftnet.control.server import connlimit
 from weftnet.control.server.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
 from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
 from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
@@ -82,6 +83,7 @@ class ServeOptions:
     policy_clock: Callable[[], float] | None = None
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = connlimit.DEFAULT_PER_ADDRESS  # more: closed at once
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -262,6 +264,8 @@ class ControlServer:
             raise ServeError(f"--region: {e}") from None
         if opts.relay_rate_bytes_per_s <= 0:
             raise ServeError("--relay-rate must be a positive number of bytes per second")
+        if opts.max_connections_per_address < 1:
+            raise ServeError("--max-connections-per-address must be at least 1")
         private, public = load_or_create_server_key(data_dir)
         url = opts.database_url or store.sqlite_url(data_dir)
         try:
@@ -310,6 +314,9 @@ class ControlServer:
             stun_socket=self._stun_sock,
         )
         base = uvicorn_protocol(self.relay.server) if self.relay is not None else H11Protocol
+        base = connlimit.per_address_protocol(
+            base, connlimit.AddressCounts(opts.max_connections_per_address)
+        )
         config = uvicorn.Config(
             create_app(ctx),
             http=head_timeout_protocol(base, opts.head_timeout_s),
