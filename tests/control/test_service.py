@@ -274,6 +274,23 @@ def test_interactive_login_waits_for_the_admin(svc: ControlService) -> None:
         svc.register_by_code("bob", code, NOW + 8)
 
 
+def test_expired_pending_logins_are_purged(svc: ControlService) -> None:
+    """By the next interactive login, and by purge_expired_logins (the hub's timer)."""
+    ttl = svc.settings.pending_ttl_s
+    old, newer, later = Device("old"), Device("newer"), Device("later")
+    for dev, at in [(old, NOW), (newer, NOW + ttl / 2)]:
+        assert isinstance(
+            svc.register(dev.machine_key, dev.request(), at, "http://c"), tailcfg.RegisterResponse
+        )
+    assert counts(svc)["pending_registrations"] == 2
+    assert svc.purge_expired_logins(NOW + ttl - 1) == 0  # none expired yet
+    assert svc.purge_expired_logins(NOW + ttl) == 1  # "old" expires at NOW + ttl
+    assert counts(svc)["pending_registrations"] == 1
+    svc.register(later.machine_key, later.request(), NOW + 2 * ttl, "http://c")
+    assert counts(svc)["pending_registrations"] == 1  # "newer" went, "later" came
+    assert svc.purge_expired_logins(NOW + 2 * ttl) == 0
+
+
 def test_interactive_login_refusals(svc: ControlService) -> None:
     svc.create_user("bob", NOW)
     dev, other = Device(), Device()

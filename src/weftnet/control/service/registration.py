@@ -298,3 +298,10 @@ class NodeRules:
         if deleted:
             self.db.feed.publish()
         return deleted
+
+    def purge_expired_logins(self, now: float) -> int:
+        """Delete the pending-login rows past their expiry (approved or not); how many.
+
+        A new interactive login also deletes them; the hub calls this periodically so
+        the rows go even when no login follows."""
+        return self.db.write(lambda tx: tx.delete_expired_pending(now))
