@@ -1,9 +1,10 @@
 """Helpers for tests that need a coordination server (unit, API, CLI and lab tests).
 
 - ``start_control(host, data_dir)``: ``weft-control serve`` as a subprocess, in the root
-  namespace (``host=None``, on 127.0.0.1, a free port) or in a lab host (anything with
-  the ``popen``/``run`` methods of ``netlab.Host``; port 8080 on all its addresses,
-  reached at ``host.ip``). Returns a ``Control`` with ``.url``, ``.api_key``,
+  namespace (``host=None``, on 127.0.0.1, a free port, plain http unless ``tls=True``)
+  or in a lab host (anything with the ``popen``/``run`` methods of ``netlab.Host``;
+  port 8080 on all its addresses, reached at ``https://<host.ip>:8080`` with a
+  certificate from the run's test CA, ``weftlab.testca.lab_ca()``, unless ``tls=False``). Returns a ``Control`` with ``.url``, ``.api_key``,
   ``.admin(...)``, ``.stop()``, ``.kill()``, ``.start()`` (again, after a kill) and,
   with ``policy_clock=True``, ``.set_policy_clock(now)``.
 - ``admin(*args, data_dir=..., host=...)``: run the ``weft-control`` admin CLI.
@@ -37,7 +38,8 @@ from nacl.public import PrivateKey
 
 from weftlab import control_clock, secrets
 from weftlab.netlab import poll_until
-from weftnet import controlbox, tailcfg
+from weftlab.testca import lab_ca
+from weftnet import controlbox, tailcfg, tls
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -85,6 +87,7 @@ class Control:
     host: Any | None = None  # a lab host, or None for the root namespace
     public_url: str | None = None  # the URL nodes use; else the one admin.json names
     clock_file: Path | None = None  # with a policy clock: the file that moves it
+    ca_file: Path | None = None  # with TLS: the CA its certificate chains to
     process: subprocess.Popen[Any] | None = None
     url: str = ""
     api_key: str = ""
@@ -132,13 +135,18 @@ class Control:
         return info if self._healthy(self.public_url or info["url"]) else None
 
     def _healthy(self, url: str) -> bool:
+        ca = str(self.ca_file) if self.ca_file is not None else None
         if self.host is None:
             try:
-                httpx.get(url + "/health", timeout=2).raise_for_status()
+                verify = tls.client_context(ca)
+                httpx.get(url + "/health", timeout=2, verify=verify).raise_for_status()
             except httpx.HTTPError:
                 return False
             return True
-        probe = f"import urllib.request as u; u.urlopen('{url}/health', timeout=2)"
+        probe = (
+            "import ssl, urllib.request as u;"
+            f" u.urlopen('{url}/health', timeout=2, context=ssl.create_default_context(cafile={ca!r}))"
+        )
         return bool(self.host.run(["python3", "-c", probe], check=False).returncode == 0)
 
     def admin(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -184,6 +192,7 @@ def start_control(
     policy_clock: bool = False,
     timeout_s: float = START_TIMEOUT_S,
     reach_url: str | None = None,
+    tls: bool | None = None,
 ) -> Control:
     """Start ``weft-control serve`` and wait until it accepts requests.
 
@@ -195,12 +204,23 @@ def start_control(
     ``serve`` (e.g. ``["--keepalive-interval", "1"]``). With ``policy_clock`` the server
     runs under ``weftlab.control_clock``: ``Control.set_policy_clock`` moves the clock
     its policy schedules are judged by. ``reach_url`` is the URL the tests and nodes use
-    when ``--server-url`` in ``extra_args`` names another (say an https front the lab does
-    not run). Output goes to ``<data_dir>.log``.
+    when ``--server-url`` in ``extra_args`` names another. ``tls`` (default: in a lab
+    host) serves https with a certificate of the run's test CA for the host's address,
+    127.0.0.1 and localhost; ``Control.ca_file`` is that CA. Output goes to
+    ``<data_dir>.log``.
     """
     data_dir = Path(data_dir)
     extra = list(extra_args)
     public_url = reach_url
+    use_tls = tls if tls is not None else host is not None
+    scheme = "https" if use_tls else "http"
+    ca_file = None
+    if use_tls:
+        ca = lab_ca()
+        names = ([host.ip] if host is not None else []) + ["127.0.0.1", "localhost"]
+        cert, key = ca.issue("tls", names, data_dir.with_name(data_dir.name + "-tls"))
+        extra += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        ca_file = ca.ca_file
     if host is None:
         listen = listen or "127.0.0.1:0"
         if "--stun-port" not in extra:
@@ -208,7 +228,7 @@ def start_control(
     else:
         listen = listen or f"0.0.0.0:{LAB_CONTROL_PORT}"
         if "--server-url" not in extra:
-            public_url = f"http://{host.ip}:{listen.rpartition(':')[2]}"
+            public_url = f"{scheme}://{host.ip}:{listen.rpartition(':')[2]}"
             extra += ["--server-url", public_url]
     clock_file = data_dir.with_name(data_dir.name + ".policy-clock") if policy_clock else None
     launcher = ["weftlab.control_clock", "--clock-file", str(clock_file)] if clock_file else []
@@ -224,7 +244,7 @@ def start_control(
         *(["--database-url", database_url] if database_url else []),
         *extra,
     ]
-    control = Control(argv, data_dir, host, public_url, clock_file)
+    control = Control(argv, data_dir, host, public_url, clock_file, ca_file)
     control.start(timeout_s)
     return control
 

@@ -1,7 +1,8 @@
 """`make demo`: a tailnet in network namespaces, then a plain WireGuard peer.
 
 1. A coordination server (with its relay and STUN server) on a public host
-   (198.18.0.0/24 is the lab's "internet"), one node on the internet, two behind NAT
+   (198.18.0.0/24 is the lab's "internet"), serving https with a certificate from a CA
+   made for the demo (every weftd gets --tls-ca), one node on the internet, two behind NAT
    routers of their own and one behind a hard NAT. They join with one auth key, every
    node pings every other, `weft ping` shows the paths (direct where the NATs allow,
    the relay between an easy and a hard NAT), then each `weft status`.
@@ -66,11 +67,14 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
         f"phone {n3.ip} behind a hard (random-port) NAT {nat3.wan_ip}"
     )
     control = start_control(ctl, tmp / "control")
+    print(f"   weft-control serve --tls-cert ... -> {control.url} (a CA made for the demo;"
+          " every weftd runs with --tls-ca)")  # fmt: skip
     control.admin("users", "create", "alice@example.com")
     key = control.admin(
         "keys", "create", "--user", "alice@example.com", "--reusable"
     ).stdout.strip()
-    print(f"   weft-control keys create --user alice@example.com --reusable -> {key[:20]}...")
+    print(f"   weft-control keys create --user alice@example.com --reusable -> {key[:20]}..."
+          f" (ends with the server key's fingerprint {key[-32:]})")  # fmt: skip
     nodes: list[Node] = [start_node(tmp, h, h.name) for h in (pub, n1, n2, n3)]
     for n in nodes:
         n.weft("up", "--login-server", control.url, "--auth-key", key, "--hostname", n.host.name)

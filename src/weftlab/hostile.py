@@ -1,4 +1,5 @@
-"""A hostile tailnet member, for lab tests: ``python -m weftlab.hostile URL AUTH_KEY``.
+"""A hostile tailnet member, for lab tests:
+``python -m weftlab.hostile URL AUTH_KEY [CA_FILE]`` (CA_FILE: for an https URL).
 
 It speaks the real sealed node protocol (weftlab.control.FakeNode) and tries what an
 honest weftd never sends: an all-zero node key, a low-order disco key, a hostname full of
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 
 from weftlab.control import FakeNode
-from weftnet import controlbox, tailcfg
+from weftnet import controlbox, tailcfg, tls
 
 ZERO_KEY = bytes(32)
 # An order-8 point of Curve25519 (libsodium's blocklist): DH with it is all-zero.
@@ -44,9 +45,9 @@ async def refused(coro: Any) -> str:
     return next((f.error for f in result if f.error), "")
 
 
-async def run(url: str, auth_key: str) -> dict[str, Any]:
+async def run(url: str, auth_key: str, ca_file: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10, verify=tls.client_context(ca_file)) as http:
         zero = FakeNode(url, http, hostname="zero")
         zero_text = controlbox.key_to_text(tailcfg.NODE_KEY_PREFIX, ZERO_KEY)
         out["zero_node_key"] = await refused(zero.register(auth_key, node_key=zero_text))
@@ -82,7 +83,8 @@ async def run(url: str, auth_key: str) -> dict[str, Any]:
 
 def main() -> None:
     url, auth_key = sys.argv[1], sys.argv[2]
-    print(json.dumps(asyncio.run(run(url, auth_key))))
+    ca_file = sys.argv[3] if len(sys.argv) > 3 else None
+    print(json.dumps(asyncio.run(run(url, auth_key, ca_file))))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 No secret may reach a log: auth keys (``weftkey-<prefix>-<secret>``), admin API keys
 (``weftapi-...``) and private keys (the server's, the relays', each node's machine and
-node key). The lab helpers ``remember`` the secrets they see (the admin CLI's output,
+node key, and TLS keys in PEM files named ``*.key``). The lab helpers ``remember`` the secrets they see (the admin CLI's output,
 admin.json); the private keys are read from their files when a scan runs
 (``key_files_in``). ``scan(log_files, secrets)`` looks for each secret's full text and
 for its secret part on its own (the 48 hex digits of a key; a private key's hex and
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 KEY_RE = re.compile(r"\b(weftkey|weftapi)-([0-9a-f]{12})-([0-9a-f]{48})\b")
+# An auth key as handed out ends with the server key's fingerprint (public, not scanned).
+FINGERPRINT_RE = re.compile(r"-[0-9a-f]{32}")
 KEY_FILE_NAMES = ("machine.key", "node.key", "server.key", "relay.key")
 ADMIN_FILE = "admin.json"
 HEX_KEY_RE = re.compile(r"^(?:privkey:)?([0-9a-f]{64})$")
@@ -54,8 +56,11 @@ _remembered: dict[str, Secret] = {}
 
 def key_secret(text: str) -> Secret | None:
     """The Secret of an auth or API key's text, or None if it is not one."""
-    match = KEY_RE.fullmatch(text.strip())
-    if match is None:
+    text = text.strip()
+    match = KEY_RE.match(text)
+    if match is None or not (
+        match.end() == len(text) or FINGERPRINT_RE.fullmatch(text, match.end())
+    ):
         return None
     kind, prefix, secret = match.groups()
     label = f"{_KIND_LABEL[kind]} {kind}-{prefix}-<secret>"
@@ -100,6 +105,12 @@ def key_files_in(root: Path) -> list[Secret]:
                 match = HEX_KEY_RE.fullmatch(path.read_text().strip())
                 if match is not None:
                     found.append(private_key_secret(match.group(1), str(path.relative_to(root))))
+    for path in root.rglob("*.key"):  # TLS keys (PEM): each line of the body
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            lines = path.read_text().splitlines()
+            if lines and "PRIVATE KEY-----" in lines[0]:
+                body = tuple(line for line in lines[1:] if len(line) >= 40)
+                found.append(Secret(f"TLS private key in {path.relative_to(root)}", body))
     for path in root.rglob(ADMIN_FILE):
         with contextlib.suppress(OSError, ValueError, AttributeError):
             secret = key_secret(str(json.loads(path.read_text()).get("api_key", "")))

@@ -12,6 +12,7 @@ from typing import Any
 
 from weftlab.control import LAB_CONTROL_PORT, Control
 from weftlab.netlab import Host, poll_until
+from weftlab.testca import lab_ca
 from weftlab.wgpeers import local_api_answers
 
 CONTROL_PORT = LAB_CONTROL_PORT  # the control server of a lab tailnet (weftlab.control)
@@ -28,7 +29,8 @@ class Node:
 
     def start(self) -> None:
         cmd = [sys.executable, "-m", self.module, "--state-dir", str(self.state_dir)]
-        cmd += ["--socket", self.socket, "--tun", "weft0", *self.extra]
+        cmd += ["--socket", self.socket, "--tun", "weft0"]
+        cmd += ["--tls-ca", str(lab_ca().ca_file), *self.extra]  # lab servers' https
         log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
         self.proc = self.host.popen(cmd, stdout=log, stderr=log)
         poll_until(

@@ -146,6 +146,33 @@ class FilterRule(Wire):
     ip_proto: list[int]  # IANA protocol numbers (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, ...)
 
 
+class DNSResolver(Wire):
+    """A nameserver: ``198.18.7.53``, ``198.18.7.53:5353`` or ``[fd00::1]:53``."""
+
+    addr: str
+
+
+class DNSRecord(Wire):
+    """An extra record the node's resolver answers itself."""
+
+    name: str  # FQDN without the trailing dot
+    type: str = ""  # "A" | "AAAA" ("" : from the value's family)
+    value: str
+
+
+class DNSConfig(Wire):
+    """How a node resolves names (docs/dns.md): MagicDNS for the tailnet's names under
+    ``domain``, split routes, default and fallback resolvers, extra records."""
+
+    magic_dns: bool = False
+    domain: str = ""  # the MagicDNS suffix, e.g. "weft.internal"
+    resolvers: list[DNSResolver] = Field(default_factory=list)  # override local DNS (".")
+    fallback_resolvers: list[DNSResolver] = Field(default_factory=list)  # when the OS has none
+    routes: dict[str, list[DNSResolver]] = Field(default_factory=dict)  # [] = answered locally
+    search_domains: list[str] = Field(default_factory=list)  # ``domain`` first with MagicDNS
+    extra_records: list[DNSRecord] = Field(default_factory=list)
+
+
 class MapResponse(Wire):
     """One frame of the map stream. The first is full (``peers`` set); later ones are
     deltas (``peers_changed`` / ``peers_removed``) or keepalives."""
@@ -161,5 +188,7 @@ class MapResponse(Wire):
     # A packet passes if any rule accepts it; [] accepts nothing but replies to the
     # node's own flows. With no policy set the server sends one rule accepting all.
     packet_filter: list[FilterRule] | None = None
+    # How this node resolves names, in full frames and whenever it changes (None: unchanged).
+    dns_config: DNSConfig | None = None
     error: str | None = None  # e.g. "node deleted": the stream ends after it
     error_kind: str | None = None  # one of ERROR_KINDS when ``error`` is set (else None)

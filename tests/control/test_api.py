@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from weftlab.control import FakeNode, StreamEnded, serve_in_thread
-from weftnet import controlbox, tailcfg
+from weftnet import controlbox, serverkey, tailcfg
 from weftnet.control.server.app import ServeOptions
 from weftnet.control.store.sql import SqlStore
 from weftnet.node.controlclient import ControlClient, ControlError
@@ -112,8 +112,9 @@ async def test_bad_auth_keys_are_refused_and_leave_nothing(
             await asyncio.sleep(0.05)
     elif case == "revoked":
         await api(http, control, "DELETE", f"/keys/{prefix}")
-    elif case == "wrong":
-        key = key[:-6] + "abcdef"
+    elif case == "wrong":  # the secret, not the server fingerprint after it
+        secret_part, fingerprint = serverkey.split_auth_key(key)
+        key = f"{secret_part[:-6]}abcdef-{fingerprint}"
     else:
         key = "weftkey-nonsense"
     before = row_counts(control)

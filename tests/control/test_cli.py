@@ -19,7 +19,7 @@ import pytest
 
 from weftlab.control import Control, FakeNode, admin, start_control
 
-KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}\n$")
+KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}-[0-9a-f]{32}\n$")  # + server fingerprint
 
 
 def _free_udp_port() -> int:

@@ -45,7 +45,7 @@ def test_region_checks_every_field_and_normalizes_the_key() -> None:
         ("e u", "http://h:1", KEY, None, "invalid region name"),
         ("-eu", "http://h:1", KEY, None, "invalid region name"),
         ("x" * 64, "http://h:1", KEY, None, "invalid region name"),
-        ("eu", "https://h:1", KEY, None, "only http://"),
+        ("eu", "ftp://h:1", KEY, None, "http:// or https://"),
         ("eu", "h", KEY, None, "HOST:PORT"),
         ("eu", "http://h:1/?q", KEY, None, "no query"),
         ("eu", "http://h:1", "nodekey:" + "ab" * 32, None, "relaykey:"),

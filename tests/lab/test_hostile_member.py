@@ -65,7 +65,8 @@ def test_a_hostile_member_cannot_stop_the_honest_nodes(lab: Lab, tmp_path: Path)
         t.start()
 
     # 1. The member tries its luck through the node protocol.
-    r = evil_host.run([sys.executable, "-m", "weftlab.hostile", control.url, key], timeout=60)
+    hostile = [sys.executable, "-m", "weftlab.hostile", control.url, key, str(control.ca_file)]
+    r = evil_host.run(hostile, timeout=60)
     tries = json.loads(r.stdout)
     print("hostile member:", json.dumps(tries, indent=1))
     assert "node key" in tries["zero_node_key"] and "low-order" in tries["zero_node_key"]

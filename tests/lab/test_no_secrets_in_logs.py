@@ -17,6 +17,7 @@ from weftlab import secrets
 from weftlab.control import admin, start_control
 from weftlab.netlab import Lab, poll_until
 from weftlab.tailnet import join, start_node, wait_mesh
+from weftlab.testca import lab_ca
 
 pytestmark = pytest.mark.lab
 
@@ -34,7 +35,8 @@ def test_secret_bearing_paths_leave_no_secret_in_any_log(lab: Lab, tmp_path: Pat
     remote_key = control.admin("apikeys", "create").stdout.strip()
 
     def remote(*args: str) -> str:
-        return admin(*args, server=control.url, api_key=remote_key, host=ctl).stdout
+        ca = ("--tls-ca", str(control.ca_file)) if control.ca_file else ()
+        return admin(*args, *ca, server=control.url, api_key=remote_key, host=ctl).stdout
 
     remote("users", "list")
     spare = remote("apikeys", "create").strip()
@@ -44,11 +46,13 @@ def test_secret_bearing_paths_leave_no_secret_in_any_log(lab: Lab, tmp_path: Pat
 
     # A standalone relay registers with a relay-scope key.
     relay_key = control.admin("apikeys", "create", "--scope", "relay").stdout.strip()
+    cert, key = lab_ca().issue("relay2", [relay_host.ip], tmp_path / "relay2-tls")
     with open(tmp_path / "relay2.log", "ab") as log:
         relay_host.popen(
             [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", "second",
              "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
-             "--api-key", relay_key, "--data-dir", str(tmp_path / "relay2")],
+             "--api-key", relay_key, "--data-dir", str(tmp_path / "relay2"),
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(control.ca_file)],
             stdout=log, stderr=log,
         )  # fmt: skip
     poll_until(lambda: len(control.admin_json("relays", "list")) == 2, timeout_s=15, what="relay")
@@ -71,7 +75,8 @@ def test_secret_bearing_paths_leave_no_secret_in_any_log(lab: Lab, tmp_path: Pat
     # embedded relay, standalone relay, and each node's machine and node key
     assert len(remembered) >= 7, [s.label for s in remembered]
     labels = sorted(s.label for s in key_files)
-    assert len(labels) == 3 + 3 * 2 + 1, labels  # admin.json's API key too
+    assert sum("private key in" in label for label in labels) >= 3 + 3 * 2, labels
+    assert sum("TLS private key" in label for label in labels) >= 1, labels
     logs = secrets.log_files(tmp_path)
     assert {p.name for p in logs} >= {"control.log", "relay2.log", "node-a.log", "node-c.log"}
     access = (tmp_path / "control.log").read_text()

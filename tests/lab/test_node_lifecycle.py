@@ -112,35 +112,3 @@ def test_every_supervised_task_comes_back_after_a_fault_while_pings_flow(
     assert a.log().count(TRACEBACK) == len(tasks)
     for n in (a, b):
         assert unexpected_tracebacks(n.log()) == [], n.log()[-3000:]
-
-
-def test_an_https_relay_url_is_reported_and_direct_paths_keep_working(
-    lab: Lab, tmp_path: Path
-) -> None:
-    """A server whose --server-url is https (behind a TLS front) puts an https relay URL
-    in the map. weftd cannot use it yet (TLS is issue 12): it says so in its health, and
-    the nodes still reach each other directly."""
-    inet = lab.segment("inet", "198.18.0.0/24")
-    ctl = lab.host("ctl", inet)
-    control = start_control(
-        ctl,
-        tmp_path / "control",
-        extra_args=["--server-url", f"https://{ctl.ip}:8443"],
-        reach_url=f"http://{ctl.ip}:8080",
-    )
-    a, b = (start_node(tmp_path, lab.host(name, inet), name) for name in ("a", "b"))
-    join(control, [a, b])
-    b_ip = b.ip4()
-    poll_until(lambda: pings(a, b_ip), timeout_s=5, what="a to ping b directly")
-    for n in (a, b):
-        poll_until(
-            lambda n=n: [p["path"] for p in n.status()["peers"]] == ["direct"],
-            timeout_s=5,
-            what=f"{n.host.name} to find the direct path without a relay",
-        )
-        st = n.status()
-        assert st["backend_state"] == "Running" and st["self"]["online"], st
-        assert any("https relay URLs are not supported" in h for h in st["health"]), st["health"]
-        assert "Health:" in n.weft("status").stdout
-        assert unexpected_tracebacks(n.log()) == [], n.log()[-3000:]
-    print("health of a:", a.status()["health"])

@@ -190,19 +190,19 @@ def test_allowed_ips_outside_the_tailnet_never_reach_the_device(tmp_path: Path) 
 
 def test_a_relay_the_node_cannot_use_is_reported_not_fatal(tmp_path: Path) -> None:
     server = FakeServer(ME, PEERS)
-    https = tailcfg.RelayRegion(
-        name="default", url="https://relay.test", public_key="relaykey:" + "11" * 32
+    bad = tailcfg.RelayRegion(
+        name="default", url="ftp://relay.test", public_key="relaykey:" + "11" * 32
     )
 
     async def body(d: NodeDaemon) -> None:
         server.full = lambda: tailcfg.MapResponse(  # type: ignore[method-assign]
-            node=ME, peers=PEERS, packet_filter=[], relay_map=[https]
+            node=ME, peers=PEERS, packet_filter=[], relay_map=[bad]
         )
         assert (await d.up(UP))["result"] == {"state": "Running"}
         problems = status.health(d)
         assert problems == [
-            "relay region default: https relay URLs are not supported yet"
-            " (TLS arrives with issue 12)"
+            "relay region default: relay URL 'ftp://relay.test': expected http:// or https://;"
+            " not used"
         ], problems
         assert d.supervisor.health() == []
 

@@ -97,10 +97,21 @@ def test_relay_urls(url: str, address: RelayAddress) -> None:
 def test_host_header_brackets_ipv6_and_omits_port_80() -> None:
     assert RelayAddress("::1", 3340).host_header == "[::1]:3340"
     assert RelayAddress("relay.example", 80).host_header == "relay.example"
+    assert RelayAddress("relay.example", 443, tls=True).host_header == "relay.example"
+    assert RelayAddress("relay.example", 80, tls=True).host_header == "relay.example:80"
+
+
+def test_https_relay_urls_mean_tls_and_port_443_by_default() -> None:
+    assert parse_relay_url("https://relay.example") == RelayAddress(
+        "relay.example", 443, "/relay", tls=True
+    )
+    assert parse_relay_url("https://[::1]:8443/r").tls
+    assert not parse_relay_url("http://relay.example").tls
+    assert not parse_relay_url("relay.example:8081").tls
 
 
 @pytest.mark.parametrize(
-    "url", ["https://relay.example", "relay.example", "http://:80", "http://h:99999", "h:1?q"]
+    "url", ["ftp://relay.example", "relay.example", "http://:80", "http://h:99999", "h:1?q"]
 )
 def test_bad_relay_urls_say_what_to_give(url: str) -> None:
     with pytest.raises(ValueError, match="relay"):

@@ -210,11 +210,11 @@ def test_ping_uses_one_txid_per_path_and_the_pong_makes_the_path_direct() -> Non
     run(scenario)
 
 
-def test_relays_update_skips_https_and_bad_regions_and_never_raises() -> None:
-    # Regression (D1 / https relay maps): a ValueError here ended the node's map loop.
+def test_relays_update_skips_bad_regions_and_never_raises() -> None:
+    # Regression (D1 / relay maps it cannot use): a ValueError here ended the map loop.
     key = controlbox.key_to_text(tailcfg.RELAY_KEY_PREFIX, bytes(range(32)))
     regions = [
-        tailcfg.RelayRegion(name="default", url="https://relay.example:443", public_key=key),
+        tailcfg.RelayRegion(name="tls", url="https://relay.example:443", public_key=key),
         tailcfg.RelayRegion(name="badkey", url="http://127.0.0.1:9", public_key="relaykey:xx"),
         tailcfg.RelayRegion(name="badurl", url="ftp://x", public_key=key),
         tailcfg.RelayRegion(name="ok", url="http://127.0.0.1:9", public_key=key),
@@ -224,17 +224,15 @@ def test_relays_update_skips_https_and_bad_regions_and_never_raises() -> None:
         r = Relays(bytes(range(1, 33)), on_packet=None)
         try:
             await r.update(regions)
-            assert list(r.clients) == ["ok"] and r.home == "ok"
+            assert sorted(r.clients) == ["ok", "tls"] and r.clients["tls"].address.tls
             return r.health()
         finally:
             await r.close()
 
     health = asyncio.run(scenario())
+    assert len(health) == 2
     assert health[0].startswith("relay region badkey: malformed relay key")
     assert health[1].startswith("relay region badurl: ")
-    assert health[2] == (
-        "relay region default: https relay URLs are not supported yet (TLS arrives with issue 12)"
-    )
 
 
 def test_netcheck_keeps_the_published_endpoints_when_the_mapping_is_the_same() -> None:

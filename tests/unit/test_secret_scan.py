@@ -9,7 +9,7 @@ from weftlab import secrets
 
 
 def test_the_scan_finds_a_planted_secret_and_never_prints_it(tmp_path: Path) -> None:
-    auth_key = "weftkey-0123456789ab-" + "c" * 48
+    auth_key = "weftkey-0123456789ab-" + "c" * 48 + "-" + "f" * 32  # with a fingerprint
     unseen = "weftapi-ba9876543210-" + "d" * 48  # never remembered: found by its shape
     node_key = "e" * 64
     (tmp_path / "node-a").mkdir()

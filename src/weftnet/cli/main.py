@@ -113,7 +113,11 @@ def cmd_up(args: argparse.Namespace) -> None:
         login_server=args.login_server,
         auth_key=args.auth_key,
         hostname=args.hostname,
+        server_key=args.server_key,
+        allow_insecure_http=args.allow_insecure_http,
     )
+    if res.get("warning"):
+        print(f"weft: warning: {res['warning']}", file=sys.stderr, flush=True)
     if res["state"] == "NeedsLogin" and res.get("auth_url"):
         print(f"\nTo authenticate, visit:\n\n\t{res['auth_url']}\n", flush=True)
         deadline = time.monotonic() + args.timeout if args.timeout else None
@@ -220,6 +224,16 @@ def main(argv: list[str] | None = None) -> None:
     up.add_argument("--login-server", metavar="URL", help="the coordination server")
     up.add_argument("--auth-key", metavar="KEY", help="join without interactive login")
     up.add_argument("--hostname", metavar="NAME", help="the name this node shows to others")
+    up.add_argument(
+        "--server-key",
+        metavar="mkey:HEX",
+        help="the server's key (`weft-control server-key` prints it): any other is refused",
+    )
+    up.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="log in over plain http:// even when nothing verifies the server's key",
+    )
     up.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="disconnect (stay logged in)").set_defaults(

@@ -30,6 +30,7 @@ import contextlib
 import ipaddress
 import logging
 import os
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -110,14 +111,16 @@ class PeerPaths:
 class Relays:
     """One RelayClient per region of the relay map; the home one is the fastest.
 
-    ``update`` never raises: a region it cannot use (a malformed key or URL, an https
-    URL) is left out and described in ``problems``; the others work."""
+    ``update`` never raises: a region it cannot use (a malformed key or URL) is left out
+    and described in ``problems``; the others work. https:// relays are verified with
+    ``tls_context`` (default: the system's CAs)."""
 
     node_private: bytes
     on_packet: Any
     on_peer_gone: Any = None
     on_change: Callable[[], None] = lambda: None
     spawn: Spawn | None = None  # the supervisor, for each client's connection loop
+    tls_context: ssl.SSLContext | None = None  # for https:// relays
     regions: dict[str, tailcfg.RelayRegion] = field(default_factory=dict)
     clients: dict[str, RelayClient] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
@@ -168,6 +171,7 @@ class Relays:
             self._deliver(name),
             server_key=key,
             on_peer_gone=self.on_peer_gone,
+            tls_context=self.tls_context,
         )
         client.start(self.spawn, f"relay {name}")
         return client
@@ -221,15 +225,6 @@ def region_problem(region: tailcfg.RelayRegion) -> str | None:
     """Why a node cannot use this relay region, in words; None if it can."""
     name = region.name
     try:
-        scheme = urlsplit(region.url).scheme
-    except ValueError:
-        scheme = ""
-    if scheme == "https":
-        return (
-            f"relay region {name}: https relay URLs are not supported yet "
-            "(TLS arrives with issue 12)"
-        )
-    try:
         parse_relay_url(region.url)
     except ValueError as e:
         return f"relay region {name}: {e}; not used"
@@ -243,14 +238,25 @@ def region_problem(region: tailcfg.RelayRegion) -> str | None:
 class MagicSock:
     """The tailnet's path layer: the data plane's Bind, disco, STUN and relays."""
 
-    def __init__(self, engine: Engine, node_private: bytes, spawn: Spawn | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        node_private: bytes,
+        spawn: Spawn | None = None,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.engine = engine
         self._spawn = spawn or self._spawn_task
         self._tasks: list[asyncio.Task[None]] = []
         self.disco_private = os.urandom(32)
         self.disco_public = disco.public_key(self.disco_private)
         self.relays = Relays(
-            node_private, self._relay_packet, self._peer_gone, self._rearm, spawn=spawn
+            node_private,
+            self._relay_packet,
+            self._peer_gone,
+            self._rearm,
+            spawn=spawn,
+            tls_context=tls_context,
         )
         self.peers: dict[int, PeerPaths] = {}
         self._by_disco: dict[bytes, PeerPaths] = {}

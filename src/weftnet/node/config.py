@@ -19,3 +19,6 @@ class NodeConfig:
     wg_config: str | None = None  # a wg-quick file: run as a plain WireGuard peer
     device: DeviceConfig = SPEC_CONFIG  # WireGuard's timers and limits (the spec's)
     verbose: bool = False
+    # The CAs that https:// servers (control, relays) must chain to; None: the system's
+    # store (SSL_CERT_FILE/SSL_CERT_DIR honoured). weftnet.tls.
+    tls_ca: str | None = None

@@ -1,14 +1,18 @@
-"""The node's side of the control protocol: pin, register, and follow the map stream.
+"""The node's side of the control protocol: verify, register, and follow the map stream.
 
-Every request is sealed from the machine key to the pinned server key (controlbox);
-every answer must open with that pair, so a server that is not the pinned one is
-refused. The map stream is read frame by frame; when it breaks, the caller retries with
+The server's key is checked before anything secret is sealed to it (node.trust: an auth
+key's fingerprint, ``--server-key``, a verified https:// URL, or the key pinned at an
+earlier login). Every request is sealed from the machine key to that key (controlbox);
+every answer must open with that pair, so a server that is not the verified one is
+refused. https:// URLs are verified against the system's CAs or ``--tls-ca`` (weftnet.tls). The map stream is read frame by frame; when it breaks, the caller retries with
 ``backoff_delays`` while the data plane keeps running on the last map.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
 from collections.abc import AsyncGenerator, Iterator
@@ -16,8 +20,11 @@ from typing import Any
 
 import httpx
 
-from weftnet import controlbox, tailcfg
+from weftnet import controlbox, tailcfg, tls
 from weftnet.node.state import NodeState, Pin
+from weftnet.node.trust import ServerTrust, TrustError, check_login_channel, check_offered
+
+log = logging.getLogger("weftd")
 
 CONNECT_TIMEOUT_S = 5.0
 READ_TIMEOUT_S = 60.0  # longer than the server's keepalive interval and login long-poll
@@ -39,46 +46,70 @@ def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -
 
 
 class ControlClient:
-    def __init__(self, state: NodeState, login_server: str) -> None:
+    def __init__(self, state: NodeState, login_server: str, tls_ca: str | None = None) -> None:
         self.state = state
         self.url = login_server.rstrip("/")
         self.server_key: bytes | None = None
+        self.warning: str | None = None  # why the server's key is not verified, if it is not
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
+            verify=tls.client_context(tls_ca),
         )
 
     async def close(self) -> None:
         await self.http.aclose()
 
-    async def ensure_server_key(self) -> bytes:
-        """The server's key: pinned on first contact, checked on every later one."""
-        if self.server_key is not None:
+    async def ensure_server_key(self, trust: ServerTrust | None = None) -> bytes:
+        """The server's key, verified (node.trust) before it is used. A login passes
+        ``trust`` (what the user gave to verify with): the key is fetched and checked
+        again. Otherwise the key already verified, or the one pinned, is used."""
+        if self.server_key is not None and trust is None:
             return self.server_key
+        trust = trust or ServerTrust()
         pin = self.state.pin()
+        pinned = None
+        if pin is not None and pin.login_server == self.url:
+            with contextlib.suppress(ValueError):  # a damaged pin is as good as none
+                pinned = controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, pin.server_key)
+        try:
+            warning = check_login_channel(self.url, trust, pinned)
+        except TrustError as e:
+            raise ControlError(str(e)) from None
+        offered = await self._fetch_key()
+        try:
+            check_offered(self.url, offered, trust, pinned)
+        except TrustError as e:
+            raise ControlError(str(e)) from None
+        if warning is not None:
+            log.warning("%s", warning)
+        self.warning = warning
+        if offered != pinned:
+            self.state.save_pin(
+                Pin(self.url, controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, offered))
+            )
+        self.server_key = offered
+        return offered
+
+    async def _fetch_key(self) -> bytes:
+        """What ``GET /key`` offers (not yet trusted)."""
         try:
             r = await self.http.get(f"{self.url}/key")
             r.raise_for_status()
             offered = tailcfg.ServerKey.model_validate_json(r.content)
         except (httpx.HTTPError, ValueError) as e:
-            raise ControlError(f"cannot reach the coordination server at {self.url}: {e}") from e
+            raise ControlError(
+                f"cannot reach the coordination server at {self.url}: {tls.describe(e)}"
+            ) from e
         if offered.capability_version < tailcfg.ANSWER_BINDING_VERSION:
             raise ControlError(
                 f"the server at {self.url} is too old (capability version"
                 f" {offered.capability_version}; weftd needs {tailcfg.ANSWER_BINDING_VERSION}"
                 " or newer, which binds answers to requests): upgrade weft-control"
             )
-        key = controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, offered.public_key)
-        if pin is not None and pin.login_server == self.url:
-            pinned = controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, pin.server_key)
-            if pinned != key:
-                raise ControlError(
-                    f"the server at {self.url} presents a different key than the one pinned"
-                    f" in {self.state.directory}/server.json: refusing (log out to re-pin)"
-                )
-        else:
-            self.state.save_pin(Pin(self.url, offered.public_key))
-        self.server_key = key
-        return key
+        try:
+            return controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, offered.public_key)
+        except ValueError as e:
+            raise ControlError(f"the server at {self.url} offered a malformed key: {e}") from e
 
     def _seal(self, model: tailcfg.Wire) -> bytes:
         assert self.server_key is not None
@@ -112,8 +143,11 @@ class ControlClient:
         followup: str | None = None,
         logout: bool = False,
         old_node_key: str | None = None,
+        trust: ServerTrust | None = None,
     ) -> tailcfg.RegisterResponse:
-        await self.ensure_server_key()
+        """One registration request. A login passes ``trust`` (node.trust): the server's
+        key is verified with it before ``auth_key`` is sealed to it."""
+        await self.ensure_server_key(trust)
         req = tailcfg.RegisterRequest(
             ts=time.time(),
             node_key=controlbox.key_to_text(tailcfg.NODE_KEY_PREFIX, self.state.node_public),
@@ -127,7 +161,9 @@ class ControlClient:
         try:
             r = await self.http.post(self._machine_url("register"), content=sealed_req)
         except httpx.HTTPError as e:
-            raise ControlError(f"cannot reach the coordination server at {self.url}: {e}") from e
+            raise ControlError(
+                f"cannot reach the coordination server at {self.url}: {tls.describe(e)}"
+            ) from e
         if r.status_code != 200:
             raise ControlError(f"the server refused the request: {r.status_code} {r.text[:200]}")
         try:
@@ -166,7 +202,7 @@ class ControlClient:
                         frames += 1
                         yield tailcfg.MapResponse.model_validate_json(plain)
         except (httpx.HTTPError, controlbox.SealError, ValueError) as e:
-            raise ControlError(f"map stream from {self.url} broke: {e}") from e
+            raise ControlError(f"map stream from {self.url} broke: {tls.describe(e)}") from e
 
 
 def _version() -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import signal
@@ -23,7 +24,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from weftnet import tailcfg
+from weftnet import serverkey, tailcfg, tls
 from weftnet.endpoint import Endpoint
 from weftnet.magicsock.conn import MagicSock
 from weftnet.node import localapi, netmon
@@ -38,6 +39,7 @@ from weftnet.node.mapstream import MapStream
 from weftnet.node.peers import PeerTable
 from weftnet.node.state import NodeState
 from weftnet.node.supervisor import Supervisor
+from weftnet.node.trust import ServerTrust, parse_server_key
 
 log = logging.getLogger("weftd")
 
@@ -45,12 +47,26 @@ DEFAULT_PORT = 41641
 UP_WAIT_S = 15.0  # `weft up` waits this long for the state to change
 
 
+def login_trust(req: dict[str, Any]) -> tuple[str | None, ServerTrust]:
+    """The auth key to send (without its server fingerprint) and what verifies the
+    server's key, from a `weft up` request; ValueError for a malformed --server-key."""
+    auth_key, fingerprint = None, None
+    if req.get("auth_key"):
+        auth_key, fingerprint = serverkey.split_auth_key(str(req["auth_key"]))
+    key_text = req.get("server_key")
+    return auth_key, ServerTrust(
+        server_key=parse_server_key(str(key_text)) if key_text else None,
+        fingerprint=fingerprint,
+        allow_insecure_http=bool(req.get("allow_insecure_http")),
+    )
+
+
 class NodeDaemon:
     def __init__(
         self,
         config: NodeConfig,
         engine_factory: Callable[..., Any] = Engine,
-        control_factory: Callable[[NodeState, str], Any] = ControlClient,
+        control_factory: Callable[[NodeState, str], Any] | None = None,
         local_endpoints: Callable[[int, str], list[Endpoint]] = netmon.local_endpoints,
         watch_netlink: bool = True,
     ) -> None:
@@ -71,7 +87,9 @@ class NodeDaemon:
         self.magic: MagicSock | None = None
         self.control: Any = None  # a ControlClient once a login server is known
         self.stream: MapStream | None = None
-        self._control_factory = control_factory
+        self._control_factory = control_factory or functools.partial(
+            ControlClient, tls_ca=config.tls_ca
+        )
         self._endpoints_of = local_endpoints
         self._watch_netlink = watch_netlink
 
@@ -123,7 +141,12 @@ class NodeDaemon:
         self.engine.close()
 
     def _new_magic(self) -> None:
-        self.magic = MagicSock(self.engine, self.state.node_private, self.supervisor.spawn)
+        self.magic = MagicSock(
+            self.engine,
+            self.state.node_private,
+            self.supervisor.spawn,
+            tls_context=tls.client_context(self.config.tls_ca),
+        )
         self.magic.start()
 
     async def _use_server(self, url: str) -> None:
@@ -153,10 +176,13 @@ class NodeDaemon:
             return error(f"--login-server must be an http(s) URL, not {server!r}")
         if prefs.login_server and prefs.login_server != server.rstrip("/") and prefs.registered:
             return error(f"logged in to {prefs.login_server}: run `weft logout` first")
+        try:
+            auth_key, trust = login_trust(req)
+        except ValueError as e:
+            return error(str(e))
         await self._use_server(server)
         prefs.login_server = server.rstrip("/")
         prefs.hostname = req.get("hostname") or prefs.hostname or socket.gethostname()
-        auth_key = req.get("auth_key")
         if prefs.registered and not auth_key:
             if self.backend.state is State.Running and self.supervisor.is_running("map"):
                 return ok({"state": "Running"})
@@ -165,18 +191,24 @@ class NodeDaemon:
             self.backend.starting()
             return await self._wait_running(self._start_map())
         try:
-            resp = await self.control.register(auth_key=auth_key, hostname=prefs.hostname)
+            resp = await self.control.register(
+                auth_key=auth_key, hostname=prefs.hostname, trust=trust
+            )
         except ControlError as e:
             return error(str(e))
         if resp.error:
             return error(resp.error)
+        warning = getattr(self.control, "warning", None)
         if resp.machine_authorized:
-            return await self._wait_running(self._logged_in())
+            answer = await self._wait_running(self._logged_in())
+            if warning:
+                answer["result"]["warning"] = warning
+            return answer
         if resp.auth_url:
             url, hostname = resp.auth_url, prefs.hostname
             self.backend.login_offered(url)
             self.supervisor.spawn("login", lambda: self._wait_login(url, hostname))
-            return ok({"state": "NeedsLogin", "auth_url": url})
+            return ok({"state": "NeedsLogin", "auth_url": url, "warning": warning})
         return error("the server neither accepted nor offered a login")
 
     async def _wait_running(self, since: int) -> Answer:

@@ -104,6 +104,7 @@ def counters(engine: Any) -> dict[str, Any]:
         "drop_malformed": c.drop_malformed,
         "drop_filtered": c.drop_filtered,  # the packet filter's, below (tailnet mode only)
         "drop_handshake": dict(c.drop_handshake),
+        "cookie_replies_sent": engine.dp.device.cookie_replies_sent,  # answers under load
         "filter": None
         if flt is None
         else {

@@ -2,7 +2,7 @@
 
 Two ways to run it:
 
-    weftd [--state-dir DIR] [--socket PATH] [--tun NAME] [--port N]
+    weftd [--state-dir DIR] [--socket PATH] [--tun NAME] [--port N] [--tls-ca FILE]
         a tailnet node: `weft up --login-server URL` joins it to a coordination server,
         which then tells it its addresses and peers;
 
@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from weftnet import tls
 from weftnet.node import localapi
 from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
 from weftnet.node.daemon import NodeDaemon
@@ -40,10 +41,20 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
     p.add_argument("--tun", default=DEFAULT_TUN, metavar="NAME", help="TUN interface name")
     p.add_argument("--socket", default=None, metavar="PATH", help="local API socket path")
     p.add_argument("--port", type=int, default=None, help="UDP port")
+    p.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA certificates (PEM) that https:// control servers and relays must chain to"
+        " (default: the system's store; SSL_CERT_FILE is honoured)",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
         p.error("--port must be from 0 to 65535")
+    try:
+        tls.client_context(args.tls_ca)
+    except tls.TlsError as e:
+        p.error(str(e))
     return NodeConfig(
         state_dir=args.state_dir,
         tun=args.tun,
@@ -51,6 +62,7 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         socket=args.socket,
         wg_config=args.wg_config,
         verbose=args.verbose,
+        tls_ca=args.tls_ca,
     )
 
 

@@ -1,6 +1,7 @@
 """The relay client: one node's connection to one relay, kept up by itself.
 
-Theory of operation: ``start()`` runs a loop that connects (TCP, the HTTP upgrade of
+Theory of operation: ``start()`` runs a loop that connects (TCP; TLS for an https://
+relay, verified like every https connection, weftnet.tls; then the HTTP upgrade of
 upgrade.py), checks SERVER_KEY's magic (and the key, if one was pinned), sends
 CLIENT_INFO boxed with the node's private key and waits for SERVER_INFO, whose box proves
 the server holds the key it announced. Then ``connected`` is True and two tasks run: the
@@ -27,12 +28,14 @@ import contextlib
 import logging
 import os
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 
 from nacl.public import PrivateKey
 
+from weftnet import tls
 from weftnet.relay import protocol as p
 from weftnet.relay.upgrade import HEAD_END, build_request, check_response, parse_relay_url
 from weftnet.wireguard.errors import ProtocolError
@@ -78,8 +81,14 @@ class RelayClient:
         clock: Callable[[], float] = time.monotonic,
         entropy: Callable[[int], bytes] = os.urandom,
         rand: Callable[[], float] = random.random,
+        tls_context: ssl.SSLContext | None = None,
     ) -> None:
         self.address = parse_relay_url(url)
+        # For an https:// relay: the certificate and host name are verified with this
+        # (default: weftnet.tls.client_context(), the system's CAs).
+        self._tls: ssl.SSLContext | None = None
+        if self.address.tls:
+            self._tls = tls_context or tls.client_context()
         if len(node_private_key) != p.KEY_LEN:
             raise ValueError("a node private key is 32 bytes")
         if server_key is not None and len(server_key) != p.KEY_LEN:
@@ -230,7 +239,7 @@ class RelayClient:
             except TimeoutError:  # before OSError, of which it is a subclass
                 self.last_error = "timed out connecting to the relay"
             except (OSError, EOFError, asyncio.IncompleteReadError, ProtocolError) as e:
-                self.last_error = str(e) or type(e).__name__
+                self.last_error = tls.describe(e)
             finally:
                 self._down()
             lasted = self._clock() - self._connected_at if self._connected_at is not None else 0.0
@@ -262,7 +271,12 @@ class RelayClient:
         decoder = p.FrameDecoder()
         self._closed_because = None
         async with asyncio.timeout(self.connect_timeout_s):
-            reader, writer = await asyncio.open_connection(self.address.host, self.address.port)
+            reader, writer = await asyncio.open_connection(
+                self.address.host,
+                self.address.port,
+                ssl=self._tls,
+                server_hostname=self.address.host if self._tls is not None else None,
+            )
             self._writer = writer
             writer.write(build_request(self.address.host_header, self.address.path))
             check_response(await reader.readuntil(HEAD_END))

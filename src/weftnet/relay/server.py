@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -68,6 +69,7 @@ WRITE_CHUNK = 64 * 1024  # frame bytes written to the socket between drains
 KEEPALIVE_INTERVAL_S = 15.0  # a quiet connection gets a KEEPALIVE this often
 IDLE_TIMEOUT_S = 60.0  # a client silent (or not reading) this long is closed
 CLIENT_INFO_TIMEOUT_S = 5.0  # from accept to CLIENT_INFO (and for the HTTP head)
+TLS_HANDSHAKE_TIMEOUT_S = 10.0  # serve_tcp with TLS: the handshake must be done by then
 ADMIT_TIMEOUT_S = 10.0  # longest wait for the admit() verdict before refusing
 PEER_GONE_INTERVAL_S = 1.0  # at most one PEER_GONE(not here) per key per client this often
 CLOSE_GRACE_S = 1.0  # a closing socket gets this long to flush, then it is aborted
@@ -269,13 +271,22 @@ class RelayServer:
         self._tell_senders_gone(conn)
         return True
 
-    async def serve_tcp(self, host: str | None, port: int) -> asyncio.Server:
-        """Listen for plain TCP, do the HTTP upgrade on /relay, then ``handle``.
+    async def serve_tcp(
+        self, host: str | None, port: int, tls_context: ssl.SSLContext | None = None
+    ) -> asyncio.Server:
+        """Listen for TCP (TLS with ``tls_context``), do the HTTP upgrade on /relay, then
+        ``handle``.
 
         Returns the started asyncio.Server (``sockets`` tells the bound port); ``close()``
         stops it along with every client.
         """
-        server = await asyncio.start_server(self._accept_tcp, host, port)
+        server = await asyncio.start_server(
+            self._accept_tcp,
+            host,
+            port,
+            ssl=tls_context,
+            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_S if tls_context is not None else None,
+        )
         self._listeners.append(server)
         return server
 

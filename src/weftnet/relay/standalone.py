@@ -1,9 +1,11 @@
 """A standalone relay (``weft-control relay``): a relay region of its own, run anywhere.
 
-Theory of operation: the process listens on plain TCP (``RelayServer.serve_tcp``: the
-HTTP upgrade on ``/relay``, then relay frames) and, unless disabled, answers STUN on
-UDP. It has its own key (``DATA_DIR/relay.key``) and talks to the coordination server's
-admin API with an API key:
+Theory of operation: the process listens on TCP (``RelayServer.serve_tcp``: TLS with
+``--tls-cert``/``--tls-key``, the HTTP upgrade on ``/relay``, then relay frames) and,
+unless disabled, answers STUN on UDP. It has its own key (``DATA_DIR/relay.key``) and
+talks to the coordination server's admin API with an API key (scope ``relay`` is
+enough), which it sends only over a verified channel (https, or http to this host, or
+``--allow-insecure-http``: weftnet.tls, adminclient.check_channel):
 
 - it registers its region (``POST /api/v1/relays``: region, URL, public key, STUN port)
   at start and every ``REGISTER_INTERVAL_S`` after; the server drops a region that was
@@ -43,7 +45,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from weftnet import controlbox, keyfile, tailcfg
+from weftnet import controlbox, keyfile, tailcfg, tls
 from weftnet.control.domain.relays import REGISTER_INTERVAL_S, check_region_name, relay_key_text
 from weftnet.control.server.relayhost import DEFAULT_RELAY_RATE, REVOKED
 from weftnet.relay.server import RelayServer
@@ -79,6 +81,10 @@ class RelayOptions:
     rate_bytes_per_s: int = DEFAULT_RELAY_RATE
     register_interval_s: float = REGISTER_INTERVAL_S
     keys_interval_s: float = KEYS_INTERVAL_S
+    tls_cert: str | None = None  # serve relay clients over TLS with this chain ...
+    tls_key: str | None = None  # ... and key
+    tls_ca: str | None = None  # the CAs an https control server must chain to
+    allow_insecure_http: bool = False  # send the API key over http to another host
 
 
 class NodeKeys:
@@ -170,6 +176,29 @@ class StandaloneRelay:
             raise RelayError(f"--region: {e}") from None
         if opts.rate_bytes_per_s <= 0:
             raise RelayError("--relay-rate must be a positive number of bytes per second")
+        if (opts.tls_cert is None) != (opts.tls_key is None):
+            raise RelayError("--tls-cert and --tls-key go together")
+        if not opts.control_url.startswith(("http://", "https://")):
+            raise RelayError(f"--control-url {opts.control_url!r}: expected https://HOST:PORT")
+        if not (
+            tls.is_https(opts.control_url)
+            or tls.is_loopback_url(opts.control_url)
+            or opts.allow_insecure_http
+        ):
+            raise RelayError(
+                f"refusing to send the API key to {opts.control_url} over plain http, where"
+                " anyone on the path can read it: use an https:// control URL, or"
+                " --allow-insecure-http to accept the risk"
+            )
+        try:
+            self._server_tls = (
+                tls.server_context(opts.tls_cert, opts.tls_key)
+                if opts.tls_cert is not None and opts.tls_key is not None
+                else None
+            )
+            self._client_tls = tls.client_context(opts.tls_ca)
+        except tls.TlsError as e:
+            raise RelayError(str(e)) from None
         self.url = ""  # the public URL registered (known after start)
         self.port = 0
         self.stun_port: int | None = None
@@ -195,7 +224,7 @@ class StandaloneRelay:
             private, self.node_keys.admit, rate_bytes_per_s=opts.rate_bytes_per_s
         )
         try:
-            self._listener = await self.relay.serve_tcp(opts.host, opts.port)
+            self._listener = await self.relay.serve_tcp(opts.host, opts.port, self._server_tls)
         except OSError as e:
             raise RelayError(
                 f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}"
@@ -211,7 +240,10 @@ class StandaloneRelay:
                 ) from None
             self._stun, _ = await stunserver.start(sock)
             self.stun_port = sock.getsockname()[1]
-        self.url = opts.public_url or derive_public_url(opts.host, self.port, opts.control_url)
+        scheme = "https" if self._server_tls is not None else "http"
+        self.url = opts.public_url or derive_public_url(
+            opts.host, self.port, opts.control_url, scheme
+        )
         try:
             parse_relay_url(self.url)
         except ValueError as e:
@@ -220,6 +252,7 @@ class StandaloneRelay:
             base_url=opts.control_url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {opts.api_key}"},
             timeout=HTTP_TIMEOUT_S,
+            verify=self._client_tls,
         )
         public_key = relay_key_text(self.relay.public_key)
         log.info(
@@ -234,10 +267,14 @@ class StandaloneRelay:
         except RelayError:
             raise
         except httpx.HTTPError as e:
+            if tls.is_verify_error(e):  # not an outage: a configuration to fix
+                raise RelayError(
+                    f"cannot register with {opts.control_url}: {tls.describe(e)}"
+                ) from None
             log.warning(
                 "cannot register with the control server at %s yet: %s (retrying every %g s)",
                 opts.control_url,
-                _first_line(e),
+                tls.describe(e),
                 opts.register_interval_s,
             )
         await self.node_keys.refresh()
@@ -283,7 +320,7 @@ class StandaloneRelay:
                 await self._register()
             except (RelayError, httpx.HTTPError) as e:
                 if not failing:
-                    log.warning("registration failed: %s (retrying)", _first_line(e))
+                    log.warning("registration failed: %s (retrying)", tls.describe(e))
                 failing = True
                 continue
             if failing:
@@ -317,11 +354,11 @@ class StandaloneRelay:
                 self.relay.disconnect(client.node_key, REVOKED)
 
 
-def derive_public_url(host: str, port: int, control_url: str) -> str:
-    """http://HOST:PORT for a concrete listen address; for a wildcard one, the address
+def derive_public_url(host: str, port: int, control_url: str, scheme: str = "http") -> str:
+    """SCHEME://HOST:PORT for a concrete listen address; for a wildcard one, the address
     this host uses to reach the control server (RelayError if there is none)."""
     if host not in ("", "0.0.0.0", "::"):
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
     parts = urlsplit(control_url)
     try:
         target = parts.hostname or ""
@@ -335,7 +372,7 @@ def derive_public_url(host: str, port: int, control_url: str) -> str:
         raise RelayError(
             f"cannot tell this relay's address from the control URL ({e}): pass --public-url"
         ) from None
-    return f"http://[{ip}]:{port}" if ":" in ip else f"http://{ip}:{port}"
+    return f"{scheme}://[{ip}]:{port}" if ":" in ip else f"{scheme}://{ip}:{port}"
 
 
 def _api_error(r: httpx.Response) -> str:

@@ -78,24 +78,27 @@ def parse_head(data: bytes) -> Head:
 
 @dataclass(frozen=True, slots=True)
 class RelayAddress:
-    """Where a relay listens: TCP host and port, and the path of the upgrade."""
+    """Where a relay listens: TCP host and port, the path of the upgrade, and whether
+    the connection is TLS first (https://)."""
 
     host: str
     port: int
     path: str = RELAY_PATH
+    tls: bool = False
 
     @property
     def host_header(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
-        return host if self.port == 80 else f"{host}:{self.port}"
+        return host if self.port == (443 if self.tls else 80) else f"{host}:{self.port}"
 
 
 def parse_relay_url(url: str) -> RelayAddress:
-    """``http://host[:port][/path]``, ``host:port`` or ``[v6addr]:port``; ValueError if not."""
+    """``http(s)://host[:port][/path]``, ``host:port`` or ``[v6addr]:port``; ValueError if
+    not."""
     text = url.strip()
     parts = urlsplit(text if "://" in text else "//" + text)
-    if parts.scheme not in ("", "http"):
-        raise ValueError(f"relay URL {url!r}: only http:// is supported (TLS is not yet)")
+    if parts.scheme not in ("", "http", "https"):
+        raise ValueError(f"relay URL {url!r}: expected http:// or https://")
     try:
         port = parts.port
     except ValueError as e:
@@ -105,11 +108,11 @@ def parse_relay_url(url: str) -> RelayAddress:
     if port is None:
         if not parts.scheme:
             raise ValueError(f"relay address {url!r}: give a port, as HOST:PORT")
-        port = 80
+        port = 443 if parts.scheme == "https" else 80
     if parts.query or parts.fragment:
         raise ValueError(f"relay URL {url!r}: no query or fragment allowed")
     path = parts.path if parts.path not in ("", "/") else RELAY_PATH
-    return RelayAddress(parts.hostname, port, path)
+    return RelayAddress(parts.hostname, port, path, tls=parts.scheme == "https")
 
 
 def build_request(host: str, path: str = RELAY_PATH) -> bytes:

@@ -23,3 +23,8 @@ PADDING_MULTIPLE = 16  # plaintext is padded to a multiple of 16 bytes
 MAX_STAGED_PACKETS = 128  # packets kept per peer while waiting for a session
 UNDER_LOAD_HANDSHAKES_PER_S = 64  # above this many handshake messages a second, demand mac2
 UNDER_LOAD_HOLD_S = 1.0  # stay "under load" this long after the rate drops
+# Per-source limit of handshake work under load and of cookie replies (wireguard-go
+# ratelimiter/ratelimiter.go, the kernel's ratelimiter.c).
+RATELIMIT_PACKETS_PER_S = 20  # messages a second from one IPv4 address or IPv6 /64
+RATELIMIT_BURST = 5  # a source may use this many at once after a quiet spell
+RATELIMIT_MAX_ENTRIES = 65536  # sources tracked at once (the kernel's on a >1 GiB host)

@@ -17,6 +17,8 @@ side (one per peer, keyed by that peer's public key). Both take ``now`` and entr
 
 from __future__ import annotations
 
+import ipaddress
+
 from weftnet.wireguard import crypto
 from weftnet.wireguard.constants import COOKIE_REFRESH_TIME_S
 from weftnet.wireguard.crypto import MAC_LEN, XNONCE_LEN, Entropy
@@ -37,16 +39,18 @@ def cookie_key(public_key: bytes) -> bytes:
     return crypto.hash_(LABEL_COOKIE, public_key)
 
 
-def source_bytes(host: str, port: int) -> bytes:
-    """The bytes a cookie binds to: the packed source address, then the port (a relay
-    pseudo-endpoint such as "relay:eu" binds to its name)."""
-    import ipaddress
-
+def packed_host(host: str) -> bytes:
+    """A source's address as bytes: the packed IP, or the name of a relay pseudo-endpoint
+    such as "relay:eu"."""
     try:
-        packed = ipaddress.ip_address(host).packed
+        return ipaddress.ip_address(host).packed
     except ValueError:
-        packed = host.encode()
-    return packed + port.to_bytes(2, "little")
+        return host.encode()
+
+
+def source_bytes(host: str, port: int) -> bytes:
+    """The bytes a cookie binds to: the packed source address, then the port."""
+    return packed_host(host) + port.to_bytes(2, "little")
 
 
 class CookieChecker:

@@ -24,6 +24,11 @@ Timers are deadlines on each peer, named ``*_at`` (None = not armed):
     zero_key_material_at     3 x REJECT_AFTER_TIME after the last session was derived
     persistent_keepalive_at  the configured interval after any authenticated packet
 
+Under a handshake flood (``_check_macs``): a bad mac1 is dropped after one BLAKE2s;
+above UNDER_LOAD_HANDSHAKES_PER_S messages with a valid mac1 the device demands mac2,
+answering the others with a cookie reply and no Curve25519 work; both the Curve25519
+work and the cookie replies are rate limited per source (ratelimiter.py).
+
 Entropy (indices, ephemeral keys, jitter, cookie secrets) comes from an injected
 ``entropy(n)``; the TAI64N timestamp is ``now`` plus an injected epoch offset.
 """
@@ -51,7 +56,7 @@ from weftnet.wireguard.constants import (
     UNDER_LOAD_HANDSHAKES_PER_S,
     UNDER_LOAD_HOLD_S,
 )
-from weftnet.wireguard.cookie import CookieChecker, CookieGenerator, source_bytes
+from weftnet.wireguard.cookie import CookieChecker, CookieGenerator, packed_host
 from weftnet.wireguard.crypto import Entropy
 from weftnet.wireguard.errors import ProtocolError
 from weftnet.wireguard.handshake import NO_PSK, Handshake, Identity, State, consume_initiation
@@ -67,6 +72,7 @@ from weftnet.wireguard.messages import (
     Initiation,
     Response,
 )
+from weftnet.wireguard.ratelimiter import RateLimiter
 from weftnet.wireguard.session import Keypair, padded_size
 
 
@@ -89,9 +95,11 @@ SPEC_CONFIG = DeviceConfig()  # the whitepaper's timers
 
 
 class HandshakeLoad:
-    """Whether the device is "under load" (whitepaper section 5.3, wireguard-go's
-    ratelimiter): more than ``per_s`` handshake messages in a one-second window, and
-    ``hold_s`` after that. Called once per handshake message that has a valid mac1."""
+    """Whether the device is "under load" (whitepaper section 5.3): more than ``per_s``
+    handshake messages in a one-second window, and ``hold_s`` after that. Called once per
+    handshake message that has a valid mac1. (wireguard-go and the kernel judge load by
+    the length of their handshake queue; a single-threaded device has no queue, so it
+    counts a rate. The per-source limits are ratelimiter.RateLimiter.)"""
 
     __slots__ = ("_count", "_hold_s", "_per_s", "_until", "_window_start")
 
@@ -258,6 +266,10 @@ class Device:
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.indices: dict[int, Peer | Keypair] = {}  # local index -> handshake's peer or keypair
         self.cookie_checker = CookieChecker(self.identity.public_key)
+        # Under load: Curve25519 work and cookie replies allowed per source (_check_macs).
+        self.handshake_limiter = RateLimiter()
+        self.cookie_limiter = RateLimiter()
+        self.cookie_replies_sent = 0
 
     # -- configuration ----------------------------------------------------------------
 
@@ -385,15 +397,32 @@ class Device:
     def _check_macs(
         self, data: bytes, off1: int, off2: int, sender: int, src: Endpoint, now: float
     ) -> list[Transmit] | None:
-        """None when the message may be processed, else what to send instead (maybe [])."""
+        """None when the message may be processed, else what to send instead: a cookie
+        reply. ProtocolError: drop it (bad mac1, or over a per-source limit).
+
+        The DoS rules in one place (whitepaper 5.3, wireguard-go's RoutineHandshake):
+        a bad mac1 costs one BLAKE2s and no reply. Under load, a message whose mac2
+        proves its source address gets Curve25519 work only within that source's rate
+        (handshake_limiter); one without gets a cookie reply, no Curve25519 work, and
+        only within the source's rate of cookie replies (cookie_limiter), so a spoofed
+        flood is never reflected at line rate to the spoofed address. A cookie reply (64
+        bytes) is smaller than an initiation (148) or a response (92): no amplification.
+        """
         if not self.cookie_checker.check_mac1(data, off1):
             raise ProtocolError("bad mac1")
         if not self.under_load(now):
             return None
-        srcb = source_bytes(*src)
+        address, port = src
+        host = packed_host(address)
+        srcb = host + port.to_bytes(2, "little")
         if self.cookie_checker.check_mac2(data, off2, srcb, now):
+            if not self.handshake_limiter.allow(host, now):
+                raise ProtocolError("handshake rate limited")
             return None
+        if not self.cookie_limiter.allow(host, now):
+            raise ProtocolError("cookie reply rate limited")
         reply = self.cookie_checker.create_reply(data, off1, sender, srcb, now, self.entropy)
+        self.cookie_replies_sent += 1
         return [Transmit(reply.pack(), src)]
 
     def _receive_initiation(self, data: bytes, src: Endpoint, now: float) -> HandshakeOutcome:

@@ -4,6 +4,11 @@ It finds the server either through the data directory's ``admin.json`` (on the c
 host) or through a URL and an API key (``--server``/``--api-key`` or the environment
 variables WEFT_CONTROL_URL / WEFT_CONTROL_API_KEY). Every failure is an ``AdminError``
 whose message is one line that says what to do.
+
+The API key is a secret: it goes to an https:// server whose certificate verified
+(against the system's CAs, SSL_CERT_FILE, or ``--tls-ca``), to the local server named by
+admin.json (its certificate pinned, when it serves https), or over plain http only to
+this host, unless ``--allow-insecure-http`` says otherwise.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from weftnet import tls
 
 DEFAULT_DATA_DIR = Path("/var/lib/weft-control")
 URL_ENV = "WEFT_CONTROL_URL"
@@ -31,6 +38,19 @@ class AdminError(Exception):
 class AdminTarget:
     url: str
     api_key: str
+    tls_ca: str | None = None  # --tls-ca: the CAs an https server must chain to
+    pinned_cert: str | None = None  # admin.json's tls_cert: the local server's own
+
+
+def check_channel(url: str, allow_insecure_http: bool) -> None:
+    """AdminError if an API key would cross a network in the clear to ``url``."""
+    if tls.is_https(url) or tls.is_loopback_url(url) or allow_insecure_http:
+        return
+    raise AdminError(
+        f"refusing to send the API key to {url} over plain http, where anyone on the path"
+        " can read it: use an https:// URL (weft-control serve --tls-cert/--tls-key), or"
+        " --allow-insecure-http to accept the risk"
+    )
 
 
 def resolve_target(
@@ -38,6 +58,8 @@ def resolve_target(
     server: str | None,
     api_key: str | None,
     env: Mapping[str, str] = os.environ,
+    tls_ca: str | None = None,
+    allow_insecure_http: bool = False,
 ) -> AdminTarget:
     """Where the server is: --server beats --data-dir beats WEFT_CONTROL_URL beats the
     default data directory."""
@@ -48,13 +70,15 @@ def resolve_target(
         if not key:
             raise AdminError(f"--server needs --api-key KEY (or {API_KEY_ENV} in the environment)")
         if not server.startswith(("http://", "https://")):
-            raise AdminError(f"invalid --server {server!r}: expected http://HOST:PORT")
-        return AdminTarget(server.rstrip("/"), key)
+            raise AdminError(f"invalid --server {server!r}: expected https://HOST:PORT")
+        check_channel(server, allow_insecure_http)
+        return AdminTarget(server.rstrip("/"), key, tls_ca=tls_ca)
     directory = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
     path = directory / "admin.json"
     try:
         info = json.loads(path.read_text())
         url, key = info["url"], info["api_key"]
+        pinned = info.get("tls_cert")
     except FileNotFoundError:
         raise AdminError(
             f"no {path}: is `weft-control serve --data-dir {directory}` running?"
@@ -66,16 +90,31 @@ def resolve_target(
         ) from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise AdminError(f"cannot use {path}: {e}") from None
-    return AdminTarget(str(url).rstrip("/"), api_key or str(key))
+    # admin.json names a URL of this host (the server's --listen address).
+    return AdminTarget(
+        str(url).rstrip("/"),
+        api_key or str(key),
+        tls_ca=tls_ca,
+        pinned_cert=str(pinned) if pinned else None,
+    )
 
 
 class AdminClient:
     def __init__(self, target: AdminTarget, timeout_s: float = TIMEOUT_S) -> None:
         self.target = target
+        try:
+            verify = (
+                tls.pinned_context(target.pinned_cert)
+                if target.pinned_cert
+                else tls.client_context(target.tls_ca)
+            )
+        except tls.TlsError as e:
+            raise AdminError(str(e)) from None
         self._http = httpx.Client(
             base_url=target.url + "/api/v1",
             headers={"Authorization": f"Bearer {target.api_key}"},
             timeout=timeout_s,
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -104,9 +143,9 @@ class AdminClient:
                 params={k: v for k, v in (params or {}).items() if v is not None},
             )
         except httpx.ConnectError as e:
-            raise AdminError(
-                f"cannot reach the control server at {url}: {_reason(e)}; is weft-control serve running?"
-            ) from None
+            reason = _reason(e)
+            hint = "" if "certificate" in reason else "; is weft-control serve running?"
+            raise AdminError(f"cannot reach the control server at {url}: {reason}{hint}") from None
         except httpx.TimeoutException:
             raise AdminError(f"the control server at {url} did not answer in time") from None
         except httpx.HTTPError as e:
@@ -126,9 +165,23 @@ class AdminClient:
             raise AdminError(str(message).splitlines()[0])
         return data
 
+    def server_key(self) -> str:
+        """The server's key (``mkey:<hex>``), as ``GET /key`` answers over this verified
+        channel: what ``weft up --server-key`` takes."""
+        try:
+            r = self._http.get(self.target.url + "/key")
+            r.raise_for_status()
+            return str(r.json()["public_key"])
+        except httpx.HTTPError as e:
+            raise AdminError(
+                f"cannot get the server key from {self.target.url}: {_reason(e)}"
+            ) from None
+        except (ValueError, KeyError, TypeError):
+            raise AdminError(f"{self.target.url}/key: not a weft-control server") from None
+
 
 def _reason(e: Exception) -> str:
     text = str(e) or type(e).__name__
     if "Connection refused" in text:
         return "connection refused"
-    return text.splitlines()[0]
+    return tls.describe(e)

@@ -1,8 +1,10 @@
 """weft-control: run the coordination server, and administer it.
 
     weft-control serve [--listen HOST:PORT] [--data-dir DIR] [--database-url URL]
+                       [--tls-cert FILE --tls-key FILE] [--server-url URL]
                        [--region NAME] [--no-relay] [--relay-rate BYTES] [--stun-port N] ...
     weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
+                       [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
     weft-control users create NAME | list | delete NAME [--force]
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
@@ -14,10 +16,13 @@
     weft-control apikeys create [--expiration 90d] [--scope admin|relay] | list
                         | revoke PREFIX
     weft-control relays list
+    weft-control server-key      the key for `weft up --server-key` (--json: with fingerprint)
 
 Admin commands talk to a running server: through ``--data-dir DIR`` (its admin.json,
 on the control host) or ``--server URL --api-key KEY`` (or WEFT_CONTROL_URL and
-WEFT_CONTROL_API_KEY). Every listing takes ``--json``. Errors are one line on stderr
+WEFT_CONTROL_API_KEY); an https server is verified against the system's CAs or
+``--tls-ca FILE``, and an API key goes over plain http only to this host unless
+``--allow-insecure-http``. Every listing takes ``--json``. Errors are one line on stderr
 and a non-zero exit: 1 when the server refused or could not be reached, 2 for bad usage.
 """
 
@@ -99,6 +104,20 @@ def _rate(text: str) -> int:
     return int(value)
 
 
+def _client_tls_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tls-ca",
+        metavar="FILE",
+        help="CA certificates (PEM) the server's https certificate must chain to"
+        " (default: the system's; SSL_CERT_FILE is honoured)",
+    )
+    parser.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        help="send the API key over plain http:// to another host (it can be read on the way)",
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -109,6 +128,10 @@ def build_parser() -> Parser:
     serve.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="(default %(default)s)")
     serve.add_argument("--database-url", help="default: sqlite in DATA_DIR/control.db")
     serve.add_argument("--server-url", help="public URL of this server, for login URLs")
+    serve.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate chain: serve https (with --tls-key)"
+    )
+    serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     serve.add_argument("--node-key-expiry", help="e.g. 180d (the default); saved")
     serve.add_argument("--dns-domain", help="e.g. weft.internal (the default); saved")
     serve.add_argument("--keepalive-interval", type=_seconds, default=15.0, metavar="DURATION")
@@ -162,6 +185,11 @@ def build_parser() -> Parser:
     relay.add_argument(
         "--relay-rate", type=_rate, default=200_000_000, metavar="BYTES", help="per client"
     )
+    relay.add_argument(
+        "--tls-cert", metavar="FILE", help="PEM certificate chain: serve https (with --tls-key)"
+    )
+    relay.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    _client_tls_flags(relay)
 
     common = Parser(add_help=False)
     common.add_argument(
@@ -170,6 +198,7 @@ def build_parser() -> Parser:
     common.add_argument("--server", help="URL of the server (or WEFT_CONTROL_URL)")
     common.add_argument("--api-key", help="admin API key (or WEFT_CONTROL_API_KEY)")
     common.add_argument("--json", action="store_true", help="print JSON")
+    _client_tls_flags(common)
 
     def group(name: str, help_text: str) -> Any:
         sub = commands.add_parser(name, help=help_text)
@@ -236,6 +265,11 @@ def build_parser() -> Parser:
 
     relays = group("relays", "see the relay map")
     action(relays, "list", "list relay regions (embedded and standalone)")
+    commands.add_parser(
+        "server-key",
+        help="the server's key, for `weft up --server-key` (and its fingerprint)",
+        parents=[common],
+    )
     return parser
 
 
@@ -383,6 +417,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         host, port = server.parse_listen(args.listen)
     except ValueError as e:
         raise UsageError(str(e)) from None
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise UsageError("--tls-cert and --tls-key go together")
     return server.ServeOptions(
         data_dir=Path(args.data_dir),
         host=host,
@@ -400,6 +436,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         region=args.region,
         relay_rate_bytes_per_s=args.relay_rate,
         stun_port=args.stun_port,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
     )
 
 
@@ -453,6 +491,10 @@ def _relay(args: argparse.Namespace) -> int:
         data_dir=Path(args.data_dir),
         public_url=args.public_url,
         rate_bytes_per_s=args.relay_rate,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_ca=args.tls_ca,
+        allow_insecure_http=args.allow_insecure_http,
     )
     try:
         asyncio.run(relayd.run(options))
@@ -502,12 +544,34 @@ def _only_prefix(ref: str, command: str) -> None:
         )
 
 
+def _print_server_key(text: str, as_json: bool) -> int:
+    from weftnet import controlbox, serverkey, tailcfg
+
+    try:
+        fp = serverkey.fingerprint(controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, text))
+    except ValueError:
+        raise UsageError(f"the server answered a malformed key {text[:80]!r}") from None
+    if as_json:
+        print(json.dumps({"server_key": text, "fingerprint": fp}, indent=2))
+    else:
+        print(text)
+    return 0
+
+
 def _admin(args: argparse.Namespace) -> int:
     from weftnet.control.cli.adminclient import AdminClient, resolve_target
 
     now = time.time()
-    target = resolve_target(args.data_dir, args.server, args.api_key)
+    target = resolve_target(
+        args.data_dir,
+        args.server,
+        args.api_key,
+        tls_ca=args.tls_ca,
+        allow_insecure_http=args.allow_insecure_http,
+    )
     with AdminClient(target) as client:
+        if args.command == "server-key":
+            return _print_server_key(client.server_key(), args.json)
         req = client.request
         key = (args.command, args.action)
         out: Any

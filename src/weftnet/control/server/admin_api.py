@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from weftnet import tailcfg
+from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
 from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
 from weftnet.control.policy import Policy
@@ -223,7 +223,11 @@ def router(
     clock: Callable[[], float],
     own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
     on_login_approved: Callable[[str], None] = lambda _code: None,
+    server_public: bytes | None = None,
 ) -> APIRouter:
+    """The admin API. New auth keys carry the fingerprint of ``server_public`` (when given),
+    so a node that logs in with one refuses any other server (weftnet.serverkey)."""
+
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
@@ -272,6 +276,8 @@ def router(
             tags=body.tags,
             expiration=body.expiration,
         )
+        if server_public is not None:
+            text = serverkey.attach(text, server_public)
         return {"key": text, **auth_key_json(key, body.user, now)}
 
     @api.delete("/keys/{ref}")

@@ -1,7 +1,8 @@
 """Running the coordination server: data directory, keys, database, relay, STUN, uvicorn.
 
 ``ControlServer.open()`` does everything that can fail with a clear message before any
-request is served - data directory (0700), server key (``server.key``, 0600, made on
+request is served - data directory (0700), the TLS certificate and key (``--tls-cert``,
+``--tls-key``: then the API, the node protocol and the embedded relay are https only), server key (``server.key``, 0600, made on
 first start), relay key (``relay.key``, likewise), database (migrated to the newest
 schema), the listening socket, the STUN socket (UDP ``stun_port``) - and writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
 --data-dir DIR`` on this host can talk to the server. ``run()`` then serves until
@@ -28,7 +29,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from weftnet import keyfile
+from weftnet import keyfile, tls
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
 from weftnet.control.server import connlimit
@@ -84,6 +85,10 @@ class ServeOptions:
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     max_connections_per_address: int = connlimit.DEFAULT_PER_ADDRESS  # more: closed at once
+    # TLS for everything on the HTTP port (API, node protocol, embedded relay): a PEM
+    # certificate chain and its key; None: plain http.
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -95,13 +100,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def local_url(host: str, port: int) -> str:
+def local_url(host: str, port: int, scheme: str = "http") -> str:
     """How a client on this host reaches a server listening on ``host``."""
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
         host = "::1"
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def load_or_create_server_key(data_dir: Path) -> tuple[bytes, bytes]:
@@ -124,8 +129,14 @@ def _load_key(path: Path, what: str) -> tuple[bytes, bytes]:
     return private, keyfile.public_of(private)
 
 
-def ensure_admin_key(service: ControlService, data_dir: Path, url: str) -> str:
-    """Reuse the admin API key in admin.json if still valid, else make one; write the file."""
+def ensure_admin_key(
+    service: ControlService, data_dir: Path, url: str, tls_cert: str | None = None
+) -> str:
+    """Reuse the admin API key in admin.json if still valid, else make one; write the file.
+
+    With TLS, the file also names the server's certificate: the admin CLI on this host
+    trusts exactly that certificate (weftnet.tls.pinned_context), whatever name it has.
+    """
     path = data_dir / ADMIN_FILE
     api_key = None
     with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
@@ -146,7 +157,10 @@ def ensure_admin_key(service: ControlService, data_dir: Path, url: str) -> str:
         api_key, _ = service.create_api_key(
             now, LOCAL_ADMIN_LIFETIME, description=LOCAL_ADMIN_DESCRIPTION
         )
-    info = {"url": url, "api_key": api_key, "pid": os.getpid(), "started_at": now}
+    info: dict[str, object] = {"url": url, "api_key": api_key}
+    if tls_cert is not None:
+        info["tls_cert"] = str(Path(tls_cert).resolve())
+    info.update(pid=os.getpid(), started_at=now)
     keyfile.write_private(path, json.dumps(info, indent=2) + "\n")
     return api_key
 
@@ -266,6 +280,14 @@ class ControlServer:
             raise ServeError("--relay-rate must be a positive number of bytes per second")
         if opts.max_connections_per_address < 1:
             raise ServeError("--max-connections-per-address must be at least 1")
+        if (opts.tls_cert is None) != (opts.tls_key is None):
+            raise ServeError("--tls-cert and --tls-key go together")
+        tls_context = None
+        if opts.tls_cert is not None and opts.tls_key is not None:
+            try:
+                tls_context = tls.server_context(opts.tls_cert, opts.tls_key)
+            except tls.TlsError as e:
+                raise ServeError(str(e)) from None
         private, public = load_or_create_server_key(data_dir)
         url = opts.database_url or store.sqlite_url(data_dir)
         try:
@@ -289,7 +311,7 @@ class ControlServer:
         feed.subscribe(hub.notify_threadsafe)
         self._sock = bind(opts.host, opts.port)
         self.port = self._sock.getsockname()[1]
-        self.url = local_url(opts.host, self.port)
+        self.url = local_url(opts.host, self.port, "https" if opts.tls_cert else "http")
         if opts.stun_port:
             self._stun_sock = bind_stun(opts.host, opts.stun_port)
             self.stun_port = self._stun_sock.getsockname()[1]
@@ -302,7 +324,7 @@ class ControlServer:
                 stun_port=self.stun_port,
                 rate_bytes_per_s=opts.relay_rate_bytes_per_s,
             )
-        self.api_key = ensure_admin_key(service, data_dir, self.url)
+        self.api_key = ensure_admin_key(service, data_dir, self.url, opts.tls_cert)
         ctx = ControlContext(
             service=service,
             hub=hub,
@@ -329,6 +351,7 @@ class ControlServer:
             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
             log_level="info",
             server_header=False,
+            ssl_context_factory=(lambda *_: tls_context) if tls_context is not None else None,
         )
         self._server = _Uvicorn(config, hub)
         log.info(

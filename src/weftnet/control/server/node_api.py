@@ -225,6 +225,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             ctx.clock,
             lambda r: ctx.own_relays(ctx.base_url(r)),
             on_login_approved=ctx.waiters.approved,
+            server_public=ctx.server_public,
         ),
         prefix="/api/v1",
     )

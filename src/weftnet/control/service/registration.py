@@ -23,7 +23,7 @@ After a commit that changes what some node sees, the service publishes on the
 
 from __future__ import annotations
 
-from weftnet import tailcfg
+from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
 from weftnet.control.domain.records import (
     DISCO_KEY_UNIQUE,
@@ -77,7 +77,7 @@ class NodeRules:
         self, machine_key: str, req: tailcfg.RegisterRequest, now: float
     ) -> Registered:
         assert req.auth_key is not None
-        text = req.auth_key
+        text, _ = serverkey.split_auth_key(req.auth_key)  # the node checked the fingerprint
         try:
             prefix = credentials.key_prefix(credentials.AUTH_KEY_KIND, text)
         except ValueError:
