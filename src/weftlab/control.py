@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 from nacl.public import PrivateKey
 
-from weftlab import control_clock
+from weftlab import control_clock, secrets
 from weftlab.netlab import poll_until
 from weftlab.testca import lab_ca
 from weftnet import controlbox, tailcfg, tls
@@ -72,6 +72,7 @@ def admin(
         proc: subprocess.CompletedProcess[str] = host.run(argv, check=False, timeout=timeout_s)
     else:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
+    secrets.remember_in(" ".join([*args, proc.stdout or ""]))  # no log may hold these keys
     if check and proc.returncode != 0:
         raise AdminCommandError(proc.returncode, argv, proc.stdout, proc.stderr)
     return proc
@@ -117,6 +118,7 @@ class Control:
         assert info is not None
         self.url = self.public_url or info["url"]
         self.api_key = info["api_key"]
+        secrets.remember(self.api_key)
 
     def _ready(self) -> dict[str, Any] | None:
         assert self.process is not None

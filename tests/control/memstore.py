@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from weftnet.control.domain.records import (
+    DISCO_KEY_UNIQUE,
     NODE_UPDATABLE,
     ApiKey,
     AuthKey,
@@ -153,6 +154,9 @@ class MemoryTx:
             for column in NODE_UNIQUE:
                 if getattr(other, column) == getattr(node, column):
                     raise StoreConflict(f"nodes.{column}")
+            disco_key = getattr(node, "disco_key", None)
+            if disco_key is not None and other.disco_key == disco_key:
+                raise StoreConflict("nodes.disco_key", DISCO_KEY_UNIQUE)
 
     def add_node(self, node: NewNode) -> Node:
         self._check_unique(node, None)

@@ -44,6 +44,7 @@ class FakeService:
         self.deleted: list[int] = []
         self.gate: threading.Event | None = None  # when set, snapshot() waits for it
         self.read = threading.Event()  # set once a snapshot has read the nodes
+        self.purges: list[float] = []  # the times purge_expired_logins was called with
 
     def snapshot(self) -> Snapshot:
         nodes = dict(self.nodes)  # read first, like a transaction's snapshot
@@ -59,6 +60,35 @@ class FakeService:
         self.deleted.append(node_id)
         self.nodes.pop(node_id, None)
         return True
+
+    def purge_expired_logins(self, now: float) -> int:
+        self.purges.append(now)
+        return 0
+
+
+async def _until(condition: Any, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + 5
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def test_expired_pending_logins_are_purged_at_start_and_then_periodically() -> None:
+    clock = FakeClock(NOW)
+    service = FakeService()
+    hub = Hub(service, tick_s=0.01, purge_every_s=300, clock=clock)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        await _until(lambda: service.purges == [NOW], "the first purge")
+        clock.advance(299)
+        await asyncio.sleep(0.1)
+        assert service.purges == [NOW]  # ten ticks later, not yet due
+        clock.advance(1)
+        await _until(lambda: service.purges == [NOW, NOW + 300], "the second purge")
+        clock.advance(-3600)  # the wall clock stepped back: purge again, do not wait an hour
+        await _until(lambda: len(service.purges) == 3, "a purge after the clock stepped back")
+    finally:
+        await hub.stop()
 
 
 async def test_a_new_stream_never_gets_a_map_read_before_it_started() -> None:

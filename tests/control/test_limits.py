@@ -16,6 +16,7 @@ import pytest
 
 from weftlab.control import Control, FakeNode, serve_in_thread, start_control
 from weftnet import tailcfg
+from weftnet.control.cli.main import build_parser, serve_options
 from weftnet.control.server.app import ServeOptions
 from weftnet.control.server.logins import DEFAULT_PER_SOURCE
 from weftnet.control.service.registration import NodeRules
@@ -159,8 +160,11 @@ async def test_half_open_connections_neither_block_nodes_nor_stay_open(fast_serv
     port = fast_server.port
     conns: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
-        for _ in range(HALF_OPEN):
-            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(HALF_OPEN):
+            # From 4 addresses, each under its cap of 256 connections (another test
+            # shows what the cap does).
+            source = (f"127.0.1.{i % 4 + 1}", 0)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=source)
             writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
             conns.append((reader, writer))
         await asyncio.gather(*(w.drain() for _, w in conns))
@@ -218,6 +222,109 @@ async def test_an_idle_connection_is_closed_after_the_head_timeout(fast_server: 
         assert time.monotonic() - started < 3
     finally:
         writer.close()
+
+
+PER_ADDRESS = 3
+RELAY_UPGRADE = (
+    b"GET /relay HTTP/1.1\r\nHost: x\r\nUpgrade: weft-relay\r\nConnection: Upgrade\r\n\r\n"
+)
+
+
+@pytest.fixture
+def capped_server(tmp_path: Path) -> Iterator[Any]:
+    options = ServeOptions(
+        data_dir=tmp_path / "data",
+        host="127.0.0.1",
+        port=0,
+        access_log=False,
+        stun_port=0,
+        max_connections_per_address=PER_ADDRESS,
+    )
+    with serve_in_thread(options) as running:
+        yield running
+
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _connect(port: int, source: str = "127.0.0.1") -> Conn:
+    return await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+
+
+async def _served(conn: Conn) -> bool:
+    """True if the server answers a request on ``conn``; False if it closed it."""
+    reader, writer = conn
+    with contextlib.suppress(OSError):
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    try:
+        answer = await asyncio.wait_for(reader.read(100), 5)
+    except OSError:
+        return False
+    return answer.startswith(b"HTTP/1.1 200")
+
+
+async def _relay_link(port: int) -> Conn:
+    reader, writer = await _connect(port)
+    writer.write(RELAY_UPGRADE)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return reader, writer
+
+
+async def _closed_at_once(port: int, source: str = "127.0.0.1") -> bool:
+    reader, writer = await _connect(port, source)
+    try:
+        return await asyncio.wait_for(reader.read(100), 5) == b""
+    except OSError:
+        return True
+    finally:
+        writer.close()
+
+
+@pytest.mark.anyio
+async def test_connections_beyond_the_per_address_cap_are_closed_at_once(
+    capped_server: Any,
+) -> None:
+    """Relay links count too, until they close, and give their slot back exactly once."""
+    port = capped_server.port
+    plain = [await _connect(port), await _connect(port)]
+    relay = await _relay_link(port)
+    opened: list[Conn] = [*plain, relay]
+    try:
+        started = time.monotonic()
+        assert await _closed_at_once(port)  # a 4th from 127.0.0.1
+        assert time.monotonic() - started < 1
+        # Another address is served meanwhile.
+        other = await _connect(port, "127.0.0.2")
+        opened.append(other)
+        assert await _served(other)
+        # The relay link closes: its slot (and only its) comes back.
+        relay[1].close()
+        deadline = time.monotonic() + 5
+        while True:
+            again = await _connect(port)
+            if await _served(again):
+                opened.append(again)
+                break
+            again[1].close()
+            assert time.monotonic() < deadline, "the relay link's slot never came back"
+            await asyncio.sleep(0.05)
+        assert await _closed_at_once(port)  # 2 plain + the new one: full again
+        for conn in plain:
+            assert await _served(conn)  # the first two were never cut
+    finally:
+        for _, writer in opened:
+            writer.close()
+
+
+def test_the_per_address_cap_is_a_serve_option(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    argv = ["serve", "--max-connections-per-address", "16"]
+    assert serve_options(parser.parse_args(argv)).max_connections_per_address == 16
+    assert serve_options(parser.parse_args(["serve"])).max_connections_per_address == 256
+    with pytest.raises(SystemExit):
+        parser.parse_args(["serve", "--max-connections-per-address", "0"])
+    assert "invalid number '0'" in capsys.readouterr().err
 
 
 # -- M2: anonymous interactive logins ------------------------------------------------

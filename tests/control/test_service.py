@@ -274,6 +274,23 @@ def test_interactive_login_waits_for_the_admin(svc: ControlService) -> None:
         svc.register_by_code("bob", code, NOW + 8)
 
 
+def test_expired_pending_logins_are_purged(svc: ControlService) -> None:
+    """By the next interactive login, and by purge_expired_logins (the hub's timer)."""
+    ttl = svc.settings.pending_ttl_s
+    old, newer, later = Device("old"), Device("newer"), Device("later")
+    for dev, at in [(old, NOW), (newer, NOW + ttl / 2)]:
+        assert isinstance(
+            svc.register(dev.machine_key, dev.request(), at, "http://c"), tailcfg.RegisterResponse
+        )
+    assert counts(svc)["pending_registrations"] == 2
+    assert svc.purge_expired_logins(NOW + ttl - 1) == 0  # none expired yet
+    assert svc.purge_expired_logins(NOW + ttl) == 1  # "old" expires at NOW + ttl
+    assert counts(svc)["pending_registrations"] == 1
+    svc.register(later.machine_key, later.request(), NOW + 2 * ttl, "http://c")
+    assert counts(svc)["pending_registrations"] == 1  # "newer" went, "later" came
+    assert svc.purge_expired_logins(NOW + 2 * ttl) == 0
+
+
 def test_interactive_login_refusals(svc: ControlService) -> None:
     svc.create_user("bob", NOW)
     dev, other = Device(), Device()
@@ -471,6 +488,31 @@ def test_a_disco_key_belongs_to_one_node(svc: ControlService) -> None:
         ).disco_key
         == own
     )
+
+
+def test_a_disco_key_race_lost_at_the_unique_index_is_the_same_refusal(
+    svc: ControlService, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two nodes reporting one new disco key at once both pass the look-up; the
+    database's unique index refuses the second, with the refusal the look-up gives."""
+    svc.create_user("alice", NOW)
+    key, _ = svc.create_auth_key(NOW, "alice", reusable=True)
+    a, b = Device("a"), Device("b")
+    register(svc, a, key)
+    register(svc, b, key)
+    disco = _key("discokey:")
+    svc.map_request(
+        a.machine_key, tailcfg.MapRequest(ts=NOW, node_key=a.node_key, disco_key=disco), None, NOW
+    )
+    with store.transaction(write=False) as tx:
+        tx_class = type(tx)
+    monkeypatch.setattr(tx_class, "node_by_disco_key", lambda self, key: None)  # the race
+    steal = tailcfg.MapRequest(ts=NOW, node_key=b.node_key, disco_key=disco)
+    with pytest.raises(Refused, match="disco key is used by another node") as e:
+        svc.map_request(b.machine_key, steal, None, NOW + 1)
+    assert e.value.kind == tailcfg.ERROR_BAD_REQUEST
+    nodes = {n.hostname: n for n, _ in svc.list_nodes()}
+    assert nodes["a"].disco_key == disco and nodes["b"].disco_key is None
 
 
 def test_a_stored_policy_that_no_longer_parses_denies_everything() -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import text
 
-from weftnet.control.domain.records import NewAuthKey, NewNode
+from weftnet.control.domain.records import DISCO_KEY_UNIQUE, NewAuthKey, NewNode, StoreConflict
 from weftnet.control.store.models import metadata
 from weftnet.control.store.sql import SqlStore, normalize_url, redact
 
@@ -149,5 +150,64 @@ def test_api_keys_from_before_scopes_become_admin_keys(url: str) -> None:
         with store.transaction(write=False) as tx:
             key = tx.api_key_by_prefix("bbbbbbbbbbbb")
         assert key is not None and key.scope == "admin" and key.expires_at is None
+    finally:
+        store.dispose()
+
+
+def _insert_node(conn: Any, n: int, disco_key: str | None) -> None:
+    """A node row as schema 0004 has it (JSON columns as literals: PostgreSQL will not
+    cast a text parameter to json)."""
+    conn.execute(
+        text(
+            "INSERT INTO nodes (machine_key, node_key, disco_key, tags, hostname, given_name,"
+            " ipv4, ipv6, endpoints, created_at, ephemeral)"
+            " VALUES (:mk, :nk, :dk, '[]', 'h', :name, :v4, :v6, '[]', :t, false)"
+        ),
+        {
+            "mk": f"mkey:{n}",
+            "nk": f"nodekey:{n}",
+            "dk": disco_key,
+            "name": f"h{n}",
+            "v4": f"100.64.0.{n}",
+            "v6": f"fd7a:115c:a1e0::{n}",
+            "t": NOW,
+        },
+    )
+
+
+def test_migration_0005_makes_disco_keys_unique_keeping_the_newest_holder(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from weftnet.control.store.sql import MIGRATIONS_DIR
+
+    shared, own = "discokey:" + "a" * 64, "discokey:" + "b" * 64
+    old = SqlStore(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with old.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0004")
+            # Before the rule: nodes 1, 2 and 5 share a disco key; 3 and 4 have none.
+            for n, disco in [(1, shared), (2, shared), (3, None), (4, None), (5, shared)]:
+                _insert_node(conn, n, disco)
+            _insert_node(conn, 6, own)
+    finally:
+        old.dispose()
+    store = SqlStore.open(url)
+    try:
+        with store.transaction(write=False) as tx:
+            disco = {node.given_name: node.disco_key for node in tx.nodes()}
+        assert disco == {"h1": None, "h2": None, "h3": None, "h4": None, "h5": shared, "h6": own}
+        # The database itself now refuses a second holder, and names the index.
+        with pytest.raises(StoreConflict) as e, store.transaction(write=True) as tx:
+            node = tx.node_by_machine_key("mkey:1")
+            assert node is not None
+            tx.update_node(node.id, disco_key=shared)
+        assert e.value.constraint == DISCO_KEY_UNIQUE
+        with store.transaction(write=True) as tx:  # any number of nodes without one
+            tx.add_node(_node(7))
+            tx.add_node(_node(8))
     finally:
         store.dispose()

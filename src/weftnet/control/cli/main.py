@@ -80,6 +80,12 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}: 1 or more")
+    return int(text)
+
+
 _RATE_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
 
 
@@ -132,6 +138,13 @@ def build_parser() -> Parser:
     serve.add_argument("--ephemeral-grace", type=_seconds, default=10.0, metavar="DURATION")
     serve.add_argument("--login-wait", type=_seconds, default=60.0, metavar="DURATION")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
+    serve.add_argument(
+        "--max-connections-per-address",
+        type=_positive,
+        default=256,
+        metavar="N",
+        help="connections one IP address may hold open; more are closed at once (%(default)s)",
+    )
     serve.add_argument(
         "--region", default="default", help="region name of the embedded relay (%(default)s)"
     )
@@ -417,6 +430,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         keepalive_s=args.keepalive_interval,
         ephemeral_grace_s=args.ephemeral_grace,
         followup_wait_s=args.login_wait,
+        max_connections_per_address=args.max_connections_per_address,
         access_log=not args.no_access_log,
         relay=not args.no_relay,
         region=args.region,

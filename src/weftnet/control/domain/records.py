@@ -19,9 +19,19 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+# The unique index on nodes.disco_key (migration 0005): one node per disco key.
+DISCO_KEY_UNIQUE = "uq_nodes_disco_key"
+
 
 class StoreConflict(Exception):
-    """A unique constraint refused a write; the whole transaction may be retried."""
+    """A unique constraint refused a write; the whole transaction may be retried.
+
+    ``constraint`` names the unique index or constraint when the store can tell (None
+    for a deadlock or serialization failure)."""
+
+    def __init__(self, message: str, constraint: str | None = None) -> None:
+        super().__init__(message)
+        self.constraint = constraint
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

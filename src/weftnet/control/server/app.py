@@ -32,6 +32,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from weftnet import keyfile, tls
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
+from weftnet.control.server import connlimit
 from weftnet.control.server.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
 from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
 from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
@@ -83,6 +84,7 @@ class ServeOptions:
     policy_clock: Callable[[], float] | None = None
     head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    max_connections_per_address: int = connlimit.DEFAULT_PER_ADDRESS  # more: closed at once
     # TLS for everything on the HTTP port (API, node protocol, embedded relay): a PEM
     # certificate chain and its key; None: plain http.
     tls_cert: str | None = None
@@ -276,6 +278,8 @@ class ControlServer:
             raise ServeError(f"--region: {e}") from None
         if opts.relay_rate_bytes_per_s <= 0:
             raise ServeError("--relay-rate must be a positive number of bytes per second")
+        if opts.max_connections_per_address < 1:
+            raise ServeError("--max-connections-per-address must be at least 1")
         if (opts.tls_cert is None) != (opts.tls_key is None):
             raise ServeError("--tls-cert and --tls-key go together")
         tls_context = None
@@ -332,6 +336,9 @@ class ControlServer:
             stun_socket=self._stun_sock,
         )
         base = uvicorn_protocol(self.relay.server) if self.relay is not None else H11Protocol
+        base = connlimit.per_address_protocol(
+            base, connlimit.AddressCounts(opts.max_connections_per_address)
+        )
         config = uvicorn.Config(
             create_app(ctx),
             http=head_timeout_protocol(base, opts.head_timeout_s),

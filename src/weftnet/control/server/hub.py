@@ -12,7 +12,9 @@ next one.
 
 A ticker (every ``tick_s``) marks the hub dirty when the earliest key expiry has
 passed, and deletes ephemeral nodes whose streams have all been gone for
-``ephemeral_grace_s`` (also ephemeral nodes that never came back after a restart).
+``ephemeral_grace_s`` (also ephemeral nodes that never came back after a restart). At
+its first tick and then every ``purge_every_s`` it deletes the pending interactive
+logins past their expiry, so their rows go even when no new login comes to do it.
 
 Relays ride on the same path. Standalone relays register in ``relays`` (a
 ``RelayRegistry``; the ticker drops those not refreshed in time); a change there marks
@@ -52,6 +54,7 @@ DEFAULT_KEEPALIVE_S = 15.0  # a stream with nothing to say sends a keepalive thi
 DEFAULT_EPHEMERAL_GRACE_S = 10.0  # an ephemeral node offline this long is deleted
 DEFAULT_TICK_S = 0.1  # how often expiry times and ephemeral deadlines are checked
 REBUILD_RETRY_S = 1.0  # after a failed snapshot (database unreachable), try again
+DEFAULT_PURGE_EVERY_S = 300.0  # expired pending-login rows are deleted this often
 
 
 class StreamClosed(Exception):
@@ -104,6 +107,7 @@ class Hub:
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
         ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S,
         tick_s: float = DEFAULT_TICK_S,
+        purge_every_s: float = DEFAULT_PURGE_EVERY_S,
         clock: Callable[[], float] = time.time,
         policy_clock: Callable[[], float] | None = None,
     ) -> None:
@@ -111,6 +115,7 @@ class Hub:
         self.keepalive_s = keepalive_s
         self.ephemeral_grace_s = ephemeral_grace_s
         self.tick_s = tick_s
+        self.purge_every_s = purge_every_s
         self.clock = clock
         # The wall clock policy schedules are judged by (``clock`` unless given): a lab
         # server moves it to test schedules; keys and requests keep ``clock``.
@@ -129,6 +134,7 @@ class Hub:
         self._subs: set[Subscription] = set()
         self._streams: dict[int, int] = {}  # node id -> live streams
         self._ephemeral_deadlines: dict[int, float] = {}  # node id -> delete at
+        self._purge_at = float("-inf")  # when expired pending logins are next deleted
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # -- lifecycle --------------------------------------------------------------------
@@ -350,3 +356,16 @@ class Hub:
                         log.info("deleted ephemeral node %d: offline for its grace period", node_id)
                 except Exception:
                     log.exception("could not delete ephemeral node %d", node_id)
+            # (or the wall clock stepped back past the last purge)
+            if now >= self._purge_at or now < self._purge_at - self.purge_every_s:
+                self._purge_at = now + self.purge_every_s
+                await self._purge_expired_logins(now)
+
+    async def _purge_expired_logins(self, now: float) -> None:
+        try:
+            purged = await anyio.to_thread.run_sync(self.service.purge_expired_logins, now)
+        except Exception as e:
+            log.warning("could not delete expired pending logins: %s", redact_error(e))
+            return
+        if purged:
+            log.info("deleted %d expired pending login(s)", purged)

@@ -102,6 +102,7 @@ class ControlService:
         self.snapshot = self.node_rules.snapshot
         self.node_disconnected = self.node_rules.node_disconnected
         self.delete_ephemeral = self.node_rules.delete_ephemeral
+        self.purge_expired_logins = self.node_rules.purge_expired_logins
 
     @property
     def store(self) -> Store:

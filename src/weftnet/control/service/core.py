@@ -11,7 +11,7 @@ lookups and the node upsert that more than one rule class needs; they work on a 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -113,13 +113,22 @@ class Db:
         self.feed: ChangeFeed = feed or NullFeed()
         self.random = random_bytes
 
-    def write(self, fn: Callable[[Tx], T]) -> T:
-        """Run ``fn`` in a write transaction; retry when a unique constraint refused it."""
+    def write(
+        self,
+        fn: Callable[[Tx], T],
+        refusals: Mapping[str, Callable[[], ServiceError]] | None = None,
+    ) -> T:
+        """Run ``fn`` in a write transaction; retry when a unique constraint refused it,
+        or raise ``refusals[constraint]()`` if it names that constraint (a race the rule
+        in ``fn`` lost: the database's unique index is the last word)."""
         for attempt in range(WRITE_ATTEMPTS):
             try:
                 with self.store.transaction(write=True) as tx:
                     return fn(tx)
-            except StoreConflict:
+            except StoreConflict as e:
+                refusal = refusals.get(e.constraint) if refusals and e.constraint else None
+                if refusal is not None:
+                    raise refusal() from None
                 if attempt == WRITE_ATTEMPTS - 1:
                     raise Conflict(
                         "the database stayed busy with conflicting writes; try again"

@@ -26,6 +26,7 @@ from __future__ import annotations
 from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
 from weftnet.control.domain.records import (
+    DISCO_KEY_UNIQUE,
     NewPending,
     Node,
     Tx,
@@ -43,6 +44,8 @@ from weftnet.control.service.core import (
     upsert_node,
 )
 from weftnet.control.service.policyrules import PolicyRules
+
+DISCO_KEY_TAKEN = "this disco key is used by another node: restart weftd"
 
 
 class NodeRules:
@@ -239,7 +242,7 @@ class NodeRules:
                 holder = tx.node_by_disco_key(req.disco_key)
                 if holder is not None and holder.id != node.id:
                     # Peers attribute disco messages by this key: one node only (L1).
-                    raise Refused("this disco key is used by another node: restart weftd")
+                    raise Refused(DISCO_KEY_TAKEN)
                 changes["disco_key"] = req.disco_key
             hostname = names.clean_hostname(req.hostinfo.hostname)
             if hostname and hostname != node.hostname:
@@ -256,7 +259,8 @@ class NodeRules:
             changed = len(changes) > 1
             return tx.update_node(node.id, **changes)
 
-        node = self.db.write(record)
+        # Two nodes reporting one new disco key at once: the index refuses the second.
+        node = self.db.write(record, {DISCO_KEY_UNIQUE: lambda: Refused(DISCO_KEY_TAKEN)})
         if changed:
             self.db.feed.publish()
         return node
@@ -294,3 +298,10 @@ class NodeRules:
         if deleted:
             self.db.feed.publish()
         return deleted
+
+    def purge_expired_logins(self, now: float) -> int:
+        """Delete the pending-login rows past their expiry (approved or not); how many.
+
+        A new interactive login also deletes them; the hub calls this periodically so
+        the rows go even when no login follows."""
+        return self.db.write(lambda tx: tx.delete_expired_pending(now))

@@ -14,12 +14,15 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
     Text,
 )
+
+from weftnet.control.domain.records import DISCO_KEY_UNIQUE
 
 metadata = MetaData(
     naming_convention={
@@ -84,6 +87,9 @@ nodes = Table(
     # Node ids are never reused: a peer that saw id 7 removed must never see a new 7.
     sqlite_autoincrement=True,
 )
+# Peers attribute disco messages by the sender's disco key: one node per key (security
+# audit L1). Nodes without one (NULL) are not counted, on SQLite and PostgreSQL alike.
+Index(DISCO_KEY_UNIQUE, nodes.c.disco_key, unique=True)
 
 api_keys = Table(
     "api_keys",

@@ -161,7 +161,7 @@ class SqlStore:
                 with conn.begin():
                     yield SqlTx(conn, self.dialect)
         except IntegrityError as e:
-            raise StoreConflict(str(e.orig)) from e
+            raise StoreConflict(str(e.orig), violated_constraint(e)) from e
         except DBAPIError as e:
             if getattr(e.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
                 raise StoreConflict(str(e.orig)) from e
@@ -174,6 +174,25 @@ class SqlStore:
                 t.name: conn.execute(select(func.count()).select_from(t)).scalar_one()
                 for t in m.ALL_TABLES
             }
+
+
+# SQLite names the columns of a unique index it enforced, not the index.
+_UNIQUE_BY_COLUMNS = {
+    ", ".join(f"{table.name}.{c.name}" for c in index.columns): str(index.name)
+    for table in m.ALL_TABLES
+    for index in table.indexes
+    if index.unique and index.name
+}
+_SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: (.+)$")
+
+
+def violated_constraint(e: IntegrityError) -> str | None:
+    """The name of the unique index a write ran into, where the database tells."""
+    name = getattr(getattr(e.orig, "diag", None), "constraint_name", None)  # PostgreSQL
+    if isinstance(name, str):
+        return name
+    found = _SQLITE_UNIQUE.search(str(e.orig).strip())
+    return _UNIQUE_BY_COLUMNS.get(found.group(1)) if found else None
 
 
 def _setup_sqlite(engine: Engine, *, wal: bool) -> None:
