@@ -37,3 +37,25 @@ def test_health_shows_in_stopped_and_needs_login_too(capsys: pytest.CaptureFixtu
     print_node_status(status("NeedsLogin", ["task login restarting after error X: y"]))
     out = capsys.readouterr().out.splitlines()
     assert out == ["NeedsLogin", "Health:", "  - task login restarting after error X: y"]
+
+
+def test_names_from_the_map_cannot_drive_the_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    peer = {"ips": ["100.64.0.2"], "hostname": "\x1b]0;owned\x07\x1b[2Jevil", "online": True,
+            "path": "relay", "endpoint": None, "rx_bytes": 0, "tx_bytes": 0}  # fmt: skip
+    print_node_status(status("Running", ["peer \x1b[31mx skipped"], peers=[peer]))
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "?]0;owned??[2Jevil" in out and "peer ?[31mx skipped" in out
+
+
+def test_an_auth_key_can_come_from_a_file(tmp_path: Any) -> None:
+    from weftnet.cli.main import CliError, auth_key_argument
+
+    (tmp_path / "key").write_text("weftkey-0123456789ab-" + "cd" * 24 + "\n")
+    assert auth_key_argument(f"file:{tmp_path / 'key'}") == "weftkey-0123456789ab-" + "cd" * 24
+    assert auth_key_argument("weftkey-x") == "weftkey-x" and auth_key_argument(None) is None
+    with pytest.raises(CliError, match="No such file"):
+        auth_key_argument(f"file:{tmp_path / 'missing'}")
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(CliError, match="empty"):
+        auth_key_argument(f"file:{tmp_path / 'empty'}")

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=30)
@@ -37,3 +39,18 @@ def test_weft_without_daemon(tmp_path: Path) -> None:
     r = run("weftnet.cli.main", "--socket", str(tmp_path / "none.sock"), "status")
     assert r.returncode == 1
     assert "weftd is not running" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_weftd_warns_about_a_private_key_file_others_can_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from weftnet.node.main import warn_if_readable_by_others
+
+    cfg = tmp_path / "wg0.conf"
+    cfg.write_text("[Interface]\n")
+    cfg.chmod(0o644)
+    warn_if_readable_by_others(str(cfg))
+    assert "readable by others (mode 644): chmod 600" in capsys.readouterr().err
+    cfg.chmod(0o600)
+    warn_if_readable_by_others(str(cfg))
+    assert capsys.readouterr().err == ""

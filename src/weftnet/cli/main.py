@@ -55,7 +55,7 @@ def print_health(problems: list[str]) -> None:
     if problems:
         print("Health:")
         for problem in problems:
-            print(f"  - {problem}")
+            print(f"  - {printable(problem)}")
 
 
 def print_node_status(st: dict[str, Any]) -> None:
@@ -82,8 +82,9 @@ def print_node_status(st: dict[str, Any]) -> None:
                 extra,
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
+    shown = [[printable(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in shown) for i in range(len(shown[0]))]
+    for r in shown:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
     print_health(st.get("health", []))
 
@@ -106,12 +107,34 @@ def call(sock: str, cmd: str, timeout_s: float = 30.0, **args: Any) -> Any:
     return answer.get("result")
 
 
+def printable(text: str) -> str:
+    """``text`` without control or format characters: a name from the map (a peer's
+    hostname) cannot drive this terminal, whatever the server sent."""
+    return "".join(c if c.isprintable() else "?" for c in str(text))
+
+
+def auth_key_argument(value: str | None) -> str | None:
+    """``--auth-key KEY`` or ``--auth-key file:PATH`` (the key stays off the command line,
+    as with tailscale up)."""
+    if value is None or not value.startswith("file:"):
+        return value
+    path = value.removeprefix("file:")
+    try:
+        with open(path) as f:
+            key = f.read().strip()
+    except OSError as e:
+        raise CliError(f"--auth-key {value}: {e.strerror or e}") from None
+    if not key:
+        raise CliError(f"--auth-key {value}: the file is empty")
+    return key
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     res = call(
         args.socket,
         "up",
         login_server=args.login_server,
-        auth_key=args.auth_key,
+        auth_key=auth_key_argument(args.auth_key),
         hostname=args.hostname,
         server_key=args.server_key,
         allow_insecure_http=args.allow_insecure_http,
@@ -160,10 +183,12 @@ def cmd_ping(args: argparse.Namespace) -> None:
     for _ in range(args.count):
         r = call(args.socket, "ping", target=args.host, timeout=args.timeout)
         if r.get("timeout"):
-            print(f"timeout waiting for a pong from {r['peer']} ({r['ip']})", flush=True)
+            print(f"timeout waiting for a pong from {printable(r['peer'])} ({r['ip']})", flush=True)
             continue
         via = f"via relay {r['via']}" if r["path"] == "relay" else f"via {r['via']}"
-        print(f"pong from {r['peer']} ({r['ip']}) {via} in {r['latency_ms']}ms", flush=True)
+        print(
+            f"pong from {printable(r['peer'])} ({r['ip']}) {via} in {r['latency_ms']}ms", flush=True
+        )
         if r["path"] == "direct" and not args.until_count:
             return
         time.sleep(0.5)
@@ -201,10 +226,10 @@ def print_whois(r: dict[str, Any]) -> None:
         rows.append(("Tags", ", ".join(node["tags"])))
     print("Machine:")
     for label, value in rows:
-        print(f"  {label + ':':<11}{value}")
+        print(f"  {label + ':':<11}{printable(value)}")
     if user is not None:
         print("User:")
-        print(f"  {'Name:':<11}{user['name']}")
+        print(f"  {'Name:':<11}{printable(user['name'])}")
         print(f"  {'ID:':<11}{user['id']}")
 
 
@@ -222,7 +247,11 @@ def main(argv: list[str] | None = None) -> None:
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="connect to the tailnet (log in if needed)")
     up.add_argument("--login-server", metavar="URL", help="the coordination server")
-    up.add_argument("--auth-key", metavar="KEY", help="join without interactive login")
+    up.add_argument(
+        "--auth-key",
+        metavar="KEY",
+        help="join without interactive login (file:PATH reads the key from a file)",
+    )
     up.add_argument("--hostname", metavar="NAME", help="the name this node shows to others")
     up.add_argument(
         "--server-key",

@@ -133,10 +133,25 @@ def build_daemon(config: NodeConfig) -> WgDaemon | NodeDaemon:
         except ConfigError as e:
             print(f"weftd: {e}", file=sys.stderr)
             sys.exit(2)
+        warn_if_readable_by_others(config.wg_config)
     if os.geteuid() != 0:
         print("weftd: must run as root (it creates a TUN device)", file=sys.stderr)
         sys.exit(1)
     return WgDaemon(cfg, config) if config.wg_config else NodeDaemon(config)
+
+
+def warn_if_readable_by_others(path: str) -> None:
+    """The file holds a private key: say so when others may read it, as wg-quick does."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if mode & 0o077:
+        print(
+            f"weftd: warning: {path} holds a private key and is readable by others"
+            f" (mode {mode & 0o777:o}): chmod 600 {path}",
+            file=sys.stderr,
+        )
 
 
 def setup_logging(config: NodeConfig) -> None:
