@@ -98,6 +98,18 @@ def test_relay_hosts_are_protected_too(svc: ControlService) -> None:
         svc.set_dns(DOC, ["control.example"], ["relay.tail.example"])
 
 
+def test_a_stored_document_that_no_longer_parses_gives_the_default(
+    svc: ControlService,
+) -> None:
+    svc.set_dns(DOC)
+    with svc.store.transaction(write=True) as tx:
+        tx.set_setting("dns", '{"magic_dns": "maybe"}')
+    config = svc.snapshot().dns_config
+    assert config is not None and config.domain == "tail.example" and config.magic_dns
+    assert config.fallback_resolvers == []
+    assert svc.get_dns()["nameservers"]["global"] == []
+
+
 # -- the map ------------------------------------------------------------------------
 
 

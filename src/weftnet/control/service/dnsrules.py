@@ -45,7 +45,12 @@ class DnsRules:
         domain = tx.get_setting(DOMAIN_SETTING) or DEFAULT_DNS_DOMAIN
         if text is None:
             return dnsdoc.DEFAULT_DOCUMENT, domain
-        return dnsdoc.parse(json.loads(text)), domain
+        try:
+            return dnsdoc.parse(json.loads(text)), domain
+        except ValueError:
+            # Written by a newer server, or edited by hand: maps must still build, so
+            # nodes get the default until an admin sets the document again.
+            return dnsdoc.DEFAULT_DOCUMENT, domain
 
     def config(self, tx: Tx) -> tailcfg.DNSConfig:
         """The DNSConfig in force in ``tx`` (compiled once per stored document)."""
