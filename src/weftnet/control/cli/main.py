@@ -13,6 +13,7 @@
                        | register --user U --code CODE
     weft-control nodes attr ID custom:NAME [VALUE | --delete]
     weft-control policy get | set FILE | check FILE
+    weft-control dns get | set FILE | check FILE    (docs/control-protocol.md, DNS settings)
     weft-control apikeys create [--expiration 90d] [--scope admin|relay] | list
                         | revoke PREFIX
     weft-control relays list
@@ -249,6 +250,13 @@ def build_parser() -> Parser:
     p.add_argument("file", metavar="FILE", help="the policy file, - for stdin")
     p = action(policy, "check", "check a policy file and run its tests; change nothing")
     p.add_argument("file", metavar="FILE", help="the policy file, - for stdin")
+
+    dns = group("dns", "the DNS settings: MagicDNS, nameservers, split DNS, extra records")
+    action(dns, "get", "print the DNS settings in force (a document `dns set` takes)")
+    p = action(dns, "set", "check a JSON or HuJSON DNS document and put it in force")
+    p.add_argument("file", metavar="FILE", help="the DNS document, - for stdin")
+    p = action(dns, "check", "check a DNS document; change nothing")
+    p.add_argument("file", metavar="FILE", help="the DNS document, - for stdin")
 
     apikeys = group("apikeys", "manage admin API keys")
     p = action(apikeys, "create", "create an API key (printed alone on stdout)")
@@ -513,13 +521,27 @@ def _attr_value(text: str) -> str | float | bool:
         return text
 
 
-def _read_policy(file: str) -> str:
+def _read_file(file: str) -> str:
     try:
         return sys.stdin.read() if file == "-" else Path(file).read_text()
     except OSError as e:
         raise UsageError(f"cannot read {file}: {e.strerror or e}") from None
     except UnicodeDecodeError:
         raise UsageError(f"cannot read {file}: not UTF-8 text") from None
+
+
+def _print_json(out: Any, _now: float) -> None:
+    print(json.dumps(out, indent=2))
+
+
+def _dns_summary(doc: dict[str, Any]) -> str:
+    servers = doc["nameservers"]
+    fallback = "" if doc["override_local_dns"] else " (fallback)"
+    return (
+        f"MagicDNS {'on' if doc['magic_dns'] else 'off'} under {doc['base_domain']},"
+        f" {len(servers['global'])} global nameserver(s){fallback},"
+        f" {len(servers['split'])} split domain(s), {len(doc['extra_records'])} extra record(s)"
+    )
 
 
 def _node_id(client: Any, ref: str) -> int:
@@ -649,12 +671,23 @@ def _admin(args: argparse.Namespace) -> int:
                 text = out["policy"].rstrip("\n")
         elif key in (("policy", "set"), ("policy", "check")):
             path = "/policy" if args.action == "set" else "/policy/check"
-            body = {"policy": _read_policy(args.file)}
+            body = {"policy": _read_file(args.file)}
             out = req("PUT" if args.action == "set" else "POST", path, body=body)
             done = "policy set" if args.action == "set" else "policy ok (not applied)"
             text = f"{done}: {out['acls']} rule(s), {out['tests']} test(s) passed"
             if out["ignored_keys"]:
                 text += f"; ignored: {', '.join(out['ignored_keys'])}"
+        elif key == ("dns", "get"):
+            # The document as JSON, with or without --json (escaped: safe on a terminal).
+            out, printer = req("GET", "/dns"), _print_json
+        elif key in (("dns", "set"), ("dns", "check")):
+            body = {"dns": _read_file(args.file)}
+            if args.action == "set":
+                out = req("PUT", "/dns", body=body)
+                text = f"DNS settings set: {_dns_summary(out)}"
+            else:
+                out = req("POST", "/dns/check", body=body)
+                text = f"DNS settings ok (not applied): {_dns_summary(out['dns'])}"
         elif key == ("apikeys", "create"):
             body = {
                 "expiration": args.expiration,

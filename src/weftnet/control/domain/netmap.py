@@ -25,6 +25,10 @@ again in a delta whenever it changed. With no policy set everyone sees everyone 
 every filter accepts everything. Filters with schedules hold until
 ``next_policy_edge_at``; the hub rebuilds then.
 
+DNS settings (``tailcfg.DNSConfig``, the same for every node) ride the same way: in
+every full frame, and in a delta whenever they changed, with ``dns_domain`` again when
+the tailnet's domain changed (for nodes that read only that).
+
 Endpoints rule (the node side depends on it): ``Node.endpoints[0]`` is the address the
 server saw the node's last map request come from, with the UDP port of the node's first
 reported endpoint; then come the node's reported endpoints in its order, as the server
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 
 from weftnet import endpoint, tailcfg
 from weftnet.control import policy as pol
-from weftnet.control.domain import names
+from weftnet.control.domain import dnsdoc, names
 from weftnet.control.domain.access import node_info
 from weftnet.control.domain.records import Node, User
 
@@ -129,6 +133,7 @@ class MapView:
     peers: dict[int, tailcfg.Node]
     relay_map: tuple[tailcfg.RelayRegion, ...] = ()
     packet_filter: tuple[tailcfg.FilterRule, ...] = ()
+    dns_config: tailcfg.DNSConfig | None = None
 
     def full(self, dns_domain: str) -> tailcfg.MapResponse:
         return tailcfg.MapResponse(
@@ -137,6 +142,7 @@ class MapView:
             dns_domain=dns_domain,
             relay_map=list(self.relay_map),
             packet_filter=list(self.packet_filter),
+            dns_config=self.dns_config,
         )
 
 
@@ -153,6 +159,7 @@ class NetMap:
         relays: Sequence[tailcfg.RelayRegion] = (),
         policy: pol.Policy | None = None,
         policy_now: float | None = None,
+        dns_config: tailcfg.DNSConfig | None = None,
     ) -> None:
         self.nodes = dict(nodes)
         self.policy = policy
@@ -161,6 +168,8 @@ class NetMap:
         self.online = frozenset(online)
         self.now = now
         self.dns_domain = dns_domain
+        # The same for every node; without DNS settings, the default under dns_domain.
+        self.dns_config = dns_config or dnsdoc.compile_config(dnsdoc.DEFAULT_DOCUMENT, dns_domain)
         self.relays = tuple(relays)  # standalone relays, after the server's own
         self._by_node_key = {n.node_key: n for n in self.nodes.values()}
         self._wire = {
@@ -228,6 +237,7 @@ class NetMap:
             {i: self._wire[i] for i in self.visible_peers(node_id)},
             (*own_relays, *self.relays),
             wire_rules,
+            self.dns_config,
         )
 
     def wire(self, node_id: int) -> tailcfg.Node | None:
@@ -249,12 +259,25 @@ def delta(prev: MapView, new: MapView) -> tailcfg.MapResponse | None:
     node = new.node if new.node != prev.node else None
     relay_map = list(new.relay_map) if new.relay_map != prev.relay_map else None
     packet_filter = list(new.packet_filter) if new.packet_filter != prev.packet_filter else None
-    if not changed and not removed and node is None and relay_map is None and packet_filter is None:
+    dns_config = new.dns_config if new.dns_config != prev.dns_config else None
+    if (
+        not changed
+        and not removed
+        and node is None
+        and relay_map is None
+        and packet_filter is None
+        and dns_config is None
+    ):
         return None
+    old_domain = prev.dns_config.domain if prev.dns_config is not None else None
+    new_domain = new.dns_config.domain if new.dns_config is not None else None
     return tailcfg.MapResponse(
         node=node,
         peers_changed=changed,
         peers_removed=removed,
+        # For nodes that know only dns_domain: a new domain in a delta too.
+        dns_domain=new_domain if new_domain != old_domain else None,
         relay_map=relay_map,
         packet_filter=packet_filter,
+        dns_config=dns_config,
     )

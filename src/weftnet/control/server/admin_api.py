@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
@@ -85,6 +86,10 @@ class RegisterByCode(BaseModel):
 
 class PolicyText(BaseModel):
     policy: str
+
+
+class DnsBody(BaseModel):
+    dns: Any  # the document: an object, or its JSON/HuJSON text
 
 
 class AttributeValue(BaseModel):
@@ -224,9 +229,12 @@ def router(
     own_relays: Callable[[Request], tuple[tailcfg.RelayRegion, ...]] = lambda _request: (),
     on_login_approved: Callable[[str], None] = lambda _code: None,
     server_public: bytes | None = None,
+    base_url: Callable[[Request], str] = lambda request: str(request.base_url),
 ) -> APIRouter:
     """The admin API. New auth keys carry the fingerprint of ``server_public`` (when given),
-    so a node that logs in with one refuses any other server (weftnet.serverkey)."""
+    so a node that logs in with one refuses any other server (weftnet.serverkey).
+    ``base_url`` is the server's URL as nodes reach it (``--server-url``): the DNS
+    settings may not put its host under the tailnet's domain."""
 
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
@@ -326,6 +334,29 @@ def router(
     async def delete_attribute(node_id: int, name: str) -> dict[str, Any]:
         node = await call(service.set_node_attr, node_id, name, None)
         return {"id": node.id, "attributes": {f"custom:{k}": v for k, v in node.attrs}}
+
+    # DNS settings
+
+    def dns_hosts(request: Request) -> tuple[list[str], list[str]]:
+        """The hosts the tailnet's domain must not swallow: the server's, the relays'."""
+        server = [urlsplit(base_url(request)).hostname or "", request.url.hostname or ""]
+        regions = [*own_relays(request), *hub.relays.regions()]
+        return server, [urlsplit(r.url).hostname or "" for r in regions]
+
+    @api.get("/dns")
+    async def get_dns() -> dict[str, Any]:
+        result: dict[str, Any] = await call(service.get_dns)
+        return result
+
+    @api.put("/dns")
+    async def set_dns(body: DnsBody, request: Request) -> dict[str, Any]:
+        result: dict[str, Any] = await call(service.set_dns, body.dns, *dns_hosts(request))
+        return result
+
+    @api.post("/dns/check")
+    async def check_dns(body: DnsBody, request: Request) -> dict[str, Any]:
+        document = await call(service.check_dns, body.dns, *dns_hosts(request))
+        return {"ok": True, "dns": document}
 
     # access policy
 

@@ -24,12 +24,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from urllib.parse import urlsplit
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from weftnet import keyfile, tls
+from weftnet.control.domain import dnsdoc
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
 from weftnet.control.server import connlimit
@@ -298,10 +300,22 @@ class ControlServer:
             ) from None
         feed = CallbackFeed()
         service = ControlService(self.store, feed=feed)
+        # Nodes resolve the server's name with the tailnet's domain in force: a domain
+        # that contains it would make the server unreachable (docs/control-protocol.md).
+        server_host = urlsplit(opts.server_url).hostname or "" if opts.server_url else ""
+        if opts.dns_domain is not None:
+            try:
+                dnsdoc.check_domain(opts.dns_domain, [server_host], what="--dns-domain")
+            except dnsdoc.DNSError as e:
+                raise ServeError(str(e)) from None
         try:
-            service.load_settings(opts.node_key_expiry, opts.dns_domain)
+            settings = service.load_settings(opts.node_key_expiry, opts.dns_domain)
         except ServiceError as e:
             raise ServeError(str(e)) from None
+        try:
+            dnsdoc.check_domain(settings.dns_domain, [server_host])
+        except dnsdoc.DNSError as e:
+            log.warning("%s: set another with `weft-control dns set`", e)
         hub = Hub(
             service,
             keepalive_s=opts.keepalive_s,

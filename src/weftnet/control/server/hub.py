@@ -298,10 +298,13 @@ class Hub:
                 snapshot.users,
                 self.online(),
                 now,
-                self.service.settings.dns_domain,
+                snapshot.dns_config.domain
+                if snapshot.dns_config is not None
+                else self.service.settings.dns_domain,
                 self.relays.regions(),
                 snapshot.policy,
                 self.policy_now(),
+                snapshot.dns_config,
             )
             self.current = netmap
             self.current_generation = generation

@@ -226,6 +226,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             lambda r: ctx.own_relays(ctx.base_url(r)),
             on_login_approved=ctx.waiters.approved,
             server_public=ctx.server_public,
+            base_url=ctx.base_url,
         ),
         prefix="/api/v1",
     )
@@ -384,10 +385,13 @@ async def _one_map(
         snapshot.users,
         ctx.hub.online(),
         ctx.clock(),
-        ctx.service.settings.dns_domain,
+        snapshot.dns_config.domain
+        if snapshot.dns_config is not None
+        else ctx.service.settings.dns_domain,
         ctx.hub.relays.regions(),
         snapshot.policy,
         ctx.hub.policy_now(),
+        snapshot.dns_config,
     )
     view = current.view_for(node_id, own_relays)
     if view is None:

@@ -7,10 +7,11 @@ service calls ``ChangeFeed.publish()`` and the map hub recomputes maps.
 
 The rules live by concern, as plain classes that share one ``core.Db`` (store, change
 feed, settings, entropy) by composition: ``policyrules.PolicyRules`` (the access policy,
-device attributes), ``admin.AdminRules`` (users, keys, nodes, approving logins) and
-``registration.NodeRules`` (what nodes ask: register, log in, log out, map). The two
-latter ask ``PolicyRules`` for the policy in force. ``ControlService`` is the facade the
-server talks to: it builds the three and forwards each public rule to its owner. The
+device attributes), ``dnsrules.DnsRules`` (the DNS document), ``admin.AdminRules``
+(users, keys, nodes, approving logins) and ``registration.NodeRules`` (what nodes ask:
+register, log in, log out, map). The two latter ask ``PolicyRules`` for the policy in
+force; the node rules ask ``DnsRules`` for the DNS settings of the map.
+``ControlService`` is the facade the server talks to: it builds the four and forwards each public rule to its owner. The
 API layer maps ``Refused`` into the sealed answer's ``error`` and the other errors into
 HTTP statuses of the admin API.
 """
@@ -38,6 +39,7 @@ from weftnet.control.service.core import (
     Snapshot,
     Unauthorized,
 )
+from weftnet.control.service.dnsrules import DnsRules
 from weftnet.control.service.policyrules import PolicyRules
 from weftnet.control.service.registration import NodeRules
 
@@ -72,12 +74,17 @@ class ControlService:
         self.db = Db(store, settings, feed, random_bytes)
         self.policy_rules = PolicyRules(self.db)
         self.admin_rules = AdminRules(self.db, self.policy_rules)
-        self.node_rules = NodeRules(self.db, self.policy_rules)
+        self.dns_rules = DnsRules(self.db)
+        self.node_rules = NodeRules(self.db, self.policy_rules, self.dns_rules)
         # The access policy and device attributes.
         self.get_policy = self.policy_rules.get_policy
         self.check_policy = self.policy_rules.check_policy
         self.set_policy = self.policy_rules.set_policy
         self.set_node_attr = self.policy_rules.set_node_attr
+        # The DNS settings.
+        self.get_dns = self.dns_rules.get_dns
+        self.check_dns = self.dns_rules.check_dns
+        self.set_dns = self.dns_rules.set_dns
         # What an admin does.
         self.load_settings = self.admin_rules.load_settings
         self.create_user = self.admin_rules.create_user

@@ -90,6 +90,7 @@ class Snapshot:
     nodes: dict[int, Node] = field(default_factory=dict)
     users: dict[int, User] = field(default_factory=dict)
     policy: Policy | None = None  # None: no policy set, everyone reaches everyone
+    dns_config: tailcfg.DNSConfig | None = None  # None: the default under settings.dns_domain
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,15 +43,17 @@ from weftnet.control.service.core import (
     registered,
     upsert_node,
 )
+from weftnet.control.service.dnsrules import DnsRules
 from weftnet.control.service.policyrules import PolicyRules
 
 DISCO_KEY_TAKEN = "this disco key is used by another node: restart weftd"
 
 
 class NodeRules:
-    def __init__(self, db: Db, policy: PolicyRules) -> None:
+    def __init__(self, db: Db, policy: PolicyRules, dns: DnsRules | None = None) -> None:
         self.db = db
         self.policy = policy
+        self.dns = dns
 
     def register(
         self, machine_key: str, req: tailcfg.RegisterRequest, now: float, server_url: str
@@ -271,6 +273,7 @@ class NodeRules:
                 nodes={n.id: n for n in tx.nodes()},
                 users={u.id: u for u in tx.users()},
                 policy=self.policy.policy(tx),
+                dns_config=self.dns.config(tx) if self.dns is not None else None,
             )
 
         return self.db.read(read)
