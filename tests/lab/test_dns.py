@@ -180,7 +180,7 @@ def test_load_1000_qps_no_timeouts_p99_within_25_ms(net: Net) -> None:
     latencies = sorted(float(m) for m in re.findall(r"^> \w+ .* ([\d.]+)$", r.stdout, re.M))
     lost = re.search(r"Queries lost:\s+(\d+)", r.stdout)
     completed = re.search(r"Queries completed:\s+(\d+)", r.stdout)
-    summary = r.stdout[r.stdout.find("Statistics:"):]
+    summary = r.stdout[r.stdout.find("Statistics:") :]
     assert lost and completed and latencies, r.stdout[-3000:]
     p50 = latencies[len(latencies) // 2] * 1000
     p99 = latencies[int(len(latencies) * 0.99)] * 1000

@@ -256,7 +256,8 @@ class DnsServer:
         family = socket.AF_INET6 if ":" in ip else socket.AF_INET
         udp = socket.socket(family, socket.SOCK_DGRAM)
         try:
-            udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # No SO_REUSEADDR for UDP: with it, a wildcard :53 server that set it too
+            # would share the port silently instead of failing the bind (EADDRINUSE).
             udp.bind((ip, port))
         except OSError:
             udp.close()
