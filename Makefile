@@ -27,6 +27,7 @@ unit: install
 
 bench: install
 	$(PY) -m bench.run
+	$(PY) -m bench.dns
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench
