@@ -1,7 +1,7 @@
 # weftnet: `make demo` and `make test` install what they need themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql
+APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf
 STAMP := $(VENV)/.installed
 
 .PHONY: install test unit lab bench lint demo clean
@@ -27,6 +27,7 @@ unit: install
 
 bench: install
 	$(PY) -m bench.run
+	$(PY) -m bench.dns
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

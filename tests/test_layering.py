@@ -55,6 +55,8 @@ PURE = (
     "weftnet.control.policy",
     "weftnet.control.domain",
     "weftnet.node.filter",
+    "weftnet.node.mapsession",
+    "weftnet.dns",  # the resolver's decisions and name table; its I/O is node.dnsserver
 )
 NOT_PURE = ("weftnet.stun.server",)
 

@@ -56,6 +56,7 @@ API::
         nat.dropped_inbound()                               # unsolicited packets dropped
         lab.block_udp(a, b); lab.unblock_udp(a, b)          # drop UDP between them
         b.move_to(inet)                                     # roam: new address, new route
+        a.resolv_conf("nameserver 198.18.0.53\n")          # a's own /etc/resolv.conf
     Lab.cleanup_stale()                                     # remove dead runs' namespaces
 """
 
@@ -83,6 +84,9 @@ UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 SEGMENT_PREFIXLEN = 24  # each auto-assigned segment is a /24 of the underlay
 UNDERLAY_MTU = 1500
 NETNS_DIR = Path("/run/netns")
+# `ip netns exec NS` bind-mounts the files in ETC_NETNS_DIR/NS over /etc (resolv.conf),
+# so each box can have its own resolvers (Host.resolv_conf).
+ETC_NETNS_DIR = Path("/etc/netns")
 # Directories under /run that each box gets a private copy of: wireguard-go's UAPI
 # sockets and weftd's local API socket live at fixed paths there.
 PRIVATE_RUN_DIRS = ("wireguard", "weft")
@@ -288,6 +292,16 @@ class Host(Node):
             ip, segment = segment.router.wan_ip, segment.router.upstream
         return ip
 
+    def resolv_conf(self, text: str) -> Path:
+        """Give this host its own /etc/resolv.conf: every later ``run``/``popen`` sees
+        ``text`` there (``ip netns exec`` bind-mounts it); writes inside go to this file,
+        never to the machine's. Returns the file; the lab removes it when it closes."""
+        directory = ETC_NETNS_DIR / self.netns
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / "resolv.conf"
+        path.write_text(text)
+        return path
+
     def move_to(self, segment: Segment) -> None:
         """Unplug from the current segment and plug into ``segment`` with a new address.
 
@@ -421,6 +435,7 @@ class Lab:
             proc = run_cmd(["ip", "netns", "del", netns], check=False)
             if proc.returncode != 0 and netns in list_netns():
                 problems.append(f"ip netns del {netns}: {proc.stderr.strip()}")
+            shutil.rmtree(ETC_NETNS_DIR / netns, ignore_errors=True)
         self._netns.clear()
         shutil.rmtree(self.workdir, ignore_errors=True)
         if problems:
@@ -464,6 +479,10 @@ class Lab:
                 _kill_netns_processes(netns)
             if run_cmd(["ip", "netns", "del", netns], check=False).returncode == 0:
                 removed.append(netns)
+        for etc_dir in ETC_NETNS_DIR.glob("wl*x*-*"):
+            match = _LAB_NAME_RE.match(etc_dir.name)
+            if match is not None and etc_dir.is_dir() and not _pid_alive(int(match["pid"])):
+                shutil.rmtree(etc_dir, ignore_errors=True)
         for workdir in Path(tempfile.gettempdir()).glob("wl*x*-*"):
             match = _LAB_NAME_RE.match(workdir.name)
             if match is not None and workdir.is_dir() and not _pid_alive(int(match["pid"])):

@@ -12,7 +12,10 @@ import pytest
 from weftlab import secrets
 from weftlab.netlab import Lab
 
-_NEEDED_TOOLS = ("ip", "nft", "ss", "ping", "wireguard-go", "wg", "iperf3")
+_NEEDED_TOOLS = (
+    *("ip", "nft", "ss", "ping", "wireguard-go", "wg", "iperf3"),
+    *("dig", "dnsmasq", "dnsperf"),  # DNS: bind9-dnsutils, dnsmasq-base, dnsperf
+)
 
 
 def _why_no_lab() -> str | None:

@@ -35,6 +35,7 @@ class FakeEngine:
         self.ifname = tun
         self.addresses: list[Any] = []
         self.routes: list[Any] = []
+        self.service_addresses: list[Any] = []
 
     def start(self) -> None:
         pass
@@ -50,6 +51,9 @@ class FakeEngine:
         self.addresses = list(addresses)
         if not any(a.version == 4 for a in self.addresses):
             self.routes = [r for r in self.routes if r.version != 4]  # as the kernel does
+
+    def set_service_addresses(self, addresses: Any) -> None:
+        self.service_addresses = list(addresses)
 
     def replace_device(self, private_key: bytes) -> Device:
         self.device = Device(private_key, SeededEntropy("me again"))
@@ -162,6 +166,7 @@ def make_daemon(tmp_path: Path, server: FakeServer, **kw: Any) -> NodeDaemon:
     config = NodeConfig(state_dir=str(tmp_path / "state"), tun="weft-test", port=0,
                         socket=str(tmp_path / "weftd.sock"))  # fmt: skip
     kw.setdefault("local_endpoints", lambda port, ifname: [])
+    kw.setdefault("dns_listen", [("127.0.0.1", 0)])  # the resolver, on a free port
     return NodeDaemon(
         config,
         engine_factory=FakeEngine,

@@ -121,3 +121,28 @@ def test_changing_the_rules_takes_effect_at_the_next_packet(pair: tuple[Node, No
     b.dp.filter.set_rules([])
     assert deliver(a, b, data) == []
     assert socket.inet_aton(B) == data[16:20]  # (the packet is the one A addressed to B)
+
+
+def test_a_peer_cannot_reach_the_resolver_through_the_tunnel() -> None:
+    """S2 (docs/dns.md): A, ignoring its map, routes 100.100.100.100 to B; B drops the
+    decrypted packets before its filter (which would accept them) and counts them."""
+    a, b = make_node("a"), make_node("b")
+    try:
+        a.dp.device.add_peer(
+            b.dp.device.identity.public_key,
+            [B + "/32", "100.100.100.100/32"],
+            endpoint=("127.0.0.1", b.udp.getsockname()[1]),
+        )
+        b.dp.device.add_peer(a.dp.device.identity.public_key, [A + "/32"])
+        b.dp.filter = PacketFilter([rule([A + "/32"], [("0.0.0.0/0", 0, 65535)])])
+        a.tun.send(PLAIN + PING4)  # the handshake, and a ping B lets in
+        got: list[bytes] = []
+        pump(a, b, lambda: bool(got.extend(b.read_tun()) or got))
+        for dport in (53, 80):
+            a.tun.send(PLAIN + udp4(A, "100.100.100.100", 40000, dport))
+        pump(a, b, lambda: b.dp.counters.drop_service_ip == 2)
+        assert b.read_tun() == [] and b.dp.counters.drop_filtered == 0
+    finally:
+        for n in (a, b):
+            for s in (n.tun, n.tun_end, n.udp):
+                s.close()

@@ -32,6 +32,7 @@ from weftnet.node.api import Answer, NodeApi, error, ok
 from weftnet.node.backend import Backend, State
 from weftnet.node.config import NodeConfig
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays
+from weftnet.node.dnsserver import DnsServer, Listen
 from weftnet.node.engine import Engine
 from weftnet.node.filter import PacketFilter
 from weftnet.node.mapsession import MapSession
@@ -69,6 +70,7 @@ class NodeDaemon:
         control_factory: Callable[[NodeState, str], Any] | None = None,
         local_endpoints: Callable[[int, str], list[Endpoint]] = netmon.local_endpoints,
         watch_netlink: bool = True,
+        dns_listen: list[Listen] | None = None,  # None: the service addresses, port 53
     ) -> None:
         self.config = config
         self.state = NodeState.load(config.state_dir)
@@ -84,6 +86,8 @@ class NodeDaemon:
         self.backend = Backend()
         self.session = MapSession()
         self.peers = PeerTable(self.engine)
+        # The resolver at 100.100.100.100 (docs/dns.md): the first map starts it.
+        self.dns = DnsServer(self.engine, self.supervisor, listen=dns_listen)
         self.magic: MagicSock | None = None
         self.control: Any = None  # a ControlClient once a login server is known
         self.stream: MapStream | None = None
@@ -287,6 +291,7 @@ class NodeDaemon:
         await self.supervisor.stop("login")
         self.peers.clear(self.magic)
         self.session = MapSession()
+        await self.dns.stop()
         await self._set_addresses([])
 
     def _forget_map(self) -> None:
@@ -296,6 +301,7 @@ class NodeDaemon:
     async def _server_logged_out(self, why: str) -> None:
         self.peers.clear(self.magic)
         self.session = MapSession()
+        await self.dns.stop()
         await self._set_addresses([])
         self.state.prefs.registered = False
         self.state.save_prefs()
@@ -311,6 +317,7 @@ class NodeDaemon:
         if nm.packet_filter is not None:
             self._set_filter(nm.packet_filter)
         self.peers.apply(nm, self.magic)
+        await self.dns.apply(me, list(nm.peers.values()), nm.dns)
         if persist:
             self.state.save_netmap(nm.to_cache())
         self.backend.map_applied(nm.self_expired)

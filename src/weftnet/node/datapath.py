@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from weftnet.dns import SERVICE_V4, SERVICE_V6
 from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
 from weftnet.node import offload
 from weftnet.node.filter import PacketFilter
@@ -83,6 +84,9 @@ def _header_mask(length: int, tcp_at: int) -> int:
     return int.from_bytes(keep, "big")
 
 
+# The resolver's addresses, as they appear in a packet's destination field.
+_SERVICE_V4 = ipaddress.IPv4Address(SERVICE_V4).packed
+_SERVICE_V6 = ipaddress.IPv6Address(SERVICE_V6).packed
 _VHDR_VALID = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0)
 
 
@@ -96,6 +100,7 @@ class Counters:
     drop_no_peer: int = 0
     drop_malformed: int = 0
     drop_filtered: int = 0  # decrypted, but the packet filter does not let it in
+    drop_service_ip: int = 0  # decrypted, but to the resolver's address: local clients only
     drop_handshake: dict[str, int] = field(default_factory=dict)
 
     def handshake_drop(self, reason: str) -> None:
@@ -492,9 +497,14 @@ class DataPlane:
             if v == 4 and plen >= 20:
                 total = (dec[off + 2] << 8) | dec[off + 3]
                 srcip = bytes(dec[off + 12 : off + 16])
+                # 100.100.100.100: the two first octets are a cheap pre-check
+                to_service = dec[off + 16] == 100 == dec[off + 17] and (
+                    dec[off + 16 : off + 20] == _SERVICE_V4
+                )
             elif v == 6 and plen >= 40:
                 total = ((dec[off + 4] << 8) | dec[off + 5]) + 40
                 srcip = bytes(dec[off + 8 : off + 24])
+                to_service = dec[off + 24 : off + 40] == _SERVICE_V6
             else:
                 self.counters.drop_malformed += 1
                 return
@@ -510,6 +520,9 @@ class DataPlane:
                 self._src_cache[srcip] = owner
             if owner is not peer:
                 self.counters.drop_bad_source += 1
+                return
+            if to_service:  # S2: a peer never reaches our resolver (docs/dns.md)
+                self.counters.drop_service_ip += 1
                 return
             flt = self.filter
             if flt is not None and not flt.allow_inbound(dec, off, total, now):

@@ -45,6 +45,9 @@ class Engine:
         self.tun_fd, self.ifname = open_tun(tun_name)
         self.dp = DataPlane(self.device, self.tun_fd, self.sock)
         self.addresses: list[Interface] = []
+        # On the device too while the node has addresses, never the routes' source: the
+        # resolver's service addresses (weftnet.node.dnsserver).
+        self.service_addresses: list[Interface] = []
         self._timer = OneTimer(self._tick)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -72,12 +75,24 @@ class Engine:
     def configure(self, addresses: Iterable[Interface], routes: Iterable[Network]) -> None:
         """Set MTU, addresses and routes and bring the interface up (blocking netlink)."""
         self.addresses = list(addresses)
-        configure_interface(self.ifname, self.addresses, self.mtu, routes)
+        configure_interface(self.ifname, self._all_addresses(), self.mtu, routes)
 
     def update_addresses(self, addresses: Iterable[Interface]) -> None:
-        """Make the interface's addresses exactly ``addresses`` (blocking netlink)."""
+        """Make the interface's addresses exactly ``addresses`` and, when there are any,
+        the service addresses after them (blocking netlink)."""
         self.addresses = list(addresses)
-        set_addresses(self.ifname, self.addresses)
+        set_addresses(self.ifname, self._all_addresses())
+
+    def set_service_addresses(self, addresses: Iterable[Interface]) -> None:
+        """Keep ``addresses`` on the interface next to the node's own (blocking netlink)."""
+        self.service_addresses = list(addresses)
+        set_addresses(self.ifname, self._all_addresses())
+
+    def _all_addresses(self) -> list[Interface]:
+        """The node's own first (routes take their source from the first of a family)."""
+        if not self.addresses:
+            return []
+        return self.addresses + [a for a in self.service_addresses if a not in self.addresses]
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()

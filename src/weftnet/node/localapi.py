@@ -103,6 +103,7 @@ def counters(engine: Any) -> dict[str, Any]:
         "drop_no_peer": c.drop_no_peer,
         "drop_malformed": c.drop_malformed,
         "drop_filtered": c.drop_filtered,  # the packet filter's, below (tailnet mode only)
+        "drop_service_ip": c.drop_service_ip,  # from a peer to the resolver (docs/dns.md)
         "drop_handshake": dict(c.drop_handshake),
         "cookie_replies_sent": engine.dp.device.cookie_replies_sent,  # answers under load
         "filter": None

@@ -2,8 +2,8 @@
 
 The first frame of a stream is full (``peers`` set: it replaces every peer known);
 later frames are deltas: ``peers_changed`` upserts by node id, ``peers_removed`` drops
-ids, and ``node``, ``packet_filter``, ``dns_domain`` and ``relay_map`` replace what we
-had only when present. Keepalives change nothing. As Tailscale's controlclient
+ids, and ``node``, ``packet_filter``, ``dns_domain``, ``dns_config`` and ``relay_map``
+replace what we had only when present. Keepalives change nothing. As Tailscale's controlclient
 mapSession: the I/O lives in controlclient and mapstream, this only folds.
 """
 
@@ -24,10 +24,23 @@ class NetworkMap:
     packet_filter: list[tailcfg.FilterRule] | None = None
     dns_domain: str | None = None
     relay_map: list[tailcfg.RelayRegion] | None = None
+    dns_config: tailcfg.DNSConfig | None = None  # as the server sent it (None: never)
 
     @property
     def self_expired(self) -> bool:
         return self.self_node is not None and self.self_node.expired
+
+    @property
+    def dns(self) -> tailcfg.DNSConfig | None:
+        """The DNS config in effect: the server's ``dns_config``; from a server that sends
+        only ``dns_domain`` (capability 1), MagicDNS on under that domain; else None."""
+        if self.dns_config is not None:
+            return self.dns_config
+        if self.dns_domain:
+            return tailcfg.DNSConfig(
+                magic_dns=True, domain=self.dns_domain, search_domains=[self.dns_domain]
+            )
+        return None
 
     def to_cache(self) -> dict[str, Any]:
         """As a full MapResponse in JSON (what ``NodeState.save_netmap`` writes)."""
@@ -36,6 +49,7 @@ class NetworkMap:
             peers=list(self.peers.values()),
             dns_domain=self.dns_domain,
             packet_filter=self.packet_filter,
+            dns_config=self.dns_config,
         )
         cached: dict[str, Any] = json.loads(frame.model_dump_json(exclude_defaults=True))
         cached.setdefault("peers", [])
@@ -66,5 +80,6 @@ class MapSession:
             packet_filter=nm.packet_filter if resp.packet_filter is None else resp.packet_filter,
             dns_domain=nm.dns_domain if resp.dns_domain is None else resp.dns_domain,
             relay_map=nm.relay_map if resp.relay_map is None else resp.relay_map,
+            dns_config=nm.dns_config if resp.dns_config is None else resp.dns_config,
         )
         return self.netmap

@@ -36,6 +36,7 @@ def health(d: NodeDaemon) -> list[str]:
     out += [str(skip) for skip in d.peers.skipped]
     if d.magic is not None:
         out += d.magic.health()
+    out += d.dns.health()
     return out
 
 
@@ -87,6 +88,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
         },
         "packet_filter_rules": len(d.packet_filter.rules),
         "counters": localapi.counters(d.engine),
+        "dns": d.dns.status(),
     }
 
 

@@ -66,10 +66,19 @@ def configure_interface(
     mtu: int,
     routes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
 ) -> None:
-    """Set MTU, addresses and routes of ``name`` and bring it up (rtnetlink)."""
+    """Set MTU, addresses and routes of ``name`` and bring it up (rtnetlink).
+
+    Every route gets the first address of its family as preferred source (RTA_PREFSRC):
+    with more than one address on the device (the resolver's service addresses next to
+    the node's own) the kernel would otherwise pick the one added first, and a packet
+    to a peer could leave from 100.100.100.100 (research/dns-routes.md §4.1 E3)."""
     from pyroute2 import IPRoute
     from pyroute2.netlink.exceptions import NetlinkError
 
+    addresses = list(addresses)
+    prefsrc: dict[int, str] = {}
+    for a in addresses:
+        prefsrc.setdefault(a.version, str(a.ip))
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=idx, mtu=mtu)
@@ -83,8 +92,12 @@ def configure_interface(
         for net in routes:
             if net.prefixlen == 0:
                 continue  # default routes need policy routing, which weftd does not do
+            src = prefsrc.get(net.version)
             try:
-                ipr.route("add", dst=str(net), oif=idx)
+                if src is None:
+                    ipr.route("add", dst=str(net), oif=idx)
+                else:  # replace: a route added before the address gets its source
+                    ipr.route("replace", dst=str(net), oif=idx, prefsrc=src)
             except NetlinkError as e:
                 if e.code != 17:
                     raise
