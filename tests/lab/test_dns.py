@@ -9,6 +9,7 @@ shows what reached the upstream.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -240,3 +241,102 @@ def test_a_lan_neighbour_gets_no_answer(net: Net) -> None:
     listeners = a.host.run(["ss", "-H", "-lun", "sport", "=", ":53"]).stdout.split()
     addrs = sorted(w for w in listeners if w.endswith(":53"))
     assert addrs == sorted([f"{SERVICE_V4}:53", f"[{SERVICE_V6}]:53"]), listeners
+
+
+# -- the server's DNS document (D3, D5, D6, D7) -------------------------------------------
+
+
+def set_dns(net: Net, document: dict[str, object]) -> None:
+    path = net.tmp / "dns.json"
+    path.write_text(json.dumps(document))
+    net.control.admin("dns", "set", str(path))
+
+
+def name_of(net: Net, node: Node) -> str:
+    """The node's name in the tailnet now (an earlier test may have renamed it)."""
+    ip = node.ip4()
+    rows = net.control.admin_json("nodes", "list")
+    return str(next(r["given_name"] for r in rows if r["ipv4"] == ip))
+
+
+def resolves(node: Node, name: str, want: list[str], timeout_s: float = 2.0) -> float:
+    """Seconds until ``name`` answers ``want`` (A, +short) at ``node``'s resolver."""
+    t0 = time.monotonic()
+    poll_until(lambda: dig(node, name, "+short").split() == want, timeout_s=timeout_s,
+               interval_s=0.05, what=f"{name} -> {want}")  # fmt: skip
+    return time.monotonic() - t0
+
+
+def test_a_name_the_policy_hides_is_nxdomain_within_2_s(net: Net) -> None:
+    a, r1 = net.a, net.r1
+    r1_name, r1_v4 = f"{name_of(net, r1)}.{DOMAIN}", r1.ip4()
+    policy = net.tmp / "deny-all.json"
+    policy.write_text('{"acls": []}')
+    allow = net.tmp / "allow-all.json"
+    allow.write_text('{"acls": [{"action": "accept", "src": ["*"], "dst": ["*:*"]}]}')
+    net.control.admin("policy", "set", str(policy))
+    try:
+        t0 = time.monotonic()
+        poll_until(lambda: header(dig(a, r1_name, "+noall", "+comments"))[0] == "NXDOMAIN",
+                   timeout_s=2, interval_s=0.05, what="r1 hidden")  # fmt: skip
+        hidden_s = time.monotonic() - t0
+        assert header(dig(a, "-x", r1_v4, "+noall", "+comments"))[0] == "NXDOMAIN"
+        print(f"a name the policy hides is NXDOMAIN {hidden_s:.2f} s after `policy set`")
+    finally:
+        net.control.admin("policy", "set", str(allow))
+    resolves(a, r1_name, [r1_v4])
+
+
+def test_split_dns_goes_only_to_its_servers(net: Net) -> None:
+    a = net.a
+    corp = start_dnsmasq(net.lab.host("corpdns", net.inet), ["--address=/corp.test/198.18.0.77"])
+    set_dns(net, {"nameservers": {"split": {"corp.test": [corp.host.ip]}}})
+    try:
+        took = resolves(a, "db.corp.test", ["198.18.0.77"])
+        for i in range(25):  # 50 mixed queries
+            assert dig(a, f"h{i}.corp.test", "+short").split() == ["198.18.0.77"]
+            assert dig(a, f"w{i}.example.test", "+short").split() == [FORWARDED_IP]
+        assert sum(net.updns.queries(f"h{i}.corp.test") for i in range(25)) == 0
+        assert net.updns.queries("db.corp.test") == 0
+        assert sum(corp.queries(f"w{i}.example.test") for i in range(25)) == 0
+        assert sum(corp.queries(f"h{i}.corp.test") for i in range(25)) == 25
+        print(f"split DNS in effect {took:.2f} s after `dns set`")
+    finally:
+        set_dns(net, {})
+
+
+def test_override_local_dns_sends_everything_to_the_global_servers(net: Net) -> None:
+    a = net.a
+    glob = start_dnsmasq(net.lab.host("globdns", net.inet), ["--address=/example.test/198.18.0.88"])
+    set_dns(net, {"override_local_dns": True, "nameservers": {"global": [glob.host.ip]}})
+    try:
+        resolves(a, "first.example.test", ["198.18.0.88"])
+        before = net.updns.queries("www.example.test")
+        for _ in range(100):
+            assert dig(a, "www.example.test", "+short").split() == ["198.18.0.88"]
+        assert glob.queries("www.example.test") == 100
+        assert net.updns.queries("www.example.test") == before
+        # tailnet names are still answered by the node itself
+        assert dig(a, f"{name_of(net, net.r1)}.{DOMAIN}", "+short").split() == [net.r1.ip4()]
+    finally:
+        set_dns(net, {})
+    resolves(a, "back.example.test", [FORWARDED_IP])
+
+
+def test_extra_records_are_answered_locally_and_follow_edits(net: Net) -> None:
+    a = net.a
+    records = [{"name": f"grafana.{DOMAIN}", "type": "A", "value": "100.64.0.3"},
+               {"name": "printer.home.test", "type": "A", "value": "198.18.1.9"}]  # fmt: skip
+    set_dns(net, {"extra_records": records})
+    try:
+        resolves(a, f"grafana.{DOMAIN}", ["100.64.0.3"])
+        resolves(a, "printer.home.test", ["198.18.1.9"])
+        out = dig(a, "printer.home.test", "+noall", "+comments")
+        assert header(out) == ("NOERROR", {"qr", "aa", "rd", "ra"}), out
+        assert net.updns.queries("printer.home.test") == 0
+        records[1]["value"] = "198.18.1.10"
+        set_dns(net, {"extra_records": records})
+        took = resolves(a, "printer.home.test", ["198.18.1.10"])
+        print(f"an edited extra record answers {took:.2f} s after `dns set`")
+    finally:
+        set_dns(net, {})
