@@ -197,7 +197,7 @@ def test_allowed_port_reachable_denied_port_not_even_from_a_plain_wireguard_peer
         [
             wgpeers.Peer(
                 public_key=base64.b64encode(b_public).decode(),
-                allowed_ips=[f"{b_ip}/32"],
+                allowed_ips=[f"{b_ip}/32", "100.100.100.100/32"],
                 endpoint=b_endpoint,
                 persistent_keepalive=1,
             )
@@ -215,6 +215,14 @@ def test_allowed_port_reachable_denied_port_not_even_from_a_plain_wireguard_peer
         a.host.run(["python3", "-c", udp])
         poll_until(lambda: filtered(b) >= before + 22, timeout_s=5, what="b counting drops")
         print(f"b dropped {filtered(b) - before} packets from the plain WireGuard peer")
+        # Nor may it use b's resolver (docs/dns.md): b drops what the tunnel carries to
+        # 100.100.100.100 before its packet filter, and counts it.
+        to_resolver = int(b.status()["counters"]["drop_service_ip"])
+        dig = ["dig", "@100.100.100.100", "+time=1", "+tries=2", "b.weft.internal"]
+        out = a.host.run(dig, check=False).stdout
+        assert "ANSWER SECTION" not in out and "timed out" in out, out
+        poll_until(lambda: int(b.status()["counters"]["drop_service_ip"]) >= to_resolver + 2,
+                   timeout_s=5, what="b counting packets to its resolver")  # fmt: skip
     finally:
         rogue.stop()
 
