@@ -2,7 +2,7 @@
 
 The first frame of a stream is full (``peers`` set: it replaces every peer known);
 later frames are deltas: ``peers_changed`` upserts by node id, ``peers_removed`` drops
-ids, and ``node``, ``packet_filter``, ``dns_domain`` and ``relay_map`` replace what we
+ids, and ``node``, ``packet_filter``, ``dns_domain``, ``relay_map`` and ``dns_config`` replace what we
 had only when present. Keepalives change nothing. As Tailscale's controlclient
 mapSession: the I/O lives in controlclient and mapstream, this only folds.
 """
@@ -24,6 +24,7 @@ class NetworkMap:
     packet_filter: list[tailcfg.FilterRule] | None = None
     dns_domain: str | None = None
     relay_map: list[tailcfg.RelayRegion] | None = None
+    dns_config: tailcfg.DNSConfig | None = None  # None until a frame carries one
 
     @property
     def self_expired(self) -> bool:
@@ -36,6 +37,7 @@ class NetworkMap:
             peers=list(self.peers.values()),
             dns_domain=self.dns_domain,
             packet_filter=self.packet_filter,
+            dns_config=self.dns_config,
         )
         cached: dict[str, Any] = json.loads(frame.model_dump_json(exclude_defaults=True))
         cached.setdefault("peers", [])
@@ -66,5 +68,6 @@ class MapSession:
             packet_filter=nm.packet_filter if resp.packet_filter is None else resp.packet_filter,
             dns_domain=nm.dns_domain if resp.dns_domain is None else resp.dns_domain,
             relay_map=nm.relay_map if resp.relay_map is None else resp.relay_map,
+            dns_config=nm.dns_config if resp.dns_config is None else resp.dns_config,
         )
         return self.netmap

@@ -36,6 +36,21 @@ def health(d: NodeDaemon) -> list[str]:
     out += [str(skip) for skip in d.peers.skipped]
     if d.magic is not None:
         out += d.magic.health()
+    out += d.osdns.health()
+    return out
+
+
+def dns_status(d: NodeDaemon) -> dict[str, Any]:
+    """`weft dns status`: the OS side (osdns), the server's config, the resolver."""
+    out = d.osdns.status()
+    out["accept_dns"] = d.state.prefs.accept_dns
+    # The resolver (node.dnsserver) once the daemon has one as ``d.dns``; TODO(merge):
+    # use its own status method if it grows one instead of ``counters``.
+    resolver = getattr(d, "dns", None)
+    counters = getattr(resolver, "counters", None) if resolver is not None else None
+    if counters is not None and not isinstance(counters, dict):
+        counters = vars(counters) if hasattr(counters, "__dict__") else None
+    out["resolver"] = counters
     return out
 
 
