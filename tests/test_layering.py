@@ -55,6 +55,7 @@ PURE = (
     "weftnet.control.policy",
     "weftnet.control.domain",
     "weftnet.node.filter",
+    "weftnet.dns",  # pure DNS parts (osconfig: what the OS should have); I/O in node/
 )
 NOT_PURE = ("weftnet.stun.server",)
 

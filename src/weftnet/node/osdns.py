@@ -428,8 +428,10 @@ class OSDNS:
             loop.add_reader(notify.fd, woke.set)
         try:
             while True:
+                # (asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(woke.wait(), POLL_S)
+                    async with asyncio.timeout(POLL_S):
+                        await woke.wait()
                 woke.clear()
                 if notify.fd >= 0:
                     notify.drain()
