@@ -191,6 +191,7 @@ def start_control(
     timeout_s: float = START_TIMEOUT_S,
     reach_url: str | None = None,
     tls: bool | None = None,
+    launcher: Sequence[str] = (),
 ) -> Control:
     """Start ``weft-control serve`` and wait until it accepts requests.
 
@@ -204,8 +205,9 @@ def start_control(
     its policy schedules are judged by. ``reach_url`` is the URL the tests and nodes use
     when ``--server-url`` in ``extra_args`` names another. ``tls`` (default: in a lab
     host) serves https with a certificate of the run's test CA for the host's address,
-    127.0.0.1 and localhost; ``Control.ca_file`` is that CA. Output goes to
-    ``<data_dir>.log``.
+    127.0.0.1 and localhost; ``Control.ca_file`` is that CA. ``launcher`` is a lab module
+    (and its flags) to run ``serve`` through instead of the product's CLI, e.g.
+    ``["weftlab.dns_stub_control"]``. Output goes to ``<data_dir>.log``.
     """
     data_dir = Path(data_dir)
     extra = list(extra_args)
@@ -229,7 +231,8 @@ def start_control(
             public_url = f"{scheme}://{host.ip}:{listen.rpartition(':')[2]}"
             extra += ["--server-url", public_url]
     clock_file = data_dir.with_name(data_dir.name + ".policy-clock") if policy_clock else None
-    launcher = ["weftlab.control_clock", "--clock-file", str(clock_file)] if clock_file else []
+    if clock_file:
+        launcher = ["weftlab.control_clock", "--clock-file", str(clock_file)]
     argv = [
         sys.executable,
         "-m",
