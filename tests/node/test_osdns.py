@@ -141,7 +141,7 @@ def test_resolved_mode_configures_the_link_and_reverts_it(tmp_path: Path) -> Non
         assert ctl.calls[0] == ["resolvectl", "dns", "weft0", "100.100.100.100",
                                 "fd7a:115c:a1e0::53"]  # fmt: skip
         domains = ctl.calls[1][3:]
-        assert domains[:2] == ["weft.internal", "~weft.internal"] and len(domains) == 67
+        assert domains[:2] == ["weft.internal", "~64.100.in-addr.arpa"] and len(domains) == 66
         assert "~64.100.in-addr.arpa" in domains and ctl.calls[2][3] == "no"
         ctl.calls.clear()
         await m.update(MAGIC, True, NodeDNSState.up)

@@ -322,7 +322,9 @@ class Resolved:
     def apply(self, cfg: OSConfig) -> None:
         ifn = self.ifname
         self._ctl("dns", ifn, *cfg.nameservers)
-        domains = [*cfg.search_domains, *(f"~{m}" for m in cfg.match_domains)]
+        # A search domain routes too: resolved keeps one entry per name (as Tailscale).
+        routing = [f"~{m}" for m in cfg.match_domains if m not in cfg.search_domains]
+        domains = [*cfg.search_domains, *routing]
         try:
             self._ctl("domain", ifn, *domains)
         except OSError as e:
