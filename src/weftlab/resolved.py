@@ -119,6 +119,30 @@ class ResolvedNode(Node):
             raise AssertionError(f"resolvectl {' '.join(args)}: {r.stderr}{r.stdout}")
         return r
 
+    def _in_ns(self, *argv: str) -> list[str]:
+        return ["nsenter", "-t", str(self.proc.pid), "-m", "-n", "--", *argv]
+
+    def resolved_pid(self) -> int:
+        r = subprocess.run(
+            self._in_ns("busctl", "--system", "call", "org.freedesktop.DBus",
+                        "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                        "GetConnectionUnixProcessID", "s", "org.freedesktop.resolve1"),
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+        return int(r.stdout.split()[1])
+
+    def restart_resolved(self) -> None:
+        """Kill systemd-resolved (by its pid) and start it again in the same namespaces."""
+        os.kill(self.resolved_pid(), 9)
+        log = open(f"{self.state_dir}-resolved/resolved.log", "a")  # noqa: SIM115
+        subprocess.Popen(
+            self._in_ns(str(unpacked() / "lib/systemd/systemd-resolved")),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # fmt: skip  (the lab kills it with the namespace's other processes)
+
     def resolved_log(self) -> str:
         return Path(f"{self.state_dir}-resolved/resolved.log").read_text(errors="replace")
 

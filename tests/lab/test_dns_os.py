@@ -183,7 +183,6 @@ def test_resolved_mode_configures_weft0_and_down_removes_it(lab: Lab, tmp_path: 
     up(b, control, key)
     up(a, control, key)
     st = a.resolvectl("status", "weft0").stdout
-    print(st)
     assert "DNS Servers: 100.100.100.100 fd7a:115c:a1e0::53" in st, st
     assert "-DefaultRoute" in st and "-LLMNR" in st and "-mDNS" in st, st
     domains = a.resolvectl("domain", "weft0").stdout.split(":", 1)[1].split()
@@ -194,6 +193,10 @@ def test_resolved_mode_configures_weft0_and_down_removes_it(lab: Lab, tmp_path: 
         # through resolved to quad-100; the guard goes once the resolver is merged.
         r = a.resolvectl("query", "b")
         assert b.ip4() in r.stdout and "link: weft0" in r.stdout, r.stdout
+    a.restart_resolved()
+    wait_for(lambda: "systemd-resolved restarted" in a.log(), 3.0,
+             "weftd applied weft0's settings again after systemd-resolved restarted")  # fmt: skip
+    assert "DNS Servers: 100.100.100.100" in a.resolvectl("status", "weft0").stdout
     timed(lambda: a.weft("down"), "weft down (resolved)")
     st = a.resolvectl("status", "weft0").stdout
     assert "DNS Servers" not in st and "-DefaultRoute" in st, st

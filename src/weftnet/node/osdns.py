@@ -51,6 +51,7 @@ NSSWITCH = "/etc/nsswitch.conf"
 BACKUP = "resolv.conf.pre-weft"
 BACKUP_META = "resolv.conf.pre-weft.json"
 POLL_S = 1.0  # the stat poll behind inotify
+RESOLVED_POLL_S = 1.0  # how often resolved mode asks whether resolved was restarted
 COMMAND_TIMEOUT_S = 2.0  # one resolvectl or busctl call
 FOREIGN_LOG_BYTES = 1024  # how much of a trampling program's file to log
 
@@ -83,6 +84,19 @@ def resolved_up(run: Callable[..., Any] = subprocess.run) -> bool:
     except (OSError, subprocess.TimeoutExpired):
         return False
     return bool(r.returncode == 0 and r.stdout.strip() == "b true")
+
+
+def resolved_owner(run: Callable[..., Any] = subprocess.run) -> str | None:
+    """The unique bus name of systemd-resolved (a new one after it restarts), or None."""
+    argv = ["busctl", "--system", "--timeout=1", "call", "org.freedesktop.DBus",
+            "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner", "s",
+            "org.freedesktop.resolve1"]  # fmt: skip
+    try:
+        r = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    out = r.stdout.strip()
+    return out.split(" ", 1)[1].strip('"') if r.returncode == 0 and out.startswith("s ") else None
 
 
 def environment(resolv_conf: str) -> osconfig.Environment:
@@ -308,12 +322,12 @@ class Resolved:
 
     def __init__(self, ifname: str, run: Callable[..., Any] = subprocess.run) -> None:
         self.ifname = ifname
-        self._run = run
+        self.run = run
 
     def _ctl(self, *args: str) -> None:
         argv = ["resolvectl", *args]
         try:
-            r = self._run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+            r = self.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise OSError(f"{' '.join(argv[:3])}: {e}") from None
         if r.returncode != 0:
@@ -420,7 +434,11 @@ class OSDNS:
         self.applied = None
 
     async def watch(self) -> None:
-        """Re-apply resolv.conf when another program rewrites it (direct mode)."""
+        """Re-apply resolv.conf when another program rewrites it (direct mode); re-apply
+        the link's settings when systemd-resolved restarts (resolved mode)."""
+        if self.mode == "resolved":
+            await self._watch_resolved()
+            return
         if self.mode != "direct":
             return
         loop = asyncio.get_running_loop()
@@ -443,6 +461,17 @@ class OSDNS:
             if notify.fd >= 0:
                 loop.remove_reader(notify.fd)
             notify.close()
+
+    async def _watch_resolved(self) -> None:
+        # Without a D-Bus library there is no NameOwnerChanged signal: poll the owner.
+        owner = await asyncio.to_thread(resolved_owner, self.resolved.run)
+        while True:
+            await asyncio.sleep(RESOLVED_POLL_S)
+            now = await asyncio.to_thread(resolved_owner, self.resolved.run)
+            if now != owner and now is not None and self.applied is not None:
+                log.info("dns: systemd-resolved restarted (%s -> %s): applying again", owner, now)
+                await self._apply(self.applied)
+            owner = now
 
     # -- what `weft dns status` and `weft status` show ---------------------------------
 
