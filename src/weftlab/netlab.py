@@ -41,7 +41,9 @@ and ``/run/weft`` per box (bind mounts inside the mount namespace that
 
 Lifetime. ``with Lab() as lab:`` owns everything it made. On exit, also on an
 exception, it kills the process group of every process started with ``popen``, then
-any other process still inside its namespaces, then deletes the namespaces.
+any other process still inside its namespaces, then deletes the namespaces and their
+/etc/netns/<netns>/ directories (every host has its own resolv.conf there, which
+``ip netns exec`` mounts over /etc/resolv.conf).
 
 API::
 
@@ -56,7 +58,7 @@ API::
         nat.dropped_inbound()                               # unsolicited packets dropped
         lab.block_udp(a, b); lab.unblock_udp(a, b)          # drop UDP between them
         b.move_to(inet)                                     # roam: new address, new route
-        a.resolv_conf("nameserver 198.18.0.53\n")          # a's own /etc/resolv.conf
+        a.resolv_conf("nameserver 198.18.0.53\n")           # a's own /etc/resolv.conf
     Lab.cleanup_stale()                                     # remove dead runs' namespaces
 """
 
@@ -84,9 +86,10 @@ UNDERLAY = ipaddress.IPv4Network("198.18.0.0/15")
 SEGMENT_PREFIXLEN = 24  # each auto-assigned segment is a /24 of the underlay
 UNDERLAY_MTU = 1500
 NETNS_DIR = Path("/run/netns")
-# `ip netns exec NS` bind-mounts the files in ETC_NETNS_DIR/NS over /etc (resolv.conf),
-# so each box can have its own resolvers (Host.resolv_conf).
+# `ip netns exec NS` bind-mounts /etc/netns/NS/resolv.conf over /etc/resolv.conf: every
+# host gets its own, so nothing in the lab writes or reads the machine's resolver file.
 ETC_NETNS_DIR = Path("/etc/netns")
+LAB_RESOLV_CONF = "# weftlab: this host has no nameserver outside the lab\n"
 # Directories under /run that each box gets a private copy of: wireguard-go's UAPI
 # sockets and weftd's local API socket live at fixed paths there.
 PRIVATE_RUN_DIRS = ("wireguard", "weft")
@@ -293,13 +296,13 @@ class Host(Node):
         return ip
 
     def resolv_conf(self, text: str) -> Path:
-        """Give this host its own /etc/resolv.conf: every later ``run``/``popen`` sees
-        ``text`` there (``ip netns exec`` bind-mounts it); writes inside go to this file,
-        never to the machine's. Returns the file; the lab removes it when it closes."""
+        """Write this host's /etc/resolv.conf (as seen by commands run in it); the path
+        of the file on the machine (/etc/netns/<netns>/resolv.conf)."""
         directory = ETC_NETNS_DIR / self.netns
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / "resolv.conf"
-        path.write_text(text)
+        with open(path, "w") as f:  # in place: a running process may hold it bind-mounted
+            f.write(text)
         return path
 
     def move_to(self, segment: Segment) -> None:
@@ -479,10 +482,10 @@ class Lab:
                 _kill_netns_processes(netns)
             if run_cmd(["ip", "netns", "del", netns], check=False).returncode == 0:
                 removed.append(netns)
-        for etc_dir in ETC_NETNS_DIR.glob("wl*x*-*"):
-            match = _LAB_NAME_RE.match(etc_dir.name)
-            if match is not None and etc_dir.is_dir() and not _pid_alive(int(match["pid"])):
-                shutil.rmtree(etc_dir, ignore_errors=True)
+        for etc in ETC_NETNS_DIR.glob("wl*x*-*"):
+            match = _LAB_NAME_RE.match(etc.name)
+            if match is not None and not _pid_alive(int(match["pid"])):
+                shutil.rmtree(etc, ignore_errors=True)
         for workdir in Path(tempfile.gettempdir()).glob("wl*x*-*"):
             match = _LAB_NAME_RE.match(workdir.name)
             if match is not None and workdir.is_dir() and not _pid_alive(int(match["pid"])):
@@ -507,6 +510,7 @@ class Lab:
         self._add_netns(host)
         host._sysctl({"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0})
         host._ip("link", "set", "lo", "up")
+        host.resolv_conf(LAB_RESOLV_CONF)
         host._attach(segment)
         return host
 

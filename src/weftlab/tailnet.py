@@ -32,12 +32,16 @@ class Node:
         cmd += ["--socket", self.socket, "--tun", "weft0"]
         cmd += ["--tls-ca", str(lab_ca().ca_file), *self.extra]  # lab servers' https
         log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
-        self.proc = self.host.popen(cmd, stdout=log, stderr=log)
+        self.proc = self.host.popen(self.command(cmd), stdout=log, stderr=log)
         poll_until(
             lambda: local_api_answers(self.socket) or self._died(),
             timeout_s=15,
             what=f"weftd on {self.host.name} to answer on its socket",
         )
+
+    def command(self, cmd: list[str]) -> list[str]:
+        """The argv that starts weftd (a subclass may wrap it: weftlab.resolved)."""
+        return cmd
 
     def _died(self) -> bool:
         if self.proc.poll() is not None:

@@ -164,7 +164,8 @@ class FakeControl:
 
 def make_daemon(tmp_path: Path, server: FakeServer, **kw: Any) -> NodeDaemon:
     config = NodeConfig(state_dir=str(tmp_path / "state"), tun="weft-test", port=0,
-                        socket=str(tmp_path / "weftd.sock"))  # fmt: skip
+                        socket=str(tmp_path / "weftd.sock"), dns_mode="direct",
+                        resolv_conf=str(tmp_path / "resolv.conf"))  # fmt: skip
     kw.setdefault("local_endpoints", lambda port, ifname: [])
     kw.setdefault("dns_listen", [("127.0.0.1", 0)])  # the resolver, on a free port
     return NodeDaemon(

@@ -129,6 +129,14 @@ def auth_key_argument(value: str | None) -> str | None:
     return key
 
 
+def _bool(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     res = call(
         args.socket,
@@ -138,6 +146,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         hostname=args.hostname,
         server_key=args.server_key,
         allow_insecure_http=args.allow_insecure_http,
+        accept_dns=args.accept_dns,
     )
     if res.get("warning"):
         print(f"weft: warning: {res['warning']}", file=sys.stderr, flush=True)
@@ -241,6 +250,47 @@ def cmd_whois(args: argparse.Namespace) -> None:
         print_whois(r)
 
 
+def print_dns_status(r: dict[str, Any]) -> None:
+    os_cfg = r["os"]
+    print(f"Mode: {r['mode']} ({r['why']})")
+    print(f"Accept DNS: {'yes' if r['accept_dns'] else 'no (--accept-dns=false)'}")
+    if r.get("resolv_conf"):
+        how = ", written in place (rename refused)" if r.get("rename_broken") else ""
+        print(f"File: {r['resolv_conf']}{how}")
+    if not r["configured"]:
+        print("OS: not configured by weftd")
+    else:
+        print("OS:")
+        print(f"  nameservers:    {' '.join(os_cfg['nameservers']) or '-'}")
+        print(f"  search domains: {' '.join(os_cfg['search_domains']) or '-'}")
+        match = os_cfg["match_domains"]
+        if match:
+            shown = " ".join(f"~{m}" for m in match[:8]) + (" ..." if len(match) > 8 else "")
+            print(f"  routing domains ({len(match)}): {shown}")
+            print(f"  default route:  {'yes' if os_cfg['default_route'] else 'no'}")
+    print(f"Resolvers the OS had: {' '.join(r['base_resolvers']) or '-'}")
+    srv = r.get("server")
+    if srv is None:
+        print("Server DNS config: none yet")
+    else:
+        print(f"Server DNS config: MagicDNS {'on' if srv['magic_dns'] else 'off'}"
+              f" domain {srv['domain'] or '-'}, {len(srv['resolvers'])} resolver(s),"
+              f" {len(srv['routes'])} route(s), {len(srv['extra_records'])} extra record(s)")  # fmt: skip
+    if r.get("resolver"):
+        print("Resolver counters:")
+        for k, v in sorted(r["resolver"].items()):
+            print(f"  {k}: {v}")
+    print_health(r.get("health", []))
+
+
+def cmd_dns_status(args: argparse.Namespace) -> None:
+    r = call(args.socket, "dns_status")
+    if args.json:
+        print(json.dumps(r, indent=2))
+    else:
+        print_dns_status(r)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="weft", description="weftnet client")
     p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET", DEFAULT_SOCKET))
@@ -262,6 +312,15 @@ def main(argv: list[str] | None = None) -> None:
         "--allow-insecure-http",
         action="store_true",
         help="log in over plain http:// even when nothing verifies the server's key",
+    )
+    up.add_argument(
+        "--accept-dns",
+        type=_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="true|false",
+        help="point this host's DNS at the tailnet's (default: true; remembered)",
     )
     up.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
     up.set_defaults(func=cmd_up)
@@ -291,6 +350,12 @@ def main(argv: list[str] | None = None) -> None:
     wh.add_argument("ip", help="a 100.x or fd7a:115c:a1e0:: address (a peer's or our own)")
     wh.add_argument("--json", action="store_true", help="machine-readable output")
     wh.set_defaults(func=cmd_whois)
+    dns = sub.add_parser("dns", help="the tailnet's DNS on this host").add_subparsers(
+        dest="dns_cmd", required=True
+    )
+    ds = dns.add_parser("status", help="mode, what the OS has, the server's config, counters")
+    ds.add_argument("--json", action="store_true", help="machine-readable output")
+    ds.set_defaults(func=cmd_dns_status)
     st = sub.add_parser("status", help="this node and its peers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)

@@ -59,6 +59,9 @@ class NodeApi:
             return error("no STUN servers known yet: is this node up?")
         return await self.d.magic.netcheck()
 
+    async def api_dns_status(self, req: dict[str, Any]) -> Answer:
+        return ok(status.dns_status(self.d))
+
     async def api_whois(self, req: dict[str, Any]) -> Answer:
         nm = self.d.session.netmap
         try:

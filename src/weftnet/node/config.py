@@ -22,3 +22,7 @@ class NodeConfig:
     # The CAs that https:// servers (control, relays) must chain to; None: the system's
     # store (SSL_CERT_FILE/SSL_CERT_DIR honoured). weftnet.tls.
     tls_ca: str | None = None
+    # OS DNS (docs/dns.md, "OS configuration"): auto | resolved | direct | off, and the
+    # resolv.conf direct mode manages (another path only for tests).
+    dns_mode: str = "auto"
+    resolv_conf: str = "/etc/resolv.conf"

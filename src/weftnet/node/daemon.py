@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import Any
 
 from weftnet import serverkey, tailcfg, tls
+from weftnet.dns.osconfig import NodeDNSState
 from weftnet.endpoint import Endpoint
 from weftnet.magicsock.conn import MagicSock
 from weftnet.node import localapi, netmon
@@ -37,6 +38,7 @@ from weftnet.node.engine import Engine
 from weftnet.node.filter import PacketFilter
 from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import MapStream
+from weftnet.node.osdns import OSDNS
 from weftnet.node.peers import PeerTable
 from weftnet.node.state import NodeState
 from weftnet.node.supervisor import Supervisor
@@ -96,10 +98,22 @@ class NodeDaemon:
         )
         self._endpoints_of = local_endpoints
         self._watch_netlink = watch_netlink
+        # OS DNS (resolv.conf or systemd-resolved): see "OS DNS" below.
+        self.osdns = OSDNS(
+            config.state_dir,
+            self.engine.ifname,
+            mode=config.dns_mode,
+            resolv_conf=config.resolv_conf,
+            on_base=self._dns_base_resolvers,
+        )
 
     # -- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
+        # Before the control client's first request: a crash may have left our
+        # resolv.conf behind, and the login server's name must resolve the OS's way.
+        self.osdns.recover()
+        self.supervisor.spawn("osdns", self.osdns.watch)
         self.engine.start()
         self._new_magic()
         if self._watch_netlink:
@@ -140,6 +154,7 @@ class NodeDaemon:
         if self.magic is not None:
             await self.magic.close()  # its loop ends by itself before the supervisor stops
         await self.supervisor.close()
+        await self._os_dns_off("weftd exiting")  # after the map and the watch stopped
         if self.control is not None:
             await self.control.close()
         self.engine.close()
@@ -187,8 +202,12 @@ class NodeDaemon:
         await self._use_server(server)
         prefs.login_server = server.rstrip("/")
         prefs.hostname = req.get("hostname") or prefs.hostname or socket.gethostname()
+        if req.get("accept_dns") is not None:
+            prefs.accept_dns = bool(req["accept_dns"])
+            self.state.save_prefs()
         if prefs.registered and not auth_key:
             if self.backend.state is State.Running and self.supervisor.is_running("map"):
+                await self._update_os_dns()  # --accept-dns may have changed
                 return ok({"state": "Running"})
             prefs.want_running = True
             self.state.save_prefs()
@@ -250,6 +269,7 @@ class NodeDaemon:
     async def down(self) -> Answer:
         self.state.prefs.want_running = False
         self.state.save_prefs()
+        await self._os_dns_off("weft down")
         await self._stop_following()
         self.backend.stopped()
         return ok({"state": "Stopped"})
@@ -259,6 +279,8 @@ class NodeDaemon:
         if self.control is not None and prefs.registered:
             with contextlib.suppress(ControlError):
                 await self.control.register(logout=True, hostname=prefs.hostname or "")
+        await self.supervisor.stop("map")  # no frame re-applies the OS's DNS after this
+        await self._os_dns_off("weft logout")  # before the resolver stops
         await self._stop_following()
         prefs.registered = prefs.want_running = False
         prefs.login_server = None
@@ -299,6 +321,7 @@ class NodeDaemon:
         self._set_filter([])
 
     async def _server_logged_out(self, why: str) -> None:
+        await self._os_dns_off(f"the server says: {why}")
         self.peers.clear(self.magic)
         self.session = MapSession()
         await self.dns.stop()
@@ -320,6 +343,7 @@ class NodeDaemon:
         await self.dns.apply(me, list(nm.peers.values()), nm.dns)
         if persist:
             self.state.save_netmap(nm.to_cache())
+        await self._update_os_dns()
         self.backend.map_applied(nm.self_expired)
 
     async def _set_addresses(self, addrs: list[Any]) -> None:
@@ -338,3 +362,31 @@ class NodeDaemon:
         if self.packet_filter.ignored:
             log.warning("packet filter: ignored bad CIDRs %s", self.packet_filter.ignored)
         log.info("packet filter: %d rule(s)", len(rules))
+
+    # -- OS DNS (weftnet.node.osdns; docs/dns.md, "OS configuration") -------------------
+
+    def _os_dns_state(self) -> NodeDNSState:
+        prefs = self.state.prefs
+        if not prefs.registered:
+            return NodeDNSState.logged_out
+        if self.session.netmap.self_expired:
+            return NodeDNSState.expired
+        return NodeDNSState.up if prefs.want_running else NodeDNSState.down
+
+    async def _update_os_dns(self) -> None:
+        """The OS's DNS made what the map and prefs say (or given back)."""
+        # An OSError is logged and in Health; the next map or `weft up` tries again.
+        with contextlib.suppress(OSError):
+            await self.osdns.update(
+                self.session.netmap.dns, self.state.prefs.accept_dns, self._os_dns_state()
+            )
+
+    async def _os_dns_off(self, why: str) -> None:
+        try:
+            await self.osdns.deconfigure(why)
+        except OSError as e:
+            log.warning("dns: could not give the OS its DNS back (%s): %s", why, e)
+
+    def _dns_base_resolvers(self, servers: list[str]) -> None:
+        """The nameservers the OS had before weftd: quad-100's fallback."""
+        self.dns.set_base_resolvers(servers)

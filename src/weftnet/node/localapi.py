@@ -42,6 +42,7 @@ COMMANDS = {
     "ping": "a disco ping to a peer (tailnet mode)",
     "netcheck": "UDP, public address, NAT kind, relay latencies (tailnet mode)",
     "whois": "the node and user behind an overlay address (tailnet mode)",
+    "dns_status": "OS DNS mode and settings, the server's DNS config, the resolver (tailnet mode)",
 }
 
 

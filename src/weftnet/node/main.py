@@ -3,6 +3,7 @@
 Two ways to run it:
 
     weftd [--state-dir DIR] [--socket PATH] [--tun NAME] [--port N] [--tls-ca FILE]
+          [--dns-mode auto|resolved|direct|off]
         a tailnet node: `weft up --login-server URL` joins it to a coordination server,
         which then tells it its addresses and peers;
 
@@ -23,6 +24,7 @@ import time
 from typing import Any
 
 from weftnet import tls
+from weftnet.dns import osconfig
 from weftnet.node import localapi
 from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
 from weftnet.node.daemon import NodeDaemon
@@ -47,6 +49,14 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         help="CA certificates (PEM) that https:// control servers and relays must chain to"
         " (default: the system's store; SSL_CERT_FILE is honoured)",
     )
+    p.add_argument(
+        "--dns-mode",
+        choices=osconfig.MODES,
+        default="auto",
+        help="how to point the OS at the tailnet's DNS: systemd-resolved, /etc/resolv.conf"
+        " (direct), or not at all (default: auto, from what the host runs)",
+    )
+    p.add_argument("--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS)
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -63,6 +73,8 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         wg_config=args.wg_config,
         verbose=args.verbose,
         tls_ca=args.tls_ca,
+        dns_mode=args.dns_mode,
+        resolv_conf=args.resolv_conf,
     )
 
 

@@ -2,7 +2,7 @@
 
     machine.key   the machine key (X25519, hex): proves this device to the server
     node.key      the WireGuard key (hex): rotates on every new login
-    prefs.json    login server, hostname, whether the user wants it running
+    prefs.json    login server, hostname, whether the user wants it running, accept_dns
     server.json   the coordination server's key, pinned at first contact
     netmap.json   the last network map, so the data plane comes back without the server
 
@@ -33,6 +33,7 @@ class Prefs:
     hostname: str | None = None
     want_running: bool = False
     registered: bool = False  # the server accepted our current node key
+    accept_dns: bool = True  # configure the OS to use the tailnet's DNS (docs/dns.md)
 
 
 @dataclass

@@ -37,6 +37,15 @@ def health(d: NodeDaemon) -> list[str]:
     if d.magic is not None:
         out += d.magic.health()
     out += d.dns.health()
+    out += d.osdns.health()
+    return out
+
+
+def dns_status(d: NodeDaemon) -> dict[str, Any]:
+    """`weft dns status`: the OS side (osdns), the server's config, the resolver."""
+    out = d.osdns.status()
+    out["accept_dns"] = d.state.prefs.accept_dns
+    out["resolver"] = d.dns.status()
     return out
 
 
