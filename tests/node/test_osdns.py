@@ -207,7 +207,13 @@ def test_daemon_writes_on_up_and_gives_back_on_down_logout_expiry_exit(tmp_path:
     bases: list[list[str]] = []
 
     async def body(d: NodeDaemon) -> None:
-        d.dns = type("R", (), {"set_base_resolvers": lambda self, s: bases.append(s)})()
+        told = d.dns.set_base_resolvers
+
+        def spy(servers: list[str]) -> None:
+            bases.append(servers)
+            told(servers)
+
+        d.dns.set_base_resolvers = spy  # type: ignore[method-assign]
         assert (await d.up(UP))["result"] == {"state": "Running"}
         text = rc.read_text()
         assert text.startswith(MARKER) and "nameserver 100.100.100.100\n" in text
