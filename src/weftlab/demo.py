@@ -5,7 +5,8 @@
    made for the demo (every weftd gets --tls-ca), one node on the internet, two behind NAT
    routers of their own and one behind a hard NAT. They join with one auth key, every
    node pings every other, `weft ping` shows the paths (direct where the NATs allow,
-   the relay between an easy and a hard NAT), then each `weft status`.
+   the relay between an easy and a hard NAT), names resolve through weftd's resolver
+   (`ping laptop`, `getent hosts`, `dig`), then each `weft status`.
 2. An access policy: only the server may be reached; a change is enforced by every
    node at once, and a policy whose tests fail is refused (docs/policy.md).
 3. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
@@ -34,6 +35,7 @@ from weftlab.wgpeers import (
 )
 
 PORT = 51820
+DEMO_DOMAIN = "weft.internal"  # the server's default MagicDNS domain
 
 
 def say(text: str) -> None:
@@ -87,10 +89,19 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
         for b in nodes:
             if a is not b:
                 ok &= ping(a.host, ips[b.host.name], f"{b.host.name} ({ips[b.host.name]})")
+    say("by name: weftd's resolver at 100.100.100.100 (MagicDNS), in each host's resolv.conf")
+    for a, b in ((nodes[3], nodes[0]), (nodes[0], nodes[1])):
+        r = a.host.run(["getent", "hosts", b.host.name], check=False)
+        print(f"   {a.host.name}$ getent hosts {b.host.name} -> {' '.join(r.stdout.split())}")
+        ok &= ping(a.host, b.host.name, f"{b.host.name} (ping {b.host.name})")
+    fqdn = f"server.{DEMO_DOMAIN}"
+    r = nodes[2].host.run(["dig", "+short", fqdn], check=False)
+    print(f"   desktop$ dig +short {fqdn} -> {r.stdout.strip()}")
+    ok &= r.stdout.strip() == ips["server"]
     say("disco pings show the path each pong took (relay first, direct where NATs allow)")
     phone = nodes[3]
     for other in (nodes[0], nodes[2]):
-        r = phone.weft("ping", "-c", "3", ips[other.host.name], check=False)
+        r = phone.weft("ping", "-c", "3", other.host.name, check=False)
         print(f"   phone$ weft ping {other.host.name}")
         print("\n".join(f"     {ln}" for ln in (r.stdout + r.stderr).strip().splitlines()))
     for n in nodes:

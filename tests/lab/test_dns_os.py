@@ -89,8 +89,10 @@ def test_resolv_conf_is_written_on_up_and_restored_byte_for_byte(lab: Lab, tmp_p
     st = a.weft("dns", "status", "--json").stdout
     assert '"mode": "direct"' in st and '"base_resolvers": [\n    "198.18.0.53"\n  ]' in st
     assert "Mode: direct" in a.weft("dns", "status").stdout
-    r = a_host.run(["getent", "hosts", "b"], check=False)  # glibc's path through quad-100
+    r = a_host.run(["getent", "ahostsv4", "b"], check=False)  # glibc's path through quad-100
     assert r.stdout.split()[:1] == [b.ip4()], r
+    r = a_host.run(["getent", "hosts", "b"], check=False)  # AAAA first, as glibc prefers
+    assert r.stdout.split()[:2] == [b.weft("ip", "-6").stdout.strip(), "b.weft.internal"], r
 
     timed(lambda: a.weft("down"), "weft down")
     wait_for(lambda: sha(rc) == h0, 1.0, "restored after `weft down` returned")
