@@ -12,6 +12,7 @@ install: $(STAMP)
 		echo "installing Debian packages:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
+	@$(PY) -m weftlab.resolved fetch >/dev/null  # unpacked for a lab namespace, never installed
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)

@@ -1,8 +1,9 @@
 """systemd-resolved inside one lab host, never installed on the machine (lab only).
 
-Research spec dns-routes.md 4.1 E1: the Debian package is fetched with
-``apt-get download`` and unpacked with ``dpkg -x`` into a cache directory (no maintainer
-scripts run, the machine's /etc/resolv.conf is untouched). A process started through
+Research spec dns-routes.md 4.1 E1: ``make install`` fetches the Debian package with
+``apt-get download`` and unpacks it with ``dpkg -x`` into a cache directory (``python -m
+weftlab.resolved fetch``; no maintainer scripts run, the machine's /etc/resolv.conf is
+untouched); tests never download anything. A process started through
 ``wrap(...)`` runs in a private mount namespace of the host's network namespace with:
 a tmpfs on /run, a copy of /etc/passwd and /etc/group that knows the systemd-resolve
 user, the D-Bus policy for org.freedesktop.resolve1, a resolved.conf with no global or
@@ -76,14 +77,27 @@ class ResolvedUnavailable(RuntimeError):
 
 
 def unpacked() -> Path:
-    """The unpacked systemd-resolved package (fetched once into CACHE)."""
+    """The unpacked systemd-resolved package (``make install`` put it in CACHE)."""
+    root = CACHE / "root"
+    if (root / "lib/systemd/systemd-resolved").exists():
+        return root
+    raise ResolvedUnavailable(
+        f"no unpacked {PACKAGE} in {CACHE}: run `make install` (it fetches the Debian package)"
+    )
+
+
+def fetch() -> Path:
+    """Download the Debian package and unpack it into CACHE (once; ``make install``)."""
     root = CACHE / "root"
     if (root / "lib/systemd/systemd-resolved").exists():
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        r = subprocess.run(["apt-get", "download", PACKAGE], cwd=tmp, capture_output=True,
-                           text=True, timeout=300)  # fmt: skip
+        download = ["apt-get", "download", PACKAGE]
+        r = subprocess.run(download, cwd=tmp, capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:  # a fresh machine may have no package lists yet
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+            r = subprocess.run(download, cwd=tmp, capture_output=True, text=True, timeout=300)
         debs = glob.glob(os.path.join(tmp, f"{PACKAGE}_*.deb"))
         if r.returncode != 0 or not debs:
             raise ResolvedUnavailable(f"apt-get download {PACKAGE} failed: {r.stderr.strip()}")
@@ -151,3 +165,11 @@ def start_resolved_node(tmp: Path, host: Any, name: str, extra: list[str] | None
     n = ResolvedNode(host, tmp / f"node-{name}", str(tmp / f"{name}.sock"), extra=extra or [])
     n.start()
     return n
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["fetch"]:
+        sys.exit("usage: python -m weftlab.resolved fetch")
+    print(f"systemd-resolved for the lab, unpacked in {fetch()}")
