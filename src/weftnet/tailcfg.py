@@ -17,9 +17,13 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, FiniteFloat
 
-CAPABILITY_VERSION = 2  # bumped on any change an older peer would misread
+CAPABILITY_VERSION = 3  # bumped on any change an older peer would misread
 # 2: every sealed answer is bound to its request (controlbox.answer_nonce)
 ANSWER_BINDING_VERSION = 2
+# 3: subnet routes and exit routes: a peer's allowed_ips may hold more than its addresses
+# (its primary subnet routes, 0.0.0.0/0 and ::/0 for an exit node); older viewers get
+# allowed_ips == addresses.
+ROUTES_VERSION = 3
 MIN_CAPABILITY_VERSION = 1  # the oldest the server still talks to
 
 NODE_KEY_PREFIX = "nodekey:"
@@ -57,6 +61,9 @@ class Hostinfo(Wire):
     hostname: str = ""
     os: str = "linux"
     client_version: str = ""
+    # Prefixes this node offers to route (`weft up --advertise-routes`), canonical CIDRs;
+    # an exit node offers "0.0.0.0/0" and "::/0" (`--advertise-exit-node`).
+    routable_ips: list[str] = Field(default_factory=list)
 
 
 class RelayRegion(Wire):
@@ -93,7 +100,10 @@ class Node(Wire):
     node_key: str
     disco_key: str | None = None
     addresses: list[str]  # ["100.64.0.1/32", "fd7a:115c:a1e0::1/128"]
+    # addresses + the subnet routes it is primary for + 0.0.0.0/0 and ::/0 when it is an
+    # approved exit node: each only as far as the viewer's policy lets it use them.
     allowed_ips: list[str]
+    primary_routes: list[str] = Field(default_factory=list)  # its subnet routes (no /0)
     endpoints: list[str] = Field(default_factory=list)  # "ip:port" candidates
     online: bool = False
     last_seen: float | None = None

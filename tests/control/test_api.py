@@ -69,7 +69,7 @@ async def test_server_key_and_health(http: httpx.AsyncClient, control: Control) 
     key = tailcfg.ServerKey.model_validate_json((await http.get(f"{control.url}/key")).content)
     assert (
         key.public_key.startswith("mkey:")
-        and key.capability_version == tailcfg.CAPABILITY_VERSION == 2
+        and key.capability_version == tailcfg.CAPABILITY_VERSION == 3
     )
     assert (await http.get(f"{control.url}/health")).json()["ok"] is True
 
