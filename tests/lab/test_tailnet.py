@@ -41,6 +41,10 @@ def test_three_nodes_ping_each_other_within_5_s(lab: Lab, tmp_path: Path) -> Non
         assert set(p) >= {"hostname", "ips", "online", "path", "endpoint", "relay",
                           "rx_bytes", "tx_bytes", "last_handshake"}  # fmt: skip
         assert p["path"] == "direct" and p["online"]
+        assert p["dns_name"] == f"{p['hostname']}.weft.internal"  # MagicDNS
+    assert st["self"]["dns_name"] == "c.weft.internal"
+    r = nodes[2].weft("ping", "a")  # by name
+    assert f"pong from a ({nodes[0].ip4()}) via 198.18.0.2:41641 in" in r.stdout, r.stdout
     r = nodes[2].weft("ping", nodes[0].ip4())
     assert f"pong from a ({nodes[0].ip4()}) via 198.18.0.2:41641 in" in r.stdout, r.stdout
     report = json.loads(nodes[2].weft("netcheck", "--json").stdout)

@@ -53,6 +53,13 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
     now = time.monotonic()
     wall = time.time()
     nm = d.session.netmap
+    dns = nm.dns
+    domain = dns.domain if dns is not None and dns.magic_dns and dns.domain else None
+
+    def dns_name(name: str | None) -> str | None:
+        """The MagicDNS name (FQDN) ``name`` answers to, if MagicDNS is on."""
+        return f"{name}.{domain}" if name and domain else None
+
     peers = []
     for pid, n in sorted(nm.peers.items()):
         peer = d.peers.by_id.get(pid)
@@ -64,6 +71,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             {
                 "id": pid,
                 "hostname": n.given_name or n.name,
+                "dns_name": dns_name(n.given_name),
                 "ips": ips(n),
                 "online": n.online,
                 "path": kind,
@@ -85,6 +93,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
         "health": health(d),
         "self": {
             "hostname": (me.given_name if me else None) or d.state.prefs.hostname,
+            "dns_name": dns_name(me.given_name if me else None),
             "ips": [str(a.ip) for a in d.engine.addresses],
             "online": d.stream is not None and d.stream.online,
             "login_server": d.state.prefs.login_server,
