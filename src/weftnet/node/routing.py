@@ -57,6 +57,12 @@ class RouteManager:
     def health(self) -> list[str]:
         return [f"routes: {text}" for text in self.problems.values()]
 
+    def local_prefixes(self, ifname: str) -> list[str]:
+        return local_prefixes(ifname)
+
+    def forwarding(self) -> tuple[bool | None, bool | None]:
+        return read_forwarding()
+
     # -- the whole state ----------------------------------------------------------------
 
     def apply(self, d: Desired) -> None:
