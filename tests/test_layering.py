@@ -56,6 +56,10 @@ PURE = (
     "weftnet.control.domain",
     "weftnet.node.filter",
     "weftnet.node.mapsession",
+    "weftnet.node.reconcile",
+    "weftnet.node.routeprefs",  # route flags checked; the kernel side is node.routing
+    "weftnet.node.routeplan",
+    "weftnet.marks",
     "weftnet.dns",  # the resolver's decisions and name table; its I/O is node.dnsserver
 )
 NOT_PURE = ("weftnet.stun.server",)

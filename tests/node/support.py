@@ -111,6 +111,7 @@ class FakeServer:
         self.unreachable = False
         self.first_frame_delay_s = 0.05
         self.streams: list[list[str]] = []  # the endpoints each stream reported
+        self.routable_ips: list[list[str]] = []  # Hostinfo.routable_ips of each stream
         self.registers: list[dict[str, Any]] = []
         self._queues: list[asyncio.Queue[tailcfg.MapResponse]] = []
 
@@ -142,10 +143,11 @@ class FakeControl:
         return tailcfg.RegisterResponse(machine_authorized=self.server.authorized)
 
     async def map_stream(
-        self, endpoints: list[str], hostname: str, **_: Any
+        self, endpoints: list[str], hostname: str, **kw: Any
     ) -> AsyncGenerator[tailcfg.MapResponse, None]:
         server = self.server
         server.streams.append(endpoints)
+        server.routable_ips.append(kw.get("routable_ips") or [])
         if server.unreachable:
             raise ControlError("map stream broke: unreachable")
         await asyncio.sleep(server.first_frame_delay_s)
@@ -162,12 +164,43 @@ class FakeControl:
             server._queues.remove(q)
 
 
+class FakeRoutes:
+    """What NodeDaemon uses of a routing.RouteManager, recording instead of touching
+    this host's kernel: the last desired state (None: removed)."""
+
+    def __init__(self) -> None:
+        self.desired: Any = None
+        self.lan = ["192.168.1.0/24"]
+        self.ip_forward: tuple[bool | None, bool | None] = (True, True)
+        self.cleanups = 0
+
+    def apply(self, desired: Any) -> None:
+        self.desired = desired
+
+    def remove(self) -> None:
+        self.desired = None
+
+    def cleanup(self) -> None:
+        self.cleanups += 1
+        self.desired = None
+
+    def health(self) -> list[str]:
+        return []
+
+    def local_prefixes(self, ifname: str) -> list[str]:
+        return self.lan
+
+    def forwarding(self) -> tuple[bool | None, bool | None]:
+        return self.ip_forward
+
+
 def make_daemon(tmp_path: Path, server: FakeServer, **kw: Any) -> NodeDaemon:
     config = NodeConfig(state_dir=str(tmp_path / "state"), tun="weft-test", port=0,
                         socket=str(tmp_path / "weftd.sock"), dns_mode="direct",
                         resolv_conf=str(tmp_path / "resolv.conf"))  # fmt: skip
     kw.setdefault("local_endpoints", lambda port, ifname: [])
     kw.setdefault("dns_listen", [("127.0.0.1", 0)])  # the resolver, on a free port
+    kw.setdefault("routes", FakeRoutes())  # never this host's routing tables
     return NodeDaemon(
         config,
         engine_factory=FakeEngine,

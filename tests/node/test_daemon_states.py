@@ -173,7 +173,7 @@ def test_a_low_order_peer_is_skipped_and_the_rest_of_the_map_applies(tmp_path: P
 
 def test_allowed_ips_outside_the_tailnet_never_reach_the_device(tmp_path: Path) -> None:
     greedy = node(4, "greedy", ["100.64.0.4"])
-    greedy = greedy.model_copy(update={"allowed_ips": ["100.64.0.4/32", "0.0.0.0/0"]})
+    greedy = greedy.model_copy(update={"allowed_ips": ["100.64.0.4/32", "192.168.1.0/24"]})
     server = FakeServer(ME, [*PEERS, greedy])
 
     async def body(d: NodeDaemon) -> None:
@@ -182,7 +182,7 @@ def test_allowed_ips_outside_the_tailnet_never_reach_the_device(tmp_path: Path) 
         entries = d.engine.device.allowed_ips.entries(d.peers.by_id[4])
         assert [str(n) for n in entries] == ["100.64.0.4/32"]
         assert status.health(d) == [
-            "peer greedy: ignored allowed IPs outside the tailnet: 0.0.0.0/0"
+            "peer greedy: ignored allowed IPs outside the tailnet: 192.168.1.0/24"
         ]
 
     run(tmp_path, server, body)

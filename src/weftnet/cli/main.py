@@ -137,6 +137,41 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, not {text!r}")
 
 
+ROUTE_FLAGS = (
+    "advertise_routes",
+    "advertise_exit_node",
+    "accept_routes",
+    "exit_node",
+    "exit_node_allow_lan_access",
+    "snat_subnet_routes",
+)
+
+
+def add_route_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of `weft up` and `weft set` for subnet routes and exit nodes
+    (docs/routes.md). Unset flags are None: the daemon keeps what it had."""
+
+    def flag(name: str, text: str) -> None:
+        p.add_argument(name, type=_bool, nargs="?", const=True, default=None,
+                       metavar="true|false", help=text)  # fmt: skip
+
+    p.add_argument("--advertise-routes", metavar="CIDR,...",
+                   help="offer these networks to the tailnet ('' withdraws them)")  # fmt: skip
+    flag("--advertise-exit-node", "offer this node as an exit node to the internet")
+    flag("--accept-routes", "use the subnet routes other nodes offer")
+    p.add_argument("--exit-node", metavar="NAME|IP",
+                   help="send internet traffic through this peer ('' stops)")  # fmt: skip
+    flag("--exit-node-allow-lan-access", "with --exit-node, reach the local network directly")
+    flag("--snat-subnet-routes", "masquerade traffic to advertised routes (default: true)")
+    p.add_argument("--accept-dns", type=_bool, nargs="?", const=True, default=None,
+                   metavar="true|false",
+                   help="point this host's DNS at the tailnet's (default: true; remembered)")  # fmt: skip
+
+
+def route_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k) for k in (*ROUTE_FLAGS, "accept_dns")}
+
+
 def cmd_up(args: argparse.Namespace) -> None:
     res = call(
         args.socket,
@@ -146,7 +181,7 @@ def cmd_up(args: argparse.Namespace) -> None:
         hostname=args.hostname,
         server_key=args.server_key,
         allow_insecure_http=args.allow_insecure_http,
-        accept_dns=args.accept_dns,
+        **route_flags(args),
     )
     if res.get("warning"):
         print(f"weft: warning: {res['warning']}", file=sys.stderr, flush=True)
@@ -164,6 +199,34 @@ def cmd_up(args: argparse.Namespace) -> None:
         return
     if res["state"] != "Running":
         raise CliError(f"{res['state']}: {res.get('message', '')}")
+
+
+def cmd_set(args: argparse.Namespace) -> None:
+    given = {k: v for k, v in route_flags(args).items() if v is not None}
+    if not given:
+        raise CliError("nothing to change: give at least one flag (weft set --help)")
+    res = call(args.socket, "set", **given)
+    if res.get("warning"):
+        print(f"weft: warning: {res['warning']}", file=sys.stderr, flush=True)
+
+
+def cmd_exit_node_list(args: argparse.Namespace) -> None:
+    nodes = call(args.socket, "exit_node_list")
+    if args.json:
+        print(json.dumps(nodes, indent=2))
+        return
+    if not nodes:
+        print("no exit nodes in the tailnet (or none this node may use)")
+        return
+    rows = [("IP", "HOSTNAME", "STATUS", "")]
+    for n in nodes:
+        state = "online" if n["online"] else "offline"
+        rows.append((n["ips"][0] if n["ips"] else "-", n["hostname"], state,
+                     "selected" if n["selected"] else ""))  # fmt: skip
+    shown = [[printable(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in shown) for i in range(len(shown[0]))]
+    for r in shown:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -313,17 +376,18 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="log in over plain http:// even when nothing verifies the server's key",
     )
-    up.add_argument(
-        "--accept-dns",
-        type=_bool,
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="true|false",
-        help="point this host's DNS at the tailnet's (default: true; remembered)",
-    )
+    add_route_flags(up)
     up.add_argument("--timeout", type=float, default=0, help="give up waiting after N seconds")
     up.set_defaults(func=cmd_up)
+    st = sub.add_parser("set", help="change route or DNS flags without logging in again")
+    add_route_flags(st)
+    st.set_defaults(func=cmd_set)
+    ex = sub.add_parser("exit-node", help="exit nodes").add_subparsers(
+        dest="exit_cmd", required=True
+    )
+    el = ex.add_parser("list", help="the peers that offer an exit route")
+    el.add_argument("--json", action="store_true", help="machine-readable output")
+    el.set_defaults(func=cmd_exit_node_list)
     sub.add_parser("down", help="disconnect (stay logged in)").set_defaults(
         func=lambda a: call(a.socket, "down")
     )

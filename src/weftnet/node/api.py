@@ -39,6 +39,12 @@ class NodeApi:
     async def api_up(self, req: dict[str, Any]) -> Answer:
         return await self.d.up(req)
 
+    async def api_set(self, req: dict[str, Any]) -> Answer:
+        return await self.d.set(req)
+
+    async def api_exit_node_list(self, req: dict[str, Any]) -> Answer:
+        return ok(status.exit_nodes(self.d))
+
     async def api_down(self, req: dict[str, Any]) -> Answer:
         return await self.d.down()
 

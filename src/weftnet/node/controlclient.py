@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from weftnet import controlbox, tailcfg, tls
+from weftnet import controlbox, sockmark, tailcfg, tls
 from weftnet.node.state import NodeState, Pin
 from weftnet.node.trust import ServerTrust, TrustError, check_login_channel, check_offered
 
@@ -51,9 +51,15 @@ class ControlClient:
         self.url = login_server.rstrip("/")
         self.server_key: bytes | None = None
         self.warning: str | None = None  # why the server's key is not verified, if it is not
+        context = tls.client_context(tls_ca)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
-            verify=tls.client_context(tls_ca),
+            verify=context,
+            # Marked: the control connection bypasses weftd's routes (docs/routes.md).
+            transport=httpx.AsyncHTTPTransport(
+                verify=context,
+                socket_options=sockmark.SOCKET_OPTIONS if sockmark.may_mark() else None,
+            ),
         )
 
     async def close(self) -> None:
@@ -177,6 +183,7 @@ class ControlClient:
         hostname: str,
         disco_key: str | None = None,
         home_relay: str | None = None,
+        routable_ips: list[str] | None = None,
     ) -> AsyncGenerator[tailcfg.MapResponse, None]:
         """Yield each frame of one map stream until it ends or breaks (ControlError)."""
         await self.ensure_server_key()
@@ -186,7 +193,9 @@ class ControlClient:
             disco_key=disco_key,
             home_relay=home_relay,
             endpoints=endpoints,
-            hostinfo=tailcfg.Hostinfo(hostname=hostname, client_version=_version()),
+            hostinfo=tailcfg.Hostinfo(
+                hostname=hostname, client_version=_version(), routable_ips=routable_ips or []
+            ),
         )
         reader = controlbox.FrameReader()
         sealed_req = self._seal(req)

@@ -28,7 +28,7 @@ from weftnet import serverkey, tailcfg, tls
 from weftnet.dns.osconfig import NodeDNSState
 from weftnet.endpoint import Endpoint
 from weftnet.magicsock.conn import MagicSock
-from weftnet.node import localapi, netmon
+from weftnet.node import localapi, netmon, routeprefs, routing
 from weftnet.node.api import Answer, NodeApi, error, ok
 from weftnet.node.backend import Backend, State
 from weftnet.node.config import NodeConfig
@@ -40,6 +40,9 @@ from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import MapStream
 from weftnet.node.osdns import OSDNS
 from weftnet.node.peers import PeerTable
+from weftnet.node.reconcile import Routes
+from weftnet.node.routeplan import Desired
+from weftnet.node.routeprefs import RoutePrefError
 from weftnet.node.state import NodeState
 from weftnet.node.supervisor import Supervisor
 from weftnet.node.trust import ServerTrust, parse_server_key
@@ -48,6 +51,15 @@ log = logging.getLogger("weftd")
 
 DEFAULT_PORT = 41641
 UP_WAIT_S = 15.0  # `weft up` waits this long for the state to change
+# The route flags of `weft up` and `weft set` (docs/routes.md), as prefs and request keys.
+ROUTE_PREFS = (
+    "advertise_routes",
+    "advertise_exit_node",
+    "accept_routes",
+    "exit_node",
+    "exit_node_allow_lan_access",
+    "snat_subnet_routes",
+)
 
 
 def login_trust(req: dict[str, Any]) -> tuple[str | None, ServerTrust]:
@@ -73,6 +85,7 @@ class NodeDaemon:
         local_endpoints: Callable[[int, str], list[Endpoint]] = netmon.local_endpoints,
         watch_netlink: bool = True,
         dns_listen: list[Listen] | None = None,  # None: the service addresses, port 53
+        routes: Any = None,  # None: a routing.RouteManager on this host's kernel
     ) -> None:
         self.config = config
         self.state = NodeState.load(config.state_dir)
@@ -88,6 +101,9 @@ class NodeDaemon:
         self.backend = Backend()
         self.session = MapSession()
         self.peers = PeerTable(self.engine)
+        # Subnet routes and exit nodes in the kernel (docs/routes.md): see "Routes" below.
+        self.routes = routes if routes is not None else routing.RouteManager()
+        self.lan: tuple[str, ...] = ()  # the underlay networks this host is on
         # The resolver at 100.100.100.100 (docs/dns.md): the first map starts it.
         self.dns = DnsServer(self.engine, self.supervisor, listen=dns_listen)
         self.magic: MagicSock | None = None
@@ -113,6 +129,9 @@ class NodeDaemon:
         # Before the control client's first request: a crash may have left our
         # resolv.conf behind, and the login server's name must resolve the OS's way.
         self.osdns.recover()
+        # What a crashed weftd left (rules, table 52, table inet weftd): removed, and put
+        # back by the cached map below.
+        await asyncio.get_running_loop().run_in_executor(None, self.routes.cleanup)
         self.supervisor.spawn("osdns", self.osdns.watch)
         self.engine.start()
         self._new_magic()
@@ -155,6 +174,7 @@ class NodeDaemon:
             await self.magic.close()  # its loop ends by itself before the supervisor stops
         await self.supervisor.close()
         await self._os_dns_off("weftd exiting")  # after the map and the watch stopped
+        await self._routes_off()
         if self.control is not None:
             await self.control.close()
         self.engine.close()
@@ -199,16 +219,22 @@ class NodeDaemon:
             auth_key, trust = login_trust(req)
         except ValueError as e:
             return error(str(e))
+        try:
+            advertised_changed = self._change_route_prefs(req)
+        except RoutePrefError as e:
+            return error(str(e))
         await self._use_server(server)
         prefs.login_server = server.rstrip("/")
         prefs.hostname = req.get("hostname") or prefs.hostname or socket.gethostname()
         if req.get("accept_dns") is not None:
             prefs.accept_dns = bool(req["accept_dns"])
-            self.state.save_prefs()
+        self.state.save_prefs()
         if prefs.registered and not auth_key:
             if self.backend.state is State.Running and self.supervisor.is_running("map"):
                 await self._update_os_dns()  # --accept-dns may have changed
-                return ok({"state": "Running"})
+                await self._route_prefs_changed(advertised_changed)
+                warning = self.forwarding_warning()
+                return ok({"state": "Running", **({"warning": warning} if warning else {})})
             prefs.want_running = True
             self.state.save_prefs()
             self.backend.starting()
@@ -221,7 +247,7 @@ class NodeDaemon:
             return error(str(e))
         if resp.error:
             return error(resp.error)
-        warning = getattr(self.control, "warning", None)
+        warning = getattr(self.control, "warning", None) or self.forwarding_warning()
         if resp.machine_authorized:
             answer = await self._wait_running(self._logged_in())
             if warning:
@@ -266,10 +292,25 @@ class NodeDaemon:
                 continue  # the long poll ended without an answer: ask again
             return
 
+    async def set(self, req: dict[str, Any]) -> Answer:
+        """`weft set`: change the prefs given (the route flags, --accept-dns), keep the
+        login; a running node re-applies them at once."""
+        try:
+            advertised_changed = self._change_route_prefs(req)
+        except RoutePrefError as e:
+            return error(str(e))
+        if req.get("accept_dns") is not None:
+            self.state.prefs.accept_dns = bool(req["accept_dns"])
+            await self._update_os_dns()
+        self.state.save_prefs()
+        await self._route_prefs_changed(advertised_changed)
+        return ok({"prefs": self.route_prefs(), "warning": self.forwarding_warning()})
+
     async def down(self) -> Answer:
         self.state.prefs.want_running = False
         self.state.save_prefs()
         await self._os_dns_off("weft down")
+        await self._routes_off()
         await self._stop_following()
         self.backend.stopped()
         return ok({"state": "Stopped"})
@@ -281,6 +322,7 @@ class NodeDaemon:
                 await self.control.register(logout=True, hostname=prefs.hostname or "")
         await self.supervisor.stop("map")  # no frame re-applies the OS's DNS after this
         await self._os_dns_off("weft logout")  # before the resolver stops
+        await self._routes_off()
         await self._stop_following()
         prefs.registered = prefs.want_running = False
         prefs.login_server = None
@@ -304,6 +346,9 @@ class NodeDaemon:
             self._local_endpoints,
             self._apply,
             self._server_logged_out,
+            lambda: routeprefs.advertised(
+                self.state.prefs.advertise_routes, self.state.prefs.advertise_exit_node
+            ),
         )
         self.supervisor.spawn("map", self.stream.run)
         return self.backend.generation
@@ -322,6 +367,7 @@ class NodeDaemon:
 
     async def _server_logged_out(self, why: str) -> None:
         await self._os_dns_off(f"the server says: {why}")
+        await self._routes_off()
         self.peers.clear(self.magic)
         self.session = MapSession()
         await self.dns.stop()
@@ -339,7 +385,7 @@ class NodeDaemon:
             await self._set_addresses([ipaddress.ip_interface(a) for a in me.addresses])
         if nm.packet_filter is not None:
             self._set_filter(nm.packet_filter)
-        self.peers.apply(nm, self.magic)
+        await self._apply_peers()
         await self.dns.apply(me, list(nm.peers.values()), nm.dns)
         if persist:
             self.state.save_netmap(nm.to_cache())
@@ -390,3 +436,104 @@ class NodeDaemon:
     def _dns_base_resolvers(self, servers: list[str]) -> None:
         """The nameservers the OS had before weftd: quad-100's fallback."""
         self.dns.set_base_resolvers(servers)
+
+    # -- Routes (docs/routes.md): node.routeprefs checks, reconcile accepts, routing
+    # -- installs ------------------------------------------------------------------------
+
+    def _change_route_prefs(self, req: dict[str, Any]) -> bool:
+        """The route flags ``req`` gives, checked together and then stored (not saved);
+        whether what this node advertises changed. RoutePrefError: nothing changed."""
+        prefs = self.state.prefs
+        given = {k: req[k] for k in ROUTE_PREFS if req.get(k) is not None}
+        routes = prefs.advertise_routes
+        if "advertise_routes" in given:
+            routes = routeprefs.parse_routes(given["advertise_routes"])
+        exit_node = prefs.exit_node
+        if "exit_node" in given:
+            exit_node = str(given["exit_node"]).strip()
+            nm = self.session.netmap
+            if exit_node and nm.self_node is not None:  # before the first map: checked later
+                chosen = routeprefs.find_exit_node(exit_node, nm.self_node, nm.peers.values())
+                exit_node = routeprefs.node_ips(chosen)[0] if chosen.addresses else exit_node
+        if given.get("exit_node_allow_lan_access") and not exit_node:
+            raise RoutePrefError("--exit-node-allow-lan-access can only be used with --exit-node")
+        before = routeprefs.advertised(prefs.advertise_routes, prefs.advertise_exit_node)
+        prefs.advertise_routes = routes
+        prefs.exit_node = exit_node
+        for k in ("advertise_exit_node", "accept_routes", "exit_node_allow_lan_access",
+                  "snat_subnet_routes"):  # fmt: skip
+            if k in given:
+                setattr(prefs, k, bool(given[k]))
+        return before != routeprefs.advertised(prefs.advertise_routes, prefs.advertise_exit_node)
+
+    async def _route_prefs_changed(self, advertised_changed: bool) -> None:
+        if advertised_changed and self.supervisor.is_running("map"):
+            self._start_map()  # a new map request carries the new Hostinfo.routable_ips
+        if self.session.netmap.self_node is not None:
+            await self._apply_peers()
+
+    def route_prefs(self) -> dict[str, Any]:
+        p = self.state.prefs
+        return {k: getattr(p, k) for k in ROUTE_PREFS}
+
+    async def _apply_peers(self) -> None:
+        """The map's peers on the device with the routes this node accepts, then the
+        kernel's routes made to match."""
+        loop = asyncio.get_running_loop()
+        self.lan = tuple(
+            await loop.run_in_executor(None, self.routes.local_prefixes, self.engine.ifname)
+        )
+        prefs, nm = self.state.prefs, self.session.netmap
+        exit_node = (
+            routeprefs.resolve_exit_node(prefs.exit_node, nm.peers.values())
+            if prefs.exit_node
+            else None
+        )
+        self.peers.apply(
+            nm,
+            self.magic,
+            Routes(
+                accept_routes=prefs.accept_routes,
+                exit_node_id=exit_node.id if exit_node is not None else None,
+                local_prefixes=self.lan,
+                advertised=tuple(prefs.advertise_routes),
+            ),
+        )
+        await loop.run_in_executor(None, self.routes.apply, self._desired())
+
+    def _desired(self) -> Desired:
+        p = self.state.prefs
+        return Desired(
+            ifname=self.engine.ifname,
+            subnet_routes=tuple(self.peers.subnet_routes),
+            exit_node=bool(p.exit_node),
+            exit_routes=self.peers.exit_routes,
+            allow_lan=p.exit_node_allow_lan_access,
+            lan_prefixes=self.lan,
+            serve_routes=tuple(p.advertise_routes),
+            serve_exit=p.advertise_exit_node,
+            snat_subnet_routes=p.snat_subnet_routes,
+        )
+
+    async def _routes_off(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.routes.remove)
+
+    def forwarding_warning(self) -> str | None:
+        p = self.state.prefs
+        if not p.advertise_routes and not p.advertise_exit_node:
+            return None
+        v4, v6 = self.routes.forwarding()
+        return routeprefs.forwarding_warning(p.advertise_routes, p.advertise_exit_node, v4, v6)
+
+    def route_health(self) -> list[str]:
+        out = self.routes.health()
+        if warning := self.forwarding_warning():
+            out.append(warning)
+        p = self.state.prefs
+        running = self.backend.state is State.Running
+        if running and p.exit_node and not self.peers.exit_routes:
+            out.append(
+                f"exit node {p.exit_node} is not in the map or offers no exit route: internet"
+                " traffic is blocked (`weft set --exit-node=` to stop using it)"
+            )
+        return out

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from weftnet import sockmark
 from weftnet.dns import SERVICE_V4, SERVICE_V6
 from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
 from weftnet.node import offload
@@ -117,6 +118,7 @@ def make_socket(port: int) -> socket.socket:
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
     s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    sockmark.mark(s)  # WireGuard, disco and STUN bypass weftd's routes (docs/routes.md)
     s.bind(("::", port))
     s.setblocking(False)
     return s

@@ -36,6 +36,8 @@ Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 COMMANDS = {
     "status": "this node, its peers and its health (both modes)",
     "up": "log in if needed and follow the map (tailnet mode)",
+    "set": "change route flags or accept_dns without logging in again (tailnet mode)",
+    "exit_node_list": "the peers that offer an exit route (tailnet mode)",
     "down": "stop following the map, keep the login (tailnet mode)",
     "logout": "forget the login and rotate the node key (tailnet mode)",
     "ip": "this node's overlay addresses (tailnet mode)",

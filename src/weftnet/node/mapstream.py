@@ -67,6 +67,7 @@ class MapStream:
         local_endpoints: Callable[[], Awaitable[list[Endpoint]]],
         on_frame: Callable[[tailcfg.MapResponse], Awaitable[None]],
         on_logged_out: Callable[[str], Awaitable[None]],
+        routable_ips: Callable[[], list[str]] = list,  # Hostinfo.routable_ips, from prefs
     ) -> None:
         self.control = control
         self.magic = magic
@@ -74,6 +75,7 @@ class MapStream:
         self.local_endpoints = local_endpoints
         self.on_frame = on_frame
         self.on_logged_out = on_logged_out
+        self.routable_ips = routable_ips
         self.online = False  # the stream is connected
         self.since = time.monotonic()  # when `online` last changed
         self.last_error: str | None = None  # why the last connection ended
@@ -133,6 +135,7 @@ class MapStream:
             self.hostname(),
             disco_key=magic.disco_key_text,
             home_relay=home,
+            routable_ips=self.routable_ips(),
         )
         outcome = "broken"
         try:

@@ -34,13 +34,18 @@ class PeerTable:
         self.engine = engine
         self.by_id: dict[int, Peer] = {}  # node id -> the device's peer
         self.skipped: list[Skip] = []  # from the last apply, for `weft status`
+        self.subnet_routes: list[str] = []  # accepted peers' routes (reconcile.Routes)
+        self.exit_routes: tuple[str, ...] = ()  # the chosen exit node's /0s, if accepted
 
-    def apply(self, netmap: NetworkMap, magic: PathLayer | None) -> None:
+    def apply(
+        self, netmap: NetworkMap, magic: PathLayer | None, routes: reconcile.Routes | None = None
+    ) -> None:
         """Make the device's peers the map's."""
         device = self.engine.device
         current = {pid: p.public_key for pid, p in self.by_id.items()}
-        ops = reconcile.plan(netmap, current, device.identity.public_key)
-        skipped: list[Skip] = [*ops.skipped, *ops.narrowed]
+        ops = reconcile.plan(netmap, current, device.identity.public_key, routes)
+        self.subnet_routes, self.exit_routes = ops.subnet_routes, ops.exit_routes
+        skipped: list[Skip] = [*ops.skipped, *ops.narrowed, *ops.shadowed]
         for skip in skipped:
             if skip not in self.skipped:
                 log.warning("%s", skip)
@@ -87,4 +92,5 @@ class PeerTable:
         for node_id in list(self.by_id):
             self.remove(node_id, magic)
         self.skipped = []
+        self.subnet_routes, self.exit_routes = [], ()
         self.engine.dp.config_changed()

@@ -2,7 +2,8 @@
 
     machine.key   the machine key (X25519, hex): proves this device to the server
     node.key      the WireGuard key (hex): rotates on every new login
-    prefs.json    login server, hostname, whether the user wants it running, accept_dns
+    prefs.json    login server, hostname, whether the user wants it running, accept_dns,
+                  the route flags (docs/routes.md)
     server.json   the coordination server's key, pinned at first contact
     netmap.json   the last network map, so the data plane comes back without the server
 
@@ -34,6 +35,13 @@ class Prefs:
     want_running: bool = False
     registered: bool = False  # the server accepted our current node key
     accept_dns: bool = True  # configure the OS to use the tailnet's DNS (docs/dns.md)
+    # Routes (docs/routes.md; checked by node.routeprefs before they get here):
+    advertise_routes: list[str] = field(default_factory=list)  # canonical CIDRs
+    advertise_exit_node: bool = False
+    accept_routes: bool = False
+    exit_node: str = ""  # the chosen exit node's overlay IP (or name as given); "": none
+    exit_node_allow_lan_access: bool = False
+    snat_subnet_routes: bool = True
 
 
 @dataclass

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from weftnet import tailcfg
-from weftnet.node import localapi
+from weftnet.node import localapi, routeprefs
 from weftnet.node.backend import State
 from weftnet.node.mapsession import NetworkMap
 from weftnet.wireguard.session import REJECT_AFTER_TIME_S
@@ -38,7 +38,38 @@ def health(d: NodeDaemon) -> list[str]:
         out += d.magic.health()
     out += d.dns.health()
     out += d.osdns.health()
+    out += d.route_health()
     return out
+
+
+def exit_nodes(d: NodeDaemon) -> list[dict[str, Any]]:
+    """`weft exit-node list`: the peers whose allowed IPs hold a /0 for this node."""
+    chosen = d.state.prefs.exit_node
+    return [
+        {
+            "id": n.id,
+            "hostname": n.given_name or n.name,
+            "ips": ips(n),
+            "online": n.online,
+            "selected": bool(chosen) and routeprefs.matches(n, chosen),
+        }
+        for _, n in sorted(d.session.netmap.peers.items())
+        if routeprefs.is_exit_node(n)
+    ]
+
+
+def routes_status(d: NodeDaemon) -> dict[str, Any]:
+    """`status` -> "routes": what this node advertises and what it installed."""
+    return {
+        **d.route_prefs(),
+        "installed": d.peers.subnet_routes,
+        "exit_routes": list(d.peers.exit_routes),
+        "lan": list(d.lan),
+        "forwarding": d.forwarding_warning() or "ok",
+        "serving": list(d.session.netmap.self_node.primary_routes)
+        if d.session.netmap.self_node is not None
+        else [],
+    }
 
 
 def dns_status(d: NodeDaemon) -> dict[str, Any]:
@@ -82,6 +113,8 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
                 "tx_bytes": peer.tx_bytes if peer else 0,
                 "last_handshake": None if last is None else wall - (now - last),
                 "expired": n.expired,
+                "primary_routes": list(n.primary_routes),
+                "exit_node_option": routeprefs.is_exit_node(n),
             }
         )
     me = nm.self_node
@@ -104,6 +137,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
         "relay_latency_ms": {
             k: round(v * 1000, 2) for k, v in (d.magic.relays.latency.items() if d.magic else [])
         },
+        "routes": routes_status(d),
         "packet_filter_rules": len(d.packet_filter.rules),
         "counters": localapi.counters(d.engine),
         "dns": d.dns.status(),

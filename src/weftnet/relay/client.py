@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 
 from nacl.public import PrivateKey
 
-from weftnet import tls
+from weftnet import sockmark, tls
 from weftnet.relay import protocol as p
 from weftnet.relay.upgrade import HEAD_END, build_request, check_response, parse_relay_url
 from weftnet.wireguard.errors import ProtocolError
@@ -271,7 +271,7 @@ class RelayClient:
         decoder = p.FrameDecoder()
         self._closed_because = None
         async with asyncio.timeout(self.connect_timeout_s):
-            reader, writer = await asyncio.open_connection(
+            reader, writer = await sockmark.open_connection(  # bypasses weftd's routes
                 self.address.host,
                 self.address.port,
                 ssl=self._tls,
