@@ -167,11 +167,22 @@ def ensure_admin_key(
     return api_key
 
 
+# Data unacknowledged this long aborts a connection (Linux TCP_USER_TIMEOUT, RFC 5482),
+# instead of after tcp_retries2 (many minutes): with the 3 s keepalives of a router's
+# map stream (hub.DEFAULT_ROUTER_KEEPALIVE_S), a router that silently died goes offline
+# within about 13 s. Accepted sockets inherit it from the listening socket.
+TCP_USER_TIMEOUT_S = 10.0
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(TCP_USER_TIMEOUT_S * 1000)
+            )
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
