@@ -225,9 +225,10 @@ class NetMap:
         for prefix, router in self.primaries.items():
             self._serving[router] = (*self._serving.get(router, ()), prefix)
         for i, cands in self._candidates.items():
-            if i in eligible and any(pol.is_exit_route(p) for p in cands):
-                self._serving[i] = (*self._serving.get(i, ()), *pol.EXIT_ROUTES)
-        self._serving = {i: routes.sort_prefixes(p) for i, p in self._serving.items()}
+            if i in eligible:  # exit routes: every online candidate offers them
+                exits = tuple(p for p in cands if pol.is_exit_route(p))
+                self._serving[i] = (*self._serving.get(i, ()), *exits)
+        self._serving = {i: routes.sort_prefixes(p) for i, p in self._serving.items() if p}
         self._live = {
             n.id: dataclasses.replace(
                 infos[n.id],
