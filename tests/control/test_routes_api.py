@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -76,6 +77,42 @@ async def test_approval_reaches_viewers_as_a_delta_and_old_viewers_never_see_rou
         _never_routed(old, router_id)
     listed = await api(http, control, "GET", "/routes")
     assert [r["id"] for r in listed] == [router_id]
+
+
+async def test_failover_moves_the_primary_and_the_old_one_does_not_take_it_back(
+    http: httpx.AsyncClient, control: Control
+) -> None:
+    key = await new_key(http, control, reusable=True)
+    nodes, ids = {}, {}
+    for name in ("r1", "r2", "viewer"):
+        nodes[name] = FakeNode(control.url, http, name)
+        answer = await nodes[name].register(key)
+        assert answer.node is not None
+        ids[name] = answer.node.id
+    hostinfo = tailcfg.Hostinfo(routable_ips=[LAN])
+
+    def primary_is(name: str) -> Callable[[tailcfg.MapResponse], bool]:
+        def check(f: tailcfg.MapResponse) -> bool:
+            r = _router_of(f, ids[name])
+            return r is not None and r.primary_routes == [LAN]
+
+        return check
+
+    async with nodes["viewer"].map_stream() as viewer, nodes["r2"].map_stream(hostinfo=hostinfo):
+        async with nodes["r1"].map_stream(hostinfo=hostinfo):
+            for name in ("r1", "r2"):
+                await api(
+                    http, control, "POST", f"/nodes/{ids[name]}/routes", json={"routes": [LAN]}
+                )
+            await viewer.until(primary_is("r1"), APPROVAL_DEADLINE_S)
+        # r1's stream ended (as when its process is killed): r2 takes over.
+        await viewer.until(primary_is("r2"), APPROVAL_DEADLINE_S)
+        async with nodes["r1"].map_stream(hostinfo=hostinfo) as back:
+            await back.next()
+            await asyncio.sleep(0.5)
+            r1 = await api(http, control, "GET", f"/nodes/{ids['r1']}/routes")
+            r2 = await api(http, control, "GET", f"/nodes/{ids['r2']}/routes")
+            assert (r1["serving"], r2["serving"]) == ([], [LAN])  # no flapping
 
 
 def _never_routed(stream: MapStream, router_id: int) -> None:

@@ -137,6 +137,13 @@ def build_parser() -> Parser:
     serve.add_argument("--node-key-expiry", help="e.g. 180d (the default); saved")
     serve.add_argument("--dns-domain", help="e.g. weft.internal (the default); saved")
     serve.add_argument("--keepalive-interval", type=_seconds, default=15.0, metavar="DURATION")
+    serve.add_argument(
+        "--router-keepalive-interval",
+        type=_seconds,
+        default=3.0,
+        metavar="DURATION",
+        help="keepalives to nodes that may serve routes (dead-router detection; default 3s)",
+    )
     serve.add_argument("--ephemeral-grace", type=_seconds, default=10.0, metavar="DURATION")
     serve.add_argument("--login-wait", type=_seconds, default=60.0, metavar="DURATION")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
@@ -464,6 +471,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         node_key_expiry=args.node_key_expiry,
         dns_domain=args.dns_domain,
         keepalive_s=args.keepalive_interval,
+        router_keepalive_s=args.router_keepalive_interval,
         ephemeral_grace_s=args.ephemeral_grace,
         followup_wait_s=args.login_wait,
         max_connections_per_address=args.max_connections_per_address,
