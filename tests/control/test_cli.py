@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from weftlab.control import Control, FakeNode, admin, start_control
+from weftnet import tailcfg
 
 KEY_LINE = re.compile(r"^weftkey-[0-9a-f]{12}-[0-9a-f]{48}-[0-9a-f]{32}\n$")  # + server fingerprint
 
@@ -294,3 +295,35 @@ def test_sigterm_ends_open_map_streams_promptly(tmp_path: Path) -> None:
         assert asyncio.run(stream_then_stop()) == 0
     finally:
         proc.kill()
+
+
+def test_nodes_routes_and_approve_routes(server: Control) -> None:
+    server.admin("users", "create", "rita")
+    key = server.admin("keys", "create", "--user", "rita").stdout.strip()
+
+    async def router() -> int:
+        async with httpx.AsyncClient(timeout=30) as http:
+            node = FakeNode(server.url, http, "gw")
+            answer = await node.register(key)
+            hostinfo = tailcfg.Hostinfo(hostname="gw", routable_ips=["198.18.20.0/24", "::/0"])
+            await node.map_once(hostinfo=hostinfo)
+            return int(answer.node.id)  # type: ignore[union-attr]
+
+    node_id = asyncio.run(router())
+    [row] = [r for r in server.admin_json("nodes", "routes") if r["id"] == node_id]
+    assert (row["announced"], row["approved"], row["serving"]) == (
+        ["198.18.20.0/24", "::/0"],
+        [],
+        [],
+    )
+    out = server.admin("nodes", "approve-routes", str(node_id), "--routes", "0.0.0.0/0")
+    assert out.stdout.strip() == f"node {node_id}: approved 0.0.0.0/0, ::/0"
+    table = server.admin("nodes", "routes", str(node_id)).stdout.splitlines()
+    assert table[0].split() == ["ID", "HOSTNAME", "APPROVED", "AVAILABLE", "SERVING", "(PRIMARY)"]
+    assert table[1].split()[:2] == [str(node_id), "gw"]
+    server.admin("nodes", "approve-routes", str(node_id), "--routes", "")
+    assert server.admin_json("nodes", "routes", str(node_id))[0]["approved"] == []
+    bad = server.admin(
+        "nodes", "approve-routes", str(node_id), "--routes", "10.1.2.3/8", check=False
+    )
+    assert "10.1.2.3/8 has non-address bits set; expected 10.0.0.0/8" in one_line_error(bad)

@@ -522,3 +522,42 @@ def test_a_stored_policy_that_no_longer_parses_denies_everything() -> None:
     assert cache.get(None) is None
     assert cache.get('{"acls": []}') is not None
     assert cache.get("{ broken") is DENY_ALL
+
+
+def test_announced_routes_are_kept_valid_and_a_change_publishes(
+    svc: ControlService, feed: CountingFeed, caplog: pytest.LogCaptureFixture
+) -> None:
+    svc.create_user("alice", NOW)
+    key, _ = svc.create_auth_key(NOW, "alice")
+    dev = Device()
+    register(svc, dev, key)
+
+    def announce(*prefixes: str) -> tuple[str, ...]:
+        hostinfo = tailcfg.Hostinfo(hostname="r", routable_ips=list(prefixes))
+        req = tailcfg.MapRequest(ts=NOW, node_key=dev.node_key, hostinfo=hostinfo)
+        return svc.map_request(dev.machine_key, req, None, NOW + 1).announced_routes
+
+    assert announce("198.18.20.0/24", "198.18.20.1/24", "100.64.0.0/10", "::/0") == (
+        "198.18.20.0/24",
+        "::/0",
+    )
+    assert "198.18.20.1/24 has non-address bits set" in caplog.text
+    before = feed.count
+    assert announce("::/0", "198.18.20.0/24") == ("198.18.20.0/24", "::/0")
+    assert feed.count == before  # the same set: nothing to publish
+    assert announce() == ()
+    assert feed.count == before + 1
+
+
+def test_approving_routes(svc: ControlService, feed: CountingFeed) -> None:
+    svc.create_user("alice", NOW)
+    key, _ = svc.create_auth_key(NOW, "alice")
+    node = register(svc, Device(), key).node
+    before = feed.count
+    approved = svc.approve_routes(node.id, ["::/0", "198.18.20.0/24"]).approved_routes
+    assert approved == ("0.0.0.0/0", "198.18.20.0/24", "::/0") and feed.count == before + 1
+    assert svc.approve_routes(node.id, []).approved_routes == ()
+    with pytest.raises(Invalid, match=r"non-address bits set; expected 198\.18\.20\.0/24"):
+        svc.approve_routes(node.id, ["198.18.20.1/24"])
+    with pytest.raises(NotFound):
+        svc.approve_routes(999, [])

@@ -211,3 +211,35 @@ def test_migration_0005_makes_disco_keys_unique_keeping_the_newest_holder(url: s
             tx.add_node(_node(8))
     finally:
         store.dispose()
+
+
+def test_migration_0006_gives_existing_nodes_no_routes(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from weftnet.control.store.sql import MIGRATIONS_DIR
+
+    old = SqlStore(url)
+    try:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with old.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0005")
+            _insert_node(conn, 1, None)
+    finally:
+        old.dispose()
+    store = SqlStore.open(url)
+    try:
+        with store.transaction(write=True) as tx:
+            (node,) = tx.nodes()
+            assert node.announced_routes == () and node.approved_routes == ()
+            tx.update_node(
+                node.id, announced_routes=("198.18.20.0/24", "::/0"), approved_routes=("::/0",)
+            )
+        with store.transaction(write=False) as tx:
+            again = tx.node_by_id(node.id)
+        assert again is not None and again.announced_routes == ("198.18.20.0/24", "::/0")
+        assert again.approved_routes == ("::/0",)
+    finally:
+        store.dispose()

@@ -12,6 +12,7 @@
     weft-control nodes list [--user U] | delete ID | expire ID | rename ID NAME
                        | register --user U --code CODE
     weft-control nodes attr ID custom:NAME [VALUE | --delete]
+    weft-control nodes routes [ID] | approve-routes ID --routes CIDR,...   (docs/routes.md)
     weft-control policy get | set FILE | check FILE
     weft-control dns get | set FILE | check FILE    (docs/control-protocol.md, DNS settings)
     weft-control apikeys create [--expiration 90d] [--scope admin|relay] | list
@@ -136,6 +137,13 @@ def build_parser() -> Parser:
     serve.add_argument("--node-key-expiry", help="e.g. 180d (the default); saved")
     serve.add_argument("--dns-domain", help="e.g. weft.internal (the default); saved")
     serve.add_argument("--keepalive-interval", type=_seconds, default=15.0, metavar="DURATION")
+    serve.add_argument(
+        "--router-keepalive-interval",
+        type=_seconds,
+        default=3.0,
+        metavar="DURATION",
+        help="keepalives to nodes that may serve routes (dead-router detection; default 3s)",
+    )
     serve.add_argument("--ephemeral-grace", type=_seconds, default=10.0, metavar="DURATION")
     serve.add_argument("--login-wait", type=_seconds, default=60.0, metavar="DURATION")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
@@ -243,6 +251,15 @@ def build_parser() -> Parser:
     p.add_argument("name", metavar="custom:NAME")
     p.add_argument("value", nargs="?", help="true, false, a number or a string")
     p.add_argument("--delete", action="store_true", help="remove the attribute")
+    p = action(nodes, "routes", "routes announced, approved and served (docs/routes.md)")
+    p.add_argument("node", metavar="ID", nargs="?", help="only this node")
+    p = action(nodes, "approve-routes", "set the routes an admin approves for a node")
+    p.add_argument("node", metavar="ID")
+    p.add_argument(
+        "--routes",
+        required=True,
+        help='CIDR,... (replaces the approvals; "" withdraws them; an exit node: 0.0.0.0/0,::/0)',
+    )
 
     policy = group("policy", "the access policy (docs/policy.md)")
     action(policy, "get", "print the policy in force")
@@ -346,6 +363,24 @@ def _print_keys(keys: list[dict[str, Any]], now: float) -> None:
     _table(rows)
 
 
+def _print_routes(entries: list[dict[str, Any]], _now: float) -> None:
+    rows = [("ID", "HOSTNAME", "APPROVED", "AVAILABLE", "SERVING (PRIMARY)")]
+    for r in entries:
+        approved = list(r["approved"]) + [
+            f"{p} (auto)" for p in r["auto_approved"] if p not in r["approved"]
+        ]
+        rows.append(
+            (
+                str(r["id"]),
+                r["hostname"] or r["given_name"],
+                ", ".join(approved) or "-",
+                ", ".join(r["announced"]) or "-",
+                ", ".join(r["serving"]) or "-",
+            )
+        )
+    _table(rows)
+
+
 def _print_nodes(nodes: list[dict[str, Any]], now: float) -> None:
     rows = [
         (
@@ -436,6 +471,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         node_key_expiry=args.node_key_expiry,
         dns_domain=args.dns_domain,
         keepalive_s=args.keepalive_interval,
+        router_keepalive_s=args.router_keepalive_interval,
         ephemeral_grace_s=args.ephemeral_grace,
         followup_wait_s=args.login_wait,
         max_connections_per_address=args.max_connections_per_address,
@@ -663,6 +699,20 @@ def _admin(args: argparse.Namespace) -> int:
             text = f"node {out['id']}: " + (
                 ", ".join(f"{k}={json.dumps(v)}" for k, v in attrs.items()) or "no attributes"
             )
+        elif key == ("nodes", "routes"):
+            if args.node is None:
+                out = req("GET", "/routes")
+            else:
+                out = [req("GET", f"/nodes/{_node_id(client, args.node)}/routes")]
+            printer = _print_routes
+        elif key == ("nodes", "approve-routes"):
+            prefixes = [p.strip() for p in args.routes.split(",") if p.strip()]
+            out = req(
+                "POST", f"/nodes/{_node_id(client, args.node)}/routes", body={"routes": prefixes}
+            )
+            text = f"node {out['id']}: approved " + (", ".join(out["approved"]) or "nothing")
+            if out["serving"]:
+                text += f"; serving {', '.join(out['serving'])}"
         elif key == ("policy", "get"):
             out = req("GET", "/policy")
             if out["policy"] is None:

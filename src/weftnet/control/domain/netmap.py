@@ -25,6 +25,18 @@ again in a delta whenever it changed. With no policy set everyone sees everyone 
 every filter accepts everything. Filters with schedules hold until
 ``next_policy_edge_at``; the hub rebuilds then.
 
+Routes (docs/routes.md, ``routes``): each node's candidate prefixes are its approved
+(manual, or by the policy's autoApprovers at this NetMap's time) and announced ones;
+``routes.elect`` picks a primary per subnet prefix among the online, unexpired
+candidates, keeping the previous NetMap's choice (``previous_primaries``, carried by the
+hub) while it stands. A router's wire node carries the prefixes it is primary for, and an
+online exit node both /0s, in ``allowed_ips`` (and the subnet ones in
+``primary_routes``) - per viewer, only the prefixes the router's filter lets that viewer
+reach (the /0s: when it may reach autogroup:internet through it); viewers older than
+``tailcfg.ROUTES_VERSION`` get ``allowed_ips == addresses``. The policy compiles rules
+towards routed prefixes into the router's own filter (``NodeInfo.routes`` / ``exit``),
+so such a rule also makes the router visible to the viewer.
+
 DNS settings (``tailcfg.DNSConfig``, the same for every node) ride the same way: in
 every full frame, and in a delta whenever they changed, with ``dns_domain`` again when
 the tailnet's domain changed (for nodes that read only that).
@@ -39,13 +51,14 @@ ones it reported.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from weftnet import endpoint, tailcfg
 from weftnet.control import policy as pol
-from weftnet.control.domain import dnsdoc, names
+from weftnet.control.domain import dnsdoc, names, routes
 from weftnet.control.domain.access import node_info
 from weftnet.control.domain.records import Node, User
 
@@ -128,6 +141,16 @@ def wire_filter(rules: Iterable[pol.FilterRule]) -> tuple[tailcfg.FilterRule, ..
 
 
 @dataclass(frozen=True, slots=True)
+class RouteStatus:
+    """One node's routes, as ``weft-control nodes routes`` shows them."""
+
+    announced: tuple[str, ...]  # what the node offers (Hostinfo.routable_ips, kept)
+    approved: tuple[str, ...]  # by an admin
+    auto_approved: tuple[str, ...]  # by the policy's autoApprovers, now
+    serving: tuple[str, ...]  # primary for (subnets), or offered (exit routes, when online)
+
+
+@dataclass(frozen=True, slots=True)
 class MapView:
     node: tailcfg.Node
     peers: dict[int, tailcfg.Node]
@@ -160,6 +183,7 @@ class NetMap:
         policy: pol.Policy | None = None,
         policy_now: float | None = None,
         dns_config: tailcfg.DNSConfig | None = None,
+        previous_primaries: Mapping[str, int] | None = None,
     ) -> None:
         self.nodes = dict(nodes)
         self.policy = policy
@@ -184,8 +208,35 @@ class NetMap:
         self.next_expiry_at: float | None = min(future, default=None)
         # When a policy schedule next opens or closes: filters change then.
         self.next_policy_edge_at = pol.next_edge(policy, self.policy_now)
+        infos = {n.id: node_info(n, users) for n in self.nodes.values()}
+        self._auto = {
+            n.id: pol.auto_approved(policy, infos[n.id], n.announced_routes)
+            for n in self.nodes.values()
+            if n.announced_routes
+        }
+        self._candidates = {
+            i: routes.candidates(self.nodes[i].announced_routes, self.nodes[i].approved_routes, a)
+            for i, a in self._auto.items()
+        }
+        eligible = {i for i in self.online if i in self.nodes and not self.nodes[i].expired_at(now)}
+        # Prefix -> primary router: the hub hands it to the next NetMap (no flapping).
+        self.primaries = routes.elect(self._candidates, eligible, previous_primaries or {})
+        self._serving: dict[int, tuple[str, ...]] = {}
+        for prefix, router in self.primaries.items():
+            self._serving[router] = (*self._serving.get(router, ()), prefix)
+        for i, cands in self._candidates.items():
+            if i in eligible:  # exit routes: every online candidate offers them
+                exits = tuple(p for p in cands if pol.is_exit_route(p))
+                self._serving[i] = (*self._serving.get(i, ()), *exits)
+        self._serving = {i: routes.sort_prefixes(p) for i, p in self._serving.items() if p}
         self._live = {
-            n.id: node_info(n, users) for n in self.nodes.values() if not n.expired_at(now)
+            n.id: dataclasses.replace(
+                infos[n.id],
+                routes=tuple(p for p in self._serving.get(n.id, ()) if not pol.is_exit_route(p)),
+                exit=any(pol.is_exit_route(p) for p in self._serving.get(n.id, ())),
+            )
+            for n in self.nodes.values()
+            if not n.expired_at(now)
         }
         self._filters: dict[int, list[pol.FilterRule]] = {}
         self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
@@ -203,6 +254,59 @@ class NetMap:
             self._filters[node_id] = rules
         return rules
 
+    def route_status(self, node_id: int) -> RouteStatus | None:
+        node = self.nodes.get(node_id)
+        if node is None:
+            return None
+        return RouteStatus(
+            announced=node.announced_routes,
+            approved=node.approved_routes,
+            auto_approved=routes.sort_prefixes(self._auto.get(node_id, ())),
+            serving=self._serving.get(node_id, ()),
+        )
+
+    def serves_routes(self, node_id: int) -> bool:
+        """Whether the node may serve some route (its stream keeps a shorter keepalive)."""
+        return bool(self._candidates.get(node_id))
+
+    def usable_routes(self, router_id: int, viewer_id: int) -> tuple[str, ...]:
+        """The prefixes ``router_id`` serves that ``viewer_id`` may use: a subnet prefix
+        when a rule in the router's filter admits the viewer towards some of it, the exit
+        routes when one admits it towards autogroup:internet. No policy: all."""
+        serving = self._serving.get(router_id, ())
+        if not serving or self.policy is None:
+            return serving
+        viewer = self._live.get(viewer_id)
+        if viewer is None:
+            return ()
+        rules = [r for r in self.filter_for(router_id) if pol.admits([r], viewer)]
+        dsts = [cidr for r in rules for cidr, _lo, _hi in r.dst_ports]
+        exit_ok = any(pol.touches_internet(d) for d in dsts)
+        return tuple(
+            p
+            for p in serving
+            if (exit_ok if pol.is_exit_route(p) else any(pol.overlaps(p, d) for d in dsts))
+        )
+
+    def _wire_for(self, node_id: int, viewer_id: int, version: int) -> tailcfg.Node:
+        """Node ``node_id`` as ``viewer_id`` sees it, with the routes it may use."""
+        wire = self._wire[node_id]
+        if version < tailcfg.ROUTES_VERSION or node_id not in self._serving:
+            return wire
+        usable = (
+            self._serving[node_id]
+            if node_id == viewer_id
+            else self.usable_routes(node_id, viewer_id)
+        )
+        if not usable:
+            return wire
+        return wire.model_copy(
+            update={
+                "allowed_ips": [*wire.addresses, *usable],
+                "primary_routes": [p for p in usable if not pol.is_exit_route(p)],
+            }
+        )
+
     def visible_peers(self, node_id: int) -> list[int]:
         """The live nodes ``node_id`` may reach or that may reach it, by id."""
         me = self._live.get(node_id)
@@ -219,12 +323,15 @@ class NetMap:
         ]
 
     def view_for(
-        self, node_id: int, own_relays: Sequence[tailcfg.RelayRegion] = ()
+        self,
+        node_id: int,
+        own_relays: Sequence[tailcfg.RelayRegion] = (),
+        version: int = tailcfg.CAPABILITY_VERSION,
     ) -> MapView | None:
         """What node ``node_id`` sees; None when the node no longer exists.
 
         ``own_relays`` (the server's embedded relay, as this node reaches it) lead the
-        relay map."""
+        relay map; ``version`` is the viewer's capability version (routes from 3)."""
         viewer = self.nodes.get(node_id)
         if viewer is None:
             return None
@@ -233,8 +340,8 @@ class NetMap:
         if wire_rules is None:
             wire_rules = self._wire_filters[node_id] = wire_filter(self.filter_for(node_id))
         return MapView(
-            self._wire[node_id],
-            {i: self._wire[i] for i in self.visible_peers(node_id)},
+            self._wire_for(node_id, node_id, version),
+            {i: self._wire_for(i, node_id, version) for i in self.visible_peers(node_id)},
             (*own_relays, *self.relays),
             wire_rules,
             self.dns_config,

@@ -85,6 +85,10 @@ class NewNode:
     # Device attributes the admin set ("managed" -> True), sorted by name; policy
     # postures test them as custom:NAME.
     attrs: tuple[tuple[str, str | float | bool], ...] = ()
+    # Prefixes the node announced in its last map request (Hostinfo.routable_ips, as the
+    # server kept them) and those an admin approved (docs/routes.md); canonical, sorted.
+    announced_routes: tuple[str, ...] = ()
+    approved_routes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -149,6 +153,8 @@ NODE_UPDATABLE = frozenset(
         "os",
         "client_version",
         "attrs",
+        "announced_routes",
+        "approved_routes",
     }
 )
 

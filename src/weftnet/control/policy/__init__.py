@@ -16,19 +16,33 @@ from weftnet.control.policy.compile import (
 )
 from weftnet.control.policy.hujson import PolicyError, loads
 from weftnet.control.policy.model import FilterRule, NodeInfo, Policy, parse_policy
+from weftnet.control.policy.routes import (
+    EXIT_ROUTES,
+    THE_INTERNET,
+    auto_approved,
+    is_exit_route,
+    overlaps,
+    touches_internet,
+)
 
 __all__ = [
     "ALLOW_ALL",
+    "EXIT_ROUTES",
+    "THE_INTERNET",
     "FilterRule",
     "NodeInfo",
     "Policy",
     "PolicyError",
     "admits",
     "allows",
+    "auto_approved",
     "can_reach",
     "compile_filter",
+    "is_exit_route",
     "loads",
     "next_edge",
+    "overlaps",
     "parse_policy",
     "run_tests",
+    "touches_internet",
 ]

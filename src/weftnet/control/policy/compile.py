@@ -9,7 +9,10 @@ by its tags and has no user) and some addresses. ``compile_filter`` answers
 inbound filter a node enforces after decryption. ``autogroup:self`` in dst
 limits the sources to untagged nodes of the target's own user that src names
 ("*" there means "each user", never a wildcard address). Rules from "grants"
-are compiled like acls. ``allows`` judges the rules directly, as the policy's
+are compiled like acls. A router (``NodeInfo.routes``) also receives the rules whose
+dst is an address or host inside its routes, for the part inside them, and an exit node
+(``NodeInfo.exit``) the rules towards autogroup:internet: it filters what it forwards.
+``allows`` judges the rules directly, as the policy's
 tests do; the compiled filters must agree with it. No policy
 (None) means everyone may reach everything; with a policy, whatever no rule
 accepts is denied.
@@ -36,6 +39,7 @@ from weftnet.control.policy.model import (
     parse_ports,
     parse_selector,
 )
+from weftnet.control.policy.routes import THE_INTERNET, in_internet
 
 __all__ = ["ALLOW_ALL", "allows", "can_reach", "compile_filter", "next_edge", "run_tests"]
 
@@ -91,7 +95,9 @@ def _matches(sel: Selector, who: _Principal, policy: Policy) -> bool:
             return bool(who.tags)
         case "net":
             return _in(who.ips, sel.network)
-    return False  # "internet" names no node; "self" is handled by the caller
+        case "internet":  # no node's address is in it; an address outside the tailnet is
+            return any(in_internet(ip) for ip in who.ips)
+    return False  # "self" is handled by the caller
 
 
 def _unique(items: Iterable[str]) -> tuple[str, ...]:
@@ -179,6 +185,15 @@ def compile_filter(
             elif sel.kind == "net":
                 if _in(me.ips, sel.network):
                     dst.extend((str(sel.network), lo, hi) for lo, hi in entry.ports)
+                # A router forwards into its routes: the part of them the rule names.
+                dst.extend(
+                    (str(part), lo, hi)
+                    for part in _route_parts(sel.network, target.routes)
+                    for lo, hi in entry.ports
+                )
+            elif sel.kind == "internet":
+                if target.exit:
+                    dst.extend((c, lo, hi) for c in THE_INTERNET for lo, hi in entry.ports)
             elif _matches(sel, me, policy):
                 dst.extend((_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports)
         if dst:
@@ -191,6 +206,19 @@ def compile_filter(
             if src:
                 rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
     return rules
+
+
+def _route_parts(sel: IPNetwork | None, routes: Sequence[str]) -> list[IPNetwork]:
+    """The intersection of ``sel`` with each of ``routes`` it overlaps."""
+    parts: list[IPNetwork] = []
+    if sel is None:
+        return parts
+    for text in routes:
+        route = ipaddress.ip_network(text)
+        if route.version != sel.version or not route.overlaps(sel):
+            continue
+        parts.append(sel if sel.prefixlen >= route.prefixlen else route)
+    return parts
 
 
 def _unique_ports(items: Iterable[tuple[str, int, int]]) -> tuple[tuple[str, int, int], ...]:

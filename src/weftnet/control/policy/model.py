@@ -59,13 +59,12 @@ TOP_LEVEL_KEYS = frozenset(
         "schedules",
         "postures",
         "defaultSrcPosture",
+        "autoApprovers",
     }
 )
 # Tailscale keys outside this module's scope: accepted so existing files load,
 # and listed in Policy.ignored_keys so a caller can warn about them.
-IGNORED_KEYS = frozenset(
-    {"ssh", "sshTests", "nodeAttrs", "autoApprovers", "derpMap", "randomizeClientPort"}
-)
+IGNORED_KEYS = frozenset({"ssh", "sshTests", "nodeAttrs", "derpMap", "randomizeClientPort"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -81,6 +80,10 @@ class NodeInfo:
     attrs: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)  # custom:*
     client_version: str = ""
     hostname: str = ""
+    # The subnet routes this node is primary for (canonical CIDRs, no /0) and whether it
+    # serves approved exit routes: rules towards those prefixes reach it (docs/routes.md).
+    routes: tuple[str, ...] = ()
+    exit: bool = False
 
     @property
     def device(self) -> dict[str, Any]:
@@ -131,6 +134,16 @@ class PolicyTest:
 
 
 @dataclass(frozen=True, slots=True)
+class AutoApprovers:
+    """Who approves routes without an admin: per prefix (it approves that prefix and
+    the prefixes inside it), and for exit routes. Owners are users, groups, tags and
+    autogroup:member."""
+
+    routes: tuple[tuple[IPNetwork, tuple[str, ...]], ...] = ()
+    exit_node: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     groups: dict[str, frozenset[str]]
     hosts: dict[str, IPNetwork]
@@ -140,6 +153,7 @@ class Policy:
     ignored_keys: tuple[str, ...] = ()
     schedules: dict[str, Schedule] = field(default_factory=dict)
     postures: dict[str, Posture] = field(default_factory=dict)
+    auto_approvers: AutoApprovers = AutoApprovers()
 
     @property
     def has_schedules(self) -> bool:
@@ -431,8 +445,8 @@ def _parse_grants(
             )
         if "via" in entry:
             raise PolicyError(
-                f"{where} via: routing through a node is not supported (weftnet has no "
-                "subnet routers or exit nodes yet)"
+                f"{where} via: routing through a node is not supported (weftnet routes "
+                "through any approved router the rules allow; docs/routes.md)"
             )
         for key in ("src", "dst", "ip"):
             if key not in entry:
@@ -465,6 +479,51 @@ def _parse_grants(
             entries = tuple(DstEntry(sel, ports) for sel in dst)
             rules.append(Acl(src, entries, protos, when, devices))
     return tuple(rules)
+
+
+def _approvers(
+    raw: Any, where: str, groups: dict[str, frozenset[str]], tag_owners: dict[str, tuple[str, ...]]
+) -> tuple[str, ...]:
+    owners = _str_list(raw, where)
+    for i, owner in enumerate(owners):
+        at = f"{where}[{i}]"
+        if owner.startswith("tag:"):
+            if owner not in tag_owners:
+                raise PolicyError(f"{at}: unknown tag {owner} (add it to tagOwners)")
+        elif owner.startswith("group:"):
+            if owner not in groups:
+                raise PolicyError(f'{at}: unknown group {owner} (define it under "groups")')
+        elif owner.startswith("autogroup:"):
+            if owner != "autogroup:member":
+                raise PolicyError(f"{at}: {owner} cannot approve routes; use autogroup:member")
+        else:
+            _check_user(owner, at)
+    return tuple(owners)
+
+
+def _parse_auto_approvers(
+    raw: Any, groups: dict[str, frozenset[str]], tag_owners: dict[str, tuple[str, ...]]
+) -> AutoApprovers:
+    raw = _dict(raw, "autoApprovers")
+    unknown = set(raw) - {"routes", "exitNode"}
+    if unknown:
+        raise PolicyError(
+            f"autoApprovers: unknown key {sorted(unknown)[0]!r}; use routes, exitNode"
+        )
+    routes = []
+    for prefix, owners in _dict(raw.get("routes", {}), "autoApprovers.routes").items():
+        where = f"autoApprovers.routes[{prefix!r}]"
+        try:
+            net = ipaddress.ip_network(prefix, strict=True)
+        except ValueError:
+            raise PolicyError(
+                f"{where}: invalid prefix; write a CIDR without host bits, e.g. 198.18.20.0/24"
+            ) from None
+        if net.prefixlen == 0:
+            raise PolicyError(f'{where}: a /0 is an exit route; use "exitNode"')
+        routes.append((net, _approvers(owners, where, groups, tag_owners)))
+    exit_node = _approvers(raw.get("exitNode", []), "autoApprovers.exitNode", groups, tag_owners)
+    return AutoApprovers(tuple(routes), exit_node)
 
 
 def _parse_tests(raw: Any) -> tuple[PolicyTest, ...]:
@@ -533,5 +592,6 @@ def parse_policy(text: str) -> Policy:
         raw.get("grants", []), groups, hosts, tag_owners, schedules, postures, default_posture
     )
     tests = _parse_tests(raw.get("tests", []))
+    auto = _parse_auto_approvers(raw.get("autoApprovers", {}), groups, tag_owners)
     ignored = tuple(sorted(set(raw) & IGNORED_KEYS))
-    return Policy(groups, hosts, tag_owners, acls, tests, ignored, schedules, postures)
+    return Policy(groups, hosts, tag_owners, acls, tests, ignored, schedules, postures, auto)

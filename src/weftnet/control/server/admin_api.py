@@ -92,6 +92,10 @@ class DnsBody(BaseModel):
     dns: Any  # the document: an object, or its JSON/HuJSON text
 
 
+class RouteApproval(BaseModel):
+    routes: list[str]  # replaces the manual approvals; [] withdraws them
+
+
 class AttributeValue(BaseModel):
     value: str | float | bool
 
@@ -150,6 +154,18 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
         "os": node.os,
         "client_version": node.client_version,
         "attributes": {f"custom:{k}": v for k, v in node.attrs},
+    }
+
+
+def routes_json(node: Node, status: netmap.RouteStatus) -> dict[str, Any]:
+    return {
+        "id": node.id,
+        "given_name": node.given_name,
+        "hostname": names.clean_hostname(node.hostname),
+        "announced": list(status.announced),
+        "approved": list(status.approved),
+        "auto_approved": list(status.auto_approved),
+        "serving": list(status.serving),
     }
 
 
@@ -324,6 +340,35 @@ def router(
         node = registered.node
         owner = registered.user.name if registered.user else None
         return node_json(node, owner, node.id in hub.online(), now)
+
+    # routes (docs/routes.md): read from a map built after every change made before
+
+    async def fresh_map() -> netmap.NetMap:
+        current = await hub.netmap_since(hub.generation)
+        if current is None:
+            raise Conflict("the server is shutting down; try again")
+        return current
+
+    def node_routes(current: netmap.NetMap, node_id: int) -> dict[str, Any]:
+        node, status = current.nodes.get(node_id), current.route_status(node_id)
+        if node is None or status is None:
+            raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
+        return routes_json(node, status)
+
+    @api.get("/routes")
+    async def list_routes() -> list[dict[str, Any]]:
+        current = await fresh_map()
+        out = [node_routes(current, i) for i in sorted(current.nodes)]
+        return [r for r in out if r["announced"] or r["approved"]]
+
+    @api.get("/nodes/{node_id}/routes")
+    async def get_routes(node_id: int) -> dict[str, Any]:
+        return node_routes(await fresh_map(), node_id)
+
+    @api.post("/nodes/{node_id}/routes")
+    async def approve_routes(node_id: int, body: RouteApproval) -> dict[str, Any]:
+        await call(service.approve_routes, node_id, body.routes)
+        return node_routes(await fresh_map(), node_id)
 
     @api.put("/nodes/{node_id}/attributes/{name}")
     async def set_attribute(node_id: int, name: str, body: AttributeValue) -> dict[str, Any]:

@@ -35,7 +35,12 @@ from weftnet.control.domain import dnsdoc
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
 from weftnet.control.server import connlimit
-from weftnet.control.server.hub import DEFAULT_EPHEMERAL_GRACE_S, DEFAULT_KEEPALIVE_S, Hub
+from weftnet.control.server.hub import (
+    DEFAULT_EPHEMERAL_GRACE_S,
+    DEFAULT_KEEPALIVE_S,
+    DEFAULT_ROUTER_KEEPALIVE_S,
+    Hub,
+)
 from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
 from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
@@ -74,6 +79,7 @@ class ServeOptions:
     node_key_expiry: str | None = None  # saved in the database when given
     dns_domain: str | None = None  # saved in the database when given
     keepalive_s: float = DEFAULT_KEEPALIVE_S
+    router_keepalive_s: float = DEFAULT_ROUTER_KEEPALIVE_S  # streams of route candidates
     ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S
     followup_wait_s: float = DEFAULT_FOLLOWUP_WAIT_S
     access_log: bool = True
@@ -167,11 +173,22 @@ def ensure_admin_key(
     return api_key
 
 
+# Data unacknowledged this long aborts a connection (Linux TCP_USER_TIMEOUT, RFC 5482),
+# instead of after tcp_retries2 (many minutes): with the 3 s keepalives of a router's
+# map stream (hub.DEFAULT_ROUTER_KEEPALIVE_S), a router that silently died goes offline
+# within about 13 s. Accepted sockets inherit it from the listening socket.
+TCP_USER_TIMEOUT_S = 10.0
+
+
 def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(TCP_USER_TIMEOUT_S * 1000)
+            )
         sock.bind((host, port))
         sock.listen(LISTEN_BACKLOG)
     except OSError as e:
@@ -319,6 +336,7 @@ class ControlServer:
         hub = Hub(
             service,
             keepalive_s=opts.keepalive_s,
+            router_keepalive_s=opts.router_keepalive_s,
             ephemeral_grace_s=opts.ephemeral_grace_s,
             policy_clock=opts.policy_clock,
         )

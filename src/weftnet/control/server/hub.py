@@ -51,6 +51,10 @@ from weftnet.control.store.sql import redact_error
 log = logging.getLogger(__name__)
 
 DEFAULT_KEEPALIVE_S = 15.0  # a stream with nothing to say sends a keepalive this often
+# ... and this often for a node that may serve routes: with the listening socket's
+# TCP_USER_TIMEOUT (app.TCP_USER_TIMEOUT_S), a silently dead router's stream breaks
+# within about 13 s, it goes offline and the election moves its prefixes.
+DEFAULT_ROUTER_KEEPALIVE_S = 3.0
 DEFAULT_EPHEMERAL_GRACE_S = 10.0  # an ephemeral node offline this long is deleted
 DEFAULT_TICK_S = 0.1  # how often expiry times and ephemeral deadlines are checked
 REBUILD_RETRY_S = 1.0  # after a failed snapshot (database unreachable), try again
@@ -105,6 +109,7 @@ class Hub:
         service: ControlService,
         *,
         keepalive_s: float = DEFAULT_KEEPALIVE_S,
+        router_keepalive_s: float = DEFAULT_ROUTER_KEEPALIVE_S,
         ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S,
         tick_s: float = DEFAULT_TICK_S,
         purge_every_s: float = DEFAULT_PURGE_EVERY_S,
@@ -113,6 +118,7 @@ class Hub:
     ) -> None:
         self.service = service
         self.keepalive_s = keepalive_s
+        self.router_keepalive_s = router_keepalive_s
         self.ephemeral_grace_s = ephemeral_grace_s
         self.tick_s = tick_s
         self.purge_every_s = purge_every_s
@@ -200,6 +206,13 @@ class Hub:
             self._changed_event.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed_event.wait(), remaining_s)
+
+    def keepalive_for(self, node_id: int) -> float:
+        """How often a quiet stream of ``node_id`` sends a keepalive."""
+        netmap = self.current
+        if netmap is not None and netmap.serves_routes(node_id):
+            return min(self.keepalive_s, self.router_keepalive_s)
+        return self.keepalive_s
 
     def policy_now(self) -> float:
         return self.policy_clock()
@@ -305,6 +318,8 @@ class Hub:
                 snapshot.policy,
                 self.policy_now(),
                 snapshot.dns_config,
+                # The last election: a primary keeps its prefixes while it stands.
+                self.current.primaries if self.current is not None else None,
             )
             self.current = netmap
             self.current_generation = generation

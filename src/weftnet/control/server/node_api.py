@@ -214,7 +214,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
             )
         sub = ctx.hub.connect(node.id)
         return MapStreamResponse(
-            _stream(ctx, machine_public, await request.body(), sub, own_relays),
+            _stream(ctx, machine_public, await request.body(), sub, own_relays, req.version),
             on_close=lambda: ctx.hub.disconnect(sub),
         )
 
@@ -392,8 +392,9 @@ async def _one_map(
         snapshot.policy,
         ctx.hub.policy_now(),
         snapshot.dns_config,
+        ctx.hub.current.primaries if ctx.hub.current is not None else None,
     )
-    view = current.view_for(node_id, own_relays)
+    view = current.view_for(node_id, own_relays, req.version)
     if view is None:
         return ctx.frame(machine_public, NODE_DELETED, request)
     if req.omit_peers:
@@ -409,6 +410,7 @@ async def _stream(
     request: bytes,
     sub: Subscription,
     own_relays: tuple[tailcfg.RelayRegion, ...],
+    version: int,
 ) -> AsyncIterator[bytes]:
     """The frames of one map stream: full first, then deltas, keepalives, a final error."""
     view: netmap.MapView | None = None
@@ -419,13 +421,14 @@ async def _stream(
 
     while True:
         try:
-            current = await sub.next(ctx.hub.keepalive_s if view is not None else None)
+            quiet_s = ctx.hub.keepalive_for(sub.node_id) if view is not None else None
+            current = await sub.next(quiet_s)
         except StreamClosed:
             return
         if current is None:
             yield frame(tailcfg.MapResponse(keepalive=True))
             continue
-        new = current.view_for(sub.node_id, own_relays)
+        new = current.view_for(sub.node_id, own_relays, version)
         if new is None:
             yield frame(NODE_DELETED)
             return

@@ -102,6 +102,7 @@ class ControlService:
         self.delete_node = self.admin_rules.delete_node
         self.expire_node = self.admin_rules.expire_node
         self.rename_node = self.admin_rules.rename_node
+        self.approve_routes = self.admin_rules.approve_routes
         self.register_by_code = self.admin_rules.register_by_code
         # What nodes ask, and what the map hub reads.
         self.register = self.node_rules.register

@@ -7,7 +7,7 @@ creation; the store keeps only their prefix and hash (``credentials``).
 
 from __future__ import annotations
 
-from weftnet.control.domain import credentials, names
+from weftnet.control.domain import credentials, names, routes
 from weftnet.control.domain.records import (
     ApiKey,
     AuthKey,
@@ -298,6 +298,24 @@ class AdminRules:
             return tx.update_node(node.id, given_name=name)
 
         node = self.db.write(rename)
+        self.db.feed.publish()
+        return node
+
+    def approve_routes(self, node_id: int, prefixes: list[str]) -> Node:
+        """Replace the node's manual route approvals (``[]`` withdraws them all);
+        approving either exit route approves both."""
+        try:
+            approved = routes.parse_approval(prefixes)
+        except ValueError as e:
+            raise Invalid(f"cannot approve: {e}") from None
+
+        def apply(tx: Tx) -> Node:
+            node = find_node(tx, node_id)
+            if node.approved_routes == approved:
+                return node
+            return tx.update_node(node_id, approved_routes=approved)
+
+        node = self.db.write(apply)
         self.db.feed.publish()
         return node
 

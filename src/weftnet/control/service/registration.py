@@ -23,8 +23,10 @@ After a commit that changes what some node sees, the service publishes on the
 
 from __future__ import annotations
 
+import logging
+
 from weftnet import serverkey, tailcfg
-from weftnet.control.domain import credentials, names, netmap, relays
+from weftnet.control.domain import credentials, names, netmap, relays, routes
 from weftnet.control.domain.records import (
     DISCO_KEY_UNIQUE,
     NewPending,
@@ -45,6 +47,8 @@ from weftnet.control.service.core import (
 )
 from weftnet.control.service.dnsrules import DnsRules
 from weftnet.control.service.policyrules import PolicyRules
+
+log = logging.getLogger(__name__)
 
 DISCO_KEY_TAKEN = "this disco key is used by another node: restart weftd"
 
@@ -218,6 +222,8 @@ class NodeRules:
                 relays.check_region_name(req.home_relay)
             except ValueError as e:
                 raise Refused(f"home_relay: {e}") from None
+        # Routes too: a bad prefix is dropped with a log line, the others still count.
+        announced, dropped = routes.clean_announced(req.hostinfo.routable_ips)
         changed = False
 
         def record(tx: Tx) -> Node:
@@ -258,6 +264,12 @@ class NodeRules:
                 changes["os"] = os_name
             if version != node.client_version:
                 changes["client_version"] = version
+            if announced != node.announced_routes:
+                changes["announced_routes"] = announced
+            if dropped:
+                log.warning(
+                    "node %d announced routes the server ignores: %s", node.id, "; ".join(dropped)
+                )
             changed = len(changes) > 1
             return tx.update_node(node.id, **changes)
 

@@ -84,6 +84,8 @@ nodes = Table(
     Column("os", String(32), nullable=False, server_default=""),
     Column("client_version", String(64), nullable=False, server_default=""),
     Column("attrs", JSON, nullable=False, server_default="{}"),
+    Column("announced_routes", JSON, nullable=False, server_default="[]"),
+    Column("approved_routes", JSON, nullable=False, server_default="[]"),
     # Node ids are never reused: a peer that saw id 7 removed must never see a new 7.
     sqlite_autoincrement=True,
 )

@@ -257,6 +257,8 @@ def _node(r: Any) -> Node:
         os=r.os or "",
         client_version=r.client_version or "",
         attrs=tuple(sorted((r.attrs or {}).items())),
+        announced_routes=tuple(r.announced_routes or ()),
+        approved_routes=tuple(r.approved_routes or ()),
     )
 
 
