@@ -56,7 +56,7 @@ DESIRED = Desired(
     subnet_routes=("198.18.20.0/24",),
     exit_node=True,
     exit_routes=("0.0.0.0/0", "::/0"),
-    serve_routes=("10.7.0.0/16",),
+    serve_routes=("198.19.7.0/24",),
     serve_exit=True,
 )
 
