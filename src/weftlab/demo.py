@@ -9,6 +9,9 @@
    (`ping laptop`, `getent hosts`, `dig`), then each `weft status`.
 2. An access policy: only the server may be reached; a change is enforced by every
    node at once, and a policy whose tests fail is refused (docs/policy.md).
+   Then a subnet router (the desktop routes its office LAN, where a printer runs no
+   weftd) and an exit node (the phone's internet traffic leaves through the server's
+   home connection, as a host on the internet sees).
 3. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
 
 Everything is removed at the end, also on failure or Ctrl-C.
@@ -16,9 +19,11 @@ Everything is removed at the end, also on failure or Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from weftlab.control import Control, start_control
@@ -63,6 +68,8 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
     n1 = lab.host("server", nat1.lan)
     n2 = lab.host("desktop", nat2.lan)
     n3 = lab.host("phone", nat3.lan)
+    printer = lab.host("printer", nat2.lan)  # runs no weftd: reached through the desktop
+    web = lab.host("web", inet)  # "the internet": says which address it sees
     say(
         f"coordination server on {ctl.ip}; laptop {pub.ip} on the internet; server "
         f"{n1.ip} behind NAT {nat1.wan_ip}; desktop {n2.ip} behind NAT {nat2.wan_ip}; "
@@ -109,7 +116,88 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
         print(n.weft("status").stdout.rstrip())
     say("phone$ weft netcheck")
     print(phone.weft("netcheck").stdout.rstrip())
+    ok &= routes(control, nodes, printer, web)
     ok &= access_policy(control, tmp, nodes, ips)
+    return ok
+
+
+# A UDP server that answers each datagram with the address it came from.
+WHOAMI_SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+while True:
+    data, addr = s.recvfrom(100)
+    s.sendto(addr[0].encode(), addr)
+"""
+WHOAMI_ASK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"?", (sys.argv[1], int(sys.argv[2])))
+try:
+    print(s.recvfrom(100)[0].decode())
+except OSError:
+    print("no answer")
+"""
+WHOAMI_PORT = 7777
+
+
+def node_id(control: Control, name: str) -> str:
+    return str(
+        next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == name)
+    )
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def routes(control: Control, nodes: list[Node], printer: Host, web: Host) -> bool:
+    laptop, server, desktop, phone = nodes
+    assert printer.segment is not None
+    lan = str(printer.segment.network)  # the desktop's office LAN
+    say(f"a subnet router: desktop routes its office LAN {lan}, where a printer runs no weftd")
+    desktop.host._sysctl({"net.ipv4.ip_forward": 1})
+    desktop.weft("set", "--advertise-routes", lan)
+    laptop.weft("set", "--accept-routes")
+    print(f"   desktop$ weft set --advertise-routes {lan}; laptop$ weft set --accept-routes")
+    wait_until(lambda: lan in json.dumps(control.admin_json("nodes", "routes")))
+    control.admin("nodes", "approve-routes", node_id(control, "desktop"), "--routes", lan)
+    print(f"   weft-control nodes approve-routes desktop --routes {lan}")
+    print("\n".join(f"     {ln}" for ln in control.admin("nodes", "routes").stdout.splitlines()))
+    ok = wait_until(lambda: ping(laptop.host, printer.ip, quiet=True, count=1, wait_s=1))
+    ok &= ping(laptop.host, printer.ip, f"printer {printer.ip} (through desktop)")
+    say("an exit node: phone's internet traffic leaves through the server's home connection")
+    web.popen([sys.executable, "-c", WHOAMI_SERVER, str(WHOAMI_PORT)])
+    web.wait_listening(WHOAMI_PORT)
+
+    def seen_by_web() -> str:
+        r = phone.host.run([sys.executable, "-c", WHOAMI_ASK, web.ip, str(WHOAMI_PORT)])
+        return r.stdout.strip()
+
+    before = seen_by_web()
+    server.host._sysctl({"net.ipv4.ip_forward": 1})
+    server.weft("set", "--advertise-exit-node")
+    wait_until(lambda: "0.0.0.0/0" in json.dumps(control.admin_json("nodes", "routes")))
+    control.admin("nodes", "approve-routes", node_id(control, "server"), "--routes",
+                  "0.0.0.0/0,::/0")  # fmt: skip
+    print("   server$ weft set --advertise-exit-node;"
+          " weft-control nodes approve-routes server --routes 0.0.0.0/0,::/0")  # fmt: skip
+    wait_until(lambda: "server" in phone.weft("exit-node", "list").stdout)
+    print("   phone$ weft exit-node list")
+    print("\n".join(f"     {ln}" for ln in phone.weft("exit-node", "list").stdout.splitlines()))
+    phone.weft("set", "--exit-node", "server")
+    wait_until(lambda: seen_by_web() not in (before, "no answer"))
+    after = seen_by_web()
+    print(f"   web sees phone as {before}; after `weft set --exit-node server`: {after}")
+    phone.weft("set", "--exit-node", "")
+    ok &= before != after and after != "no answer"
     return ok
 
 
