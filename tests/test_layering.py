@@ -55,6 +55,7 @@ PURE = (
     "weftnet.control.policy",
     "weftnet.control.domain",
     "weftnet.node.filter",
+    "weftnet.node.localnets",
     "weftnet.node.mapsession",
     "weftnet.node.reconcile",
     "weftnet.node.routeprefs",  # route flags checked; the kernel side is node.routing

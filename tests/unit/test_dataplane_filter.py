@@ -6,6 +6,7 @@ decryption and after the AllowedIPs source check, and what is dropped is counted
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from tests.unit.test_filter import ACK, SYN, SYN_ACK, rule, tcp4, udp4
 from tests.unit.test_offload import super_packet
 
 from weftnet.node.filter import PacketFilter
+from weftnet.node.localnets import LocalDestinations
 from weftnet.node.tun import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_TCPV4,
@@ -146,3 +148,48 @@ def test_a_peer_cannot_reach_the_resolver_through_the_tunnel() -> None:
         for n in (a, b):
             for s in (n.tun, n.tun_end, n.udp):
                 s.close()
+
+
+def test_a_peer_cannot_use_a_node_to_reach_networks_it_does_not_serve() -> None:
+    """node.localnets: A routes 198.18.5.0/24 to B; B delivers a decrypted packet only to
+    its own addresses or the routes it serves (all for an exit node), whatever its
+    filter says, and counts the rest."""
+    a, b = make_node("a"), make_node("b")
+    try:
+        a.dp.device.add_peer(
+            b.dp.device.identity.public_key,
+            [B + "/32", "198.18.5.0/24"],
+            endpoint=("127.0.0.1", b.udp.getsockname()[1]),
+        )
+        b.dp.device.add_peer(a.dp.device.identity.public_key, [A + "/32"])
+        b.dp.filter = PacketFilter([rule([A + "/32"], [("0.0.0.0/0", 0, 65535)])])
+        b.dp.local = LocalDestinations([B + "/32"])
+        a.tun.send(PLAIN + PING4)  # the handshake, and a ping to B itself
+        got: list[bytes] = []
+        pump(a, b, lambda: bool(got.extend(b.read_tun()) or got))
+        a.tun.send(PLAIN + udp4(A, "198.18.5.9", 40000, 80))
+        pump(a, b, lambda: b.dp.counters.drop_not_local == 1)
+        assert b.read_tun() == [] and b.dp.counters.drop_filtered == 0
+        for served in (["198.18.5.0/24"], ["0.0.0.0/0"]):  # a subnet router, an exit node
+            b.dp.local = LocalDestinations([B + "/32"], served)
+            a.tun.send(PLAIN + udp4(A, "198.18.5.9", 40000, 80))
+            got.clear()
+            pump(a, b, lambda: bool(got.extend(b.read_tun()) or got))
+            assert got[0][len(PLAIN) :] == udp4(A, "198.18.5.9", 40000, 80)
+        assert b.dp.counters.drop_not_local == 1
+    finally:
+        for n in (a, b):
+            for s in (n.tun, n.tun_end, n.udp):
+                s.close()
+
+
+def test_local_destinations() -> None:
+    loc = LocalDestinations(["100.64.0.2/32", "fd7a:115c:a1e0::2/128"], ["198.18.20.0/24"])
+    ip4 = ipaddress.IPv4Address
+    assert loc.allows4(ip4("100.64.0.2").packed) and loc.allows4(ip4("198.18.20.255").packed)
+    assert not loc.allows4(ip4("100.64.0.3").packed) and not loc.allows4(ip4("198.18.21.1").packed)
+    assert loc.allows6(ipaddress.IPv6Address("fd7a:115c:a1e0::2").packed)
+    assert not loc.allows6(ipaddress.IPv6Address("fd7a:115c:a1e0::3").packed)
+    exit_node = LocalDestinations(["100.64.0.2/32"], ["0.0.0.0/0", "::/0"])
+    assert exit_node.allows4(ip4("198.18.99.1").packed)
+    assert exit_node.allows6(ipaddress.IPv6Address("2001:db8::1").packed)

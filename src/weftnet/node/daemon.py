@@ -36,6 +36,7 @@ from weftnet.node.controlclient import ControlClient, ControlError, backoff_dela
 from weftnet.node.dnsserver import DnsServer, Listen
 from weftnet.node.engine import Engine
 from weftnet.node.filter import PacketFilter
+from weftnet.node.localnets import LocalDestinations
 from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import MapStream
 from weftnet.node.osdns import OSDNS
@@ -383,6 +384,9 @@ class NodeDaemon:
         me = nm.self_node
         if me is not None and (old is None or old.addresses != me.addresses):
             await self._set_addresses([ipaddress.ip_interface(a) for a in me.addresses])
+        if me is not None:
+            served = [ip for ip in me.allowed_ips if ip not in me.addresses]
+            self.engine.dp.local = LocalDestinations(me.addresses, served)
         if nm.packet_filter is not None:
             self._set_filter(nm.packet_filter)
         await self._apply_peers()

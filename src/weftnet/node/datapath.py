@@ -38,6 +38,7 @@ from weftnet.dns import SERVICE_V4, SERVICE_V6
 from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
 from weftnet.node import offload
 from weftnet.node.filter import PacketFilter
+from weftnet.node.localnets import LocalDestinations
 from weftnet.node.tun import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -102,6 +103,7 @@ class Counters:
     drop_malformed: int = 0
     drop_filtered: int = 0  # decrypted, but the packet filter does not let it in
     drop_service_ip: int = 0  # decrypted, but to the resolver's address: local clients only
+    drop_not_local: int = 0  # decrypted, but to none of our addresses or served routes
     drop_handshake: dict[str, int] = field(default_factory=dict)
 
     def handshake_drop(self, reason: str) -> None:
@@ -172,6 +174,8 @@ class DataPlane:
         self.set_bind(bind or self.bind)
         # Tailnet mode: what may reach this node (None: everything, as plain WireGuard).
         self.filter: PacketFilter | None = None
+        # Tailnet mode: where decrypted packets may go (node.localnets); None: anywhere.
+        self.local: LocalDestinations | None = None
         self._tun_buf = bytearray(VNET_HDR_LEN + 65536)
         self._tun_view = memoryview(self._tun_buf)
         self._scratch = bytearray(65536 + 64)
@@ -525,6 +529,14 @@ class DataPlane:
                 return
             if to_service:  # S2: a peer never reaches our resolver (docs/dns.md)
                 self.counters.drop_service_ip += 1
+                return
+            local = self.local
+            if local is not None and not (
+                local.allows4(bytes(dec[off + 16 : off + 20]))
+                if v == 4
+                else local.allows6(bytes(dec[off + 24 : off + 40]))
+            ):
+                self.counters.drop_not_local += 1
                 return
             flt = self.filter
             if flt is not None and not flt.allow_inbound(dec, off, total, now):

@@ -106,7 +106,8 @@ def counters(engine: Any) -> dict[str, Any]:
         "drop_no_peer": c.drop_no_peer,
         "drop_malformed": c.drop_malformed,
         "drop_filtered": c.drop_filtered,  # the packet filter's, below (tailnet mode only)
-        "drop_service_ip": c.drop_service_ip,  # from a peer to the resolver (docs/dns.md)
+        "drop_service_ip": c.drop_service_ip,
+        "drop_not_local": c.drop_not_local,  # to none of our addresses or served routes  # from a peer to the resolver (docs/dns.md)
         "drop_handshake": dict(c.drop_handshake),
         "cookie_replies_sent": engine.dp.device.cookie_replies_sent,  # answers under load
         "filter": None
