@@ -59,3 +59,13 @@ def test_an_auth_key_can_come_from_a_file(tmp_path: Any) -> None:
     (tmp_path / "empty").write_text("\n")
     with pytest.raises(CliError, match="empty"):
         auth_key_argument(f"file:{tmp_path / 'empty'}")
+
+
+def test_routes_and_exit_nodes_show_in_the_table(capsys: pytest.CaptureFixture[str]) -> None:
+    peer = {"ips": ["100.64.0.2"], "hostname": "gw", "online": True, "path": "direct",
+            "endpoint": "198.18.0.9:41641", "rx_bytes": 0, "tx_bytes": 0,
+            "primary_routes": ["198.18.20.0/24"], "exit_node_option": True}  # fmt: skip
+    print_node_status(status("Running", [], peers=[peer], routes={"serving": ["198.18.30.0/24"]}))
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[2:] == ["self", "-", "serving", "198.18.30.0/24"], out
+    assert out[1].endswith("routes 198.18.20.0/24; exit node"), out

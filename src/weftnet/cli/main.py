@@ -67,10 +67,18 @@ def print_node_status(st: dict[str, Any]) -> None:
         if st["backend_state"] != "Starting":
             print_health(st.get("health", []))
             return
-    rows = [(", ".join(me["ips"]) or "-", me["hostname"] or "-", "self", "-", "")]
+    mine = ""
+    serving = (st.get("routes") or {}).get("serving") or []
+    if serving:
+        mine = f"serving {','.join(serving)}"
+    rows = [(", ".join(me["ips"]) or "-", me["hostname"] or "-", "self", "-", mine)]
     for p in st["peers"]:
         how = p["path"] if p["path"] != "direct" else f"direct {p['endpoint']}"
         extra = f"rx {_bytes(p['rx_bytes'])} tx {_bytes(p['tx_bytes'])}"
+        if p.get("primary_routes"):
+            extra += f"; routes {','.join(p['primary_routes'])}"
+        if p.get("exit_node_option"):
+            extra += "; exit node"
         if p.get("expired"):
             how = "expired"
         rows.append(
