@@ -23,7 +23,7 @@ from weftlab.control import Control, start_control
 from weftlab.netlab import Host, Lab, poll_until
 from weftlab.tailnet import Node, start_node
 
-from .test_routes import reaches
+from .test_routes import reaches, table_52
 
 pytestmark = pytest.mark.lab
 
@@ -244,5 +244,76 @@ def test_three_crashes_leave_one_copy_and_weft_down_leaves_none(lab: Lab, tmp_pa
         assert got["routes"] == {"-4": [], "-6": []}, got
         assert got["nft_tables"] == 0, got
     assert not reaches(a, o.s1.ip)
+    for n in (r1, a):
+        assert "Traceback" not in n.log(), n.log()[-3000:]
+
+
+def own_traffic_unbroken(a: Node, r1: Node, seconds: float) -> None:
+    """For ``seconds``, a's map stream stays online, it keeps its home relay and reaches
+    r1 over the tailnet (WireGuard to r1's underlay address, which the route covers)."""
+    r1_ip = r1.ip4()
+    end = time.monotonic() + seconds
+    polls = 0
+    while time.monotonic() < end and polls < 50:
+        st = a.status()
+        assert st["self"]["online"], st
+        assert st["home_relay"] == "default", st
+        peer = next(p for p in st["peers"] if p["hostname"] == "r1")
+        assert peer["online"] and peer["path"] in ("direct", "relay"), peer
+        assert reaches(a, r1_ip)
+        polls += 1
+        time.sleep(0.5)
+    assert polls >= 5
+
+
+def test_routes_covering_the_underlay_leave_weftds_own_traffic_alone(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """r1 serves a subnet route covering the control server (and its relay) and both
+    NATs' WAN addresses, then is the exit node: a's map stream, relay and WireGuard
+    keep working because weftd's sockets bypass table 52."""
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl = lab.host("ctl", inet)
+    office_nat = lab.nat_router("office", upstream=inet)
+    home_nat = lab.nat_router("home", upstream=inet)
+    r1_host, s1 = lab.host("r1", office_nat.lan), lab.host("s1", office_nat.lan)
+    r1_host._sysctl({"net.ipv4.ip_forward": 1})
+    underlay = str(inet.network)
+    control = start_control(ctl, tmp_path / "control")
+    control.admin("users", "create", "alice")
+    key = control.admin("keys", "create", "--user", "alice", "--reusable").stdout.strip()
+    login = ["up", "--login-server", control.url, "--auth-key", key]
+    r1 = start_node(tmp_path, r1_host, "r1")
+    r1.weft(*login, "--hostname", "r1", "--advertise-routes", underlay)
+    a = start_node(tmp_path, lab.host("a", home_nat.lan), "a")
+    a.weft(*login, "--hostname", "a", "--accept-routes")
+    r1_id = next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == "r1")
+    poll_until(lambda: underlay in json.dumps(routes_of(control, "r1")["announced"]),
+               timeout_s=5, what="r1's route announced")  # fmt: skip
+    poll_until(lambda: a.status()["home_relay"] == "default", timeout_s=10, what="a's relay")
+    control.admin("nodes", "approve-routes", str(r1_id), "--routes", underlay)
+    poll_until(lambda: underlay in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the underlay route at a")  # fmt: skip
+    got = a.host.run(["ip", "route", "get", ctl.ip]).stdout
+    assert "dev weft0" in got and "table 52" in got, got  # a's other traffic goes to r1
+    own_traffic_unbroken(a, r1, 10)
+    assert reaches(a, ctl.ip)  # through r1, masqueraded at r1 and then at the office NAT
+    assert reaches(a, s1.ip) is False  # only the underlay is routed, not the office LAN
+
+    # The stream still brings changes: the exit node, selected, replaces the route.
+    r1.weft("set", "--advertise-exit-node")
+    poll_until(lambda: "0.0.0.0/0" in json.dumps(routes_of(control, "r1")["announced"]),
+               timeout_s=5, what="r1's exit announced")  # fmt: skip
+    control.admin("nodes", "approve-routes", str(r1_id), "--routes", "0.0.0.0/0,::/0")
+    poll_until(lambda: underlay not in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the underlay route gone at a")  # fmt: skip
+    poll_until(lambda: a.weft("set", "--exit-node", "r1", check=False).returncode == 0,
+               timeout_s=5, what="a selects r1 as its exit node")  # fmt: skip
+    poll_until(lambda: "default dev weft0" in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the default route at a")  # fmt: skip
+    got = a.host.run(["ip", "route", "get", ctl.ip]).stdout
+    assert "dev weft0" in got and "table 52" in got, got
+    own_traffic_unbroken(a, r1, 10)
+    assert reaches(a, ctl.ip)
     for n in (r1, a):
         assert "Traceback" not in n.log(), n.log()[-3000:]
