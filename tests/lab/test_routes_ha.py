@@ -317,3 +317,23 @@ def test_routes_covering_the_underlay_leave_weftds_own_traffic_alone(
     assert reaches(a, ctl.ip)
     for n in (r1, a):
         assert "Traceback" not in n.log(), n.log()[-3000:]
+
+
+def iperf_mbit(client: Node, server: Host, ip: str) -> float:
+    server.popen(["iperf3", "-s", "-1"])
+    server.wait_listening(5201, proto="tcp")
+    r = client.host.run(["iperf3", "-c", ip, "-t", "5", "-J"], check=False, timeout=60)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+    return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
+
+
+def test_a_subnet_router_forwards_at_least_half_the_direct_tailnet_throughput(
+    lab: Lab, tmp_path: Path
+) -> None:
+    o = office(lab, tmp_path, ["r1"])
+    r1, a = o.routers["r1"], o.a
+    direct = iperf_mbit(a, r1.host, r1.ip4())
+    routed = iperf_mbit(a, o.s1, o.s1.ip)
+    print(f"iperf3 a -> r1 (tailnet) {direct:.0f} Mbit/s, a -> s1 via r1 {routed:.0f} Mbit/s "
+          f"({routed / direct:.2f}x)")  # fmt: skip
+    assert routed >= 0.5 * direct
