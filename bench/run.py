@@ -11,7 +11,10 @@ handshake), then measures
 * TCP throughput: ``iperf3`` for ``--seconds`` (10) with one stream, client to server,
   the receiver's figure in Gbit/s;
 
-and stops the peers again. The JSON report also has, per row, the sender's TCP
+and stops the peers again. The two routed rows put a weftd router in front of a plain
+host: ``tailnet-subnet`` through a subnet router on the target's LAN (behind its NAT
+router), ``tailnet-exit`` through an exit node behind a NAT to the ``server`` host as an
+"internet" host; compare them with ``tailnet-direct`` of the same run. The JSON report also has, per row, the sender's TCP
 retransmissions and the server's UDP receive-buffer drops (the usual place a
 userspace tunnel loses packets when its reader falls behind). The ratio column is throughput relative to
 wireguard-go <-> wireguard-go. In "X <-> Y", X runs on the client (it encrypts the
@@ -64,6 +67,8 @@ CONFIGS = {  # key -> (name, client implementation, server implementation)
     "weftd-wggo": ("weftd <-> wireguard-go", "weftd", "wireguard-go"),
     "tailnet-direct": ("tailnet weftd <-> weftd, direct", "tailnet", "direct"),
     "tailnet-relay": ("tailnet weftd <-> weftd, via the relay", "tailnet", "relay"),
+    "tailnet-subnet": ("tailnet weftd -> subnet router -> plain host", "tailnet", "subnet"),
+    "tailnet-exit": ("tailnet weftd -> exit node -> internet host", "tailnet", "exit"),
     "weftd-weftd": ("weftd <-> weftd", "weftd", "weftd"),
 }
 BASELINE = "wggo-wggo"
@@ -229,6 +234,46 @@ def start_tailnet(
     return nodes[1].ip4()
 
 
+def start_routed(
+    lab: Lab, client: Host, server: Host, via: str, cleanup: list[Callable[[], object]]
+) -> tuple[Host, str]:
+    """``via`` "subnet": a weftd subnet router and a plain target host on a LAN behind a
+    NAT router; "exit": a weftd exit node behind a NAT, and ``server`` as the internet
+    host. The client's weftd accepts the route (or uses the exit node), approved by the
+    admin. Returns (the host iperf3 serves on, the address the client aims at)."""
+    work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
+    cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    existing = lab.nodes.get("ctl")
+    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    site = lab.nat_router(f"{via}-nat", upstream=client.segment)  # type: ignore[arg-type]
+    router = lab.host(f"{via}-gw", site.lan)
+    router._sysctl({"net.ipv4.ip_forward": 1})
+    target = lab.host(f"{via}-host", site.lan) if via == "subnet" else server
+    control = start_control(ctl, work / "control")
+    cleanup.append(control.kill)
+    control.admin("users", "create", "bench")
+    key = control.admin("keys", "create", "--user", "bench", "--reusable").stdout.strip()
+    nodes = {}
+    for host in (client, router):
+        nodes[host.name] = start_node(work, host, host.name)
+        cleanup.append(nodes[host.name].kill9)
+    routes = [str(site.lan.network)] if via == "subnet" else ["0.0.0.0/0", "::/0"]
+    flag = ["--advertise-routes", routes[0]] if via == "subnet" else ["--advertise-exit-node"]
+    login = ["up", "--login-server", control.url, "--auth-key", key]
+    nodes[router.name].weft(*login, "--hostname", "gw", *flag)
+    nodes[client.name].weft(*login, "--hostname", client.name)
+    gw_id = str(
+        next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == "gw")
+    )
+    poll_until(lambda: routes[0] in json.dumps(control.admin_json("nodes", "routes")),
+               timeout_s=HANDSHAKE_TIMEOUT_S, what="the route announced")  # fmt: skip
+    control.admin("nodes", "approve-routes", gw_id, "--routes", ",".join(routes))
+    use = ["--accept-routes"] if via == "subnet" else ["--exit-node", "gw"]
+    poll_until(lambda: nodes[client.name].weft("set", *use, check=False).returncode == 0,
+               timeout_s=HANDSHAKE_TIMEOUT_S, what="the client to use the route")  # fmt: skip
+    return target, target.ip
+
+
 def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Namespace) -> Row:
     name, client_kind, server_kind = CONFIGS[key]
     row = Row(key, name)
@@ -236,7 +281,10 @@ def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Names
     cleanup: list[Callable[[], object]] = []
     try:
         target = server.ip
-        if client_kind == "tailnet" and server_kind is not None:
+        if server_kind in ("subnet", "exit"):
+            ping_once(client, server.ip)
+            server, target = start_routed(lab, client, server, server_kind, cleanup)
+        elif client_kind == "tailnet" and server_kind is not None:
             ping_once(client, server.ip)
             target = start_tailnet(lab, client, server, server_kind, cleanup)
         elif client_kind is not None and server_kind is not None:
