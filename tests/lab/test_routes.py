@@ -69,6 +69,16 @@ def test_a_subnet_route_works_within_2_s_of_approval_and_goes_within_2_s(
                what="the route gone from a")  # fmt: skip
     gone_s = time.monotonic() - t0
     assert not reaches(a, s1.ip)
-    print(f"route usable {usable_s:.2f} s after approval, gone {gone_s:.2f} s after withdrawal")
+    # Approved again, then the router stops advertising it (`weft set`, no new login).
+    control.admin("nodes", "approve-routes", str(r1_id), "--routes", lan)
+    poll_until(lambda: reaches(a, s1.ip), timeout_s=2.5, interval_s=0.05, what="a -> s1 again")
+    r1.weft("set", "--advertise-routes", "")
+    t0 = time.monotonic()
+    poll_until(lambda: lan not in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the route gone once r1 stops advertising it")  # fmt: skip
+    unadvertised_s = time.monotonic() - t0
+    assert not reaches(a, s1.ip)
+    print(f"route usable {usable_s:.2f} s after approval, gone {gone_s:.2f} s after withdrawal,"
+          f" {unadvertised_s:.2f} s after the router stopped advertising it")  # fmt: skip
     for n in (r1, a, b):
         assert "Traceback" not in n.log(), n.log()[-3000:]
