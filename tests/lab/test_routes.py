@@ -9,12 +9,13 @@ reach the tailnet only because r1 masquerades (--snat-subnet-routes, the default
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from weftlab.control import start_control
+from weftlab.control import Control, start_control
 from weftlab.netlab import Host, Lab, poll_until
 from weftlab.tailnet import Node, start_node
 
@@ -28,6 +29,47 @@ def reaches(node: Node, ip: str) -> bool:
 
 def table_52(host: Host) -> str:
     return host.run(["ip", "-4", "route", "show", "table", "52"], check=False).stdout
+
+
+ECHO_PORT = 8000
+# A TCP server that answers each connection with the client address it sees, and logs it.
+WHOAMI_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(16)
+while True:
+    c, peer = s.accept()
+    print(peer[0], flush=True)
+    c.sendall(peer[0].encode())
+    c.close()
+"""
+WHOAMI_CLIENT = """
+import socket, sys
+try:
+    c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))
+    print(c.recv(100).decode())
+except OSError:
+    pass
+"""
+
+
+def start_whoami(host: Host, log: Path, port: int = ECHO_PORT) -> None:
+    host.popen([sys.executable, "-c", WHOAMI_SERVER, str(port)], stdout=open(log, "w"))  # noqa: SIM115
+    host.wait_listening(port, proto="tcp")
+
+
+def whoami(src: Host, ip: str, port: int = ECHO_PORT, timeout_s: float = 1.0) -> str:
+    """The client address the server at ip:port sees from ``src``; '' when unreachable."""
+    cmd = [sys.executable, "-c", WHOAMI_CLIENT, ip, str(port), str(timeout_s)]
+    return str(src.run(cmd, check=False, timeout=timeout_s + 10).stdout.strip())
+
+
+def node_id(control: Control, name: str) -> int:
+    return int(
+        next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == name)
+    )
 
 
 def test_a_subnet_route_works_within_2_s_of_approval_and_goes_within_2_s(
@@ -71,4 +113,76 @@ def test_a_subnet_route_works_within_2_s_of_approval_and_goes_within_2_s(
     assert not reaches(a, s1.ip)
     print(f"route usable {usable_s:.2f} s after approval, gone {gone_s:.2f} s after withdrawal")
     for n in (r1, a, b):
+        assert "Traceback" not in n.log(), n.log()[-3000:]
+
+
+def test_an_exit_node_carries_internet_traffic_and_nothing_leaks_when_it_dies(
+    lab: Lab, tmp_path: Path
+) -> None:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl, i = lab.host("ctl", inet), lab.host("i", inet)
+    nat_e = lab.nat_router("nate", upstream=inet)
+    nat_a = lab.nat_router("nata", upstream=inet)
+    e_host, a_host = lab.host("e", nat_e.lan), lab.host("a", nat_a.lan)
+    neighbour = lab.host("nb", nat_a.lan)  # a host on a's own LAN
+    e_host._sysctl({"net.ipv4.ip_forward": 1})
+    i_log = tmp_path / "i.log"
+    start_whoami(i, i_log)
+    control = start_control(ctl, tmp_path / "control")
+    control.admin("users", "create", "alice")
+    key = control.admin("keys", "create", "--user", "alice", "--reusable").stdout.strip()
+    e = start_node(tmp_path, e_host, "e")
+    a = start_node(tmp_path, a_host, "a")
+    login = ["up", "--login-server", control.url, "--auth-key", key]
+    e.weft(*login, "--hostname", "e", "--advertise-exit-node")
+    a.weft(*login, "--hostname", "a")
+    assert whoami(a_host, i.ip) == nat_a.wan_ip  # no exit node yet
+    control.admin(
+        "nodes", "approve-routes", str(node_id(control, "e")), "--routes", "0.0.0.0/0,::/0"
+    )
+    poll_until(lambda: "e" in a.weft("exit-node", "list").stdout.split(), timeout_s=5,
+               interval_s=0.1, what="e in a's `weft exit-node list`")  # fmt: skip
+    listed = json.loads(a.weft("exit-node", "list", "--json").stdout)
+    assert [n["hostname"] for n in listed] == ["e"] and listed[0]["online"], listed
+
+    a.weft("set", "--exit-node", "e")
+    t0 = time.monotonic()
+    poll_until(lambda: whoami(a_host, i.ip) == nat_e.wan_ip, timeout_s=2.5, interval_s=0.05,
+               what="i to see e's NAT address from a")  # fmt: skip
+    switch_s = time.monotonic() - t0
+    route = a_host.run(["ip", "-4", "route", "get", i.ip]).stdout
+    assert "dev weft0" in route and "table 52" in route, route
+    assert reaches(a, i.ip)
+    routes = a.status()["routes"]
+    assert routes["exit_node"] == e.ip4() and routes["exit_routes"], routes  # stored as its IP
+
+    # LAN access only with --exit-node-allow-lan-access.
+    assert not reaches(a, neighbour.ip)
+    a.weft("set", "--exit-node-allow-lan-access")
+    poll_until(lambda: reaches(a, neighbour.ip), timeout_s=3, interval_s=0.1, what="a -> its LAN")
+    assert whoami(a_host, i.ip) == nat_e.wan_ip  # the internet still goes through e
+    a.weft("set", "--exit-node-allow-lan-access=false")
+    poll_until(lambda: not reaches(a, neighbour.ip), timeout_s=3, interval_s=0.1,
+               what="a's LAN through e again")  # fmt: skip
+
+    # Kill switch: e's weftd dies; a's traffic goes nowhere, not around it.
+    e.kill9()
+    seen_before = i_log.read_text().split()
+    t0 = time.monotonic()
+    attempts = 0
+    while time.monotonic() - t0 < 5:
+        assert whoami(a_host, i.ip, timeout_s=0.5) == ""
+        assert not reaches(a, i.ip)
+        attempts += 1
+    seen_after = i_log.read_text().split()[len(seen_before) :]
+    assert nat_a.wan_ip not in seen_after and a_host.ip not in seen_after, seen_after
+
+    def says_blocked() -> bool:
+        health = " ".join(a.status()["health"])
+        return "exit node" in health and "blocked" in health
+
+    poll_until(says_blocked, timeout_s=5, interval_s=0.1, what="a's health to say it is blocked")
+    print(f"exit node used {switch_s:.2f} s after `weft set --exit-node e`; "
+          f"{attempts} probes to i after kill -9 of e's weftd, none leaked")  # fmt: skip
+    for n in (e, a):
         assert "Traceback" not in n.log(), n.log()[-3000:]
