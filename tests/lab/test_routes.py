@@ -267,3 +267,56 @@ def test_the_policy_limits_a_routed_lan_to_one_port_and_hides_it_from_others(
     print(f"bob's node lost the route {hidden_s:.2f} s after `policy set`; r1 dropped {dropped}")
     for n in (r1, a, b):
         assert "Traceback" not in n.log(), n.log()[-3000:]
+
+
+def test_auto_approvers_approve_a_tagged_router_and_revoke_within_2_s(
+    lab: Lab, tmp_path: Path
+) -> None:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl = lab.host("ctl", inet)
+    office = lab.nat_router("office", upstream=inet)
+    r1_host, s1 = lab.host("r1", office.lan), lab.host("s1", office.lan)
+    r1_host._sysctl({"net.ipv4.ip_forward": 1})
+    lan = str(office.lan.network)
+    other = "198.19.40.0/24"  # announced too, but no autoApprovers entry covers it
+    auto = f"""{{
+  "tagOwners": {{"tag:router": ["alice@example.com"]}},
+  "autoApprovers": {{"routes": {{"{lan}": ["tag:router"]}}}},
+  "acls": [{{"action": "accept", "src": ["*"], "dst": ["*:*"]}}],
+}}
+"""
+    control = start_control(ctl, tmp_path / "control")
+    set_policy(control, tmp_path, auto)
+    control.admin("users", "create", "alice@example.com")
+    key = control.admin("keys", "create", "--user", "alice@example.com", "--reusable").stdout
+    tagged = control.admin(
+        "keys", "create", "--user", "alice@example.com", "--tags", "tag:router"
+    ).stdout
+    r1 = start_node(tmp_path, r1_host, "r1")
+    a = start_node(tmp_path, lab.host("a", inet), "a")
+    a.weft("up", "--login-server", control.url, "--auth-key", key.strip(), "--hostname", "a",
+           "--accept-routes")  # fmt: skip
+    t0 = time.monotonic()
+    r1.weft("up", "--login-server", control.url, "--auth-key", tagged.strip(), "--hostname",
+            "r1", "--advertise-routes", f"{lan},{other}")  # fmt: skip
+    poll_until(lambda: reaches(a, s1.ip), timeout_s=5, interval_s=0.05, what="a -> s1")
+    usable_s = time.monotonic() - t0
+    (routes,) = [r for r in control.admin_json("nodes", "routes") if r["given_name"] == "r1"]
+    assert routes["auto_approved"] == [lan] and routes["approved"] == [], routes
+    assert routes["serving"] == [lan] and sorted(routes["announced"]) == sorted([lan, other])
+    listing = control.admin("nodes", "routes").stdout
+    assert f"{lan} (auto)" in listing, listing
+    assert other not in table_52(a.host)
+
+    # The entry goes: the approval it made goes with it.
+    revoked = set_policy(control, tmp_path, auto.replace(f'"{lan}": ["tag:router"]', ""))
+    poll_until(lambda: lan not in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the route gone from a")  # fmt: skip
+    revoke_s = time.monotonic() - revoked
+    assert not reaches(a, s1.ip)
+    (routes,) = [r for r in control.admin_json("nodes", "routes") if r["given_name"] == "r1"]
+    assert routes["auto_approved"] == [] and routes["serving"] == [], routes
+    print(f"auto-approved route usable {usable_s:.2f} s after r1's `weft up`, "
+          f"revoked at a {revoke_s:.2f} s after `policy set`")  # fmt: skip
+    for n in (r1, a):
+        assert "Traceback" not in n.log(), n.log()[-3000:]
