@@ -66,6 +66,14 @@ def whoami(src: Host, ip: str, port: int = ECHO_PORT, timeout_s: float = 1.0) ->
     return str(src.run(cmd, check=False, timeout=timeout_s + 10).stdout.strip())
 
 
+def not_local_drops(host: Host) -> int:
+    """Packets from the tunnel that weftd's forward chain dropped as not served."""
+    out = host.run(["nft", "-j", "list", "table", "inet", "weftd"]).stdout
+    rules = [i["rule"] for i in json.loads(out)["nftables"] if "rule" in i]
+    return sum(int(x["counter"]["packets"]) for r in rules if r.get("comment") == "not local"
+               for x in r["expr"] if "counter" in x)  # fmt: skip
+
+
 def node_id(control: Control, name: str) -> int:
     return int(
         next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == name)
@@ -125,6 +133,7 @@ def test_an_exit_node_carries_internet_traffic_and_nothing_leaks_when_it_dies(
     nat_a = lab.nat_router("nata", upstream=inet)
     e_host, a_host = lab.host("e", nat_e.lan), lab.host("a", nat_a.lan)
     neighbour = lab.host("nb", nat_a.lan)  # a host on a's own LAN
+    guest = lab.host("g", nat_e.lan)  # a host on e's LAN: not for exit node users
     e_host._sysctl({"net.ipv4.ip_forward": 1})
     i_log = tmp_path / "i.log"
     start_whoami(i, i_log)
@@ -156,6 +165,12 @@ def test_an_exit_node_carries_internet_traffic_and_nothing_leaks_when_it_dies(
     routes = a.status()["routes"]
     assert routes["exit_node"] == e.ip4() and routes["exit_routes"], routes  # stored as its IP
 
+    def direct_to_e() -> bool:  # weftd's own traffic bypasses the default route into weft0
+        st = a.status()
+        return st["self"]["online"] and [p["path"] for p in st["peers"]] == ["direct"]
+
+    poll_until(direct_to_e, timeout_s=10, interval_s=0.2, what="a: online, direct path to e")
+
     # LAN access only with --exit-node-allow-lan-access.
     assert not reaches(a, neighbour.ip)
     a.weft("set", "--exit-node-allow-lan-access")
@@ -164,6 +179,21 @@ def test_an_exit_node_carries_internet_traffic_and_nothing_leaks_when_it_dies(
     a.weft("set", "--exit-node-allow-lan-access=false")
     poll_until(lambda: not reaches(a, neighbour.ip), timeout_s=3, interval_s=0.1,
                what="a's LAN through e again")  # fmt: skip
+
+    # e's own LAN is not part of the internet it offers ("guest Wi-Fi").
+    before = not_local_drops(e_host)
+    assert not reaches(a, guest.ip) and not reaches(a, nat_e.lan_ip)
+    assert whoami(a_host, guest.ip) == "" and not_local_drops(e_host) >= before + 3
+
+    # Stop using e, and start again.
+    a.weft("set", "--exit-node=")
+    t0 = time.monotonic()
+    poll_until(lambda: whoami(a_host, i.ip) == nat_a.wan_ip, timeout_s=2, interval_s=0.05,
+               what="i to see a's own NAT address again")  # fmt: skip
+    back_s = time.monotonic() - t0
+    a.weft("set", "--exit-node", "e")
+    poll_until(lambda: whoami(a_host, i.ip) == nat_e.wan_ip, timeout_s=2, interval_s=0.05,
+               what="i to see e's NAT address again")  # fmt: skip
 
     # Kill switch: e's weftd dies; a's traffic goes nowhere, not around it.
     e.kill9()
@@ -182,7 +212,8 @@ def test_an_exit_node_carries_internet_traffic_and_nothing_leaks_when_it_dies(
         return "exit node" in health and "blocked" in health
 
     poll_until(says_blocked, timeout_s=5, interval_s=0.1, what="a's health to say it is blocked")
-    print(f"exit node used {switch_s:.2f} s after `weft set --exit-node e`; "
+    print(f"exit node used {switch_s:.2f} s after `weft set --exit-node e`, "
+          f"left {back_s:.2f} s after `weft set --exit-node=`; "
           f"{attempts} probes to i after kill -9 of e's weftd, none leaked")  # fmt: skip
     for n in (e, a):
         assert "Traceback" not in n.log(), n.log()[-3000:]
