@@ -311,8 +311,8 @@ def test_auto_approvers_approve_a_tagged_router_and_revoke_within_2_s(
     lan = str(office.lan.network)
     other = "198.19.40.0/24"  # announced too, but no autoApprovers entry covers it
     auto = f"""{{
-  "tagOwners": {{"tag:router": ["alice@example.com"]}},
-  "autoApprovers": {{"routes": {{"{lan}": ["tag:router"]}}}},
+  "tagOwners": {{"tag:router": ["alice@example.com"], "tag:exit": ["alice@example.com"]}},
+  "autoApprovers": {{"routes": {{"{lan}": ["tag:router"]}}, "exitNode": ["tag:exit"]}},
   "acls": [{{"action": "accept", "src": ["*"], "dst": ["*:*"]}}],
 }}
 """
@@ -320,34 +320,56 @@ def test_auto_approvers_approve_a_tagged_router_and_revoke_within_2_s(
     set_policy(control, tmp_path, auto)
     control.admin("users", "create", "alice@example.com")
     key = control.admin("keys", "create", "--user", "alice@example.com", "--reusable").stdout
-    tagged = control.admin(
-        "keys", "create", "--user", "alice@example.com", "--tags", "tag:router"
-    ).stdout
+    tagged, exit_key = (
+        control.admin("keys", "create", "--user", "alice@example.com", "--tags", tag).stdout
+        for tag in ("tag:router", "tag:exit")
+    )
     r1 = start_node(tmp_path, r1_host, "r1")
+    e_host = lab.host("e", inet)
+    e_host._sysctl({"net.ipv4.ip_forward": 1})
+    e = start_node(tmp_path, e_host, "e")
+    e.weft("up", "--login-server", control.url, "--auth-key", exit_key.strip(), "--hostname",
+           "e", "--advertise-exit-node")  # fmt: skip
     a = start_node(tmp_path, lab.host("a", inet), "a")
     a.weft("up", "--login-server", control.url, "--auth-key", key.strip(), "--hostname", "a",
            "--accept-routes")  # fmt: skip
     t0 = time.monotonic()
     r1.weft("up", "--login-server", control.url, "--auth-key", tagged.strip(), "--hostname",
-            "r1", "--advertise-routes", f"{lan},{other}")  # fmt: skip
+            "r1", "--advertise-routes", f"{lan},{other}", "--advertise-exit-node")  # fmt: skip
+    poll_until(lambda: lan in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the auto-approved route at a")  # fmt: skip
+    approved_s = time.monotonic() - t0
     poll_until(lambda: reaches(a, s1.ip), timeout_s=5, interval_s=0.05, what="a -> s1")
     usable_s = time.monotonic() - t0
     (routes,) = [r for r in control.admin_json("nodes", "routes") if r["given_name"] == "r1"]
-    assert routes["auto_approved"] == [lan] and routes["approved"] == [], routes
-    assert routes["serving"] == [lan] and sorted(routes["announced"]) == sorted([lan, other])
+    assert routes["auto_approved"] == [lan] and routes["approved"] == [], routes  # no exit
+    assert routes["serving"] == [lan] and sorted(routes["announced"]) == sorted(
+        [lan, other, "0.0.0.0/0", "::/0"]
+    )
+    (e_routes,) = [r for r in control.admin_json("nodes", "routes") if r["given_name"] == "e"]
+    assert sorted(e_routes["auto_approved"]) == ["0.0.0.0/0", "::/0"], e_routes
+    listed = json.loads(a.weft("exit-node", "list", "--json").stdout)
+    assert [n["hostname"] for n in listed] == ["e"], listed
     listing = control.admin("nodes", "routes").stdout
     assert f"{lan} (auto)" in listing, listing
     assert other not in table_52(a.host)
 
-    # The entry goes: the approval it made goes with it.
+    # The entry goes: the approval it made goes with it; others stay.
+    control.admin("nodes", "approve-routes", str(node_id(control, "r1")), "--routes", other)
+    poll_until(lambda: other in table_52(a.host), timeout_s=2, interval_s=0.05,
+               what="the manually approved route at a")  # fmt: skip
     revoked = set_policy(control, tmp_path, auto.replace(f'"{lan}": ["tag:router"]', ""))
     poll_until(lambda: lan not in table_52(a.host), timeout_s=2, interval_s=0.05,
                what="the route gone from a")  # fmt: skip
     revoke_s = time.monotonic() - revoked
     assert not reaches(a, s1.ip)
     (routes,) = [r for r in control.admin_json("nodes", "routes") if r["given_name"] == "r1"]
-    assert routes["auto_approved"] == [] and routes["serving"] == [], routes
-    print(f"auto-approved route usable {usable_s:.2f} s after r1's `weft up`, "
+    assert routes["auto_approved"] == [] and routes["serving"] == [other], routes
+    assert routes["approved"] == [other] and other in table_52(a.host)
+    (e_routes,) = [r for r in control.admin_json("nodes", "routes") if r["given_name"] == "e"]
+    assert sorted(e_routes["auto_approved"]) == ["0.0.0.0/0", "::/0"], e_routes
+    print(f"auto-approved route at a {approved_s:.2f} s, usable {usable_s:.2f} s after r1's "
+          "`weft up` returned; "
           f"revoked at a {revoke_s:.2f} s after `policy set`")  # fmt: skip
-    for n in (r1, a):
+    for n in (r1, a, e):
         assert "Traceback" not in n.log(), n.log()[-3000:]
