@@ -373,3 +373,49 @@ def test_auto_approvers_approve_a_tagged_router_and_revoke_within_2_s(
           f"revoked at a {revoke_s:.2f} s after `policy set`")  # fmt: skip
     for n in (r1, a, e):
         assert "Traceback" not in n.log(), n.log()[-3000:]
+
+
+def test_an_exit_node_is_offered_only_to_users_the_policy_lets_reach_the_internet(
+    lab: Lab, tmp_path: Path
+) -> None:
+    inet = lab.segment("inet", "198.18.0.0/24")
+    ctl, i = lab.host("ctl", inet), lab.host("i", inet)
+    nat_e = lab.nat_router("nate", upstream=inet)
+    e_host, a_host = lab.host("e", nat_e.lan), lab.host("a", inet)
+    e_host._sysctl({"net.ipv4.ip_forward": 1})
+    start_whoami(i, tmp_path / "i.log")
+    tailnet_only = """{
+  "acls": [{"action": "accept", "src": ["alice@example.com"], "dst": ["alice@example.com:*"]}],
+}
+"""
+    internet = tailnet_only.replace(
+        '"acls": [',
+        '"acls": [{"action": "accept", "src": ["alice@example.com"], '
+        '"dst": ["autogroup:internet:*"]},',
+    )
+    control = start_control(ctl, tmp_path / "control")
+    set_policy(control, tmp_path, tailnet_only)
+    control.admin("users", "create", "alice@example.com")
+    key = control.admin("keys", "create", "--user", "alice@example.com", "--reusable").stdout
+    e = start_node(tmp_path, e_host, "e")
+    a = start_node(tmp_path, a_host, "a")
+    login = ["up", "--login-server", control.url, "--auth-key", key.strip()]
+    e.weft(*login, "--hostname", "e", "--advertise-exit-node")
+    a.weft(*login, "--hostname", "a")
+    control.admin("nodes", "approve-routes", str(node_id(control, "e")), "--routes", "0.0.0.0/0")
+    poll_until(lambda: reaches(a, e.ip4()), timeout_s=5, interval_s=0.1, what="a -> e")
+    assert json.loads(a.weft("exit-node", "list", "--json").stdout) == []
+    r = a.weft("set", "--exit-node", "e", check=False)
+    assert r.returncode != 0 and "not an exit node" in r.stderr + r.stdout, r
+    assert whoami(a_host, i.ip) == a_host.ip
+
+    applied = set_policy(control, tmp_path, internet)
+    poll_until(lambda: json.loads(a.weft("exit-node", "list", "--json").stdout) != [],
+               timeout_s=2, interval_s=0.05, what="e offered to a")  # fmt: skip
+    offered_s = time.monotonic() - applied
+    a.weft("set", "--exit-node", "e")
+    poll_until(lambda: whoami(a_host, i.ip) == nat_e.wan_ip, timeout_s=2, interval_s=0.05,
+               what="i to see e's NAT address from a")  # fmt: skip
+    print(f"e offered to a {offered_s:.2f} s after the policy allowing autogroup:internet")
+    for n in (e, a):
+        assert "Traceback" not in n.log(), n.log()[-3000:]
