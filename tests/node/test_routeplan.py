@@ -50,3 +50,25 @@ def test_forwarding_table_masquerades_as_asked() -> None:
     ))  # fmt: skip
     assert "ip daddr != { 10.7.0.0/16 } masquerade" in exit_only
     assert "meta nfproto ipv6 masquerade" in exit_only  # no IPv6 subnet: all of it is exit
+
+
+def test_only_served_destinations_are_forwarded_from_the_tunnel() -> None:
+    """A router forwards to its advertised routes only; an exit node to everything but
+    the networks it is on (guest Wi-Fi), unless they are advertised routes too."""
+    router = str(routeplan.nft_ruleset(Desired(serve_routes=("10.7.0.0/16",))))
+    guard = [line.strip() for line in router.splitlines() if line.strip().startswith("iifname")]
+    assert guard[1:3] == [
+        'iifname "weft0" ip daddr { 10.7.0.0/16 } accept',
+        'iifname "weft0" counter drop comment "not local"',
+    ]
+    lans = ("192.168.1.0/24", "192.168.1.0/25", "10.7.1.0/24", "fd00:1::/64")
+    exit_node = str(routeplan.nft_ruleset(
+        Desired(serve_routes=("10.7.0.0/16",), serve_exit=True, lan_prefixes=lans)
+    ))  # fmt: skip
+    guard = [line.strip() for line in exit_node.splitlines() if line.strip().startswith("iifname")]
+    assert guard[1:5] == [
+        'iifname "weft0" ip daddr { 10.7.0.0/16 } accept',  # advertised: before the LAN drop
+        'iifname "weft0" ip daddr { 10.7.1.0/24, 192.168.1.0/24 } counter drop comment "not local"',
+        'iifname "weft0" ip6 daddr { fd00:1::/64 } counter drop comment "not local"',
+        'iifname "weft0" accept',
+    ]

@@ -24,7 +24,8 @@ next start or ``weft down``). Without --exit-node-allow-lan-access the LAN goes 
 the exit node too: table 52 is read before main.
 
 Router side (advertised routes, an exit node): one ``table inet weftd`` that marks what
-comes in from weft0 (``FORWARD_MARK``), accepts forwarding to and from weft0, clamps TCP
+comes in from weft0 (``FORWARD_MARK``), forwards from weft0 only to the advertised routes
+(and, for an exit node, anywhere but the networks this host is on), clamps TCP
 MSS to the route MTU, and masquerades marked traffic leaving by another interface: all of
 it with --snat-subnet-routes (the default), else only exit traffic (not for the
 advertised subnets). Exit traffic is always masqueraded: it goes to the internet.
@@ -129,7 +130,8 @@ def nft_ruleset(d: Desired) -> str | None:
     lines = [
         "chain forward {",
         "\ttype filter hook forward priority filter; policy accept;",
-        f"\tiifname {dev} meta mark set meta mark & {keep} | 0x{FORWARD_MARK:x} accept",
+        f"\tiifname {dev} meta mark set meta mark & {keep} | 0x{FORWARD_MARK:x}",
+        *(f"\t{g}" for g in _local_nets_guard(d, dev)),
         f"\toifname {dev} ip saddr {v4} drop",  # an overlay source from a LAN: spoofed
         f"\toifname {dev} ip6 saddr {v6} drop",
         f"\toifname {dev} accept",
@@ -145,6 +147,33 @@ def nft_ruleset(d: Desired) -> str | None:
         "}",
     ]
     return "\n".join(lines)
+
+
+def _local_nets_guard(d: Desired, dev: str) -> list[str]:
+    """What may be forwarded from the tunnel: the advertised routes, and for an exit node
+    everything but the networks this node is on ("guest Wi-Fi": a client using the exit
+    node does not reach its LAN unless that LAN is also an advertised route). The rest is
+    dropped and counted (``not local``), whatever a peer sends or the policy allows."""
+    out = []
+    for fam, match in ((4, "ip"), (6, "ip6")):
+        if mine := _collapsed(d.serve_routes, fam):
+            out.append(f"iifname {dev} {match} daddr {{ {', '.join(mine)} }} accept")
+        if d.serve_exit and (lan := _collapsed(d.lan_prefixes, fam)):
+            out.append(f'iifname {dev} {match} daddr {{ {", ".join(lan)} }} counter drop'
+                       ' comment "not local"')  # fmt: skip
+    out.append(f'iifname {dev} accept' if d.serve_exit else
+               f'iifname {dev} counter drop comment "not local"')  # fmt: skip
+    return out
+
+
+def _collapsed(prefixes: tuple[str, ...], family: int) -> list[str]:
+    """``prefixes`` of one IP version with overlaps merged (nft refuses overlapping
+    elements in one set)."""
+    if family == 4:
+        v4 = [ipaddress.IPv4Network(p, strict=False) for p in prefixes if ":" not in p]
+        return [str(n) for n in ipaddress.collapse_addresses(v4)]
+    v6 = [ipaddress.IPv6Network(p, strict=False) for p in prefixes if ":" in p]
+    return [str(n) for n in ipaddress.collapse_addresses(v6)]
 
 
 def nft_script(body: str | None) -> str:
