@@ -100,6 +100,18 @@ async def test_failover_moves_the_primary_and_the_old_one_does_not_take_it_back(
 
     async with nodes["viewer"].map_stream() as viewer, nodes["r2"].map_stream(hostinfo=hostinfo):
         async with nodes["r1"].map_stream(hostinfo=hostinfo):
+            # Both routers' map requests are in (routes announced) before any approval:
+            # else the election could rightly pick r2 first, and then keep it.
+            deadline = time.monotonic() + 5
+            for name in ("r1", "r2"):
+                while (
+                    LAN
+                    not in (await api(http, control, "GET", f"/nodes/{ids[name]}/routes"))[
+                        "announced"
+                    ]
+                ):
+                    assert time.monotonic() < deadline, f"{name}'s routes never announced"
+                    await asyncio.sleep(0.02)
             for name in ("r1", "r2"):
                 await api(
                     http, control, "POST", f"/nodes/{ids[name]}/routes", json={"routes": [LAN]}
