@@ -255,8 +255,11 @@ def start_routed(
     key = control.admin("keys", "create", "--user", "bench", "--reusable").stdout.strip()
     nodes = {}
     for host in (client, router):
-        nodes[host.name] = start_node(work, host, host.name)
-        cleanup.append(nodes[host.name].kill9)
+        node = nodes[host.name] = start_node(work, host, host.name)
+        cleanup.append(node.kill9)
+        # `weft down` first: a killed weftd leaves its kill switch (table 52) in place,
+        # which would cut the hosts off for the rows after this one.
+        cleanup.append(lambda node=node: node.weft("down", check=False))
     routes = [str(site.lan.network)] if via == "subnet" else ["0.0.0.0/0", "::/0"]
     flag = ["--advertise-routes", routes[0]] if via == "subnet" else ["--advertise-exit-node"]
     login = ["up", "--login-server", control.url, "--auth-key", key]
