@@ -234,6 +234,13 @@ def test_three_crashes_leave_one_copy_and_weft_down_leaves_none(lab: Lab, tmp_pa
         poll_until(lambda: reaches(a, o.s1.ip), timeout_s=15, interval_s=0.2,
                    what=f"a -> s1 after restart {cycle + 1}")  # fmt: skip
         for n in (r1, a):
+            # The router's restart briefly takes its route off a's map (offline, then
+            # primary again): wait for the state to settle rather than take one snapshot.
+            def settled(n: Node = n) -> bool:
+                return weftd_state(n.host) == want[n.host.name]
+
+            poll_until(settled, timeout_s=10, interval_s=0.2,
+                       what=f"{n.host.name}'s rules, table 52 and nft table after restart")  # fmt: skip
             got = weftd_state(n.host)
             assert_one_copy(got)
             assert got == want[n.host.name], (cycle, n.host.name, got, want[n.host.name])
