@@ -265,9 +265,7 @@ def start_routed(
     login = ["up", "--login-server", control.url, "--auth-key", key]
     nodes[router.name].weft(*login, "--hostname", "gw", *flag)
     nodes[client.name].weft(*login, "--hostname", client.name)
-    gw_id = str(
-        next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == "gw")
-    )
+    gw_id = str(control.node_id("gw"))
     poll_until(lambda: routes[0] in json.dumps(control.admin_json("nodes", "routes")),
                timeout_s=HANDSHAKE_TIMEOUT_S, what="the route announced")  # fmt: skip
     control.admin("nodes", "approve-routes", gw_id, "--routes", ",".join(routes))

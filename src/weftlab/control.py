@@ -155,6 +155,11 @@ class Control:
     def admin_json(self, *args: str) -> Any:
         return json.loads(self.admin(*args, "--json").stdout)
 
+    def node_id(self, given_name: str) -> int:
+        """The id of the node named ``given_name`` in `weft-control nodes list`."""
+        rows = self.admin_json("nodes", "list")
+        return int(next(n["id"] for n in rows if n["given_name"] == given_name))
+
     def set_policy_clock(self, now: float) -> None:
         """Judge policy schedules as if it were ``now`` (time runs on from there)."""
         if self.clock_file is None:

@@ -143,12 +143,6 @@ except OSError:
 WHOAMI_PORT = 7777
 
 
-def node_id(control: Control, name: str) -> str:
-    return str(
-        next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == name)
-    )
-
-
 def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while not check():
@@ -168,7 +162,7 @@ def routes(control: Control, nodes: list[Node], printer: Host, web: Host) -> boo
     laptop.weft("set", "--accept-routes")
     print(f"   desktop$ weft set --advertise-routes {lan}; laptop$ weft set --accept-routes")
     wait_until(lambda: lan in json.dumps(control.admin_json("nodes", "routes")))
-    control.admin("nodes", "approve-routes", node_id(control, "desktop"), "--routes", lan)
+    control.admin("nodes", "approve-routes", str(control.node_id("desktop")), "--routes", lan)
     print(f"   weft-control nodes approve-routes desktop --routes {lan}")
     print("\n".join(f"     {ln}" for ln in control.admin("nodes", "routes").stdout.splitlines()))
     ok = wait_until(lambda: ping(laptop.host, printer.ip, quiet=True, count=1, wait_s=1))
@@ -185,7 +179,7 @@ def routes(control: Control, nodes: list[Node], printer: Host, web: Host) -> boo
     server.host._sysctl({"net.ipv4.ip_forward": 1})
     server.weft("set", "--advertise-exit-node")
     wait_until(lambda: "0.0.0.0/0" in json.dumps(control.admin_json("nodes", "routes")))
-    control.admin("nodes", "approve-routes", node_id(control, "server"), "--routes",
+    control.admin("nodes", "approve-routes", str(control.node_id("server")), "--routes",
                   "0.0.0.0/0,::/0")  # fmt: skip
     print("   server$ weft set --advertise-exit-node;"
           " weft-control nodes approve-routes server --routes 0.0.0.0/0,::/0")  # fmt: skip

@@ -74,12 +74,6 @@ def not_local_drops(host: Host) -> int:
                for x in r["expr"] if "counter" in x)  # fmt: skip
 
 
-def node_id(control: Control, name: str) -> int:
-    return int(
-        next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == name)
-    )
-
-
 def test_a_subnet_route_works_within_2_s_of_approval_and_goes_within_2_s(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -99,7 +93,7 @@ def test_a_subnet_route_works_within_2_s_of_approval_and_goes_within_2_s(
     r1.weft(*login, "--hostname", "r1", "--advertise-routes", lan)
     a.weft(*login, "--hostname", "a", "--accept-routes")
     b.weft(*login, "--hostname", "b")  # does not accept routes
-    r1_id = next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == "r1")
+    r1_id = control.node_id("r1")
     poll_until(lambda: lan in json.dumps(control.admin_json("nodes", "routes")),
                timeout_s=5, what="r1's route announced")  # fmt: skip
     assert not reaches(a, s1.ip)  # announced, not approved
@@ -157,7 +151,7 @@ def test_an_exit_node_carries_internet_traffic_and_nothing_leaks_when_it_dies(
     a.weft(*login, "--hostname", "a")
     assert whoami(a_host, i.ip) == nat_a.wan_ip  # no exit node yet
     control.admin(
-        "nodes", "approve-routes", str(node_id(control, "e")), "--routes", "0.0.0.0/0,::/0"
+        "nodes", "approve-routes", str(control.node_id("e")), "--routes", "0.0.0.0/0,::/0"
     )
     poll_until(lambda: "e" in a.weft("exit-node", "list").stdout.split(), timeout_s=5,
                interval_s=0.1, what="e in a's `weft exit-node list`")  # fmt: skip
@@ -279,7 +273,7 @@ def test_the_policy_limits_a_routed_lan_to_one_port_and_hides_it_from_others(
     r1.weft(*up, keys["alice@example.com"], "--hostname", "r1", "--advertise-routes", lan)
     a.weft(*up, keys["alice@example.com"], "--hostname", "a", "--accept-routes")
     b.weft(*up, keys["bob@example.com"], "--hostname", "b", "--accept-routes")
-    control.admin("nodes", "approve-routes", str(node_id(control, "r1")), "--routes", lan)
+    control.admin("nodes", "approve-routes", str(control.node_id("r1")), "--routes", lan)
     for n in (a, b):
         poll_until(lambda n=n: lan in table_52(n.host), timeout_s=5, interval_s=0.05,
                    what=f"{n.host.name} to get the route")  # fmt: skip
@@ -365,7 +359,7 @@ def test_auto_approvers_approve_a_tagged_router_and_revoke_within_2_s(
     assert other not in table_52(a.host)
 
     # The entry goes: the approval it made goes with it; others stay.
-    control.admin("nodes", "approve-routes", str(node_id(control, "r1")), "--routes", other)
+    control.admin("nodes", "approve-routes", str(control.node_id("r1")), "--routes", other)
     poll_until(lambda: other in table_52(a.host), timeout_s=2, interval_s=0.05,
                what="the manually approved route at a")  # fmt: skip
     revoked = set_policy(control, tmp_path, auto.replace(f'"{lan}": ["tag:router"]', ""))
@@ -412,7 +406,7 @@ def test_an_exit_node_is_offered_only_to_users_the_policy_lets_reach_the_interne
     login = ["up", "--login-server", control.url, "--auth-key", key.strip()]
     e.weft(*login, "--hostname", "e", "--advertise-exit-node")
     a.weft(*login, "--hostname", "a")
-    control.admin("nodes", "approve-routes", str(node_id(control, "e")), "--routes", "0.0.0.0/0")
+    control.admin("nodes", "approve-routes", str(control.node_id("e")), "--routes", "0.0.0.0/0")
     poll_until(lambda: reaches(a, e.ip4()), timeout_s=5, interval_s=0.1, what="a -> e")
     assert json.loads(a.weft("exit-node", "list", "--json").stdout) == []
     r = a.weft("set", "--exit-node", "e", check=False)

@@ -294,7 +294,7 @@ def test_routes_covering_the_underlay_leave_weftds_own_traffic_alone(
     r1.weft(*login, "--hostname", "r1", "--advertise-routes", underlay)
     a = start_node(tmp_path, lab.host("a", home_nat.lan), "a")
     a.weft(*login, "--hostname", "a", "--accept-routes")
-    r1_id = next(n["id"] for n in control.admin_json("nodes", "list") if n["given_name"] == "r1")
+    r1_id = control.node_id("r1")
     poll_until(lambda: underlay in json.dumps(routes_of(control, "r1")["announced"]),
                timeout_s=5, what="r1's route announced")  # fmt: skip
     poll_until(lambda: a.status()["home_relay"] == "default", timeout_s=10, what="a's relay")
