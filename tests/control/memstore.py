@@ -16,14 +16,22 @@ from dataclasses import dataclass, field
 
 from weftnet.control.domain.records import (
     DISCO_KEY_UNIQUE,
+    IDENTITY_UPDATABLE,
     NODE_UPDATABLE,
+    USER_UPDATABLE,
     ApiKey,
+    AuditEntry,
     AuthKey,
+    ConsoleSession,
+    Identity,
     NewApiKey,
+    NewAuditEntry,
     NewAuthKey,
+    NewIdentity,
     NewNode,
     NewPending,
     Node,
+    OidcLogin,
     Pending,
     StoreConflict,
     User,
@@ -41,6 +49,11 @@ class State:
     api_keys: dict[int, ApiKey] = field(default_factory=dict)
     pending: dict[int, Pending] = field(default_factory=dict)
     settings: dict[str, str] = field(default_factory=dict)
+    passwords: dict[int, str] = field(default_factory=dict)
+    identities: dict[int, Identity] = field(default_factory=dict)
+    oidc_logins: dict[str, OidcLogin] = field(default_factory=dict)
+    sessions: dict[str, ConsoleSession] = field(default_factory=dict)
+    audit: dict[int, AuditEntry] = field(default_factory=dict)
 
     def new_id(self) -> int:
         self.next_id += 1
@@ -69,6 +82,10 @@ class MemoryStore:
             "api_keys": len(s.api_keys),
             "pending_registrations": len(s.pending),
             "settings": len(s.settings),
+            "user_identities": len(s.identities),
+            "oidc_logins": len(s.oidc_logins),
+            "console_sessions": len(s.sessions),
+            "audit_log": len(s.audit),
         }
 
 
@@ -98,7 +115,121 @@ class MemoryTx:
             raise StoreConflict("nodes.user_id references users")
         for key in [k for k in self.s.auth_keys.values() if k.user_id == user_id]:
             self._drop_auth_key(key.id)
+        for i in [i for i in self.s.identities.values() if i.user_id == user_id]:
+            del self.s.identities[i.id]
+        self.delete_user_sessions(user_id)
+        for p in [p for p in self.s.pending.values() if p.user_id == user_id]:
+            del self.s.pending[p.id]
+        self.s.passwords.pop(user_id, None)
         self.s.users.pop(user_id, None)
+
+    def update_user(self, user_id: int, **changes: object) -> User:
+        unknown = set(changes) - USER_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        record = dataclasses.replace(self.s.users[user_id], **changes)  # type: ignore[arg-type]
+        self.s.users[user_id] = record
+        return record
+
+    def user_password_hash(self, user_id: int) -> str | None:
+        return self.s.passwords.get(user_id)
+
+    def set_user_password_hash(self, user_id: int, password_hash: str | None) -> None:
+        if password_hash is None:
+            self.s.passwords.pop(user_id, None)
+        else:
+            self.s.passwords[user_id] = password_hash
+
+    # identities at OpenID providers
+    def add_identity(self, identity: NewIdentity) -> Identity:
+        if self.identity_by_subject(identity.issuer, identity.subject) is not None:
+            raise StoreConflict("user_identities", "uq_user_identities_issuer_subject")
+        fields = {f.name: getattr(identity, f.name) for f in dataclasses.fields(NewIdentity)}
+        record = Identity(id=self.s.new_id(), **fields)
+        self.s.identities[record.id] = record
+        return record
+
+    def identity_by_subject(self, issuer: str, subject: str) -> Identity | None:
+        return next(
+            (i for i in self.s.identities.values() if i.issuer == issuer and i.subject == subject),
+            None,
+        )
+
+    def identities(self, user_id: int | None = None) -> list[Identity]:
+        found = sorted(self.s.identities.values(), key=lambda i: i.id)
+        return [i for i in found if user_id is None or i.user_id == user_id]
+
+    def update_identity(self, identity_id: int, **changes: object) -> Identity:
+        unknown = set(changes) - IDENTITY_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        record = dataclasses.replace(self.s.identities[identity_id], **changes)  # type: ignore[arg-type]
+        self.s.identities[identity_id] = record
+        return record
+
+    def delete_identity(self, identity_id: int) -> None:
+        self.s.identities.pop(identity_id, None)
+
+    # OpenID authorization requests in flight
+    def add_oidc_login(self, login: OidcLogin) -> None:
+        if login.state_hash in self.s.oidc_logins:
+            raise StoreConflict("oidc_logins.state_hash")
+        self.s.oidc_logins[login.state_hash] = login
+
+    def take_oidc_login(self, state_hash: str, now: float) -> OidcLogin | None:
+        login = self.s.oidc_logins.pop(state_hash, None)
+        return login if login is not None and login.expires_at > now else None
+
+    def delete_expired_oidc_logins(self, now: float) -> int:
+        gone = [h for h, o in self.s.oidc_logins.items() if o.expires_at <= now]
+        for h in gone:
+            del self.s.oidc_logins[h]
+        return len(gone)
+
+    # web console sessions
+    def add_session(self, session: ConsoleSession) -> None:
+        self.s.sessions[session.id_hash] = session
+
+    def session_by_hash(self, id_hash: str) -> ConsoleSession | None:
+        return self.s.sessions.get(id_hash)
+
+    def touch_session(self, id_hash: str, now: float) -> None:
+        found = self.s.sessions.get(id_hash)
+        if found is not None:
+            self.s.sessions[id_hash] = dataclasses.replace(found, last_seen=now)
+
+    def delete_session(self, id_hash: str) -> None:
+        self.s.sessions.pop(id_hash, None)
+
+    def delete_user_sessions(self, user_id: int) -> int:
+        gone = [h for h, c in self.s.sessions.items() if c.user_id == user_id]
+        for h in gone:
+            del self.s.sessions[h]
+        return len(gone)
+
+    def delete_expired_sessions(self, now: float) -> int:
+        gone = [h for h, c in self.s.sessions.items() if c.expires_at <= now]
+        for h in gone:
+            del self.s.sessions[h]
+        return len(gone)
+
+    # the audit log
+    def add_audit(self, entry: NewAuditEntry) -> AuditEntry:
+        fields = {f.name: getattr(entry, f.name) for f in dataclasses.fields(NewAuditEntry)}
+        record = AuditEntry(id=self.s.new_id(), **fields)
+        self.s.audit[record.id] = record
+        return record
+
+    def audit_entries(
+        self, *, limit: int, before_id: int | None = None, since: float | None = None
+    ) -> list[AuditEntry]:
+        found = sorted(self.s.audit.values(), key=lambda a: -a.id)
+        found = [
+            a
+            for a in found
+            if (before_id is None or a.id < before_id) and (since is None or a.ts >= since)
+        ]
+        return found[:limit]
 
     def _drop_auth_key(self, key_id: int) -> None:
         del self.s.auth_keys[key_id]
@@ -239,6 +370,11 @@ class MemoryTx:
     def approve_pending(self, pending_id: int, node_id: int) -> None:
         self.s.pending[pending_id] = dataclasses.replace(
             self.s.pending[pending_id], node_id=node_id
+        )
+
+    def set_pending_login(self, pending_id: int, user_id: int, key_expiry: float | None) -> None:
+        self.s.pending[pending_id] = dataclasses.replace(
+            self.s.pending[pending_id], user_id=user_id, key_expiry=key_expiry
         )
 
     def delete_open_pending(self, machine_key: str) -> int:

@@ -37,8 +37,92 @@ class StoreConflict(Exception):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class User:
     id: int
-    name: str  # login name; with an @ it is an email address
+    name: str  # login name; with an @ it is an email address; what the policy matches
     created_at: float
+    display_name: str = ""
+    email: str | None = None  # a verified email from the identity provider, else None
+    role: str = "member"  # roles.ROLES
+    disabled_at: float | None = None  # a disabled user logs in nowhere
+    last_login_at: float | None = None
+
+
+# Columns of a user the service may change after creation (never the name).
+USER_UPDATABLE = frozenset({"display_name", "email", "role", "disabled_at", "last_login_at"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewIdentity:
+    """A login at an OpenID provider, bound to one user: (issuer, subject) is unique."""
+
+    user_id: int
+    issuer: str
+    subject: str
+    email: str | None  # as the provider last said, verified or not
+    email_verified: bool
+    display_name: str
+    groups: tuple[str, ...]
+    created_at: float
+    last_login_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Identity(NewIdentity):
+    id: int
+
+
+IDENTITY_UPDATABLE = frozenset(
+    {"email", "email_verified", "display_name", "groups", "last_login_at"}
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OidcLogin:
+    """One authorization request in flight, found by the SHA-256 of its ``state``;
+    taken (deleted) exactly once by the callback."""
+
+    state_hash: str
+    purpose: str  # "node" (a weft up login code) or "console"
+    nonce: str
+    code_verifier: str  # PKCE; useless without the provider's one-time code
+    pending_code: str | None  # the node login this belongs to (purpose "node")
+    return_to: str | None  # where the console goes after login (a local path)
+    created_at: float
+    expires_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConsoleSession:
+    """A web console login; the browser's cookie holds the id, the store its SHA-256."""
+
+    id_hash: str
+    user_id: int
+    csrf_token: str
+    created_at: float
+    last_seen: float
+    expires_at: float
+    remote_addr: str
+    user_agent: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NewAuditEntry:
+    """One change, by whom, from where. Written in the transaction of the change."""
+
+    ts: float
+    actor_type: str  # "user" (console), "api_key", "node", "system"
+    actor_id: str
+    actor_name: str
+    origin: str  # "console", "api", "cli", "node", "server"
+    action: str  # e.g. "node.authorize", "policy.set"
+    target_type: str
+    target_id: str
+    details: dict[str, object]
+    remote_addr: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuditEntry(NewAuditEntry):
+    id: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -51,6 +135,7 @@ class NewAuthKey:
     tags: tuple[str, ...]
     created_at: float
     expires_at: float
+    preauthorized: bool = False  # nodes it registers need no device approval
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +174,11 @@ class NewNode:
     # server kept them) and those an admin approved (docs/routes.md); canonical, sorted.
     announced_routes: tuple[str, ...] = ()
     approved_routes: tuple[str, ...] = ()
+    # When an admin approved the device (or it needed no approval); None: waiting, and in
+    # no network map until then.
+    authorized_at: float | None = None
+    key_expiry_disabled: bool = False  # an admin turned off this node's key expiry
+    auth_method: str = ""  # how it last logged in: "authkey", "oidc" or "admin"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -126,6 +216,11 @@ class NewPending:
     hostname: str
     created_at: float
     expires_at: float
+    os: str = ""  # Hostinfo.os, shown on the login confirmation page
+    # Who signed in at the identity provider for this code, waiting for their confirm
+    # (an OIDC login), and the node key expiry that login asks for (None: the default).
+    user_id: int | None = None
+    key_expiry: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,6 +250,9 @@ NODE_UPDATABLE = frozenset(
         "attrs",
         "announced_routes",
         "approved_routes",
+        "authorized_at",
+        "key_expiry_disabled",
+        "auth_method",
     }
 )
 
@@ -167,7 +265,42 @@ class Tx(Protocol):
     def user_by_name(self, name: str) -> User | None: ...
     def user_by_id(self, user_id: int) -> User | None: ...
     def users(self) -> list[User]: ...
-    def delete_user(self, user_id: int) -> None: ...  # its auth keys go with it
+    def delete_user(self, user_id: int) -> None: ...  # its keys, identities, sessions too
+    def update_user(self, user_id: int, **changes: object) -> User: ...  # USER_UPDATABLE
+    def user_password_hash(self, user_id: int) -> str | None: ...
+    def set_user_password_hash(self, user_id: int, password_hash: str | None) -> None: ...
+
+    # identities at OpenID providers
+    def add_identity(self, identity: NewIdentity) -> Identity: ...  # StoreConflict if taken
+    def identity_by_subject(self, issuer: str, subject: str) -> Identity | None: ...
+    def identities(self, user_id: int | None = None) -> list[Identity]: ...
+    def update_identity(self, identity_id: int, **changes: object) -> Identity: ...
+    def delete_identity(self, identity_id: int) -> None: ...
+
+    # OpenID authorization requests in flight
+    def add_oidc_login(self, login: OidcLogin) -> None: ...
+    def take_oidc_login(self, state_hash: str, now: float) -> OidcLogin | None:
+        """Delete and return the unexpired login with this state hash; None if another
+        transaction took it first, it expired, or it never was."""
+        ...
+
+    def delete_expired_oidc_logins(self, now: float) -> int: ...
+
+    # web console sessions
+    def add_session(self, session: ConsoleSession) -> None: ...
+    def session_by_hash(self, id_hash: str) -> ConsoleSession | None: ...
+    def touch_session(self, id_hash: str, now: float) -> None: ...
+    def delete_session(self, id_hash: str) -> None: ...
+    def delete_user_sessions(self, user_id: int) -> int: ...
+    def delete_expired_sessions(self, now: float) -> int: ...
+
+    # the audit log (append only)
+    def add_audit(self, entry: NewAuditEntry) -> AuditEntry: ...
+    def audit_entries(
+        self, *, limit: int, before_id: int | None = None, since: float | None = None
+    ) -> list[AuditEntry]:
+        """Newest first."""
+        ...
 
     # auth keys
     def add_auth_key(self, key: NewAuthKey) -> AuthKey: ...
@@ -208,6 +341,9 @@ class Tx(Protocol):
     def add_pending(self, pending: NewPending) -> Pending: ...
     def pending_by_code(self, code: str) -> Pending | None: ...
     def approve_pending(self, pending_id: int, node_id: int) -> None: ...
+    def set_pending_login(
+        self, pending_id: int, user_id: int, key_expiry: float | None
+    ) -> None: ...
     def delete_expired_pending(self, now: float) -> int: ...
     def delete_open_pending(self, machine_key: str) -> int: ...
 

@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 from weftnet.control.domain.records import DISCO_KEY_UNIQUE
@@ -39,8 +40,32 @@ users = Table(
     Column("id", Integer, primary_key=True),
     Column("name", String(128), nullable=False, unique=True),
     Column("created_at", Float, nullable=False),
+    Column("display_name", String(200), nullable=False, server_default=""),
+    Column("email", String(320)),
+    Column("role", String(16), nullable=False, server_default="member"),
+    Column("disabled_at", Float),
+    Column("last_login_at", Float),
+    Column("password_hash", String(200)),  # scrypt, for the console's local login
     sqlite_autoincrement=True,
 )
+
+user_identities = Table(
+    "user_identities",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("issuer", String(500), nullable=False),
+    Column("subject", String(255), nullable=False),
+    Column("email", String(320)),
+    Column("email_verified", Boolean, nullable=False),
+    Column("display_name", String(200), nullable=False),
+    Column("groups", JSON, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_login_at", Float),
+    UniqueConstraint("issuer", "subject", name="uq_user_identities_issuer_subject"),
+    sqlite_autoincrement=True,
+)
+Index("ix_user_identities_user_id", user_identities.c.user_id)
 
 auth_keys = Table(
     "auth_keys",
@@ -57,6 +82,7 @@ auth_keys = Table(
     Column("used_count", Integer, nullable=False, server_default="0"),
     Column("last_used_at", Float),
     Column("revoked_at", Float),
+    Column("preauthorized", Boolean, nullable=False, server_default="0"),
     sqlite_autoincrement=True,
 )
 
@@ -86,6 +112,9 @@ nodes = Table(
     Column("attrs", JSON, nullable=False, server_default="{}"),
     Column("announced_routes", JSON, nullable=False, server_default="[]"),
     Column("approved_routes", JSON, nullable=False, server_default="[]"),
+    Column("authorized_at", Float),
+    Column("key_expiry_disabled", Boolean, nullable=False, server_default="0"),
+    Column("auth_method", String(16), nullable=False, server_default=""),
     # Node ids are never reused: a peer that saw id 7 removed must never see a new 7.
     sqlite_autoincrement=True,
 )
@@ -119,8 +148,56 @@ pending_registrations = Table(
     Column("created_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
     Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE")),
+    Column("os", String(32), nullable=False, server_default=""),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE")),
+    Column("key_expiry", Float),
     sqlite_autoincrement=True,
 )
+
+oidc_logins = Table(
+    "oidc_logins",
+    metadata,
+    Column("state_hash", String(64), primary_key=True),
+    Column("purpose", String(16), nullable=False),
+    Column("nonce", String(128), nullable=False),
+    Column("code_verifier", String(128), nullable=False),
+    Column("pending_code", String(64)),
+    Column("return_to", String(500)),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("remote_addr", String(45), nullable=False),
+    Column("user_agent", String(200), nullable=False),
+)
+Index("ix_console_sessions_user_id", console_sessions.c.user_id)
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("ts", Float, nullable=False),
+    Column("actor_type", String(16), nullable=False),
+    Column("actor_id", String(64), nullable=False),
+    Column("actor_name", String(200), nullable=False),
+    Column("origin", String(16), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target_type", String(32), nullable=False),
+    Column("target_id", String(64), nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("remote_addr", String(45), nullable=False),
+    sqlite_autoincrement=True,
+)
+Index("ix_audit_log_ts", audit_log.c.ts)
 
 settings = Table(
     "settings",
@@ -129,4 +206,15 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
-ALL_TABLES = (users, auth_keys, nodes, api_keys, pending_registrations, settings)
+ALL_TABLES = (
+    users,
+    user_identities,
+    auth_keys,
+    nodes,
+    api_keys,
+    pending_registrations,
+    settings,
+    oidc_logins,
+    console_sessions,
+    audit_log,
+)

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    UniqueConstraint,
     create_engine,
     delete,
     event,
@@ -48,14 +49,22 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from weftnet.control.domain.records import (
+    IDENTITY_UPDATABLE,
     NODE_UPDATABLE,
+    USER_UPDATABLE,
     ApiKey,
+    AuditEntry,
     AuthKey,
+    ConsoleSession,
+    Identity,
     NewApiKey,
+    NewAuditEntry,
     NewAuthKey,
+    NewIdentity,
     NewNode,
     NewPending,
     Node,
+    OidcLogin,
     Pending,
     StoreConflict,
     User,
@@ -182,6 +191,11 @@ _UNIQUE_BY_COLUMNS = {
     for table in m.ALL_TABLES
     for index in table.indexes
     if index.unique and index.name
+} | {
+    ", ".join(f"{table.name}.{c.name}" for c in constraint.columns): str(constraint.name)
+    for table in m.ALL_TABLES
+    for constraint in table.constraints
+    if isinstance(constraint, UniqueConstraint) and isinstance(constraint.name, str)
 }
 _SQLITE_UNIQUE = re.compile(r"UNIQUE constraint failed: (.+)$")
 
@@ -214,7 +228,45 @@ def _setup_sqlite(engine: Engine, *, wal: bool) -> None:
 
 
 def _user(r: Any) -> User:
-    return User(id=r.id, name=r.name, created_at=r.created_at)
+    return User(
+        id=r.id,
+        name=r.name,
+        created_at=r.created_at,
+        display_name=r.display_name or "",
+        email=r.email,
+        role=r.role,
+        disabled_at=r.disabled_at,
+        last_login_at=r.last_login_at,
+    )
+
+
+def _identity(r: Any) -> Identity:
+    return Identity(
+        id=r.id,
+        user_id=r.user_id,
+        issuer=r.issuer,
+        subject=r.subject,
+        email=r.email,
+        email_verified=bool(r.email_verified),
+        display_name=r.display_name,
+        groups=tuple(r.groups or ()),
+        created_at=r.created_at,
+        last_login_at=r.last_login_at,
+    )
+
+
+def _oidc_login(r: Any) -> OidcLogin:
+    return OidcLogin(**{f: getattr(r, f) for f in OidcLogin.__dataclass_fields__})
+
+
+def _session(r: Any) -> ConsoleSession:
+    return ConsoleSession(**{f: getattr(r, f) for f in ConsoleSession.__dataclass_fields__})
+
+
+def _audit(r: Any) -> AuditEntry:
+    values = {f: getattr(r, f) for f in AuditEntry.__dataclass_fields__}
+    values["details"] = dict(r.details or {})
+    return AuditEntry(**values)
 
 
 def _auth_key(r: Any) -> AuthKey:
@@ -231,6 +283,7 @@ def _auth_key(r: Any) -> AuthKey:
         used_count=r.used_count,
         last_used_at=r.last_used_at,
         revoked_at=r.revoked_at,
+        preauthorized=bool(r.preauthorized),
     )
 
 
@@ -259,6 +312,9 @@ def _node(r: Any) -> Node:
         attrs=tuple(sorted((r.attrs or {}).items())),
         announced_routes=tuple(r.announced_routes or ()),
         approved_routes=tuple(r.approved_routes or ()),
+        authorized_at=r.authorized_at,
+        key_expiry_disabled=bool(r.key_expiry_disabled),
+        auth_method=r.auth_method or "",
     )
 
 
@@ -286,6 +342,9 @@ def _pending(r: Any) -> Pending:
         created_at=r.created_at,
         expires_at=r.expires_at,
         node_id=r.node_id,
+        os=r.os or "",
+        user_id=r.user_id,
+        key_expiry=r.key_expiry,
     )
 
 
@@ -334,7 +393,134 @@ class SqlTx:
 
     def delete_user(self, user_id: int) -> None:
         self.conn.execute(delete(m.auth_keys).where(m.auth_keys.c.user_id == user_id))
+        ui = m.user_identities
+        self.conn.execute(delete(ui).where(ui.c.user_id == user_id))
+        cs = m.console_sessions
+        self.conn.execute(delete(cs).where(cs.c.user_id == user_id))
+        p = m.pending_registrations
+        self.conn.execute(delete(p).where(p.c.user_id == user_id))
         self.conn.execute(delete(m.users).where(m.users.c.id == user_id))
+
+    def update_user(self, user_id: int, **changes: object) -> User:
+        unknown = set(changes) - USER_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        if changes:
+            self.conn.execute(update(m.users).where(m.users.c.id == user_id).values(**changes))
+        found = self.user_by_id(user_id)
+        if found is None:
+            raise KeyError(user_id)
+        return found
+
+    def user_password_hash(self, user_id: int) -> str | None:
+        r = self._one(select(m.users.c.password_hash).where(m.users.c.id == user_id))
+        return r.password_hash if r else None
+
+    def set_user_password_hash(self, user_id: int, password_hash: str | None) -> None:
+        self.conn.execute(
+            update(m.users).where(m.users.c.id == user_id).values(password_hash=password_hash)
+        )
+
+    # identities at OpenID providers
+
+    def add_identity(self, identity: NewIdentity) -> Identity:
+        values = {f: getattr(identity, f) for f in NewIdentity.__dataclass_fields__}
+        identity_id = self._insert(m.user_identities, values)
+        return Identity(id=identity_id, **values)
+
+    def identity_by_subject(self, issuer: str, subject: str) -> Identity | None:
+        ui = m.user_identities
+        r = self._one(select(ui).where(ui.c.issuer == issuer, ui.c.subject == subject))
+        return _identity(r) if r else None
+
+    def identities(self, user_id: int | None = None) -> list[Identity]:
+        ui = m.user_identities
+        stmt = select(ui).order_by(ui.c.id)
+        if user_id is not None:
+            stmt = stmt.where(ui.c.user_id == user_id)
+        return [_identity(r) for r in self.conn.execute(stmt)]
+
+    def update_identity(self, identity_id: int, **changes: object) -> Identity:
+        unknown = set(changes) - IDENTITY_UPDATABLE
+        if unknown:
+            raise ValueError(f"not updatable: {sorted(unknown)}")
+        ui = m.user_identities
+        if changes:
+            self.conn.execute(update(ui).where(ui.c.id == identity_id).values(**_jsonable(changes)))
+        r = self._one(select(ui).where(ui.c.id == identity_id))
+        if r is None:
+            raise KeyError(identity_id)
+        return _identity(r)
+
+    def delete_identity(self, identity_id: int) -> None:
+        ui = m.user_identities
+        self.conn.execute(delete(ui).where(ui.c.id == identity_id))
+
+    # OpenID authorization requests in flight
+
+    def add_oidc_login(self, login: OidcLogin) -> None:
+        values = {f: getattr(login, f) for f in OidcLogin.__dataclass_fields__}
+        self.conn.execute(insert(m.oidc_logins).values(**values))
+
+    def take_oidc_login(self, state_hash: str, now: float) -> OidcLogin | None:
+        o = m.oidc_logins
+        r = self._one(select(o).where(o.c.state_hash == state_hash))
+        if r is None:
+            return None
+        # The DELETE's row count decides who took it, when two callbacks race.
+        taken = self.conn.execute(delete(o).where(o.c.state_hash == state_hash)).rowcount
+        if taken != 1 or r.expires_at <= now:
+            return None
+        return _oidc_login(r)
+
+    def delete_expired_oidc_logins(self, now: float) -> int:
+        o = m.oidc_logins
+        return self.conn.execute(delete(o).where(o.c.expires_at <= now)).rowcount
+
+    # web console sessions
+
+    def add_session(self, session: ConsoleSession) -> None:
+        values = {f: getattr(session, f) for f in ConsoleSession.__dataclass_fields__}
+        self.conn.execute(insert(m.console_sessions).values(**values))
+
+    def session_by_hash(self, id_hash: str) -> ConsoleSession | None:
+        cs = m.console_sessions
+        r = self._one(select(cs).where(cs.c.id_hash == id_hash))
+        return _session(r) if r else None
+
+    def touch_session(self, id_hash: str, now: float) -> None:
+        cs = m.console_sessions
+        self.conn.execute(update(cs).where(cs.c.id_hash == id_hash).values(last_seen=now))
+
+    def delete_session(self, id_hash: str) -> None:
+        cs = m.console_sessions
+        self.conn.execute(delete(cs).where(cs.c.id_hash == id_hash))
+
+    def delete_user_sessions(self, user_id: int) -> int:
+        cs = m.console_sessions
+        return self.conn.execute(delete(cs).where(cs.c.user_id == user_id)).rowcount
+
+    def delete_expired_sessions(self, now: float) -> int:
+        cs = m.console_sessions
+        return self.conn.execute(delete(cs).where(cs.c.expires_at <= now)).rowcount
+
+    # the audit log
+
+    def add_audit(self, entry: NewAuditEntry) -> AuditEntry:
+        values = {f: getattr(entry, f) for f in NewAuditEntry.__dataclass_fields__}
+        entry_id = self._insert(m.audit_log, values)
+        return AuditEntry(id=entry_id, **values)
+
+    def audit_entries(
+        self, *, limit: int, before_id: int | None = None, since: float | None = None
+    ) -> list[AuditEntry]:
+        a = m.audit_log
+        stmt = select(a).order_by(a.c.id.desc()).limit(limit)
+        if before_id is not None:
+            stmt = stmt.where(a.c.id < before_id)
+        if since is not None:
+            stmt = stmt.where(a.c.ts >= since)
+        return [_audit(r) for r in self.conn.execute(stmt)]
 
     # auth keys
 
@@ -349,6 +535,7 @@ class SqlTx:
             "created_at": key.created_at,
             "expires_at": key.expires_at,
             "used_count": 0,
+            "preauthorized": key.preauthorized,
         }
         key_id = self._insert(m.auth_keys, values)
         found = self.auth_key_by_id(key_id)
@@ -491,6 +678,12 @@ class SqlTx:
     def approve_pending(self, pending_id: int, node_id: int) -> None:
         p = m.pending_registrations
         self.conn.execute(update(p).where(p.c.id == pending_id).values(node_id=node_id))
+
+    def set_pending_login(self, pending_id: int, user_id: int, key_expiry: float | None) -> None:
+        p = m.pending_registrations
+        self.conn.execute(
+            update(p).where(p.c.id == pending_id).values(user_id=user_id, key_expiry=key_expiry)
+        )
 
     def delete_expired_pending(self, now: float) -> int:
         p = m.pending_registrations
