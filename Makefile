@@ -1,18 +1,36 @@
 # weftnet: `make demo` and `make test` install what they need themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf
+APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf chromium
+# Installed without their recommends (chromium's pull in a desktop); node/npm only if missing.
+APT_LEAN := chromium nodejs npm
+OP_DIR := tests/oidc/op
+OP_STAMP := $(OP_DIR)/node_modules/.installed
 STAMP := $(VENV)/.installed
 
 .PHONY: install test unit lab bench lint demo clean
 
+# Browser tests drive Debian's chromium: never `playwright install`.
 install: $(STAMP)
-	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing Debian packages:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	@missing=""; lean=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || \
+		case " $(APT_LEAN) " in *" $$p "*) lean="$$lean $$p";; *) missing="$$missing $$p";; esac; done; \
+	command -v node >/dev/null 2>&1 || lean="$$lean nodejs"; \
+	command -v npm >/dev/null 2>&1 || lean="$$lean npm"; \
+	if [ -n "$$missing$$lean" ]; then \
+		echo "installing Debian packages:$$missing$$lean"; \
+		apt-get update -qq || exit 1; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		if [ -n "$$missing" ]; then apt-get install -y -qq $$missing >/dev/null || exit 1; fi; \
+		if [ -n "$$lean" ]; then apt-get install -y -qq --no-install-recommends $$lean >/dev/null || exit 1; fi; \
 	fi
 	@$(PY) -m weftlab.resolved fetch >/dev/null  # unpacked for a lab namespace, never installed
+	@$(MAKE) --no-print-directory $(OP_STAMP)
+
+# The test OpenID Provider (tests/oidc/op), reinstalled when node_modules is missing or
+# older than the lockfile.
+$(OP_STAMP): $(OP_DIR)/package-lock.json
+	npm ci --no-audit --no-fund --prefix $(OP_DIR)
+	touch $@
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)

@@ -1,0 +1,71 @@
+"""Playwright on Debian's chromium, for browser tests (never Playwright's own download).
+
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        ...
+        save_screenshot(page, "console-login", tmp_path)
+
+`make install` installs the Debian package; a missing binary is an error, not a skip.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page, Playwright
+
+# /usr/bin/chromium is a shell wrapper (noisy where findmnt lists /dev/shm twice).
+CHROMIUM_PATHS = ("/usr/lib/chromium/chromium", "/usr/bin/chromium")
+
+# As root in a sandbox without network; the last four keep chromium from calling home.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+)
+
+
+class BrowserMissing(RuntimeError):
+    pass
+
+
+def chromium_path() -> str:
+    for path in CHROMIUM_PATHS:
+        if os.access(path, os.X_OK):
+            return path
+    raise BrowserMissing(
+        f"Debian's chromium is not installed (looked for {', '.join(CHROMIUM_PATHS)}): "
+        "run `make install` (never `playwright install`)"
+    )
+
+
+def launch_chromium(playwright: Playwright, *, headless: bool = True) -> Browser:
+    return playwright.chromium.launch(
+        executable_path=chromium_path(), args=list(CHROMIUM_ARGS), headless=headless
+    )
+
+
+def artifacts_dir(default: Path) -> Path:
+    """$WEFT_ARTIFACTS if set (CI keeps it), else `default` (e.g. pytest's tmp_path)."""
+    env = os.environ.get("WEFT_ARTIFACTS")
+    path = Path(env) if env else default
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def save_screenshot(page: Page, name: str, default_dir: Path) -> Path:
+    """Save a full-page PNG as a test artifact and print where it went."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
+    path = artifacts_dir(default_dir) / f"{safe}.png"
+    page.screenshot(path=str(path), full_page=True)
+    print(f"screenshot: {path}")
+    return path
