@@ -3,8 +3,8 @@
 An ASGI middleware in front of the whole app (see docs/control-protocol.md, "Limits"):
 
 - ``/machine/...`` bodies are limited to ``node_limit`` bytes (64 KiB), every other
-  path outside ``/api/v1`` likewise; ``/api/v1`` bodies to ``admin_limit`` (2 MiB: a
-  policy is at most 1 MiB of text, escaped in JSON).
+  path outside ``/api/v1`` and ``/admin/`` likewise; ``/api/v1`` and web console bodies
+  to ``admin_limit`` (2 MiB: a policy is at most 1 MiB of text, escaped in JSON or a form).
 - A ``Content-Length`` over the limit is answered 413 at once; a body streamed without
   one is read only up to the limit plus one chunk, then answered 413. Either way the
   connection is closed after the answer (the rest of the body is never read).
@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 NODE_BODY_LIMIT = 64 * 1024
 ADMIN_BODY_LIMIT = 2 * 1024 * 1024
 ADMIN_PREFIX = "/api/v1"
+CONSOLE_PREFIX = "/admin"
 PUBLIC_ADMIN_PATHS = frozenset({ADMIN_PREFIX + "/openapi.json"})
 
 # Checks "Bearer <token>"'s token; returns None if valid, else the reason.
@@ -49,7 +50,8 @@ class BodyLimits:
             return
         path: str = scope.get("path", "")
         admin = path == ADMIN_PREFIX or path.startswith(ADMIN_PREFIX + "/")
-        limit = self.admin_limit if admin else self.node_limit
+        console = path.startswith(CONSOLE_PREFIX + "/")  # the web console's policy editor
+        limit = self.admin_limit if admin or console else self.node_limit
         headers = dict(scope.get("headers") or ())
         length = headers.get(b"content-length")
         if length is not None:

@@ -38,7 +38,7 @@ from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
 from weftnet.control.domain import credentials, netmap
-from weftnet.control.server import admin_api
+from weftnet.control.server import admin_api, console
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
 from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
 from weftnet.control.server.logins import RECHECK_S, LoginLimiter, LoginWaiters, TooManyLogins
@@ -231,6 +231,7 @@ def create_app(ctx: ControlContext) -> FastAPI:
         prefix="/api/v1",
     )
     admin_api.install_error_handlers(app)
+    console.install(app, ctx)
 
     async def authenticate(token: str) -> str | None:
         try:

@@ -22,7 +22,9 @@ import os
 from collections.abc import Callable
 
 from weftnet.control.domain.records import ChangeFeed, Store
+from weftnet.control.service import _pending_merge
 from weftnet.control.service.admin import AdminRules
+from weftnet.control.service.consoleauth import ConsoleAuth
 from weftnet.control.service.core import (
     DEFAULT_AUTH_KEY_EXPIRY_S,
     DEFAULT_DNS_DOMAIN,
@@ -76,6 +78,7 @@ class ControlService:
         self.admin_rules = AdminRules(self.db, self.policy_rules)
         self.dns_rules = DnsRules(self.db)
         self.node_rules = NodeRules(self.db, self.policy_rules, self.dns_rules)
+        self.console_auth = ConsoleAuth(self.db)
         # The access policy and device attributes.
         self.get_policy = self.policy_rules.get_policy
         self.check_policy = self.policy_rules.check_policy
@@ -111,6 +114,10 @@ class ControlService:
         self.node_disconnected = self.node_rules.node_disconnected
         self.delete_ephemeral = self.node_rules.delete_ephemeral
         self.purge_expired_logins = self.node_rules.purge_expired_logins
+        # The web console: local passwords, sessions, roles.
+        self.set_user_password = self.console_auth.set_password
+        self.set_user_role = self.console_auth.set_user_role
+        _pending_merge.install(self)  # stand-ins until issue 15's other branches merge
 
     @property
     def store(self) -> Store:

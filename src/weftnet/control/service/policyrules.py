@@ -13,18 +13,27 @@ change what postures hold, so they publish a change like any other.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 
 from weftnet.control import policy as pol
 from weftnet.control.domain.access import PolicyCache, node_info, owns_tag
 from weftnet.control.domain.records import Node, Tx
-from weftnet.control.service.core import Db, Invalid, NotFound
+from weftnet.control.service.audit import record
+from weftnet.control.service.core import Conflict, Db, Invalid, NotFound
 
 POLICY_SETTING = "policy"
 MAX_POLICY_BYTES = 1 << 20  # a policy file larger than 1 MiB is refused
 MAX_ATTRS = 64  # custom attributes per node
 _ATTR_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,62}$")
 AttrValue = str | float | bool
+
+
+def policy_hash(text: str | None) -> str:
+    """The version of a policy text an editor sends back with its change: the SHA-256
+    of the text ("" when no policy is set)."""
+    return hashlib.sha256(text.encode()).hexdigest() if text is not None else ""
 
 
 class PolicyRules:
@@ -56,12 +65,22 @@ class PolicyRules:
         """Parse ``text`` and run its tests against today's nodes; change nothing."""
         return self.db.read(lambda tx: self._checked(tx, text))
 
-    def set_policy(self, text: str) -> pol.Policy:
-        """Check and store ``text`` in one transaction; Invalid leaves the old one."""
+    def set_policy(self, text: str, expected_hash: str | None = None) -> pol.Policy:
+        """Check and store ``text`` in one transaction; Invalid leaves the old one.
+
+        With ``expected_hash`` (``policy_hash`` of the text the editor started from),
+        Conflict if the policy changed since: another session saved first."""
 
         def store(tx: Tx) -> pol.Policy:
+            current = tx.get_setting(POLICY_SETTING)
+            if expected_hash is not None and policy_hash(current) != expected_hash:
+                raise Conflict(
+                    "the policy was changed by someone else since you opened it:"
+                    " reload it, then make your change again"
+                )
             policy = self._checked(tx, text)
             tx.set_setting(POLICY_SETTING, text)
+            record(tx, time.time(), "policy.set", "policy", "", sha256=policy_hash(text))
             return policy
 
         policy = self.db.write(store)

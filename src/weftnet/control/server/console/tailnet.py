@@ -1,0 +1,126 @@
+"""Tailnet-wide pages: relays, settings (device approval) and the audit log."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response, StreamingResponse
+
+from weftnet.control.domain import names, roles
+from weftnet.control.domain.records import AuditEntry
+from weftnet.control.server.console.web import (
+    PREFIX,
+    SECURITY_HEADERS,
+    Viewer,
+    act,
+    context,
+    need,
+    render,
+)
+
+AUDIT_PAGE = 100  # entries per page
+EXPORT_LIMIT = 100_000  # entries in one export
+
+
+def since_value(request: Request) -> tuple[str, float | None]:
+    """``since`` from the query: a duration back from now ("24h", "7d"), or nothing."""
+    text = request.query_params.get("since", "").strip()
+    if not text:
+        return "", None
+    try:
+        return text, context(request).clock() - names.parse_duration(text)
+    except ValueError:
+        return "", None
+
+
+def entry_json(entry: AuditEntry) -> dict[str, object]:
+    return {
+        "id": entry.id,
+        "ts": entry.ts,
+        "actor": {"type": entry.actor_type, "id": entry.actor_id, "name": entry.actor_name},
+        "origin": entry.origin,
+        "action": entry.action,
+        "target": {"type": entry.target_type, "id": entry.target_id},
+        "details": entry.details,
+        "remote_addr": entry.remote_addr,
+    }
+
+
+def router() -> APIRouter:
+    routes = APIRouter()
+
+    @routes.get("/relays")
+    async def relays(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+        ctx = context(request)
+        own = ctx.own_relays(ctx.base_url(request))
+        return render(
+            request,
+            "relays.html",
+            viewer,
+            own=own,
+            registered=ctx.hub.relays.registrations(),
+            now=ctx.clock(),
+        )
+
+    @routes.get("/settings")
+    async def settings(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+        current = await viewer.call(viewer.service.tailnet_settings)
+        return render(
+            request,
+            "settings.html",
+            viewer,
+            settings=current,
+            may_edit=viewer.can(roles.SETTINGS),
+        )
+
+    @routes.post("/settings")
+    async def save_settings(viewer: Viewer = Depends(need(roles.SETTINGS))) -> Response:
+        approval = viewer.form.get("device_approval") == "1"
+        fn = viewer.service.set_tailnet_settings
+        return await act(viewer, PREFIX + "/settings", "Settings saved.", fn, device_approval=approval)
+
+    @routes.get("/audit")
+    async def audit(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+        since_text, since = since_value(request)
+        before = request.query_params.get("before", "")
+        entries: list[AuditEntry] = await viewer.call(
+            viewer.service.list_audit,
+            limit=AUDIT_PAGE,
+            before_id=int(before) if before.isdigit() else None,
+            since=since,
+        )
+        return render(
+            request,
+            "audit.html",
+            viewer,
+            entries=entries,
+            since=since_text,
+            older=entries[-1].id if len(entries) == AUDIT_PAGE else None,
+            now=context(request).clock(),
+        )
+
+    @routes.get("/audit.jsonl")
+    async def audit_export(
+        request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))
+    ) -> Response:
+        _, since = since_value(request)
+        entries: list[AuditEntry] = await viewer.call(
+            viewer.service.list_audit, limit=EXPORT_LIMIT, since=since
+        )
+
+        def lines() -> Iterator[str]:
+            for entry in entries:
+                yield json.dumps(entry_json(entry), separators=(",", ":")) + "\n"
+
+        return StreamingResponse(
+            lines(),
+            media_type="application/x-ndjson",
+            headers={
+                **SECURITY_HEADERS,
+                "Content-Disposition": 'attachment; filename="weft-audit.jsonl"',
+            },
+        )
+
+    return routes
