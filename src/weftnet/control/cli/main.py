@@ -225,6 +225,14 @@ def build_parser() -> Parser:
     p = action(users, "delete", "delete a user")
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="also delete the user's nodes")
+    p = action(users, "set-password", "set a user's web console password (prompted, or stdin)")
+    p.add_argument("name")
+    p.add_argument(
+        "--generate", action="store_true", help="make a strong random password and print it once"
+    )
+    p = action(users, "role", "set a user's console role (docs/console.md)")
+    p.add_argument("name")
+    p.add_argument("role", help="owner, admin, network_admin, it_admin, auditor or member")
 
     keys = group("keys", "manage auth keys")
     p = action(keys, "create", "create an auth key (printed alone on stdout)")
@@ -566,6 +574,22 @@ def _read_file(file: str) -> str:
         raise UsageError(f"cannot read {file}: not UTF-8 text") from None
 
 
+def _new_password(generate: bool) -> str:
+    """A console password: generated, prompted for twice on a terminal, or stdin's first line."""
+    from weftnet.control.service.consoleauth import generate_password
+
+    if generate:
+        return generate_password()
+    if not sys.stdin.isatty():
+        return sys.stdin.readline().rstrip("\r\n")
+    import getpass
+
+    password = getpass.getpass("New password: ")
+    if getpass.getpass("Again: ") != password:
+        raise UsageError("the passwords differ")
+    return password
+
+
 def _print_json(out: Any, _now: float) -> None:
     print(json.dumps(out, indent=2))
 
@@ -649,6 +673,15 @@ def _admin(args: argparse.Namespace) -> int:
             text = f"deleted user {args.name}" + (
                 f" and {out['nodes_deleted']} node(s)" if out["nodes_deleted"] else ""
             )
+        elif key == ("users", "set-password"):
+            password = _new_password(args.generate)
+            out = req(
+                "PUT", f"/users/{quote(args.name, safe='@')}/password", body={"password": password}
+            )
+            text = f"password of {args.name} set" + (f": {password}" if args.generate else "")
+        elif key == ("users", "role"):
+            out = req("PUT", f"/users/{quote(args.name, safe='@')}/role", body={"role": args.role})
+            text = f"{out['name']} is now {out['role']}"
         elif key == ("keys", "create"):
             tags = [t for t in args.tags.split(",") if t.strip()]
             body = {

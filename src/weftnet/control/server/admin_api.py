@@ -61,6 +61,14 @@ class NewUser(BaseModel):
     name: str
 
 
+class PasswordBody(BaseModel):
+    password: str | None  # None removes the console password
+
+
+class RoleBody(BaseModel):
+    role: str
+
+
 class NewAuthKeyRequest(BaseModel):
     user: str | None = None
     reusable: bool = False
@@ -279,6 +287,16 @@ def router(
     async def delete_user(name: str, force: bool = False) -> dict[str, Any]:
         deleted = await call(service.delete_user, name, force)
         return {"deleted": name, "nodes_deleted": deleted}
+
+    @api.put("/users/{name}/password")
+    async def set_password(name: str, body: PasswordBody) -> dict[str, Any]:
+        user = await call(service.set_user_password, name, body.password)
+        return {"name": user.name, "password_set": body.password is not None}
+
+    @api.put("/users/{name}/role")
+    async def set_role(name: str, body: RoleBody) -> dict[str, Any]:
+        user = await call(service.set_user_role, name, body.role)  # an API key acts as owner
+        return {"name": user.name, "role": user.role}
 
     # auth keys
 

@@ -63,7 +63,7 @@ __all__ = [
 ]
 
 
-class ControlService:
+class ControlService(_pending_merge.PendingMerge):
     """Everything the API layer may ask of the server; see the three rule classes."""
 
     def __init__(
@@ -117,7 +117,7 @@ class ControlService:
         # The web console: local passwords, sessions, roles.
         self.set_user_password = self.console_auth.set_password
         self.set_user_role = self.console_auth.set_user_role
-        _pending_merge.install(self)  # stand-ins until issue 15's other branches merge
+        _pending_merge.install_create_auth_key(self)  # until issue 15's branches merge
 
     @property
     def store(self) -> Store:

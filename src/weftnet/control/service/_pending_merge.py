@@ -2,10 +2,11 @@
 of issue 15 implement (device approval, key expiry, tags, tailnet settings, the audit
 log reader, pre-authorized auth keys).
 
-``install(service)`` adds each one to a ``ControlService`` only where the service does
-not have it yet (for ``create_auth_key``: where it takes no ``preauthorized``), so once
-the real ones are merged this module does nothing and can be deleted with its one call
-in ``service/__init__.py``. Each is a minimal real implementation with an audit entry.
+``PendingMerge`` is a base class of ``ControlService``: the real methods, once merged
+(set as instance attributes in its ``__init__``), take precedence over these.
+``install_create_auth_key`` replaces ``create_auth_key`` only where it takes no
+``preauthorized``. At merge: delete this module, the base class and the one call in
+``service/__init__.py``. Each is a minimal real implementation with an audit entry.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import inspect
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from weftnet.control.domain import credentials, names
 from weftnet.control.domain.records import AuditEntry, AuthKey, NewAuthKey, Node, Tx
@@ -21,11 +22,13 @@ from weftnet.control.service.audit import record
 from weftnet.control.service.core import (
     DEFAULT_AUTH_KEY_EXPIRY_S,
     MAX_AUTH_KEY_EXPIRY_S,
+    Db,
     Invalid,
     find_node,
     find_user,
     parse_duration,
 )
+from weftnet.control.service.policyrules import PolicyRules
 
 if TYPE_CHECKING:
     from weftnet.control.service import ControlService
@@ -38,51 +41,64 @@ class TailnetSettings:
     device_approval: bool = False
 
 
-def install(service: ControlService) -> None:
-    db = service.db
+class PendingMerge:
+    """A base class of ``ControlService``: the stand-ins. A real method merged into the
+    service (an instance attribute set in its ``__init__``) takes precedence."""
 
-    def update_node(node_id: int, action: str, **changes: object) -> Node:
+    db: Db
+    policy_rules: PolicyRules
+
+    def _update_node(self, node_id: int, action: str, **changes: object) -> Node:
         def apply(tx: Tx) -> Node:
             node = find_node(tx, node_id)
             updated = tx.update_node(node.id, **changes)
             record(tx, time.time(), action, "node", node.id, name=node.given_name)
             return updated
 
-        node = db.write(apply)
-        db.feed.publish()
+        node = self.db.write(apply)
+        self.db.feed.publish()
         return node
 
-    def authorize_node(node_id: int) -> Node:
-        return update_node(node_id, "node.authorize", authorized_at=time.time())
+    def authorize_node(self, node_id: int) -> Node:
+        return self._update_node(node_id, "node.authorize", authorized_at=time.time())
 
-    def set_key_expiry_disabled(node_id: int, disabled: bool) -> Node:
-        return update_node(node_id, "node.key_expiry_disabled", key_expiry_disabled=disabled)
+    def set_key_expiry_disabled(self, node_id: int, disabled: bool) -> Node:
+        return self._update_node(node_id, "node.key_expiry_disabled", key_expiry_disabled=disabled)
 
-    def set_node_tags(node_id: int, tags: list[str] | tuple[str, ...]) -> Node:
+    def set_node_tags(self, node_id: int, tags: list[str] | tuple[str, ...]) -> Node:
         try:
             checked = names.check_tags(tags)
         except ValueError as e:
             raise Invalid(str(e)) from None
         if not checked:
             raise Invalid("a tagged node needs at least one tag")
-        return update_node(node_id, "node.set_tags", tags=checked, user_id=None)
+        return self._update_node(node_id, "node.set_tags", tags=checked, user_id=None)
 
-    def tailnet_settings() -> TailnetSettings:
-        value = db.read(lambda tx: tx.get_setting(DEVICE_APPROVAL_SETTING))
+    def tailnet_settings(self) -> TailnetSettings:
+        value = self.db.read(lambda tx: tx.get_setting(DEVICE_APPROVAL_SETTING))
         return TailnetSettings(device_approval=value == "1")
 
-    def set_tailnet_settings(*, device_approval: bool) -> TailnetSettings:
+    def set_tailnet_settings(self, *, device_approval: bool) -> TailnetSettings:
         def apply(tx: Tx) -> None:
             tx.set_setting(DEVICE_APPROVAL_SETTING, "1" if device_approval else "0")
             record(tx, time.time(), "settings.set", "tailnet", "", device_approval=device_approval)
 
-        db.write(apply)
+        self.db.write(apply)
         return TailnetSettings(device_approval=device_approval)
 
     def list_audit(
-        limit: int = 100, before_id: int | None = None, since: float | None = None
+        self, limit: int = 100, before_id: int | None = None, since: float | None = None
     ) -> list[AuditEntry]:
-        return db.read(lambda tx: tx.audit_entries(limit=limit, before_id=before_id, since=since))
+        return self.db.read(
+            lambda tx: tx.audit_entries(limit=limit, before_id=before_id, since=since)
+        )
+
+
+def install_create_auth_key(service: ControlService) -> None:
+    """``create_auth_key`` with ``preauthorized``, where the service's lacks it."""
+    if "preauthorized" in inspect.signature(service.create_auth_key).parameters:
+        return
+    db = service.db
 
     def create_auth_key(
         now: float,
@@ -126,16 +142,4 @@ def install(service: ControlService) -> None:
 
         return text, db.write(add)
 
-    stand_ins: dict[str, Any] = {
-        "authorize_node": authorize_node,
-        "set_key_expiry_disabled": set_key_expiry_disabled,
-        "set_node_tags": set_node_tags,
-        "tailnet_settings": tailnet_settings,
-        "set_tailnet_settings": set_tailnet_settings,
-        "list_audit": list_audit,
-    }
-    for name, fn in stand_ins.items():
-        if not hasattr(service, name):
-            setattr(service, name, fn)
-    if "preauthorized" not in inspect.signature(service.create_auth_key).parameters:
-        service.create_auth_key = create_auth_key
+    service.create_auth_key = create_auth_key

@@ -12,13 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from weftnet.control.domain import roles
 from weftnet.control.server.console import keys, login, machines, policy, tailnet, users
-from weftnet.control.server.console.web import PREFIX, Viewer, install_error_pages, need
+from weftnet.control.server.console.web import PREFIX, OwnMachines, install_error_pages
 
 if TYPE_CHECKING:
     from weftnet.control.server.node_api import ControlContext
@@ -35,7 +34,7 @@ def install(app: FastAPI, ctx: ControlContext) -> None:
 
     @home.get("")
     @home.get("/")
-    async def console_home(_viewer: Viewer = Depends(need(roles.OWN_MACHINES))) -> Response:
+    async def console_home(_viewer: OwnMachines) -> Response:
         return RedirectResponse(PREFIX + "/machines", status_code=303)
 
     for routes in (

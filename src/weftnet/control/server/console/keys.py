@@ -3,12 +3,21 @@ in the answer to the POST that made it (never in a URL, never again)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from weftnet import serverkey
 from weftnet.control.domain import roles
-from weftnet.control.server.console.web import PREFIX, Viewer, act, context, need, render
+from weftnet.control.server.console.web import (
+    PREFIX,
+    ApiKeyAdmin,
+    AuthKeyAdmin,
+    Reader,
+    Viewer,
+    act,
+    context,
+    render,
+)
 from weftnet.control.service import ServiceError
 
 PAGE = PREFIX + "/keys"
@@ -38,13 +47,11 @@ def router() -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/keys")
-    async def keys(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+    async def keys(request: Request, viewer: Reader) -> Response:
         return await keys_page(request, viewer)
 
     @routes.post("/keys")
-    async def create_auth_key(
-        request: Request, viewer: Viewer = Depends(need(roles.AUTH_KEYS))
-    ) -> Response:
+    async def create_auth_key(request: Request, viewer: AuthKeyAdmin) -> Response:
         form, ctx = viewer.form, context(request)
         tags = [t for t in form.get("tags", "").replace(",", " ").split() if t]
         try:
@@ -64,17 +71,13 @@ def router() -> APIRouter:
         return await keys_page(request, viewer, new_key=text, new_key_kind="auth key")
 
     @routes.post("/keys/{ref}/revoke")
-    async def revoke_auth_key(
-        request: Request, ref: str, viewer: Viewer = Depends(need(roles.AUTH_KEYS))
-    ) -> Response:
+    async def revoke_auth_key(request: Request, ref: str, viewer: AuthKeyAdmin) -> Response:
         now = context(request).clock()
         fn = viewer.service.revoke_auth_key
         return await act(viewer, PAGE, "Auth key revoked.", fn, ref, now)
 
     @routes.post("/apikeys")
-    async def create_api_key(
-        request: Request, viewer: Viewer = Depends(need(roles.API_KEYS))
-    ) -> Response:
+    async def create_api_key(request: Request, viewer: ApiKeyAdmin) -> Response:
         form = viewer.form
         try:
             text, _ = await viewer.call(
@@ -88,9 +91,7 @@ def router() -> APIRouter:
         return await keys_page(request, viewer, new_key=text, new_key_kind="API key")
 
     @routes.post("/apikeys/{prefix}/revoke")
-    async def revoke_api_key(
-        request: Request, prefix: str, viewer: Viewer = Depends(need(roles.API_KEYS))
-    ) -> Response:
+    async def revoke_api_key(request: Request, prefix: str, viewer: ApiKeyAdmin) -> Response:
         now = context(request).clock()
         fn = viewer.service.revoke_api_key
         return await act(viewer, PAGE, "API key revoked.", fn, prefix, now)

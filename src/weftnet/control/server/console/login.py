@@ -14,24 +14,23 @@ import time
 from collections import deque
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 
 from weftnet.control.domain.records import User
-from weftnet.control.service import Unauthorized
-from weftnet.control.service.consoleauth import ABSOLUTE_TIMEOUT_S
 from weftnet.control.server.console.web import (
     COOKIE,
     LOGIN_COOKIE,
     PREFIX,
-    Viewer,
+    SignedIn,
     client_addr,
     context,
     local_path,
-    need,
     render,
     set_cookie,
 )
+from weftnet.control.service import Unauthorized
+from weftnet.control.service.consoleauth import ABSOLUTE_TIMEOUT_S
 
 MAX_FAILURES = 10  # failed logins per address within FAILURE_WINDOW_S
 FAILURE_WINDOW_S = 15 * 60.0
@@ -91,7 +90,9 @@ def router() -> APIRouter:
     routes = APIRouter()
     failures = FailedLogins()
 
-    def login_page(request: Request, next_path: str, error: str = "", status: int = 200) -> Response:
+    def login_page(
+        request: Request, next_path: str, error: str = "", status: int = 200
+    ) -> Response:
         token = secrets.token_urlsafe(24)
         response = render(
             request, "login.html", None, status, error=error, next=next_path, login_csrf=token
@@ -131,7 +132,7 @@ def router() -> APIRouter:
         return response
 
     @routes.post("/logout")
-    async def log_out(request: Request, viewer: Viewer = Depends(need(None))) -> Response:
+    async def log_out(request: Request, viewer: SignedIn) -> Response:
         token = request.cookies.get(COOKIE, "")
         await anyio.to_thread.run_sync(context(request).service.console_auth.end_session, token)
         response = RedirectResponse(PREFIX + "/login", status_code=303)

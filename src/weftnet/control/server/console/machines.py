@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from weftnet.control.domain import roles
@@ -16,12 +16,14 @@ from weftnet.control.server.console.web import (
     PREFIX,
     SECURITY_HEADERS,
     Denied,
+    MachineAdmin,
     Missing,
+    OwnMachines,
+    PolicyAdmin,
     Viewer,
     act,
     back,
     context,
-    need,
     render,
 )
 from weftnet.control.service import NotFound
@@ -57,9 +59,7 @@ def router() -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/machines")
-    async def list_machines(
-        request: Request, viewer: Viewer = Depends(need(roles.OWN_MACHINES))
-    ) -> Response:
+    async def list_machines(request: Request, viewer: OwnMachines) -> Response:
         chosen = filters(request)
         rows = await visible_rows(request, viewer)
         shown = [r for r in rows if r.matches(**chosen)]
@@ -78,17 +78,13 @@ def router() -> APIRouter:
         )
 
     @routes.get("/api/machines")
-    async def machine_status(
-        request: Request, viewer: Viewer = Depends(need(roles.OWN_MACHINES))
-    ) -> Response:
+    async def machine_status(request: Request, viewer: OwnMachines) -> Response:
         rows = await visible_rows(request, viewer)
         body: list[dict[str, Any]] = [r.status_json() for r in rows]
         return JSONResponse(body, headers=SECURITY_HEADERS)
 
     @routes.get("/machines/{node_id}")
-    async def machine(
-        request: Request, node_id: int, viewer: Viewer = Depends(need(roles.OWN_MACHINES))
-    ) -> Response:
+    async def machine(request: Request, node_id: int, viewer: OwnMachines) -> Response:
         row = await visible_row(request, viewer, node_id)
         may_manage = viewer.can(roles.MACHINES)
         return render(
@@ -105,9 +101,7 @@ def router() -> APIRouter:
         return f"{PREFIX}/machines/{node_id}"
 
     @routes.post("/machines/{node_id}/rename")
-    async def rename(
-        request: Request, node_id: int, viewer: Viewer = Depends(need(roles.OWN_MACHINES))
-    ) -> Response:
+    async def rename(request: Request, node_id: int, viewer: OwnMachines) -> Response:
         row = await visible_row(request, viewer, node_id)
         if not viewer.can(roles.MACHINES) and row.node.user_id != viewer.user.id:
             raise Denied("you may rename only your own machines")
@@ -116,41 +110,37 @@ def router() -> APIRouter:
         return await act(viewer, page(node_id), "Renamed.", service.rename_node, node_id, name)
 
     @routes.post("/machines/{node_id}/approve")
-    async def approve(node_id: int, viewer: Viewer = Depends(need(roles.MACHINES))) -> Response:
+    async def approve(node_id: int, viewer: MachineAdmin) -> Response:
         service = viewer.service
         return await act(viewer, page(node_id), "Approved.", service.authorize_node, node_id)
 
     @routes.post("/machines/{node_id}/expire")
-    async def expire(
-        request: Request, node_id: int, viewer: Viewer = Depends(need(roles.MACHINES))
-    ) -> Response:
+    async def expire(request: Request, node_id: int, viewer: MachineAdmin) -> Response:
         now = context(request).clock()
         service = viewer.service
         return await act(viewer, page(node_id), "Key expired.", service.expire_node, node_id, now)
 
     @routes.post("/machines/{node_id}/key-expiry")
-    async def key_expiry(node_id: int, viewer: Viewer = Depends(need(roles.MACHINES))) -> Response:
+    async def key_expiry(node_id: int, viewer: MachineAdmin) -> Response:
         disabled = viewer.form.get("disabled") == "1"
         notice = "Key expiry disabled." if disabled else "Key expiry enabled."
         fn = viewer.service.set_key_expiry_disabled
         return await act(viewer, page(node_id), notice, fn, node_id, disabled)
 
     @routes.post("/machines/{node_id}/tags")
-    async def tags(node_id: int, viewer: Viewer = Depends(need(roles.MACHINES))) -> Response:
+    async def tags(node_id: int, viewer: MachineAdmin) -> Response:
         wanted = [t for t in viewer.form.get("tags", "").replace(",", " ").split() if t]
         fn = viewer.service.set_node_tags
         return await act(viewer, page(node_id), "Tags saved.", fn, node_id, wanted)
 
     @routes.post("/machines/{node_id}/routes")
-    async def approve_routes(
-        node_id: int, viewer: Viewer = Depends(need(roles.POLICY))
-    ) -> Response:
+    async def approve_routes(node_id: int, viewer: PolicyAdmin) -> Response:
         wanted = [r for r in viewer.form.get("routes", "").replace(",", " ").split() if r]
         fn = viewer.service.approve_routes
         return await act(viewer, page(node_id), "Routes saved.", fn, node_id, wanted)
 
     @routes.post("/machines/{node_id}/delete")
-    async def delete(node_id: int, viewer: Viewer = Depends(need(roles.MACHINES))) -> Response:
+    async def delete(node_id: int, viewer: MachineAdmin) -> Response:
         try:
             node: Node = await viewer.call(viewer.service.delete_node, node_id)
         except NotFound as e:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from weftnet.control.domain import roles
-from weftnet.control.server.console.web import Viewer, context, need, render
+from weftnet.control.server.console.web import PolicyAdmin, Reader, Viewer, context, render
 from weftnet.control.service import ServiceError
 from weftnet.control.service.policyrules import policy_hash
 
@@ -46,13 +46,11 @@ def router() -> APIRouter:
         )
 
     @routes.get("/policy")
-    async def show_policy(
-        request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))
-    ) -> Response:
+    async def show_policy(request: Request, viewer: Reader) -> Response:
         return await policy_page(request, viewer)
 
     @routes.post("/policy")
-    async def save_policy(request: Request, viewer: Viewer = Depends(need(roles.POLICY))) -> Response:
+    async def save_policy(request: Request, viewer: PolicyAdmin) -> Response:
         text = viewer.form.get("policy", "")
         version = viewer.form.get("version", "")
         check_only = viewer.form.get("action") == "check"
@@ -81,15 +79,21 @@ def router() -> APIRouter:
         if text is None:
             text = json.dumps(await viewer.call(viewer.service.get_dns), indent=2)
         return render(
-            request, "dns.html", viewer, status, text=text, may_edit=viewer.can(roles.POLICY), **values
+            request,
+            "dns.html",
+            viewer,
+            status,
+            text=text,
+            may_edit=viewer.can(roles.POLICY),
+            **values,
         )
 
     @routes.get("/dns")
-    async def show_dns(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+    async def show_dns(request: Request, viewer: Reader) -> Response:
         return await dns_page(request, viewer)
 
     @routes.post("/dns")
-    async def save_dns(request: Request, viewer: Viewer = Depends(need(roles.POLICY))) -> Response:
+    async def save_dns(request: Request, viewer: PolicyAdmin) -> Response:
         text = viewer.form.get("dns", "")
         check_only = viewer.form.get("action") == "check"
         fn = viewer.service.check_dns if check_only else viewer.service.set_dns

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from weftnet.control.domain import names, roles
@@ -13,10 +13,10 @@ from weftnet.control.domain.records import AuditEntry
 from weftnet.control.server.console.web import (
     PREFIX,
     SECURITY_HEADERS,
-    Viewer,
+    Reader,
+    SettingsAdmin,
     act,
     context,
-    need,
     render,
 )
 
@@ -52,7 +52,7 @@ def router() -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/relays")
-    async def relays(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+    async def relays(request: Request, viewer: Reader) -> Response:
         ctx = context(request)
         own = ctx.own_relays(ctx.base_url(request))
         return render(
@@ -65,7 +65,7 @@ def router() -> APIRouter:
         )
 
     @routes.get("/settings")
-    async def settings(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+    async def settings(request: Request, viewer: Reader) -> Response:
         current = await viewer.call(viewer.service.tailnet_settings)
         return render(
             request,
@@ -76,13 +76,15 @@ def router() -> APIRouter:
         )
 
     @routes.post("/settings")
-    async def save_settings(viewer: Viewer = Depends(need(roles.SETTINGS))) -> Response:
+    async def save_settings(viewer: SettingsAdmin) -> Response:
         approval = viewer.form.get("device_approval") == "1"
         fn = viewer.service.set_tailnet_settings
-        return await act(viewer, PREFIX + "/settings", "Settings saved.", fn, device_approval=approval)
+        return await act(
+            viewer, PREFIX + "/settings", "Settings saved.", fn, device_approval=approval
+        )
 
     @routes.get("/audit")
-    async def audit(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+    async def audit(request: Request, viewer: Reader) -> Response:
         since_text, since = since_value(request)
         before = request.query_params.get("before", "")
         entries: list[AuditEntry] = await viewer.call(
@@ -102,9 +104,7 @@ def router() -> APIRouter:
         )
 
     @routes.get("/audit.jsonl")
-    async def audit_export(
-        request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))
-    ) -> Response:
+    async def audit_export(request: Request, viewer: Reader) -> Response:
         _, since = since_value(request)
         entries: list[AuditEntry] = await viewer.call(
             viewer.service.list_audit, limit=EXPORT_LIMIT, since=since

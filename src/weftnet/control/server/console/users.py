@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from weftnet.control.domain import roles
-from weftnet.control.server.console.web import PREFIX, Viewer, act, context, need, render
+from weftnet.control.server.console.web import (
+    PREFIX,
+    Reader,
+    UserAdmin,
+    act,
+    context,
+    render,
+)
 
 PAGE = PREFIX + "/users"
 
@@ -15,7 +22,7 @@ def router() -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/users")
-    async def users(request: Request, viewer: Viewer = Depends(need(roles.READ_ALL))) -> Response:
+    async def users(request: Request, viewer: Reader) -> Response:
         overview = await viewer.call(viewer.service.console_auth.users_overview)
         return render(
             request,
@@ -30,19 +37,19 @@ def router() -> APIRouter:
         )
 
     @routes.post("/users")
-    async def create_user(request: Request, viewer: Viewer = Depends(need(roles.USERS))) -> Response:
+    async def create_user(request: Request, viewer: UserAdmin) -> Response:
         name = viewer.form.get("name", "")
         now = context(request).clock()
         return await act(viewer, PAGE, f"Created {name}.", viewer.service.create_user, name, now)
 
     @routes.post("/users/{name}/delete")
-    async def delete_user(name: str, viewer: Viewer = Depends(need(roles.USERS))) -> Response:
+    async def delete_user(name: str, viewer: UserAdmin) -> Response:
         force = viewer.form.get("force") == "1"
         fn = viewer.service.delete_user
         return await act(viewer, PAGE, f"Deleted {name}.", fn, name, force)
 
     @routes.post("/users/{name}/role")
-    async def set_role(name: str, viewer: Viewer = Depends(need(roles.USERS))) -> Response:
+    async def set_role(name: str, viewer: UserAdmin) -> Response:
         role = viewer.form.get("role", "")
         fn = viewer.service.set_user_role
         return await act(

@@ -94,8 +94,16 @@ class MachineRow:
         node = self.node
         if q:
             text = " ".join(
-                [node.given_name, self.hostname, node.ipv4, node.ipv6, node.os]
-                + [node.client_version, self.owner or "", *node.tags]
+                [
+                    node.given_name,
+                    self.hostname,
+                    node.ipv4,
+                    node.ipv6,
+                    node.os,
+                    node.client_version,
+                    self.owner or "",
+                    *node.tags,
+                ]
             ).lower()
             if q.lower() not in text:
                 return False

@@ -20,12 +20,12 @@ import hmac
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import quote, urlencode
 
 import anyio.to_thread
 import jinja2
-from fastapi import Request
+from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from weftnet.control.domain import roles
@@ -169,6 +169,18 @@ def need(permission: str | None) -> Callable[[Request], Awaitable[Viewer]]:
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by tests
     return dependency
+
+
+# The permission each route needs, as the type of its ``viewer`` parameter.
+SignedIn = Annotated[Viewer, Depends(need(None))]
+OwnMachines = Annotated[Viewer, Depends(need(roles.OWN_MACHINES))]
+Reader = Annotated[Viewer, Depends(need(roles.READ_ALL))]
+MachineAdmin = Annotated[Viewer, Depends(need(roles.MACHINES))]
+UserAdmin = Annotated[Viewer, Depends(need(roles.USERS))]
+AuthKeyAdmin = Annotated[Viewer, Depends(need(roles.AUTH_KEYS))]
+PolicyAdmin = Annotated[Viewer, Depends(need(roles.POLICY))]
+ApiKeyAdmin = Annotated[Viewer, Depends(need(roles.API_KEYS))]
+SettingsAdmin = Annotated[Viewer, Depends(need(roles.SETTINGS))]
 
 
 def wants_html(request: Request) -> bool:
