@@ -200,7 +200,7 @@ def render(
         roles=roles,
         prefix=PREFIX,
         oidc_enabled=bool(getattr(request.app.state, "oidc_enabled", False)),
-        notice=request.query_params.get("notice", ""),
+        notice=values.pop("notice", request.query_params.get("notice", "")),
         error=values.pop("error", request.query_params.get("error", "")),
         **values,
     )
