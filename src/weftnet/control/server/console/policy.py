@@ -27,6 +27,11 @@ EMPTY_POLICY = """// No policy is set: every device may reach every other.
 """
 
 
+def textarea(viewer: Viewer, name: str) -> str:
+    """A textarea's text as typed: browsers send its line ends as CRLF."""
+    return viewer.form.get(name, "").replace("\r\n", "\n")
+
+
 def router() -> APIRouter:
     routes = APIRouter()
 
@@ -51,7 +56,7 @@ def router() -> APIRouter:
 
     @routes.post("/policy")
     async def save_policy(request: Request, viewer: PolicyAdmin) -> Response:
-        text = viewer.form.get("policy", "")
+        text = textarea(viewer, "policy")
         version = viewer.form.get("version", "")
         check_only = viewer.form.get("action") == "check"
         try:
@@ -94,7 +99,7 @@ def router() -> APIRouter:
 
     @routes.post("/dns")
     async def save_dns(request: Request, viewer: PolicyAdmin) -> Response:
-        text = viewer.form.get("dns", "")
+        text = textarea(viewer, "dns")
         check_only = viewer.form.get("action") == "check"
         fn = viewer.service.check_dns if check_only else viewer.service.set_dns
         try:

@@ -50,7 +50,19 @@ function copyButtons() {
   }
 }
 
+// Filters go into the URL; empty ones are left out, so the URL stays short to share.
+function tidyFilters() {
+  for (const form of document.querySelectorAll("form.filters")) {
+    form.addEventListener("submit", () => {
+      for (const field of form.querySelectorAll("input, select")) {
+        if (field.name && !field.value) field.disabled = true;
+      }
+    });
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  tidyFilters();
   const machines = document.querySelector("table[data-live]");
   if (machines) pollMachines(machines);
   confirmForms();
