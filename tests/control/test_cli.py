@@ -327,3 +327,35 @@ def test_nodes_routes_and_approve_routes(server: Control) -> None:
         "nodes", "approve-routes", str(node_id), "--routes", "10.1.2.3/8", check=False
     )
     assert "10.1.2.3/8 has non-address bits set; expected 10.0.0.0/8" in one_line_error(bad)
+
+
+def _console_login(url: str, name: str, password: str) -> int:
+    """Log in to the web console with a password; the status of the answer."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        page = http.get("/admin/login")
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert csrf
+        form = {"csrf": csrf.group(1), "username": name, "password": password}
+        return http.post("/admin/login", data=form).status_code
+
+
+def test_users_set_password_and_role_for_the_console(server: Control) -> None:
+    server.admin("users", "create", "carol")
+    out = server.admin("users", "set-password", "carol", "--generate").stdout
+    password = out.strip().rsplit(": ", 1)[1]
+    assert len(password) >= 20
+    assert _console_login(server.url, "carol", password) == 303  # to the console
+    assert _console_login(server.url, "carol", password + "x") == 401
+    argv = [sys.executable, "-m", "weftnet.control.cli.main", "users", "set-password", "carol"]
+    argv += ["--data-dir", str(server.data_dir)]
+    typed = subprocess.run(
+        argv, input="a long typed password\n", capture_output=True, text=True, timeout=30
+    )
+    assert typed.returncode == 0 and password not in typed.stdout, typed.stderr
+    assert _console_login(server.url, "carol", "a long typed password") == 303
+    generated = server.admin_json("users", "set-password", "carol", "--generate")
+    assert _console_login(server.url, "carol", generated["password"]) == 303
+    assert "carol is now auditor" in server.admin("users", "role", "carol", "Auditor").stdout
+    assert "no role 'boss'" in one_line_error(
+        server.admin("users", "role", "carol", "boss", check=False)
+    )

@@ -232,6 +232,8 @@ def test_it_admin_manages_users_but_not_policy_nor_owners(console: Console) -> N
     it.post("/admin/users/eve/role", {"role": "owner"})
     assert {u.name: u.role for u in console.service.list_users()}["eve"] == roles.AUDITOR
     assert it.post("/admin/policy", {"policy": "{}", "action": "save"}).status_code == 403
+    assert it.post("/admin/users/owner/delete", {"force": "1"}).status_code == 403
+    assert "owner" in [u.name for u in console.service.list_users()]
     assert "user.set_role" in audit_actions(console)
 
 

@@ -678,7 +678,10 @@ def _admin(args: argparse.Namespace) -> int:
             out = req(
                 "PUT", f"/users/{quote(args.name, safe='@')}/password", body={"password": password}
             )
-            text = f"password of {args.name} set" + (f": {password}" if args.generate else "")
+            if args.generate:  # shown this once
+                out, text = {**out, "password": password}, f"password of {args.name}: {password}"
+            else:
+                text = f"password of {args.name} set"
         elif key == ("users", "role"):
             out = req("PUT", f"/users/{quote(args.name, safe='@')}/role", body={"role": args.role})
             text = f"{out['name']} is now {out['role']}"

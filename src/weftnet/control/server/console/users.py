@@ -8,6 +8,7 @@ from fastapi.responses import Response
 from weftnet.control.domain import roles
 from weftnet.control.server.console.web import (
     PREFIX,
+    Denied,
     Reader,
     UserAdmin,
     act,
@@ -44,6 +45,10 @@ def router() -> APIRouter:
 
     @routes.post("/users/{name}/delete")
     async def delete_user(name: str, viewer: UserAdmin) -> Response:
+        users = await viewer.call(viewer.service.list_users)
+        target = next((u for u in users if u.name == name), None)
+        if target is not None and not roles.may_assign(viewer.user.role, target.role, target.role):
+            raise Denied(f"your role may not delete {name} ({roles.LABELS[target.role]})")
         force = viewer.form.get("force") == "1"
         fn = viewer.service.delete_user
         return await act(viewer, PAGE, f"Deleted {name}.", fn, name, force)
