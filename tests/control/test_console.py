@@ -6,6 +6,8 @@ import time
 from unittest import mock
 
 import pytest
+from fastapi import Request
+from fastapi.responses import Response
 
 from weftnet.control.domain import roles
 from weftnet.control.service import consoleauth
@@ -114,6 +116,32 @@ def test_disabled_users_cannot_log_in_and_lose_their_session(console: Console) -
     assert member.http.get("/admin/api/machines").status_code == 401
     with pytest.raises(AssertionError):
         console.login(roles.MEMBER)
+
+
+def test_console_sign_in_starts_a_session_for_another_login_method(console: Console) -> None:
+    """What the identity provider's callback calls (app.state.console_sign_in)."""
+
+    async def callback(request: Request) -> Response:
+        name = request.query_params["user"]
+        user = next(u for u in console.service.list_users() if u.name == name)
+        sign_in = request.app.state.console_sign_in
+        response: Response = await sign_in(request, user, request.query_params.get("to"))
+        return response
+
+    console.app.add_api_route("/test-callback", callback)
+    http = console.client()
+    r = http.get("/test-callback?user=auditor&to=/admin/audit", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/admin/audit"
+    assert http.get("/admin/audit").status_code == 200
+    r = http.get("/test-callback?user=auditor&to=https://evil.example", follow_redirects=False)
+    assert r.headers["location"] == "/admin/machines"
+    with console.service.store.transaction(write=True) as tx:
+        member = tx.user_by_name("member")
+        assert member is not None
+        tx.update_user(member.id, disabled_at=time.time())
+    other = console.client()
+    r = other.get("/test-callback?user=member", follow_redirects=False)
+    assert r.status_code == 403 and "weft_session" not in r.headers.get("set-cookie", "")
 
 
 def test_passwords_are_salted_scrypt_and_checked() -> None:

@@ -64,11 +64,13 @@ class FailedLogins:
         self._failures.pop(addr, None)
 
 
-async def console_sign_in(request: Request, user: User) -> Response:
+async def console_sign_in(request: Request, user: User, next_path: str | None = None) -> Response:
     """Start a console session for ``user`` (signed in by some other means, e.g. the
-    identity provider) and redirect to the local ``next`` path of the request's query;
-    a disabled user gets the login page with an error (and no session)."""
-    return await sign_in(request, user, local_path(request.query_params.get("next")))
+    identity provider) and redirect to ``next_path`` (default: the request's ``next``
+    query parameter) if it is a local console path, else to the machine list. A
+    disabled user gets the login page with an error, and no session."""
+    wanted = next_path if next_path is not None else request.query_params.get("next")
+    return await sign_in(request, user, local_path(wanted))
 
 
 async def sign_in(request: Request, user: User, target: str) -> Response:
