@@ -321,3 +321,15 @@ def test_a_new_auth_key_is_shown_once(console: Console) -> None:
     assert key not in again and key.split("-")[1] in again  # the prefix only
     [record] = [k for k, _ in console.service.list_auth_keys("member") if k.reusable]
     assert record.reusable and record.preauthorized
+
+
+def test_outcomes_are_shown_once_and_never_taken_from_the_url(console: Console) -> None:
+    owner = console.login(roles.OWNER)
+    member, admin = console.nodes["member"], console.nodes["admin"]
+    page = f"/admin/machines/{member.id}"
+    r = owner.post(f"{page}/rename", {"name": admin.given_name})
+    assert r.status_code == 303 and r.headers["location"] == page
+    shown = owner.http.get(page).text
+    assert "is taken by another node" in shown and 'class="error"' in shown
+    assert "is taken" not in owner.http.get(page).text  # once
+    assert "phish" not in owner.http.get(f"{page}?error=phish&notice=phish").text

@@ -144,7 +144,7 @@ def router() -> APIRouter:
         try:
             node: Node = await viewer.call(viewer.service.delete_node, node_id)
         except NotFound as e:
-            return back(PREFIX + "/machines", error=str(e))
-        return back(PREFIX + "/machines", notice=f"Deleted {node.given_name}.")
+            return back(viewer, PREFIX + "/machines", error=str(e))
+        return back(viewer, PREFIX + "/machines", notice=f"Deleted {node.given_name}.")
 
     return routes

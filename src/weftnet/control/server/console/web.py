@@ -16,12 +16,14 @@ It returns a ``Viewer``: the user, the session, the form (for writes) and the au
 
 from __future__ import annotations
 
+import base64
 import hmac
+import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote
 
 import anyio.to_thread
 import jinja2
@@ -40,6 +42,8 @@ if TYPE_CHECKING:
 PREFIX = "/admin"
 COOKIE = "weft_session"
 LOGIN_COOKIE = "weft_login_csrf"  # double-submit token of the login form (no session yet)
+FLASH_COOKIE = "weft_flash"  # the outcome of a change, shown once by the next page
+MAX_FLASH = 1000  # characters of a message kept
 CSRF_FIELD = "csrf"
 CSRF_HEADER = "x-csrf-token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -83,6 +87,7 @@ class Viewer:
     session: ConsoleSession
     actor: Actor
     service: ControlService
+    request: Request
     form: Mapping[str, str] = field(default_factory=dict)
 
     def can(self, permission: str) -> bool:
@@ -165,7 +170,7 @@ def need(permission: str | None) -> Callable[[Request], Awaitable[Viewer]]:
             origin=ORIGIN_CONSOLE,
             remote_addr=client_addr(request),
         )
-        return Viewer(user, session, actor, ctx.service, form)
+        return Viewer(user, session, actor, ctx.service, request, form)
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by tests
     return dependency
@@ -194,23 +199,42 @@ def render(
     status_code: int = 200,
     **values: Any,
 ) -> HTMLResponse:
+    flash = read_flash(request)
     page = _templates.get_template(template).render(
         request=request,
         viewer=viewer,
         roles=roles,
         prefix=PREFIX,
         oidc_enabled=bool(getattr(request.app.state, "oidc_enabled", False)),
-        notice=values.pop("notice", request.query_params.get("notice", "")),
-        error=values.pop("error", request.query_params.get("error", "")),
+        notice=values.pop("notice", flash.get("notice", "")),
+        error=values.pop("error", flash.get("error", "")),
         **values,
     )
-    return HTMLResponse(page, status_code=status_code, headers=SECURITY_HEADERS)
+    response = HTMLResponse(page, status_code=status_code, headers=SECURITY_HEADERS)
+    if flash:
+        response.delete_cookie(FLASH_COOKIE, path=PREFIX)
+    return response
 
 
-def back(path: str, **query: str) -> RedirectResponse:
-    """303 to a console page (after a write), with an optional notice or error."""
-    qs = urlencode({k: v for k, v in query.items() if v})
-    return RedirectResponse(f"{path}?{qs}" if qs else path, status_code=303)
+def read_flash(request: Request) -> dict[str, str]:
+    try:
+        value = json.loads(base64.urlsafe_b64decode(request.cookies.get(FLASH_COOKIE, "")))
+    except ValueError:
+        return {}
+    if not isinstance(value, dict):
+        return {}
+    return {k: str(value[k])[:MAX_FLASH] for k in ("notice", "error") if value.get(k)}
+
+
+def back(viewer: Viewer, path: str, notice: str = "", error: str = "") -> RedirectResponse:
+    """303 to a console page after a change; the next page shows ``notice`` or
+    ``error`` once (a short-lived cookie: never text in the URL, which anyone could
+    put in a link)."""
+    response = RedirectResponse(path, status_code=303)
+    flash = {k: v[:MAX_FLASH] for k, v in (("notice", notice), ("error", error)) if v}
+    value = base64.urlsafe_b64encode(json.dumps(flash).encode()).decode()
+    set_cookie(response, viewer.request, FLASH_COOKIE, value, 60)
+    return response
 
 
 def login_redirect(request: Request) -> RedirectResponse:
@@ -260,5 +284,5 @@ async def act(
     try:
         await viewer.call(fn, *args, **kwargs)
     except ServiceError as e:
-        return back(path, error=str(e))
-    return back(path, notice=notice)
+        return back(viewer, path, error=str(e))
+    return back(viewer, path, notice=notice)
