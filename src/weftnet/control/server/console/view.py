@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from weftnet.control.domain import names
@@ -19,6 +20,11 @@ def ago(ts: float | None, now: float) -> str:
     if delta < 60:
         return "just now"
     return f"{human(delta)} ago"
+
+
+def iso(ts: float) -> str:
+    """A time as UTC ISO 8601, to the second."""
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def until(ts: float, now: float) -> str:

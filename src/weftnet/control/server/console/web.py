@@ -66,7 +66,7 @@ _templates = jinja2.Environment(
     lstrip_blocks=True,
 )
 
-_templates.globals.update(ago=view.ago, until=view.until)
+_templates.globals.update(ago=view.ago, until=view.until, iso=view.iso)
 
 
 class NotSignedIn(Exception):
