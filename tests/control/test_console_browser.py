@@ -107,6 +107,7 @@ def test_console_in_a_browser(served: tuple[str, Console], tmp_path: Path) -> No
             form = page.locator("#new-auth-key")
             form.get_by_label("User").select_option(user_of(roles.MEMBER))
             form.get_by_label("Reusable").check()
+            form.get_by_label("Pre-approved").check()
             form.get_by_role("button", name="Create auth key").click()
             new_key = page.locator("#new-key")
             expect(new_key).to_contain_text("weftkey-")

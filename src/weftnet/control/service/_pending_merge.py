@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from weftnet.control.domain import credentials, names
 from weftnet.control.domain.records import AuditEntry, AuthKey, NewAuthKey, Node, Tx
+from weftnet.control.service.admin import _lifetime
 from weftnet.control.service.audit import record
 from weftnet.control.service.core import (
     DEFAULT_AUTH_KEY_EXPIRY_S,
@@ -26,7 +27,6 @@ from weftnet.control.service.core import (
     Invalid,
     find_node,
     find_user,
-    parse_duration,
 )
 from weftnet.control.service.policyrules import PolicyRules
 
@@ -95,8 +95,10 @@ class PendingMerge:
 
 
 def install_create_auth_key(service: ControlService) -> None:
-    """``create_auth_key`` with ``preauthorized``, where the service's lacks it."""
-    if "preauthorized" in inspect.signature(service.create_auth_key).parameters:
+    """``create_auth_key`` with ``preauthorized``, where the service's lacks it: keys
+    without it are still made by the service's own method."""
+    original = service.create_auth_key
+    if "preauthorized" in inspect.signature(original).parameters:
         return
     db = service.db
 
@@ -110,15 +112,17 @@ def install_create_auth_key(service: ControlService) -> None:
         expiration: str | None = None,
         preauthorized: bool = False,
     ) -> tuple[str, AuthKey]:
+        if not preauthorized:
+            return original(
+                now, user, reusable=reusable, ephemeral=ephemeral, tags=tags, expiration=expiration
+            )
         try:
             tag_set = names.check_tags(tags)
         except ValueError as e:
             raise Invalid(str(e)) from None
         if user is None and not tag_set:
-            raise Invalid("an auth key needs a user, or tags for tagged nodes")
-        lifetime = parse_duration(expiration) if expiration else DEFAULT_AUTH_KEY_EXPIRY_S
-        if lifetime > MAX_AUTH_KEY_EXPIRY_S:
-            raise Invalid(f"auth key expiration {expiration} is too long")
+            raise Invalid("an auth key needs --user, or --tags for tagged nodes")
+        lifetime = _lifetime(expiration, DEFAULT_AUTH_KEY_EXPIRY_S, MAX_AUTH_KEY_EXPIRY_S, "auth")
         text, prefix = credentials.new_key(credentials.AUTH_KEY_KIND, db.random)
 
         def add(tx: Tx) -> AuthKey:
