@@ -274,6 +274,12 @@ def test_changes_are_audited_with_the_console_user(console: Console) -> None:
     assert entry.target_id == str(node)
     export = owner.http.get("/admin/audit.jsonl")
     assert export.status_code == 200 and '"action":"node.authorize"' in export.text
+    owner.post("/admin/logout")
+    out, approved = console.service.list_audit(limit=100)[:2]
+    assert (out.action, out.actor_name) == ("console.logout", "owner")
+    assert (approved.action, approved.actor_name) == ("node.authorize", "owner")
+    logins = [e for e in console.service.list_audit(limit=100) if e.action == "console.login"]
+    assert logins[0].actor_name == "owner" and logins[0].origin == "console"
 
 
 # -- the policy editor and keys ------------------------------------------------------

@@ -179,8 +179,19 @@ class ConsoleAuth:
             self.db.write(lambda tx: tx.touch_session(id_hash, now))
         return SignedIn(session, user)
 
-    def end_session(self, token: str) -> None:
-        self.db.write(lambda tx: tx.delete_session(session_hash(token)))
+    def end_session(self, token: str, now: float) -> None:
+        """Log out: the session is deleted (an unknown one is no error)."""
+        id_hash = session_hash(token)
+
+        def end(tx: Tx) -> None:
+            session = tx.session_by_hash(id_hash)
+            if session is None:
+                return
+            tx.delete_session(id_hash)
+            user = tx.user_by_id(session.user_id)
+            record(tx, now, "console.logout", "user", user.name if user else session.user_id)
+
+        self.db.write(end)
 
     def users_overview(self) -> list[UserOverview]:
         def read(tx: Tx) -> list[UserOverview]:

@@ -22,7 +22,8 @@ from weftnet.control.server.console.web import (
     COOKIE,
     LOGIN_COOKIE,
     PREFIX,
-    SignedIn,
+    AnyUser,
+    actor_for,
     client_addr,
     context,
     local_path,
@@ -30,7 +31,8 @@ from weftnet.control.server.console.web import (
     set_cookie,
 )
 from weftnet.control.service import Unauthorized
-from weftnet.control.service.consoleauth import ABSOLUTE_TIMEOUT_S
+from weftnet.control.service.audit import acting_as
+from weftnet.control.service.consoleauth import ABSOLUTE_TIMEOUT_S, SignedIn
 
 MAX_FAILURES = 10  # failed logins per address within FAILURE_WINDOW_S
 FAILURE_WINDOW_S = 15 * 60.0
@@ -75,12 +77,15 @@ async def console_sign_in(request: Request, user: User, next_path: str | None = 
 
 async def sign_in(request: Request, user: User, target: str) -> Response:
     ctx = context(request)
-    try:
-        signed_in = await anyio.to_thread.run_sync(
-            lambda: ctx.service.console_auth.new_session(
+
+    def start() -> SignedIn:
+        with acting_as(actor_for(user, request)):
+            return ctx.service.console_auth.new_session(
                 user.id, ctx.clock(), client_addr(request), request.headers.get("user-agent", "")
             )
-        )
+
+    try:
+        signed_in = await anyio.to_thread.run_sync(start)
     except Unauthorized as e:
         return render(request, "login.html", None, 403, error=str(e), next=PREFIX, login_csrf="")
     response = RedirectResponse(target, status_code=303)
@@ -134,9 +139,9 @@ def router() -> APIRouter:
         return response
 
     @routes.post("/logout")
-    async def log_out(request: Request, viewer: SignedIn) -> Response:
+    async def log_out(request: Request, viewer: AnyUser) -> Response:
         token = request.cookies.get(COOKIE, "")
-        await anyio.to_thread.run_sync(context(request).service.console_auth.end_session, token)
+        await viewer.call(viewer.service.console_auth.end_session, token, context(request).clock())
         response = RedirectResponse(PREFIX + "/login", status_code=303)
         response.delete_cookie(COOKIE, path=PREFIX)
         return response

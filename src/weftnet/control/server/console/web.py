@@ -116,6 +116,17 @@ def client_addr(request: Request) -> str:
     return request.client.host if request.client else ""
 
 
+def actor_for(user: User, request: Request) -> Actor:
+    """Who the audit log names for what ``user`` does in the console."""
+    return Actor(
+        type="user",
+        id=str(user.id),
+        name=user.name,
+        origin=ORIGIN_CONSOLE,
+        remote_addr=client_addr(request),
+    )
+
+
 def secure_cookies(request: Request) -> bool:
     """Cookies are Secure when the server's public URL (or this request) is https."""
     base = context(request).server_url or str(request.base_url)
@@ -163,21 +174,14 @@ def need(permission: str | None) -> Callable[[Request], Awaitable[Viewer]]:
                 raise Denied("missing or wrong CSRF token: reload the page and try again")
         if permission is not None and not roles.allows(user.role, permission):
             raise Denied(f"your role ({roles.LABELS.get(user.role, user.role)}) may not do this")
-        actor = Actor(
-            type="user",
-            id=str(user.id),
-            name=user.name,
-            origin=ORIGIN_CONSOLE,
-            remote_addr=client_addr(request),
-        )
-        return Viewer(user, session, actor, ctx.service, request, form)
+        return Viewer(user, session, actor_for(user, request), ctx.service, request, form)
 
     dependency.permission = permission  # type: ignore[attr-defined]  # read by tests
     return dependency
 
 
 # The permission each route needs, as the type of its ``viewer`` parameter.
-SignedIn = Annotated[Viewer, Depends(need(None))]
+AnyUser = Annotated[Viewer, Depends(need(None))]
 OwnMachines = Annotated[Viewer, Depends(need(roles.OWN_MACHINES))]
 Reader = Annotated[Viewer, Depends(need(roles.READ_ALL))]
 MachineAdmin = Annotated[Viewer, Depends(need(roles.MACHINES))]
