@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import time
 from unittest import mock
 
@@ -339,3 +340,38 @@ def test_outcomes_are_shown_once_and_never_taken_from_the_url(console: Console) 
     assert "is taken by another node" in shown and 'class="error"' in shown
     assert "is taken" not in owner.http.get(page).text  # once
     assert "phish" not in owner.http.get(f"{page}?error=phish&notice=phish").text
+
+
+def test_machine_actions_change_the_machine(console: Console) -> None:
+    it = console.login(roles.IT_ADMIN)
+    node = console.nodes["admin"]
+    page = f"/admin/machines/{node.id}"
+    assert it.post(f"{page}/tags", {"tags": "tag:server, tag:prod"}).status_code == 303
+    tagged = console.service.get_node(node.id)
+    assert tagged.tags == ("tag:prod", "tag:server") and tagged.user_id is None
+    it.post(f"{page}/key-expiry", {"disabled": "1"})
+    assert console.service.get_node(node.id).key_expiry_disabled
+    assert "expiry disabled" in it.http.get(page).text
+    it.post(f"{page}/key-expiry", {"disabled": "0"})
+    it.post(f"{page}/expire")
+    assert console.service.get_node(node.id).expired_at(time.time())
+    assert "expired" in it.http.get("/admin/machines?status=expired").text
+    it.post(f"{page}/delete")
+    assert node.id not in [n.id for n, _ in console.service.list_nodes()]
+    assert it.http.get(page).status_code == 404
+
+
+def test_dns_and_settings_pages_save(console: Console) -> None:
+    owner = console.login(roles.OWNER)
+    page = owner.http.get("/admin/dns").text
+    document = page.split('aria-label="DNS settings">')[1].split("</textarea>")[0]
+    text = html.unescape(document)
+    r = owner.post("/admin/dns", {"dns": text, "action": "check"})
+    assert r.status_code == 200 and "The DNS settings are valid." in r.text
+    r = owner.post("/admin/dns", {"dns": "{not json", "action": "save"})
+    assert r.status_code == 400 and 'class="error"' in r.text
+    assert owner.post("/admin/dns", {"dns": text, "action": "save"}).status_code == 200
+    assert not console.service.tailnet_settings().device_approval
+    assert owner.post("/admin/settings", {"device_approval": "1"}).status_code == 303
+    assert console.service.tailnet_settings().device_approval
+    assert "checked" in owner.http.get("/admin/settings").text
