@@ -9,7 +9,8 @@ The rules live by concern, as plain classes that share one ``core.Db`` (store, c
 feed, settings, entropy) by composition: ``policyrules.PolicyRules`` (the access policy,
 device attributes), ``dnsrules.DnsRules`` (the DNS document), ``admin.AdminRules``
 (users, keys, nodes, approving logins) and ``registration.NodeRules`` (what nodes ask:
-register, log in, log out, map). The two latter ask ``PolicyRules`` for the policy in
+register, log in, log out, map); ``identityrules.IdentityRules`` maps logins at the
+OpenID provider to users. The two latter ask ``PolicyRules`` for the policy in
 force; the node rules ask ``DnsRules`` for the DNS settings of the map.
 ``ControlService`` is the facade the server talks to: it builds the four and forwards each public rule to its owner. The
 API layer maps ``Refused`` into the sealed answer's ``error`` and the other errors into
@@ -40,6 +41,7 @@ from weftnet.control.service.core import (
     Unauthorized,
 )
 from weftnet.control.service.dnsrules import DnsRules
+from weftnet.control.service.identityrules import IdentityRules, LoginDenied, SignInRules
 from weftnet.control.service.policyrules import PolicyRules
 from weftnet.control.service.registration import NodeRules
 
@@ -51,11 +53,13 @@ __all__ = [
     "ControlService",
     "Forbidden",
     "Invalid",
+    "LoginDenied",
     "NotFound",
     "Refused",
     "Registered",
     "ServiceError",
     "Settings",
+    "SignInRules",
     "Snapshot",
     "Unauthorized",
 ]
@@ -76,6 +80,7 @@ class ControlService:
         self.admin_rules = AdminRules(self.db, self.policy_rules)
         self.dns_rules = DnsRules(self.db)
         self.node_rules = NodeRules(self.db, self.policy_rules, self.dns_rules)
+        self.identity_rules = IdentityRules(self.db)
         # The access policy and device attributes.
         self.get_policy = self.policy_rules.get_policy
         self.check_policy = self.policy_rules.check_policy
@@ -104,6 +109,16 @@ class ControlService:
         self.rename_node = self.admin_rules.rename_node
         self.approve_routes = self.admin_rules.approve_routes
         self.register_by_code = self.admin_rules.register_by_code
+        # Logins at the OpenID provider, and links of identities to users.
+        self.sign_in = self.identity_rules.sign_in
+        self.begin_oidc_login = self.identity_rules.begin_login
+        self.take_oidc_login = self.identity_rules.take_login
+        self.open_pending = self.identity_rules.open_pending
+        self.attach_login = self.identity_rules.attach_login
+        self.confirm_login = self.identity_rules.confirm_login
+        self.list_identities = self.identity_rules.identities
+        self.link_identity = self.identity_rules.link
+        self.unlink_identity = self.identity_rules.unlink
         # What nodes ask, and what the map hub reads.
         self.register = self.node_rules.register
         self.map_request = self.node_rules.map_request

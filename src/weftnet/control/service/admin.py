@@ -17,6 +17,7 @@ from weftnet.control.domain.records import (
     Tx,
     User,
 )
+from weftnet.control.service.audit import record
 from weftnet.control.service.core import (
     DEFAULT_API_KEY_EXPIRY_S,
     DEFAULT_AUTH_KEY_EXPIRY_S,
@@ -28,15 +29,13 @@ from weftnet.control.service.core import (
     Db,
     Invalid,
     NotFound,
-    Refused,
     Registered,
     Settings,
     Unauthorized,
-    check_node_key_owner,
+    approve_pending,
     find_node,
     find_user,
     parse_duration,
-    upsert_node,
 )
 from weftnet.control.service.policyrules import PolicyRules
 
@@ -339,25 +338,8 @@ class AdminRules:
                     f"no pending login with code {code} (codes expire after"
                     f" {names.format_duration(self.db.settings.pending_ttl_s)}): run weft up again"
                 )
-            if pending.node_id is not None:
-                raise Conflict(f"the login with code {code} was already approved")
-            try:
-                check_node_key_owner(tx, pending.machine_key, pending.node_key)
-            except Refused as e:
-                raise Conflict(str(e)) from None
-            node = upsert_node(
-                tx,
-                self.db.settings,
-                machine_key=pending.machine_key,
-                node_key=pending.node_key,
-                hostname=pending.hostname,
-                user_id=owner.id,
-                tags=(),
-                ephemeral=False,
-                auth_key_id=None,
-                now=now,
-            )
-            tx.approve_pending(pending.id, node.id)
+            node = approve_pending(tx, self.db.settings, pending, owner, now)
+            record(tx, now, "node.register", "node", node.id, user=owner.name, code=code[:8])
             return Registered(node, owner)
 
         registered = self.db.write(approve)

@@ -22,6 +22,7 @@ from weftnet.control.domain.records import (
     NewNode,
     Node,
     NullFeed,
+    Pending,
     Store,
     StoreConflict,
     Tx,
@@ -222,6 +223,46 @@ def upsert_node(
             auth_key_id=auth_key_id,
         )
     )
+
+
+def approve_pending(
+    tx: Tx,
+    settings: Settings,
+    pending: Pending,
+    owner: User,
+    now: float,
+    *,
+    key_expiry: float | None = None,
+    auth_method: str = "admin",
+) -> Node:
+    """Register the node of an unexpired pending login as ``owner`` (created, or the
+    machine's node re-keyed and re-owned); ``key_expiry`` None: the server's default."""
+    if pending.node_id is not None:
+        raise Conflict(f"the login with code {pending.code} was already approved")
+    try:
+        check_node_key_owner(tx, pending.machine_key, pending.node_key)
+    except Refused as e:
+        raise Conflict(str(e)) from None
+    node = upsert_node(
+        tx,
+        settings,
+        machine_key=pending.machine_key,
+        node_key=pending.node_key,
+        hostname=pending.hostname,
+        user_id=owner.id,
+        tags=(),
+        ephemeral=False,
+        auth_key_id=None,
+        now=now,
+    )
+    changes: dict[str, object] = {"auth_method": auth_method}
+    if key_expiry is not None:
+        changes["key_expiry"] = key_expiry
+    if pending.os and not node.os:
+        changes["os"] = pending.os
+    node = tx.update_node(node.id, **changes)
+    tx.approve_pending(pending.id, node.id)
+    return node
 
 
 def device_info(hostinfo: tailcfg.Hostinfo) -> tuple[str, str]:

@@ -149,6 +149,7 @@ class NodeRules:
                     machine_key=machine_key,
                     node_key=req.node_key,
                     hostname=names.clean_hostname(req.hostinfo.hostname),
+                    os=device_info(req.hostinfo)[0],
                     created_at=now,
                     expires_at=now + self.db.settings.pending_ttl_s,
                 )
