@@ -38,10 +38,11 @@ from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
 from weftnet.control.domain import credentials, netmap
-from weftnet.control.server import admin_api
+from weftnet.control.server import admin_api, oidc_routes
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
 from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
 from weftnet.control.server.logins import RECHECK_S, LoginLimiter, LoginWaiters, TooManyLogins
+from weftnet.control.server.oidc import OidcClient
 from weftnet.control.server.relayhost import EmbeddedRelay
 from weftnet.control.service import (
     ControlService,
@@ -78,6 +79,7 @@ class ControlContext:
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
     logins: LoginLimiter | None = None  # None: made from the service's pending-login TTL
     waiters: LoginWaiters = field(default_factory=LoginWaiters)
+    oidc: OidcClient | None = None  # logins through an OpenID provider, if configured
 
     def __post_init__(self) -> None:
         if self.logins is None:
@@ -128,11 +130,16 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctx.hub.start()
         stun: asyncio.DatagramTransport | None = None
+        discovering = None
+        if ctx.oidc is not None and not ctx.oidc.ready:
+            discovering = asyncio.create_task(ctx.oidc.keep_discovering())
         try:
             if ctx.stun_socket is not None:
                 stun, _ = await stunserver.start(ctx.stun_socket)
             yield
         finally:
+            if discovering is not None:
+                discovering.cancel()
             if ctx.relay is not None:
                 await ctx.relay.close()
             if stun is not None:
@@ -173,13 +180,27 @@ def create_app(ctx: ControlContext) -> FastAPI:
             {"ok": True, "nodes_online": len(ctx.hub.online()), "relay_clients": relay_clients}
         )
 
-    @app.get("/register/{code}")
-    async def login_page(code: str) -> PlainTextResponse:
-        return PlainTextResponse(
-            "This device is waiting to join the tailnet.\n"
-            "An administrator approves it on the control server with:\n\n"
-            f"    weft-control nodes register --user USER --code {code}\n"
+    app.state.oidc_enabled = ctx.oidc is not None
+    app.state.oidc_issuer = ctx.oidc.config.issuer if ctx.oidc is not None else None
+    if ctx.oidc is not None:
+        app.include_router(
+            oidc_routes.router(
+                ctx.service,
+                ctx.oidc,
+                ctx.clock,
+                oidc_routes.confirm_key(ctx.server_private),
+                ctx.waiters.approved,
+            )
         )
+    else:
+
+        @app.get("/register/{code}")
+        async def login_page(code: str) -> PlainTextResponse:
+            return PlainTextResponse(
+                "This device is waiting to join the tailnet.\n"
+                "An administrator approves it on the control server with:\n\n"
+                f"    weft-control nodes register --user USER --code {code}\n"
+            )
 
     @app.post("/machine/{mkey}/register")
     async def register(mkey: str, request: Request) -> Response:

@@ -15,7 +15,7 @@ Every change is audited in its own transaction.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from weftnet.control.domain import credentials, identity
 from weftnet.control.domain.identity import Claims, LoginRefused
@@ -48,7 +48,7 @@ class LoginDenied(ServiceError):
 class SignInRules:
     """Who may sign in and what a new user becomes (from the server's configuration)."""
 
-    filters: identity.Filters = identity.Filters()
+    filters: identity.Filters = field(default_factory=identity.Filters)
     owner_email: str | None = None
     admin_group: str | None = None
     expiry_from_token: bool = False
