@@ -7,6 +7,7 @@
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
     weft-control users create NAME | list | delete NAME [--force]
+    weft-control users link NAME --issuer I --subject S | unlink NAME --issuer I
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
                              [--expiration 1h] | list [--user U] | revoke PREFIX_OR_ID
     weft-control nodes list [--user U] | delete ID | expire ID | rename ID NAME
@@ -120,6 +121,68 @@ def _client_tls_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _oidc_flags(serve: argparse.ArgumentParser) -> None:
+    """Logins through an OpenID provider (docs/identity.md)."""
+    g = serve.add_argument_group("login through an OpenID provider (docs/identity.md)")
+    g.add_argument("--oidc-issuer", metavar="URL", help="https (http only on loopback)")
+    g.add_argument("--oidc-client-id", metavar="ID")
+    g.add_argument("--oidc-client-secret-file", metavar="FILE", help="holds the client secret")
+    g.add_argument("--oidc-scope", default="openid email profile", help="(default %(default)s)")
+    g.add_argument(
+        "--oidc-extra-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra authorization parameter, e.g. domain_hint=example.com (repeatable)",
+    )
+    g.add_argument("--oidc-allowed-domains", type=_csv, default=(), metavar="D,...")
+    g.add_argument("--oidc-allowed-groups", type=_csv, default=(), metavar="G,...")
+    g.add_argument("--oidc-allowed-users", type=_csv, default=(), metavar="EMAIL,...")
+    g.add_argument(
+        "--oidc-email-verified-required",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="domain and user filters need a verified email (default: required)",
+    )
+    g.add_argument(
+        "--oidc-expiry-from-token",
+        action="store_true",
+        help="node key expiry = the ID token's expiry (default: --node-key-expiry)",
+    )
+    g.add_argument("--oidc-client-auth", choices=("basic", "post"), default="basic")
+    g.add_argument("--oidc-admin-group", metavar="G", help="its members become console admins")
+    g.add_argument("--owner", metavar="EMAIL", help="the first login with this email is owner")
+
+
+def _oidc_options(args: argparse.Namespace) -> Any:
+    from weftnet.control.server.oidc import OidcOptions
+
+    if args.oidc_issuer is None:
+        others = [a for a in ("oidc_client_id", "oidc_client_secret_file") if getattr(args, a)]
+        if others:
+            raise UsageError(f"--{others[0].replace('_', '-')} needs --oidc-issuer")
+        return None
+    return OidcOptions(
+        issuer=args.oidc_issuer,
+        client_id=args.oidc_client_id,
+        client_secret_file=args.oidc_client_secret_file,
+        scope=args.oidc_scope,
+        extra_params=tuple(args.oidc_extra_param),
+        client_auth=args.oidc_client_auth,
+        allowed_domains=args.oidc_allowed_domains,
+        allowed_groups=args.oidc_allowed_groups,
+        allowed_users=args.oidc_allowed_users,
+        email_verified_required=args.oidc_email_verified_required,
+        expiry_from_token=args.oidc_expiry_from_token,
+        admin_group=args.oidc_admin_group,
+        owner=args.owner,
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -158,6 +221,7 @@ def build_parser() -> Parser:
         "--region", default="default", help="region name of the embedded relay (%(default)s)"
     )
     serve.add_argument("--no-relay", action="store_true", help="do not run the embedded relay")
+    _oidc_flags(serve)
     serve.add_argument(
         "--relay-rate",
         type=_rate,
@@ -225,6 +289,13 @@ def build_parser() -> Parser:
     p = action(users, "delete", "delete a user")
     p.add_argument("name")
     p.add_argument("--force", action="store_true", help="also delete the user's nodes")
+    p = action(users, "link", "bind a login at an OpenID provider to a user")
+    p.add_argument("name")
+    p.add_argument("--issuer", required=True)
+    p.add_argument("--subject", required=True)
+    p = action(users, "unlink", "remove a user's login from an OpenID provider")
+    p.add_argument("name")
+    p.add_argument("--issuer", required=True)
 
     keys = group("keys", "manage auth keys")
     p = action(keys, "create", "create an auth key (printed alone on stdout)")
@@ -482,6 +553,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         stun_port=args.stun_port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        oidc=_oidc_options(args),
     )
 
 
@@ -640,6 +712,21 @@ def _admin(args: argparse.Namespace) -> int:
             text = f"created user {out['name']} (id {out['id']})"
         elif key == ("users", "list"):
             out, printer = req("GET", "/users"), _print_users
+            if args.json:
+                for u in out:
+                    name = quote(u["name"], safe="@")
+                    u["identities"] = req("GET", f"/users/{name}/identities")
+        elif key == ("users", "link"):
+            body = {"issuer": args.issuer, "subject": args.subject}
+            out = req("POST", f"/users/{quote(args.name, safe='@')}/identities", body=body)
+            text = f"linked {args.name} to {out['subject']} at {out['issuer']}"
+        elif key == ("users", "unlink"):
+            out = req(
+                "DELETE",
+                f"/users/{quote(args.name, safe='@')}/identities",
+                params={"issuer": args.issuer},
+            )
+            text = f"unlinked {out['unlinked']} login(s) of {args.name} from {args.issuer}"
         elif key == ("users", "delete"):
             out = req(
                 "DELETE",

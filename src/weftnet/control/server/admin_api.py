@@ -27,7 +27,7 @@ from pydantic import BaseModel, Field
 
 from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
-from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
+from weftnet.control.domain.records import ApiKey, AuthKey, Identity, Node, User
 from weftnet.control.policy import Policy
 from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
@@ -109,6 +109,23 @@ class RelayRegistration(BaseModel):
 
 def user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "name": user.name, "created_at": user.created_at}
+
+
+def identity_json(identity: Identity) -> dict[str, Any]:
+    return {
+        "issuer": identity.issuer,
+        "subject": identity.subject,
+        "email": identity.email,
+        "email_verified": identity.email_verified,
+        "groups": list(identity.groups),
+        "created_at": identity.created_at,
+        "last_login_at": identity.last_login_at,
+    }
+
+
+class LinkBody(BaseModel):
+    issuer: str = Field(min_length=1, max_length=500)
+    subject: str = Field(min_length=1, max_length=500)
 
 
 def auth_key_json(key: AuthKey, owner: str | None, now: float) -> dict[str, Any]:
@@ -279,6 +296,19 @@ def router(
     async def delete_user(name: str, force: bool = False) -> dict[str, Any]:
         deleted = await call(service.delete_user, name, force)
         return {"deleted": name, "nodes_deleted": deleted}
+
+    @api.get("/users/{name}/identities")
+    async def list_identities(name: str) -> list[dict[str, Any]]:
+        return [identity_json(i) for i, _ in await call(service.list_identities, name)]
+
+    @api.post("/users/{name}/identities", status_code=201)
+    async def link_identity(name: str, body: LinkBody) -> dict[str, Any]:
+        linked = await call(service.link_identity, name, body.issuer, body.subject, clock())
+        return identity_json(linked)
+
+    @api.delete("/users/{name}/identities")
+    async def unlink_identity(name: str, issuer: str) -> dict[str, Any]:
+        return {"unlinked": await call(service.unlink_identity, name, issuer, clock())}
 
     # auth keys
 
