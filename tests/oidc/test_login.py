@@ -261,17 +261,13 @@ def test_wrong_nonce_is_refused(rp: Rp, op: OpenIdProvider, tmp_path: Path) -> N
         assert users(server) == {}
 
 
-def test_token_for_another_audience_is_refused(
-    rp: Rp, op: OpenIdProvider, tmp_path: Path
-) -> None:
+def test_token_for_another_audience_is_refused(rp: Rp, op: OpenIdProvider, tmp_path: Path) -> None:
     # A misconfigured server: its client id is another client's; the provider issues
     # the token to the client it authenticated, and the server refuses that audience.
     with serve(rp, op, tmp_path, client_id="other-client") as server:
         from weftnet.control.server import oidc
 
-        client = oidc.OidcClient(
-            oidc.OidcConfig(op.issuer, "weft-control", SECRET, server.url)
-        )
+        client = oidc.OidcClient(oidc.OidcConfig(op.issuer, "weft-control", SECRET, server.url))
         asyncio.run(client.discover())
         page = login(server)
         assert page.status_code == 200  # the server's own client works
@@ -403,9 +399,7 @@ def test_group_removed_between_logins(rp: Rp, op: OpenIdProvider, tmp_path: Path
         assert page.status_code == 403 and "not in a group" in page.text
 
 
-def test_email_changed_same_user_name_unchanged(
-    rp: Rp, op: OpenIdProvider, tmp_path: Path
-) -> None:
+def test_email_changed_same_user_name_unchanged(rp: Rp, op: OpenIdProvider, tmp_path: Path) -> None:
     with serve(rp, op, tmp_path) as server:
         b = browser()
         confirm(b, login(server, b=b))

@@ -137,7 +137,9 @@ def router(
         if cookie and hmac.compare_digest(cookie, state):
             login = await call(service.take_oidc_login, state_hash(state), clock())
         if "error" in q:
-            detail = q.get("error_description") or q["error"]
+            detail = q["error"] + (
+                f" ({q['error_description']})" if q.get("error_description") else ""
+            )
             return _clear(error_page(f"the identity provider says: {detail}"), state)
         if not cookie or not hmac.compare_digest(cookie, state):
             return error_page(
