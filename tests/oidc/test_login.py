@@ -39,6 +39,7 @@ class Server:
     url: str
     api_key: str
     data_dir: Path
+    app: Any = None
 
     def api(self, method: str, path: str, **kw: Any) -> Any:
         r = httpx.request(
@@ -110,7 +111,7 @@ def serve(
         ),
     )
     with serve_in_thread(options) as server:
-        yield Server(rp.url, server.api_key, tmp_path / "data")
+        yield Server(rp.url, server.api_key, tmp_path / "data", server._server.config.app)
 
 
 def register(node: FakeNode, **fields: Any) -> tailcfg.RegisterResponse:
@@ -174,7 +175,7 @@ def test_happy_path_registers_the_node_as_the_signed_in_user(
     rp: Rp, op: OpenIdProvider, tmp_path: Path
 ) -> None:
     with serve(rp, op, tmp_path) as server:
-        node, url, http = start_node(server, "desk")
+        node, url, _ = start_node(server, "desk")
         assert httpx.get(url).status_code == 302
         b = browser()
         page = sign_in_at(b, server, url, "alice")
@@ -420,3 +421,36 @@ def test_provider_down_at_start_answers_503(rp: Rp, tmp_path: Path) -> None:
         r = httpx.get(url)
         assert r.status_code == 503 and "login is unavailable" in r.text
         assert httpx.get(f"{server.url}/health").status_code == 200
+
+
+def test_console_login_hands_the_user_to_the_console(
+    rp: Rp, op: OpenIdProvider, tmp_path: Path
+) -> None:
+    from fastapi.responses import JSONResponse
+
+    with serve(rp, op, tmp_path) as server:
+        assert server.app.state.oidc_enabled and server.app.state.oidc_issuer == op.issuer
+        assert httpx.get(f"{server.url}/oidc/login?next=/admin/x").status_code == 404
+
+        async def console_sign_in(request: Any, user: Any) -> JSONResponse:
+            return JSONResponse({"user": user.name, "role": user.role})
+
+        server.app.state.console_sign_in = console_sign_in
+        b = browser()
+        r = sign_in(
+            b,
+            f"{server.url}/oidc/login?next=/admin/x",
+            "alice",
+            stop_at=server.url + "/oidc/callback",
+        )
+        answer = b.get(r.headers["location"])
+        assert answer.json() == {"user": "alice@example.com", "role": "member"}
+        assert nodes(server) == []
+
+
+def test_owner_and_admin_group_bootstrap(rp: Rp, op: OpenIdProvider, tmp_path: Path) -> None:
+    with serve(rp, op, tmp_path, owner="Alice@example.com", admin_group="eng") as server:
+        b = browser()
+        confirm(b, login(server, b=b))
+        with sqlite3.connect(server.data_dir / "control.db") as db:
+            assert db.execute("SELECT role FROM users").fetchall() == [("owner",)]
