@@ -5,6 +5,7 @@ and an httpx client with a cookie jar as the browser."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import socket
 import sqlite3
@@ -18,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from weftlab.control import FakeNode, serve_in_thread
+from weftlab.control import FakeNode, admin, serve_in_thread
 from weftlab.oidcop import OpenIdProvider, sign_in, start_op
 from weftnet import tailcfg
 from weftnet.control.server.app import ServeOptions
@@ -371,13 +372,16 @@ def test_name_taken_by_a_local_user_then_link(rp: Rp, op: OpenIdProvider, tmp_pa
         page = login(server)
         assert page.status_code == 403
         assert f"users link alice@example.com --issuer {op.issuer} --subject alice" in page.text
-        server.api(
-            "POST",
-            "/users/alice@example.com/identities",
-            json={"issuer": op.issuer, "subject": "alice"},
+        cli = {"server": server.url, "api_key": server.api_key}
+        admin(
+            "users", "link", "alice@example.com", "--issuer", op.issuer, "--subject", "alice", **cli
         )
         b = browser()
         assert confirm(b, login(server, b=b)).status_code == 200
+        listed = json.loads(admin("users", "list", "--json", **cli).stdout)
+        assert [i["subject"] for i in listed[0]["identities"]] == ["alice"]
+        admin("users", "unlink", "alice@example.com", "--issuer", op.issuer, **cli)
+        assert server.api("GET", "/users/alice@example.com/identities") == []
         (n,) = nodes(server)
         assert n["user"] == "alice@example.com"
 
