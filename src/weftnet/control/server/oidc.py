@@ -18,14 +18,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import httpx
-from authlib.integrations.httpx_client import AsyncOAuth2Client
 from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from joserfc import errors as jose_errors
 from joserfc import jwt
@@ -33,6 +33,9 @@ from joserfc.jwk import KeySet
 
 from weftnet.control.domain import identity
 from weftnet.control.service import SignInRules
+
+if TYPE_CHECKING:
+    from authlib.integrations.httpx_client import AsyncOAuth2Client
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +241,9 @@ class OidcClient:
     async def finish(self, code: str, verifier: str, nonce: str) -> identity.Claims:
         """Exchange the code and verify what comes back: the signed-in person's claims."""
         meta = self._meta()
+        oauth_client = _oauth_client_class()
         try:
-            async with AsyncOAuth2Client(
+            async with oauth_client(
                 self.config.client_id,
                 self.config.client_secret,
                 token_endpoint_auth_method=CLIENT_AUTH[self.config.client_auth],
@@ -321,6 +325,16 @@ class OidcClient:
             log.warning("OIDC userinfo is for another subject: ignored")
             return {}
         return info
+
+
+def _oauth_client_class() -> type[AsyncOAuth2Client]:
+    """authlib's httpx client, imported when first needed and without its warning that
+    its httpx integration is deprecated (printed on every start otherwise)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The httpx module is deprecated")
+        from authlib.integrations.httpx_client import AsyncOAuth2Client
+
+    return AsyncOAuth2Client
 
 
 def _brief(e: BaseException) -> str:
