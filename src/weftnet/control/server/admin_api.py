@@ -15,19 +15,20 @@ Standalone relays use the same API (with an API key): they register their region
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
-from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
+from weftnet.control.domain.records import ApiKey, AuditEntry, AuthKey, Node, User
 from weftnet.control.policy import Policy
 from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
@@ -40,6 +41,7 @@ from weftnet.control.service import (
     ServiceError,
     Unauthorized,
 )
+from weftnet.control.service.audit import ORIGIN_API, Actor, acting_as
 
 STATUS = {
     Invalid: 400,
@@ -55,6 +57,7 @@ SCOPE_ROUTES = {
     credentials.API_KEY_SCOPE_RELAY: frozenset({("POST", "/relays"), ("GET", "/relay/nodekeys")}),
 }
 NODE_KEYS_WAIT_S = 5.0  # longest wait for a fresh network map before answering 503
+AUDIT_EXPORT_PAGE = 500  # entries read per transaction while streaming the export
 
 
 class NewUser(BaseModel):
@@ -67,6 +70,7 @@ class NewAuthKeyRequest(BaseModel):
     ephemeral: bool = False
     tags: list[str] = Field(default_factory=list)
     expiration: str | None = None  # e.g. "1h", "90d"
+    preauthorized: bool = False  # its nodes need no device approval
 
 
 class NewApiKeyRequest(BaseModel):
@@ -96,6 +100,18 @@ class RouteApproval(BaseModel):
     routes: list[str]  # replaces the manual approvals; [] withdraws them
 
 
+class KeyExpiry(BaseModel):
+    disabled: bool
+
+
+class NodeTags(BaseModel):
+    tags: list[str]
+
+
+class TailnetSettingsBody(BaseModel):
+    device_approval: bool
+
+
 class AttributeValue(BaseModel):
     value: str | float | bool
 
@@ -120,6 +136,7 @@ def auth_key_json(key: AuthKey, owner: str | None, now: float) -> dict[str, Any]
         "user": owner,
         "reusable": key.reusable,
         "ephemeral": key.ephemeral,
+        "preauthorized": key.preauthorized,
         "tags": list(key.tags),
         "created_at": key.created_at,
         "expires_at": key.expires_at,
@@ -154,6 +171,23 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
         "os": node.os,
         "client_version": node.client_version,
         "attributes": {f"custom:{k}": v for k, v in node.attrs},
+        "authorized": node.authorized_at is not None,
+        "authorized_at": node.authorized_at,
+        "key_expiry_disabled": node.key_expiry_disabled,
+        "auth_method": node.auth_method,
+    }
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "ts": entry.ts,
+        "actor": {"type": entry.actor_type, "id": entry.actor_id, "name": entry.actor_name},
+        "origin": entry.origin,
+        "action": entry.action,
+        "target": {"type": entry.target_type, "id": entry.target_id},
+        "details": entry.details,
+        "remote_addr": entry.remote_addr,
     }
 
 
@@ -255,13 +289,22 @@ def router(
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    async def require_api_key(request: Request) -> ApiKey:
+    async def require_api_key(request: Request) -> AsyncIterator[ApiKey]:
+        """The caller's API key; the request's service calls run as its actor (audit)."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing API key: send Authorization: Bearer weftapi-...")
         key: ApiKey = await call(service.check_api_key, token.strip(), clock())
         check_scope(key, request.method, request.url.path)
-        return key
+        actor = Actor(
+            type="api_key",
+            id=key.prefix,
+            name=key.description or key.prefix,
+            origin=ORIGIN_API,
+            remote_addr=request.client.host if request.client else "",
+        )
+        with acting_as(actor):
+            yield key
 
     api = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -277,7 +320,7 @@ def router(
 
     @api.delete("/users/{name}")
     async def delete_user(name: str, force: bool = False) -> dict[str, Any]:
-        deleted = await call(service.delete_user, name, force)
+        deleted = await call(service.delete_user, name, force, clock())
         return {"deleted": name, "nodes_deleted": deleted}
 
     # auth keys
@@ -299,6 +342,7 @@ def router(
             ephemeral=body.ephemeral,
             tags=body.tags,
             expiration=body.expiration,
+            preauthorized=body.preauthorized,
         )
         if server_public is not None:
             text = serverkey.attach(text, server_public)
@@ -319,7 +363,7 @@ def router(
 
     @api.delete("/nodes/{node_id}")
     async def delete_node(node_id: int) -> dict[str, Any]:
-        node = await call(service.delete_node, node_id)
+        node = await call(service.delete_node, node_id, clock())
         return {"deleted": node.id, "given_name": node.given_name}
 
     @api.post("/nodes/{node_id}/expire")
@@ -329,8 +373,25 @@ def router(
 
     @api.post("/nodes/{node_id}/rename")
     async def rename_node(node_id: int, body: Rename) -> dict[str, Any]:
-        node = await call(service.rename_node, node_id, body.name)
+        node = await call(service.rename_node, node_id, body.name, clock())
         return {"id": node.id, "given_name": node.given_name}
+
+    async def one_node(node: Node) -> dict[str, Any]:
+        owner = await call(service.node_owner, node)
+        return node_json(node, owner.name if owner else None, node.id in hub.online(), clock())
+
+    @api.post("/nodes/{node_id}/authorize")
+    async def authorize_node(node_id: int) -> dict[str, Any]:
+        return await one_node(await call(service.authorize_node, node_id, clock()))
+
+    @api.post("/nodes/{node_id}/key-expiry")
+    async def key_expiry(node_id: int, body: KeyExpiry) -> dict[str, Any]:
+        node = await call(service.set_key_expiry_disabled, node_id, body.disabled, clock())
+        return await one_node(node)
+
+    @api.post("/nodes/{node_id}/tags")
+    async def set_tags(node_id: int, body: NodeTags) -> dict[str, Any]:
+        return await one_node(await call(service.set_node_tags, node_id, body.tags, clock()))
 
     @api.post("/nodes/register", status_code=201)
     async def register_node(body: RegisterByCode) -> dict[str, Any]:
@@ -367,7 +428,7 @@ def router(
 
     @api.post("/nodes/{node_id}/routes")
     async def approve_routes(node_id: int, body: RouteApproval) -> dict[str, Any]:
-        await call(service.approve_routes, node_id, body.routes)
+        await call(service.approve_routes, node_id, body.routes, clock())
         return node_routes(await fresh_map(), node_id)
 
     @api.put("/nodes/{node_id}/attributes/{name}")
@@ -418,6 +479,45 @@ def router(
     async def check_policy(body: PolicyText) -> dict[str, Any]:
         policy = await call(service.check_policy, body.policy)
         return {"set": False, **policy_json(policy)}
+
+    # tailnet settings
+
+    @api.get("/settings")
+    async def get_settings() -> dict[str, Any]:
+        settings = await call(service.tailnet_settings)
+        return {"device_approval": settings.device_approval}
+
+    @api.patch("/settings")
+    async def set_settings(body: TailnetSettingsBody) -> dict[str, Any]:
+        settings = await call(service.set_tailnet_settings, device_approval=body.device_approval)
+        return {"device_approval": settings.device_approval}
+
+    # the audit log
+
+    @api.get("/audit")
+    async def list_audit(
+        limit: int = 100, before: int | None = None, since: float | None = None
+    ) -> list[dict[str, Any]]:
+        entries = await call(service.list_audit, limit=limit, before_id=before, since=since)
+        return [audit_json(e) for e in entries]
+
+    @api.get("/audit/export", response_model=None)
+    async def export_audit(since: float | None = None) -> StreamingResponse:
+        """Every entry (at or after ``since``), newest first, one JSON object a line."""
+
+        async def lines() -> AsyncIterator[bytes]:
+            before: int | None = None
+            while True:
+                page = await call(
+                    service.list_audit, limit=AUDIT_EXPORT_PAGE, before_id=before, since=since
+                )
+                for entry in page:
+                    yield (json.dumps(audit_json(entry), separators=(",", ":")) + "\n").encode()
+                if len(page) < AUDIT_EXPORT_PAGE:
+                    return
+                before = page[-1].id
+
+        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     # admin API keys
 

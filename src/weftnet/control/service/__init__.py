@@ -8,7 +8,9 @@ service calls ``ChangeFeed.publish()`` and the map hub recomputes maps.
 The rules live by concern, as plain classes that share one ``core.Db`` (store, change
 feed, settings, entropy) by composition: ``policyrules.PolicyRules`` (the access policy,
 device attributes), ``dnsrules.DnsRules`` (the DNS document), ``admin.AdminRules``
-(users, keys, nodes, approving logins) and ``registration.NodeRules`` (what nodes ask:
+(users, keys, approving logins), ``nodeadmin.NodeAdminRules`` (an admin's changes to a
+node: device approval, key expiry, tags...), ``tailnet.TailnetRules`` (run-time settings,
+the audit log) and ``registration.NodeRules`` (what nodes ask:
 register, log in, log out, map). The two latter ask ``PolicyRules`` for the policy in
 force; the node rules ask ``DnsRules`` for the DNS settings of the map.
 ``ControlService`` is the facade the server talks to: it builds the four and forwards each public rule to its owner. The
@@ -37,11 +39,14 @@ from weftnet.control.service.core import (
     ServiceError,
     Settings,
     Snapshot,
+    TailnetSettings,
     Unauthorized,
 )
 from weftnet.control.service.dnsrules import DnsRules
+from weftnet.control.service.nodeadmin import NodeAdminRules
 from weftnet.control.service.policyrules import PolicyRules
 from weftnet.control.service.registration import NodeRules
+from weftnet.control.service.tailnet import TailnetRules
 
 __all__ = [
     "DEFAULT_AUTH_KEY_EXPIRY_S",
@@ -57,6 +62,7 @@ __all__ = [
     "ServiceError",
     "Settings",
     "Snapshot",
+    "TailnetSettings",
     "Unauthorized",
 ]
 
@@ -76,6 +82,8 @@ class ControlService:
         self.admin_rules = AdminRules(self.db, self.policy_rules)
         self.dns_rules = DnsRules(self.db)
         self.node_rules = NodeRules(self.db, self.policy_rules, self.dns_rules)
+        self.node_admin_rules = NodeAdminRules(self.db, self.policy_rules)
+        self.tailnet_rules = TailnetRules(self.db)
         # The access policy and device attributes.
         self.get_policy = self.policy_rules.get_policy
         self.check_policy = self.policy_rules.check_policy
@@ -99,11 +107,20 @@ class ControlService:
         self.revoke_api_key = self.admin_rules.revoke_api_key
         self.list_nodes = self.admin_rules.list_nodes
         self.get_node = self.admin_rules.get_node
-        self.delete_node = self.admin_rules.delete_node
-        self.expire_node = self.admin_rules.expire_node
-        self.rename_node = self.admin_rules.rename_node
-        self.approve_routes = self.admin_rules.approve_routes
+        self.node_owner = self.admin_rules.node_owner
         self.register_by_code = self.admin_rules.register_by_code
+        # What an admin does to a node.
+        self.delete_node = self.node_admin_rules.delete_node
+        self.expire_node = self.node_admin_rules.expire_node
+        self.rename_node = self.node_admin_rules.rename_node
+        self.approve_routes = self.node_admin_rules.approve_routes
+        self.authorize_node = self.node_admin_rules.authorize_node
+        self.set_key_expiry_disabled = self.node_admin_rules.set_key_expiry_disabled
+        self.set_node_tags = self.node_admin_rules.set_node_tags
+        # The tailnet's settings and the audit log.
+        self.tailnet_settings = self.tailnet_rules.tailnet_settings
+        self.set_tailnet_settings = self.tailnet_rules.set_tailnet_settings
+        self.list_audit = self.tailnet_rules.list_audit
         # What nodes ask, and what the map hub reads.
         self.register = self.node_rules.register
         self.map_request = self.node_rules.map_request
