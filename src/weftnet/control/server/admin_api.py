@@ -15,7 +15,6 @@ Standalone relays use the same API (with an API key): they register their region
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,13 +22,14 @@ from urllib.parse import urlsplit
 import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
-from weftnet.control.domain.records import ApiKey, AuditEntry, AuthKey, Node, User
+from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
 from weftnet.control.policy import Policy
+from weftnet.control.server import admin_approval
 from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
     Conflict,
@@ -57,7 +57,6 @@ SCOPE_ROUTES = {
     credentials.API_KEY_SCOPE_RELAY: frozenset({("POST", "/relays"), ("GET", "/relay/nodekeys")}),
 }
 NODE_KEYS_WAIT_S = 5.0  # longest wait for a fresh network map before answering 503
-AUDIT_EXPORT_PAGE = 500  # entries read per transaction while streaming the export
 
 
 class NewUser(BaseModel):
@@ -98,18 +97,6 @@ class DnsBody(BaseModel):
 
 class RouteApproval(BaseModel):
     routes: list[str]  # replaces the manual approvals; [] withdraws them
-
-
-class KeyExpiry(BaseModel):
-    disabled: bool
-
-
-class NodeTags(BaseModel):
-    tags: list[str]
-
-
-class TailnetSettingsBody(BaseModel):
-    device_approval: bool
 
 
 class AttributeValue(BaseModel):
@@ -175,19 +162,6 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
         "authorized_at": node.authorized_at,
         "key_expiry_disabled": node.key_expiry_disabled,
         "auth_method": node.auth_method,
-    }
-
-
-def audit_json(entry: AuditEntry) -> dict[str, Any]:
-    return {
-        "id": entry.id,
-        "ts": entry.ts,
-        "actor": {"type": entry.actor_type, "id": entry.actor_id, "name": entry.actor_name},
-        "origin": entry.origin,
-        "action": entry.action,
-        "target": {"type": entry.target_type, "id": entry.target_id},
-        "details": entry.details,
-        "remote_addr": entry.remote_addr,
     }
 
 
@@ -376,23 +350,6 @@ def router(
         node = await call(service.rename_node, node_id, body.name, clock())
         return {"id": node.id, "given_name": node.given_name}
 
-    async def one_node(node: Node) -> dict[str, Any]:
-        owner = await call(service.node_owner, node)
-        return node_json(node, owner.name if owner else None, node.id in hub.online(), clock())
-
-    @api.post("/nodes/{node_id}/authorize")
-    async def authorize_node(node_id: int) -> dict[str, Any]:
-        return await one_node(await call(service.authorize_node, node_id, clock()))
-
-    @api.post("/nodes/{node_id}/key-expiry")
-    async def key_expiry(node_id: int, body: KeyExpiry) -> dict[str, Any]:
-        node = await call(service.set_key_expiry_disabled, node_id, body.disabled, clock())
-        return await one_node(node)
-
-    @api.post("/nodes/{node_id}/tags")
-    async def set_tags(node_id: int, body: NodeTags) -> dict[str, Any]:
-        return await one_node(await call(service.set_node_tags, node_id, body.tags, clock()))
-
     @api.post("/nodes/register", status_code=201)
     async def register_node(body: RegisterByCode) -> dict[str, Any]:
         now = clock()
@@ -401,6 +358,8 @@ def router(
         node = registered.node
         owner = registered.user.name if registered.user else None
         return node_json(node, owner, node.id in hub.online(), now)
+
+    admin_approval.add_routes(api, service, hub, clock, call)
 
     # routes (docs/routes.md): read from a map built after every change made before
 
@@ -479,45 +438,6 @@ def router(
     async def check_policy(body: PolicyText) -> dict[str, Any]:
         policy = await call(service.check_policy, body.policy)
         return {"set": False, **policy_json(policy)}
-
-    # tailnet settings
-
-    @api.get("/settings")
-    async def get_settings() -> dict[str, Any]:
-        settings = await call(service.tailnet_settings)
-        return {"device_approval": settings.device_approval}
-
-    @api.patch("/settings")
-    async def set_settings(body: TailnetSettingsBody) -> dict[str, Any]:
-        settings = await call(service.set_tailnet_settings, device_approval=body.device_approval)
-        return {"device_approval": settings.device_approval}
-
-    # the audit log
-
-    @api.get("/audit")
-    async def list_audit(
-        limit: int = 100, before: int | None = None, since: float | None = None
-    ) -> list[dict[str, Any]]:
-        entries = await call(service.list_audit, limit=limit, before_id=before, since=since)
-        return [audit_json(e) for e in entries]
-
-    @api.get("/audit/export", response_model=None)
-    async def export_audit(since: float | None = None) -> StreamingResponse:
-        """Every entry (at or after ``since``), newest first, one JSON object a line."""
-
-        async def lines() -> AsyncIterator[bytes]:
-            before: int | None = None
-            while True:
-                page = await call(
-                    service.list_audit, limit=AUDIT_EXPORT_PAGE, before_id=before, since=since
-                )
-                for entry in page:
-                    yield (json.dumps(audit_json(entry), separators=(",", ":")) + "\n").encode()
-                if len(page) < AUDIT_EXPORT_PAGE:
-                    return
-                before = page[-1].id
-
-        return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     # admin API keys
 
