@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from weftnet.control.domain import netmap
-from weftnet.control.service import Invalid, NotFound, Refused
+from weftnet.control.service import Invalid, NotFound, ServiceError
 from weftnet.control.service.audit import ORIGIN_API, Actor, acting_as
 
 from .test_service import (  # noqa: F401 - fixtures
@@ -172,9 +172,10 @@ def test_every_change_is_audited_with_the_actor_and_no_secret(svc: ControlServic
     newest = svc.list_audit(limit=2)
     assert [e.action for e in newest] == ["user.delete", "node.delete"]
     assert svc.list_audit(limit=1, before_id=newest[1].id)[0].action == "api_key.revoke"
-    assert svc.list_audit(since=NOW + 1) == [] or all(
-        e.ts >= NOW + 1 for e in svc.list_audit(since=NOW + 1)
-    )
+    recent = svc.list_audit(since=NOW + 1)  # the rules that take no `now` use the clock
+    assert {e.action for e in recent} == {
+        "policy.set", "dns.set", "node.attribute", "settings.set", "user.delete"
+    }  # fmt: skip
     with pytest.raises(Invalid):
         svc.list_audit(limit=0)
 
@@ -191,7 +192,7 @@ def test_a_refused_change_writes_no_audit_entry(svc: ControlService) -> None:
         lambda: svc.delete_user("nobody"),
         lambda: svc.revoke_auth_key("ffffffffffff", NOW),
     ):
-        with pytest.raises((Invalid, NotFound, Refused, Exception)):
+        with pytest.raises(ServiceError):
             attempt()
     assert svc.list_audit(limit=1000) == before
 
