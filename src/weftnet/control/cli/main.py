@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
+from weftnet.control.cli import approval
+
 if TYPE_CHECKING:  # the server's modules load only for `serve` and `relay`
     from weftnet.control.server.app import ServeOptions
 
@@ -199,6 +201,14 @@ def build_parser() -> Parser:
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     serve.add_argument("--node-key-expiry", help="e.g. 180d (the default); saved")
     serve.add_argument("--dns-domain", help="e.g. weft.internal (the default); saved")
+    serve.add_argument(
+        "--device-approval",
+        type=approval.on_off,
+        nargs="?",
+        const=True,
+        metavar="on|off",
+        help="new devices wait for an admin's approval (on, or no value) or not (off); saved",
+    )
     serve.add_argument("--keepalive-interval", type=_seconds, default=15.0, metavar="DURATION")
     serve.add_argument(
         "--router-keepalive-interval",
@@ -304,6 +314,7 @@ def build_parser() -> Parser:
     p.add_argument("--ephemeral", action="store_true", help="nodes go away when offline")
     p.add_argument("--tags", default="", help="tag:a,tag:b: nodes owned by the tags")
     p.add_argument("--expiration", help="e.g. 1h, 7d (default 90d, at most 365d)")
+    p.add_argument("--preauthorized", action="store_true", help="its nodes need no device approval")
     action(keys, "list", "list auth keys").add_argument("--user")
     action(keys, "revoke", "revoke an auth key").add_argument("key", metavar="PREFIX_OR_ID")
 
@@ -331,6 +342,8 @@ def build_parser() -> Parser:
         required=True,
         help='CIDR,... (replaces the approvals; "" withdraws them; an exit node: 0.0.0.0/0,::/0)',
     )
+    approval.add_node_commands(nodes, action)
+    approval.add_commands(commands, common, group, action)
 
     policy = group("policy", "the access policy (docs/policy.md)")
     action(policy, "get", "print the policy in force")
@@ -541,6 +554,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         server_url=args.server_url,
         node_key_expiry=args.node_key_expiry,
         dns_domain=args.dns_domain,
+        device_approval=args.device_approval,
         keepalive_s=args.keepalive_interval,
         router_keepalive_s=args.router_keepalive_interval,
         ephemeral_grace_s=args.ephemeral_grace,
@@ -703,7 +717,7 @@ def _admin(args: argparse.Namespace) -> int:
         if args.command == "server-key":
             return _print_server_key(client.server_key(), args.json)
         req = client.request
-        key = (args.command, args.action)
+        key = (args.command, getattr(args, "action", ""))
         out: Any
         printer: Callable[[Any, float], None] | None = None
         text: str | None = None
@@ -744,6 +758,7 @@ def _admin(args: argparse.Namespace) -> int:
                 "ephemeral": args.ephemeral,
                 "tags": tags,
                 "expiration": args.expiration,
+                "preauthorized": args.preauthorized,
             }
             out = req("POST", "/keys", body=body)
             text = out["key"]
@@ -841,9 +856,13 @@ def _admin(args: argparse.Namespace) -> int:
             text = f"revoked API key {out['revoked']}"
         elif key == ("relays", "list"):
             out, printer = req("GET", "/relays"), _print_relays
+        elif (outcome := approval.run(key, args, req, lambda r: _node_id(client, r))) is not None:
+            out, printer, text = outcome
         else:  # pragma: no cover - argparse only lets known actions through
             raise UsageError(f"unknown command {' '.join(key)}")
-    if args.json:
+    if args.json and args.command == "audit":
+        approval.print_json_lines(out)
+    elif args.json:
         print(json.dumps(out, indent=2))
     elif printer is not None:
         printer(out, now)

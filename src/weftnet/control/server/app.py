@@ -45,11 +45,14 @@ from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlCont
 from weftnet.control.server.oidc import OidcClient, OidcConfig, OidcOptions
 from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
+from weftnet.control.service.audit import ORIGIN_CLI, Actor, acting_as
 from weftnet.control.store import sql as store
 from weftnet.relay.mount import uvicorn_protocol
 from weftnet.stun import server as stunserver
 
 log = logging.getLogger("weftnet.control")
+# Who changes settings given on the `weft-control serve` command line (audit log).
+SERVE_ACTOR = Actor(type="system", id="", name="weft-control serve", origin=ORIGIN_CLI)
 
 SERVER_KEY_FILE = "server.key"
 RELAY_KEY_FILE = "relay.key"
@@ -79,6 +82,7 @@ class ServeOptions:
     server_url: str | None = None
     node_key_expiry: str | None = None  # saved in the database when given
     dns_domain: str | None = None  # saved in the database when given
+    device_approval: bool | None = None  # the tailnet setting, saved when given
     keepalive_s: float = DEFAULT_KEEPALIVE_S
     router_keepalive_s: float = DEFAULT_ROUTER_KEEPALIVE_S  # streams of route candidates
     ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S
@@ -334,7 +338,10 @@ class ControlServer:
             except dnsdoc.DNSError as e:
                 raise ServeError(str(e)) from None
         try:
-            settings = service.load_settings(opts.node_key_expiry, opts.dns_domain)
+            with acting_as(SERVE_ACTOR):
+                settings = service.load_settings(opts.node_key_expiry, opts.dns_domain)
+                if opts.device_approval is not None:
+                    service.set_tailnet_settings(device_approval=opts.device_approval)
         except ServiceError as e:
             raise ServeError(str(e)) from None
         try:

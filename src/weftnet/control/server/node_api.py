@@ -37,7 +37,7 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control.domain import credentials, netmap
+from weftnet.control.domain import credentials, names, netmap
 from weftnet.control.server import admin_api, oidc_routes
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
 from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
@@ -51,6 +51,7 @@ from weftnet.control.service import (
     ServiceError,
     Unauthorized,
 )
+from weftnet.control.service.audit import ORIGIN_NODE, Actor, acting_as
 from weftnet.control.store.sql import redact_error
 from weftnet.stun import server as stunserver
 
@@ -356,11 +357,19 @@ async def _register(
             code = credentials.code_from_url(req.followup)
     deadline_at = time.monotonic() + ctx.followup_wait_s
     limiter = None
+    actor = Actor(
+        type="node",
+        id=machine_key[: len(tailcfg.MACHINE_KEY_PREFIX) + 16],
+        name=names.clean_hostname(req.hostinfo.hostname),
+        origin=ORIGIN_NODE,
+        remote_addr=source,
+    )
     while True:
         try:
-            outcome = await _call(
-                ctx.service.register, machine_key, req, ctx.clock(), base_url, limiter=limiter
-            )
+            with acting_as(actor):
+                outcome = await _call(
+                    ctx.service.register, machine_key, req, ctx.clock(), base_url, limiter=limiter
+                )
         except SealedRefusal:
             if reserved:
                 ctx.logins.release(source, machine_key)
@@ -385,7 +394,8 @@ def _authorized(ctx: ControlContext, registered: Registered) -> tailcfg.Register
     users = {user.id: user} if user else {}
     online = node.id in ctx.hub.online()
     return tailcfg.RegisterResponse(
-        machine_authorized=True,
+        # False: registered, but waiting for an admin's approval (device approval).
+        machine_authorized=node.authorized_at is not None,
         node=netmap.wire_node(node, users, online, ctx.clock()),
         user=tailcfg.UserInfo(id=user.id, name=user.name) if user else None,
     )

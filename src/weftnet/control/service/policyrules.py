@@ -13,11 +13,14 @@ change what postures hold, so they publish a change like any other.
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
 
 from weftnet.control import policy as pol
 from weftnet.control.domain.access import PolicyCache, node_info, owns_tag
 from weftnet.control.domain.records import Node, Tx
+from weftnet.control.service.audit import record as audit
 from weftnet.control.service.core import Db, Invalid, NotFound
 
 POLICY_SETTING = "policy"
@@ -62,6 +65,8 @@ class PolicyRules:
         def store(tx: Tx) -> pol.Policy:
             policy = self._checked(tx, text)
             tx.set_setting(POLICY_SETTING, text)
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            audit(tx, time.time(), "policy.set", "policy", "policy", sha256=digest)
             return policy
 
         policy = self.db.write(store)
@@ -106,6 +111,8 @@ class PolicyRules:
                 attrs[name] = value
                 if len(attrs) > MAX_ATTRS:
                     raise Invalid(f"a node has at most {MAX_ATTRS} attributes")
+            audit(tx, time.time(), "node.attribute", "node", node_id,
+                  name=f"custom:{name}", value=value)  # fmt: skip
             return tx.update_node(node_id, attrs=tuple(sorted(attrs.items())))
 
         node = self.db.write(apply)
