@@ -424,7 +424,8 @@ def test_provider_down_at_start_answers_503(rp: Rp, tmp_path: Path) -> None:
         _node, url, _http = start_node(server)
         r = httpx.get(url)
         assert r.status_code == 503 and "login is unavailable" in r.text
-        assert httpx.get(f"{server.url}/health").status_code == 200
+        health = httpx.get(f"{server.url}/health")
+        assert health.status_code == 200 and health.json()["oidc_login"] == "unavailable"
 
 
 def test_console_login_hands_the_user_to_the_console(

@@ -177,9 +177,14 @@ def create_app(ctx: ControlContext) -> FastAPI:
             log.warning("health check: the database did not answer: %s", redact_error(e))
             return JSONResponse({"ok": False, "error": "database unavailable"}, status_code=503)
         relay_clients = len(ctx.relay.server.clients()) if ctx.relay is not None else 0
-        return JSONResponse(
-            {"ok": True, "nodes_online": len(ctx.hub.online()), "relay_clients": relay_clients}
-        )
+        body: dict[str, object] = {
+            "ok": True,
+            "nodes_online": len(ctx.hub.online()),
+            "relay_clients": relay_clients,
+        }
+        if ctx.oidc is not None:  # existing nodes work either way; new logins wait
+            body["oidc_login"] = "available" if ctx.oidc.ready else "unavailable"
+        return JSONResponse(body)
 
     app.state.oidc_enabled = ctx.oidc is not None
     app.state.oidc_issuer = ctx.oidc.config.issuer if ctx.oidc is not None else None

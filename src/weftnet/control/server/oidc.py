@@ -200,8 +200,8 @@ class OidcClient:
                 await self.discover()
             except OidcError as e:
                 log.warning("OIDC login unavailable (attempt %d): %s", attempt, e)
-            except Exception as e:  # never let the task die silently
-                log.warning("OIDC discovery failed unexpectedly: %s", type(e).__name__)
+            except Exception:  # a bug: log it with its traceback, and keep retrying
+                log.exception("OIDC discovery failed unexpectedly (attempt %d)", attempt)
             else:
                 log.info("OIDC provider %s discovered: login is available", self.config.issuer)
 
