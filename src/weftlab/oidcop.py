@@ -124,9 +124,13 @@ def start_op(
     clients: Sequence[Mapping[str, Any]],
     accounts: Mapping[str, Mapping[str, Any]] | None = None,
     id_token_ttl: int = 3600,
+    netns: str | None = None,
 ) -> Iterator[OpenIdProvider]:
     """Run a test OP with these clients (oidc-provider client metadata) and accounts
-    (sub -> claims); stopped when the block exits."""
+    (sub -> claims); stopped when the block exits. With ``netns`` it runs in that network
+    namespace (`ip netns exec`; a lab host's ``.netns``), on that namespace's loopback:
+    only processes there reach ``issuer``, so the ``OpenIdProvider`` helpers that call the
+    OP from this process (metadata, set_claims, clear_claims) don't work then."""
     node = _check_installed()
     with tempfile.TemporaryDirectory(prefix="weft-op-") as tmp:
         cfg = Path(tmp) / "op.json"
@@ -138,9 +142,10 @@ def start_op(
             "id_token_ttl": id_token_ttl,
         }
         cfg.write_text(json.dumps(config))
+        in_netns = ["ip", "netns", "exec", netns] if netns else []
         with log.open("w") as err:
             proc = subprocess.Popen(
-                [node, str(OP_SCRIPT), str(cfg)],
+                [*in_netns, node, str(OP_SCRIPT), str(cfg)],
                 cwd=OP_DIR,
                 stdin=subprocess.PIPE,  # the OP exits when this closes, even if we are killed
                 stdout=subprocess.PIPE,

@@ -113,10 +113,15 @@ class Node(Wire):
     home_relay: str | None = None  # region name where this node can be reached
     os: str = ""  # as the node reported it (Hostinfo.os)
     client_version: str = ""
+    # False only on a node's own view of itself while it waits for an admin's approval
+    # (device approval): it has no peers until then. Older servers never send it.
+    machine_authorized: bool = True
 
 
 class RegisterResponse(Wire):
-    machine_authorized: bool
+    # False: an interactive login (``auth_url``), a logout, an error - or, with ``node``
+    # set, a device registered but waiting for an admin's approval (device approval).
+    machine_authorized: bool = True
     auth_url: str | None = None  # interactive login: open this, or ask the admin
     node: Node | None = None
     user: UserInfo | None = None

@@ -53,15 +53,17 @@ def add_node(service: ControlService, user: str, hostname: str) -> Node:
 
 
 def seed(service: ControlService) -> dict[str, Node]:
-    """One user per role, each with PASSWORD; machines of the member and of the admin."""
+    """One user per role, each with PASSWORD; machines of the member (waiting for
+    approval) and of the admin."""
     for role, name in ROLE_USERS.items():
         service.create_user(name, time.time())
         service.set_user_role(name, role)
         service.set_user_password(name, PASSWORD)
-    return {
-        "member": add_node(service, user_of(roles.MEMBER), "member-laptop"),
-        "admin": add_node(service, user_of(roles.ADMIN), "admin-server"),
-    }
+    service.set_tailnet_settings(device_approval=True)
+    member = add_node(service, user_of(roles.MEMBER), "member-laptop")
+    service.set_tailnet_settings(device_approval=False)
+    admin = add_node(service, user_of(roles.ADMIN), "admin-server")
+    return {"member": member, "admin": admin}
 
 
 @dataclass

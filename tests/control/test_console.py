@@ -375,3 +375,5 @@ def test_dns_and_settings_pages_save(console: Console) -> None:
     assert owner.post("/admin/settings", {"device_approval": "1"}).status_code == 303
     assert console.service.tailnet_settings().device_approval
     assert "checked" in owner.http.get("/admin/settings").text
+    assert owner.post("/admin/settings", {}).status_code == 303
+    assert not console.service.tailnet_settings().device_approval

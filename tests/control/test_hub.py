@@ -33,6 +33,7 @@ def node(node_id: int, **fields: Any) -> Node:
         ephemeral=False,
         created_at=NOW,
         key_expiry=None,
+        authorized_at=NOW,
     )
     return dataclasses.replace(base, **fields)
 

@@ -36,6 +36,7 @@ def node(node_id: int, **fields: object) -> Node:
         ephemeral=False,
         created_at=NOW,
         key_expiry=NOW + 3600,
+        authorized_at=NOW,
     )
     return dataclasses.replace(base, **fields)  # type: ignore[arg-type]
 

@@ -161,7 +161,9 @@ def test_streams_of_routers_keep_alive_more_often() -> None:
     from .memstore import MemoryStore
 
     hub = Hub(ControlService(MemoryStore()), keepalive_s=15.0, router_keepalive_s=3.0)
-    base = dict(user_id=None, tags=(), ephemeral=False, created_at=0.0, key_expiry=None)
+    base = dict(
+        user_id=None, tags=(), ephemeral=False, created_at=0.0, key_expiry=None, authorized_at=0.0
+    )
     nodes = {
         i: Node(
             id=i,

@@ -140,6 +140,8 @@ class FakeControl:
             raise ControlError("cannot reach the coordination server")
         if kw.get("logout"):
             return tailcfg.RegisterResponse(machine_authorized=False, node_key_expired=True)
+        if not self.server.me.machine_authorized:  # registered, waiting for approval
+            return tailcfg.RegisterResponse(machine_authorized=False, node=self.server.me)
         return tailcfg.RegisterResponse(machine_authorized=self.server.authorized)
 
     async def map_stream(

@@ -59,3 +59,12 @@ def test_wait_change_waits_for_the_next_change_not_an_old_one() -> None:
 
     first, again = asyncio.run(scenario())
     assert first is State.Running and again is State.Running
+
+
+def test_a_map_saying_not_authorized_waits_for_the_machine_auth() -> None:
+    b = Backend()
+    b.login_approved()
+    b.map_applied(self_expired=False, authorized=False)
+    assert b.state is State.NeedsMachineAuth
+    b.map_applied(self_expired=False, authorized=True)
+    assert b.state is State.Running

@@ -244,3 +244,20 @@ def test_endpoints_as_plain_tuples_are_reported_too() -> None:
 
     assert endpoints_to_report([("fd00::1", 41641), ("127.0.0.1", 1), ("198.18.0.2", 41641)]) == [
         "[fd00::1]:41641", "198.18.0.2:41641", "127.0.0.1:1"]  # fmt: skip
+
+
+def test_a_device_waiting_for_approval_runs_once_approved(tmp_path: Path) -> None:
+    waiting = ME.model_copy(update={"machine_authorized": False})
+    server = FakeServer(waiting, [])
+
+    async def body(d: NodeDaemon) -> None:
+        answer = await d.up(UP)
+        assert answer["result"] == {"state": "NeedsMachineAuth", "admin_url": f"{SERVER}/admin"}
+        st = status.node_status(d)
+        assert st["backend_state"] == "NeedsMachineAuth" and st["admin_url"] == f"{SERVER}/admin"
+        assert d.state.prefs.registered and d.peers.by_id == {}
+        server.push(tailcfg.MapResponse(node=ME, peers_changed=PEERS))  # the admin approved
+        await poll(lambda: d.backend.state.value == "Running")
+        assert set(d.peers.by_id) == {2, 3} and status.node_status(d)["admin_url"] is None
+
+    run(tmp_path, server, body)

@@ -64,6 +64,8 @@ def print_node_status(st: dict[str, Any]) -> None:
         print(f"{st['backend_state']}" + (f": {st['error']}" if st.get("error") else ""))
         if st.get("auth_url"):
             print(f"To authenticate, visit:\n\n\t{st['auth_url']}\n")
+        if st.get("admin_url"):
+            print(f"Waiting for an admin to approve this machine: visit {st['admin_url']}")
         if st["backend_state"] != "Starting":
             print_health(st.get("health", []))
             return
@@ -193,10 +195,18 @@ def cmd_up(args: argparse.Namespace) -> None:
     )
     if res.get("warning"):
         print(f"weft: warning: {res['warning']}", file=sys.stderr, flush=True)
-    if res["state"] == "NeedsLogin" and res.get("auth_url"):
-        print(f"\nTo authenticate, visit:\n\n\t{res['auth_url']}\n", flush=True)
+    waiting_login = res["state"] == "NeedsLogin" and res.get("auth_url")
+    if waiting_login or res["state"] == "NeedsMachineAuth":
+        if waiting_login:
+            print(f"\nTo authenticate, visit:\n\n\t{res['auth_url']}\n", flush=True)
+        shown = False  # the device-approval message, printed once
         deadline = time.monotonic() + args.timeout if args.timeout else None
+        st = res
         while True:
+            admin_url = st.get("admin_url")
+            if admin_url and not shown:
+                print(f"To approve your machine, visit (as admin):\n\n\t{admin_url}\n", flush=True)
+                shown = True
             st = call(args.socket, "status")
             if st["backend_state"] == "Running":
                 break

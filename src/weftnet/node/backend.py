@@ -1,6 +1,8 @@
 """The node's state (as Tailscale's ipn.State) and every transition between states.
 
     NeedsLogin  no accepted node key: `weft up --login-server URL [--auth-key K]`
+    NeedsMachineAuth  logged in, but the device waits for an admin's approval (device
+                approval): the map stream runs, with no peers until the approval
     Stopped     `weft down`: logged in, but no peers and no addresses
     Starting    logged in and wanting to run, waiting for a network map
     Running     a map is applied: addresses set, peers configured
@@ -8,6 +10,8 @@
 Transitions (the only places the state changes):
 
     NeedsLogin --login_approved--> Starting --map_applied--> Running
+    Starting/Running --map_applied(not authorized)--> NeedsMachineAuth
+    NeedsMachineAuth --map_applied(authorized)--> Running
     any        --stopped---------> Stopped  (weft down)
     Stopped    --starting--------> Starting (weft up)
     Running    --map_applied(self expired)--> NeedsLogin
@@ -32,6 +36,7 @@ log = logging.getLogger("weftd")
 
 class State(enum.Enum):
     NeedsLogin = "NeedsLogin"
+    NeedsMachineAuth = "NeedsMachineAuth"
     Stopped = "Stopped"
     Starting = "Starting"
     Running = "Running"
@@ -69,12 +74,12 @@ class Backend:
         """`weft up` while logged in: the map stream (re)starts."""
         self._set(State.Starting)
 
-    def map_applied(self, self_expired: bool) -> None:
+    def map_applied(self, self_expired: bool, authorized: bool = True) -> None:
         if self_expired:
             self.logged_out("this node's key has expired: run `weft up` to log in again")
-        elif self.state in (State.Starting, State.Running):
+        elif self.state in (State.Starting, State.Running, State.NeedsMachineAuth):
             self.error = None
-            self._set(State.Running)
+            self._set(State.Running if authorized else State.NeedsMachineAuth)
 
     def stopped(self) -> None:
         self._set(State.Stopped)

@@ -249,7 +249,9 @@ class NodeDaemon:
         if resp.error:
             return error(resp.error)
         warning = getattr(self.control, "warning", None) or self.forwarding_warning()
-        if resp.machine_authorized:
+        if resp.machine_authorized or (resp.node is not None and not resp.auth_url):
+            # Not authorized with a node: registered, waiting for the device's approval;
+            # the map stream brings the approval (NeedsMachineAuth until then).
             answer = await self._wait_running(self._logged_in())
             if warning:
                 answer["result"]["warning"] = warning
@@ -266,6 +268,8 @@ class NodeDaemon:
         state = await self.backend.wait_change(since, UP_WAIT_S)
         if state is State.Running:
             return ok({"state": "Running"})
+        if state is State.NeedsMachineAuth:
+            return ok({"state": state.value, "admin_url": self.admin_url()})
         why = self.backend.error or (self.stream and self.stream.last_error)
         return ok({"state": state.value, "message": why or "no network map from the server yet"})
 
@@ -287,8 +291,8 @@ class NodeDaemon:
                 continue
             if resp.error:
                 self.backend.login_failed(resp.error)
-            elif resp.machine_authorized:
-                self._logged_in()
+            elif resp.machine_authorized or resp.node is not None:
+                self._logged_in()  # (waiting for the device's approval if not authorized)
             else:
                 continue  # the long poll ended without an answer: ask again
             return
@@ -394,7 +398,7 @@ class NodeDaemon:
         if persist:
             self.state.save_netmap(nm.to_cache())
         await self._update_os_dns()
-        self.backend.map_applied(nm.self_expired)
+        self.backend.map_applied(nm.self_expired, nm.self_authorized)
 
     async def _set_addresses(self, addrs: list[Any]) -> None:
         """Exactly ``addrs`` on the interface, and the overlay routes back: the kernel
@@ -521,6 +525,10 @@ class NodeDaemon:
 
     async def _routes_off(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.routes.remove)
+
+    def admin_url(self) -> str:
+        """Where an admin approves this device (the console's machines page)."""
+        return f"{(self.state.prefs.login_server or '').rstrip('/')}/admin"
 
     def forwarding_warning(self) -> str | None:
         p = self.state.prefs

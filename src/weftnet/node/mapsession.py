@@ -31,6 +31,11 @@ class NetworkMap:
         return self.self_node is not None and self.self_node.expired
 
     @property
+    def self_authorized(self) -> bool:
+        """False while the device waits for an admin's approval (device approval)."""
+        return self.self_node is None or self.self_node.machine_authorized
+
+    @property
     def dns(self) -> tailcfg.DNSConfig | None:
         """The DNS config in effect: the server's ``dns_config``; from a server that sends
         only ``dns_domain`` (capability 1), MagicDNS on under that domain; else None."""

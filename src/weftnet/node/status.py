@@ -122,6 +122,8 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
     return {
         "backend_state": d.backend.state.value,
         "auth_url": d.backend.auth_url,
+        # Where an admin approves this device, while it waits (NeedsMachineAuth).
+        "admin_url": d.admin_url() if d.backend.state is State.NeedsMachineAuth else None,
         "error": None if running else d.backend.error or (d.stream and d.stream.last_error),
         "health": health(d),
         "self": {

@@ -7,6 +7,7 @@
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
     weft-control users create NAME | list | delete NAME [--force]
+    weft-control users link NAME --issuer I --subject S | unlink NAME --issuer I
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
                              [--expiration 1h] | list [--user U] | revoke PREFIX_OR_ID
     weft-control nodes list [--user U] | delete ID | expire ID | rename ID NAME
@@ -39,6 +40,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
+
+from weftnet.control.cli import approval
 
 if TYPE_CHECKING:  # the server's modules load only for `serve` and `relay`
     from weftnet.control.server.app import ServeOptions
@@ -120,6 +123,68 @@ def _client_tls_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _oidc_flags(serve: argparse.ArgumentParser) -> None:
+    """Logins through an OpenID provider (docs/identity.md)."""
+    g = serve.add_argument_group("login through an OpenID provider (docs/identity.md)")
+    g.add_argument("--oidc-issuer", metavar="URL", help="https (http only on loopback)")
+    g.add_argument("--oidc-client-id", metavar="ID")
+    g.add_argument("--oidc-client-secret-file", metavar="FILE", help="holds the client secret")
+    g.add_argument("--oidc-scope", default="openid email profile", help="(default %(default)s)")
+    g.add_argument(
+        "--oidc-extra-param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra authorization parameter, e.g. domain_hint=example.com (repeatable)",
+    )
+    g.add_argument("--oidc-allowed-domains", type=_csv, default=(), metavar="D,...")
+    g.add_argument("--oidc-allowed-groups", type=_csv, default=(), metavar="G,...")
+    g.add_argument("--oidc-allowed-users", type=_csv, default=(), metavar="EMAIL,...")
+    g.add_argument(
+        "--oidc-email-verified-required",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="domain and user filters need a verified email (default: required)",
+    )
+    g.add_argument(
+        "--oidc-expiry-from-token",
+        action="store_true",
+        help="node key expiry = the ID token's expiry (default: --node-key-expiry)",
+    )
+    g.add_argument("--oidc-client-auth", choices=("basic", "post"), default="basic")
+    g.add_argument("--oidc-admin-group", metavar="G", help="its members become console admins")
+    g.add_argument("--owner", metavar="EMAIL", help="the first login with this email is owner")
+
+
+def _oidc_options(args: argparse.Namespace) -> Any:
+    from weftnet.control.server.oidc import OidcOptions
+
+    if args.oidc_issuer is None:
+        others = [a for a in ("oidc_client_id", "oidc_client_secret_file") if getattr(args, a)]
+        if others:
+            raise UsageError(f"--{others[0].replace('_', '-')} needs --oidc-issuer")
+        return None
+    return OidcOptions(
+        issuer=args.oidc_issuer,
+        client_id=args.oidc_client_id,
+        client_secret_file=args.oidc_client_secret_file,
+        scope=args.oidc_scope,
+        extra_params=tuple(args.oidc_extra_param),
+        client_auth=args.oidc_client_auth,
+        allowed_domains=args.oidc_allowed_domains,
+        allowed_groups=args.oidc_allowed_groups,
+        allowed_users=args.oidc_allowed_users,
+        email_verified_required=args.oidc_email_verified_required,
+        expiry_from_token=args.oidc_expiry_from_token,
+        admin_group=args.oidc_admin_group,
+        owner=args.owner,
+    )
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
@@ -136,6 +201,14 @@ def build_parser() -> Parser:
     serve.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     serve.add_argument("--node-key-expiry", help="e.g. 180d (the default); saved")
     serve.add_argument("--dns-domain", help="e.g. weft.internal (the default); saved")
+    serve.add_argument(
+        "--device-approval",
+        type=approval.on_off,
+        nargs="?",
+        const=True,
+        metavar="on|off",
+        help="new devices wait for an admin's approval (on, or no value) or not (off); saved",
+    )
     serve.add_argument("--keepalive-interval", type=_seconds, default=15.0, metavar="DURATION")
     serve.add_argument(
         "--router-keepalive-interval",
@@ -158,6 +231,7 @@ def build_parser() -> Parser:
         "--region", default="default", help="region name of the embedded relay (%(default)s)"
     )
     serve.add_argument("--no-relay", action="store_true", help="do not run the embedded relay")
+    _oidc_flags(serve)
     serve.add_argument(
         "--relay-rate",
         type=_rate,
@@ -233,6 +307,13 @@ def build_parser() -> Parser:
     p = action(users, "role", "set a user's console role (docs/console.md)")
     p.add_argument("name")
     p.add_argument("role", help="owner, admin, network_admin, it_admin, auditor or member")
+    p = action(users, "link", "bind a login at an OpenID provider to a user")
+    p.add_argument("name")
+    p.add_argument("--issuer", required=True)
+    p.add_argument("--subject", required=True)
+    p = action(users, "unlink", "remove a user's login from an OpenID provider")
+    p.add_argument("name")
+    p.add_argument("--issuer", required=True)
 
     keys = group("keys", "manage auth keys")
     p = action(keys, "create", "create an auth key (printed alone on stdout)")
@@ -241,6 +322,7 @@ def build_parser() -> Parser:
     p.add_argument("--ephemeral", action="store_true", help="nodes go away when offline")
     p.add_argument("--tags", default="", help="tag:a,tag:b: nodes owned by the tags")
     p.add_argument("--expiration", help="e.g. 1h, 7d (default 90d, at most 365d)")
+    p.add_argument("--preauthorized", action="store_true", help="its nodes need no device approval")
     action(keys, "list", "list auth keys").add_argument("--user")
     action(keys, "revoke", "revoke an auth key").add_argument("key", metavar="PREFIX_OR_ID")
 
@@ -268,6 +350,8 @@ def build_parser() -> Parser:
         required=True,
         help='CIDR,... (replaces the approvals; "" withdraws them; an exit node: 0.0.0.0/0,::/0)',
     )
+    approval.add_node_commands(nodes, action)
+    approval.add_commands(commands, common, group, action)
 
     policy = group("policy", "the access policy (docs/policy.md)")
     action(policy, "get", "print the policy in force")
@@ -478,6 +562,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         server_url=args.server_url,
         node_key_expiry=args.node_key_expiry,
         dns_domain=args.dns_domain,
+        device_approval=args.device_approval,
         keepalive_s=args.keepalive_interval,
         router_keepalive_s=args.router_keepalive_interval,
         ephemeral_grace_s=args.ephemeral_grace,
@@ -490,6 +575,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         stun_port=args.stun_port,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        oidc=_oidc_options(args),
     )
 
 
@@ -655,7 +741,7 @@ def _admin(args: argparse.Namespace) -> int:
         if args.command == "server-key":
             return _print_server_key(client.server_key(), args.json)
         req = client.request
-        key = (args.command, args.action)
+        key = (args.command, getattr(args, "action", ""))
         out: Any
         printer: Callable[[Any, float], None] | None = None
         text: str | None = None
@@ -664,6 +750,21 @@ def _admin(args: argparse.Namespace) -> int:
             text = f"created user {out['name']} (id {out['id']})"
         elif key == ("users", "list"):
             out, printer = req("GET", "/users"), _print_users
+            if args.json:
+                for u in out:
+                    name = quote(u["name"], safe="@")
+                    u["identities"] = req("GET", f"/users/{name}/identities")
+        elif key == ("users", "link"):
+            body = {"issuer": args.issuer, "subject": args.subject}
+            out = req("POST", f"/users/{quote(args.name, safe='@')}/identities", body=body)
+            text = f"linked {args.name} to {out['subject']} at {out['issuer']}"
+        elif key == ("users", "unlink"):
+            out = req(
+                "DELETE",
+                f"/users/{quote(args.name, safe='@')}/identities",
+                params={"issuer": args.issuer},
+            )
+            text = f"unlinked {out['unlinked']} login(s) of {args.name} from {args.issuer}"
         elif key == ("users", "delete"):
             out = req(
                 "DELETE",
@@ -693,6 +794,7 @@ def _admin(args: argparse.Namespace) -> int:
                 "ephemeral": args.ephemeral,
                 "tags": tags,
                 "expiration": args.expiration,
+                "preauthorized": args.preauthorized,
             }
             out = req("POST", "/keys", body=body)
             text = out["key"]
@@ -790,9 +892,13 @@ def _admin(args: argparse.Namespace) -> int:
             text = f"revoked API key {out['revoked']}"
         elif key == ("relays", "list"):
             out, printer = req("GET", "/relays"), _print_relays
+        elif (outcome := approval.run(key, args, req, lambda r: _node_id(client, r))) is not None:
+            out, printer, text = outcome
         else:  # pragma: no cover - argparse only lets known actions through
             raise UsageError(f"unknown command {' '.join(key)}")
-    if args.json:
+    if args.json and args.command == "audit":
+        approval.print_json_lines(out)
+    elif args.json:
         print(json.dumps(out, indent=2))
     elif printer is not None:
         printer(out, now)

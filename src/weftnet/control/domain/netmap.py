@@ -14,8 +14,12 @@ depends on how the node reached the server, so each stream passes it to ``view_f
 then the standalone relays registered with the server (``NetMap.relays``). The full
 frame carries it, and a delta carries it again whenever it changed.
 
-A node's key is admitted to a relay while the node exists and its key has not expired
-(``NetMap.admits``); the hub cuts relay clients whose key stops being admitted.
+Device approval: a node waiting for an admin's approval (``authorized_at`` None) is in
+no other node's map, gets a map with no peers and a filter that admits nothing, its wire
+node says ``machine_authorized=False``, and no relay admits it (``in_tailnet``).
+
+A node's key is admitted to a relay while the node exists, is authorized and its key
+has not expired (``NetMap.admits``); the hub cuts relay clients whose key stops being admitted.
 
 Who sees whom follows the access policy (docs/policy.md). Each node's packet filter is
 ``policy.compile_filter`` of the policy at the NetMap's time, over the nodes whose keys
@@ -61,6 +65,11 @@ from weftnet.control import policy as pol
 from weftnet.control.domain import dnsdoc, names, routes
 from weftnet.control.domain.access import node_info
 from weftnet.control.domain.records import Node, User
+
+
+def in_tailnet(node: Node, now: float) -> bool:
+    """Whether the node takes part in the tailnet: approved and its key not expired."""
+    return node.authorized_at is not None and not node.expired_at(now)
 
 
 def clean_endpoints(reported: Iterable[str]) -> tuple[str, ...]:
@@ -123,6 +132,7 @@ def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -
         home_relay=node.home_relay,
         os=node.os,
         client_version=node.client_version,
+        machine_authorized=node.authorized_at is not None,
     )
 
 
@@ -218,7 +228,7 @@ class NetMap:
             i: routes.candidates(self.nodes[i].announced_routes, self.nodes[i].approved_routes, a)
             for i, a in self._auto.items()
         }
-        eligible = {i for i in self.online if i in self.nodes and not self.nodes[i].expired_at(now)}
+        eligible = {i for i in self.online if i in self.nodes and in_tailnet(self.nodes[i], now)}
         # Prefix -> primary router: the hub hands it to the next NetMap (no flapping).
         self.primaries = routes.elect(self._candidates, eligible, previous_primaries or {})
         self._serving: dict[int, tuple[str, ...]] = {}
@@ -236,7 +246,7 @@ class NetMap:
                 exit=any(pol.is_exit_route(p) for p in self._serving.get(n.id, ())),
             )
             for n in self.nodes.values()
-            if not n.expired_at(now)
+            if in_tailnet(n, now)
         }
         self._filters: dict[int, list[pol.FilterRule]] = {}
         self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
@@ -246,7 +256,7 @@ class NetMap:
         rules = self._filters.get(node_id)
         if rules is None:
             info = self._live.get(node_id)
-            if info is None:  # expired: nothing reaches it
+            if info is None:  # expired or waiting for approval: nothing reaches it
                 rules = []
             else:
                 live = list(self._live.values())
@@ -351,13 +361,14 @@ class NetMap:
         return self._wire.get(node_id)
 
     def admits(self, node_key: str, now: float) -> bool:
-        """Whether a relay may take ``node_key``: its node exists, its key not expired."""
+        """Whether a relay may take ``node_key``: its node exists, is authorized, its key
+        not expired."""
         node = self._by_node_key.get(node_key)
-        return node is not None and not node.expired_at(now)
+        return node is not None and in_tailnet(node, now)
 
     def admitted_keys(self, now: float) -> list[str]:
         """Every node key a relay may take at ``now``, sorted."""
-        return sorted(k for k, n in self._by_node_key.items() if not n.expired_at(now))
+        return sorted(k for k, n in self._by_node_key.items() if in_tailnet(n, now))
 
 
 def delta(prev: MapView, new: MapView) -> tailcfg.MapResponse | None:

@@ -15,7 +15,7 @@ Standalone relays use the same API (with an API key): they register their region
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,8 +27,9 @@ from pydantic import BaseModel, Field
 
 from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays
-from weftnet.control.domain.records import ApiKey, AuthKey, Node, User
+from weftnet.control.domain.records import ApiKey, AuthKey, Identity, Node, User
 from weftnet.control.policy import Policy
+from weftnet.control.server import admin_approval
 from weftnet.control.server.hub import Hub
 from weftnet.control.service import (
     Conflict,
@@ -40,6 +41,7 @@ from weftnet.control.service import (
     ServiceError,
     Unauthorized,
 )
+from weftnet.control.service.audit import ORIGIN_API, Actor, acting_as
 
 STATUS = {
     Invalid: 400,
@@ -75,6 +77,7 @@ class NewAuthKeyRequest(BaseModel):
     ephemeral: bool = False
     tags: list[str] = Field(default_factory=list)
     expiration: str | None = None  # e.g. "1h", "90d"
+    preauthorized: bool = False  # its nodes need no device approval
 
 
 class NewApiKeyRequest(BaseModel):
@@ -119,6 +122,23 @@ def user_json(user: User) -> dict[str, Any]:
     return {"id": user.id, "name": user.name, "created_at": user.created_at}
 
 
+def identity_json(identity: Identity) -> dict[str, Any]:
+    return {
+        "issuer": identity.issuer,
+        "subject": identity.subject,
+        "email": identity.email,
+        "email_verified": identity.email_verified,
+        "groups": list(identity.groups),
+        "created_at": identity.created_at,
+        "last_login_at": identity.last_login_at,
+    }
+
+
+class LinkBody(BaseModel):
+    issuer: str = Field(min_length=1, max_length=500)
+    subject: str = Field(min_length=1, max_length=500)
+
+
 def auth_key_json(key: AuthKey, owner: str | None, now: float) -> dict[str, Any]:
     used_up = not key.reusable and key.used_count > 0
     expired = key.expires_at <= now
@@ -128,6 +148,7 @@ def auth_key_json(key: AuthKey, owner: str | None, now: float) -> dict[str, Any]
         "user": owner,
         "reusable": key.reusable,
         "ephemeral": key.ephemeral,
+        "preauthorized": key.preauthorized,
         "tags": list(key.tags),
         "created_at": key.created_at,
         "expires_at": key.expires_at,
@@ -162,6 +183,10 @@ def node_json(node: Node, owner: str | None, online: bool, now: float) -> dict[s
         "os": node.os,
         "client_version": node.client_version,
         "attributes": {f"custom:{k}": v for k, v in node.attrs},
+        "authorized": node.authorized_at is not None,
+        "authorized_at": node.authorized_at,
+        "key_expiry_disabled": node.key_expiry_disabled,
+        "auth_method": node.auth_method,
     }
 
 
@@ -263,13 +288,22 @@ def router(
     async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await anyio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
-    async def require_api_key(request: Request) -> ApiKey:
+    async def require_api_key(request: Request) -> AsyncIterator[ApiKey]:
+        """The caller's API key; the request's service calls run as its actor (audit)."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("missing API key: send Authorization: Bearer weftapi-...")
         key: ApiKey = await call(service.check_api_key, token.strip(), clock())
         check_scope(key, request.method, request.url.path)
-        return key
+        actor = Actor(
+            type="api_key",
+            id=key.prefix,
+            name=key.description or key.prefix,
+            origin=ORIGIN_API,
+            remote_addr=request.client.host if request.client else "",
+        )
+        with acting_as(actor):
+            yield key
 
     api = APIRouter(dependencies=[Depends(require_api_key)])
 
@@ -285,7 +319,7 @@ def router(
 
     @api.delete("/users/{name}")
     async def delete_user(name: str, force: bool = False) -> dict[str, Any]:
-        deleted = await call(service.delete_user, name, force)
+        deleted = await call(service.delete_user, name, force, clock())
         return {"deleted": name, "nodes_deleted": deleted}
 
     @api.put("/users/{name}/password")
@@ -297,6 +331,19 @@ def router(
     async def set_role(name: str, body: RoleBody) -> dict[str, Any]:
         user = await call(service.set_user_role, name, body.role)  # an API key acts as owner
         return {"name": user.name, "role": user.role}
+
+    @api.get("/users/{name}/identities")
+    async def list_identities(name: str) -> list[dict[str, Any]]:
+        return [identity_json(i) for i, _ in await call(service.list_identities, name)]
+
+    @api.post("/users/{name}/identities", status_code=201)
+    async def link_identity(name: str, body: LinkBody) -> dict[str, Any]:
+        linked = await call(service.link_identity, name, body.issuer, body.subject, clock())
+        return identity_json(linked)
+
+    @api.delete("/users/{name}/identities")
+    async def unlink_identity(name: str, issuer: str) -> dict[str, Any]:
+        return {"unlinked": await call(service.unlink_identity, name, issuer, clock())}
 
     # auth keys
 
@@ -317,6 +364,7 @@ def router(
             ephemeral=body.ephemeral,
             tags=body.tags,
             expiration=body.expiration,
+            preauthorized=body.preauthorized,
         )
         if server_public is not None:
             text = serverkey.attach(text, server_public)
@@ -337,7 +385,7 @@ def router(
 
     @api.delete("/nodes/{node_id}")
     async def delete_node(node_id: int) -> dict[str, Any]:
-        node = await call(service.delete_node, node_id)
+        node = await call(service.delete_node, node_id, clock())
         return {"deleted": node.id, "given_name": node.given_name}
 
     @api.post("/nodes/{node_id}/expire")
@@ -347,7 +395,7 @@ def router(
 
     @api.post("/nodes/{node_id}/rename")
     async def rename_node(node_id: int, body: Rename) -> dict[str, Any]:
-        node = await call(service.rename_node, node_id, body.name)
+        node = await call(service.rename_node, node_id, body.name, clock())
         return {"id": node.id, "given_name": node.given_name}
 
     @api.post("/nodes/register", status_code=201)
@@ -358,6 +406,8 @@ def router(
         node = registered.node
         owner = registered.user.name if registered.user else None
         return node_json(node, owner, node.id in hub.online(), now)
+
+    admin_approval.add_routes(api, service, hub, clock, call)
 
     # routes (docs/routes.md): read from a map built after every change made before
 
@@ -385,7 +435,7 @@ def router(
 
     @api.post("/nodes/{node_id}/routes")
     async def approve_routes(node_id: int, body: RouteApproval) -> dict[str, Any]:
-        await call(service.approve_routes, node_id, body.routes)
+        await call(service.approve_routes, node_id, body.routes, clock())
         return node_routes(await fresh_map(), node_id)
 
     @api.put("/nodes/{node_id}/attributes/{name}")

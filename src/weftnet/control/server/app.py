@@ -42,13 +42,17 @@ from weftnet.control.server.hub import (
     Hub,
 )
 from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
+from weftnet.control.server.oidc import OidcClient, OidcConfig, OidcOptions
 from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
+from weftnet.control.service.audit import ORIGIN_CLI, Actor, acting_as
 from weftnet.control.store import sql as store
 from weftnet.relay.mount import uvicorn_protocol
 from weftnet.stun import server as stunserver
 
 log = logging.getLogger("weftnet.control")
+# Who changes settings given on the `weft-control serve` command line (audit log).
+SERVE_ACTOR = Actor(type="system", id="", name="weft-control serve", origin=ORIGIN_CLI)
 
 SERVER_KEY_FILE = "server.key"
 RELAY_KEY_FILE = "relay.key"
@@ -78,6 +82,7 @@ class ServeOptions:
     server_url: str | None = None
     node_key_expiry: str | None = None  # saved in the database when given
     dns_domain: str | None = None  # saved in the database when given
+    device_approval: bool | None = None  # the tailnet setting, saved when given
     keepalive_s: float = DEFAULT_KEEPALIVE_S
     router_keepalive_s: float = DEFAULT_ROUTER_KEEPALIVE_S  # streams of route candidates
     ephemeral_grace_s: float = DEFAULT_EPHEMERAL_GRACE_S
@@ -97,6 +102,7 @@ class ServeOptions:
     # certificate chain and its key; None: plain http.
     tls_cert: str | None = None
     tls_key: str | None = None
+    oidc: OidcOptions | None = None  # logins through an OpenID provider (docs/identity.md)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -307,6 +313,12 @@ class ControlServer:
                 tls_context = tls.server_context(opts.tls_cert, opts.tls_key)
             except tls.TlsError as e:
                 raise ServeError(str(e)) from None
+        oidc_config = None
+        if opts.oidc is not None:
+            try:
+                oidc_config = OidcConfig.load(opts.oidc, opts.server_url)
+            except ValueError as e:
+                raise ServeError(str(e)) from None
         private, public = load_or_create_server_key(data_dir)
         url = opts.database_url or store.sqlite_url(data_dir)
         try:
@@ -326,7 +338,10 @@ class ControlServer:
             except dnsdoc.DNSError as e:
                 raise ServeError(str(e)) from None
         try:
-            settings = service.load_settings(opts.node_key_expiry, opts.dns_domain)
+            with acting_as(SERVE_ACTOR):
+                settings = service.load_settings(opts.node_key_expiry, opts.dns_domain)
+                if opts.device_approval is not None:
+                    service.set_tailnet_settings(device_approval=opts.device_approval)
         except ServiceError as e:
             raise ServeError(str(e)) from None
         try:
@@ -366,7 +381,11 @@ class ControlServer:
             followup_wait_s=opts.followup_wait_s,
             relay=self.relay,
             stun_socket=self._stun_sock,
+            oidc=OidcClient(oidc_config) if oidc_config is not None else None,
         )
+        if ctx.oidc is not None:
+            ctx.oidc.discover_at_start()
+            log.info("OIDC login through %s", ctx.oidc.config.issuer)
         base = uvicorn_protocol(self.relay.server) if self.relay is not None else H11Protocol
         base = connlimit.per_address_protocol(
             base, connlimit.AddressCounts(opts.max_connections_per_address)

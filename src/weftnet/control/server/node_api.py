@@ -37,11 +37,12 @@ from pydantic import ValidationError
 from starlette.types import Receive, Scope, Send
 
 from weftnet import controlbox, tailcfg
-from weftnet.control.domain import credentials, netmap
-from weftnet.control.server import admin_api, console
+from weftnet.control.domain import credentials, names, netmap
+from weftnet.control.server import admin_api, console, oidc_routes
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
 from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
 from weftnet.control.server.logins import RECHECK_S, LoginLimiter, LoginWaiters, TooManyLogins
+from weftnet.control.server.oidc import OidcClient
 from weftnet.control.server.relayhost import EmbeddedRelay
 from weftnet.control.service import (
     ControlService,
@@ -50,6 +51,7 @@ from weftnet.control.service import (
     ServiceError,
     Unauthorized,
 )
+from weftnet.control.service.audit import ORIGIN_NODE, Actor, acting_as
 from weftnet.control.store.sql import redact_error
 from weftnet.stun import server as stunserver
 
@@ -78,6 +80,7 @@ class ControlContext:
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
     logins: LoginLimiter | None = None  # None: made from the service's pending-login TTL
     waiters: LoginWaiters = field(default_factory=LoginWaiters)
+    oidc: OidcClient | None = None  # logins through an OpenID provider, if configured
 
     def __post_init__(self) -> None:
         if self.logins is None:
@@ -128,11 +131,16 @@ def create_app(ctx: ControlContext) -> FastAPI:
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await ctx.hub.start()
         stun: asyncio.DatagramTransport | None = None
+        discovering = None
+        if ctx.oidc is not None and not ctx.oidc.ready:
+            discovering = asyncio.create_task(ctx.oidc.keep_discovering())
         try:
             if ctx.stun_socket is not None:
                 stun, _ = await stunserver.start(ctx.stun_socket)
             yield
         finally:
+            if discovering is not None:
+                discovering.cancel()
             if ctx.relay is not None:
                 await ctx.relay.close()
             if stun is not None:
@@ -169,17 +177,36 @@ def create_app(ctx: ControlContext) -> FastAPI:
             log.warning("health check: the database did not answer: %s", redact_error(e))
             return JSONResponse({"ok": False, "error": "database unavailable"}, status_code=503)
         relay_clients = len(ctx.relay.server.clients()) if ctx.relay is not None else 0
-        return JSONResponse(
-            {"ok": True, "nodes_online": len(ctx.hub.online()), "relay_clients": relay_clients}
-        )
+        body: dict[str, object] = {
+            "ok": True,
+            "nodes_online": len(ctx.hub.online()),
+            "relay_clients": relay_clients,
+        }
+        if ctx.oidc is not None:  # existing nodes work either way; new logins wait
+            body["oidc_login"] = "available" if ctx.oidc.ready else "unavailable"
+        return JSONResponse(body)
 
-    @app.get("/register/{code}")
-    async def login_page(code: str) -> PlainTextResponse:
-        return PlainTextResponse(
-            "This device is waiting to join the tailnet.\n"
-            "An administrator approves it on the control server with:\n\n"
-            f"    weft-control nodes register --user USER --code {code}\n"
+    app.state.oidc_enabled = ctx.oidc is not None
+    app.state.oidc_issuer = ctx.oidc.config.issuer if ctx.oidc is not None else None
+    if ctx.oidc is not None:
+        app.include_router(
+            oidc_routes.router(
+                ctx.service,
+                ctx.oidc,
+                ctx.clock,
+                oidc_routes.confirm_key(ctx.server_private),
+                ctx.waiters.approved,
+            )
         )
+    else:
+
+        @app.get("/register/{code}")
+        async def login_page(code: str) -> PlainTextResponse:
+            return PlainTextResponse(
+                "This device is waiting to join the tailnet.\n"
+                "An administrator approves it on the control server with:\n\n"
+                f"    weft-control nodes register --user USER --code {code}\n"
+            )
 
     @app.post("/machine/{mkey}/register")
     async def register(mkey: str, request: Request) -> Response:
@@ -336,11 +363,19 @@ async def _register(
             code = credentials.code_from_url(req.followup)
     deadline_at = time.monotonic() + ctx.followup_wait_s
     limiter = None
+    actor = Actor(
+        type="node",
+        id=machine_key[: len(tailcfg.MACHINE_KEY_PREFIX) + 16],
+        name=names.clean_hostname(req.hostinfo.hostname),
+        origin=ORIGIN_NODE,
+        remote_addr=source,
+    )
     while True:
         try:
-            outcome = await _call(
-                ctx.service.register, machine_key, req, ctx.clock(), base_url, limiter=limiter
-            )
+            with acting_as(actor):
+                outcome = await _call(
+                    ctx.service.register, machine_key, req, ctx.clock(), base_url, limiter=limiter
+                )
         except SealedRefusal:
             if reserved:
                 ctx.logins.release(source, machine_key)
@@ -365,7 +400,8 @@ def _authorized(ctx: ControlContext, registered: Registered) -> tailcfg.Register
     users = {user.id: user} if user else {}
     online = node.id in ctx.hub.online()
     return tailcfg.RegisterResponse(
-        machine_authorized=True,
+        # False: registered, but waiting for an admin's approval (device approval).
+        machine_authorized=node.authorized_at is not None,
         node=netmap.wire_node(node, users, online, ctx.clock()),
         user=tailcfg.UserInfo(id=user.id, name=user.name) if user else None,
     )

@@ -1,13 +1,17 @@
-"""Rules for what an admin does: users, auth keys, API keys, nodes, approving logins.
+"""Rules for what an admin does: users, auth keys, API keys, listing nodes, approving
+logins (the changes to a node are in ``nodeadmin``).
 
 Every method is one transaction; a refusal raises ``Invalid``, ``NotFound``,
-``Conflict`` or ``Unauthorized`` before anything commits. Keys are shown once, at
+``Conflict`` or ``Unauthorized`` before anything commits. Every change records its
+audit entry (``audit.record``) in its own transaction, with key prefixes only. Keys are shown once, at
 creation; the store keeps only their prefix and hash (``credentials``).
 """
 
 from __future__ import annotations
 
-from weftnet.control.domain import credentials, names, routes
+import time
+
+from weftnet.control.domain import credentials, names
 from weftnet.control.domain.records import (
     ApiKey,
     AuthKey,
@@ -17,6 +21,7 @@ from weftnet.control.domain.records import (
     Tx,
     User,
 )
+from weftnet.control.service.audit import record as audit
 from weftnet.control.service.core import (
     DEFAULT_API_KEY_EXPIRY_S,
     DEFAULT_AUTH_KEY_EXPIRY_S,
@@ -28,15 +33,12 @@ from weftnet.control.service.core import (
     Db,
     Invalid,
     NotFound,
-    Refused,
     Registered,
     Settings,
     Unauthorized,
-    check_node_key_owner,
-    find_node,
+    approve_pending,
     find_user,
     parse_duration,
-    upsert_node,
 )
 from weftnet.control.service.policyrules import PolicyRules
 
@@ -50,10 +52,10 @@ class AdminRules:
         """Settings given now are saved; ones not given come from the database or defaults."""
 
         def apply(tx: Tx) -> Settings:
-            if node_key_expiry is not None:
-                tx.set_setting("node_key_expiry", node_key_expiry)
-            if dns_domain is not None:
-                tx.set_setting("dns_domain", dns_domain)
+            for name, value in (("node_key_expiry", node_key_expiry), ("dns_domain", dns_domain)):
+                if value is not None and tx.get_setting(name) != value:
+                    tx.set_setting(name, value)
+                    audit(tx, time.time(), "settings.set", "setting", name, value=value)
             expiry = tx.get_setting("node_key_expiry")
             domain = tx.get_setting("dns_domain")
             return Settings(
@@ -82,15 +84,18 @@ class AdminRules:
         def add(tx: Tx) -> User:
             if tx.user_by_name(name) is not None:
                 raise Conflict(f"user {name} already exists")
-            return tx.add_user(name, now)
+            user = tx.add_user(name, now)
+            audit(tx, now, "user.create", "user", user.id, name=name)
+            return user
 
         return self.db.write(add)
 
     def list_users(self) -> list[User]:
         return self.db.read(lambda tx: tx.users())
 
-    def delete_user(self, name: str, force: bool = False) -> int:
+    def delete_user(self, name: str, force: bool = False, now: float | None = None) -> int:
         """Delete a user (and its auth keys); returns how many nodes went with it."""
+        at = time.time() if now is None else now
 
         def delete(tx: Tx) -> int:
             user = find_user(tx, name)
@@ -103,6 +108,8 @@ class AdminRules:
             for node in nodes:
                 tx.delete_node(node.id)
             tx.delete_user(user.id)
+            audit(tx, at, "user.delete", "user", user.id, name=name,
+                  nodes_deleted=[n.id for n in nodes])  # fmt: skip
             return len(nodes)
 
         deleted = self.db.write(delete)
@@ -119,6 +126,7 @@ class AdminRules:
         ephemeral: bool = False,
         tags: tuple[str, ...] | list[str] = (),
         expiration: str | None = None,
+        preauthorized: bool = False,
     ) -> tuple[str, AuthKey]:
         """A new auth key: (the key text, shown once, and its record)."""
         try:
@@ -133,7 +141,7 @@ class AdminRules:
         def add(tx: Tx) -> AuthKey:
             owner = find_user(tx, user) if user is not None else None
             self.policy.check_tag_owner(tx, user, tag_set)
-            return tx.add_auth_key(
+            key = tx.add_auth_key(
                 NewAuthKey(
                     prefix=prefix,
                     key_hash=credentials.key_hash(text),
@@ -143,8 +151,13 @@ class AdminRules:
                     tags=tag_set,
                     created_at=now,
                     expires_at=now + lifetime,
+                    preauthorized=preauthorized,
                 )
             )
+            audit(tx, now, "auth_key.create", "auth_key", key.prefix, user=user,
+                  reusable=reusable, ephemeral=ephemeral, preauthorized=preauthorized,
+                  tags=list(tag_set), expires_at=key.expires_at)  # fmt: skip
+            return key
 
         return text, self.db.write(add)
 
@@ -162,6 +175,7 @@ class AdminRules:
         def revoke(tx: Tx) -> AuthKey:
             key = self._find_auth_key(tx, prefix_or_id)
             tx.revoke_auth_key(key.id, now)
+            audit(tx, now, "auth_key.revoke", "auth_key", key.prefix)
             revoked = tx.auth_key_by_id(key.id)
             assert revoked is not None
             return revoked
@@ -197,8 +211,9 @@ class AdminRules:
             )
         lifetime = _lifetime(expiration, DEFAULT_API_KEY_EXPIRY_S, MAX_API_KEY_EXPIRY_S, "API")
         text, prefix = credentials.new_key(credentials.API_KEY_KIND, self.db.random)
-        record = self.db.write(
-            lambda tx: tx.add_api_key(
+
+        def add(tx: Tx) -> ApiKey:
+            key = tx.add_api_key(
                 NewApiKey(
                     prefix=prefix,
                     key_hash=credentials.key_hash(text),
@@ -208,8 +223,11 @@ class AdminRules:
                     scope=scope,
                 )
             )
-        )
-        return text, record
+            audit(tx, now, "api_key.create", "api_key", prefix, scope=scope,
+                  description=key.description, expires_at=key.expires_at)  # fmt: skip
+            return key
+
+        return text, self.db.write(add)
 
     def check_api_key(self, text: str, now: float) -> ApiKey:
         """The API key ``text`` names, if it is valid now; Unauthorized otherwise."""
@@ -244,6 +262,7 @@ class AdminRules:
             if key is None:
                 raise NotFound(f"no API key {prefix}: see `weft-control apikeys list`")
             tx.revoke_api_key(key.id, now)
+            audit(tx, now, "api_key.revoke", "api_key", key.prefix)
             return key
 
         return self.db.write(revoke)
@@ -256,67 +275,14 @@ class AdminRules:
 
         return self.db.read(listing)
 
+    def node_owner(self, node: Node) -> User | None:
+        """The user a node belongs to; None for a tagged node."""
+        return self.db.read(lambda tx: tx.user_by_id(node.user_id) if node.user_id else None)
+
     def get_node(self, node_id: int) -> Node:
         node = self.db.read(lambda tx: tx.node_by_id(node_id))
         if node is None:
             raise NotFound(f"no node with id {node_id}: see `weft-control nodes list`")
-        return node
-
-    def delete_node(self, node_id: int) -> Node:
-        def delete(tx: Tx) -> Node:
-            node = find_node(tx, node_id)
-            tx.delete_node(node.id)
-            return node
-
-        node = self.db.write(delete)
-        self.db.feed.publish()
-        return node
-
-    def expire_node(self, node_id: int, now: float) -> Node:
-        def expire(tx: Tx) -> Node:
-            node = find_node(tx, node_id)
-            if node.expired_at(now):
-                return node
-            return tx.update_node(node.id, key_expiry=now)
-
-        node = self.db.write(expire)
-        self.db.feed.publish()
-        return node
-
-    def rename_node(self, node_id: int, name: str) -> Node:
-        try:
-            name = names.check_given_name(name)
-        except ValueError as e:
-            raise Invalid(str(e)) from None
-
-        def rename(tx: Tx) -> Node:
-            node = find_node(tx, node_id)
-            if node.given_name == name:
-                return node
-            if tx.given_name_taken(name):
-                raise Conflict(f"the name {name} is taken by another node")
-            return tx.update_node(node.id, given_name=name)
-
-        node = self.db.write(rename)
-        self.db.feed.publish()
-        return node
-
-    def approve_routes(self, node_id: int, prefixes: list[str]) -> Node:
-        """Replace the node's manual route approvals (``[]`` withdraws them all);
-        approving either exit route approves both."""
-        try:
-            approved = routes.parse_approval(prefixes)
-        except ValueError as e:
-            raise Invalid(f"cannot approve: {e}") from None
-
-        def apply(tx: Tx) -> Node:
-            node = find_node(tx, node_id)
-            if node.approved_routes == approved:
-                return node
-            return tx.update_node(node_id, approved_routes=approved)
-
-        node = self.db.write(apply)
-        self.db.feed.publish()
         return node
 
     def register_by_code(self, user: str, code: str, now: float) -> Registered:
@@ -339,25 +305,10 @@ class AdminRules:
                     f"no pending login with code {code} (codes expire after"
                     f" {names.format_duration(self.db.settings.pending_ttl_s)}): run weft up again"
                 )
-            if pending.node_id is not None:
-                raise Conflict(f"the login with code {code} was already approved")
-            try:
-                check_node_key_owner(tx, pending.machine_key, pending.node_key)
-            except Refused as e:
-                raise Conflict(str(e)) from None
-            node = upsert_node(
-                tx,
-                self.db.settings,
-                machine_key=pending.machine_key,
-                node_key=pending.node_key,
-                hostname=pending.hostname,
-                user_id=owner.id,
-                tags=(),
-                ephemeral=False,
-                auth_key_id=None,
-                now=now,
-            )
-            tx.approve_pending(pending.id, node.id)
+            node = approve_pending(tx, self.db.settings, pending, owner, now)
+            audit(tx, now, "node.register", "node", node.id, name=node.given_name,
+                  auth_method="admin", user=owner.name,
+                  authorized=node.authorized_at is not None)  # fmt: skip
             return Registered(node, owner)
 
         registered = self.db.write(approve)

@@ -22,6 +22,7 @@ from weftnet.control.domain.records import (
     NewNode,
     Node,
     NullFeed,
+    Pending,
     Store,
     StoreConflict,
     Tx,
@@ -36,6 +37,7 @@ MAX_AUTH_KEY_EXPIRY_S = 365 * 86400.0  # a longer auth key --expiration is refus
 DEFAULT_API_KEY_EXPIRY_S = 90 * 86400.0
 MAX_API_KEY_EXPIRY_S = 365 * 86400.0
 DEFAULT_DNS_DOMAIN = "weft.internal"
+DEVICE_APPROVAL_SETTING = "device_approval"  # "on": new devices wait for an admin
 PENDING_TTL_S = 30 * 60.0  # an interactive login code is good for this long
 WRITE_ATTEMPTS = 8  # a transaction refused by a unique constraint is retried this often
 MAX_ENDPOINTS = tailcfg.MAX_ENDPOINTS  # endpoints kept from one map request
@@ -81,6 +83,17 @@ class Settings:
     node_key_expiry_s: float = DEFAULT_NODE_KEY_EXPIRY_S
     dns_domain: str = DEFAULT_DNS_DOMAIN
     pending_ttl_s: float = PENDING_TTL_S
+
+
+@dataclass(frozen=True, slots=True)
+class TailnetSettings:
+    """The tailnet's settings an admin changes at run time (the settings table)."""
+
+    device_approval: bool = False  # new devices wait for an admin before joining
+
+
+def tailnet_settings(tx: Tx) -> TailnetSettings:
+    return TailnetSettings(device_approval=tx.get_setting(DEVICE_APPROVAL_SETTING) == "on")
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,13 +197,27 @@ def upsert_node(
     ephemeral: bool,
     auth_key_id: int | None,
     now: float,
+    auth_method: str,
+    preauthorized: bool = False,
 ) -> Node:
     """The machine's node, with the new key and owner; created with fresh addresses
-    and a unique name if the machine has none. Addresses never change."""
+    and a unique name if the machine has none. Addresses never change.
+
+    Device approval (``authorized_at``): authorized now when the tailnet does not ask
+    for approval or the login was pre-authorized; a re-login by the same owner (user
+    and tags) keeps the node's authorization; else it waits for an admin (None)."""
     hostname = names.clean_hostname(hostname)
-    expiry = now + settings.node_key_expiry_s
+    expiry: float | None = now + settings.node_key_expiry_s
     existing = tx.node_by_machine_key(machine_key)
+    authorized_at: float | None = now
+    if tailnet_settings(tx).device_approval and not preauthorized:
+        same_owner = existing is not None and existing.user_id == user_id and existing.tags == tags
+        authorized_at = existing.authorized_at if existing is not None and same_owner else None
+    elif existing is not None and existing.authorized_at is not None:
+        authorized_at = existing.authorized_at
     if existing is not None:
+        if existing.key_expiry_disabled:
+            expiry = None
         return tx.update_node(
             existing.id,
             node_key=node_key,
@@ -200,6 +227,8 @@ def upsert_node(
             ephemeral=ephemeral,
             auth_key_id=auth_key_id,
             key_expiry=expiry,
+            authorized_at=authorized_at,
+            auth_method=auth_method,
         )
     used = {ipam.host_number(ip) for ip in tx.used_ipv4s()}
     try:
@@ -220,8 +249,51 @@ def upsert_node(
             created_at=now,
             key_expiry=expiry,
             auth_key_id=auth_key_id,
+            authorized_at=authorized_at,
+            auth_method=auth_method,
         )
     )
+
+
+def approve_pending(
+    tx: Tx,
+    settings: Settings,
+    pending: Pending,
+    owner: User,
+    now: float,
+    *,
+    key_expiry: float | None = None,
+    auth_method: str = "admin",
+) -> Node:
+    """Register the node of an unexpired pending login as ``owner`` (created, or the
+    machine's node re-keyed and re-owned); ``key_expiry`` None: the server's default."""
+    if pending.node_id is not None:
+        raise Conflict(f"the login with code {pending.code} was already approved")
+    try:
+        check_node_key_owner(tx, pending.machine_key, pending.node_key)
+    except Refused as e:
+        raise Conflict(str(e)) from None
+    node = upsert_node(
+        tx,
+        settings,
+        machine_key=pending.machine_key,
+        node_key=pending.node_key,
+        hostname=pending.hostname,
+        user_id=owner.id,
+        tags=(),
+        ephemeral=False,
+        auth_key_id=None,
+        now=now,
+        auth_method=auth_method,
+    )
+    changes: dict[str, object] = {}
+    if key_expiry is not None:
+        changes["key_expiry"] = key_expiry
+    if pending.os and not node.os:
+        changes["os"] = pending.os
+    node = tx.update_node(node.id, **changes)
+    tx.approve_pending(pending.id, node.id)
+    return node
 
 
 def device_info(hostinfo: tailcfg.Hostinfo) -> tuple[str, str]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from collections.abc import Iterable
 from typing import Any
 
 from weftnet import tailcfg
 from weftnet.control.domain import dnsdoc
 from weftnet.control.domain.records import Tx
+from weftnet.control.service.audit import record as audit
 from weftnet.control.service.core import DEFAULT_DNS_DOMAIN, Db, Invalid
 
 DNS_SETTING = "dns"
@@ -104,6 +106,7 @@ class DnsRules:
             rest = dataclasses.replace(checked.document, base_domain=None)
             tx.set_setting(DNS_SETTING, json.dumps(rest.to_json(), separators=(",", ":")))
             tx.set_setting(DOMAIN_SETTING, checked.domain)
+            audit(tx, time.time(), "dns.set", "dns", checked.domain)
             return checked
 
         checked = self.db.write(store)

@@ -20,7 +20,7 @@ import time
 from weftnet.control import policy as pol
 from weftnet.control.domain.access import PolicyCache, node_info, owns_tag
 from weftnet.control.domain.records import Node, Tx
-from weftnet.control.service.audit import record
+from weftnet.control.service.audit import record as audit
 from weftnet.control.service.core import Conflict, Db, Invalid, NotFound
 
 POLICY_SETTING = "policy"
@@ -80,7 +80,7 @@ class PolicyRules:
                 )
             policy = self._checked(tx, text)
             tx.set_setting(POLICY_SETTING, text)
-            record(tx, time.time(), "policy.set", "policy", "", sha256=policy_hash(text))
+            audit(tx, time.time(), "policy.set", "policy", "policy", sha256=policy_hash(text))
             return policy
 
         policy = self.db.write(store)
@@ -125,6 +125,8 @@ class PolicyRules:
                 attrs[name] = value
                 if len(attrs) > MAX_ATTRS:
                     raise Invalid(f"a node has at most {MAX_ATTRS} attributes")
+            audit(tx, time.time(), "node.attribute", "node", node_id,
+                  name=f"custom:{name}", value=value)  # fmt: skip
             return tx.update_node(node_id, attrs=tuple(sorted(attrs.items())))
 
         node = self.db.write(apply)

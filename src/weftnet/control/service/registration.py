@@ -24,6 +24,7 @@ After a commit that changes what some node sees, the service publishes on the
 from __future__ import annotations
 
 import logging
+import time
 
 from weftnet import serverkey, tailcfg
 from weftnet.control.domain import credentials, names, netmap, relays, routes
@@ -33,6 +34,7 @@ from weftnet.control.domain.records import (
     Node,
     Tx,
 )
+from weftnet.control.service.audit import record as audit
 from weftnet.control.service.core import (
     Db,
     Refused,
@@ -119,6 +121,21 @@ class NodeRules:
                 ephemeral=key.ephemeral,
                 auth_key_id=key.id,
                 now=now,
+                auth_method="authkey",
+                preauthorized=key.preauthorized,
+            )
+            audit(
+                tx,
+                now,
+                "node.register",
+                "node",
+                node.id,
+                name=node.given_name,
+                auth_method="authkey",
+                auth_key=key.prefix,
+                user=owner.name if owner else None,
+                tags=list(node.tags),
+                authorized=node.authorized_at is not None,
             )
             return Registered(node, owner)
 
@@ -139,6 +156,7 @@ class NodeRules:
                 if req.old_node_key == node.node_key:
                     # A key rotation while logged in: proven by the machine key.
                     rotated = True
+                    audit(tx, now, "node.rotate_key", "node", node.id, name=node.given_name)
                     return registered(tx, tx.update_node(node.id, node_key=req.node_key))
             tx.delete_expired_pending(now)
             tx.delete_open_pending(machine_key)  # one open login per machine: the newest
@@ -149,6 +167,7 @@ class NodeRules:
                     machine_key=machine_key,
                     node_key=req.node_key,
                     hostname=names.clean_hostname(req.hostinfo.hostname),
+                    os=device_info(req.hostinfo)[0],
                     created_at=now,
                     expires_at=now + self.db.settings.pending_ttl_s,
                 )
@@ -200,6 +219,9 @@ class NodeRules:
                 tx.delete_node(node.id)
             elif not node.expired_at(now):
                 tx.update_node(node.id, key_expiry=now)
+            else:
+                return True
+            audit(tx, now, "node.logout", "node", node.id, name=node.given_name)
             return True
 
         if self.db.write(logout):
@@ -299,7 +321,7 @@ class NodeRules:
 
         self.db.write(touch)
 
-    def delete_ephemeral(self, node_id: int) -> bool:
+    def delete_ephemeral(self, node_id: int, now: float | None = None) -> bool:
         """Delete ``node_id`` if it (still) is ephemeral; the hub calls this after grace."""
 
         def delete(tx: Tx) -> bool:
@@ -307,6 +329,8 @@ class NodeRules:
             if node is None or not node.ephemeral:
                 return False
             tx.delete_node(node_id)
+            when = time.time() if now is None else now
+            audit(tx, when, "node.delete", "node", node_id, name=node.given_name, ephemeral=True)
             return True
 
         deleted = self.db.write(delete)

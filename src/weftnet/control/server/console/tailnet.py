@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 
 from weftnet.control.domain import names, roles
 from weftnet.control.domain.records import AuditEntry
+from weftnet.control.server.admin_approval import AUDIT_EXPORT_PAGE, audit_json
 from weftnet.control.server.console.web import (
     PREFIX,
     SECURITY_HEADERS,
@@ -21,7 +22,6 @@ from weftnet.control.server.console.web import (
 )
 
 AUDIT_PAGE = 100  # entries per page
-EXPORT_LIMIT = 100_000  # entries in one export
 
 
 def since_value(request: Request) -> tuple[str, float | None]:
@@ -33,19 +33,6 @@ def since_value(request: Request) -> tuple[str, float | None]:
         return text, context(request).clock() - names.parse_duration(text)
     except ValueError:
         return "", None
-
-
-def entry_json(entry: AuditEntry) -> dict[str, object]:
-    return {
-        "id": entry.id,
-        "ts": entry.ts,
-        "actor": {"type": entry.actor_type, "id": entry.actor_id, "name": entry.actor_name},
-        "origin": entry.origin,
-        "action": entry.action,
-        "target": {"type": entry.target_type, "id": entry.target_id},
-        "details": entry.details,
-        "remote_addr": entry.remote_addr,
-    }
 
 
 def router() -> APIRouter:
@@ -106,13 +93,21 @@ def router() -> APIRouter:
     @routes.get("/audit.jsonl")
     async def audit_export(request: Request, viewer: Reader) -> Response:
         _, since = since_value(request)
-        entries: list[AuditEntry] = await viewer.call(
-            viewer.service.list_audit, limit=EXPORT_LIMIT, since=since
-        )
 
-        def lines() -> Iterator[str]:
-            for entry in entries:
-                yield json.dumps(entry_json(entry), separators=(",", ":")) + "\n"
+        async def lines() -> AsyncIterator[bytes]:
+            before: int | None = None
+            while True:
+                page: list[AuditEntry] = await viewer.call(
+                    viewer.service.list_audit,
+                    limit=AUDIT_EXPORT_PAGE,
+                    before_id=before,
+                    since=since,
+                )
+                for entry in page:
+                    yield (json.dumps(audit_json(entry), separators=(",", ":")) + "\n").encode()
+                if len(page) < AUDIT_EXPORT_PAGE:
+                    return
+                before = page[-1].id
 
         return StreamingResponse(
             lines(),
