@@ -377,3 +377,12 @@ def test_dns_and_settings_pages_save(console: Console) -> None:
     assert "checked" in owner.http.get("/admin/settings").text
     assert owner.post("/admin/settings", {}).status_code == 303
     assert not console.service.tailnet_settings().device_approval
+
+
+def test_login_page_offers_the_identity_provider_when_there_is_one(console: Console) -> None:
+    http = console.client()
+    assert "/oidc/login" not in http.get("/admin/login").text
+    console.app.state.oidc_enabled = True
+    page = http.get("/admin/login?next=/admin/audit").text
+    assert 'href="/oidc/login?next=/admin/audit"' in page
+    assert "Log in with your identity provider" in page
