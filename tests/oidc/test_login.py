@@ -431,26 +431,25 @@ def test_provider_down_at_start_answers_503(rp: Rp, tmp_path: Path) -> None:
 def test_console_login_hands_the_user_to_the_console(
     rp: Rp, op: OpenIdProvider, tmp_path: Path
 ) -> None:
-    from fastapi.responses import JSONResponse
-
     with serve(rp, op, tmp_path) as server:
         assert server.app.state.oidc_enabled and server.app.state.oidc_issuer == op.issuer
+        console_sign_in = server.app.state.console_sign_in
         server.app.state.console_sign_in = None  # no console: nothing to log in to
         assert httpx.get(f"{server.url}/oidc/login?next=/admin/x").status_code == 404
-
-        async def console_sign_in(request: Any, user: Any) -> JSONResponse:
-            return JSONResponse({"user": user.name, "role": user.role})
-
         server.app.state.console_sign_in = console_sign_in
+
         b = browser()
         r = sign_in(
             b,
-            f"{server.url}/oidc/login?next=/admin/x",
+            f"{server.url}/oidc/login?next=/admin/machines?q=laptop",
             "alice",
             stop_at=server.url + "/oidc/callback",
         )
-        answer = b.get(r.headers["location"])
-        assert answer.json() == {"user": "alice@example.com", "role": "member"}
+        back = b.get(r.headers["location"])  # the callback: a session, then where we were
+        assert back.status_code == 303, back.text
+        assert back.headers["location"].endswith("/admin/machines?q=laptop")
+        page = b.get(server.url + back.headers["location"])
+        assert page.status_code == 200 and ">Alice<" in page.text and "Member" in page.text
         assert nodes(server) == []
 
 

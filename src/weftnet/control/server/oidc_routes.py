@@ -156,7 +156,7 @@ def router(
                 console = getattr(request.app.state, "console_sign_in", None)
                 if console is None:
                     return error_page("there is no web console here", 404)
-                response: Response = await console(request, user)
+                response: Response = await console(request, user, login.return_to)
                 return _clear(response, state)
             assert login.pending_code is not None
             code = login.pending_code
