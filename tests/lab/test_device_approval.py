@@ -4,6 +4,7 @@ namespaces around a coordination server with device approval on."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from weftlab.netlab import Lab, poll_until
 from weftlab.tailnet import Node, join, pings, start_node, wait_mesh
 
 pytestmark = pytest.mark.lab
-APPROVAL_REACH_S = 2.0  # approval to the first ping from a peer
+APPROVAL_REACH_S = 2.0  # the console's answer to the approval to the first ping from a peer
 
 
 def quick_ping(src: Node, dst_ip: str) -> bool:
@@ -52,12 +53,19 @@ def test_a_new_device_waits_for_approval_then_joins_within_2_s(lab: Lab, tmp_pat
     assert not pings(a, c_ip) and not pings(c, a.ip4())
     nodes = {n["given_name"]: n for n in control.admin_json("nodes", "list")}
     assert not nodes["c"]["authorized"] and nodes["a"]["authorized"]
-    # The admin approves it: a peer reaches it within 2 s.
-    started = time.monotonic()
-    control.admin("nodes", "approve", str(nodes["c"]["id"]))
+    # The admin approves it in the web console (logged in with a local account, the
+    # form's Approve button): a peer reaches it within 2 s.
+    control.admin("users", "create", "admin")
+    control.admin("users", "role", "admin", "admin")
+    password = control.admin("users", "set-password", "admin", "--generate").stdout.split()[-1]
+    assert control.ca_file is not None
+    browser = [sys.executable, "-m", "weftlab.console_browser", control.url, str(control.ca_file)]
+    r = ctl_host.run([*browser, "admin", password, "approve", str(nodes["c"]["id"])])
+    approved = json.loads(r.stdout)
+    assert approved["status"] == 303, approved
     poll_until(lambda: quick_ping(a, c_ip), timeout_s=10, what="a ping from a to c")
-    elapsed = time.monotonic() - started
-    print(f"c reachable {elapsed:.2f} s after `weft-control nodes approve`")
+    elapsed = time.time() - approved["answered_at"]
+    print(f"c reachable {elapsed:.2f} s after the console's Approve")
     assert elapsed < APPROVAL_REACH_S
     assert c.status()["backend_state"] == "Running"
     # A preauthorized key skips approval: `weft up` returns Running.
