@@ -11,7 +11,8 @@
    node at once, and a policy whose tests fail is refused (docs/policy.md).
    Then a subnet router (the desktop routes its office LAN, where a printer runs no
    weftd) and an exit node (the phone's internet traffic leaves through the server's
-   home connection, as a host on the internet sees).
+   home connection, as a host on the internet sees). Last, the web console's URL and
+   a local admin login, and its machine list seen through it (docs/console.md).
 3. A Debian wireguard-go peer talks to a weftd run from a wg-quick file.
 
 Everything is removed at the end, also on failure or Ctrl-C.
@@ -117,6 +118,7 @@ def tailnet(lab: Lab, tmp: Path) -> bool:
     say("phone$ weft netcheck")
     print(phone.weft("netcheck").stdout.rstrip())
     ok &= routes(control, nodes, printer, web)
+    ok &= console(control, nodes)
     ok &= access_policy(control, tmp, nodes, ips)
     return ok
 
@@ -141,6 +143,27 @@ except OSError:
     print("no answer")
 """
 WHOAMI_PORT = 7777
+
+
+def console(control: Control, nodes: list[Node]) -> bool:
+    """The web console: a local admin login, and its machine list seen through it."""
+    say(f"the web console: {control.url}/admin")
+    control.admin("users", "create", "admin")
+    control.admin("users", "role", "admin", "owner")
+    password = control.admin("users", "set-password", "admin", "--generate").stdout.split()[-1]
+    print("   weft-control users create admin; users role admin owner;"
+          " users set-password admin --generate")  # fmt: skip
+    print(f"   local admin login: admin / {password}")
+    assert control.ca_file is not None
+    browser = [sys.executable, "-m", "weftlab.console_browser", control.url, str(control.ca_file)]
+    r = control.host.run([*browser, "admin", password, "get", "/admin/machines"], check=False)
+    if r.returncode != 0:
+        print(f"   the console did not answer: {r.stderr.strip()[-300:]}")
+        return False
+    page = json.loads(r.stdout)
+    listed = [n.host.name for n in nodes if f">{n.host.name}<" in page["text"]]
+    print(f"   logged in as admin: the Machines page lists {', '.join(listed)}")
+    return page["status"] == 200 and len(listed) == len(nodes)
 
 
 def wait_until(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
