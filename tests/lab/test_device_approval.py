@@ -1,4 +1,4 @@
-"""Device approval end to end (docs/device-approval-and-audit.md): weftd nodes in
+"""Device approval end to end (docs/identity.md): weftd nodes in
 namespaces around a coordination server with device approval on."""
 
 from __future__ import annotations

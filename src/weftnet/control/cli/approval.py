@@ -1,5 +1,5 @@
 """`weft-control` commands for device approval, key expiry, tags, settings and the audit
-log (docs/device-approval-and-audit.md). ``add_commands`` adds them to the parser;
+log (docs/identity.md, docs/console.md). ``add_commands`` adds them to the parser;
 ``run`` answers one of them through the admin API, or returns None if it is not one."""
 
 from __future__ import annotations

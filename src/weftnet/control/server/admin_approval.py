@@ -1,5 +1,5 @@
 """Admin API routes for device approval, key expiry, tags, the tailnet's settings and
-the audit log (docs/device-approval-and-audit.md); ``admin_api.router`` adds them to its
+the audit log (docs/identity.md, docs/console.md); ``admin_api.router`` adds them to its
 router, behind the same API-key dependency (which sets the audit actor)."""
 
 from __future__ import annotations
