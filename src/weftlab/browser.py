@@ -1,9 +1,12 @@
 """Playwright on Debian's chromium, for browser tests (never Playwright's own download).
 
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
+    with browser_page() as page:
+        page.goto(url)
         ...
         save_screenshot(page, "console-login", tmp_path)
+
+``browser_page`` fails the test (at the end of the block) if any JavaScript error
+happened on the page.
 
 `make install` installs the Debian package; a missing binary is an error, not a skip.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +57,24 @@ def launch_chromium(playwright: Playwright, *, headless: bool = True) -> Browser
     return playwright.chromium.launch(
         executable_path=chromium_path(), args=list(CHROMIUM_ARGS), headless=headless
     )
+
+
+@contextmanager
+def browser_page(*, timeout_ms: float = 10_000) -> Iterator[Page]:
+    """A page of a fresh chromium; AssertionError after the block if a script failed."""
+    from playwright.sync_api import sync_playwright
+
+    errors: list[str] = []
+    with sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            page = browser.new_page()
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.set_default_timeout(timeout_ms)
+            yield page
+        finally:
+            browser.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
 
 
 def artifacts_dir(default: Path) -> Path:

@@ -14,7 +14,7 @@ from unittest import mock
 import pytest
 import uvicorn
 
-from weftlab.browser import launch_chromium, save_screenshot
+from weftlab.browser import browser_page, save_screenshot
 from weftlab.netlab import poll_until
 from weftnet.control.domain import roles
 
@@ -52,93 +52,83 @@ def served() -> Iterator[tuple[str, Console]]:
 
 
 def test_console_in_a_browser(served: tuple[str, Console], tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     url, console = served
     member_node = console.nodes["member"]
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.set_default_timeout(10_000)
+    with browser_page() as page:
+        # Log in with the local account; land on the machine list.
+        page.goto(f"{url}/admin")
+        expect(page).to_have_url(f"{url}/admin/login?next=%2Fadmin")
+        page.get_by_label("User name").fill(user_of(roles.OWNER))
+        page.get_by_label("Password").fill(PASSWORD)
+        page.get_by_role("button", name="Log in").click()
+        expect(page).to_have_url(f"{url}/admin/machines")
+        table = page.locator("#machines")
+        expect(table.locator("tbody tr")).to_have_count(2)
+        row = table.locator(f'tr[data-node-id="{member_node.id}"]')
+        expect(row.locator('[data-field="status"]')).to_have_text("offline")
+        expect(row.locator('[data-field="approval"]')).to_be_visible()
+        save_screenshot(page, "console-machines", tmp_path)
 
-            # Log in with the local account; land on the machine list.
-            page.goto(f"{url}/admin")
-            expect(page).to_have_url(f"{url}/admin/login?next=%2Fadmin")
-            page.get_by_label("User name").fill(user_of(roles.OWNER))
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            expect(page).to_have_url(f"{url}/admin/machines")
-            table = page.locator("#machines")
-            expect(table.locator("tbody tr")).to_have_count(2)
-            row = table.locator(f'tr[data-node-id="{member_node.id}"]')
-            expect(row.locator('[data-field="status"]')).to_have_text("offline")
-            expect(row.locator('[data-field="approval"]')).to_be_visible()
-            save_screenshot(page, "console-machines", tmp_path)
+        # Live status: the node comes online; the page's poll shows it without a reload.
+        hub = console.app.state.control.hub
+        with mock.patch.object(hub, "online", lambda: frozenset({member_node.id})):
+            status = row.locator('[data-field="status"]')
+            expect(status).to_have_text("online", timeout=POLL_S * 2500)
+            expect(row.locator('[data-field="last_seen"]')).to_have_text("connected")
 
-            # Live status: the node comes online; the page's poll shows it without a reload.
-            hub = console.app.state.control.hub
-            with mock.patch.object(hub, "online", lambda: frozenset({member_node.id})):
-                status = row.locator('[data-field="status"]')
-                expect(status).to_have_text("online", timeout=POLL_S * 2500)
-                expect(row.locator('[data-field="last_seen"]')).to_have_text("connected")
+        # Filters live in the query string.
+        page.get_by_label("Search").fill("admin-server")
+        page.get_by_role("button", name="Filter").click()
+        expect(page).to_have_url(f"{url}/admin/machines?q=admin-server")
+        expect(table.locator("tbody tr")).to_have_count(1)
 
-            # Filters live in the query string.
-            page.get_by_label("Search").fill("admin-server")
-            page.get_by_role("button", name="Filter").click()
-            expect(page).to_have_url(f"{url}/admin/machines?q=admin-server")
-            expect(table.locator("tbody tr")).to_have_count(1)
+        # Approve the member's device, then rename it.
+        page.goto(f"{url}/admin/machines/{member_node.id}")
+        page.get_by_role("button", name="Approve").click()
+        expect(page.locator(".notice")).to_have_text("Approved.")
+        expect(page.locator("h1 .badge")).to_have_count(0)
+        page.get_by_label("Name").fill("laptop-one")
+        page.get_by_role("button", name="Rename").click()
+        expect(page.locator(".notice")).to_have_text("Renamed.")
+        expect(page.locator("h1")).to_contain_text("laptop-one")
+        save_screenshot(page, "console-machine", tmp_path)
 
-            # Approve the member's device, then rename it.
-            page.goto(f"{url}/admin/machines/{member_node.id}")
-            page.get_by_role("button", name="Approve").click()
-            expect(page.locator(".notice")).to_have_text("Approved.")
-            expect(page.locator("h1 .badge")).to_have_count(0)
-            page.get_by_label("Name").fill("laptop-one")
-            page.get_by_role("button", name="Rename").click()
-            expect(page.locator(".notice")).to_have_text("Renamed.")
-            expect(page.locator("h1")).to_contain_text("laptop-one")
-            save_screenshot(page, "console-machine", tmp_path)
+        # An auth key, shown once.
+        page.goto(f"{url}/admin/keys")
+        form = page.locator("#new-auth-key")
+        form.get_by_label("User").select_option(user_of(roles.MEMBER))
+        form.get_by_label("Reusable").check()
+        form.get_by_label("Pre-approved").check()
+        form.get_by_role("button", name="Create auth key").click()
+        new_key = page.locator("#new-key")
+        expect(new_key).to_contain_text("weftkey-")
+        key = new_key.inner_text()
+        save_screenshot(page, "console-new-key", tmp_path)
+        page.goto(f"{url}/admin/keys")
+        expect(page.locator("#new-key")).to_have_count(0)
+        assert key not in page.content()
 
-            # An auth key, shown once.
-            page.goto(f"{url}/admin/keys")
-            form = page.locator("#new-auth-key")
-            form.get_by_label("User").select_option(user_of(roles.MEMBER))
-            form.get_by_label("Reusable").check()
-            form.get_by_label("Pre-approved").check()
-            form.get_by_role("button", name="Create auth key").click()
-            new_key = page.locator("#new-key")
-            expect(new_key).to_contain_text("weftkey-")
-            key = new_key.inner_text()
-            save_screenshot(page, "console-new-key", tmp_path)
-            page.goto(f"{url}/admin/keys")
-            expect(page.locator("#new-key")).to_have_count(0)
-            assert key not in page.content()
+        # The policy editor: a good policy is saved; a failing one is shown, not saved.
+        page.goto(f"{url}/admin/policy")
+        editor = page.get_by_label("Policy")
+        editor.fill(GOOD_POLICY)
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator(".notice")).to_have_text("Policy saved.")
+        editor.fill(FAILING_POLICY)
+        page.get_by_role("button", name="Save").click()
+        expect(page.locator(".error")).to_contain_text("policy refused")
+        expect(editor).to_have_value(FAILING_POLICY)
+        save_screenshot(page, "console-policy-error", tmp_path)
+        assert console.service.get_policy() == GOOD_POLICY
 
-            # The policy editor: a good policy is saved; a failing one is shown, not saved.
-            page.goto(f"{url}/admin/policy")
-            editor = page.get_by_label("Policy")
-            editor.fill(GOOD_POLICY)
-            page.get_by_role("button", name="Save").click()
-            expect(page.locator(".notice")).to_have_text("Policy saved.")
-            editor.fill(FAILING_POLICY)
-            page.get_by_role("button", name="Save").click()
-            expect(page.locator(".error")).to_contain_text("policy refused")
-            expect(editor).to_have_value(FAILING_POLICY)
-            save_screenshot(page, "console-policy-error", tmp_path)
-            assert console.service.get_policy() == GOOD_POLICY
-
-            # The audit log shows those changes, newest first, by this console user.
-            page.goto(f"{url}/admin/audit")
-            audit = page.locator("#audit tbody")
-            for action in ("policy.set", "auth_key.create", "node.authorize", "console.login"):
-                expect(audit).to_contain_text(action)
-            first = audit.locator("tr").first
-            expect(first).to_contain_text("policy.set")
-            expect(first).to_contain_text(user_of(roles.OWNER))
-            save_screenshot(page, "console-audit", tmp_path)
-        finally:
-            browser.close()
-    assert errors == []
+        # The audit log shows those changes, newest first, by this console user.
+        page.goto(f"{url}/admin/audit")
+        audit = page.locator("#audit tbody")
+        for action in ("policy.set", "auth_key.create", "node.authorize", "console.login"):
+            expect(audit).to_contain_text(action)
+        first = audit.locator("tr").first
+        expect(first).to_contain_text("policy.set")
+        expect(first).to_contain_text(user_of(roles.OWNER))
+        save_screenshot(page, "console-audit", tmp_path)

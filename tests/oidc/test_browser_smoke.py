@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from weftlab.browser import launch_chromium, save_screenshot
+from weftlab.browser import browser_page, save_screenshot
 
 pytestmark = pytest.mark.browser
 
@@ -45,20 +45,12 @@ def site() -> Iterator[str]:
 
 
 def test_click_changes_text(site: str, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    errors: list[str] = []
-    with sync_playwright() as p:
-        browser = launch_chromium(p)
-        try:
-            page = browser.new_page()
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(site)
-            expect(page.locator("#out")).to_have_text("before")
-            page.click("#go")
-            expect(page.locator("#out")).to_have_text("clicked")
-            shot = save_screenshot(page, "browser-smoke", tmp_path)
-        finally:
-            browser.close()
+    with browser_page() as page:
+        page.goto(site)
+        expect(page.locator("#out")).to_have_text("before")
+        page.click("#go")
+        expect(page.locator("#out")).to_have_text("clicked")
+        shot = save_screenshot(page, "browser-smoke", tmp_path)
     assert shot.stat().st_size > 0
-    assert errors == []

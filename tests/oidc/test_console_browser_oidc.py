@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from weftlab.browser import launch_chromium, save_screenshot
+from weftlab.browser import browser_page, save_screenshot
 from weftlab.control import FakeNode
 from weftlab.oidcop import OpenIdProvider
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.browser
 
 
 def test_console_login_through_the_provider(rp: Rp, op: OpenIdProvider, tmp_path: Path) -> None:
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
     with serve(rp, op, tmp_path, owner="alice@example.com") as server:
         server.api("PATCH", "/settings", json={"device_approval": True})
@@ -31,35 +31,25 @@ def test_console_login_through_the_provider(rp: Rp, op: OpenIdProvider, tmp_path
         (node,) = server.api("GET", "/nodes")
         assert node["authorized"] is False
 
-        errors: list[str] = []
-        with sync_playwright() as p:
-            browser = launch_chromium(p)
-            try:
-                page = browser.new_page()
-                page.on("pageerror", lambda e: errors.append(str(e)))
-                page.set_default_timeout(10_000)
+        with browser_page() as page:
+            page.goto(f"{server.url}/admin")
+            page.get_by_role("link", name="Log in with your identity provider").click()
+            # The provider's own login form (oidc-provider's devInteractions page).
+            page.locator('input[name="login"]').fill("alice")
+            page.locator('input[name="password"]').fill("any")
+            save_screenshot(page, "console-oidc-provider-form", tmp_path)
+            page.locator('button[type="submit"]').click()
 
-                page.goto(f"{server.url}/admin")
-                page.get_by_role("link", name="Log in with your identity provider").click()
-                # The provider's own login form (oidc-provider's devInteractions page).
-                page.locator('input[name="login"]').fill("alice")
-                page.locator('input[name="password"]').fill("any")
-                save_screenshot(page, "console-oidc-provider-form", tmp_path)
-                page.locator('button[type="submit"]').click()
+            expect(page).to_have_url(f"{server.url}/admin/machines")
+            expect(page.locator("header")).to_contain_text("Alice")
+            expect(page.locator("header")).to_contain_text("Owner")
+            row = page.locator(f'#machines tr[data-node-id="{node["id"]}"]')
+            expect(row.locator('[data-field="approval"]')).to_be_visible()
+            save_screenshot(page, "console-oidc-machines", tmp_path)
 
-                expect(page).to_have_url(f"{server.url}/admin/machines")
-                expect(page.locator("header")).to_contain_text("Alice")
-                expect(page.locator("header")).to_contain_text("Owner")
-                row = page.locator(f'#machines tr[data-node-id="{node["id"]}"]')
-                expect(row.locator('[data-field="approval"]')).to_be_visible()
-                save_screenshot(page, "console-oidc-machines", tmp_path)
-
-                page.goto(f"{server.url}/admin/machines/{node['id']}")
-                page.get_by_role("button", name="Approve").click()
-                expect(page.locator(".notice")).to_have_text("Approved.")
-            finally:
-                browser.close()
-        assert errors == []
+            page.goto(f"{server.url}/admin/machines/{node['id']}")
+            page.get_by_role("button", name="Approve").click()
+            expect(page.locator(".notice")).to_have_text("Approved.")
         (node,) = server.api("GET", "/nodes")
         assert node["authorized"] is True
         (entry, *_) = server.api("GET", "/audit")
