@@ -124,6 +124,7 @@ def test_weft_up_without_a_key_logs_in_through_the_provider(lab: Lab, tmp_path: 
 
         st = b.status()
         assert st["backend_state"] == "Running", st
+        assert st["self"]["user"] == "alice@example.com", st["self"]
         b_ip = b.ip4()
         assert b_ip.startswith("100.")
         whois = json.loads(a.weft("whois", "--json", b_ip).stdout)  # as the peer sees it

@@ -132,6 +132,8 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             "ips": [str(a.ip) for a in d.engine.addresses],
             "online": d.stream is not None and d.stream.online,
             "login_server": d.state.prefs.login_server,
+            # Who owns this node (None for a tagged node, or before the first map).
+            "user": me.user.name if me is not None and me.user is not None else None,
         },
         "peers": peers,
         "dns_domain": nm.dns_domain,
