@@ -334,3 +334,29 @@ def test_owner_and_admin_group_bootstrap(rp: Rp, op: OpenIdProvider, tmp_path: P
         confirm(b, login(server, b=b))
         with sqlite3.connect(server.data_dir / "control.db") as db:
             assert db.execute("SELECT role FROM users").fetchall() == [("owner",)]
+
+
+def test_relogin_as_another_identity_reowns_the_node_through_the_same_checks(
+    rp: Rp, op: OpenIdProvider, tmp_path: Path
+) -> None:
+    with serve(rp, op, tmp_path) as server:
+        server.api("PATCH", "/settings", json={"device_approval": True})
+        node, url, _ = start_node(server, "desk")
+        b = browser()
+        confirm(b, sign_in_at(b, server, url, "alice"))
+        (first,) = nodes(server)
+        server.api("POST", f"/nodes/{first['id']}/authorize")
+        # The same machine logs in again (a new node key); bob signs in this time.
+        node.rotate_node_key()
+        answer = register(node)
+        assert answer.auth_url is not None
+        other = browser()
+        page = sign_in_at(other, server, answer.auth_url, "bob")
+        assert "bob" in page.text and "desk" in page.text
+        assert nodes(server)[0]["user"] == "alice@example.com"  # nothing before the confirm
+        assert confirm(other, page).status_code == 200
+        (again,) = nodes(server)
+        assert (again["id"], again["ipv4"]) == (first["id"], first["ipv4"])
+        assert again["user"] == "bob" and again["authorized"] is False  # a new owner waits
+        entries = [(e["action"], e["details"].get("user")) for e in server.api("GET", "/audit")]
+        assert ("node.register", "bob") in entries
