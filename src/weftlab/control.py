@@ -198,6 +198,7 @@ def start_control(
     timeout_s: float = START_TIMEOUT_S,
     reach_url: str | None = None,
     tls: bool | None = None,
+    program: Sequence[str] | None = None,
 ) -> Control:
     """Start ``weft-control serve`` and wait until it accepts requests.
 
@@ -211,8 +212,9 @@ def start_control(
     its policy schedules are judged by. ``reach_url`` is the URL the tests and nodes use
     when ``--server-url`` in ``extra_args`` names another. ``tls`` (default: in a lab
     host) serves https with a certificate of the run's test CA for the host's address,
-    127.0.0.1 and localhost; ``Control.ca_file`` is that CA. Output goes to
-    ``<data_dir>.log``.
+    127.0.0.1 and localhost; ``Control.ca_file`` is that CA. ``program`` is the
+    weft-control to run (default: this checkout's, under this Python; an installed one
+    in tests/lab/test_clean_install.py). Output goes to ``<data_dir>.log``.
     """
     data_dir = Path(data_dir)
     extra = list(extra_args)
@@ -237,10 +239,12 @@ def start_control(
             extra += ["--server-url", public_url]
     clock_file = data_dir.with_name(data_dir.name + ".policy-clock") if policy_clock else None
     launcher = ["weftlab.control_clock", "--clock-file", str(clock_file)] if clock_file else []
+    if program is None:
+        program = [sys.executable, "-m", *(launcher or ["weftnet.control.cli.main"])]
+    elif launcher:
+        raise ValueError("policy_clock runs this checkout's weft-control: no program")
     argv = [
-        sys.executable,
-        "-m",
-        *(launcher or ["weftnet.control.cli.main"]),
+        *program,
         "serve",
         "--listen",
         listen,

@@ -154,7 +154,7 @@ def console(control: Control, nodes: list[Node]) -> bool:
     print("   weft-control users create admin; users role admin owner;"
           " users set-password admin --generate")  # fmt: skip
     print(f"   local admin login: admin / {password}")
-    assert control.ca_file is not None
+    assert control.ca_file is not None and control.host is not None
     browser = [sys.executable, "-m", "weftlab.console_browser", control.url, str(control.ca_file)]
     r = control.host.run([*browser, "admin", password, "get", "/admin/machines"], check=False)
     if r.returncode != 0:

@@ -13,6 +13,7 @@ import sys
 import time
 from typing import Any
 
+from weftnet import version
 from weftnet.node.localapi import DEFAULT_SOCKET, request
 
 
@@ -372,8 +373,17 @@ def cmd_dns_status(args: argparse.Namespace) -> None:
         print_dns_status(r)
 
 
+def cmd_version(args: argparse.Namespace) -> None:
+    """This client's version; asks nothing of weftd (it need not be running)."""
+    if args.json:
+        print(json.dumps(version.info(), indent=2))
+    else:
+        print(version.text("weft"))
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="weft", description="weftnet client")
+    version.add_flag(p)
     p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET", DEFAULT_SOCKET))
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="connect to the tailnet (log in if needed)")
@@ -438,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
     ds = dns.add_parser("status", help="mode, what the OS has, the server's config, counters")
     ds.add_argument("--json", action="store_true", help="machine-readable output")
     ds.set_defaults(func=cmd_dns_status)
+    ve = sub.add_parser("version", help="the version of weftnet, its protocol and Python")
+    ve.add_argument("--json", action="store_true", help="machine-readable output")
+    ve.set_defaults(func=cmd_version)
     st = sub.add_parser("status", help="this node and its peers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)

@@ -23,7 +23,7 @@ import sys
 import time
 from typing import Any
 
-from weftnet import tls
+from weftnet import tls, version
 from weftnet.dns import osconfig
 from weftnet.node import localapi
 from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
@@ -38,6 +38,7 @@ log = logging.getLogger("weftd")
 
 def parse_args(argv: list[str] | None) -> NodeConfig:
     p = argparse.ArgumentParser(prog="weftd", description="weftnet node daemon")
+    version.add_flag(p)
     p.add_argument("--wg-config", metavar="FILE", help="run a plain WireGuard peer from FILE")
     p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR", help="keys and state")
     p.add_argument("--tun", default=DEFAULT_TUN, metavar="NAME", help="TUN interface name")

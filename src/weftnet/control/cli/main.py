@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import quote
 
+from weftnet import version
 from weftnet.control.cli import approval
 
 if TYPE_CHECKING:  # the server's modules load only for `serve` and `relay`
@@ -187,6 +188,7 @@ def _oidc_options(args: argparse.Namespace) -> Any:
 
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
+    version.add_flag(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
 
