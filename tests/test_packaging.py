@@ -150,6 +150,8 @@ def test_weftd_keeps_only_the_network_capabilities() -> None:
         "CAP_NET_RAW",
         "CAP_NET_BIND_SERVICE",  # MagicDNS on port 53
     }
+    # With ProtectClock= systemd allows only listed devices: the TUN device must be one.
+    assert weftd["DeviceAllow"] == "/dev/net/tun rw"
     assert control["DynamicUser"] == "yes"
     assert control["CapabilityBoundingSet"] == "CAP_NET_BIND_SERVICE"
     for unit in (weftd, control):

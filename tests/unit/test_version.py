@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import platform
+import tomllib
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +16,15 @@ from weftnet.control.cli.main import main as weft_control
 from weftnet.node.main import main as weftd
 
 
-def test_the_version_is_the_installed_packages() -> None:
-    assert version.package_version() == metadata.version("weftnet") == __version__
+def test_the_source_tree_and_the_package_agree_on_the_version() -> None:
+    """pyproject.toml's version (what pip installs) is weftnet.__version__ (the fallback)."""
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    assert tomllib.loads(pyproject.read_text())["project"]["version"] == __version__
+
+
+def test_the_version_is_the_installed_packages(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(version.metadata, "version", lambda name: "9.8.7")
+    assert version.package_version() == "9.8.7"
 
 
 def test_without_an_installed_package_the_source_trees_version(
