@@ -13,13 +13,13 @@ from tests.netstack.netsim import Link, SimNet, counter_random
 from weftnet.netstack import events as ev
 from weftnet.netstack.congestion import INITIAL_RTO_S
 from weftnet.netstack.packet import (
+    PROTO_TCP,
     TCP_ACK,
     TCP_RST,
     TCP_SYN,
     TcpSegment,
     ip_packet,
     parse_ip,
-    PROTO_TCP,
 )
 from weftnet.netstack.stack import Stack
 from weftnet.netstack.tcp import TIME_WAIT_S, State
@@ -28,7 +28,9 @@ A, B = "100.64.0.1", "100.64.0.2"
 A6, B6 = "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"
 
 
-def pair(seed: int = 1, *, window: int = 1 << 20, v6: bool = False, **kw: float) -> tuple[Stack, Stack]:
+def pair(
+    seed: int = 1, *, window: int = 1 << 20, v6: bool = False, **kw: float
+) -> tuple[Stack, Stack]:
     a = Stack(random_bytes=counter_random(seed), receive_window=window, **kw)  # type: ignore[arg-type]
     b = Stack(random_bytes=counter_random(seed + 1), receive_window=window, **kw)  # type: ignore[arg-type]
     a.set_addresses([A6 if v6 else A])

@@ -84,5 +84,12 @@ class EchoReply:
 
 
 Event = (
-    NewConnection | Connected | DataReceived | StreamEnded | Closed | Reset | UdpDatagram | EchoReply
+    NewConnection
+    | Connected
+    | DataReceived
+    | StreamEnded
+    | Closed
+    | Reset
+    | UdpDatagram
+    | EchoReply
 )

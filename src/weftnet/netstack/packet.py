@@ -317,7 +317,9 @@ class TcpBuilder:
         if payload:
             s += sum16(payload)
         csum = ~fold(s) & 0xFFFF
-        tcp = _TCP.pack(self._ports >> 16, self._ports & 0xFFFF, seq, ack, off_flags, window, csum, 0)
+        tcp = _TCP.pack(
+            self._ports >> 16, self._ports & 0xFFFF, seq, ack, off_flags, window, csum, 0
+        )
         if self._v4:
             total = IPV4_HEADER_LEN + tcp_len
             ip_csum = ~fold(self._ip_sum + total) & 0xFFFF

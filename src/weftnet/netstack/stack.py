@@ -144,9 +144,7 @@ class Stack:
                 return a
         raise ValueError("no address of this IP version to connect from")
 
-    def connect(
-        self, host: str, port: int, now: float, *, src: str | None = None
-    ) -> TcpConnection:
+    def connect(self, host: str, port: int, now: float, *, src: str | None = None) -> TcpConnection:
         """Open a connection to ``host``:``port`` (SYN-SENT); ``Connected`` or
         ``Reset`` follows."""
         dst = ipaddress.ip_address(host).packed
@@ -202,7 +200,9 @@ class Stack:
                 self._receive_tcp(src, dst, payload, now)
             elif proto == PROTO_UDP:
                 self._receive_udp(src, dst, payload, packet)
-            elif proto == PROTO_ICMP and len(src) == 4 or proto == PROTO_ICMPV6 and len(src) == 16:
+            elif (proto == PROTO_ICMP and len(src) == 4) or (
+                proto == PROTO_ICMPV6 and len(src) == 16
+            ):
                 self._receive_icmp(src, dst, payload)
             else:
                 self.dropped += 1

@@ -312,7 +312,9 @@ class TcpConnection:
             return max(0, self.rcv_adv_edge - self.rcv_nxt)
         return self.receive_window
 
-    def _send(self, seq: int, flags: int, payload: bytes | bytearray = b"", options: bytes = b"") -> None:
+    def _send(
+        self, seq: int, flags: int, payload: bytes | bytearray = b"", options: bytes = b""
+    ) -> None:
         window = self._window()
         if flags & TCP_SYN:
             field = min(window, MAX_WINDOW_FIELD)
