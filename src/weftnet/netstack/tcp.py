@@ -243,7 +243,9 @@ class TcpConnection:
 
     def abort(self) -> None:
         """Send RST and forget the connection."""
-        if self.state in SYNCHRONIZED_SENDING or self.state == State.FIN_WAIT_2:
+        if self.state in SYNCHRONIZED_SENDING or self.state in (
+            State.SYN_RECEIVED, State.FIN_WAIT_2
+        ):  # fmt: skip
             self.transmit_rst(self.snd_nxt)
         if self.state != State.CLOSED:
             self.reset(ev.ABORTED)

@@ -250,6 +250,7 @@ class UserspaceNet:
         conn = self._stack.connect(host, port, self._clock())
         transport = _TcpTransport(self, conn)
         transport.connecting = asyncio.get_running_loop().create_future()
+        transport.protocol.connection_made(transport)
         self._run()
         try:
             async with asyncio.timeout(timeout):
@@ -258,7 +259,6 @@ class UserspaceNet:
             self._stack.abort(conn)
             self._schedule_run()
             raise TimeoutError(f"no answer from {host} port {port} in {timeout} s") from None
-        transport.protocol.connection_made(transport)
         return transport.reader, transport.writer()
 
     # ---- the loop -----------------------------------------------------------------
