@@ -86,6 +86,7 @@ class TcpConnection:
         "local",
         "max_snd_wnd",
         "mss",
+        "orphaned",
         "our_mss",
         "peer_fin_seq",
         "persist_at",
@@ -172,6 +173,7 @@ class TcpConnection:
         self.keepalive_probes = 0
         self.timewait_at: float | None = None
         self._closed_emitted = False
+        self.orphaned = False  # closed with nobody reading: FIN-WAIT-2 times out
         self.announced = False  # the user knows of it (connect, or NewConnection)
 
     def __repr__(self) -> str:
@@ -231,8 +233,11 @@ class TcpConnection:
             raise TcpError(f"cannot send on a connection in {self.state.name} or after close")
         self.snd_buf += data
 
-    def close(self, now: float) -> None:
-        """Send FIN after the buffered data (half close; receiving goes on)."""
+    def close(self, now: float, *, orphan: bool = False) -> None:
+        """Send FIN after the buffered data (half close: receiving goes on). ``orphan``:
+        the app will not read either (a full close), so FIN-WAIT-2 ends after
+        FIN_WAIT_2_TIMEOUT_S even if the peer never sends its FIN."""
+        self.orphaned = self.orphaned or orphan
         if self.fin_queued or self.state == State.CLOSED:
             return
         self.fin_queued = True  # in SYN-SENT/RECEIVED: sent once established
@@ -246,7 +251,7 @@ class TcpConnection:
         if self.state in SYNCHRONIZED_SENDING or self.state in (
             State.SYN_RECEIVED, State.FIN_WAIT_2
         ):  # fmt: skip
-            self.transmit_rst(self.snd_nxt)
+            self.transmit_rst(self.snd_max)
         if self.state != State.CLOSED:
             self.reset(ev.ABORTED)
 
@@ -374,7 +379,7 @@ class TcpConnection:
                 self._persist_backoff = 0
                 self.persist_at = now + self.rto.rto
         if self.ack_now and self.state not in (State.CLOSED, State.SYN_SENT):
-            self.transmit(self.snd_nxt, TCP_ACK)
+            self.transmit(self.snd_max, TCP_ACK)
 
     def retransmit_first(self) -> None:
         """Resend the first unacknowledged segment (fast retransmit, partial ACK)."""

@@ -28,6 +28,7 @@ from weftnet.netstack.packet import TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, TcpOptio
 from weftnet.netstack.tcpstate import (
     ACK_EVERY_SEGMENTS,
     DELAYED_ACK_S,
+    FIN_WAIT_2_TIMEOUT_S,
     HALF,
     MASK,
     RECEIVING,
@@ -68,16 +69,16 @@ def segment_arrives(conn: TcpConnection, seg: TcpSegment, now: float) -> None:
         )
     if not ok:
         if not flags & TCP_RST:
-            conn.transmit(conn.snd_nxt, TCP_ACK)
+            conn.transmit(conn.snd_max, TCP_ACK)
         return
     if flags & TCP_RST:
         if seq == rcv_nxt:
             conn.reset(ev.RESET_BY_PEER)
         else:
-            conn.transmit(conn.snd_nxt, TCP_ACK)  # RFC 5961 §3.2 challenge ACK
+            conn.transmit(conn.snd_max, TCP_ACK)  # RFC 5961 §3.2 challenge ACK
         return
     if flags & TCP_SYN:
-        conn.transmit(conn.snd_nxt, TCP_ACK)  # RFC 5961 §4.2 challenge ACK
+        conn.transmit(conn.snd_max, TCP_ACK)  # RFC 5961 §4.2 challenge ACK
         return
     if not flags & TCP_ACK:
         return
@@ -93,7 +94,7 @@ def segment_arrives(conn: TcpConnection, seg: TcpSegment, now: float) -> None:
             conn.announced = True
             conn.emit(ev.NewConnection(conn))
     if ack > conn.snd_max or ack < una - conn.max_snd_wnd:
-        conn.transmit(conn.snd_nxt, TCP_ACK)
+        conn.transmit(conn.snd_max, TCP_ACK)
         return
     _process_ack(conn, seq, ack, seg.window, seglen == 0, now)
     if conn.state == State.CLOSED:
@@ -193,6 +194,8 @@ def _process_fin_acked(conn: TcpConnection, now: float) -> None:
         return
     if conn.state == State.FIN_WAIT_1:
         conn.state = State.FIN_WAIT_2
+        if conn.orphaned:  # nobody will read: don't wait forever for the peer's FIN
+            conn.timewait_at = now + FIN_WAIT_2_TIMEOUT_S
     elif conn.state == State.CLOSING:
         conn.enter_time_wait(now)
     elif conn.state == State.LAST_ACK:
@@ -223,7 +226,7 @@ def _receive_data(conn: TcpConnection, seq: int, payload: bytes, now: float) -> 
     conn.rcv_nxt = rcv_nxt
     conn.segs_unacked += 1
     if conn.segs_unacked >= ACK_EVERY_SEGMENTS:
-        conn.transmit(conn.snd_nxt, TCP_ACK)
+        conn.transmit(conn.snd_max, TCP_ACK)
     elif conn.delack_at is None:
         conn.delack_at = now + DELAYED_ACK_S
 

@@ -16,6 +16,7 @@ MASK = 0xFFFFFFFF  # sequence numbers are 32 bits on the wire
 HALF = 1 << 31
 DELAYED_ACK_S = 0.04  # RFC 1122 allows up to 500 ms; Linux's minimum is 40 ms
 ACK_EVERY_SEGMENTS = 2  # RFC 9293 §3.8.6.3: at least every second full-sized segment
+FIN_WAIT_2_TIMEOUT_S = 60.0  # Linux tcp_fin_timeout, for connections the app closed
 TIME_WAIT_S = 60.0  # 2 MSL with Linux's MSL of 30 s
 MAX_SYN_RETRIES = 6  # Linux tcp_syn_retries
 MAX_RETRIES = 15  # Linux tcp_retries2: about 15 minutes of backed-off retransmissions

@@ -97,7 +97,8 @@ class _TcpTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self.write_eof()
+        self._net._stack.close(self._conn, self._net._clock(), orphan=True)
+        self._net._schedule_run()
         asyncio.get_running_loop().call_soon(self.connection_lost, None)
 
     def abort(self) -> None:
