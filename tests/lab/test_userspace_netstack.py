@@ -134,6 +134,8 @@ async def linux_connects_to_the_stack(host: Host, fd: int) -> float:
         got.set_result(digest.hexdigest())
 
     with Pump(fd) as net:
+        ping = ["ping", "-c", "5", "-i", "0.2", "-W", "2", STACK]
+        await asyncio.to_thread(host.run, ping)  # exit 0: some echo answered
         net.on_tcp_connection(handler)
         started = time.perf_counter()
         proc = host.popen(
@@ -157,12 +159,17 @@ async def the_stack_connects_to_linux(host: Host, fd: int) -> float:
         host.wait_listening(9090, proto="tcp")
         started = time.perf_counter()
         reader, writer = await net.open_connection(LINUX, 9090)
-        writer.write(random.Random(2).randbytes(SIZE))
-        await writer.drain()
-        writer.write_eof()
+
+        async def send() -> None:  # while reading: Linux writes everything before it reads
+            writer.write(random.Random(2).randbytes(SIZE))
+            await writer.drain()
+            writer.write_eof()
+
+        sending = asyncio.create_task(send())
         digest = hashlib.sha256()
         while chunk := await reader.read(1 << 16):
             digest.update(chunk)
+        await sending
         elapsed = time.perf_counter() - started
         writer.close()
         out = await _wait(proc, 300)
@@ -192,7 +199,6 @@ def test_linux_tcp_and_the_userspace_stack_exchange_megabytes(lab: Lab, loss: bo
     try:
         if loss:
             lossy(host)
-        host.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STACK])  # echo answered
         in_s = asyncio.run(linux_connects_to_the_stack(host, fd))
         out_s = asyncio.run(the_stack_connects_to_linux(host, fd))
         if loss:
