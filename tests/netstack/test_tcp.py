@@ -21,7 +21,7 @@ from weftnet.netstack.packet import (
     ip_packet,
     parse_ip,
 )
-from weftnet.netstack.stack import Stack
+from weftnet.netstack.stack import MAX_HALF_OPEN, Stack
 from weftnet.netstack.tcp import TIME_WAIT_S, State
 from weftnet.netstack.tcpstate import FIN_WAIT_2_TIMEOUT_S
 
@@ -229,3 +229,19 @@ def test_an_orphaned_connection_leaves_fin_wait_2_when_the_peer_never_closes() -
     assert net.now == half_closed_at + FIN_WAIT_2_TIMEOUT_S
     assert ev.Closed(client) in net.events["a"]
     assert b.connections[0].state == State.CLOSE_WAIT  # the peer's app never closed
+
+
+def test_a_syn_flood_fills_the_half_open_table_and_no_more() -> None:
+    _, b = pair()
+    asrc, bsrc = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
+    for port in range(1, MAX_HALF_OPEN + 11):
+        syn = TcpSegment(port, 80, port, 0, TCP_SYN, 1000)
+        b.receive(ip_packet(asrc, bsrc, PROTO_TCP, syn.pack(asrc, bsrc)), 0.0)
+    assert len(b.connections) == MAX_HALF_OPEN
+    assert len(b.packets_to_send(0.0)) == MAX_HALF_OPEN  # one SYN-ACK each
+    now = 0.0
+    while b.connections:  # unanswered SYN-ACKs time out; nobody is told
+        now = b.next_timer_at() or now
+        b.on_timer(now)
+        b.packets_to_send(now)
+    assert b.next_event() is None

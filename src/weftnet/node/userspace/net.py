@@ -301,7 +301,10 @@ class UserspaceNet:
     def _handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.UdpDatagram):
             if self._udp_handler is not None:
-                self._udp_handler(event.payload, event.src, event.dst)
+                try:
+                    self._udp_handler(event.payload, event.src, event.dst)
+                except Exception:
+                    log.exception("userspace UDP handler failed")
             return
         if isinstance(event, ev.EchoReply):
             return
