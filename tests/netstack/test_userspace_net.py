@@ -49,7 +49,10 @@ def back_to_back(*, v6: bool = False) -> tuple[UserspaceNet, UserspaceNet]:
     nets: dict[str, UserspaceNet] = {}
 
     def to(name: str) -> Callable[[list[bytes]], None]:
-        return lambda packets: loop.call_soon(nets[name].deliver, packets)
+        def send(packets: list[bytes]) -> None:
+            loop.call_soon(nets[name].deliver, packets)
+
+        return send
 
     nets["a"] = UserspaceNet(to("b"))
     nets["b"] = UserspaceNet(to("a"))
