@@ -22,7 +22,7 @@ from weftnet.netstack.packet import (
     parse_ip,
 )
 from weftnet.netstack.stack import MAX_HALF_OPEN, Stack
-from weftnet.netstack.tcp import TIME_WAIT_S, State
+from weftnet.netstack.tcp import TIME_WAIT_S, State, TcpConnection
 from weftnet.netstack.tcpstate import FIN_WAIT_2_TIMEOUT_S
 
 A, B = "100.64.0.1", "100.64.0.2"
@@ -42,13 +42,19 @@ def pair(
 
 class Exchange(SimNet):
     """A sends ``up`` and closes; B sends ``down`` on accept and closes when A's FIN
-    arrives; each side records what it received and how its connection ended."""
+    arrives (``b_closes_early``: at once, so both FINs may cross: CLOSING); each side
+    records what it received and how its connection ended. ``stalls``: B's app stops
+    and resumes reading at random (its window closes and reopens)."""
 
     up: bytes
     down: bytes
+    b_closes_early = False
+    stalls = False
 
     def setup(self, up: bytes, down: bytes, *, v6: bool = False) -> None:
         self.up, self.down = up, down
+        self.b_conn: TcpConnection | None = None
+        self.app_rng = random.Random(self.seed + 1)
         self.got = {"a": bytearray(), "b": bytearray()}
         self.ended: dict[str, str] = {}
         self.ended_at: dict[str, float] = {}
@@ -60,9 +66,12 @@ class Exchange(SimNet):
         stack = self.a if name == "a" else self.b
         if isinstance(event, ev.NewConnection):
             stack.send(event.conn, self.down)
+            self.b_conn = event.conn
+            if self.b_closes_early:
+                stack.close(event.conn, self.now)
         elif isinstance(event, ev.DataReceived):
             self.got[name] += event.data
-        elif isinstance(event, ev.StreamEnded) and name == "b":
+        elif isinstance(event, ev.StreamEnded) and name == "b" and not self.b_closes_early:
             stack.close(event.conn, self.now)
         elif isinstance(event, ev.Closed):
             self.ended[name] = "closed"
@@ -70,8 +79,14 @@ class Exchange(SimNet):
         elif isinstance(event, ev.Reset):
             self.ended[name] = event.reason
 
+    def tick(self) -> None:
+        if self.stalls and self.b_conn is not None and self.app_rng.random() < 0.05:
+            self.b.pause_receiving(self.b_conn, not self.b_conn.receiving_paused)
+            if self.app_rng.random() < 0.5:
+                self.b.pause_receiving(self.b_conn, False)
+
     def finished(self) -> bool:
-        return len(self.ended) == 2
+        return len(self.ended) == 2 and not (self.b_conn and self.b_conn.receiving_paused)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,15 +98,18 @@ class Exchange(SimNet):
     duplicate=st.sampled_from([0.0, 0.02, 0.1]),
     jitter_s=st.sampled_from([0.0, 0.002, 0.03]),
     v6=st.booleans(),
+    b_closes_early=st.booleans(),
+    stalls=st.booleans(),
 )
 def test_streams_arrive_intact_through_a_bad_network(
     seed: int, up_len: int, down_len: int, loss: float, duplicate: float, jitter_s: float,
-    v6: bool,
+    v6: bool, b_closes_early: bool, stalls: bool,
 ) -> None:  # fmt: skip
     rng = random.Random(seed)
     up, down = rng.randbytes(up_len), rng.randbytes(down_len)
     a, b = pair(seed, window=64 * 1024, v6=v6)
     net = Exchange(a, b, Link(loss=loss, duplicate=duplicate, jitter_s=jitter_s), seed=seed)
+    net.b_closes_early, net.stalls = b_closes_early, stalls
     net.setup(up, down, v6=v6)
     net.run(net.finished, max_time_s=3000)
     assert net.ended == {"a": "closed", "b": "closed"}
