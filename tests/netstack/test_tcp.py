@@ -263,3 +263,17 @@ def test_a_syn_flood_fills_the_half_open_table_and_no_more() -> None:
         b.on_timer(now)
         b.packets_to_send(now)
     assert b.next_event() is None
+
+
+def test_a_simultaneous_open_connects_both_sides() -> None:
+    a, b = pair()
+    b.unlisten(None)
+    a_conn = a.connect(B, 50001, 0.0, src_port=50000)
+    b_conn = b.connect(A, 50000, 0.0, src_port=50001)
+    net = SimNet(a, b, Link())  # both SYNs are on the wire before either arrives
+    net.run(lambda: bool(net.events["a"] and net.events["b"]))
+    assert net.events == {"a": [ev.Connected(a_conn)], "b": [ev.Connected(b_conn)]}
+    a.send(a_conn, b"hello")
+    net.pump()
+    net.run(lambda: len(net.events["b"]) == 2)
+    assert net.events["b"][1] == ev.DataReceived(b_conn, b"hello")

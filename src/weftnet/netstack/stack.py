@@ -147,11 +147,26 @@ class Stack:
                 return a
         raise ValueError("no address of this IP version to connect from")
 
-    def connect(self, host: str, port: int, now: float, *, src: str | None = None) -> TcpConnection:
-        """Open a connection to ``host``:``port`` (SYN-SENT); ``Connected`` or
-        ``Reset`` follows."""
+    def connect(
+        self,
+        host: str,
+        port: int,
+        now: float,
+        *,
+        src: str | None = None,
+        src_port: int | None = None,
+    ) -> TcpConnection:
+        """Open a connection to ``host``:``port`` (SYN-SENT) from ``src`` (default: our
+        first address of that IP version) and ``src_port`` (default: a random free
+        ephemeral port); ``Connected`` or ``Reset`` follows."""
         dst = ipaddress.ip_address(host).packed
         local = ipaddress.ip_address(src).packed if src else self._source_for(dst)
+        if src_port is not None:
+            if (local, src_port, dst, port) in self._conns:
+                raise ValueError(f"a connection from port {src_port} to {host} port {port} exists")
+            conn = self._new_conn((local, src_port, dst, port))
+            conn.open_active(now)
+            return conn
         for _ in range(64):
             r = int.from_bytes(self._random_bytes(2), "big")
             sport = EPHEMERAL_PORTS[r % len(EPHEMERAL_PORTS)]

@@ -55,8 +55,11 @@ def segment_arrives(conn: TcpConnection, seg: TcpSegment, now: float) -> None:
     rcv_nxt = conn.rcv_nxt
     seq = rcv_nxt + ((seg.seq - rcv_nxt + HALF) & MASK) - HALF
     if flags & TCP_SYN and state == State.SYN_RECEIVED and seq == conn.irs:
-        conn.transmit_syn(now)  # our SYN-ACK was lost: the peer repeats its SYN
-        return
+        if not (flags & TCP_ACK and (seg.ack - conn.iss - 1) & MASK == 0):
+            conn.transmit_syn(now)  # our SYN-ACK was lost: the peer repeats its SYN
+            return
+        flags &= ~TCP_SYN  # simultaneous open: the peer's SYN-ACK; its SYN is taken
+        seq += 1
     payload = seg.payload
     plen = len(payload)
     seglen = plen + (flags & TCP_FIN) + (flags & TCP_SYN) // TCP_SYN
@@ -90,7 +93,9 @@ def segment_arrives(conn: TcpConnection, seg: TcpSegment, now: float) -> None:
             return
         conn.state = State.FIN_WAIT_1 if conn.fin_queued else State.ESTABLISHED
         conn.snd_wl1 = seq - 1  # so this ACK's window is taken
-        if not conn.announced:
+        if conn.announced:  # our connect() met the peer's (simultaneous open)
+            conn.emit(ev.Connected(conn))
+        else:
             conn.announced = True
             conn.emit(ev.NewConnection(conn))
     if ack > conn.snd_max or ack < una - conn.max_snd_wnd:
