@@ -277,3 +277,35 @@ def test_a_simultaneous_open_connects_both_sides() -> None:
     net.pump()
     net.run(lambda: len(net.events["b"]) == 2)
     assert net.events["b"][1] == ev.DataReceived(b_conn, b"hello")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_garbage_and_mangled_segments_never_raise(data: st.DataObject) -> None:
+    """Whatever arrives (random bytes, or a valid segment of a live connection with
+    random flags, numbers and payload), the stack answers or drops; it never raises."""
+    _, b, net = _established()
+    conn = b.connections[0]
+    b.send(conn, bytes(20_000))  # data in flight, so ACKs have something to acknowledge
+    b.packets_to_send(net.now)
+    asrc, bsrc = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
+    for _ in range(data.draw(st.integers(1, 20))):
+        if data.draw(st.booleans()):
+            b.receive(data.draw(st.binary(max_size=120)), net.now)
+        else:
+            near = st.integers(-70000, 70000).map(lambda d, base=conn.rcv_nxt: (base + d) % 2**32)
+            seg = TcpSegment(
+                conn.remote[1],
+                data.draw(st.sampled_from([80, 81])),
+                data.draw(st.one_of(near, st.integers(0, 2**32 - 1))),
+                data.draw(st.one_of(st.just(conn.snd_nxt % 2**32), st.integers(0, 2**32 - 1))),
+                data.draw(st.integers(0, 0x3F)),
+                data.draw(st.integers(0, 0xFFFF)),
+                data.draw(st.binary(max_size=50)),
+            )
+            b.receive(ip_packet(asrc, bsrc, PROTO_TCP, seg.pack(asrc, bsrc)), net.now)
+        net.now += data.draw(st.floats(0, 2))
+        b.on_timer(net.now)
+        b.packets_to_send(net.now)
+        while b.next_event() is not None:
+            pass

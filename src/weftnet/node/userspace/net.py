@@ -363,7 +363,12 @@ class UserspaceNet:
             log.warning("userspace TCP handler failed: %r", task.exception())
 
     def _arm_timer(self) -> None:
-        if self._closed or self._loop is None:
+        if self._loop is None:  # start() not called yet: adopt the running loop, if any
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+        if self._closed:
             return
         at = self._stack.next_timer_at()
         if at is None or (self._timer is not None and self._timer_at <= at):
