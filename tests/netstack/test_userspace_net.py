@@ -8,6 +8,7 @@ import functools
 import hashlib
 import ipaddress
 import os
+import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -43,13 +44,17 @@ def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]
     return run
 
 
-def back_to_back(*, v6: bool = False) -> tuple[UserspaceNet, UserspaceNet]:
-    """a's packets reach b on the next loop iteration, and back (no re-entry)."""
+def back_to_back(*, v6: bool = False, loss: float = 0.0) -> tuple[UserspaceNet, UserspaceNet]:
+    """a's packets reach b on the next loop iteration, and back (no re-entry); ``loss``:
+    that share of packets, picked by a seeded generator, never arrives."""
     loop = asyncio.get_running_loop()
     nets: dict[str, UserspaceNet] = {}
+    rng = random.Random(7)
 
     def to(name: str) -> Callable[[list[bytes]], None]:
         def send(packets: list[bytes]) -> None:
+            if loss:
+                packets = [p for p in packets if rng.random() >= loss]
             loop.call_soon(nets[name].deliver, packets)
 
         return send
@@ -102,6 +107,24 @@ async def test_five_megabytes_each_way_arrive_intact_and_the_throughput_is_print
     mb = 2 * size / 1e6
     print(f"\nuserspace netstack back to back: {mb / elapsed:.1f} MB/s "
           f"({8 * mb / elapsed:.0f} Mbit/s, both directions, one core)")  # fmt: skip
+    a.close()
+    b.close()
+
+
+@in_loop
+async def test_half_a_megabyte_crosses_a_lossy_link_on_the_real_timers() -> None:
+    a, b = back_to_back(loss=0.03)
+    data = os.urandom(1 << 19)
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *_: object) -> None:
+        writer.write(hashlib.sha256(await reader.read()).digest())
+        writer.close()
+
+    b.on_tcp_connection(sink)
+    reader, writer = await a.open_connection(B, 9)
+    writer.write(data)
+    writer.write_eof()
+    assert await reader.read() == hashlib.sha256(data).digest()
     a.close()
     b.close()
 
