@@ -21,6 +21,10 @@ SND.NXT < SND.UNA + min(SND.WND, cwnd) (sender silly-window avoidance: a short s
 only when it empties the buffer or nothing is in flight). ACKs: cumulative, RFC 6298
 timer (one timed segment, Karn), NewReno (congestion.py) for fast retransmit/recovery;
 a timeout rewinds SND.NXT to SND.UNA (go-back-N, as without SACK) with cwnd = 1 SMSS.
+Segments without data or FIN carry SEQ = SND.MAX, as BSD's tcp_output does: after a
+rewind, SND.NXT may lie below what the peer has received, and an ACK numbered there
+would fail the peer's acceptability test and be dropped (both ends rewound would then
+ignore each other's ACKs forever; the property test found that).
 A zero window with data waiting arms the persist timer, whose probes are a bare ACK
 with SEQ = SND.UNA - 1 (as Linux's), which makes the peer repeat its window.
 

@@ -6,7 +6,9 @@ Theory of operation
 take the SYN; otherwise (1) check the sequence number is acceptable (else ACK and
 drop), (2) RST, (3) SYN, (4) ACK (SYN-RECEIVED to ESTABLISHED, send-side bookkeeping,
 our FIN acknowledged), (5) segment text, (6) FIN. SEQ and ACK are unwrapped first (see
-tcp.py), so every test is a plain integer comparison.
+tcp.py), so every test is a plain integer comparison. In SYN-RECEIVED a repeated SYN
+(our SYN-ACK was lost) is answered with the SYN-ACK again; a SYN-ACK that acknowledges
+our SYN (simultaneous open, RFC 9293 §3.5 figure 8) has its SYN trimmed and goes on.
 
 Receive side. In-order data goes to ``rx``; data past a gap to the reassembly queue
 (reassembly.py) and we ACK at once (a duplicate ACK, so the peer fast-retransmits).
