@@ -130,6 +130,36 @@ async def test_half_a_megabyte_crosses_a_lossy_link_on_the_real_timers() -> None
 
 
 @in_loop
+async def test_a_reader_that_stops_reading_stops_the_writer() -> None:
+    """Flow control end to end: the reader's full StreamReader closes the window, the
+    writer's send buffer fills, and its drain() waits until the reader reads again."""
+    a, b = back_to_back()
+    data = os.urandom(8 << 20)
+    blocked: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+    async def writer_side(
+        _: asyncio.StreamReader, writer: asyncio.StreamWriter, *__: object
+    ) -> None:
+        writer.write(data)
+        try:
+            await asyncio.wait_for(writer.drain(), 0.5)
+            blocked.set_result(False)
+        except TimeoutError:
+            # at most a receive window (1 MiB) and a full StreamReader (128 KiB) left
+            blocked.set_result(writer.transport.get_write_buffer_size() > len(data) - (2 << 20))
+            await writer.drain()
+        writer.close()
+
+    b.on_tcp_connection(writer_side)
+    reader, writer = await a.open_connection(B, 80)
+    assert await blocked  # nobody read for half a second: nearly all is still queued
+    assert await reader.read() == data
+    writer.close()
+    a.close()
+    b.close()
+
+
+@in_loop
 async def test_a_connection_to_a_port_without_handler_is_refused() -> None:
     a, b = back_to_back()
     with pytest.raises(ConnectionRefusedError):
