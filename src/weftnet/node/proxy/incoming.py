@@ -80,10 +80,9 @@ class _Flow(asyncio.DatagramProtocol):
         self.last = time.monotonic()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # a DatagramTransport
         for data in self.queue:
-            transport.sendto(data)
+            transport.sendto(data)  # type: ignore[attr-defined]
         self.queue.clear()
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
