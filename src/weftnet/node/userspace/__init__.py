@@ -1,0 +1,1 @@
+"""weftd without a TUN device: the netstack adapter (net.py), proxies as they come."""

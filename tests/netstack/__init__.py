@@ -1,0 +1,1 @@
+"""The userspace netstack (weftnet.netstack) and its asyncio adapter."""
