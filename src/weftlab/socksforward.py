@@ -16,6 +16,7 @@ from socksio.socks5 import (
     SOCKS5Command,
     SOCKS5CommandRequest,
     SOCKS5Connection,
+    SOCKS5Reply,
     SOCKS5ReplyCode,
 )
 
@@ -37,6 +38,7 @@ async def socks5_connect(
     head = await r.readexactly(4)
     rest = await r.readexactly({1: 4, 4: 16}.get(head[3], 0) + 2)
     reply = conn.receive_data(head + rest)
+    assert isinstance(reply, SOCKS5Reply)
     if reply.reply_code != SOCKS5ReplyCode.SUCCEEDED:
         w.close()
         raise ConnectionError(f"SOCKS5 CONNECT {target}: {reply.reply_code.name}")

@@ -65,11 +65,11 @@ def unprivileged_argv(uid: int, gid: int, cmd: list[str], home: str) -> list[str
     if hidden is not None:
         top, keep = hidden
         steps += [
-            'x=$(mktemp -d)',
-            f"mount --bind {shlex.quote(keep)} \"$x\"",
+            "x=$(mktemp -d)",
+            f'mount --bind {shlex.quote(keep)} "$x"',
             f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(top)}",
             f"mkdir -p {shlex.quote(keep)}",
-            f"mount --bind \"$x\" {shlex.quote(keep)}",
+            f'mount --bind "$x" {shlex.quote(keep)}',
         ]
     env = f"HOME={shlex.quote(home)} XDG_RUNTIME_DIR= XDG_STATE_HOME= USER={LAB_USER}"
     priv = (
