@@ -292,3 +292,54 @@ async def test_incoming_udp_nat_relays_and_replies_then_expires(net: FakeNet) ->
     assert nat.flows == {}
     nat.close()
     t.close()
+
+
+@run
+async def test_socks5_udp_associate_leaves_from_our_address_and_relays_replies(
+    net: FakeNet,
+) -> None:
+    from weftnet.node.proxy.socks5 import UdpAssociations
+
+    assoc = UdpAssociations(net, lambda: ["100.64.0.2", "fd7a:115c:a1e0::2"])
+    server, port = await serve(Socks5Server(dialer(net), udp=assoc).handle)
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    w.write(b"\x05\x01\x00")
+    assert await r.readexactly(2) == b"\x05\x00"
+    w.write(b"\x05\x03\x00\x01" + bytes(4) + bytes(2))  # UDP ASSOCIATE, address unknown
+    reply = await r.readexactly(10)
+    assert reply[:4] == b"\x05\x00\x00\x01"
+    relay_port = int.from_bytes(reply[8:10], "big")
+    loop = asyncio.get_running_loop()
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    class Client(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):  # type: ignore[no-untyped-def]
+            got.put_nowait(data)
+
+    t, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", relay_port))
+    name = b"peer.tail.example"
+    t.sendto(b"\x00\x00\x00\x03" + bytes([len(name)]) + name + (7000).to_bytes(2, "big") + b"hi")
+    for _ in range(100):
+        if net.sent_udp:
+            break
+        await asyncio.sleep(0.01)
+    payload, src, dst = net.sent_udp[0]
+    assert payload == b"hi" and dst == (PEER, 7000) and src[0] == "100.64.0.2"
+    assert assoc.datagram(b"echo:hi", (PEER, 7000), src)  # the peer's answer
+    data = await asyncio.wait_for(got.get(), 2)
+    assert (
+        data
+        == b"\x00\x00\x00\x01"
+        + ipaddress.ip_address(PEER).packed
+        + (7000).to_bytes(2, "big")
+        + b"echo:hi"
+    )
+    assert not assoc.datagram(b"x", (PEER, 7000), ("100.64.0.2", 9))  # not an association
+    w.close()
+    for _ in range(100):
+        if not assoc.by_port:
+            break
+        await asyncio.sleep(0.01)
+    assert assoc.by_port == {}
+    t.close()
+    server.close()

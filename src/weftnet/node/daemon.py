@@ -153,7 +153,11 @@ class NodeDaemon:
             from weftnet.node.proxy.services import UserspaceServices
 
             self.services = UserspaceServices(
-                self.config, self.engine.net, self.resolve_name, self.routable
+                self.config,
+                self.engine.net,
+                self.resolve_name,
+                self.routable,
+                lambda: [str(a.ip) for a in self.engine.addresses],
             )
             await self.services.start()
         prefs = self.state.prefs

@@ -14,7 +14,7 @@ from weftnet.node.proxy.httpproxy import HttpProxy
 from weftnet.node.proxy.incoming import TcpForwarder, UdpNat
 from weftnet.node.proxy.listen import check_listen
 from weftnet.node.proxy.resolve import Dialer
-from weftnet.node.proxy.socks5 import Socks5Server
+from weftnet.node.proxy.socks5 import Socks5Server, UdpAssociations
 
 log = logging.getLogger("weftd.userspace")
 
@@ -26,6 +26,7 @@ class UserspaceServices:
         net: Any,
         resolve_name: Callable[[str], list[str]],
         routable: Callable[[str], bool] | None = None,
+        my_addresses: Callable[[], list[str]] = lambda: [],
     ) -> None:
         self.config = config
         self.net = net
@@ -33,7 +34,8 @@ class UserspaceServices:
         if config.proxy_auth_file:
             creds = Credentials(load_auth_file(config.proxy_auth_file))
         self.dialer = Dialer(net, resolve_name, routable)
-        self.socks5 = Socks5Server(self.dialer, creds)
+        self.udp_assoc = UdpAssociations(net, my_addresses)
+        self.socks5 = Socks5Server(self.dialer, creds, self.udp_assoc)
         self.http = HttpProxy(self.dialer, creds)
         self.tcp_in = TcpForwarder()
         self.udp_in = UdpNat(net.send_udp)
@@ -42,7 +44,7 @@ class UserspaceServices:
 
     async def start(self) -> None:
         self.net.on_tcp_connection(self.tcp_in.handle)
-        self.net.on_udp_datagram(self.udp_in.datagram)
+        self.net.on_udp_datagram(self._udp)
         self.udp_in.start()
         allow = self.config.proxy_allow_remote
         for kind, text, handler in (
@@ -58,6 +60,11 @@ class UserspaceServices:
             shown = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
             self.listening.append(f"{kind} on {shown}")
             log.info("%s listening on %s", kind, shown)
+
+    def _udp(self, payload: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        """To a SOCKS5 UDP association's port, or else forwarded to loopback."""
+        if not self.udp_assoc.datagram(payload, src, dst):
+            self.udp_in.datagram(payload, src, dst)
 
     async def close(self) -> None:
         self.net.on_tcp_connection(None)
@@ -78,4 +85,5 @@ class UserspaceServices:
                 "replies": self.udp_in.replies,
                 "flows": len(self.udp_in.flows),
             },
+            "socks5_udp_associations": len(self.udp_assoc.by_port),
         }
