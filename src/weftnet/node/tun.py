@@ -51,7 +51,10 @@ def open_tun(name: str) -> tuple[int, str]:
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise TunError(f"cannot open /dev/net/tun: {e.strerror} (weftd must run as root)") from e
+        raise TunError(
+            f"cannot open /dev/net/tun: {e.strerror} (weftd must run as root;"
+            " without root or TUN: --tun userspace-networking)"
+        ) from e
     try:
         ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
         res = fcntl.ioctl(fd, TUNSETIFF, ifr)
