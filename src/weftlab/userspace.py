@@ -92,7 +92,9 @@ class UserspaceNode(Node):
         ca = self.home / "ca.pem"
         shutil.copy(lab_ca().ca_file, ca)
         os.chown(ca, self.uid, self.gid)
-        cmd = [sys.executable, "-m", self.module, "--tun", "userspace-networking"]
+        profile = os.environ.get("WEFTLAB_PROFILE")  # cProfile output for weftd, if set
+        prof = ["-m", "cProfile", "-o", profile] if profile else []
+        cmd = [sys.executable, *prof, "-m", self.module, "--tun", "userspace-networking"]
         cmd += ["--tls-ca", str(ca), *self.extra]
         log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
         self.proc = self.host.popen(self.as_user(cmd), stdout=log, stderr=log)

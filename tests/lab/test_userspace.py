@@ -164,8 +164,11 @@ def test_unprivileged_userspace_node_in_a_tun_tailnet(lab: Lab, tmp_path: Path) 
     http_server(uh, "127.0.0.1", 8080, tmp_path / "www-u", "hello from u\n")
     http_server(uh, "127.0.0.1", DENIED, tmp_path / "www-u", "hello from u\n")
     assert curl(a.host, f"http://{u_ip}:8080/hello.txt") == (0, "hello from u\n")
+    start = time.monotonic()
     code, out = curl(a.host, f"http://{u_ip}:8079/hello.txt")  # nothing listens: RST
-    assert code == 7, out  # curl: couldn't connect (refused), quickly
+    # The stack completes the handshake before the forwarder learns of the connection,
+    # so curl sees a reset (56) or an empty reply (52) rather than a refused SYN (7).
+    assert code in (7, 52, 56) and time.monotonic() - start < 5, out
     code, out = curl(a.host, f"http://{u_ip}:{DENIED}/hello.txt", timeout=4)  # policy
     assert code == 28, out  # timed out: the userspace node's filter dropped the SYN
 
