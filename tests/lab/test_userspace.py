@@ -221,3 +221,18 @@ def test_iperf3_through_the_socks5_proxy(lab: Lab, tmp_path: Path) -> None:
     print(f"iperf3 through the SOCKS5 proxy: {up:.1f} Mbit/s up (userspace node sends),"
           f" {down:.1f} Mbit/s down")  # fmt: skip
     assert up >= 100 and down >= 100  # issue 16's acceptance target
+
+
+def test_userspace_node_through_the_relay(lab: Lab, tmp_path: Path) -> None:
+    """With UDP between the two blocked, the userspace node's traffic takes the relay
+    (disco and relay fallback do not depend on a TUN)."""
+    control, a, u = build(lab, tmp_path)
+    lab.block_udp(a.host, u.host)
+    join(control, [a, u])
+    u_ip = u.ip4()
+    poll_until(lambda: pings(a, u_ip), timeout_s=20, what="a to ping u through the relay")
+    http_server(a.host, "::", 8000, tmp_path / "www-a", "hello from a\n")
+    url = "http://a.weft.internal:8000/hello.txt"
+    assert curl(u.host, "--socks5-hostname", SOCKS, url) == (0, "hello from a\n")
+    peers = u.status()["peers"]
+    assert [p["path"] for p in peers] == ["relay"], peers
