@@ -61,6 +61,7 @@ PURE = (
     "weftnet.node.routeprefs",  # route flags checked; the kernel side is node.routing
     "weftnet.node.routeplan",
     "weftnet.marks",
+    "weftnet.netstack",  # the userspace TCP/IP stack; its asyncio shell is node.userspace
     "weftnet.dns",  # the resolver's decisions and name table; its I/O is node.dnsserver
 )
 NOT_PURE = ("weftnet.stun.server",)

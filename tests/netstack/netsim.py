@@ -48,7 +48,7 @@ class SimNet:
 
     def pump(self) -> None:
         """Move what both stacks want to send onto the wire; collect their events."""
-        for name, stack, other in (("a", self.a, "b"), ("b", self.b, "a")):
+        for stack, other in ((self.a, "b"), (self.b, "a")):
             self._transmit(other, stack.packets_to_send(self.now))
         for name, stack in (("a", self.a), ("b", self.b)):
             while (e := stack.next_event()) is not None:

@@ -23,6 +23,7 @@ from weftnet.netstack.packet import (
 )
 from weftnet.netstack.stack import Stack
 from weftnet.netstack.tcp import TIME_WAIT_S, State
+from weftnet.netstack.tcpstate import FIN_WAIT_2_TIMEOUT_S
 
 A, B = "100.64.0.1", "100.64.0.2"
 A6, B6 = "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"
@@ -73,11 +74,11 @@ class Exchange(SimNet):
         return len(self.ended) == 2
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     seed=st.integers(0, 2**32 - 1),
-    up_len=st.integers(0, 150_000),
-    down_len=st.integers(0, 60_000),
+    up_len=st.one_of(st.integers(0, 3000), st.integers(50_000, 200_000)),
+    down_len=st.one_of(st.integers(0, 3000), st.integers(20_000, 80_000)),
     loss=st.sampled_from([0.0, 0.01, 0.05, 0.15]),
     duplicate=st.sampled_from([0.0, 0.02, 0.1]),
     jitter_s=st.sampled_from([0.0, 0.002, 0.03]),
@@ -215,3 +216,16 @@ def test_keepalive_gives_up_on_a_silent_peer() -> None:
     assert ev.Reset(conn, ev.TIMED_OUT) in net.events["a"]
     # 10 s idle, then 9 probes 75 s apart, then give up
     assert 10 + 9 * 75 <= net.now <= 10 + 9 * 75 + 1
+
+
+def test_an_orphaned_connection_leaves_fin_wait_2_when_the_peer_never_closes() -> None:
+    a, b, net = _established()
+    client = a.connections[0]
+    a.close(client, net.now, orphan=True)
+    net.pump()
+    net.run(lambda: client.state == State.FIN_WAIT_2)
+    half_closed_at = net.now
+    net.run(lambda: not a.connections)
+    assert net.now == half_closed_at + FIN_WAIT_2_TIMEOUT_S
+    assert ev.Closed(client) in net.events["a"]
+    assert b.connections[0].state == State.CLOSE_WAIT  # the peer's app never closed

@@ -4,11 +4,11 @@ connections, UDP both ways and ping; prints the stack's throughput ceiling."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import os
 import time
-import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -120,7 +120,9 @@ async def test_an_abort_resets_the_peer() -> None:
     a, b = back_to_back()
     outcome: asyncio.Future[BaseException | bytes] = asyncio.get_running_loop().create_future()
 
-    async def server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *_: object) -> None:
+    async def server(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *_: object
+    ) -> None:
         try:
             outcome.set_result(await reader.read())
         except ConnectionResetError as e:

@@ -164,8 +164,9 @@ class Stack:
         conn.send(data)
         self._dirty[conn] = None
 
-    def close(self, conn: TcpConnection, now: float) -> None:
-        conn.close(now)
+    def close(self, conn: TcpConnection, now: float, *, orphan: bool = False) -> None:
+        """FIN after the buffered data; ``orphan``: the app won't read any more either."""
+        conn.close(now, orphan=orphan)
         self._after(conn)
 
     def abort(self, conn: TcpConnection) -> None:

@@ -97,7 +97,8 @@ class _TcpTransport(asyncio.Transport):
         if self._closing:
             return
         self._closing = True
-        self.write_eof()
+        self._net._stack.close(self._conn, self._net._clock(), orphan=True)
+        self._net._schedule_run()
         asyncio.get_running_loop().call_soon(self.connection_lost, None)
 
     def abort(self) -> None:
@@ -250,6 +251,7 @@ class UserspaceNet:
         conn = self._stack.connect(host, port, self._clock())
         transport = _TcpTransport(self, conn)
         transport.connecting = asyncio.get_running_loop().create_future()
+        transport.protocol.connection_made(transport)
         self._run()
         try:
             async with asyncio.timeout(timeout):
@@ -258,7 +260,6 @@ class UserspaceNet:
             self._stack.abort(conn)
             self._schedule_run()
             raise TimeoutError(f"no answer from {host} port {port} in {timeout} s") from None
-        transport.protocol.connection_made(transport)
         return transport.reader, transport.writer()
 
     # ---- the loop -----------------------------------------------------------------
@@ -298,33 +299,31 @@ class UserspaceNet:
         self._arm_timer()
 
     def _handle(self, event: ev.Event) -> None:
-        if isinstance(event, ev.DataReceived):
-            transport = event.conn.user
-            if isinstance(transport, _TcpTransport):
-                transport.data_received(event.data)
-        elif isinstance(event, ev.NewConnection):
-            self._accept(event.conn)
-        elif isinstance(event, ev.Connected):
-            transport = event.conn.user
-            if isinstance(transport, _TcpTransport) and transport.connecting is not None:
-                if not transport.connecting.done():
-                    transport.connecting.set_result(None)
-        elif isinstance(event, ev.StreamEnded):
-            if isinstance(event.conn.user, _TcpTransport):
-                event.conn.user.eof_received()
-        elif isinstance(event, ev.Closed):
-            if isinstance(event.conn.user, _TcpTransport):
-                event.conn.user.connection_lost(None)
-        elif isinstance(event, ev.Reset):
-            self._reset(event)
-        elif isinstance(event, ev.UdpDatagram):
+        if isinstance(event, ev.UdpDatagram):
             if self._udp_handler is not None:
                 self._udp_handler(event.payload, event.src, event.dst)
-
-    def _reset(self, event: ev.Reset) -> None:
+            return
+        if isinstance(event, ev.EchoReply):
+            return
+        if isinstance(event, ev.NewConnection):
+            self._accept(event.conn)
+            return
         transport = event.conn.user
         if not isinstance(transport, _TcpTransport):
             return
+        if isinstance(event, ev.DataReceived):
+            transport.data_received(event.data)
+        elif isinstance(event, ev.Connected):
+            if transport.connecting is not None and not transport.connecting.done():
+                transport.connecting.set_result(None)
+        elif isinstance(event, ev.StreamEnded):
+            transport.eof_received()
+        elif isinstance(event, ev.Closed):
+            transport.connection_lost(None)
+        else:
+            self._reset(transport, event)
+
+    def _reset(self, transport: _TcpTransport, event: ev.Reset) -> None:
         exc: Exception
         if event.reason == ev.REFUSED:
             exc = ConnectionRefusedError(
@@ -349,7 +348,7 @@ class UserspaceNet:
             return
         transport = _TcpTransport(self, conn)
         transport.protocol.connection_made(transport)
-        task = asyncio.get_running_loop().create_task(
+        task: asyncio.Task[None] = asyncio.ensure_future(
             handler(transport.reader, transport.writer(), conn.local, conn.remote)
         )
         self._tasks.add(task)
