@@ -153,9 +153,9 @@ class Engine(BaseEngine):
         self._tun.set_addresses(self.ifname, self._all_addresses())
 
     def start(self) -> None:
+        # The TUN's reader first, as before the platform seam (same order in the loop).
+        asyncio.get_running_loop().add_reader(self.tun_fd, self.dp.on_tun_readable)
         super().start()
-        assert self._loop is not None
-        self._loop.add_reader(self.tun_fd, self.dp.on_tun_readable)
 
     def close(self) -> None:
         if self._loop is not None:
