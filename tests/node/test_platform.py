@@ -119,3 +119,18 @@ def test_weftd_flags_checked(capsys: pytest.CaptureFixture[str]) -> None:
     cfg = parse_args(["--tun", "userspace-networking", "--socks5-server", "0.0.0.0:1055",
                       "--proxy-allow-remote"])  # fmt: skip
     assert cfg.proxy_allow_remote
+
+
+def test_userspace_node_warns_that_it_cannot_route(tmp_path: Path) -> None:
+    from tests.node.fakenet import FakeNet
+    from weftnet.node.daemon import NodeDaemon
+    from weftnet.node.platform.userspace import UserspaceEngine
+
+    cfg = config.NodeConfig(state_dir=str(tmp_path / "st"), tun="userspace-networking", port=0)
+    d = NodeDaemon(cfg, engine_factory=lambda *a, **kw: UserspaceEngine(
+        *a, net_factory=FakeNet, **kw))  # fmt: skip
+    assert d.forwarding_warning() is None
+    d.state.prefs.advertise_exit_node = True
+    warning = d.forwarding_warning()
+    assert warning is not None and "cannot serve" in warning
+    d.engine.close()

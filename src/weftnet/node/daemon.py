@@ -577,6 +577,11 @@ class NodeDaemon:
         p = self.state.prefs
         if not p.advertise_routes and not p.advertise_exit_node:
             return None
+        if self.userspace:
+            return (
+                "userspace networking: this node has no kernel routing, so it cannot serve"
+                " the subnet routes or exit node it advertises"
+            )
         v4, v6 = self.routes.forwarding()
         return routeprefs.forwarding_warning(p.advertise_routes, p.advertise_exit_node, v4, v6)
 
