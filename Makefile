@@ -47,6 +47,7 @@ unit: install
 bench: install
 	$(PY) -m bench.run
 	$(PY) -m bench.dns
+	$(PY) -m bench.netstack
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

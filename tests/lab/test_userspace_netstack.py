@@ -31,6 +31,7 @@ from weftnet.node.userspace.net import UserspaceNet
 pytestmark = pytest.mark.lab
 
 LINUX, STACK = "100.64.77.1", "100.64.77.2"
+LINUX6, STACK6 = "fd7a:115c:a1e0:77::1", "fd7a:115c:a1e0:77::2"
 TUN_NAME = "wsn0"
 MTU = 1420
 SIZE = 4 * 1024 * 1024  # bytes each way
@@ -41,13 +42,14 @@ IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
 LINUX_SIDE = textwrap.dedent(
     """
     import hashlib, random, socket, sys
-    role, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    role, address, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     if role == "server":
-        ls = socket.create_server(("100.64.77.1", port))
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        ls = socket.create_server((address, port), family=family)
         print("listening", flush=True)
         s, _ = ls.accept()
     else:
-        s = socket.create_connection(("100.64.77.2", port), timeout=60)
+        s = socket.create_connection((address, port), timeout=60)
     s.settimeout(120)
     s.sendall(random.Random(1).randbytes(size))
     s.shutdown(socket.SHUT_WR)
@@ -74,6 +76,7 @@ def open_tun_in(host: Host) -> int:
         host.run(["ip", "link", "set", "dev", name, "name", TUN_NAME])
         host.run(["ip", "link", "set", "dev", TUN_NAME, "mtu", str(MTU), "up"])
         host.run(["ip", "addr", "add", f"{LINUX}/24", "dev", TUN_NAME])
+        host.run(["ip", "addr", "add", f"{LINUX6}/64", "dev", TUN_NAME, "nodad"])
     except BaseException:
         os.close(fd)
         raise
@@ -86,7 +89,9 @@ class Pump:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         self.net = UserspaceNet(self._write, mtu=MTU)
-        self.net.set_addresses([ipaddress.IPv4Interface(f"{STACK}/24")])
+        self.net.set_addresses(
+            [ipaddress.IPv4Interface(f"{STACK}/24"), ipaddress.IPv6Interface(f"{STACK6}/64")]
+        )
 
     def _write(self, packets: list[bytes]) -> None:
         for p in packets:  # a full TUN queue is a loss TCP recovers from
@@ -119,7 +124,7 @@ async def _wait(proc: subprocess.Popen[str], timeout: float) -> str:
     return out
 
 
-async def linux_connects_to_the_stack(host: Host, fd: int) -> float:
+async def linux_connects_to_the_stack(host: Host, fd: int, v6: bool) -> float:
     got: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
     async def handler(
@@ -134,10 +139,12 @@ async def linux_connects_to_the_stack(host: Host, fd: int) -> float:
         got.set_result(digest.hexdigest())
 
     with Pump(fd) as net:
+        ping = ["ping", "-c", "5", "-i", "0.2", "-W", "2", STACK6 if v6 else STACK]
+        await asyncio.to_thread(host.run, ping)  # exit 0: some echo answered
         net.on_tcp_connection(handler)
         started = time.perf_counter()
         proc = host.popen(
-            [sys.executable, "-c", LINUX_SIDE, "client", "8080", str(SIZE)],
+            [sys.executable, "-c", LINUX_SIDE, "client", STACK6 if v6 else STACK, "8080", str(SIZE)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         out = await _wait(proc, 300)
@@ -148,28 +155,34 @@ async def linux_connects_to_the_stack(host: Host, fd: int) -> float:
     return elapsed
 
 
-async def the_stack_connects_to_linux(host: Host, fd: int) -> float:
+async def the_stack_connects_to_linux(host: Host, fd: int, v6: bool) -> float:
+    linux = LINUX6 if v6 else LINUX
     with Pump(fd) as net:
         proc = host.popen(
-            [sys.executable, "-u", "-c", LINUX_SIDE, "server", "9090", str(SIZE)],
+            [sys.executable, "-u", "-c", LINUX_SIDE, "server", linux, "9090", str(SIZE)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         host.wait_listening(9090, proto="tcp")
         started = time.perf_counter()
-        reader, writer = await net.open_connection(LINUX, 9090)
-        writer.write(random.Random(2).randbytes(SIZE))
-        await writer.drain()
-        writer.write_eof()
+        reader, writer = await net.open_connection(linux, 9090)
+
+        async def send() -> None:  # while reading: Linux writes everything before it reads
+            writer.write(random.Random(2).randbytes(SIZE))
+            await writer.drain()
+            writer.write_eof()
+
+        sending = asyncio.create_task(send())
         digest = hashlib.sha256()
         while chunk := await reader.read(1 << 16):
             digest.update(chunk)
+        await sending
         elapsed = time.perf_counter() - started
         writer.close()
         out = await _wait(proc, 300)
         assert digest.hexdigest() == expected(1)
         assert out.split()[-1] == expected(2)
         with pytest.raises(ConnectionRefusedError):
-            await net.open_connection(LINUX, 9091)
+            await net.open_connection(linux, 9091)
     return elapsed
 
 
@@ -185,16 +198,21 @@ def lossy(host: Host) -> None:
     """))  # fmt: skip
 
 
-@pytest.mark.parametrize("loss", [False, True], ids=["clean", "2pct-loss"])
-def test_linux_tcp_and_the_userspace_stack_exchange_megabytes(lab: Lab, loss: bool) -> None:
+@pytest.mark.parametrize(
+    ("v6", "loss"),
+    [(False, False), (False, True), (True, False)],
+    ids=["ipv4", "ipv4-2pct-loss", "ipv6"],
+)
+def test_linux_tcp_and_the_userspace_stack_exchange_megabytes(
+    lab: Lab, v6: bool, loss: bool
+) -> None:
     host = lab.host("h", lab.segment("s"))
     fd = open_tun_in(host)
     try:
         if loss:
             lossy(host)
-        host.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", STACK])  # echo answered
-        in_s = asyncio.run(linux_connects_to_the_stack(host, fd))
-        out_s = asyncio.run(the_stack_connects_to_linux(host, fd))
+        in_s = asyncio.run(linux_connects_to_the_stack(host, fd, v6))
+        out_s = asyncio.run(the_stack_connects_to_linux(host, fd, v6))
         if loss:
             drops = host.run(["nft", "list", "table", "inet", "weftloss"]).stdout
             assert "packets 0 " not in drops  # the rule really dropped packets
@@ -202,4 +220,4 @@ def test_linux_tcp_and_the_userspace_stack_exchange_megabytes(lab: Lab, loss: bo
         os.close(fd)
     mb = 2 * SIZE / 1e6
     print(f"\nLinux -> stack: {mb / in_s:.1f} MB/s, stack -> Linux: {mb / out_s:.1f} MB/s"
-          f" ({'2% loss' if loss else 'no loss'}, both directions per connection)")  # fmt: skip
+          f" ({'IPv6' if v6 else 'IPv4'}, {'2% loss' if loss else 'no loss'}, both directions per connection)")  # fmt: skip

@@ -58,6 +58,9 @@ class SimNet:
     def on_event(self, name: str, event: ev.Event) -> None:
         """Overridden by tests (or replaced) to react like an app."""
 
+    def tick(self) -> None:
+        """Called at every step of ``run``, before ``pump``: tests act like an app here."""
+
     def run(self, until: Callable[[], bool], max_time_s: float = 600.0) -> None:
         self.pump()
         while not until():
@@ -74,6 +77,7 @@ class SimNet:
                 (self.a if to == "a" else self.b).receive(p, self.now)
             self.a.on_timer(self.now)
             self.b.on_timer(self.now)
+            self.tick()
             self.pump()
 
 

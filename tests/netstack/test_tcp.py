@@ -21,8 +21,8 @@ from weftnet.netstack.packet import (
     ip_packet,
     parse_ip,
 )
-from weftnet.netstack.stack import Stack
-from weftnet.netstack.tcp import TIME_WAIT_S, State
+from weftnet.netstack.stack import MAX_HALF_OPEN, Stack
+from weftnet.netstack.tcp import TIME_WAIT_S, State, TcpConnection
 from weftnet.netstack.tcpstate import FIN_WAIT_2_TIMEOUT_S
 
 A, B = "100.64.0.1", "100.64.0.2"
@@ -42,13 +42,19 @@ def pair(
 
 class Exchange(SimNet):
     """A sends ``up`` and closes; B sends ``down`` on accept and closes when A's FIN
-    arrives; each side records what it received and how its connection ended."""
+    arrives (``b_closes_early``: at once, so both FINs may cross: CLOSING); each side
+    records what it received and how its connection ended. ``stalls``: B's app stops
+    and resumes reading at random (its window closes and reopens)."""
 
     up: bytes
     down: bytes
+    b_closes_early = False
+    stalls = False
 
     def setup(self, up: bytes, down: bytes, *, v6: bool = False) -> None:
         self.up, self.down = up, down
+        self.b_conn: TcpConnection | None = None
+        self.app_rng = random.Random(self.seed + 1)
         self.got = {"a": bytearray(), "b": bytearray()}
         self.ended: dict[str, str] = {}
         self.ended_at: dict[str, float] = {}
@@ -60,9 +66,12 @@ class Exchange(SimNet):
         stack = self.a if name == "a" else self.b
         if isinstance(event, ev.NewConnection):
             stack.send(event.conn, self.down)
+            self.b_conn = event.conn
+            if self.b_closes_early:
+                stack.close(event.conn, self.now)
         elif isinstance(event, ev.DataReceived):
             self.got[name] += event.data
-        elif isinstance(event, ev.StreamEnded) and name == "b":
+        elif isinstance(event, ev.StreamEnded) and name == "b" and not self.b_closes_early:
             stack.close(event.conn, self.now)
         elif isinstance(event, ev.Closed):
             self.ended[name] = "closed"
@@ -70,8 +79,14 @@ class Exchange(SimNet):
         elif isinstance(event, ev.Reset):
             self.ended[name] = event.reason
 
+    def tick(self) -> None:
+        if self.stalls and self.b_conn is not None and self.app_rng.random() < 0.05:
+            self.b.pause_receiving(self.b_conn, not self.b_conn.receiving_paused)
+            if self.app_rng.random() < 0.5:
+                self.b.pause_receiving(self.b_conn, False)
+
     def finished(self) -> bool:
-        return len(self.ended) == 2
+        return len(self.ended) == 2 and not (self.b_conn and self.b_conn.receiving_paused)
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,15 +98,18 @@ class Exchange(SimNet):
     duplicate=st.sampled_from([0.0, 0.02, 0.1]),
     jitter_s=st.sampled_from([0.0, 0.002, 0.03]),
     v6=st.booleans(),
+    b_closes_early=st.booleans(),
+    stalls=st.booleans(),
 )
 def test_streams_arrive_intact_through_a_bad_network(
     seed: int, up_len: int, down_len: int, loss: float, duplicate: float, jitter_s: float,
-    v6: bool,
+    v6: bool, b_closes_early: bool, stalls: bool,
 ) -> None:  # fmt: skip
     rng = random.Random(seed)
     up, down = rng.randbytes(up_len), rng.randbytes(down_len)
     a, b = pair(seed, window=64 * 1024, v6=v6)
     net = Exchange(a, b, Link(loss=loss, duplicate=duplicate, jitter_s=jitter_s), seed=seed)
+    net.b_closes_early, net.stalls = b_closes_early, stalls
     net.setup(up, down, v6=v6)
     net.run(net.finished, max_time_s=3000)
     assert net.ended == {"a": "closed", "b": "closed"}
@@ -229,3 +247,65 @@ def test_an_orphaned_connection_leaves_fin_wait_2_when_the_peer_never_closes() -
     assert net.now == half_closed_at + FIN_WAIT_2_TIMEOUT_S
     assert ev.Closed(client) in net.events["a"]
     assert b.connections[0].state == State.CLOSE_WAIT  # the peer's app never closed
+
+
+def test_a_syn_flood_fills_the_half_open_table_and_no_more() -> None:
+    _, b = pair()
+    asrc, bsrc = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
+    for port in range(1, MAX_HALF_OPEN + 11):
+        syn = TcpSegment(port, 80, port, 0, TCP_SYN, 1000)
+        b.receive(ip_packet(asrc, bsrc, PROTO_TCP, syn.pack(asrc, bsrc)), 0.0)
+    assert len(b.connections) == MAX_HALF_OPEN
+    assert len(b.packets_to_send(0.0)) == MAX_HALF_OPEN  # one SYN-ACK each
+    now = 0.0
+    while b.connections:  # unanswered SYN-ACKs time out; nobody is told
+        now = b.next_timer_at() or now
+        b.on_timer(now)
+        b.packets_to_send(now)
+    assert b.next_event() is None
+
+
+def test_a_simultaneous_open_connects_both_sides() -> None:
+    a, b = pair()
+    b.unlisten(None)
+    a_conn = a.connect(B, 50001, 0.0, src_port=50000)
+    b_conn = b.connect(A, 50000, 0.0, src_port=50001)
+    net = SimNet(a, b, Link())  # both SYNs are on the wire before either arrives
+    net.run(lambda: bool(net.events["a"] and net.events["b"]))
+    assert net.events == {"a": [ev.Connected(a_conn)], "b": [ev.Connected(b_conn)]}
+    a.send(a_conn, b"hello")
+    net.pump()
+    net.run(lambda: len(net.events["b"]) == 2)
+    assert net.events["b"][1] == ev.DataReceived(b_conn, b"hello")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_garbage_and_mangled_segments_never_raise(data: st.DataObject) -> None:
+    """Whatever arrives (random bytes, or a valid segment of a live connection with
+    random flags, numbers and payload), the stack answers or drops; it never raises."""
+    _, b, net = _established()
+    conn = b.connections[0]
+    b.send(conn, bytes(20_000))  # data in flight, so ACKs have something to acknowledge
+    b.packets_to_send(net.now)
+    asrc, bsrc = bytes([100, 64, 0, 1]), bytes([100, 64, 0, 2])
+    for _ in range(data.draw(st.integers(1, 20))):
+        if data.draw(st.booleans()):
+            b.receive(data.draw(st.binary(max_size=120)), net.now)
+        else:
+            near = st.integers(-70000, 70000).map(lambda d, base=conn.rcv_nxt: (base + d) % 2**32)
+            seg = TcpSegment(
+                conn.remote[1],
+                data.draw(st.sampled_from([80, 81])),
+                data.draw(st.one_of(near, st.integers(0, 2**32 - 1))),
+                data.draw(st.one_of(st.just(conn.snd_nxt % 2**32), st.integers(0, 2**32 - 1))),
+                data.draw(st.integers(0, 0x3F)),
+                data.draw(st.integers(0, 0xFFFF)),
+                data.draw(st.binary(max_size=50)),
+            )
+            b.receive(ip_packet(asrc, bsrc, PROTO_TCP, seg.pack(asrc, bsrc)), net.now)
+        net.now += data.draw(st.floats(0, 2))
+        b.on_timer(net.now)
+        b.packets_to_send(net.now)
+        while b.next_event() is not None:
+            pass

@@ -8,6 +8,7 @@ import functools
 import hashlib
 import ipaddress
 import os
+import random
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -17,15 +18,20 @@ import pytest
 from weftnet.netstack.packet import (
     ICMP4_ECHO_REPLY,
     ICMP4_ECHO_REQUEST,
+    ICMP6_ECHO_REPLY,
+    ICMP6_ECHO_REQUEST,
     PROTO_ICMP,
+    PROTO_ICMPV6,
     IcmpEcho,
     IPv4Packet,
+    IPv6Packet,
     UdpPacket,
     ip_packet,
 )
 from weftnet.node.userspace.net import UserspaceNet
 
 A, B = "100.64.0.1", "100.64.0.2"
+A6, B6 = "fd7a:115c:a1e0::1", "fd7a:115c:a1e0::2"
 
 
 def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]:
@@ -38,18 +44,25 @@ def in_loop(test: Callable[[], Coroutine[Any, Any, None]]) -> Callable[[], None]
     return run
 
 
-def back_to_back() -> tuple[UserspaceNet, UserspaceNet]:
-    """a's packets reach b on the next loop iteration, and back (no re-entry)."""
+def back_to_back(*, v6: bool = False, loss: float = 0.0) -> tuple[UserspaceNet, UserspaceNet]:
+    """a's packets reach b on the next loop iteration, and back (no re-entry); ``loss``:
+    that share of packets, picked by a seeded generator, never arrives."""
     loop = asyncio.get_running_loop()
     nets: dict[str, UserspaceNet] = {}
+    rng = random.Random(7)
 
     def to(name: str) -> Callable[[list[bytes]], None]:
-        return lambda packets: loop.call_soon(nets[name].deliver, packets)
+        def send(packets: list[bytes]) -> None:
+            if loss:
+                packets = [p for p in packets if rng.random() >= loss]
+            loop.call_soon(nets[name].deliver, packets)
+
+        return send
 
     nets["a"] = UserspaceNet(to("b"))
     nets["b"] = UserspaceNet(to("a"))
-    nets["a"].set_addresses([ipaddress.IPv4Interface(f"{A}/32")])
-    nets["b"].set_addresses([ipaddress.IPv4Interface(f"{B}/32")])
+    nets["a"].set_addresses([ipaddress.ip_interface(A6 if v6 else A)])
+    nets["b"].set_addresses([ipaddress.ip_interface(B6 if v6 else B)])
     for n in nets.values():
         n.start()
     return nets["a"], nets["b"]
@@ -94,6 +107,24 @@ async def test_five_megabytes_each_way_arrive_intact_and_the_throughput_is_print
     mb = 2 * size / 1e6
     print(f"\nuserspace netstack back to back: {mb / elapsed:.1f} MB/s "
           f"({8 * mb / elapsed:.0f} Mbit/s, both directions, one core)")  # fmt: skip
+    a.close()
+    b.close()
+
+
+@in_loop
+async def test_half_a_megabyte_crosses_a_lossy_link_on_the_real_timers() -> None:
+    a, b = back_to_back(loss=0.03)
+    data = os.urandom(1 << 19)
+
+    async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *_: object) -> None:
+        writer.write(hashlib.sha256(await reader.read()).digest())
+        writer.close()
+
+    b.on_tcp_connection(sink)
+    reader, writer = await a.open_connection(B, 9)
+    writer.write(data)
+    writer.write_eof()
+    assert await reader.read() == hashlib.sha256(data).digest()
     a.close()
     b.close()
 
@@ -167,14 +198,36 @@ def test_udp_without_a_handler_is_answered_with_port_unreachable() -> None:
     assert icmp.payload[8:] == datagram
 
 
-def test_ping_to_our_address_is_answered() -> None:
+@pytest.mark.parametrize("v6", [False, True], ids=["icmp", "icmpv6"])
+def test_ping_to_our_address_is_answered(v6: bool) -> None:
     sent: list[bytes] = []
     net = UserspaceNet(sent.extend)
-    net.set_addresses([ipaddress.IPv4Interface(f"{B}/32")])
-    src, dst = ipaddress.ip_address(A).packed, ipaddress.ip_address(B).packed
-    request = IcmpEcho(ICMP4_ECHO_REQUEST, 7, 1, b"abc").pack(src, dst)
-    net.deliver([ip_packet(src, dst, PROTO_ICMP, request)])
+    a, b = (A6, B6) if v6 else (A, B)
+    net.set_addresses([ipaddress.ip_interface(b)])
+    src, dst = ipaddress.ip_address(a).packed, ipaddress.ip_address(b).packed
+    kinds = (ICMP6_ECHO_REQUEST, ICMP6_ECHO_REPLY) if v6 else (ICMP4_ECHO_REQUEST, ICMP4_ECHO_REPLY)
+    request = IcmpEcho(kinds[0], 7, 1, b"abc").pack(src, dst)
+    net.deliver([ip_packet(src, dst, PROTO_ICMPV6 if v6 else PROTO_ICMP, request)])
     (answer,) = sent
-    reply = IPv4Packet.unpack(answer)
+    reply = IPv6Packet.unpack(answer) if v6 else IPv4Packet.unpack(answer)
     assert (reply.src, reply.dst) == (dst, src)
-    assert IcmpEcho.unpack(reply.payload, dst, src) == IcmpEcho(ICMP4_ECHO_REPLY, 7, 1, b"abc")
+    assert IcmpEcho.unpack(reply.payload, dst, src) == IcmpEcho(kinds[1], 7, 1, b"abc")
+
+
+@in_loop
+async def test_a_stream_over_ipv6() -> None:
+    a, b = back_to_back(v6=True)
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *_: object) -> None:
+        writer.write(await reader.read())
+        writer.close()
+
+    b.on_tcp_connection(echo)
+    reader, writer = await a.open_connection(B6, 7)
+    data = os.urandom(300_000)
+    writer.write(data)
+    writer.write_eof()
+    assert await reader.read() == data
+    assert writer.get_extra_info("peername") == (B6, 7)
+    a.close()
+    b.close()

@@ -69,6 +69,13 @@ class NewReno:
         self.recover = -1  # highest sequence sent when recovery began (RFC 6582)
         self._ca_bytes = 0
 
+    def send_window(self) -> int:
+        """cwnd, plus one SMSS per duplicate ACK before the third (RFC 3042 Limited
+        Transmit: new data keeps the ACK clock going when the window is small)."""
+        if 0 < self.dupacks < DUPACK_THRESHOLD and not self.in_recovery:
+            return self.cwnd + self.dupacks * self.mss
+        return self.cwnd
+
     def on_ack(self, acked: int, ack: int, flight_before: int) -> bool:
         """``acked`` new bytes were acknowledged, up to ``ack``; True: retransmit the
         next hole (a partial ACK during fast recovery)."""

@@ -20,7 +20,8 @@ What it answers by itself:
   RFC 4443 §3.1); otherwise a ``UdpDatagram`` event.
 * ICMP/ICMPv6 echo requests to our addresses: an echo reply (RFC 1122 3.2.2.6).
 
-Packets to addresses that aren't ours, fragments, unknown protocols and malformed
+At most MAX_HALF_OPEN connections wait in SYN-RECEIVED; further SYNs are dropped
+until some complete or time out. Packets to addresses that aren't ours, fragments, unknown protocols and malformed
 packets are dropped and counted in ``dropped``.
 
 Batching: ``receive`` only processes; the connections a batch touched are flushed by
@@ -66,6 +67,7 @@ from weftnet.netstack.packet import (
 from weftnet.netstack.tcp import DEFAULT_RECEIVE_WINDOW, State, TcpConnection
 
 EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 §6 dynamic ports
+MAX_HALF_OPEN = 1024  # connections in SYN-RECEIVED; more SYNs are dropped (a SYN flood)
 FlowKey = tuple[bytes, int, bytes, int]  # (our address, our port, peer address, peer port)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -90,6 +92,7 @@ class Stack:
         self._addresses: set[bytes] = set()
         self._conns: dict[FlowKey, TcpConnection] = {}
         self._keys: dict[TcpConnection, FlowKey] = {}
+        self._half_open: set[TcpConnection] = set()
         self._tcp_ports: set[int] = set()
         self._tcp_all = False
         self._udp_ports: set[int] = set()
@@ -144,11 +147,26 @@ class Stack:
                 return a
         raise ValueError("no address of this IP version to connect from")
 
-    def connect(self, host: str, port: int, now: float, *, src: str | None = None) -> TcpConnection:
-        """Open a connection to ``host``:``port`` (SYN-SENT); ``Connected`` or
-        ``Reset`` follows."""
+    def connect(
+        self,
+        host: str,
+        port: int,
+        now: float,
+        *,
+        src: str | None = None,
+        src_port: int | None = None,
+    ) -> TcpConnection:
+        """Open a connection to ``host``:``port`` (SYN-SENT) from ``src`` (default: our
+        first address of that IP version) and ``src_port`` (default: a random free
+        ephemeral port); ``Connected`` or ``Reset`` follows."""
         dst = ipaddress.ip_address(host).packed
         local = ipaddress.ip_address(src).packed if src else self._source_for(dst)
+        if src_port is not None:
+            if (local, src_port, dst, port) in self._conns:
+                raise ValueError(f"a connection from port {src_port} to {host} port {port} exists")
+            conn = self._new_conn((local, src_port, dst, port))
+            conn.open_active(now)
+            return conn
         for _ in range(64):
             r = int.from_bytes(self._random_bytes(2), "big")
             sport = EPHEMERAL_PORTS[r % len(EPHEMERAL_PORTS)]
@@ -224,9 +242,13 @@ class Stack:
         if flags & (TCP_SYN | TCP_ACK) == TCP_SYN and (
             self._tcp_all or seg.dst_port in self._tcp_ports
         ):
+            if len(self._half_open) >= MAX_HALF_OPEN:
+                self.dropped += 1  # like a full listen backlog: the peer's SYN retries
+                return
             options = TcpOptions.unpack(seg.options)
             conn = self._new_conn(key)
             conn.open_passive(seg, options, now)
+            self._half_open.add(conn)
             return
         builder = TcpBuilder(dst, seg.dst_port, src, seg.src_port)
         if flags & TCP_ACK:
@@ -278,6 +300,8 @@ class Stack:
         return conn
 
     def _after(self, conn: TcpConnection) -> None:
+        if conn.state != State.SYN_RECEIVED:
+            self._half_open.discard(conn)
         if conn.rx:
             self._readable[conn] = None
         if conn.state == State.CLOSED:
@@ -286,6 +310,7 @@ class Stack:
             self._dirty[conn] = None
 
     def _forget(self, conn: TcpConnection) -> None:
+        self._half_open.discard(conn)
         key = self._keys.pop(conn, None)
         if key is not None:
             del self._conns[key]

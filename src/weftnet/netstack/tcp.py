@@ -21,6 +21,12 @@ SND.NXT < SND.UNA + min(SND.WND, cwnd) (sender silly-window avoidance: a short s
 only when it empties the buffer or nothing is in flight). ACKs: cumulative, RFC 6298
 timer (one timed segment, Karn), NewReno (congestion.py) for fast retransmit/recovery;
 a timeout rewinds SND.NXT to SND.UNA (go-back-N, as without SACK) with cwnd = 1 SMSS.
+Segments without data or FIN carry SEQ = SND.MAX, as BSD's tcp_output does: after a
+rewind, SND.NXT may lie below what the peer has received, and an ACK numbered there
+would fail the peer's acceptability test and be dropped (both ends rewound would then
+ignore each other's ACKs forever; the property test found that).
+The first two duplicate ACKs each let one new segment out beyond cwnd (Limited
+Transmit, RFC 3042), so a small window still collects the three for fast retransmit.
 A zero window with data waiting arms the persist timer, whose probes are a bare ACK
 with SEQ = SND.UNA - 1 (as Linux's), which makes the peer repeat its window.
 
@@ -351,7 +357,7 @@ class TcpConnection:
             buf_seq = self.buf_seq
             buf_end = buf_seq + len(buf)
             snd_una = self.snd_una
-            wnd_end = snd_una + min(self.snd_wnd, self.cc.cwnd)
+            wnd_end = snd_una + min(self.snd_wnd, self.cc.send_window())
             mss = self.mss
             nxt = self.snd_nxt
             while nxt < buf_end:

@@ -6,7 +6,9 @@ Theory of operation
 take the SYN; otherwise (1) check the sequence number is acceptable (else ACK and
 drop), (2) RST, (3) SYN, (4) ACK (SYN-RECEIVED to ESTABLISHED, send-side bookkeeping,
 our FIN acknowledged), (5) segment text, (6) FIN. SEQ and ACK are unwrapped first (see
-tcp.py), so every test is a plain integer comparison.
+tcp.py), so every test is a plain integer comparison. In SYN-RECEIVED a repeated SYN
+(our SYN-ACK was lost) is answered with the SYN-ACK again; a SYN-ACK that acknowledges
+our SYN (simultaneous open, RFC 9293 §3.5 figure 8) has its SYN trimmed and goes on.
 
 Receive side. In-order data goes to ``rx``; data past a gap to the reassembly queue
 (reassembly.py) and we ACK at once (a duplicate ACK, so the peer fast-retransmits).
@@ -55,8 +57,11 @@ def segment_arrives(conn: TcpConnection, seg: TcpSegment, now: float) -> None:
     rcv_nxt = conn.rcv_nxt
     seq = rcv_nxt + ((seg.seq - rcv_nxt + HALF) & MASK) - HALF
     if flags & TCP_SYN and state == State.SYN_RECEIVED and seq == conn.irs:
-        conn.transmit_syn(now)  # our SYN-ACK was lost: the peer repeats its SYN
-        return
+        if not (flags & TCP_ACK and (seg.ack - conn.iss - 1) & MASK == 0):
+            conn.transmit_syn(now)  # our SYN-ACK was lost: the peer repeats its SYN
+            return
+        flags &= ~TCP_SYN  # simultaneous open: the peer's SYN-ACK; its SYN is taken
+        seq += 1
     payload = seg.payload
     plen = len(payload)
     seglen = plen + (flags & TCP_FIN) + (flags & TCP_SYN) // TCP_SYN
@@ -90,7 +95,9 @@ def segment_arrives(conn: TcpConnection, seg: TcpSegment, now: float) -> None:
             return
         conn.state = State.FIN_WAIT_1 if conn.fin_queued else State.ESTABLISHED
         conn.snd_wl1 = seq - 1  # so this ACK's window is taken
-        if not conn.announced:
+        if conn.announced:  # our connect() met the peer's (simultaneous open)
+            conn.emit(ev.Connected(conn))
+        else:
             conn.announced = True
             conn.emit(ev.NewConnection(conn))
     if ack > conn.snd_max or ack < una - conn.max_snd_wnd:

@@ -301,7 +301,10 @@ class UserspaceNet:
     def _handle(self, event: ev.Event) -> None:
         if isinstance(event, ev.UdpDatagram):
             if self._udp_handler is not None:
-                self._udp_handler(event.payload, event.src, event.dst)
+                try:
+                    self._udp_handler(event.payload, event.src, event.dst)
+                except Exception:
+                    log.exception("userspace UDP handler failed")
             return
         if isinstance(event, ev.EchoReply):
             return
@@ -360,7 +363,12 @@ class UserspaceNet:
             log.warning("userspace TCP handler failed: %r", task.exception())
 
     def _arm_timer(self) -> None:
-        if self._closed or self._loop is None:
+        if self._loop is None:  # start() not called yet: adopt the running loop, if any
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+        if self._closed:
             return
         at = self._stack.next_timer_at()
         if at is None or (self._timer is not None and self._timer_at <= at):
