@@ -70,6 +70,9 @@ CONFIGS = {  # key -> (name, client implementation, server implementation)
     "tailnet-subnet": ("tailnet weftd -> subnet router -> plain host", "tailnet", "subnet"),
     "tailnet-exit": ("tailnet weftd -> exit node -> internet host", "tailnet", "exit"),
     "weftd-weftd": ("weftd <-> weftd", "weftd", "weftd"),
+    # The client is an unprivileged weftd --tun userspace-networking; iperf3 reaches the
+    # server's TUN node through its SOCKS5 proxy (weftlab.socksforward), docs/userspace.md.
+    "userspace-socks5": ("userspace SOCKS5 -> tailnet weftd (TUN)", "userspace", "socks5"),
 }
 BASELINE = "wggo-wggo"
 WG_PORT = 51820
@@ -173,8 +176,11 @@ def ping_avg_ms(host: Host, target: str, count: int, interval_s: float) -> float
     return float(match["avg"])
 
 
-def iperf(client: Host, server: Host, target: str, seconds: float) -> tuple[float, int]:
-    """One iperf3 run: (Gbit/s at the receiver, TCP retransmissions at the sender)."""
+def iperf(
+    client: Host, server: Host, target: str, seconds: float, via: tuple[str, int] | None = None
+) -> tuple[float, int]:
+    """One iperf3 run: (Gbit/s at the receiver, TCP retransmissions at the sender); with
+    ``via`` the client connects there (a forwarder to ``target``) instead."""
     daemon = server.popen(
         ["iperf3", "-s", "-1", "-B", target, "-p", str(IPERF_PORT)],
         stdout=subprocess.DEVNULL,
@@ -182,7 +188,8 @@ def iperf(client: Host, server: Host, target: str, seconds: float) -> tuple[floa
     )
     try:
         server.wait_listening(IPERF_PORT, proto="tcp")
-        cmd = ["iperf3", "-c", target, "-p", str(IPERF_PORT), "-t", f"{seconds:g}", "-J"]
+        host, port = via or (target, IPERF_PORT)
+        cmd = ["iperf3", "-c", host, "-p", str(port), "-t", f"{seconds:g}", "-J"]
         cmd += ["--connect-timeout", "5000"]
         proc = client.run(cmd, check=False, timeout=seconds + IPERF_SLACK_S)
         try:
@@ -234,6 +241,40 @@ def start_tailnet(
     return nodes[1].ip4()
 
 
+SOCKS5 = ("127.0.0.1", 1055)
+FORWARD_PORT = 15201  # weftlab.socksforward on the client: to the server's iperf3
+
+
+def start_userspace(
+    lab: Lab, client: Host, server: Host, cleanup: list[Callable[[], object]]
+) -> tuple[str, str]:
+    """An unprivileged userspace weftd with a SOCKS5 proxy on ``client``, a TUN weftd on
+    ``server``, joined; a forwarder through the proxy to the server's iperf3 port.
+    Returns (the server's 100.x address, the client's)."""
+    from weftlab.userspace import start_userspace_node
+
+    work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
+    cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    existing = lab.nodes.get("ctl")
+    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    control = start_control(ctl, work / "control")
+    cleanup.append(control.kill)
+    tun_node = start_node(work, server, server.name)
+    cleanup.append(tun_node.kill9)
+    user_node = start_userspace_node(client, ["--socks5-server", f"{SOCKS5[0]}:{SOCKS5[1]}"])
+    cleanup.append(user_node.kill9)
+    join(control, [tun_node, user_node], user="bench")
+    target, mine = tun_node.ip4(), user_node.ip4()
+    poll_until(lambda: ping_once(server, mine), timeout_s=HANDSHAKE_TIMEOUT_S,
+               what="a first ping to the userspace node")  # fmt: skip
+    proxy = f"{SOCKS5[0]}:{SOCKS5[1]}"
+    fwd = client.popen([sys.executable, "-m", "weftlab.socksforward", str(FORWARD_PORT), proxy,
+                        f"{target}:{IPERF_PORT}"], stdout=subprocess.DEVNULL)  # fmt: skip
+    cleanup.append(fwd.kill)
+    client.wait_listening(FORWARD_PORT, proto="tcp")
+    return target, mine
+
+
 def start_routed(
     lab: Lab, client: Host, server: Host, via: str, cleanup: list[Callable[[], object]]
 ) -> tuple[Host, str]:
@@ -282,6 +323,15 @@ def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Names
     cleanup: list[Callable[[], object]] = []
     try:
         target = server.ip
+        if server_kind == "socks5":  # no TUN on the client: ping it from the server
+            ping_once(client, server.ip)
+            target, mine = start_userspace(lab, client, server, cleanup)
+            row.ping_avg_ms = ping_avg_ms(server, mine, args.pings, args.ping_interval)
+            drops_before = udp_rcvbuf_errors(server)
+            via = ("127.0.0.1", FORWARD_PORT)
+            row.gbit_s, row.tcp_retransmits = iperf(client, server, target, args.seconds, via)
+            row.server_udp_rcvbuf_errors = udp_rcvbuf_errors(server) - drops_before
+            return row
         if server_kind in ("subnet", "exit"):
             ping_once(client, server.ip)
             server, target = start_routed(lab, client, server, server_kind, cleanup)

@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from weftnet import version
-from weftnet.node.localapi import DEFAULT_SOCKET, request
+from weftnet.node.localapi import client_socket, request
 
 
 def _ago(ts: float | None) -> str:
@@ -70,6 +70,8 @@ def print_node_status(st: dict[str, Any]) -> None:
         if st["backend_state"] != "Starting":
             print_health(st.get("health", []))
             return
+    if st.get("mode") == "userspace-networking":
+        print(f"# {printable(st.get('mode_text') or 'userspace networking')}")
     mine = ""
     serving = (st.get("routes") or {}).get("serving") or []
     if serving:
@@ -384,7 +386,7 @@ def cmd_version(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="weft", description="weftnet client")
     version.add_flag(p)
-    p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET", DEFAULT_SOCKET))
+    p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET") or client_socket())
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="connect to the tailnet (log in if needed)")
     up.add_argument("--login-server", metavar="URL", help="the coordination server")

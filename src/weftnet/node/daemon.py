@@ -28,18 +28,16 @@ from weftnet import serverkey, tailcfg, tls
 from weftnet.dns.osconfig import NodeDNSState
 from weftnet.endpoint import Endpoint
 from weftnet.magicsock.conn import MagicSock
-from weftnet.node import localapi, netmon, routeprefs, routing
+from weftnet.node import localapi, netmon, platform, routeprefs
 from weftnet.node.api import Answer, NodeApi, error, ok
 from weftnet.node.backend import Backend, State
 from weftnet.node.config import NodeConfig
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays
 from weftnet.node.dnsserver import DnsServer, Listen
-from weftnet.node.engine import Engine
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
 from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import MapStream
-from weftnet.node.osdns import OSDNS
 from weftnet.node.peers import PeerTable
 from weftnet.node.reconcile import Routes
 from weftnet.node.routeplan import Desired
@@ -81,19 +79,21 @@ class NodeDaemon:
     def __init__(
         self,
         config: NodeConfig,
-        engine_factory: Callable[..., Any] = Engine,
+        engine_factory: Callable[..., Any] | None = None,  # None: the platform's device
         control_factory: Callable[[NodeState, str], Any] | None = None,
-        local_endpoints: Callable[[int, str], list[Endpoint]] = netmon.local_endpoints,
-        watch_netlink: bool = True,
+        local_endpoints: Callable[[int, str], list[Endpoint]] | None = None,
+        watch_netlink: bool = True,  # watch the host's addresses (roaming)
         dns_listen: list[Listen] | None = None,  # None: the service addresses, port 53
-        routes: Any = None,  # None: a routing.RouteManager on this host's kernel
+        routes: Any = None,  # None: the platform's (a routing.RouteManager on Linux)
+        plat: platform.Platform | None = None,  # None: the one for config.tun
     ) -> None:
         self.config = config
+        self.platform = plat if plat is not None else platform.for_tun(config.tun)
+        self.userspace = platform.is_userspace(config.tun)
         self.state = NodeState.load(config.state_dir)
         port = DEFAULT_PORT if config.port is None else config.port
-        self.engine = engine_factory(
-            self.state.node_private, config.tun, port, config=config.device
-        )
+        make_engine = engine_factory or self.platform.make_engine
+        self.engine = make_engine(self.state.node_private, config.tun, port, config=config.device)
         self.engine.configure([], netmon.OVERLAY_ROUTES)
         # Nothing gets in (but replies) until a map, or the cached one, says what may.
         self.packet_filter = PacketFilter([])
@@ -103,26 +103,34 @@ class NodeDaemon:
         self.session = MapSession()
         self.peers = PeerTable(self.engine)
         # Subnet routes and exit nodes in the kernel (docs/routes.md): see "Routes" below.
-        self.routes = routes if routes is not None else routing.RouteManager()
+        self.routes = routes if routes is not None else self.platform.route_manager()
         self.lan: tuple[str, ...] = ()  # the underlay networks this host is on
-        # The resolver at 100.100.100.100 (docs/dns.md): the first map starts it.
-        self.dns = DnsServer(self.engine, self.supervisor, listen=dns_listen)
+        # The resolver at 100.100.100.100 (docs/dns.md): the first map starts it. In
+        # userspace mode it listens nowhere and answers the proxies in-process.
+        self.dns = DnsServer(
+            self.engine,
+            self.supervisor,
+            listen=dns_listen,
+            serve_sockets=self.platform.dns_sockets or dns_listen is not None,
+        )
         self.magic: MagicSock | None = None
         self.control: Any = None  # a ControlClient once a login server is known
         self.stream: MapStream | None = None
         self._control_factory = control_factory or functools.partial(
             ControlClient, tls_ca=config.tls_ca
         )
-        self._endpoints_of = local_endpoints
+        self._endpoints_of = local_endpoints or self.platform.local_endpoints
         self._watch_netlink = watch_netlink
         # OS DNS (resolv.conf or systemd-resolved): see "OS DNS" below.
-        self.osdns = OSDNS(
+        self.osdns = self.platform.os_dns(
             config.state_dir,
             self.engine.ifname,
-            mode=config.dns_mode,
-            resolv_conf=config.resolv_conf,
-            on_base=self._dns_base_resolvers,
+            config.dns_mode,
+            config.resolv_conf,
+            self._dns_base_resolvers,
         )
+        # Userspace mode: the SOCKS5/HTTP proxies and incoming forwarding (node.proxy).
+        self.services: Any = None
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -137,10 +145,21 @@ class NodeDaemon:
         self.engine.start()
         self._new_magic()
         if self._watch_netlink:
-            watcher = netmon.NetlinkWatcher(
+            watcher = self.platform.network_watcher(
                 netmon.Debounced(self._local_endpoints, self._network_changed).event
             )
             self.supervisor.spawn("netmon", watcher.run)
+        if self.userspace and hasattr(self.engine, "net"):
+            from weftnet.node.proxy.services import UserspaceServices
+
+            self.services = UserspaceServices(
+                self.config,
+                self.engine.net,
+                self.resolve_name,
+                self.routable,
+                lambda: [str(a.ip) for a in self.engine.addresses],
+            )
+            await self.services.start()
         prefs = self.state.prefs
         registered = prefs.registered and bool(prefs.login_server)
         cached = self.state.load_netmap() if registered and prefs.want_running else None
@@ -158,10 +177,11 @@ class NodeDaemon:
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
         await self.start()
-        path = self.config.socket or localapi.DEFAULT_SOCKET
+        path = self.config.socket or localapi.default_socket()
         server = await localapi.serve(path, localapi.make_handler(NodeApi(self)))
-        log.info("weftd up: interface %s, UDP port %d, state %s",
-                 self.engine.ifname, self.engine.listen_port, self.state.directory)  # fmt: skip
+        log.info("weftd up: %s, UDP port %d, state %s, local API %s",
+                 self.mode_text(), self.engine.listen_port, self.state.directory,
+                 path)  # fmt: skip
         try:
             await stop.wait()
         finally:
@@ -170,7 +190,21 @@ class NodeDaemon:
             await localapi.cleanup(path)
             await self.close()
 
+    def resolve_name(self, name: str) -> list[str]:
+        """The tailnet addresses of MagicDNS ``name`` from the node's own resolver data
+        (IPv4 first); [] when the name is not the tailnet's."""
+        from weftnet.node.proxy.resolve import tailnet_addresses
+
+        return tailnet_addresses(self.dns.resolver.table, name)
+
+    def routable(self, ip: str) -> bool:
+        """Whether a peer's allowed IPs cover ``ip`` (the proxies go nowhere else)."""
+        packed = ipaddress.ip_address(ip).packed
+        return self.engine.device.allowed_ips.lookup(packed) is not None
+
     async def close(self) -> None:
+        if self.services is not None:
+            await self.services.close()
         if self.magic is not None:
             await self.magic.close()  # its loop ends by itself before the supervisor stops
         await self.supervisor.close()
@@ -526,6 +560,15 @@ class NodeDaemon:
     async def _routes_off(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.routes.remove)
 
+    def mode_text(self) -> str:
+        """How this node reaches the tailnet, for `weft status` and the log."""
+        if not self.userspace:
+            return f"interface {self.engine.ifname}"
+        text = "userspace networking"
+        if self.services is not None and self.services.listening:
+            text += "; " + "; ".join(self.services.listening)
+        return text
+
     def admin_url(self) -> str:
         """Where an admin approves this device (the console's machines page)."""
         return f"{(self.state.prefs.login_server or '').rstrip('/')}/admin"
@@ -534,6 +577,11 @@ class NodeDaemon:
         p = self.state.prefs
         if not p.advertise_routes and not p.advertise_exit_node:
             return None
+        if self.userspace:
+            return (
+                "userspace networking: this node has no kernel routing, so it cannot serve"
+                " the subnet routes or exit node it advertises"
+            )
         v4, v6 = self.routes.forwarding()
         return routeprefs.forwarding_warning(p.advertise_routes, p.advertise_exit_node, v4, v6)
 

@@ -21,6 +21,7 @@ plain WireGuard: the endpoint roams to the source of authenticated packets;
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import ipaddress
@@ -39,7 +40,7 @@ from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
 from weftnet.node import offload
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
-from weftnet.node.tun import (
+from weftnet.node.vnet import (
     VIRTIO_NET_HDR_F_DATA_VALID,
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
     VIRTIO_NET_HDR_GSO_NONE,
@@ -119,7 +120,8 @@ def make_socket(port: int) -> socket.socket:
             s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
         except OSError:
             s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-    s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    with contextlib.suppress(OSError):  # not Linux: one datagram per read
+        s.setsockopt(SOL_UDP, UDP_GRO, 1)
     sockmark.mark(s)  # WireGuard, disco and STUN bypass weftd's routes (docs/routes.md)
     s.bind(("::", port))
     s.setblocking(False)
@@ -348,6 +350,9 @@ class DataPlane:
                 continue
             self._outbound(view[:n], now)
         self._flush_sends()
+        self._after_send(now)
+
+    def _after_send(self, now: float) -> None:
         transmits: list[Transmit] = []
         device = self.device
         for peer in self._sent_peers:
@@ -684,3 +689,94 @@ class DataPlane:
             os.writev(self.tun_fd, iov)
         except OSError as e:
             log.debug("TUN write failed: %s", e)
+
+
+class StackDataPlane(DataPlane):
+    """The data plane of the userspace mode: no TUN. Packets the filter lets in go to
+    ``deliver`` (the in-process TCP/IP stack, weftnet.node.userspace.net), and the stack
+    hands its packets to ``send_packets``, which takes them exactly as if read from a TUN
+    (routing to a peer, flow tracking for the filter, WireGuard, batching).
+
+    The TUN fast path is untouched: this class only overrides the TUN flush and adds
+    ``send_packets``, its own loop over the stack's packets."""
+
+    def __init__(
+        self,
+        device: Device,
+        sock: socket.socket,
+        clock: Callable[[], float] = time.monotonic,
+        bind: Bind | None = None,
+    ) -> None:
+        super().__init__(device, -1, sock, clock, bind)
+        self.deliver: Callable[[list[bytes]], None] = lambda packets: None
+
+    def on_tun_readable(self) -> None:  # pragma: no cover - there is no TUN
+        raise RuntimeError("no TUN in userspace mode")
+
+    def send_packets(self, packets: list[bytes]) -> None:
+        """IP packets from the stack, as if the host had written them to a TUN: routed
+        to a peer, tracked by the filter, sealed and batched like ``_outbound`` does, but
+        with the peer and keypair looked up once per run of packets to one address (the
+        stack sends a flow's segments together) and no virtio header to parse."""
+        if not packets:
+            return
+        now = self.clock()
+        counters = self.counters
+        flt = self.filter
+        scratch = self._scratch
+        limit = len(scratch) - 16
+        device = self.device
+        emit = self._emit
+        cur_dst = None
+        peer: Peer | None = None
+        for pkt in packets:
+            n = len(pkt)
+            version = pkt[0] >> 4 if n else 0
+            if version == 4 and 20 <= n <= limit:
+                dst = pkt[16:20]
+            elif version == 6 and 40 <= n <= limit:
+                dst = pkt[24:40]
+            else:
+                counters.drop_malformed += 1
+                continue
+            if dst != cur_dst:
+                self._send_plain(peer, now)
+                cur_dst = dst
+                peer = self._lookup_dst(dst)
+                if peer is not None:
+                    kp = device.sending_keypair(peer, now)
+                    if kp is None or peer.endpoint is None:
+                        self._plain = []  # queued until a handshake completes
+                    else:
+                        self._kp = kp
+                        self._peer = peer
+                        self._sent_peers.add(peer)
+            if peer is None:
+                counters.drop_no_peer += 1
+                continue
+            if flt is not None:
+                flt.track_outbound(pkt, now)
+            scratch[:n] = pkt
+            emit(n)
+        self._send_plain(peer, now)
+        self._flush_sends()
+        self._after_send(now)
+
+    def _send_plain(self, peer: Peer | None, now: float) -> None:
+        """Packets held for ``peer`` while it has no session: to the device's queue."""
+        plain = self._plain
+        if plain is not None:
+            self._plain = None
+            if plain and peer is not None:
+                self.send_transmits(self.device.send_packets(peer, plain, now))
+
+    def _flush_tun(self) -> None:
+        rx = self._rx
+        if not rx:
+            self._dec_len = 0
+            return
+        dec = self._dec
+        packets = [bytes(dec[off : off + total]) for off, total in rx]
+        rx.clear()
+        self._dec_len = 0
+        self.deliver(packets)

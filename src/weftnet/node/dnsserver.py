@@ -156,8 +156,12 @@ class DnsServer:
         listen: Sequence[Listen] | None = None,
         resolv_conf: str = RESOLV_CONF,
         local: LocalAddresses | None = None,
+        serve_sockets: bool = True,
     ) -> None:
         self.engine = engine
+        # False (userspace mode): no sockets, no service addresses; the resolver's table
+        # answers the proxies in-process (node.proxy.resolve).
+        self.serve_sockets = serve_sockets
         self.supervisor = supervisor
         self.listen = list(listen or [(ip, DNS_PORT) for ip in SERVICE_ADDRESSES])
         self.resolver = Resolver()
@@ -196,6 +200,8 @@ class DnsServer:
         self._config = config
         self.resolver.table = dnsrecords.build(self_node, peers, config)
         self.resolver.routes = routes_for(config, self._base)
+        if not self.serve_sockets:
+            return
         if not self._started and self_node is not None and self_node.addresses:
             self._started = True
             await self._set_service_addresses(True)

@@ -1,9 +1,14 @@
-"""The engine: one TUN device, one UDP socket, the data plane, and the timer.
+"""The engine: one packet device, one UDP socket, the data plane, and the timer.
 
 Both ways of running weftd (a plain WireGuard peer from a file, or a tailnet node
 driven by the coordination server) own one Engine. It is created and its interface
 configured before the event loop starts (pyroute2's synchronous API runs an asyncio loop
 of its own), then ``start()`` hooks it into the running loop.
+
+``BaseEngine`` is the portable part (device, socket, timer); ``Engine`` adds the Linux
+TUN device (weftnet.node.tun, imported only when one is opened) and
+``weftnet.node.platform.userspace.UserspaceEngine`` an in-process TCP/IP stack instead
+(docs/platforms.md).
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable
 
 from weftnet.node.datapath import Bind, DataPlane, UdpBind, make_socket
-from weftnet.node.tun import configure_interface, open_tun, set_addresses
 from weftnet.wireguard.device import SPEC_CONFIG, Device, DeviceConfig
 
 log = logging.getLogger("weftd")
@@ -28,11 +32,17 @@ Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-class Engine:
+class BaseEngine:
+    """What every packet device shares: the WireGuard device, the UDP socket and the
+    timer. A subclass makes ``self.dp`` and names the device (``ifname``)."""
+
+    dp: DataPlane
+    ifname: str
+    mode = "tun"  # what `weft status` shows: "tun" or "userspace-networking"
+
     def __init__(
         self,
         private_key: bytes,
-        tun_name: str,
         port: int,
         mtu: int = DEFAULT_MTU,
         config: DeviceConfig = SPEC_CONFIG,
@@ -42,8 +52,6 @@ class Engine:
         self.device = self._new_device(private_key)
         self.sock = make_socket(port)
         self.listen_port: int = self.sock.getsockname()[1]
-        self.tun_fd, self.ifname = open_tun(tun_name)
-        self.dp = DataPlane(self.device, self.tun_fd, self.sock)
         self.addresses: list[Interface] = []
         # On the device too while the node has addresses, never the routes' source: the
         # resolver's service addresses (weftnet.node.dnsserver).
@@ -72,22 +80,6 @@ class Engine:
         self.dp.config_changed()
         return self.device
 
-    def configure(self, addresses: Iterable[Interface], routes: Iterable[Network]) -> None:
-        """Set MTU, addresses and routes and bring the interface up (blocking netlink)."""
-        self.addresses = list(addresses)
-        configure_interface(self.ifname, self._all_addresses(), self.mtu, routes)
-
-    def update_addresses(self, addresses: Iterable[Interface]) -> None:
-        """Make the interface's addresses exactly ``addresses`` and, when there are any,
-        the service addresses after them (blocking netlink)."""
-        self.addresses = list(addresses)
-        set_addresses(self.ifname, self._all_addresses())
-
-    def set_service_addresses(self, addresses: Iterable[Interface]) -> None:
-        """Keep ``addresses`` on the interface next to the node's own (blocking netlink)."""
-        self.service_addresses = list(addresses)
-        set_addresses(self.ifname, self._all_addresses())
-
     def _all_addresses(self) -> list[Interface]:
         """The node's own first (routes take their source from the first of a family)."""
         if not self.addresses:
@@ -98,16 +90,13 @@ class Engine:
         loop = asyncio.get_running_loop()
         self._loop = loop
         self.dp.on_change = self.rearm
-        loop.add_reader(self.tun_fd, self.dp.on_tun_readable)
         loop.add_reader(self.sock.fileno(), self.dp.on_udp_readable)
         self.rearm()
 
     def close(self) -> None:
         if self._loop is not None:
-            self._loop.remove_reader(self.tun_fd)
             self._loop.remove_reader(self.sock.fileno())
         self._timer.cancel()
-        os.close(self.tun_fd)
         self.sock.close()
 
     def _tick(self) -> None:
@@ -123,6 +112,56 @@ class Engine:
         deadline = self.device.next_deadline()
         delay = MAX_TIMER_WAIT_S if deadline is None else min(deadline - now, MAX_TIMER_WAIT_S)
         self._timer.arm(loop, max(delay, 0.0))
+
+
+class Engine(BaseEngine):
+    """The Linux TUN device (virtio-net headers, GSO) configured through netlink."""
+
+    def __init__(
+        self,
+        private_key: bytes,
+        tun_name: str,
+        port: int,
+        mtu: int = DEFAULT_MTU,
+        config: DeviceConfig = SPEC_CONFIG,
+    ) -> None:
+        from weftnet.node import tun  # Linux-only (fcntl, pyroute2): only when a TUN opens
+
+        self._tun = tun
+        super().__init__(private_key, port, mtu, config)
+        try:
+            self.tun_fd, self.ifname = self._tun.open_tun(tun_name)
+        except BaseException:
+            self.sock.close()
+            raise
+        self.dp = DataPlane(self.device, self.tun_fd, self.sock)
+
+    def configure(self, addresses: Iterable[Interface], routes: Iterable[Network]) -> None:
+        """Set MTU, addresses and routes and bring the interface up (blocking netlink)."""
+        self.addresses = list(addresses)
+        self._tun.configure_interface(self.ifname, self._all_addresses(), self.mtu, routes)
+
+    def update_addresses(self, addresses: Iterable[Interface]) -> None:
+        """Make the interface's addresses exactly ``addresses`` and, when there are any,
+        the service addresses after them (blocking netlink)."""
+        self.addresses = list(addresses)
+        self._tun.set_addresses(self.ifname, self._all_addresses())
+
+    def set_service_addresses(self, addresses: Iterable[Interface]) -> None:
+        """Keep ``addresses`` on the interface next to the node's own (blocking netlink)."""
+        self.service_addresses = list(addresses)
+        self._tun.set_addresses(self.ifname, self._all_addresses())
+
+    def start(self) -> None:
+        # The TUN's reader first, as before the platform seam (same order in the loop).
+        asyncio.get_running_loop().add_reader(self.tun_fd, self.dp.on_tun_readable)
+        super().start()
+
+    def close(self) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(self.tun_fd)
+        super().close()
+        os.close(self.tun_fd)
 
 
 class OneTimer:

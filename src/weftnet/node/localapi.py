@@ -1,11 +1,13 @@
-"""The local API: a root-only unix socket speaking one JSON object per line.
+"""The local API: a unix socket for root (and weftd's own user) speaking one JSON
+object per line.
 
 Request ``{"cmd": "status"}``, answer ``{"ok": true, "result": {...}}`` or
 ``{"ok": false, "error": "..."}``. ``COMMANDS`` is the one table of requests, for both
 modes (tailnet and ``--wg-config``): a daemon answers a command with its method
 ``api_<cmd>``, and one without that method says the command is not available in its
-mode. docs/node.md lists every request and answer. Connections from a uid other than 0 are refused
-(SO_PEERCRED), and the socket file is mode 0600. Secrets never appear in answers: peers
+mode. docs/node.md lists every request and answer. Connections from a uid other than 0
+and weftd's own are refused (SO_PEERCRED), and the socket file is mode 0600: a weftd run
+by a user in userspace mode answers that user. Secrets never appear in answers: peers
 are named by their public keys only.
 """
 
@@ -24,11 +26,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from weftnet.endpoint import format_endpoint
+from weftnet.node.config import SYSTEM_SOCKET
+from weftnet.node.config import client_socket as client_socket
+from weftnet.node.config import default_socket as default_socket
 
 log = logging.getLogger("weftd.localapi")
 
 MAX_REQUEST_BYTES = 64 * 1024  # a request line longer than this is refused
-DEFAULT_SOCKET = "/run/weft/weftd.sock"  # where weftd listens and weft looks, by default
+DEFAULT_SOCKET = SYSTEM_SOCKET  # where root's weftd listens and root's weft looks
 
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
@@ -122,20 +127,32 @@ def counters(engine: Any) -> dict[str, Any]:
 
 def _peer_uid(writer: asyncio.StreamWriter) -> int:
     sock = writer.get_extra_info("socket")
+    if not hasattr(socket, "SO_PEERCRED"):  # not Linux: the socket's mode 0600 guards it
+        return _my_uid()
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
 
 
+def _my_uid() -> int:
+    geteuid = getattr(os, "geteuid", None)
+    return geteuid() if geteuid is not None else 0
+
+
 async def serve(path: str, handler: Handler) -> asyncio.AbstractServer:
-    os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
+    # A user's own directory (userspace mode) is theirs alone; /run/weft stays 0755.
+    os.makedirs(os.path.dirname(path) or ".", mode=0o755 if _my_uid() == 0 else 0o700,
+                exist_ok=True)  # fmt: skip
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            if _peer_uid(writer) != 0:
-                answer: dict[str, Any] = {"ok": False, "error": "the local API is root-only"}
+            if _peer_uid(writer) not in (0, _my_uid()):
+                answer: dict[str, Any] = {
+                    "ok": False,
+                    "error": "the local API is for root and the user running weftd only",
+                }
             else:
                 line = await reader.readline()
                 answer = await _dispatch(line, handler)

@@ -7,6 +7,11 @@ Two ways to run it:
         a tailnet node: `weft up --login-server URL` joins it to a coordination server,
         which then tells it its addresses and peers;
 
+    weftd --tun userspace-networking [--socks5-server ADDR:PORT]
+          [--outbound-http-proxy-listen ADDR:PORT] [--proxy-auth-file FILE]
+        a tailnet node without TUN, root, routes or DNS changes: programs reach the
+        tailnet through the proxies, peers reach 127.0.0.1 (docs/userspace.md);
+
     weftd --wg-config /etc/wireguard/wg0.conf [--tun NAME] [--socket PATH]
         a plain WireGuard peer from a wg-quick style file.
 """
@@ -25,11 +30,11 @@ from typing import Any
 
 from weftnet import tls, version
 from weftnet.dns import osconfig
-from weftnet.node import localapi
-from weftnet.node.config import DEFAULT_STATE_DIR, DEFAULT_TUN, NodeConfig
+from weftnet.node import localapi, platform
+from weftnet.node.config import DEFAULT_TUN, NodeConfig, default_state_dir
 from weftnet.node.daemon import NodeDaemon
-from weftnet.node.engine import DEFAULT_MTU, Engine
-from weftnet.node.tun import TunError
+from weftnet.node.engine import DEFAULT_MTU
+from weftnet.node.proxy.listen import ListenError, check_listen
 from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
 from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
 
@@ -40,9 +45,46 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
     p = argparse.ArgumentParser(prog="weftd", description="weftnet node daemon")
     version.add_flag(p)
     p.add_argument("--wg-config", metavar="FILE", help="run a plain WireGuard peer from FILE")
-    p.add_argument("--state-dir", default=DEFAULT_STATE_DIR, metavar="DIR", help="keys and state")
-    p.add_argument("--tun", default=DEFAULT_TUN, metavar="NAME", help="TUN interface name")
-    p.add_argument("--socket", default=None, metavar="PATH", help="local API socket path")
+    p.add_argument(
+        "--state-dir",
+        default=None,
+        metavar="DIR",
+        help="keys and state (default: /var/lib/weft for root, else"
+        " $XDG_STATE_HOME/weft or ~/.local/state/weft)",
+    )
+    p.add_argument(
+        "--tun",
+        default=DEFAULT_TUN,
+        metavar="NAME",
+        help=f"TUN interface name, or {platform.USERSPACE} for no TUN (no root needed)",
+    )
+    p.add_argument(
+        "--socket",
+        default=None,
+        metavar="PATH",
+        help="local API socket path (default: /run/weft/weftd.sock for root, else"
+        " $XDG_RUNTIME_DIR/weft/weftd.sock or the state directory's)",
+    )
+    p.add_argument(
+        "--socks5-server",
+        metavar="ADDR:PORT",
+        help="userspace networking: a SOCKS5 proxy into the tailnet (e.g. 127.0.0.1:1055)",
+    )
+    p.add_argument(
+        "--outbound-http-proxy-listen",
+        metavar="ADDR:PORT",
+        help="userspace networking: an HTTP proxy (CONNECT and plain) into the tailnet",
+    )
+    p.add_argument(
+        "--proxy-auth-file",
+        metavar="FILE",
+        help="user:password lines the proxies require (SOCKS5 and Proxy-Authorization Basic)",
+    )
+    p.add_argument(
+        "--proxy-allow-remote",
+        action="store_true",
+        help="let the proxies listen on a non-loopback address",
+    )
     p.add_argument("--port", type=int, default=None, help="UDP port")
     p.add_argument(
         "--tls-ca",
@@ -66,8 +108,28 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         tls.client_context(args.tls_ca)
     except tls.TlsError as e:
         p.error(str(e))
+    userspace = platform.is_userspace(args.tun)
+    for flag, value in (
+        ("--socks5-server", args.socks5_server),
+        ("--outbound-http-proxy-listen", args.outbound_http_proxy_listen),
+    ):
+        if value is None:
+            continue
+        if not userspace:
+            p.error(f"{flag} needs --tun {platform.USERSPACE}")
+        try:
+            check_listen(value, allow_remote=args.proxy_allow_remote, flag=flag)
+        except ListenError as e:
+            p.error(str(e))
+    if args.proxy_auth_file is not None:
+        from weftnet.node.proxy.auth import AuthError, load_auth_file
+
+        try:
+            load_auth_file(args.proxy_auth_file)
+        except AuthError as e:
+            p.error(str(e))
     return NodeConfig(
-        state_dir=args.state_dir,
+        state_dir=args.state_dir or default_state_dir(),
         tun=args.tun,
         port=args.port,
         socket=args.socket,
@@ -76,6 +138,10 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         tls_ca=args.tls_ca,
         dns_mode=args.dns_mode,
         resolv_conf=args.resolv_conf,
+        socks5_server=args.socks5_server,
+        http_proxy_listen=args.outbound_http_proxy_listen,
+        proxy_auth_file=args.proxy_auth_file,
+        proxy_allow_remote=args.proxy_allow_remote,
     )
 
 
@@ -86,6 +152,10 @@ class WgDaemon:
         self.cfg = cfg
         self.config = config
         port = config.port if config.port is not None else cfg.interface.listen_port
+        from weftnet.node.engine import Engine
+
+        if platform.is_userspace(config.tun):
+            raise ValueError(f"--wg-config runs on a TUN device, not {platform.USERSPACE}")
         self.engine = Engine(
             cfg.interface.private_key,
             config.tun,
@@ -147,8 +217,13 @@ def build_daemon(config: NodeConfig) -> WgDaemon | NodeDaemon:
             print(f"weftd: {e}", file=sys.stderr)
             sys.exit(2)
         warn_if_readable_by_others(config.wg_config)
-    if os.geteuid() != 0:
-        print("weftd: must run as root (it creates a TUN device)", file=sys.stderr)
+    geteuid = getattr(os, "geteuid", None)
+    if not platform.is_userspace(config.tun) and geteuid is not None and geteuid() != 0:
+        print(
+            "weftd: must run as root (it creates a TUN device);"
+            f" without root: weftd --tun {platform.USERSPACE}",
+            file=sys.stderr,
+        )
         sys.exit(1)
     return WgDaemon(cfg, config) if config.wg_config else NodeDaemon(config)
 
@@ -174,18 +249,25 @@ def setup_logging(config: NodeConfig) -> None:
     )
 
 
+def loop_factory() -> Any:
+    """uvloop's event loop where it is installed, else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None, device_config: DeviceConfig = SPEC_CONFIG) -> None:
     """weftd; ``device_config`` is WireGuard's timers (the spec's; a lab may shorten them)."""
     config = dataclasses.replace(parse_args(argv), device=device_config)
     setup_logging(config)
-    import uvloop
-
     try:
         daemon = build_daemon(config)
         # uvloop only for our own loop: pyroute2 runs a stock asyncio loop internally.
-        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
             runner.run(daemon.run())
-    except (TunError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"weftd: {e}", file=sys.stderr)
         sys.exit(1)
 

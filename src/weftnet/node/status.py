@@ -121,6 +121,10 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
     running = d.backend.state is State.Running
     return {
         "backend_state": d.backend.state.value,
+        # "tun" or "userspace-networking", and how this node reaches the tailnet.
+        "mode": getattr(d.engine, "mode", "tun"),
+        "mode_text": d.mode_text(),
+        "userspace": d.services.status() if d.services is not None else None,
         "auth_url": d.backend.auth_url,
         # Where an admin approves this device, while it waits (NeedsMachineAuth).
         "admin_url": d.admin_url() if d.backend.state is State.NeedsMachineAuth else None,

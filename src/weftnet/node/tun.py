@@ -19,6 +19,17 @@ import os
 import struct
 from collections.abc import Iterable
 
+from weftnet.node.vnet import (  # noqa: F401  (re-exported: the TUN's wire format)
+    VIRTIO_NET_HDR_F_DATA_VALID,
+    VIRTIO_NET_HDR_F_NEEDS_CSUM,
+    VIRTIO_NET_HDR_GSO_ECN,
+    VIRTIO_NET_HDR_GSO_NONE,
+    VIRTIO_NET_HDR_GSO_TCPV4,
+    VIRTIO_NET_HDR_GSO_TCPV6,
+    VNET_HDR,
+    VNET_HDR_LEN,
+)
+
 TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 IFF_TUN = 0x0001
@@ -27,15 +38,6 @@ IFF_VNET_HDR = 0x4000
 TUN_F_CSUM = 0x01
 TUN_F_TSO4 = 0x02
 TUN_F_TSO6 = 0x04
-
-VNET_HDR = struct.Struct("<BBHHHH")
-VNET_HDR_LEN = 10  # sizeof(struct virtio_net_hdr)
-VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
-VIRTIO_NET_HDR_F_DATA_VALID = 2
-VIRTIO_NET_HDR_GSO_NONE = 0
-VIRTIO_NET_HDR_GSO_TCPV4 = 1
-VIRTIO_NET_HDR_GSO_TCPV6 = 4
-VIRTIO_NET_HDR_GSO_ECN = 0x80
 
 
 class TunError(OSError):
@@ -49,7 +51,10 @@ def open_tun(name: str) -> tuple[int, str]:
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as e:
-        raise TunError(f"cannot open /dev/net/tun: {e.strerror} (weftd must run as root)") from e
+        raise TunError(
+            f"cannot open /dev/net/tun: {e.strerror} (weftd must run as root;"
+            " without root or TUN: --tun userspace-networking)"
+        ) from e
     try:
         ifr = struct.pack("16sH22x", name.encode(), IFF_TUN | IFF_NO_PI | IFF_VNET_HDR)
         res = fcntl.ioctl(fd, TUNSETIFF, ifr)

@@ -1,0 +1,139 @@
+"""A weftd in userspace-networking mode run by an unprivileged user in a lab namespace.
+
+The user (``LAB_USER``, created with useradd when missing) gets its own home under the
+host's work directory and runs weftd with no capabilities (setpriv: real and effective
+ids, no groups, empty inheritable and bounding sets, no_new_privs). In the command's
+private mount namespace (``ip netns exec`` gives each command one) /dev/net is an empty
+tmpfs, so there is no TUN to open at all, and a non-traversable directory above the
+Python interpreter (pyenv under /root) is replaced by a tmpfs that holds just the
+interpreter's tree: nothing changes on the host itself.
+
+weftd gets no --state-dir or --socket: the defaults for a user are exercised
+(~/.local/state/weft and its weftd.sock), and ``weft`` run as the user finds the socket
+by itself.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shlex
+import shutil
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from weftlab.netlab import Host, poll_until
+from weftlab.tailnet import Node
+from weftlab.testca import lab_ca
+from weftlab.wgpeers import local_api_answers
+
+LAB_USER = "weftuser"
+
+
+def ensure_user(name: str = LAB_USER) -> tuple[int, int]:
+    """(uid, gid) of ``name``, created as a system user without a home if missing."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+            check=True,
+        )
+        pw = pwd.getpwnam(name)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _hidden_ancestor(path: str) -> tuple[str, str] | None:
+    """The first directory above ``path`` that others cannot traverse, and its child on
+    the way to ``path`` (("/root", "/root/.pyenv")); None when all are traversable."""
+    parts = Path(path).resolve().parts
+    for i in range(1, len(parts) - 1):
+        d = Path(*parts[: i + 1])
+        if not d.stat().st_mode & stat.S_IXOTH:
+            return str(d), str(Path(*parts[: i + 2]))
+    return None
+
+
+def unprivileged_argv(uid: int, gid: int, cmd: list[str], home: str) -> list[str]:
+    """``cmd`` as uid/gid without capabilities, with no /dev/net/tun in sight."""
+    steps = ["mount -t tmpfs -o mode=0755 tmpfs /dev/net"]
+    hidden = _hidden_ancestor(os.path.realpath(sys.executable))
+    if hidden is not None:
+        top, keep = hidden
+        steps += [
+            "x=$(mktemp -d)",
+            f'mount --bind {shlex.quote(keep)} "$x"',
+            f"mount -t tmpfs -o mode=0755 tmpfs {shlex.quote(top)}",
+            f"mkdir -p {shlex.quote(keep)}",
+            f'mount --bind "$x" {shlex.quote(keep)}',
+        ]
+    env = f"HOME={shlex.quote(home)} XDG_RUNTIME_DIR= XDG_STATE_HOME= USER={LAB_USER}"
+    priv = (
+        f"setpriv --reuid={uid} --regid={gid} --clear-groups --inh-caps=-all"
+        " --bounding-set=-all --no-new-privs"
+    )
+    script = " && ".join(steps) + f' && exec env {env} {priv} -- "$@"'
+    return ["sh", "-c", script, "sh", *cmd]
+
+
+@dataclass
+class UserspaceNode(Node):
+    """weftd --tun userspace-networking as LAB_USER; ``socket`` is where it listens."""
+
+    home: Path = Path()
+    uid: int = 0
+    gid: int = 0
+
+    def start(self) -> None:
+        ca = self.home / "ca.pem"
+        shutil.copy(lab_ca().ca_file, ca)
+        os.chown(ca, self.uid, self.gid)
+        profile = os.environ.get("WEFTLAB_PROFILE")  # cProfile output for weftd, if set
+        prof = ["-m", "cProfile", "-o", profile] if profile else []
+        cmd = [sys.executable, *prof, "-m", self.module, "--tun", "userspace-networking"]
+        cmd += ["--tls-ca", str(ca), *self.extra]
+        log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
+        self.proc = self.host.popen(self.as_user(cmd), stdout=log, stderr=log)
+        poll_until(
+            lambda: local_api_answers(self.socket) or self._died(),
+            timeout_s=15,
+            what=f"userspace weftd on {self.host.name} to answer on its socket",
+        )
+
+    def as_user(self, cmd: list[str]) -> list[str]:
+        return unprivileged_argv(self.uid, self.gid, cmd, str(self.home))
+
+    def run_as_user(self, cmd: list[str], check: bool = False, timeout: float = 60) -> Any:
+        return self.host.run(self.as_user(cmd), check=check, timeout=timeout)
+
+    def weft_as_user(self, *args: str) -> Any:
+        """`weft` as the user, without --socket: it finds the user's weftd by itself."""
+        return self.run_as_user([sys.executable, "-m", "weftnet.cli.main", *args])
+
+
+def start_userspace_node(host: Host, extra: list[str] | None = None) -> UserspaceNode:
+    uid, gid = ensure_user()
+    os.chmod(host.lab.workdir, 0o711)  # traversable, not listable, for the user
+    os.chmod(host.workdir, 0o711)
+    home = host.workdir / "home"
+    home.mkdir(mode=0o700, exist_ok=True)
+    os.chown(home, uid, gid)
+    state = home / ".local" / "state" / "weft"  # weftd's default for the user
+    for d in (home / ".local", state.parent):  # weftd makes the last one itself
+        d.mkdir(mode=0o700, exist_ok=True)
+        os.chown(d, uid, gid)
+    node = UserspaceNode(
+        host,
+        state,
+        str(state / "weftd.sock"),
+        extra=extra or [],
+        home=home,
+        uid=uid,
+        gid=gid,
+    )
+    node.start()
+    return node

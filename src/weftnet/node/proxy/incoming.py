@@ -1,0 +1,171 @@
+"""Peers' connections to this node's tailnet address, handed to this host's loopback.
+
+Everything here comes after the packet filter: the stack only sees what the policy let
+in, exactly as a TUN would. TCP to ``<tailnet address>:P`` is connected to
+``127.0.0.1:P`` (``[::1]:P`` first for an IPv6 destination); when nothing listens there
+the peer's connection is reset. UDP to ``<tailnet address>:P`` is relayed to
+``127.0.0.1:P`` from one local socket per flow (a small NAT table), whose replies go
+back to the peer from ``<tailnet address>:P``; a flow idle for ``UDP_IDLE_S`` is
+dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from weftnet.node.proxy.resolve import splice
+
+log = logging.getLogger("weftd.incoming")
+
+UDP_IDLE_S = 60.0  # a UDP flow without datagrams either way this long is forgotten
+UDP_MAX_FLOWS = 1024  # beyond this the least recently used flow is dropped
+UDP_MAX_QUEUED = 64  # datagrams waiting for a flow's socket
+CONNECT_TIMEOUT_S = 5.0
+
+Addr = tuple[str, int]
+
+
+def loopback_for(local_ip: str) -> list[str]:
+    """Where a connection to our tailnet address ``local_ip`` goes on this host."""
+    return ["::1", "127.0.0.1"] if ipaddress.ip_address(local_ip).version == 6 else ["127.0.0.1"]
+
+
+class TcpForwarder:
+    def __init__(self) -> None:
+        self.forwarded = 0
+        self.refused = 0
+
+    async def handle(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        local: Addr,
+        remote: Addr,
+    ) -> None:
+        last: BaseException | None = None
+        for host in loopback_for(local[0]):
+            try:
+                up_r, up_w = await asyncio.wait_for(
+                    asyncio.open_connection(host, local[1]), CONNECT_TIMEOUT_S
+                )
+            except (OSError, TimeoutError) as e:
+                last = e
+                continue
+            self.forwarded += 1
+            log.debug("incoming %s:%d -> %s:%d", remote[0], remote[1], host, local[1])
+            await splice(reader, writer, up_r, up_w)
+            return
+        self.refused += 1
+        log.debug("incoming %s:%d to port %d: nothing listens (%s): reset", remote[0],
+                  remote[1], local[1], last)  # fmt: skip
+        transport = writer.transport
+        if transport is not None:
+            transport.abort()  # the stack answers with RST
+        else:
+            writer.close()
+
+
+class _Flow(asyncio.DatagramProtocol):
+    def __init__(self, nat: UdpNat, peer: Addr, local: Addr) -> None:
+        self.nat = nat
+        self.peer = peer  # the remote tailnet address:port
+        self.local = local  # our tailnet address:port it spoke to
+        self.transport: asyncio.DatagramTransport | None = None
+        self.queue: list[bytes] = []
+        self.last = time.monotonic()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a DatagramTransport
+        for data in self.queue:
+            transport.sendto(data)  # type: ignore[attr-defined]
+        self.queue.clear()
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.last = time.monotonic()
+        self.nat.replies += 1
+        self.nat.send_udp(data, self.local, self.peer)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("UDP flow %s -> port %d: %s", self.peer, self.local[1], exc)
+
+    def send(self, data: bytes) -> None:
+        self.last = time.monotonic()
+        if self.transport is not None:
+            self.transport.sendto(data)
+        elif len(self.queue) < UDP_MAX_QUEUED:
+            self.queue.append(data)
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+class UdpNat:
+    """Peer flows (peer address, our address) -> one local UDP socket each."""
+
+    def __init__(
+        self,
+        send_udp: Callable[[bytes, Addr, Addr], None],
+        clock: Callable[[], float] = time.monotonic,
+        idle_s: float = UDP_IDLE_S,
+    ) -> None:
+        self.send_udp = send_udp
+        self.clock = clock
+        self.idle_s = idle_s
+        self.flows: dict[tuple[Addr, Addr], _Flow] = {}
+        self.forwarded = 0
+        self.replies = 0
+        self._sweeper: asyncio.Task[None] | None = None
+        self._opening: set[asyncio.Future[None]] = set()
+
+    def start(self) -> None:
+        self._sweeper = asyncio.ensure_future(self._sweep())
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for flow in self.flows.values():
+            flow.close()
+        self.flows.clear()
+
+    def datagram(self, payload: bytes, src: Addr, dst: Addr) -> None:
+        key = (src, dst)
+        flow = self.flows.get(key)
+        if flow is None:
+            if len(self.flows) >= UDP_MAX_FLOWS:
+                oldest = min(self.flows, key=lambda k: self.flows[k].last)
+                self.flows.pop(oldest).close()
+            flow = _Flow(self, src, dst)
+            self.flows[key] = flow
+            task = asyncio.ensure_future(self._open(flow))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
+        self.forwarded += 1
+        flow.send(payload)
+
+    async def _open(self, flow: _Flow) -> None:
+        host = loopback_for(flow.local[0])[-1]
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_datagram_endpoint(lambda: flow, remote_addr=(host, flow.local[1]))
+        except OSError as e:
+            log.debug("UDP flow to port %d: %s", flow.local[1], e)
+            self.flows.pop((flow.peer, flow.local), None)
+
+    def expire(self) -> None:
+        now = time.monotonic()
+        for key, flow in list(self.flows.items()):
+            if now - flow.last >= self.idle_s:
+                flow.close()
+                del self.flows[key]
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.idle_s, 10.0))
+            with contextlib.suppress(Exception):
+                self.expire()
