@@ -137,3 +137,19 @@ def start_userspace_node(host: Host, extra: list[str] | None = None) -> Userspac
     )
     node.start()
     return node
+
+
+def http_server(host: Host, bind: str, port: int, root: Path, text: str) -> None:
+    """Python's http.server on ``host`` serving ``text`` as /hello.txt."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "hello.txt").write_text(text)
+    host.popen([sys.executable, "-m", "http.server", str(port), "--bind", bind,
+                "--directory", str(root)])  # fmt: skip
+    host.wait_listening(port, proto="tcp")
+
+
+def curl(host: Host, *args: str, timeout: int = 10) -> tuple[int, str]:
+    """curl on ``host``: (exit code, output and errors)."""
+    r = host.run(["curl", "-sS", "--max-time", str(timeout), *args], check=False,
+                 timeout=timeout + 20)  # fmt: skip
+    return r.returncode, r.stdout + r.stderr

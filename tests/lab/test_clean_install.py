@@ -18,6 +18,7 @@ from weftlab.control import start_control
 from weftlab.netlab import Host, Lab, poll_until
 from weftlab.tailnet import pings, start_node
 from weftlab.testca import lab_ca
+from weftlab.userspace import curl, http_server
 from weftlab.wgpeers import local_api_answers
 from weftlab.wheel import CLEAN_ENV, INSTALL_TIMEOUT_S, build_wheel, clean_venv
 from weftnet import __version__
@@ -26,10 +27,10 @@ from weftnet import __version__
 # this machine's package indexes (weftlab.wheel bounds pip at INSTALL_TIMEOUT_S).
 pytestmark = [pytest.mark.lab, pytest.mark.timeout(INSTALL_TIMEOUT_S + 180)]
 
-# How the installed weftd runs: TUN mode, as root, for now. With userspace networking
-# (issue 16) this becomes ["--tun", "userspace-networking"] (and the node may run as an
-# unprivileged user).
-WEFTD_MODE = ["--tun", "weft0"]
+# How the installed weftd runs: userspace networking (no TUN, nothing Linux-only), its
+# SOCKS5 proxy the way out to the tailnet.
+SOCKS = "127.0.0.1:1055"
+WEFTD_MODE = ["--tun", "userspace-networking", "--socks5-server", SOCKS]
 
 
 @pytest.fixture(scope="session")
@@ -105,14 +106,17 @@ def test_installed_weft_control_and_weftd_make_a_tailnet(
     assert status["self"]["hostname"] == "fresh"
     ip = status["self"]["ips"][0]
     assert ip.startswith("100.")
-    mine = run(fresh, [*weft, "status"]).stdout.splitlines()[0]
+    mode, mine, *_ = run(fresh, [*weft, "status"]).stdout.splitlines()
+    assert mode == f"# userspace networking; SOCKS5 on {SOCKS}", mode
     assert mine.startswith(ip) and " fresh " in mine and " self" in mine, mine
     assert run(fresh, [*weft, "version"]).stdout.startswith(f"weft {__version__}\n")
 
-    # A node run from this checkout joins with the same key: packets flow both ways.
+    # A TUN node run from this checkout joins with the same key: packets flow both ways
+    # (its ping is answered by the installed weftd's own stack; its web server is reached
+    # through the installed weftd's SOCKS5 proxy, by name).
     other = start_node(tmp_path, peer, "peer")
     other.weft("up", "--login-server", control.url, "--auth-key", key_text, "--hostname", "peer")
     poll_until(lambda: pings(other, ip), timeout_s=10, what="a ping from peer to fresh")
-    other_ip = other.ip4()
-    r = fresh.run(["ping", "-c", "3", "-i", "0.2", "-W", "2", other_ip], check=False)
-    assert r.returncode == 0, r.stdout
+    http_server(peer, "::", 8000, tmp_path / "www", "hello from peer\n")
+    url = "http://peer:8000/hello.txt"
+    assert curl(fresh, "--socks5-hostname", SOCKS, url) == (0, "hello from peer\n")

@@ -19,7 +19,7 @@ import pytest
 from weftlab.control import Control, start_control
 from weftlab.netlab import Host, Lab, poll_until
 from weftlab.tailnet import Node, join, pings, start_node
-from weftlab.userspace import UserspaceNode, start_userspace_node
+from weftlab.userspace import UserspaceNode, curl, http_server, start_userspace_node
 
 pytestmark = pytest.mark.lab
 
@@ -94,20 +94,6 @@ def build(lab: Lab, tmp: Path) -> tuple[Control, Node, UserspaceNode]:
     u = start_userspace_node(u_host, ["--socks5-server", SOCKS,
                                       "--outbound-http-proxy-listen", HTTP_PROXY])  # fmt: skip
     return control, a, u
-
-
-def http_server(host: Host, bind: str, port: int, root: Path, text: str) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "hello.txt").write_text(text)
-    host.popen([sys.executable, "-m", "http.server", str(port), "--bind", bind,
-                "--directory", str(root)])  # fmt: skip
-    host.wait_listening(port, proto="tcp")
-
-
-def curl(host: Host, *args: str, timeout: int = 10) -> tuple[int, str]:
-    r = host.run(["curl", "-sS", "--max-time", str(timeout), *args], check=False,
-                 timeout=timeout + 20)  # fmt: skip
-    return r.returncode, r.stdout + r.stderr
 
 
 def test_unprivileged_userspace_node_in_a_tun_tailnet(lab: Lab, tmp_path: Path) -> None:
