@@ -28,6 +28,17 @@ class NewConnection:
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionRequest:
+    """A peer's SYN to a listening port, waiting (with ``Stack(decide_accept=True)``) for
+    ``Stack.accept_request(id)`` or ``refuse_request(id)``; undecided, it is refused
+    after ``ACCEPT_DECISION_S``."""
+
+    id: int
+    local: Address
+    remote: Address
+
+
+@dataclass(frozen=True, slots=True)
 class Connected:
     """A connection opened with ``Stack.connect`` completed its handshake."""
 
@@ -74,6 +85,14 @@ class UdpDatagram:
 
 
 @dataclass(frozen=True, slots=True)
+class UdpUnreachable:
+    """An ICMP/ICMPv6 port unreachable for a datagram we sent from ``src`` to ``dst``."""
+
+    src: Address
+    dst: Address
+
+
+@dataclass(frozen=True, slots=True)
 class EchoReply:
     """An answer to ``Stack.ping``."""
 
@@ -85,11 +104,13 @@ class EchoReply:
 
 Event = (
     NewConnection
+    | ConnectionRequest
     | Connected
     | DataReceived
     | StreamEnded
     | Closed
     | Reset
     | UdpDatagram
+    | UdpUnreachable
     | EchoReply
 )

@@ -416,3 +416,34 @@ def icmp_port_unreachable(src: bytes, dst: bytes, offending: Buf) -> bytes:
     csum = internet_checksum(head, initial)
     message = head[:2] + _U16.pack(csum) + head[4:] + quote
     return ip_packet(src, dst, PROTO_ICMPV6 if v6 else PROTO_ICMP, message)
+
+
+def parse_icmp_unreachable(
+    data: Buf, src_ip: bytes, dst_ip: bytes
+) -> tuple[bytes, bytes, int, int] | None:
+    """(original source, original destination, source port, destination port) of the
+    UDP datagram quoted by an ICMP port unreachable ``data`` (None for other ICMP
+    messages). The quote is what RFC 792 guarantees: the IP header and 8 bytes."""
+    if len(data) < 8:
+        return None
+    kind, code = data[0], data[1]
+    v6 = len(src_ip) == 16
+    if (kind, code) != ((ICMP6_UNREACHABLE, ICMP6_PORT_UNREACHABLE) if v6 else (3, 3)):
+        return None
+    initial = pseudo_header_sum(src_ip, dst_ip, PROTO_ICMPV6, len(data)) if v6 else 0
+    if fold(initial + sum16(data)) != 0xFFFF:
+        raise PacketError("bad ICMP checksum")
+    quote = memoryview(data)[8:]
+    if v6:
+        if len(quote) < IPV6_HEADER_LEN + UDP_HEADER_LEN or quote[6] != PROTO_UDP:
+            return None
+        osrc, odst, off = bytes(quote[8:24]), bytes(quote[24:40]), IPV6_HEADER_LEN
+    else:
+        if len(quote) < IPV4_HEADER_LEN or quote[9] != PROTO_UDP:
+            return None
+        off = (quote[0] & 0x0F) * 4
+        if off < IPV4_HEADER_LEN or len(quote) < off + UDP_HEADER_LEN:
+            return None
+        osrc, odst = bytes(quote[12:16]), bytes(quote[16:20])
+    sport, dport = _U16.unpack_from(quote, off)[0], _U16.unpack_from(quote, off + 2)[0]
+    return osrc, odst, sport, dport

@@ -16,8 +16,14 @@ What it answers by itself:
 * TCP to a port nobody listens on: RST (RFC 9293 §3.10.7.1); a SYN to a listening port
   starts a connection (``listen(None)`` listens on every port, for a daemon that
   forwards whatever arrives); segments go to their connection by the 4-tuple.
+  With ``decide_accept=True`` the SYN instead becomes a ``ConnectionRequest`` event and
+  waits, unanswered (retransmitted SYNs are absorbed), for ``accept_request(id, now)``
+  (SYN-ACK) or ``refuse_request(id)`` (RST, as a closed port would); one undecided for
+  ACCEPT_DECISION_S is refused; at most MAX_PENDING_REQUESTS wait (more SYNs are dropped).
 * UDP to a port nobody listens on: ICMP port unreachable (RFC 1122 3.2.2.1,
-  RFC 4443 §3.1); otherwise a ``UdpDatagram`` event.
+  RFC 4443 §3.1); otherwise a ``UdpDatagram`` event. ``udp_unreachable`` sends one
+  after the fact, for a datagram the app could not deliver. A port unreachable for a
+  datagram we sent becomes a ``UdpUnreachable`` event.
 * ICMP/ICMPv6 echo requests to our addresses: an echo reply (RFC 1122 3.2.2.6).
 
 At most MAX_HALF_OPEN connections wait in SYN-RECEIVED; further SYNs are dropped
@@ -62,12 +68,15 @@ from weftnet.netstack.packet import (
     UdpPacket,
     icmp_port_unreachable,
     ip_packet,
+    parse_icmp_unreachable,
     parse_ip,
 )
 from weftnet.netstack.tcp import DEFAULT_RECEIVE_WINDOW, State, TcpConnection
 
 EPHEMERAL_PORTS = range(49152, 65536)  # RFC 6335 §6 dynamic ports
 MAX_HALF_OPEN = 1024  # connections in SYN-RECEIVED; more SYNs are dropped (a SYN flood)
+MAX_PENDING_REQUESTS = 1024  # SYNs waiting for the app's decision (decide_accept)
+ACCEPT_DECISION_S = 5.0  # an undecided ConnectionRequest is refused after this
 FlowKey = tuple[bytes, int, bytes, int]  # (our address, our port, peer address, peer port)
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -84,8 +93,13 @@ class Stack:
         mtu: int = 1420,
         receive_window: int = DEFAULT_RECEIVE_WINDOW,
         keepalive_idle_s: float | None = None,
+        decide_accept: bool = False,
     ) -> None:
         self._random_bytes = random_bytes
+        self.decide_accept = decide_accept
+        self._requests: dict[int, tuple[FlowKey, TcpSegment, float]] = {}  # id -> SYN
+        self._request_ids: dict[FlowKey, int] = {}
+        self._next_request = 1
         self.mtu = mtu
         self.receive_window = receive_window
         self.keepalive_idle_s = keepalive_idle_s
@@ -178,6 +192,39 @@ class Stack:
         conn.open_active(now)
         return conn
 
+    def accept_request(self, request_id: int, now: float) -> TcpConnection | None:
+        """Answer a ``ConnectionRequest``'s SYN with SYN-ACK; None if it is gone (refused
+        after ACCEPT_DECISION_S, or the peer reset it)."""
+        entry = self._pop_request(request_id)
+        if entry is None:
+            return None
+        key, seg, _ = entry
+        return self._open_passive(key, seg, now)
+
+    def refuse_request(self, request_id: int) -> bool:
+        """Answer a ``ConnectionRequest``'s SYN with RST, as a closed port; False if gone."""
+        entry = self._pop_request(request_id)
+        if entry is not None:
+            self._refuse(entry[0], entry[1])
+        return entry is not None
+
+    def _pop_request(self, request_id: int) -> tuple[FlowKey, TcpSegment, float] | None:
+        entry = self._requests.pop(request_id, None)
+        if entry is not None:
+            del self._request_ids[entry[0]]
+        return entry
+
+    @property
+    def pending_requests(self) -> int:
+        return len(self._requests)
+
+    def udp_unreachable(self, src: ev.Address, dst: ev.Address, payload: bytes = b"") -> None:
+        """ICMP/ICMPv6 port unreachable for a datagram ``payload`` the peer ``src`` sent
+        to our ``dst`` (its IP and UDP headers rebuilt for the quote)."""
+        s, d = ipaddress.ip_address(src[0]).packed, ipaddress.ip_address(dst[0]).packed
+        udp = UdpPacket(src[1], dst[1], payload).pack(s, d)
+        self._out.append(icmp_port_unreachable(d, s, ip_packet(s, d, PROTO_UDP, udp)))
+
     def send(self, conn: TcpConnection, data: bytes | bytearray | memoryview) -> None:
         conn.send(data)
         self._dirty[conn] = None
@@ -237,20 +284,50 @@ class Stack:
             self._after(conn)
             return
         flags = seg.flags
+        pending = self._request_ids.get(key)
+        if pending is not None and flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN:
+            return  # a retransmitted SYN while the app decides
         if flags & TCP_RST:
+            if pending is not None and not flags & TCP_ACK:
+                self._pop_request(pending)  # the peer gave up
             return
         if flags & (TCP_SYN | TCP_ACK) == TCP_SYN and (
             self._tcp_all or seg.dst_port in self._tcp_ports
         ):
+            if self.decide_accept:
+                self._request(key, seg, now)
+                return
             if len(self._half_open) >= MAX_HALF_OPEN:
                 self.dropped += 1  # like a full listen backlog: the peer's SYN retries
                 return
-            options = TcpOptions.unpack(seg.options)
-            conn = self._new_conn(key)
-            conn.open_passive(seg, options, now)
-            self._half_open.add(conn)
+            self._open_passive(key, seg, now)
             return
-        builder = TcpBuilder(dst, seg.dst_port, src, seg.src_port)
+        self._refuse(key, seg)
+
+    def _request(self, key: FlowKey, seg: TcpSegment, now: float) -> None:
+        if len(self._requests) >= MAX_PENDING_REQUESTS:
+            self.dropped += 1  # a SYN flood: the peer's SYN retries
+            return
+        TcpOptions.unpack(seg.options)  # malformed options: dropped now, not at accept
+        rid = self._next_request
+        self._next_request += 1
+        self._requests[rid] = (key, seg, now + ACCEPT_DECISION_S)
+        self._request_ids[key] = rid
+        local, lport, remote, rport = key
+        self._events.append(
+            ev.ConnectionRequest(rid, (_text(local), lport), (_text(remote), rport))
+        )
+
+    def _open_passive(self, key: FlowKey, seg: TcpSegment, now: float) -> TcpConnection:
+        conn = self._new_conn(key)
+        conn.open_passive(seg, TcpOptions.unpack(seg.options), now)
+        self._half_open.add(conn)
+        return conn
+
+    def _refuse(self, key: FlowKey, seg: TcpSegment) -> None:
+        """RST for a segment no connection takes (RFC 9293 §3.10.7.1)."""
+        builder = TcpBuilder(*key)
+        flags = seg.flags
         if flags & TCP_ACK:
             self._out.append(builder.build(seg.ack, 0, TCP_RST, 0))
         else:
@@ -271,6 +348,16 @@ class Stack:
             self._out.append(icmp_port_unreachable(dst, src, packet))
 
     def _receive_icmp(self, src: bytes, dst: bytes, payload: memoryview) -> None:
+        unreachable = parse_icmp_unreachable(payload, src, dst)
+        if unreachable is not None:
+            osrc, odst, sport, dport = unreachable
+            if osrc in self._addresses:
+                self._events.append(
+                    ev.UdpUnreachable((_text(osrc), sport), (_text(odst), dport))
+                )
+            else:
+                self.dropped += 1
+            return
         echo = IcmpEcho.unpack(payload, src, dst)
         v4 = len(src) == 4
         if echo.type == (ICMP4_ECHO_REQUEST if v4 else ICMP6_ECHO_REQUEST):
@@ -317,6 +404,9 @@ class Stack:
         self._dirty.pop(conn, None)
 
     def on_timer(self, now: float) -> None:
+        for rid, (_, _, deadline) in list(self._requests.items()):
+            if now >= deadline:
+                self.refuse_request(rid)
         for conn in list(self._conns.values()):
             at = conn.next_timer_at()
             if at is not None and now >= at:
@@ -325,6 +415,8 @@ class Stack:
 
     def next_timer_at(self) -> float | None:
         times = [t for c in self._conns.values() if (t := c.next_timer_at()) is not None]
+        if self._requests:
+            times.append(next(iter(self._requests.values()))[2])  # the oldest request
         return min(times) if times else None
 
     def packets_to_send(self, now: float) -> list[bytes]:
