@@ -54,6 +54,8 @@ class SimNet:
             while (e := stack.next_event()) is not None:
                 self.events[name].append(e)
                 self.on_event(name, e)
+        for stack, other in ((self.a, "b"), (self.b, "a")):
+            self._transmit(other, stack.packets_to_send(self.now))  # what the apps answered
 
     def on_event(self, name: str, event: ev.Event) -> None:
         """Overridden by tests (or replaced) to react like an app."""

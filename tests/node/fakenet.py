@@ -18,6 +18,8 @@ class FakeNet:
         self.targets: dict[tuple[str, int], int] = {}  # tailnet ip:port -> local port
         self.tcp_handler: Any = None
         self.udp_handler: Any = None
+        self.accept_hook: Any = None
+        self.refused_udp: list[tuple[tuple[str, int], tuple[str, int]]] = []
         self.opened: list[tuple[str, int]] = []
         self.started = self.closed = False
 
@@ -36,11 +38,15 @@ class FakeNet:
             raise ConnectionRefusedError(f"RST from {host}:{port}")
         return await asyncio.open_connection("127.0.0.1", local)
 
-    def on_tcp_connection(self, handler: Any) -> None:
+    def on_tcp_connection(self, handler: Any, *, accept: Any = None) -> None:
         self.tcp_handler = handler
+        self.accept_hook = accept
 
     def on_udp_datagram(self, handler: Any) -> None:
         self.udp_handler = handler
+
+    def refuse_udp(self, src: tuple[str, int], dst: tuple[str, int], payload: bytes = b"") -> None:
+        self.refused_udp.append((src, dst))
 
     def send_udp(self, payload: bytes, src: tuple[str, int], dst: tuple[str, int]) -> None:
         self.sent_udp.append((payload, src, dst))

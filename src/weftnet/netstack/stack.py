@@ -352,9 +352,7 @@ class Stack:
         if unreachable is not None:
             osrc, odst, sport, dport = unreachable
             if osrc in self._addresses:
-                self._events.append(
-                    ev.UdpUnreachable((_text(osrc), sport), (_text(odst), dport))
-                )
+                self._events.append(ev.UdpUnreachable((_text(osrc), sport), (_text(odst), dport)))
             else:
                 self.dropped += 1
             return

@@ -2,11 +2,13 @@
 
 Everything here comes after the packet filter: the stack only sees what the policy let
 in, exactly as a TUN would. TCP to ``<tailnet address>:P`` is connected to
-``127.0.0.1:P`` (``[::1]:P`` first for an IPv6 destination); when nothing listens there
-the peer's connection is reset. UDP to ``<tailnet address>:P`` is relayed to
-``127.0.0.1:P`` from one local socket per flow (a small NAT table), whose replies go
-back to the peer from ``<tailnet address>:P``; a flow idle for ``UDP_IDLE_S`` is
-dropped."""
+``127.0.0.1:P`` (``[::1]:P`` first for an IPv6 destination) before the peer's SYN is
+answered (``TcpForwarder.accept``, the netstack's accept hook): when nothing listens
+there the peer's connect is refused with RST, as by a closed port. UDP to
+``<tailnet address>:P`` is relayed to ``127.0.0.1:P`` from one local socket per flow (a
+small NAT table), whose replies go back to the peer from ``<tailnet address>:P``; when
+the local socket learns that nothing listens (ECONNREFUSED) the peer gets ICMP port
+unreachable; a flow idle for ``UDP_IDLE_S`` is dropped."""
 
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ UDP_IDLE_S = 60.0  # a UDP flow without datagrams either way this long is forgot
 UDP_MAX_FLOWS = 1024  # beyond this the least recently used flow is dropped
 UDP_MAX_QUEUED = 64  # datagrams waiting for a flow's socket
 CONNECT_TIMEOUT_S = 5.0
+ACCEPT_CONNECT_TIMEOUT_S = 3.0  # within the netstack's ACCEPT_DECISION_S
+UNCLAIMED_S = 15.0  # an accepted peer whose handshake never completes: upstream closed
 
 Addr = tuple[str, int]
 
@@ -35,10 +39,46 @@ def loopback_for(local_ip: str) -> list[str]:
     return ["::1", "127.0.0.1"] if ipaddress.ip_address(local_ip).version == 6 else ["127.0.0.1"]
 
 
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _connect_loopback(local: Addr, timeout: float) -> tuple[Streams | None, Any]:
+    """Streams to loopback port ``local[1]``, or None and the last error."""
+    last: BaseException | None = None
+    for host in loopback_for(local[0]):
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(host, local[1]), timeout), host
+        except (OSError, TimeoutError) as e:
+            last = e
+    return None, last
+
+
 class TcpForwarder:
     def __init__(self) -> None:
         self.forwarded = 0
         self.refused = 0
+        self._ready: dict[tuple[Addr, Addr], Streams] = {}  # accepted, handshake pending
+
+    async def accept(self, local: Addr, remote: Addr) -> bool:
+        """The accept hook: connect to loopback first; refuse the peer when that fails."""
+        streams, last = await _connect_loopback(local, ACCEPT_CONNECT_TIMEOUT_S)
+        if streams is None:
+            self.refused += 1
+            log.debug("incoming %s:%d to port %d: nothing listens (%s): refused", remote[0],
+                      remote[1], local[1], last)  # fmt: skip
+            return False
+        key = (local, remote)
+        old = self._ready.pop(key, None)
+        if old is not None:
+            old[1].close()
+        self._ready[key] = streams
+        asyncio.get_running_loop().call_later(UNCLAIMED_S, self._unclaimed, key, streams)
+        return True
+
+    def _unclaimed(self, key: tuple[Addr, Addr], streams: Streams) -> None:
+        if self._ready.get(key) is streams:
+            del self._ready[key]
+            streams[1].close()
 
     async def handle(
         self,
@@ -47,18 +87,14 @@ class TcpForwarder:
         local: Addr,
         remote: Addr,
     ) -> None:
-        last: BaseException | None = None
-        for host in loopback_for(local[0]):
-            try:
-                up_r, up_w = await asyncio.wait_for(
-                    asyncio.open_connection(host, local[1]), CONNECT_TIMEOUT_S
-                )
-            except (OSError, TimeoutError) as e:
-                last = e
-                continue
+        streams: Streams | None = self._ready.pop((local, remote), None)
+        last: Any = None
+        if streams is None:  # no accept hook: connect now, reset the peer on failure
+            streams, last = await _connect_loopback(local, CONNECT_TIMEOUT_S)
+        if streams is not None:
             self.forwarded += 1
-            log.debug("incoming %s:%d -> %s:%d", remote[0], remote[1], host, local[1])
-            await splice(reader, writer, up_r, up_w)
+            log.debug("incoming %s:%d -> port %d", remote[0], remote[1], local[1])
+            await splice(reader, writer, *streams)
             return
         self.refused += 1
         log.debug("incoming %s:%d to port %d: nothing listens (%s): reset", remote[0],
@@ -78,6 +114,7 @@ class _Flow(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self.queue: list[bytes] = []
         self.last = time.monotonic()
+        self.last_payload = b""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # a DatagramTransport
@@ -92,9 +129,12 @@ class _Flow(asyncio.DatagramProtocol):
 
     def error_received(self, exc: Exception) -> None:
         log.debug("UDP flow %s -> port %d: %s", self.peer, self.local[1], exc)
+        if isinstance(exc, ConnectionRefusedError):  # nothing listens on loopback
+            self.nat.refuse(self)
 
     def send(self, data: bytes) -> None:
         self.last = time.monotonic()
+        self.last_payload = data[:64]
         if self.transport is not None:
             self.transport.sendto(data)
         elif len(self.queue) < UDP_MAX_QUEUED:
@@ -113,8 +153,11 @@ class UdpNat:
         send_udp: Callable[[bytes, Addr, Addr], None],
         clock: Callable[[], float] = time.monotonic,
         idle_s: float = UDP_IDLE_S,
+        unreachable: Callable[[Addr, Addr, bytes], None] | None = None,
     ) -> None:
         self.send_udp = send_udp
+        self.unreachable = unreachable  # (peer, our address, payload): ICMP to the peer
+        self.refused = 0
         self.clock = clock
         self.idle_s = idle_s
         self.flows: dict[tuple[Addr, Addr], _Flow] = {}
@@ -148,6 +191,11 @@ class UdpNat:
         self.forwarded += 1
         flow.send(payload)
 
+    def refuse(self, flow: _Flow) -> None:
+        self.refused += 1
+        if self.unreachable is not None:
+            self.unreachable(flow.peer, flow.local, flow.last_payload)
+
     async def _open(self, flow: _Flow) -> None:
         host = loopback_for(flow.local[0])[-1]
         loop = asyncio.get_running_loop()
@@ -156,6 +204,8 @@ class UdpNat:
         except OSError as e:
             log.debug("UDP flow to port %d: %s", flow.local[1], e)
             self.flows.pop((flow.peer, flow.local), None)
+            if isinstance(e, ConnectionRefusedError):
+                self.refuse(flow)
 
     def expire(self) -> None:
         now = time.monotonic()

@@ -38,12 +38,12 @@ class UserspaceServices:
         self.socks5 = Socks5Server(self.dialer, creds, self.udp_assoc)
         self.http = HttpProxy(self.dialer, creds)
         self.tcp_in = TcpForwarder()
-        self.udp_in = UdpNat(net.send_udp)
+        self.udp_in = UdpNat(net.send_udp, unreachable=getattr(net, "refuse_udp", None))
         self.listening: list[str] = []  # "SOCKS5 on 127.0.0.1:1055"
         self._servers: list[asyncio.AbstractServer] = []
 
     async def start(self) -> None:
-        self.net.on_tcp_connection(self.tcp_in.handle)
+        self.net.on_tcp_connection(self.tcp_in.handle, accept=self.tcp_in.accept)
         self.net.on_udp_datagram(self._udp)
         self.udp_in.start()
         allow = self.config.proxy_allow_remote
@@ -83,6 +83,7 @@ class UserspaceServices:
             "incoming_udp": {
                 "datagrams": self.udp_in.forwarded,
                 "replies": self.udp_in.replies,
+                "unreachable": self.udp_in.refused,
                 "flows": len(self.udp_in.flows),
             },
             "socks5_udp_associations": len(self.udp_assoc.by_port),

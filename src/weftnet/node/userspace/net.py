@@ -45,6 +45,8 @@ TcpHandler = Callable[
     [asyncio.StreamReader, asyncio.StreamWriter, Address, Address], Awaitable[None]
 ]
 UdpHandler = Callable[[bytes, Address, Address], None]
+AcceptHook = Callable[[Address, Address], Awaitable[bool]]  # (local, remote) -> accept?
+UnreachableHandler = Callable[[Address, Address], None]  # (our source, destination)
 
 
 class _TcpTransport(asyncio.Transport):
@@ -178,7 +180,9 @@ class UserspaceNet:
         self._clock = clock
         self._stack = Stack(random_bytes=random_bytes, mtu=mtu)
         self._tcp_handler: TcpHandler | None = None
+        self._accept_hook: AcceptHook | None = None
         self._udp_handler: UdpHandler | None = None
+        self._unreachable: UnreachableHandler | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
@@ -194,10 +198,17 @@ class UserspaceNet:
     def set_addresses(self, addresses: list[Interface]) -> None:
         self._stack.set_addresses([a.ip for a in addresses])
 
-    def on_tcp_connection(self, handler: TcpHandler | None) -> None:
+    def on_tcp_connection(
+        self, handler: TcpHandler | None, *, accept: AcceptHook | None = None
+    ) -> None:
         """Incoming connections go to ``handler(reader, writer, local, remote)``; with
-        None every SYN is answered with RST."""
+        None every SYN is answered with RST. With ``accept``, a SYN is answered only
+        once ``await accept(local, remote)`` says: True, SYN-ACK (then ``handler``);
+        False (or an exception), RST, so the peer's connect is refused; undecided
+        after ``ACCEPT_DECISION_S``, RST too."""
         self._tcp_handler = handler
+        self._accept_hook = accept if handler is not None else None
+        self._stack.decide_accept = self._accept_hook is not None
         if handler is None:
             self._stack.unlisten(None)
         else:
@@ -211,6 +222,16 @@ class UserspaceNet:
             self._stack.unlisten_udp(None)
         else:
             self._stack.listen_udp(None)
+
+    def on_udp_unreachable(self, handler: UnreachableHandler | None) -> None:
+        """ICMP port unreachable for a datagram we sent: ``handler(src, dst)``."""
+        self._unreachable = handler
+
+    def refuse_udp(self, src: Address, dst: Address, payload: bytes = b"") -> None:
+        """Answer a datagram from peer ``src`` to our ``dst`` with ICMP port unreachable
+        (when nothing took it after the fact)."""
+        self._stack.udp_unreachable(src, dst, payload)
+        self._schedule_run()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -308,6 +329,13 @@ class UserspaceNet:
             return
         if isinstance(event, ev.EchoReply):
             return
+        if isinstance(event, ev.UdpUnreachable):
+            if self._unreachable is not None:
+                self._unreachable(event.src, event.dst)
+            return
+        if isinstance(event, ev.ConnectionRequest):
+            self._decide(event)
+            return
         if isinstance(event, ev.NewConnection):
             self._accept(event.conn)
             return
@@ -354,6 +382,31 @@ class UserspaceNet:
         task: asyncio.Task[None] = asyncio.ensure_future(
             handler(transport.reader, transport.writer(), conn.local, conn.remote)
         )
+        self._tasks.add(task)
+        task.add_done_callback(self._handler_done)
+
+    def _decide(self, request: ev.ConnectionRequest) -> None:
+        hook = self._accept_hook
+        if hook is None:  # the hook was removed meanwhile: as without one
+            if self._stack.accept_request(request.id, self._clock()) is None:
+                log.debug("connection request %d expired", request.id)
+            return
+
+        async def decide() -> None:
+            try:
+                ok = await hook(request.local, request.remote)
+            except Exception as e:
+                log.warning("userspace accept hook failed: %r", e)
+                ok = False
+            if self._closed:
+                return
+            if ok:
+                self._stack.accept_request(request.id, self._clock())
+            else:
+                self._stack.refuse_request(request.id)
+            self._run()
+
+        task: asyncio.Task[None] = asyncio.ensure_future(decide())
         self._tasks.add(task)
         task.add_done_callback(self._handler_done)
 
