@@ -60,6 +60,24 @@ else:
     sys.exit(1)
 """
 
+# A connected UDP socket gets ConnectionRefusedError from an ICMP port unreachable.
+UDP_REFUSED = r"""
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.connect((sys.argv[1], int(sys.argv[2])))
+for _ in range(5):
+    try:
+        s.send(b"anyone?")
+        s.recv(2048)
+    except ConnectionRefusedError:
+        print("refused"); break
+    except OSError as e:
+        print("error", e)
+else:
+    print("no answer")
+"""
+
 # UDP through the SOCKS5 proxy (UDP ASSOCIATE), to a tailnet name.
 SOCKS_UDP_ASK = r"""
 import socket, sys
@@ -152,9 +170,10 @@ def test_unprivileged_userspace_node_in_a_tun_tailnet(lab: Lab, tmp_path: Path) 
     assert curl(a.host, f"http://{u_ip}:8080/hello.txt") == (0, "hello from u\n")
     start = time.monotonic()
     code, out = curl(a.host, f"http://{u_ip}:8079/hello.txt")  # nothing listens: RST
-    # The stack completes the handshake before the forwarder learns of the connection,
-    # so curl sees a reset (56) or an empty reply (52) rather than a refused SYN (7).
-    assert code in (7, 52, 56) and time.monotonic() - start < 5, out
+    # Refused before the handshake (the forwarder tries 127.0.0.1 first), as a closed
+    # port: "Connection refused" (7), not an accepted connection reset (52/56).
+    assert code == 7 and "refused" in out.lower(), out
+    assert time.monotonic() - start < 5, out
     code, out = curl(a.host, f"http://{u_ip}:{DENIED}/hello.txt", timeout=4)  # policy
     assert code == 28, out  # timed out: the userspace node's filter dropped the SYN
 
@@ -163,6 +182,9 @@ def test_unprivileged_userspace_node_in_a_tun_tailnet(lab: Lab, tmp_path: Path) 
     uh.wait_listening(7001)
     r = a.host.run([sys.executable, "-c", UDP_ASK, u_ip, "7001", "2"], check=False, timeout=30)
     assert r.stdout.strip() == "echo:weft", r.stderr
+    # UDP to a port where nothing is bound on u's loopback: ICMP port unreachable.
+    r = a.host.run([sys.executable, "-c", UDP_REFUSED, u_ip, "7009"], check=False, timeout=30)
+    assert r.stdout.strip() == "refused", (r.stdout, r.stderr)
     a.host.popen([sys.executable, "-c", UDP_ECHO, "::", "7002", "60"])
     a.host.wait_listening(7002)
     r = uh.run([sys.executable, "-c", SOCKS_UDP_ASK, SOCKS, "a.weft.internal", "7002"],
@@ -172,6 +194,7 @@ def test_unprivileged_userspace_node_in_a_tun_tailnet(lab: Lab, tmp_path: Path) 
     counters = u.status()["userspace"]
     print(json.dumps(counters))
     assert counters["incoming_tcp"]["forwarded"] >= 1 and counters["incoming_tcp"]["reset"] >= 1
+    assert counters["incoming_udp"]["unreachable"] >= 1
 
 
 def iperf_through_socks(
