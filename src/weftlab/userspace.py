@@ -15,13 +15,16 @@ by itself.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pwd
+import random
 import shlex
 import shutil
 import stat
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,3 +156,41 @@ def curl(host: Host, *args: str, timeout: int = 10) -> tuple[int, str]:
     r = host.run(["curl", "-sS", "--max-time", str(timeout), *args], check=False,
                  timeout=timeout + 20)  # fmt: skip
     return r.returncode, r.stdout + r.stderr
+
+
+def random_file(path: Path, size: int, seed: int = 0) -> str:
+    """Write ``size`` pseudo-random bytes to ``path``; their SHA-256 (hex)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = random.Random(seed).randbytes(size)
+    path.write_bytes(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class Download:
+    code: int  # curl's exit code
+    output: str  # curl's messages
+    seconds: float
+    size: int  # bytes written
+    sha256: str
+
+    def mbit_s(self) -> float:
+        return self.size * 8 / 1e6 / self.seconds if self.seconds else 0.0
+
+
+def download(host: Host, url: str, out: Path, *args: str, timeout: int = 120) -> Download:
+    """curl ``url`` on ``host`` into ``out`` (``args``: proxy options, --limit-rate...)."""
+    out.unlink(missing_ok=True)
+    start = time.monotonic()
+    code, output = curl(host, *args, "-o", str(out), url, timeout=timeout)
+    seconds = time.monotonic() - start
+    size = out.stat().st_size if out.exists() else 0
+    return Download(code, output, seconds, size, sha256_file(out) if out.exists() else "")
