@@ -17,6 +17,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 
@@ -135,22 +136,29 @@ class Engine(BaseEngine):
             self.sock.close()
             raise
         self.dp = DataPlane(self.device, self.tun_fd, self.sock)
+        # The three methods below run on executor threads (the map and the resolver each
+        # change addresses): one at a time, each computing the whole address list and
+        # applying it, so one never removes what the other has just added.
+        self._netlink = threading.Lock()
 
     def configure(self, addresses: Iterable[Interface], routes: Iterable[Network]) -> None:
         """Set MTU, addresses and routes and bring the interface up (blocking netlink)."""
-        self.addresses = list(addresses)
-        self._tun.configure_interface(self.ifname, self._all_addresses(), self.mtu, routes)
+        with self._netlink:
+            self.addresses = list(addresses)
+            self._tun.configure_interface(self.ifname, self._all_addresses(), self.mtu, routes)
 
     def update_addresses(self, addresses: Iterable[Interface]) -> None:
         """Make the interface's addresses exactly ``addresses`` and, when there are any,
         the service addresses after them (blocking netlink)."""
-        self.addresses = list(addresses)
-        self._tun.set_addresses(self.ifname, self._all_addresses())
+        with self._netlink:
+            self.addresses = list(addresses)
+            self._tun.set_addresses(self.ifname, self._all_addresses())
 
     def set_service_addresses(self, addresses: Iterable[Interface]) -> None:
         """Keep ``addresses`` on the interface next to the node's own (blocking netlink)."""
-        self.service_addresses = list(addresses)
-        self._tun.set_addresses(self.ifname, self._all_addresses())
+        with self._netlink:
+            self.service_addresses = list(addresses)
+            self._tun.set_addresses(self.ifname, self._all_addresses())
 
     def start(self) -> None:
         # The TUN's reader first, as before the platform seam (same order in the loop).
