@@ -44,8 +44,9 @@ test: install
 unit: install
 	$(PY) -m pytest -q -ra -m 'not lab'
 
+# `make bench BENCH_ARGS="--only wggo-wggo,weftd-wggo --wireguard-go PATH"`: see bench/run.py.
 bench: install
-	$(PY) -m bench.run
+	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.dns
 	$(PY) -m bench.netstack
 

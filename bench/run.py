@@ -16,9 +16,23 @@ host: ``tailnet-subnet`` through a subnet router on the target's LAN (behind its
 router), ``tailnet-exit`` through an exit node behind a NAT to the ``server`` host as an
 "internet" host; compare them with ``tailnet-direct`` of the same run. The JSON report also has, per row, the sender's TCP
 retransmissions and the server's UDP receive-buffer drops (the usual place a
-userspace tunnel loses packets when its reader falls behind). The ratio column is throughput relative to
-wireguard-go <-> wireguard-go. In "X <-> Y", X runs on the client (it encrypts the
-bulk data) and Y on the server.
+userspace tunnel loses packets when its reader falls behind). In "X <-> Y", X runs on
+the client (it encrypts the bulk data) and Y on the server.
+
+wireguard-go builds (bench.wgbuilds): ``--wireguard-go PATH[=LABEL]``, repeatable (or
+``WEFT_BENCH_WIREGUARD_GO``, ":"-separated); by default Debian's /usr/bin/wireguard-go
+and the upstream build in ../shared/tools/wireguard-go-20250522/ (relative to the repo)
+when it is there, checked against its SHA256SUMS. The rows with wireguard-go in them
+(``wggo-wggo``, ``weftd-wggo``) run once per build, labelled with its version. The
+ratio column is throughput relative to ``wggo-wggo`` of the baseline build: the newest
+version (the upstream build when present, else Debian's); the header names it.
+
+CPU cost: "CPU s/Gbit" is the CPU time (user + system, /proc/PID/stat, weftlab.proccpu)
+of the row's data-plane processes, both ends (wireguard-go or weftd, each with all its
+threads and helper processes: its whole session; for the routed rows the client's weftd
+and the router's; the relay's forwarding inside weft-control is not counted), over the
+iperf3 run, divided by the gigabits the receiver got. It says something even on a busy machine, where Gbit/s alone does not.
+The raw underlay has no such process ("-").
 
 A configuration that fails (for example weftd not starting) becomes a row
 "error: <first line of the reason>"; the others still run. The exit code is 1 if any
@@ -26,6 +40,7 @@ row failed. Needs root. Results go to stdout as a Markdown table and, with ``--j
 to a file.
 
     python -m bench.run [--seconds N] [--only raw,wggo-wggo,...] [--json PATH]
+                        [--wireguard-go PATH[=LABEL]]...
 """
 
 from __future__ import annotations
@@ -45,8 +60,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.wgbuilds import Build, BuildError, baseline, resolve, select_specs
 from weftlab.control import start_control
 from weftlab.netlab import Host, Lab, LabError, poll_until
+from weftlab.proccpu import cpu_per_gbit, sessions_cpu_seconds
 from weftlab.tailnet import join, start_node
 from weftlab.wgpeers import (
     Peer as WgPeer,
@@ -75,6 +92,7 @@ CONFIGS = {  # key -> (name, client implementation, server implementation)
     "userspace-socks5": ("userspace SOCKS5 -> tailnet weftd (TUN)", "userspace", "socks5"),
 }
 BASELINE = "wggo-wggo"
+PER_BUILD = ("wggo-wggo", "weftd-wggo")  # run once per wireguard-go build
 WG_PORT = 51820
 WG_IF = "wg0"
 MTU = 1420
@@ -91,6 +109,12 @@ class Row:
     ping_avg_ms: float | None = None
     ratio: float | None = None  # gbit_s / the baseline's gbit_s
     error: str | None = None
+    wireguard_go: str | None = None  # the build's label, for the PER_BUILD rows
+    # CPU cost: user + system seconds of the data-plane processes during iperf3.
+    cpu_s: float | None = None
+    gbit_moved: float | None = None  # gigabits the receiver got
+    cpu_s_per_gbit: float | None = None
+    dataplane_processes: int = 0  # how many sessions (daemons) cpu_s adds up
     # Diagnostics for the JSON report: where the losses TCP reacted to happened.
     tcp_retransmits: int | None = None
     server_udp_rcvbuf_errors: int | None = None  # datagrams dropped at a full socket buffer
@@ -109,7 +133,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"comma-separated configurations to run, of: {', '.join(CONFIGS)}",
     )
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
+    p.add_argument(
+        "--wireguard-go",
+        action="append",
+        default=[],
+        metavar="PATH[=LABEL]",
+        help="a wireguard-go build to compare, repeatable (else $WEFT_BENCH_WIREGUARD_GO, "
+        "':'-separated; else Debian's and ../shared/tools/wireguard-go-20250522/)",
+    )
     args = p.parse_args(argv)
+    try:
+        args.wireguard_go_specs = select_specs(args.wireguard_go, os.environ)
+    except BuildError as err:
+        p.error(str(err))
     keys = [k for item in args.only for k in item.split(",") if k] or list(CONFIGS)
     unknown = [k for k in keys if k not in CONFIGS]
     if unknown:
@@ -128,10 +164,16 @@ def first_line(err: BaseException) -> str:
 # -- peers -------------------------------------------------------------------------------
 
 
-def start_peer(kind: str, host: Host, n: int, private_key: str, peer: WgPeer) -> PeerProcess:
+def start_peer(
+    kind: str, host: Host, n: int, private_key: str, peer: WgPeer, build: Build | None
+) -> PeerProcess:
     """Peer number ``n`` (overlay address n) of ``kind`` in ``host``."""
     if kind == "wireguard-go":
-        return start_wireguard_go(host, WG_IF, private_key, WG_PORT, overlay_cidrs(n), [peer], MTU)
+        binary = str(build.path) if build is not None else "wireguard-go"
+        cidrs = overlay_cidrs(n)
+        return start_wireguard_go(
+            host, WG_IF, private_key, WG_PORT, cidrs, [peer], MTU, binary=binary
+        )
     config = write_wg_quick_config(
         host.workdir / f"bench-{WG_IF}.conf", private_key, overlay_cidrs(n), WG_PORT, MTU, [peer]
     )
@@ -139,20 +181,25 @@ def start_peer(kind: str, host: Host, n: int, private_key: str, peer: WgPeer) ->
 
 
 def start_tunnel(
-    client: Host, server: Host, client_kind: str, server_kind: str, started: list[PeerProcess]
+    client: Host,
+    server: Host,
+    client_kind: str,
+    server_kind: str,
+    started: list[PeerProcess],
+    build: Build | None,
 ) -> str:
     """Bring up both peers (appending them to ``started``); return the server's overlay IPv4."""
     keys_c, keys_s = generate_keypair(), generate_keypair()
     started.append(
         start_peer(
             server_kind, server, 2, keys_s.private,
-            WgPeer(keys_c.public, overlay_cidrs(1), f"{client.ip}:{WG_PORT}"),
+            WgPeer(keys_c.public, overlay_cidrs(1), f"{client.ip}:{WG_PORT}"), build,
         )
     )  # fmt: skip
     started.append(
         start_peer(
             client_kind, client, 1, keys_c.private,
-            WgPeer(keys_s.public, overlay_cidrs(2), f"{server.ip}:{WG_PORT}"),
+            WgPeer(keys_s.public, overlay_cidrs(2), f"{server.ip}:{WG_PORT}"), build,
         )
     )  # fmt: skip
     return overlay_ips(2)[0]
@@ -176,11 +223,18 @@ def ping_avg_ms(host: Host, target: str, count: int, interval_s: float) -> float
     return float(match["avg"])
 
 
+@dataclass
+class IperfResult:
+    gbit_s: float  # at the receiver
+    bytes_received: int
+    retransmits: int  # at the sender
+
+
 def iperf(
     client: Host, server: Host, target: str, seconds: float, via: tuple[str, int] | None = None
-) -> tuple[float, int]:
-    """One iperf3 run: (Gbit/s at the receiver, TCP retransmissions at the sender); with
-    ``via`` the client connects there (a forwarder to ``target``) instead."""
+) -> IperfResult:
+    """One iperf3 run; with ``via`` the client connects there (a forwarder to ``target``)
+    instead."""
     daemon = server.popen(
         ["iperf3", "-s", "-1", "-B", target, "-p", str(IPERF_PORT)],
         stdout=subprocess.DEVNULL,
@@ -199,7 +253,11 @@ def iperf(
         if "error" in report:
             raise RuntimeError(f"iperf3: {report['error']}")
         end = report["end"]
-        return end["sum_received"]["bits_per_second"] / 1e9, int(end["sum_sent"]["retransmits"])
+        return IperfResult(
+            end["sum_received"]["bits_per_second"] / 1e9,
+            int(end["sum_received"]["bytes"]),
+            int(end["sum_sent"]["retransmits"]),
+        )
     finally:
         if daemon.poll() is None:
             daemon.kill()
@@ -214,7 +272,12 @@ def udp_rcvbuf_errors(host: Host) -> int:
 
 
 def start_tailnet(
-    lab: Lab, client: Host, server: Host, path: str, cleanup: list[Callable[[], object]]
+    lab: Lab,
+    client: Host,
+    server: Host,
+    path: str,
+    cleanup: list[Callable[[], object]],
+    sids: list[int],
 ) -> str:
     """A coordination server on a third host and weftd nodes on client and server, joined
     with an auth key; with path "relay", UDP between them is blocked. Returns the server
@@ -232,6 +295,7 @@ def start_tailnet(
     for host in (client, server):
         nodes.append(start_node(work, host, host.name))
         cleanup.append(nodes[-1].kill9)
+        sids.append(nodes[-1].proc.pid)
     join(control, nodes, user="bench")
     poll_until(
         lambda: nodes[0].status()["peers"] and nodes[0].status()["peers"][0]["path"] == path,
@@ -246,7 +310,7 @@ FORWARD_PORT = 15201  # weftlab.socksforward on the client: to the server's iper
 
 
 def start_userspace(
-    lab: Lab, client: Host, server: Host, cleanup: list[Callable[[], object]]
+    lab: Lab, client: Host, server: Host, cleanup: list[Callable[[], object]], sids: list[int]
 ) -> tuple[str, str]:
     """An unprivileged userspace weftd with a SOCKS5 proxy on ``client``, a TUN weftd on
     ``server``, joined; a forwarder through the proxy to the server's iperf3 port.
@@ -263,6 +327,7 @@ def start_userspace(
     cleanup.append(tun_node.kill9)
     user_node = start_userspace_node(client, ["--socks5-server", f"{SOCKS5[0]}:{SOCKS5[1]}"])
     cleanup.append(user_node.kill9)
+    sids += [tun_node.proc.pid, user_node.proc.pid]
     join(control, [tun_node, user_node], user="bench")
     target, mine = tun_node.ip4(), user_node.ip4()
     poll_until(lambda: ping_once(server, mine), timeout_s=HANDSHAKE_TIMEOUT_S,
@@ -276,7 +341,12 @@ def start_userspace(
 
 
 def start_routed(
-    lab: Lab, client: Host, server: Host, via: str, cleanup: list[Callable[[], object]]
+    lab: Lab,
+    client: Host,
+    server: Host,
+    via: str,
+    cleanup: list[Callable[[], object]],
+    sids: list[int],
 ) -> tuple[Host, str]:
     """``via`` "subnet": a weftd subnet router and a plain target host on a LAN behind a
     NAT router; "exit": a weftd exit node behind a NAT, and ``server`` as the internet
@@ -298,6 +368,7 @@ def start_routed(
     for host in (client, router):
         node = nodes[host.name] = start_node(work, host, host.name)
         cleanup.append(node.kill9)
+        sids.append(node.proc.pid)
         # `weft down` first: a killed weftd leaves its kill switch (table 52) in place,
         # which would cut the hosts off for the rows after this one.
         cleanup.append(lambda node=node: node.weft("down", check=False))
@@ -316,39 +387,56 @@ def start_routed(
     return target, target.ip
 
 
-def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Namespace) -> Row:
-    name, client_kind, server_kind = CONFIGS[key]
-    row = Row(key, name)
+def row_name(key: str, build: Build | None) -> str:
+    name = CONFIGS[key][0]
+    return name if build is None else f"{name} ({build.label})"
+
+
+def measure(
+    lab: Lab,
+    client: Host,
+    server: Host,
+    key: str,
+    args: argparse.Namespace,
+    build: Build | None = None,
+) -> Row:
+    _name, client_kind, server_kind = CONFIGS[key]
+    row = Row(key, row_name(key, build), wireguard_go=build.label if build else None)
     started: list[PeerProcess] = []
     cleanup: list[Callable[[], object]] = []
+    sids: list[int] = []  # the data-plane processes' sessions (Host.popen: pid == sid)
     try:
         target = server.ip
+        via: tuple[str, int] | None = None
         if server_kind == "socks5":  # no TUN on the client: ping it from the server
             ping_once(client, server.ip)
-            target, mine = start_userspace(lab, client, server, cleanup)
+            target, mine = start_userspace(lab, client, server, cleanup, sids)
             row.ping_avg_ms = ping_avg_ms(server, mine, args.pings, args.ping_interval)
-            drops_before = udp_rcvbuf_errors(server)
             via = ("127.0.0.1", FORWARD_PORT)
-            row.gbit_s, row.tcp_retransmits = iperf(client, server, target, args.seconds, via)
-            row.server_udp_rcvbuf_errors = udp_rcvbuf_errors(server) - drops_before
-            return row
-        if server_kind in ("subnet", "exit"):
-            ping_once(client, server.ip)
-            server, target = start_routed(lab, client, server, server_kind, cleanup)
-        elif client_kind == "tailnet" and server_kind is not None:
-            ping_once(client, server.ip)
-            target = start_tailnet(lab, client, server, server_kind, cleanup)
-        elif client_kind is not None and server_kind is not None:
-            target = start_tunnel(client, server, client_kind, server_kind, started)
-        poll_until(
-            lambda: ping_once(client, target),
-            timeout_s=HANDSHAKE_TIMEOUT_S,
-            what=f"a first ping from client to {target}",
-        )
-        row.ping_avg_ms = ping_avg_ms(client, target, args.pings, args.ping_interval)
+        else:
+            if server_kind in ("subnet", "exit"):
+                ping_once(client, server.ip)
+                server, target = start_routed(lab, client, server, server_kind, cleanup, sids)
+            elif client_kind == "tailnet" and server_kind is not None:
+                ping_once(client, server.ip)
+                target = start_tailnet(lab, client, server, server_kind, cleanup, sids)
+            elif client_kind is not None and server_kind is not None:
+                target = start_tunnel(client, server, client_kind, server_kind, started, build)
+                sids += [peer.process.pid for peer in started]
+            poll_until(
+                lambda: ping_once(client, target),
+                timeout_s=HANDSHAKE_TIMEOUT_S,
+                what=f"a first ping from client to {target}",
+            )
+            row.ping_avg_ms = ping_avg_ms(client, target, args.pings, args.ping_interval)
         drops_before = udp_rcvbuf_errors(server)
-        row.gbit_s, row.tcp_retransmits = iperf(client, server, target, args.seconds)
+        cpu_before = sessions_cpu_seconds(sids)
+        result = iperf(client, server, target, args.seconds, via)
+        cpu_after = sessions_cpu_seconds(sids)
+        row.gbit_s, row.tcp_retransmits = result.gbit_s, result.retransmits
         row.server_udp_rcvbuf_errors = udp_rcvbuf_errors(server) - drops_before
+        if sids:
+            add_cpu(row, cpu_after - cpu_before, result.bytes_received, len(sids))
     except Exception as err:
         row.error = first_line(err)
     finally:
@@ -357,6 +445,13 @@ def measure(lab: Lab, client: Host, server: Host, key: str, args: argparse.Names
         for step in reversed(cleanup):
             stop_quietly(step)
     return row
+
+
+def add_cpu(row: Row, cpu_s: float, nbytes: int, processes: int) -> None:
+    row.cpu_s = cpu_s
+    row.gbit_moved = nbytes * 8 / 1e9
+    row.cpu_s_per_gbit = cpu_per_gbit(cpu_s, nbytes)
+    row.dataplane_processes = processes
 
 
 def stop_quietly(stop: Callable[[], object]) -> None:
@@ -369,27 +464,40 @@ def stop_quietly(stop: Callable[[], object]) -> None:
 # -- report --------------------------------------------------------------------------------
 
 
-def add_ratios(rows: list[Row]) -> None:
-    baseline = next((r.gbit_s for r in rows if r.key == BASELINE and r.gbit_s), None)
+def add_ratios(rows: list[Row], base: Build | None) -> None:
+    """Throughput relative to wireguard-go <-> wireguard-go of the ``base`` build."""
+    label = base.label if base is not None else None
+    baseline_gbit = next(
+        (r.gbit_s for r in rows if r.key == BASELINE and r.wireguard_go == label and r.gbit_s),
+        None,
+    )
     for row in rows:
-        if baseline and row.gbit_s is not None:
-            row.ratio = row.gbit_s / baseline
+        if baseline_gbit and row.gbit_s is not None:
+            row.ratio = row.gbit_s / baseline_gbit
 
 
-def markdown_table(rows: list[Row]) -> str:
+def markdown_table(rows: list[Row], base: Build | None = None) -> str:
     lines = [
-        f"| configuration | Gbit/s | ping avg ms | ratio vs {CONFIGS[BASELINE][0]} |",
-        "|---|---:|---:|---:|",
+        f"| configuration | Gbit/s | CPU s/Gbit | ping avg ms | ratio vs {row_name(BASELINE, base)} |",
+        "|---|---:|---:|---:|---:|",
     ]
     for row in rows:
         if row.error is not None:
-            lines.append(f"| {row.configuration} | error: {row.error} | - | - |")
+            lines.append(f"| {row.configuration} | error: {row.error} | - | - | - |")
             continue
         gbit = f"{row.gbit_s:.2f}" if row.gbit_s is not None else "-"
+        cpu = f"{row.cpu_s_per_gbit:.2f}" if row.cpu_s_per_gbit is not None else "-"
         ping = f"{row.ping_avg_ms:.3f}" if row.ping_avg_ms is not None else "-"
         ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
-        lines.append(f"| {row.configuration} | {gbit} | {ping} | {ratio} |")
+        lines.append(f"| {row.configuration} | {gbit} | {cpu} | {ping} | {ratio} |")
     return "\n".join(lines)
+
+
+def plan(keys: Sequence[str], builds: Sequence[Build]) -> list[tuple[str, Build | None]]:
+    """The rows to run, in order: a PER_BUILD key once per build, the others once."""
+    once: list[Build | None] = [None]
+    every: list[Build | None] = list(builds)
+    return [(key, build) for key in keys for build in (every if key in PER_BUILD else once)]
 
 
 def tool_version(argv: list[str]) -> str:
@@ -407,6 +515,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "bench.run needs root (it builds network namespaces): run it as root", file=sys.stderr
         )
         return 2
+    builds: list[Build] = []
+    if any(key in PER_BUILD for key in args.keys):
+        try:
+            builds = resolve(args.wireguard_go_specs)
+        except BuildError as err:
+            print(f"bench.run: {err}", file=sys.stderr)
+            return 2
+    base = baseline(builds)
+    for build in builds:
+        mark = " (ratio baseline)" if build is base else ""
+        print(f"wireguard-go {build.label}: {build.path}{mark}", file=sys.stderr)
     Lab.cleanup_stale()
     started_at = time.time()
     rows: list[Row] = []
@@ -414,14 +533,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         with Lab() as lab:
             segment = lab.segment("bench", "198.18.0.0/24")
             client, server = lab.host("client", segment), lab.host("server", segment)
-            for key in args.keys:
-                print(f"running {CONFIGS[key][0]} ...", file=sys.stderr, flush=True)
-                rows.append(measure(lab, client, server, key, args))
+            for key, build in plan(args.keys, builds):
+                print(f"running {row_name(key, build)} ...", file=sys.stderr, flush=True)
+                rows.append(measure(lab, client, server, key, args, build))
     except LabError as err:
         print(f"bench.run: the lab failed: {first_line(err)}", file=sys.stderr)
         return 2
-    add_ratios(rows)
-    print(markdown_table(rows))
+    add_ratios(rows, base)
+    print(markdown_table(rows, base))
     if args.json is not None:
         report = {
             "started_at_unix": round(started_at),
@@ -430,7 +549,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             "ping_interval_s": args.ping_interval,
             "kernel": platform.release(),
             "cpus": os.cpu_count(),
-            "wireguard_go": tool_version(["wireguard-go", "--version"]),
+            "wireguard_go": [
+                {"label": b.label, "path": str(b.path), "version": b.version, "sha256": b.sha256}
+                for b in builds
+            ],
+            "ratio_baseline": row_name(BASELINE, base),
             "iperf3": tool_version(["iperf3", "--version"]),
             "rows": [asdict(row) for row in rows],
         }

@@ -5,6 +5,13 @@ threads, not children). ``CpuSampler(pid)`` samples it with the wall clock every
 ``interval_s`` in a thread, so a test can compute the share of one core a process used
 over any window it learns afterwards (``share(start_at, end_at)``, wall-clock seconds)
 and the busiest interval within it (``peak_share``).
+
+``session_cpu_seconds(sid)`` adds up a whole session: a process started by
+``Host.popen`` leads its own session (through the ``ip netns exec`` and ``sh`` wrappers,
+which exec), so this counts the daemon with all its threads, any helper processes it
+started and, through the leader's ``cutime + cstime``, the ones it has already reaped.
+``cpu_per_gbit(cpu_s, nbytes)`` is the benchmark's cost figure: CPU seconds per gigabit
+(1e9 bits) moved.
 """
 
 from __future__ import annotations
@@ -12,20 +19,56 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterable
 from types import TracebackType
 
 CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds; raises ProcessLookupError once it is gone."""
+def _stat_fields(pid: int | str, proc: str = "/proc") -> list[str]:
+    """/proc/PID/stat from field 3 (state) on: index i is field i + 3 of proc(5)."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"{proc}/{pid}/stat") as f:
             stat = f.read()
     except FileNotFoundError:
         raise ProcessLookupError(pid) from None
-    fields = stat[stat.rindex(")") + 2 :].split()  # from field 3 (state) on
+    return stat[stat.rindex(")") + 2 :].split()  # the name may hold spaces and ")"
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds; raises ProcessLookupError once it is gone."""
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS_PER_S  # fields 14 and 15
+
+
+def session_cpu_seconds(sid: int, proc: str = "/proc") -> float:
+    """CPU seconds of every live process in session ``sid`` (utime + stime), plus the
+    reaped children of the session leader (its cutime + cstime). 0.0 once all are gone."""
+    ticks = 0
+    for entry in os.listdir(proc):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = _stat_fields(entry, proc)
+        except (ProcessLookupError, PermissionError):
+            continue  # exited between listdir and open
+        if int(fields[3]) != sid:  # field 6: session
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+        if int(entry) == sid:
+            ticks += int(fields[13]) + int(fields[14])  # fields 16 and 17: cutime, cstime
+    return ticks / CLOCK_TICKS_PER_S
+
+
+def sessions_cpu_seconds(sids: Iterable[int], proc: str = "/proc") -> float:
+    return sum(session_cpu_seconds(sid, proc) for sid in sids)
+
+
+def cpu_per_gbit(cpu_s: float, nbytes: int) -> float | None:
+    """CPU seconds per gigabit moved; None when nothing was moved."""
+    if nbytes <= 0:
+        return None
+    return cpu_s / (nbytes * 8 / 1e9)
 
 
 class CpuSampler:

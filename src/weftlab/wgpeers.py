@@ -305,10 +305,12 @@ def start_wireguard_go(
     *,
     log_level: str = "error",
     timeout_s: float = START_TIMEOUT_S,
+    binary: str = "wireguard-go",
 ) -> PeerProcess:
-    """Run Debian's wireguard-go in ``host`` and configure it as wg-quick would."""
+    """Run wireguard-go (Debian's from PATH, or ``binary``) in ``host`` and configure it
+    as wg-quick would."""
     env = dict(os.environ, WG_PROCESS_FOREGROUND="1", LOG_LEVEL=log_level)
-    peer = _spawn(host, "wireguard-go", ifname, ["wireguard-go", "-f", ifname], env)
+    peer = _spawn(host, "wireguard-go", ifname, [binary, "-f", ifname], env)
     socket_path = host.run_dir / f"{ifname}.sock"
     _wait_until(
         peer,

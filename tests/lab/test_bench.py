@@ -26,7 +26,8 @@ def test_bench_reports_numbers_and_a_failing_row(
     out = tmp_path / "bench.json"
 
     only = ["--only", "raw,wggo-wggo", "--only", "weftd-wggo"]
-    code = bench.run.main(["--seconds", "1", "--pings", "3", *only, "--json", str(out)])
+    debian = ["--wireguard-go", "/usr/bin/wireguard-go=debian"]  # one build: one row each
+    code = bench.run.main(["--seconds", "1", "--pings", "3", *only, *debian, "--json", str(out)])
 
     assert code == 1
     rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
@@ -36,7 +37,12 @@ def test_bench_reports_numbers_and_a_failing_row(
         assert rows[key]["gbit_s"] > 0
         assert rows[key]["ping_avg_ms"] > 0
     assert rows["wggo-wggo"]["ratio"] == 1.0
+    assert rows["wggo-wggo"]["wireguard_go"] == "debian"
+    assert rows["wggo-wggo"]["dataplane_processes"] == 2
+    assert rows["wggo-wggo"]["cpu_s_per_gbit"] > 0
+    assert rows["raw"]["cpu_s_per_gbit"] is None
     assert rows["weftd-wggo"]["error"] == "weftd exited with code 1 before wg0 came up: boom"
     table = capsys.readouterr().out
-    assert "| weftd <-> wireguard-go | error: weftd exited with code 1" in table
+    assert "| weftd <-> wireguard-go (debian) | error: weftd exited with code 1" in table
+    assert "CPU s/Gbit" in table.splitlines()[0]
     assert "| raw underlay | " in table
