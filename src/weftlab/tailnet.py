@@ -27,10 +27,14 @@ class Node:
     extra: list[str] = field(default_factory=list)
     module = "weftnet.node.main"  # what `python -m` runs: weftd, or a lab launcher of it
 
-    def start(self) -> None:
+    def argv(self) -> list[str]:
+        """weftd's own command line (before ``command`` wraps it)."""
         cmd = [sys.executable, "-m", self.module, "--state-dir", str(self.state_dir)]
         cmd += ["--socket", self.socket, "--tun", "weft0"]
-        cmd += ["--tls-ca", str(lab_ca().ca_file), *self.extra]  # lab servers' https
+        return [*cmd, "--tls-ca", str(lab_ca().ca_file), *self.extra]  # lab servers' https
+
+    def start(self) -> None:
+        cmd = self.argv()
         log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
         self.proc = self.host.popen(self.command(cmd), stdout=log, stderr=log)
         poll_until(

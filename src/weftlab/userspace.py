@@ -29,10 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from weftlab.netlab import Host, poll_until
+from weftlab.netlab import Host
 from weftlab.tailnet import Node
 from weftlab.testca import lab_ca
-from weftlab.wgpeers import local_api_answers
 
 LAB_USER = "weftuser"
 
@@ -91,21 +90,17 @@ class UserspaceNode(Node):
     uid: int = 0
     gid: int = 0
 
-    def start(self) -> None:
+    def argv(self) -> list[str]:
         ca = self.home / "ca.pem"
         shutil.copy(lab_ca().ca_file, ca)
         os.chown(ca, self.uid, self.gid)
         profile = os.environ.get("WEFTLAB_PROFILE")  # cProfile output for weftd, if set
         prof = ["-m", "cProfile", "-o", profile] if profile else []
         cmd = [sys.executable, *prof, "-m", self.module, "--tun", "userspace-networking"]
-        cmd += ["--tls-ca", str(ca), *self.extra]
-        log = open(f"{self.state_dir}.log", "a")  # noqa: SIM115
-        self.proc = self.host.popen(self.as_user(cmd), stdout=log, stderr=log)
-        poll_until(
-            lambda: local_api_answers(self.socket) or self._died(),
-            timeout_s=15,
-            what=f"userspace weftd on {self.host.name} to answer on its socket",
-        )
+        return [*cmd, "--tls-ca", str(ca), *self.extra]
+
+    def command(self, cmd: list[str]) -> list[str]:
+        return self.as_user(cmd)
 
     def as_user(self, cmd: list[str]) -> list[str]:
         return unprivileged_argv(self.uid, self.gid, cmd, str(self.home))
