@@ -28,6 +28,10 @@ class RecordingBind:
     def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
         self.pseudo.append((peer_key, ep, data))
 
+    def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
+        for off in range(0, len(data), seg):
+            self.pseudo.append((peer_key, ep, data[off : off + seg]))
+
     def receive_other(self, data: bytes, src: Endpoint) -> bool:
         self.other.append((data, src))
         return True

@@ -355,6 +355,11 @@ class MagicSock:
     def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
         self.relays.send(ep[0][len(RELAY_PREFIX) :], peer_key, data)
 
+    def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
+        region = ep[0][len(RELAY_PREFIX) :]
+        for off in range(0, len(data), seg):
+            self.relays.send(region, peer_key, data[off : off + seg])
+
     def receive_other(self, data: bytes, src: Endpoint) -> bool:
         try:
             if disco.is_disco(data):

@@ -135,6 +135,11 @@ class Bind(Protocol):
         """Send ``data`` for the peer with ``peer_key`` to a pseudo-endpoint (a relay
         region, ``("relay:<region>", 0)``), not an IP address."""
 
+    def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
+        """Several transport messages for one peer to a pseudo-endpoint at once: ``data``
+        holds them back to back, each ``seg`` bytes but the last, which may be shorter
+        (the layout of a UDP GSO send)."""
+
     def receive_other(self, data: bytes, src: Endpoint) -> bool:
         """A UDP datagram that is not WireGuard (disco, STUN); False: not ours, dropped."""
 
@@ -148,6 +153,9 @@ class UdpBind:
 
     def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
         log.debug("no relay in plain WireGuard mode: dropped a datagram for %s", ep)
+
+    def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
+        log.debug("no relay in plain WireGuard mode: dropped datagrams for %s", ep)
 
     def receive_other(self, data: bytes, src: Endpoint) -> bool:
         return False
@@ -212,6 +220,7 @@ class DataPlane:
         self.bind = bind
         self._authenticated = bind.authenticated
         self._send_to_pseudo = bind.send_to_pseudo
+        self._send_to_pseudo_batch = bind.send_to_pseudo_batch
 
     def config_changed(self) -> None:
         """Forget cached routing decisions (peers or allowed IPs changed)."""
@@ -268,6 +277,18 @@ class DataPlane:
         self._flush_tun()
         self._after_receive(now)
 
+    def receive_from_relay_batch(
+        self, data: bytes | memoryview, seg: int, src_key: bytes, region: str
+    ) -> None:
+        """Several datagrams the relay delivered from the peer with node key ``src_key``,
+        back to back, each ``seg`` bytes but the last (the layout of a GRO read)."""
+        view = memoryview(data)
+        n = len(view)
+        if seg <= 0:
+            seg = n
+        for off in range(0, n, seg):
+            self.receive_from_relay(bytes(view[off : min(off + seg, n)]), src_key, region)
+
     def _emit(self, length: int) -> None:
         """A plaintext packet is in scratch[:length]: seal it for the current peer."""
         if self._plain is not None:
@@ -313,9 +334,7 @@ class DataPlane:
         sock = self.sock
         for sa, start, end, seg, count, _, peer in self._batches:
             if sa[0] == "relay":
-                send, key, ep = self._send_to_pseudo, peer.public_key, sa[1]
-                for off in range(start, end, seg):
-                    send(key, ep, bytes(out[off : min(off + seg, end)]))
+                self._send_to_pseudo_batch(peer.public_key, sa[1], bytes(out[start:end]), seg)
                 self.counters.tx_packets += count
                 continue
             try:
