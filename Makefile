@@ -1,17 +1,23 @@
 # weftnet: `make demo` and `make test` install what they need themselves.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-APT_PKGS := wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf chromium
+# gcc, libssl-dev and python3-dev build the data plane's C extension (weftnet.fastpath).
+APT_PKGS := gcc libssl-dev python3-dev wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf chromium
 # Installed without their recommends (chromium's pull in a desktop); node/npm only if missing.
 APT_LEAN := chromium nodejs npm
 OP_DIR := tests/oidc/op
 OP_STAMP := $(OP_DIR)/node_modules/.installed
 STAMP := $(VENV)/.installed
 
-.PHONY: install test unit lab bench lint demo clean
+.PHONY: install apt test unit lab bench lint demo clean
 
 # Browser tests drive Debian's chromium: never `playwright install`.
-install: $(STAMP)
+install: apt $(STAMP)
+	@$(PY) -m weftlab.resolved fetch >/dev/null  # unpacked for a lab namespace, never installed
+	@$(MAKE) --no-print-directory $(OP_STAMP)
+
+# Debian packages first: pip builds the C extension with them.
+apt:
 	@missing=""; lean=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || \
 		case " $(APT_LEAN) " in *" $$p "*) lean="$$lean $$p";; *) missing="$$missing $$p";; esac; done; \
 	command -v node >/dev/null 2>&1 || lean="$$lean nodejs"; \
@@ -23,8 +29,6 @@ install: $(STAMP)
 		if [ -n "$$missing" ]; then apt-get install -y -qq $$missing >/dev/null || exit 1; fi; \
 		if [ -n "$$lean" ]; then apt-get install -y -qq --no-install-recommends $$lean >/dev/null || exit 1; fi; \
 	fi
-	@$(PY) -m weftlab.resolved fetch >/dev/null  # unpacked for a lab namespace, never installed
-	@$(MAKE) --no-print-directory $(OP_STAMP)
 
 # The test OpenID Provider (tests/oidc/op), reinstalled when node_modules is missing or
 # older than the lockfile.
@@ -32,7 +36,8 @@ $(OP_STAMP): $(OP_DIR)/package-lock.json
 	npm ci --no-audit --no-fund --prefix $(OP_DIR)
 	touch $@
 
-$(STAMP): pyproject.toml
+# Reinstalled (the C extension rebuilt) when the project or the extension's source changes.
+$(STAMP): pyproject.toml src/weftnet/fastpath/_fastpath.c | apt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'

@@ -63,6 +63,9 @@ PURE = (
     "weftnet.marks",
     "weftnet.netstack",  # the userspace TCP/IP stack; its asyncio shell is node.userspace
     "weftnet.dns",  # the resolver's decisions and name table; its I/O is node.dnsserver
+    "weftnet.fastpath",  # the data plane's batch functions (and their C twin)
+    "weftnet.node.offload",  # checksums and TCP segmentation
+    "weftnet.node.vnet",  # the virtio-net header's layout
 )
 NOT_PURE = ("weftnet.stun.server",)
 

@@ -17,6 +17,7 @@ import pytest
 from tests.unit.test_offload import super_packet
 
 from weftlab.fakes import SeededEntropy
+from weftnet import fastpath
 from weftnet.node.datapath import DataPlane, make_socket
 from weftnet.node.tun import (
     VIRTIO_NET_HDR_F_NEEDS_CSUM,
@@ -59,8 +60,17 @@ def make_node(name: str) -> Node:
     return Node(dp, mine, udp, theirs)
 
 
+@pytest.fixture(params=["c", "python"])
+def implementation(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Both data paths: the C batch functions and their pure-Python reference."""
+    before = fastpath.IMPLEMENTATION
+    fastpath.use(request.param)
+    yield request.param
+    fastpath.use(before)
+
+
 @pytest.fixture(params=["::1", "127.0.0.1"], ids=["outer-ipv6", "outer-ipv4"])
-def pair(request: pytest.FixtureRequest) -> Iterator[tuple[Node, Node]]:
+def pair(request: pytest.FixtureRequest, implementation: str) -> Iterator[tuple[Node, Node]]:
     host = request.param
     a, b = make_node("a"), make_node("b")
     a.dp.device.add_peer(

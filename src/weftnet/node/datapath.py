@@ -1,12 +1,15 @@
 """The data plane: TUN <-> WireGuard <-> UDP, in batches.
 
-Outbound, one TUN read gives a packet or a TCP super-packet; it is cut into segments
-(offload.TcpSegmenter), each sealed straight into a send buffer, and consecutive
+Outbound, one TUN read gives a packet or a TCP super-packet; ``fastpath.seal_packet``
+cuts it into segments and seals them straight into a send buffer, and consecutive
 messages to one endpoint leave in one ``sendmsg`` with UDP_SEGMENT (UDP GSO): the kernel
 splits them into datagrams. Inbound, the socket has UDP_GRO, so one ``recvmsg`` returns
-many datagrams of one flow glued together with their size in a control message; each is
-opened into a receive buffer, and runs of TCP segments of one flow are written to the
-TUN as a single super-packet (GSO write), the rest one by one.
+many datagrams of one flow glued together with their size in a control message;
+``fastpath.open_messages`` opens the run of them for one keypair into a decrypt buffer as
+TUN writes, one TCP flow's consecutive segments merged into a single super-packet (GSO
+write). Python sees each batch and each TUN write, not each packet: the per-packet work
+is in the C extension (docs/dataplane.md), or its pure-Python reference where it is not
+built.
 
 Everything that is not transport data (handshakes, cookie replies, timers) goes to the
 pure ``Device``; this module only moves bytes and calls it.
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
 import ipaddress
 import logging
 import os
@@ -34,25 +36,17 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from weftnet import sockmark
+from weftnet import fastpath, sockmark
 from weftnet.dns import SERVICE_V4, SERVICE_V6
 from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
-from weftnet.node import offload
+from weftnet.fastpath.reference import MAX_PACKET, MAX_SEGMENTS, MESSAGE_OVERHEAD, segment_packet
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
-from weftnet.node.vnet import (
-    VIRTIO_NET_HDR_F_DATA_VALID,
-    VIRTIO_NET_HDR_F_NEEDS_CSUM,
-    VIRTIO_NET_HDR_GSO_NONE,
-    VIRTIO_NET_HDR_GSO_TCPV4,
-    VIRTIO_NET_HDR_GSO_TCPV6,
-    VNET_HDR,
-    VNET_HDR_LEN,
-)
-from weftnet.wireguard.constants import PADDING_MULTIPLE, REJECT_AFTER_TIME_S
+from weftnet.node.vnet import VNET_HDR_LEN
+from weftnet.wireguard.constants import REJECT_AFTER_TIME_S
 from weftnet.wireguard.device import Device, Peer, Transmit
 from weftnet.wireguard.errors import ProtocolError
-from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
+from weftnet.wireguard.messages import MESSAGE_TRANSPORT
 from weftnet.wireguard.session import Keypair
 
 log = logging.getLogger("weftd.datapath")
@@ -62,35 +56,20 @@ UDP_SEGMENT = 103  # linux/udp.h: send with GSO, value = segment size
 UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
 MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
 MAX_GSO_BYTES = 65000  # a GSO send must fit one 64 KiB UDP datagram
-SEND_BUF_SIZE = 256 * 1024  # sealed output of several super-packets
+SEND_BUF_SIZE = 512 * 1024  # sealed output of several super-packets
+# The most one TUN read can seal to: every segment gains a header, a tag and padding.
+OUT_RESERVE = MAX_PACKET + MAX_SEGMENTS * (MESSAGE_OVERHEAD + 16 + 120)
 RECV_BUF_SIZE = 65536 + 4096  # one coalesced GRO read
 DEC_BUF_SIZE = 512 * 1024  # plaintext of several GRO reads, kept until the TUN flush
+DEC_RESERVE = RECV_BUF_SIZE  # one read's plaintext: a virtio header is smaller than a tag
 MAX_READS_PER_WAKEUP = 16  # bound each reader callback so both directions get a turn
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 
-_transport_hdr = struct.Struct("<IIQ")
-_unpack_transport = _transport_hdr.unpack_from
-_be16 = struct.Struct(">H")
-_pack_be16 = _be16.pack_into
-_pack_le16 = struct.Struct("<H").pack_into
-MAX_COALESCE = 64  # segments merged into one TUN write at most
-
-
-@functools.cache
-def _header_mask(length: int, tcp_at: int) -> int:
-    """All-ones over ``length`` header bytes except what differs within one TCP run:
-    sequence number, flags and checksum (byte offsets relative to the TCP header at
-    ``tcp_at``)."""
-    keep = bytearray(b"\xff" * length)
-    for r in (*range(4, 8), 13, 16, 17):
-        keep[tcp_at + r] = 0
-    return int.from_bytes(keep, "big")
-
+_unpack_index = struct.Struct("<I").unpack_from
 
 # The resolver's addresses, as they appear in a packet's destination field.
 _SERVICE_V4 = ipaddress.IPv4Address(SERVICE_V4).packed
 _SERVICE_V6 = ipaddress.IPv6Address(SERVICE_V6).packed
-_VHDR_VALID = VNET_HDR.pack(VIRTIO_NET_HDR_F_DATA_VALID, VIRTIO_NET_HDR_GSO_NONE, 0, 0, 0, 0)
 
 
 @dataclass
@@ -188,8 +167,6 @@ class DataPlane:
         self.local: LocalDestinations | None = None
         self._tun_buf = bytearray(VNET_HDR_LEN + 65536)
         self._tun_view = memoryview(self._tun_buf)
-        self._scratch = bytearray(65536 + 64)
-        self._scratch_view = memoryview(self._scratch)
         self._out = bytearray(SEND_BUF_SIZE)
         self._out_view = memoryview(self._out)
         self._out_len = 0
@@ -201,18 +178,17 @@ class DataPlane:
         self._dec = bytearray(DEC_BUF_SIZE)
         self._dec_view = memoryview(self._dec)
         self._dec_len = 0
-        self._rx: list[tuple[int, int]] = []  # (offset, length) of plaintext packets
+        self._tun_items: list[tuple[int, int]] = []  # (offset, length) of TUN writes in _dec
+        self._coalesce = True  # merge a TCP flow's segments into one TUN write
+        # The batch functions (C, or the pure reference: weftnet.fastpath.use).
+        self._seal_packet = fastpath.seal_packet
+        self._open_messages = fastpath.open_messages
         self._route_cache: dict[bytes, Peer | None] = {}
         self._src_cache: dict[bytes, Peer | None] = {}
         self._sockaddr_cache: dict[Endpoint, tuple] = {}
         self._ep_cache: dict[tuple, Endpoint] = {}
         self._sent_peers: set[Peer] = set()
         self._recv_peers: dict[Peer, tuple[Keypair, bool]] = {}
-        self._segmenter = offload.TcpSegmenter()
-        # per-emit state
-        self._kp: Keypair | None = None
-        self._peer: Peer | None = None
-        self._plain: list[bytes] | None = None
 
     def set_bind(self, bind: Bind) -> None:
         """Send and receive through ``bind`` from now on (the path layer starting or
@@ -262,72 +238,89 @@ class DataPlane:
 
     def receive_from_relay(self, data: bytes, src_key: bytes, region: str) -> None:
         """A datagram the relay delivered from the peer with node key ``src_key``."""
-        peer = self.device.peers.get(src_key)
-        if peer is None:
-            self.counters.drop_no_peer += 1
-            return
-        now = self.clock()
-        src = Endpoint(RELAY_PREFIX + region, 0)
-        if data and 0 < data[0] < MESSAGE_TRANSPORT and not any(data[1:4]):
-            # A handshake message: what answers it (a cookie reply has no peer of its
-            # own) goes back through the relay to the key it came from.
-            self._handshake(data, src, now, src_key)
-            return
-        self._inbound(memoryview(data), src, now)
-        self._flush_tun()
-        self._after_receive(now)
+        self.receive_from_relay_batch(data, len(data), src_key, region)
 
     def receive_from_relay_batch(
-        self, data: bytes | memoryview, seg: int, src_key: bytes, region: str
+        self, data: bytes | bytearray | memoryview, seg: int, src_key: bytes, region: str
     ) -> None:
         """Several datagrams the relay delivered from the peer with node key ``src_key``,
         back to back, each ``seg`` bytes but the last (the layout of a GRO read)."""
-        view = memoryview(data)
-        n = len(view)
-        if seg <= 0:
-            seg = n
-        for off in range(0, n, seg):
-            self.receive_from_relay(bytes(view[off : min(off + seg, n)]), src_key, region)
-
-    def _emit(self, length: int) -> None:
-        """A plaintext packet is in scratch[:length]: seal it for the current peer."""
-        if self._plain is not None:
-            self._plain.append(bytes(self._scratch[:length]))
+        if src_key not in self.device.peers:
+            self.counters.drop_no_peer += 1
             return
-        kp = self._kp
-        assert kp is not None and self._peer is not None
-        padded = (length + PADDING_MULTIPLE - 1) & -PADDING_MULTIPLE
-        if padded > self.device.mtu and length <= self.device.mtu:
-            padded = self.device.mtu
-        if padded > length:
-            offload.pad_to(self._scratch, length, padded)
-        msg_len = padded + TRANSPORT_HEADER_SIZE + 16
-        if self._out_len + msg_len > SEND_BUF_SIZE:
+        now = self.clock()
+        n = len(data)
+        # A handshake message is answered through the relay to the key it came from (a
+        # cookie reply has no peer of its own).
+        self._receive(data, n, seg if 0 < seg < n else n, Endpoint(RELAY_PREFIX + region, 0),
+                      now, src_key)  # fmt: skip
+        self._flush_tun()
+        self._after_receive(now)
+
+    def _seal(self, peer: Peer, kp: Keypair, pkt: memoryview | bytes, vnet: bool) -> None:
+        """Seal one TUN read (``vnet``: with its virtio header) or one packet for ``peer``
+        into the send buffer and queue its messages for a GSO send."""
+        if self._out_len + OUT_RESERVE > SEND_BUF_SIZE:
             self._flush_sends()
+        start = self._out_len
+        try:
+            count, end, size = self._seal_packet(
+                kp.send_fast, kp.remote_index, kp.send_counter, pkt, vnet, self.device.mtu,
+                self._out, start,
+            )  # fmt: skip
+        except OverflowError:  # the keypair's counters ran out mid-batch: rekeying anyway
+            self.counters.drop_no_peer += 1
+            return
+        if not count:
+            self.counters.drop_malformed += 1
+            return
+        kp.send_counter += count
+        peer.tx_bytes += end - start
+        self._out_len = end
+        self._sent_peers.add(peer)
+        self._queue(peer, start, end, size, count)
+
+    def _queue(self, peer: Peer, start: int, end: int, size: int, count: int) -> None:
+        """Messages out[start:end] for ``peer`` (``count`` of ``size`` bytes, the last
+        maybe shorter) into GSO sends: each of equal datagrams but a shorter last one, at
+        most MAX_GSO_SEGMENTS and MAX_GSO_BYTES, extending the current send if they can."""
+        last = end - start - (count - 1) * size
+        # Messages of exactly ``size``; one message alone may close the current send.
+        full = 0 if count == 1 else (count if last == size else count - 1)
+        pos = start
+        while full:
+            cur = self._cur
+            if (
+                cur is None or cur[6] is not peer or cur[5] or cur[3] != size or cur[2] != pos
+                or cur[4] >= MAX_GSO_SEGMENTS or cur[2] - cur[1] + size > MAX_GSO_BYTES
+            ):  # fmt: skip
+                cur = self._new_send(peer, pos, size)
+            room = min(MAX_GSO_SEGMENTS - cur[4], (MAX_GSO_BYTES - (cur[2] - cur[1])) // size)
+            k = min(max(room, 1), full)
+            cur[2] += k * size
+            cur[4] += k
+            pos += k * size
+            full -= k
+        if pos == end:
+            return
         cur = self._cur
-        if cur is not None and (
-            cur[6] is not self._peer
-            or cur[5]
-            or msg_len > cur[3]
-            or cur[4] >= MAX_GSO_SEGMENTS
-            or cur[2] - cur[1] + msg_len > MAX_GSO_BYTES
-        ):
-            cur = None
-        off = self._out_len
-        kp.seal_into(self._out_view[off:], self._scratch_view[:padded])
-        self._out_len = off + msg_len
-        if cur is None:
-            ep = self._peer.endpoint
-            assert ep is not None
-            cur = [self._sockaddr(ep), off, off + msg_len, msg_len, 1, False, self._peer]
-            self._batches.append(cur)
-            self._cur = cur
-        else:
-            cur[2] += msg_len
-            cur[4] += 1
-            if msg_len < cur[3]:
-                cur[5] = True  # a shorter datagram can only be the last of a GSO send
-        self._peer.tx_bytes += msg_len
+        if (
+            cur is None or cur[6] is not peer or cur[5] or last > cur[3] or cur[2] != pos
+            or cur[4] >= MAX_GSO_SEGMENTS or cur[2] - cur[1] + last > MAX_GSO_BYTES
+        ):  # fmt: skip
+            cur = self._new_send(peer, pos, last)
+        cur[2] += last
+        cur[4] += 1
+        if last < cur[3]:
+            cur[5] = True  # a shorter datagram can only be the last of a GSO send
+
+    def _new_send(self, peer: Peer, pos: int, seg: int) -> list:
+        ep = peer.endpoint
+        assert ep is not None
+        cur = [self._sockaddr(ep), pos, pos, seg, 0, False, peer]
+        self._batches.append(cur)
+        self._cur = cur
+        return cur
 
     def _flush_sends(self) -> None:
         out = self._out_view
@@ -395,13 +388,13 @@ class DataPlane:
             return peer
 
     def _outbound(self, frame: memoryview, now: float) -> None:
-        flags, gso_type, _hdr_len, gso_size, csum_start, csum_offset = VNET_HDR.unpack_from(frame)
-        pkt = frame[VNET_HDR_LEN:]
-        version = pkt[0] >> 4
-        if version == 4 and len(pkt) >= 20:
-            dst = bytes(pkt[16:20])
-        elif version == 6 and len(pkt) >= 40:
-            dst = bytes(pkt[24:40])
+        """One TUN read: a virtio header, then a packet or a TCP super-packet."""
+        version = frame[VNET_HDR_LEN] >> 4
+        n = len(frame) - VNET_HDR_LEN
+        if version == 4 and n >= 20:
+            dst = bytes(frame[VNET_HDR_LEN + 16 : VNET_HDR_LEN + 20])
+        elif version == 6 and n >= 40:
+            dst = bytes(frame[VNET_HDR_LEN + 24 : VNET_HDR_LEN + 40])
         else:
             self.counters.drop_malformed += 1
             return
@@ -410,38 +403,22 @@ class DataPlane:
             self.counters.drop_no_peer += 1
             return
         if self.filter is not None:
-            self.filter.track_outbound(pkt, now)  # once per read: a super-packet is one flow
+            # once per read: a super-packet is one flow
+            self.filter.track_outbound(frame[VNET_HDR_LEN:], now)
         kp = self.device.sending_keypair(peer, now)
         if kp is None or peer.endpoint is None:
-            self._plain = []
+            self._stage(peer, frame, True, now)
         else:
-            self._plain = None
-            self._kp = kp
-            self._peer = peer
-            self._sent_peers.add(peer)
-        gso = gso_type & ~0x80
-        if gso in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6):
-            if not self._segmenter.segment(pkt, version == 4, gso_size, self._scratch, self._emit):
-                self.counters.drop_malformed += 1
-        elif gso == VIRTIO_NET_HDR_GSO_NONE:
-            n = len(pkt)
-            if n > len(self._scratch) - 16:
-                self.counters.drop_malformed += 1
-                return
-            self._scratch[:n] = pkt
-            if flags & VIRTIO_NET_HDR_F_NEEDS_CSUM:
-                sv = self._scratch_view[:n]
-                if csum_start + csum_offset + 2 > n:
-                    self.counters.drop_malformed += 1
-                    return
-                offload.complete_partial_checksum(sv, csum_start, csum_offset)
-            self._emit(n)
-        else:
-            self.counters.drop_malformed += 1  # UDP GSO was not offered to the kernel
-        if self._plain is not None:
-            plain, self._plain = self._plain, None
-            if plain:
-                self.send_transmits(self.device.send_packets(peer, plain, now))
+            self._seal(peer, kp, frame, True)
+
+    def _stage(self, peer: Peer, pkt: memoryview | bytes, vnet: bool, now: float) -> None:
+        """No session yet: the device keeps the packets (cut into segments) for after the
+        handshake it starts."""
+        plain = segment_packet(pkt, vnet)
+        if plain is None:
+            self.counters.drop_malformed += 1
+        elif plain:
+            self.send_transmits(self.device.send_packets(peer, plain, now))
 
     # -- receiving --------------------------------------------------------------------
 
@@ -449,7 +426,6 @@ class DataPlane:
         now = self.clock()
         sock = self.sock
         rbuf = [self._recv_buf]
-        rview = self._recv_view
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
                 n, anc, _flags, addr = sock.recvmsg_into(rbuf, 64)
@@ -471,15 +447,126 @@ class DataPlane:
                 if len(self._ep_cache) > 1024:
                     self._ep_cache.clear()
                 self._ep_cache[addr] = src
-            if self._dec_len + n + 4096 > DEC_BUF_SIZE:
-                self._flush_tun()
-            off = 0
-            while off < n:
-                end = off + seg if off + seg < n else n
-                self._inbound(rview[off:end], src, now)
-                off = end
+            self._receive(self._recv_buf, n, seg, src, now)
         self._flush_tun()
         self._after_receive(now)
+
+    def _receive(
+        self,
+        buf: bytes | bytearray | memoryview,
+        n: int,
+        seg: int,
+        src: Endpoint,
+        now: float,
+        relay_key: bytes = b"",
+    ) -> None:
+        """Datagrams buf[:n] from ``src``, each ``seg`` bytes but the last: runs of
+        transport data for a live keypair are opened in one batch call, the rest (handshakes,
+        disco, STUN, unknown or expired keypairs) one by one."""
+        indices = self.device.indices
+        off = 0
+        while off < n:
+            end = off + seg if off + seg < n else n
+            if end - off >= MESSAGE_OVERHEAD and buf[off] == MESSAGE_TRANSPORT:
+                kp = indices.get(_unpack_index(buf, off + 4)[0])
+                if (
+                    type(kp) is Keypair
+                    and not (buf[off + 1] or buf[off + 2] or buf[off + 3])
+                    and now - kp.created_at < REJECT_AFTER_TIME_S
+                ):
+                    off = self._open_run(kp, buf, off, n, seg, src, now)
+                    continue
+            self._inbound(memoryview(buf)[off:end], src, now, relay_key)
+            off = end
+
+    def _open_run(
+        self,
+        kp: Keypair,
+        buf: bytes | bytearray | memoryview,
+        off: int,
+        n: int,
+        seg: int,
+        src: Endpoint,
+        now: float,
+    ) -> int:
+        """Open the run of messages for ``kp`` from ``off``; returns where it ended."""
+        if self._dec_len + DEC_RESERVE > DEC_BUF_SIZE:
+            self._flush_tun()
+        pos, dec_end, items, failed, malformed, keepalives = self._open_messages(
+            kp.recv_fast, kp.replay, kp.local_index, buf, off, n, seg, self._dec,
+            self._dec_len, self._coalesce,
+        )  # fmt: skip
+        if pos == off:  # one message larger than the whole buffer: never valid
+            self.counters.drop_malformed += 1
+            return min(off + seg, n)
+        self._dec_len = dec_end
+        counters = self.counters
+        if failed:
+            counters.drop_replay_or_auth += failed
+        if malformed:
+            counters.drop_malformed += malformed
+        if not (items or malformed or keepalives):
+            return pos
+        peer = kp.peer
+        assert isinstance(peer, Peer)
+        if kp is not peer.current:
+            self.send_transmits(self.device.received_on(kp, now))
+        if peer.endpoint != src:
+            self._authenticated(peer, src)
+        peer.rx_bytes += pos - off
+        if items or malformed:
+            self._recv_peers[peer] = (kp, True)
+        elif peer not in self._recv_peers:
+            self._recv_peers[peer] = (kp, False)
+        if items:
+            self._admit(peer, items, now)
+        return pos
+
+    def _admit(self, peer: Peer, items: list[tuple[int, int, int]], now: float) -> None:
+        """Check each opened item (a packet, or a merged run of one TCP flow) against
+        where it may come from and go to; queue what passes for the TUN."""
+        dec = self._dec
+        counters = self.counters
+        flt = self.filter
+        local = self.local
+        tun = self._tun_items
+        for off, length, packets in items:
+            p = off + VNET_HDR_LEN
+            v4 = dec[p] >> 4 == 4
+            if v4:
+                srcip = bytes(dec[p + 12 : p + 16])
+                # 100.100.100.100: the two first octets are a cheap pre-check
+                to_service = dec[p + 16] == 100 == dec[p + 17] and (
+                    dec[p + 16 : p + 20] == _SERVICE_V4
+                )
+            else:
+                srcip = bytes(dec[p + 8 : p + 24])
+                to_service = dec[p + 24 : p + 40] == _SERVICE_V6
+            try:
+                owner = self._src_cache[srcip]
+            except KeyError:
+                owner = self.device.allowed_ips.lookup(srcip)
+                if len(self._src_cache) > 4096:
+                    self._src_cache.clear()
+                self._src_cache[srcip] = owner
+            if owner is not peer:
+                counters.drop_bad_source += packets
+                continue
+            if to_service:  # S2: a peer never reaches our resolver (docs/dns.md)
+                counters.drop_service_ip += packets
+                continue
+            if local is not None and not (
+                local.allows4(bytes(dec[p + 16 : p + 20]))
+                if v4
+                else local.allows6(bytes(dec[p + 24 : p + 40]))
+            ):
+                counters.drop_not_local += packets
+                continue
+            if flt is not None and not flt.allow_inbound(dec, p, length - VNET_HDR_LEN, now):
+                counters.drop_filtered += packets
+                continue
+            tun.append((off, length))
+            counters.rx_packets += packets
 
     def _after_receive(self, now: float) -> None:
         if not self._recv_peers:
@@ -493,89 +580,22 @@ class DataPlane:
         if transmits:
             self.send_transmits(transmits)
 
-    def _inbound(self, msg: memoryview, src: Endpoint, now: float) -> None:
+    def _inbound(self, msg: memoryview, src: Endpoint, now: float, relay_key: bytes = b"") -> None:
+        """One datagram that is not transport data for a live keypair."""
         mlen = len(msg)
-        if mlen >= 32 and msg[0] == MESSAGE_TRANSPORT:
-            _, index, counter = _unpack_transport(msg)
-            kp = self.device.indices.get(index)
+        if mlen >= MESSAGE_OVERHEAD and msg[0] == MESSAGE_TRANSPORT:
+            kp = self.device.indices.get(_unpack_index(msg, 4)[0])
             if type(kp) is not Keypair or msg[1] or msg[2] or msg[3]:
                 self.counters.drop_unknown_index += 1
-                return
-            if now - kp.created_at >= REJECT_AFTER_TIME_S:
-                self.counters.drop_replay_or_auth += 1
-                return
-            off = self._dec_len
-            plen = kp.open_into(counter, msg[TRANSPORT_HEADER_SIZE:], self._dec_view[off:])
-            if plen < 0:
-                self.counters.drop_replay_or_auth += 1
-                return
-            peer = kp.peer
-            assert isinstance(peer, Peer)
-            if kp is not peer.current:
-                self.send_transmits(self.device.received_on(kp, now))
-            if peer.endpoint != src:
-                self._authenticated(peer, src)
-            peer.rx_bytes += mlen
-            had = self._recv_peers.get(peer)
-            if plen == 0:  # keepalive
-                if had is None:
-                    self._recv_peers[peer] = (kp, False)
-                return
-            self._recv_peers[peer] = (kp, True)
-            dec = self._dec
-            v = dec[off] >> 4
-            if v == 4 and plen >= 20:
-                total = (dec[off + 2] << 8) | dec[off + 3]
-                srcip = bytes(dec[off + 12 : off + 16])
-                # 100.100.100.100: the two first octets are a cheap pre-check
-                to_service = dec[off + 16] == 100 == dec[off + 17] and (
-                    dec[off + 16 : off + 20] == _SERVICE_V4
-                )
-            elif v == 6 and plen >= 40:
-                total = ((dec[off + 4] << 8) | dec[off + 5]) + 40
-                srcip = bytes(dec[off + 8 : off + 24])
-                to_service = dec[off + 24 : off + 40] == _SERVICE_V6
             else:
-                self.counters.drop_malformed += 1
-                return
-            if total > plen or total < 20:
-                self.counters.drop_malformed += 1
-                return
-            try:
-                owner = self._src_cache[srcip]
-            except KeyError:
-                owner = self.device.allowed_ips.lookup(srcip)
-                if len(self._src_cache) > 4096:
-                    self._src_cache.clear()
-                self._src_cache[srcip] = owner
-            if owner is not peer:
-                self.counters.drop_bad_source += 1
-                return
-            if to_service:  # S2: a peer never reaches our resolver (docs/dns.md)
-                self.counters.drop_service_ip += 1
-                return
-            local = self.local
-            if local is not None and not (
-                local.allows4(bytes(dec[off + 16 : off + 20]))
-                if v == 4
-                else local.allows6(bytes(dec[off + 24 : off + 40]))
-            ):
-                self.counters.drop_not_local += 1
-                return
-            flt = self.filter
-            if flt is not None and not flt.allow_inbound(dec, off, total, now):
-                self.counters.drop_filtered += 1
-                return
-            self._rx.append((off, total))
-            self._dec_len = off + total
-            self.counters.rx_packets += 1
+                self.counters.drop_replay_or_auth += 1  # past REJECT_AFTER_TIME
             return
         # Not WireGuard (type 1-4 then three zero bytes): disco or STUN, for the path picker.
         if mlen >= 4 and (msg[0] > MESSAGE_TRANSPORT or msg[1] or msg[2] or msg[3]):
             if not self.bind.receive_other(bytes(msg), src):
                 self.counters.drop_malformed += 1
             return
-        self._handshake(bytes(msg), src, now)
+        self._handshake(bytes(msg), src, now, relay_key)
 
     def _handshake(self, data: bytes, src: Endpoint, now: float, relay_key: bytes = b"") -> None:
         """A handshake message from ``src`` (through the relay: from ``relay_key``)."""
@@ -594,120 +614,19 @@ class DataPlane:
         self.send_transmits(transmits)
 
     def _flush_tun(self) -> None:
-        """Write the opened packets to the TUN: runs of one TCP flow as one super-packet."""
-        rx = self._rx
-        if not rx:
-            self._dec_len = 0
-            return
-        dv = self._dec_view
-        fd = self.tun_fd
-        tcp_info = self._tcp_info
-        i = 0
-        n = len(rx)
-        while i < n:
-            off, total = rx[i]
-            info = tcp_info(off, total)
-            if info is not None and info[4] == offload.TCP_ACK and i + 1 < n:
-                hv, mask, hlen, seq, _flags = info
-                mss = total - hlen
-                nxt = seq + mss
-                size = total
-                last_flags = offload.TCP_ACK
-                j = i + 1
-                while j < n and j - i < MAX_COALESCE and last_flags == offload.TCP_ACK:
-                    o2, t2 = rx[j]
-                    info2 = tcp_info(o2, t2)
-                    if info2 is None:
-                        break
-                    hv2, _, hlen2, seq2, flags2 = info2
-                    plen2 = t2 - hlen2
-                    if (
-                        hlen2 != hlen
-                        or (hv ^ hv2) & mask
-                        or seq2 != nxt & 0xFFFFFFFF
-                        or plen2 > mss
-                        or plen2 == 0
-                        or flags2 & ~offload.TCP_PSH != offload.TCP_ACK
-                        or size + plen2 > 65535
-                    ):
-                        break
-                    nxt += plen2
-                    size += plen2
-                    last_flags = flags2
-                    j += 1
-                    if plen2 < mss:
-                        break  # a short segment ends a run
-                if j - i > 1:
-                    self._write_coalesced(i, j, hlen, mss, last_flags)
-                    i = j
-                    continue
-            try:
-                os.writev(fd, [_VHDR_VALID, dv[off : off + total]])
-            except OSError as e:
-                log.debug("TUN write failed: %s", e)
-            i += 1
-        rx.clear()
+        """Write the admitted items to the TUN, one write each (a merged run is one GSO
+        super-packet)."""
+        items = self._tun_items
+        if items:
+            dv = self._dec_view
+            fd = self.tun_fd
+            for off, length in items:
+                try:
+                    os.write(fd, dv[off : off + length])
+                except OSError as e:
+                    log.debug("TUN write failed: %s", e)
+            items.clear()
         self._dec_len = 0
-
-    def _tcp_info(self, off: int, total: int) -> tuple[int, int, int, int, int] | None:
-        """For a TCP packet that could be coalesced: (its header from the addresses on as an
-        integer, the mask of the bits that must match in a run, header length, seq, flags).
-        """
-        d = self._dec
-        b0 = d[off]
-        if b0 == 0x45:
-            if d[off + 9] != offload.PROTO_TCP or d[off + 6] & 0x3F or d[off + 7]:
-                return None  # fragments are never coalesced
-            ihl = 20
-            start = 12  # addresses, ports, then the rest of the TCP header
-        elif b0 >> 4 == 6:
-            if d[off + 6] != offload.PROTO_TCP:
-                return None
-            ihl = 40
-            start = 8
-        else:
-            return None
-        t = off + ihl
-        if total < ihl + 20:
-            return None
-        hlen = ihl + (d[t + 12] >> 4) * 4
-        if hlen > total or hlen < ihl + 20:
-            return None
-        hv = int.from_bytes(d[off + start : off + hlen], "big")
-        mask = _header_mask(hlen - start, ihl - start)
-        seq = int.from_bytes(d[t + 4 : t + 8], "big")
-        return hv, mask, hlen, seq, d[t + 13]
-
-    def _write_coalesced(self, i: int, j: int, hlen: int, mss: int, last_flags: int) -> None:
-        rx = self._rx
-        dv = self._dec_view
-        off0, _ = rx[i]
-        hdr = bytearray(dv[off0 : off0 + hlen])
-        iov: list[memoryview | bytes | bytearray] = [b"", hdr]
-        payload = 0
-        for k in range(i, j):
-            o, t = rx[k]
-            iov.append(dv[o + hlen : o + t])
-            payload += t - hlen
-        v4 = hdr[0] >> 4 == 4
-        ihl = 20 if v4 else 40
-        total = hlen + payload
-        if v4:
-            _pack_be16(hdr, 2, total)
-            hdr[10] = 0
-            hdr[11] = 0
-            _pack_le16(hdr, 10, offload.finish_checksum(int.from_bytes(hdr[:20], "little")))
-        else:
-            _pack_be16(hdr, 4, total - 40)
-        hdr[ihl + 13] = last_flags
-        psum = offload.pseudo_sum(memoryview(hdr), v4, offload.PROTO_TCP, total - ihl) % 0xFFFF
-        _pack_le16(hdr, ihl + 16, psum or 0xFFFF)
-        gso = VIRTIO_NET_HDR_GSO_TCPV4 if v4 else VIRTIO_NET_HDR_GSO_TCPV6
-        iov[0] = VNET_HDR.pack(VIRTIO_NET_HDR_F_NEEDS_CSUM, gso, hlen, mss, ihl, 16)
-        try:
-            os.writev(self.tun_fd, iov)
-        except OSError as e:
-            log.debug("TUN write failed: %s", e)
 
 
 class StackDataPlane(DataPlane):
@@ -727,6 +646,7 @@ class StackDataPlane(DataPlane):
         bind: Bind | None = None,
     ) -> None:
         super().__init__(device, -1, sock, clock, bind)
+        self._coalesce = False  # the stack takes packets no larger than the MTU
         self.deliver: Callable[[list[bytes]], None] = lambda packets: None
 
     def on_tun_readable(self) -> None:  # pragma: no cover - there is no TUN
@@ -742,60 +662,45 @@ class StackDataPlane(DataPlane):
         now = self.clock()
         counters = self.counters
         flt = self.filter
-        scratch = self._scratch
-        limit = len(scratch) - 16
         device = self.device
-        emit = self._emit
         cur_dst = None
         peer: Peer | None = None
+        kp: Keypair | None = None
         for pkt in packets:
             n = len(pkt)
             version = pkt[0] >> 4 if n else 0
-            if version == 4 and 20 <= n <= limit:
+            if version == 4 and 20 <= n <= MAX_PACKET:
                 dst = pkt[16:20]
-            elif version == 6 and 40 <= n <= limit:
+            elif version == 6 and 40 <= n <= MAX_PACKET:
                 dst = pkt[24:40]
             else:
                 counters.drop_malformed += 1
                 continue
             if dst != cur_dst:
-                self._send_plain(peer, now)
                 cur_dst = dst
                 peer = self._lookup_dst(dst)
-                if peer is not None:
+                kp = None
+                if peer is not None and peer.endpoint is not None:
                     kp = device.sending_keypair(peer, now)
-                    if kp is None or peer.endpoint is None:
-                        self._plain = []  # queued until a handshake completes
-                    else:
-                        self._kp = kp
-                        self._peer = peer
-                        self._sent_peers.add(peer)
             if peer is None:
                 counters.drop_no_peer += 1
                 continue
             if flt is not None:
                 flt.track_outbound(pkt, now)
-            scratch[:n] = pkt
-            emit(n)
-        self._send_plain(peer, now)
+            if kp is None:
+                self._stage(peer, pkt, False, now)  # queued until a handshake completes
+            else:
+                self._seal(peer, kp, pkt, False)
         self._flush_sends()
         self._after_send(now)
 
-    def _send_plain(self, peer: Peer | None, now: float) -> None:
-        """Packets held for ``peer`` while it has no session: to the device's queue."""
-        plain = self._plain
-        if plain is not None:
-            self._plain = None
-            if plain and peer is not None:
-                self.send_transmits(self.device.send_packets(peer, plain, now))
-
     def _flush_tun(self) -> None:
-        rx = self._rx
-        if not rx:
+        items = self._tun_items
+        if not items:
             self._dec_len = 0
             return
         dec = self._dec
-        packets = [bytes(dec[off : off + total]) for off, total in rx]
-        rx.clear()
+        packets = [bytes(dec[off + VNET_HDR_LEN : off + length]) for off, length in items]
+        items.clear()
         self._dec_len = 0
         self.deliver(packets)

@@ -28,7 +28,7 @@ import sys
 import time
 from typing import Any
 
-from weftnet import tls, version
+from weftnet import fastpath, tls, version
 from weftnet.dns import osconfig
 from weftnet.node import localapi, platform
 from weftnet.node.config import DEFAULT_TUN, NodeConfig, default_state_dir
@@ -263,6 +263,12 @@ def main(argv: list[str] | None = None, device_config: DeviceConfig = SPEC_CONFI
     config = dataclasses.replace(parse_args(argv), device=device_config)
     setup_logging(config)
     try:
+        choice = os.environ.get("WEFT_DATAPATH", "")
+        if choice:  # "python": the pure reference data path, for comparison and debugging
+            fastpath.use(choice.lower())
+        if fastpath.IMPLEMENTATION != "c":
+            log.warning("data path: pure Python (%s); throughput is a fraction of the C one",
+                        "WEFT_DATAPATH" if choice else "weftnet.fastpath._fastpath not built")  # fmt: skip
         daemon = build_daemon(config)
         # uvloop only for our own loop: pyroute2 runs a stock asyncio loop internally.
         with asyncio.Runner(loop_factory=loop_factory()) as runner:

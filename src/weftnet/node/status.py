@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from weftnet import tailcfg
+from weftnet import fastpath, tailcfg
 from weftnet.node import localapi, routeprefs
 from weftnet.node.backend import State
 from weftnet.node.mapsession import NetworkMap
@@ -148,6 +148,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
         "routes": routes_status(d),
         "packet_filter_rules": len(d.packet_filter.rules),
         "counters": localapi.counters(d.engine),
+        "datapath": fastpath.IMPLEMENTATION,  # "c", or "python" where the extension is not built
         "dns": d.dns.status(),
     }
 

@@ -20,6 +20,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
+from weftnet import fastpath
 from weftnet.wireguard.constants import (
     PADDING_MULTIPLE,
     REJECT_AFTER_MESSAGES,
@@ -27,7 +28,6 @@ from weftnet.wireguard.constants import (
 )
 from weftnet.wireguard.handshake import SessionKeys
 from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
-from weftnet.wireguard.replay import ReplayWindow
 
 _HEADER = struct.Struct("<II Q")
 _pack_header_into = _HEADER.pack_into
@@ -54,17 +54,23 @@ class Keypair:
         "local_index",
         "peer",
         "recv",
+        "recv_fast",
         "remote_index",
         "replay",
         "send",
         "send_counter",
+        "send_fast",
     )
 
     def __init__(self, keys: SessionKeys, created_at: float, peer: object = None) -> None:
         self.send = ChaCha20Poly1305(keys.send_key)
         self.recv = ChaCha20Poly1305(keys.receive_key)
+        # The batch functions' own key objects (weftnet.fastpath: C or pure Python), and
+        # the replay window both paths share.
+        self.send_fast = fastpath.Aead(keys.send_key)
+        self.recv_fast = fastpath.Aead(keys.receive_key)
         self.send_counter = 0
-        self.replay = ReplayWindow()
+        self.replay = fastpath.ReplayWindow()
         self.local_index = keys.local_index
         self.remote_index = keys.remote_index
         self.is_initiator = keys.is_initiator
