@@ -22,6 +22,7 @@ from weftlab.wgpeers import (
     start_wireguard_go,
     write_wg_quick_config,
 )
+from weftnet.node.datapath import tso_max_size
 from weftnet.node.localapi import request
 
 pytestmark = pytest.mark.lab
@@ -124,6 +125,9 @@ def test_iperf3_tcp_stream(lab: Lab, tmp_path: Path, reverse: bool) -> None:
     result = iperf(t.weft, t.wg, WG_V4, seconds=3, reverse=reverse)
     bps = result["end"]["sum_received"]["bits_per_second"]
     assert bps > 50e6, f"only {bps / 1e6:.0f} Mbit/s"
+    # TCP super-packets the size of one UDP GSO send (docs/dataplane.md)
+    link = t.weft.run(["ip", "-d", "link", "show", "weft0"]).stdout
+    assert f"gso_max_size {tso_max_size(1420)} " in link, link
     assert all(i["sum"]["bytes"] > 0 for i in result["intervals"])
 
 

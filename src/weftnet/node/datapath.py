@@ -55,7 +55,7 @@ SOL_UDP = 17
 UDP_SEGMENT = 103  # linux/udp.h: send with GSO, value = segment size
 UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
 MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
-MAX_GSO_BYTES = 65000  # a GSO send must fit one 64 KiB UDP datagram
+MAX_GSO_BYTES = 65507  # a GSO send must fit one UDP datagram (IPv4: 65535 - 20 - 8)
 SEND_BUF_SIZE = 512 * 1024  # sealed output of several super-packets
 # The most one TUN read can seal to: every segment gains a header, a tag and padding.
 OUT_RESERVE = MAX_PACKET + MAX_SEGMENTS * (MESSAGE_OVERHEAD + 16 + 120)
@@ -66,6 +66,18 @@ MAX_READS_PER_WAKEUP = 16  # bound each reader callback so both directions get a
 SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 
 _unpack_index = struct.Struct("<I").unpack_from
+
+
+def tso_max_size(mtu: int) -> int:
+    """The TUN's gso_max_size for ``mtu``: TCP super-packets the kernel hands over then
+    cut into as many segments as one UDP GSO send carries (45 at MTU 1420), so a TUN read
+    leaves in one ``sendmsg``, and a receiver's GRO read, which stops short of 64 KiB,
+    holds one whole super-packet: one TUN write at a weftd peer. The kernel's TCP keeps
+    MAX_TCP_HEADER (about 320 bytes) of it for headers; the MSS counted is that of IPv4
+    with timestamps. A read that still comes out larger is split over two sends."""
+    per_send = max(MAX_GSO_BYTES // (mtu + MESSAGE_OVERHEAD), 1)
+    return per_send * max(mtu - 52, 1) + 400
+
 
 # The resolver's addresses, as they appear in a packet's destination field.
 _SERVICE_V4 = ipaddress.IPv4Address(SERVICE_V4).packed

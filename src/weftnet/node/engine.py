@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 
-from weftnet.node.datapath import Bind, DataPlane, UdpBind, make_socket
+from weftnet.node.datapath import Bind, DataPlane, UdpBind, make_socket, tso_max_size
 from weftnet.wireguard.device import SPEC_CONFIG, Device, DeviceConfig
 
 log = logging.getLogger("weftd")
@@ -145,7 +145,9 @@ class Engine(BaseEngine):
         """Set MTU, addresses and routes and bring the interface up (blocking netlink)."""
         with self._netlink:
             self.addresses = list(addresses)
-            self._tun.configure_interface(self.ifname, self._all_addresses(), self.mtu, routes)
+            self._tun.configure_interface(
+                self.ifname, self._all_addresses(), self.mtu, routes, tso_max_size(self.mtu)
+            )
 
     def update_addresses(self, addresses: Iterable[Interface]) -> None:
         """Make the interface's addresses exactly ``addresses`` and, when there are any,

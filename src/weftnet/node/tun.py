@@ -70,8 +70,12 @@ def configure_interface(
     addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
     mtu: int,
     routes: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network] = (),
+    gso_max_size: int = 0,
 ) -> None:
     """Set MTU, addresses and routes of ``name`` and bring it up (rtnetlink).
+
+    ``gso_max_size`` (when not 0) caps the TCP super-packets the kernel hands over, so
+    that one TUN read seals into one UDP GSO send (the data plane's ``tso_max_size``).
 
     Every route gets the first address of its family as preferred source (RTA_PREFSRC):
     with more than one address on the device (the resolver's service addresses next to
@@ -87,6 +91,8 @@ def configure_interface(
     with IPRoute() as ipr:
         idx = ipr.link_lookup(ifname=name)[0]
         ipr.link("set", index=idx, mtu=mtu)
+        if gso_max_size:
+            ipr.link("set", index=idx, gso_max_size=gso_max_size)
         for a in addresses:
             try:
                 ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
