@@ -63,7 +63,20 @@ static inline void wr_le64(uint8_t *p, uint64_t v) { wr_le32(p, (uint32_t)v); wr
 /* The ones'-complement sum (RFC 1071) of little-endian 16-bit words, modulo 0xFFFF:
  * 2**16 is 1 modulo 0xFFFF, so 32-bit words add up to the same residue. */
 static uint64_t le_sum(const uint8_t *p, size_t n) {
-    uint64_t s = 0;
+    /* Two 64-bit ones'-complement accumulators (end-around carry); 2**64 is also 1
+     * modulo 0xFFFF, so their residue is that of the 16-bit word sum. */
+    uint64_t a = 0, b = 0, x, y;
+    while (n >= 16) {
+        memcpy(&x, p, 8);
+        memcpy(&y, p + 8, 8);
+        a += x;
+        a += a < x;
+        b += y;
+        b += b < y;
+        p += 16;
+        n -= 16;
+    }
+    uint64_t s = a % 0xFFFF + b % 0xFFFF;
     uint32_t w;
     while (n >= 4) {
         memcpy(&w, p, 4);
