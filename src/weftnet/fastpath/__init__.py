@@ -3,7 +3,7 @@
 ``seal_packet`` and ``open_messages`` (see ``reference``) carry every per-packet step of
 the data plane's hot loops: segmentation, checksums, padding, ChaCha20-Poly1305, the
 replay window and the merging of TCP segments into one TUN write. The C extension
-``_fastpath`` (built by pip from ``_fastpath.c`` with OpenSSL's libcrypto) does them
+``_fastpath`` (built by pip from ``_fastpath.c`` with libgcrypt's ChaCha20-Poly1305) does them
 without the Python overhead of a call per packet; ``reference`` is the same in pure
 Python, kept byte for byte equal by a differential test and used where the extension is
 not built (a machine without a compiler) or when weftd runs with ``WEFT_DATAPATH=python``
