@@ -136,8 +136,10 @@ def test_largest_payload_is_accepted() -> None:
         (p.HEADER.pack(p.SEND_PACKET_BATCH, 33) + bytes(33), "no key and segment size"),
         (p.HEADER.pack(p.SEND_PACKET_BATCH, 34) + bytes(32) + b"\x00\x01", "holds 0 bytes"),
         (p.HEADER.pack(p.RECV_PACKET_BATCH, 35) + bytes(32) + b"\x00\x00x", "segment size 0"),
-        (p.HEADER.pack(p.RECV_PACKET_BATCH, 34 + 129) + bytes(32) + b"\x00\x01" + bytes(129),
-         "over 128 datagrams"),
+        (
+            p.HEADER.pack(p.RECV_PACKET_BATCH, 34 + 129) + bytes(32) + b"\x00\x01" + bytes(129),
+            "over 128 datagrams",
+        ),
         (p.HEADER.pack(p.SERVER_KEY, 64) + b"WEFTRLY2" + bytes(56), "magic"),
         (p.HEADER.pack(p.SERVER_KEY, 63) + b"WEFTRLY1" + bytes(55), "64 bytes"),
         (p.HEADER.pack(p.SERVER_KEY, 40) + b"WEFTRLY1" + bytes(32), "older relay protocol"),

@@ -323,9 +323,7 @@ class RelayClient:
             if self._pinned_key is not None and first.key != self._pinned_key:
                 raise ProtocolError("relay server key is not the one in the relay map")
             self.server_key = first.key
-            hello = p.ClientHello(
-                p.PROTOCOL_VERSION, self._preferred, first.challenge, p.FEATURES
-            )
+            hello = p.ClientHello(p.PROTOCOL_VERSION, self._preferred, first.challenge, p.FEATURES)
             info = p.ClientInfo.create(
                 self._private_key, first.key, hello, self._entropy(p.NONCE_LEN)
             )

@@ -107,8 +107,8 @@ class _Conn:
     """The server's state for one admitted connection."""
 
     __slots__ = (
-        "bucket", "budget", "bytes_in", "bytes_out", "close_reason", "connected_at",
-        "batches", "drops_no_peer", "drops_queue", "drops_rate", "drops_self", "key", "last_rx",
+        "batches", "bucket", "budget", "bytes_in", "bytes_out", "close_reason", "connected_at",
+        "drops_no_peer", "drops_queue", "drops_rate", "drops_self", "key", "last_rx",
         "packets_in", "packets_out", "preferred", "queue", "queue_limit", "queued_bytes",
         "queued_bytes_peak", "remote", "senders", "tasks", "throttle", "wake", "writer",
     )  # fmt: skip
@@ -223,6 +223,7 @@ class RelayServer:
         admit_timeout_s: float = ADMIT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         entropy: Callable[[int], bytes] = os.urandom,
+        features: frozenset[str] = p.FEATURES,
     ) -> None:
         if len(private_key) != p.KEY_LEN:
             raise ValueError("the relay private key is 32 bytes")
@@ -244,6 +245,7 @@ class RelayServer:
         self.admit_timeout_s = admit_timeout_s
         self._clock = clock
         self._entropy = entropy
+        self.features = features & p.FEATURES  # announced in SERVER_INFO (none: as v2.0)
         self._conns: dict[bytes, _Conn] = {}
         self._handlers: set[asyncio.Task[object]] = set()  # every connection's task
         self._handshaking: set[asyncio.Task[object]] = set()  # those not yet admitted
@@ -434,13 +436,13 @@ class RelayServer:
         if self._closed:
             return self._refuse(writer, SHUTTING_DOWN), decoder, []
         server_hello = p.ServerHello(
-            p.PROTOCOL_VERSION, self.rate_bytes_per_s, self.burst_bytes, p.FEATURES
+            p.PROTOCOL_VERSION, self.rate_bytes_per_s, self.burst_bytes, self.features
         )
         nonce = self._entropy(p.NONCE_LEN)
         writer.write(p.ServerInfo.create(self._private_key, key, server_hello, nonce).pack())
         now = self._clock()
         bucket = TokenBucket(self.rate_bytes_per_s, self.burst_bytes, now)
-        batches = p.FEATURE_BATCH in hello.features
+        batches = p.FEATURE_BATCH in hello.features and p.FEATURE_BATCH in self.features
         conn = _Conn(
             key, writer, hello.preferred, now, bucket, self.queue_bytes, self.budget, batches
         )
@@ -494,6 +496,8 @@ class RelayServer:
         """Act on frames from ``conn``; ProtocolError for a frame a client may not send."""
         for frame in frames:
             if isinstance(frame, p.SendPacketBatch):
+                if p.FEATURE_BATCH not in self.features:
+                    raise ProtocolError("SEND_PACKET_BATCH to a relay that did not offer it")
                 self._forward(conn, frame.dst, frame.data, frame.seg, now)
             elif isinstance(frame, p.SendPacket):
                 self._forward(conn, frame.dst, frame.packet, 0, now)
