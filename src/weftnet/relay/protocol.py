@@ -583,18 +583,17 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self._failed is not None:
             raise self._failed
-        # Whole frames are cut straight out of ``data`` when nothing is buffered (no
-        # copy into the buffer); only an unfinished frame's bytes wait in ``_buf``.
-        src: bytes | bytearray = data
-        if self._buf:
-            self._buf += data
-            src = self._buf
         frames: list[Frame] = []
-        pos, end = 0, len(src)
         try:
-            with memoryview(src) as view:
+            pos = self._finish_buffered(data, frames)
+            if pos < 0:
+                return frames
+            # Whole frames are cut straight out of ``data``; only the bytes of an
+            # unfinished frame at its end are copied, to wait in ``_buf``.
+            end = len(data)
+            with memoryview(data) as view:
                 while end - pos >= HEADER_LEN:
-                    kind, length = HEADER.unpack_from(src, pos)
+                    kind, length = HEADER.unpack_from(data, pos)
                     check_header(kind, length)
                     stop = pos + HEADER_LEN + length
                     if stop > end:
@@ -602,12 +601,33 @@ class FrameDecoder:
                     # unpack() takes any bytes-like frame; each copies what it keeps
                     frames.append(FRAME_TYPES[kind].unpack(view[pos:stop]))  # type: ignore[arg-type]
                     pos = stop
+                self._buf += view[pos:]
         except ProtocolError as e:
             self._failed = e
             self._buf.clear()
             raise
-        if src is self._buf:
-            del self._buf[:pos]
-        elif pos < end:
-            self._buf += memoryview(data)[pos:]
         return frames
+
+    def _finish_buffered(self, data: bytes, frames: list[Frame]) -> int:
+        """Complete the frame waiting in ``_buf`` from the start of ``data`` (appending it
+        to ``frames``); where in ``data`` the next frame begins, or -1 if all of ``data``
+        went into ``_buf`` and the frame is still unfinished."""
+        buf = self._buf
+        if not buf:
+            return 0
+        pos = 0
+        if len(buf) < HEADER_LEN:
+            pos = HEADER_LEN - len(buf)
+            buf += data[:pos]
+            if len(buf) < HEADER_LEN:
+                return -1
+            check_header(*HEADER.unpack_from(buf))
+        _, length = HEADER.unpack_from(buf)
+        missing = HEADER_LEN + length - len(buf)
+        buf += memoryview(data)[pos : pos + missing]
+        if len(data) - pos < missing:
+            return -1
+        frame = bytes(buf)
+        buf.clear()
+        frames.append(unpack_frame(frame))
+        return pos + missing
