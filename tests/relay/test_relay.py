@@ -678,3 +678,22 @@ def test_a_full_client_queue_takes_what_fits_of_a_batch() -> None:
             assert a.drops == 12
 
     run(scenario())
+
+
+def test_a_batch_over_the_frame_limits_goes_as_several_frames() -> None:
+    async def scenario() -> None:
+        batches = BatchInbox()
+        async with (
+            relay() as (_, port),
+            node(port, queue_packets=1000) as (a, _, a_key),
+            node(port, on_batch=batches) as (b, _, b_key),
+        ):
+            await _connected(a, b)
+            small = os.urandom(200 * 100 + 1)  # 201 datagrams: over 128 a frame
+            assert a.send_batch(b_key, small, 100) == 201
+            await until(lambda: sum(len(d) for _, d, _ in batches.batches) == len(small))
+            assert b"".join(d for _, d, _ in batches.batches) == small
+            assert {(src, seg) for src, _, seg in batches.batches} == {(a_key, 100)}
+            assert all(len(d) <= p.MAX_BATCH_SEGMENTS * 100 for _, d, _ in batches.batches)
+
+    run(scenario())
