@@ -697,3 +697,48 @@ def test_a_batch_over_the_frame_limits_goes_as_several_frames() -> None:
             assert all(len(d) <= p.MAX_BATCH_SEGMENTS * 100 for _, d, _ in batches.batches)
 
     run(scenario())
+
+
+def test_batches_queued_for_a_relay_that_comes_back_older_go_as_single_packets() -> None:
+    async def scenario() -> None:
+        server_keys = keypair()
+        b_private, b_key = keypair()
+        b_up = asyncio.Event()
+        async with relay(keypair=server_keys) as (server, port), node(port) as (a, _, a_key):
+            await _connected(a)
+            await server.close()
+            await until(lambda: not a.connected, what="cut off")
+            data = os.urandom(30 * 1000)
+            assert a.send_batch(b_key, data, 1000) == 30  # queued as a batch frame
+
+            async def b_first(key: bytes) -> bool:  # b is there when a's queue goes out
+                if key == a_key:
+                    await b_up.wait()
+                return True
+
+            older = {"keypair": server_keys, "port": port, "features": frozenset()}
+            async with relay(b_first, **older), node(port, b_private) as (b, b_in, _):
+                await _connected(b)
+                b_up.set()
+                await until(lambda: len(b_in.packets) == 30, timeout=10.0)
+                assert b_in.payloads() == p.split_batch(data, 1000)
+                assert a.connections == 2
+
+    run(scenario())
+
+
+def test_batches_fit_the_burst_the_relay_announced() -> None:
+    async def scenario() -> None:
+        batches = BatchInbox()
+        async with (
+            relay(burst_bytes=10_000) as (_, port),
+            node(port) as (a, _, _),
+            node(port, on_batch=batches) as (b, _, b_key),
+        ):
+            await _connected(a, b)
+            # 45,000 bytes at once: one frame would be over the burst, always dropped.
+            assert a.send_batch(b_key, os.urandom(45 * 1000), 1000) == 45
+            await until(lambda: bool(batches.batches))
+            assert all(len(d) <= 10_000 for _, d, _ in batches.batches)
+
+    run(scenario())

@@ -220,7 +220,11 @@ class RelayClient:
         self.drops += count - room
         data = data[: room * seg]
         if self._batches and seg <= p.MAX_BATCH_BYTES:
-            per_frame = min(p.MAX_BATCH_SEGMENTS, p.MAX_BATCH_BYTES // seg) * seg
+            # At most what the relay's limits let through at once (a batch over its
+            # burst would always be dropped).
+            burst = self.server_hello.burst_bytes if self.server_hello else p.MAX_BATCH_BYTES
+            fit = min(p.MAX_BATCH_SEGMENTS, p.MAX_BATCH_BYTES // seg, max(1, burst // seg))
+            per_frame = fit * seg
             frames = [
                 p.SendPacketBatch(dst_key, seg, data[off : off + per_frame]).pack()
                 for off in range(0, len(data), per_frame)
