@@ -17,7 +17,10 @@ restart do not return in lockstep; a connection that lasted BACKOFF_RESET_S star
 count again.
 
 ``send()`` never blocks: it appends to a bounded queue and returns False (counting a
-drop) when the queue is full. The queue survives reconnects, so a datagram sent during a
+drop) when the queue is full. ``send_batch()`` queues datagrams laid out as a UDP GSO send
+(what weftd's data plane hands over) as SEND_PACKET_BATCH frames when the relay listed
+FEATURE_BATCH in SERVER_INFO, else one SEND_PACKET each; a RECV_PACKET_BATCH goes whole
+to ``on_batch(src_key, datagrams, seg)`` (or datagram by datagram to ``on_packet``). The queue survives reconnects, so a datagram sent during a
 short outage goes out once the link is back; the relay is best-effort, like UDP.
 """
 
@@ -116,7 +119,7 @@ class RelayClient:
         self.last_error: str | None = None  # why the last connection ended or failed
         self.connections = 0  # handshakes completed, over the client's life
         self.packets_sent = 0  # datagrams written to a relay connection
-        self.packets_received = 0  # RECV_PACKETs handed to on_packet
+        self.packets_received = 0  # datagrams received (each of a batch counts)
         self.drops = 0  # datagrams send() or send_batch() refused: the queue was full
         self.retry_delay_s = 0.0  # the wait chosen after the last disconnect
 
