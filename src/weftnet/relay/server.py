@@ -16,8 +16,8 @@ FEATURE_BATCH, else one RECV_PACKET per datagram); the writer drains that queue 
 the socket, sends KEEPALIVE when the queue has been quiet for ``keepalive_interval_s``,
 closes a client that has sent nothing for ``idle_timeout_s``, and drops one that has not
 taken WRITE_CHUNK bytes off the socket within ``write_timeout_s`` (a slow or stalled
-reader). What a client sends passes its
-own token bucket first (limits.py): over the limit, a packet is dropped and counted.
+reader). What a client sends passes its own token bucket first (limits.py): over the
+limit, a packet is dropped and counted.
 Queues are bounded in bytes: a frame counts from when it is queued until the socket has
 taken it, and a destination over its ``queue_bytes``, or all queues together over
 ``total_queue_bytes``, drops the packet and counts it against the destination. So a
