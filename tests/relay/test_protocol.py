@@ -3,9 +3,12 @@ the decoder gives the same frames however the stream is cut."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nacl.public import Box, PrivateKey, PublicKey
 
 from tests.relay.helpers import keypair
 from weftnet.relay import protocol as p
@@ -14,6 +17,11 @@ from weftnet.wireguard.errors import ProtocolError
 keys = st.binary(min_size=32, max_size=32)
 challenges = st.binary(min_size=p.CHALLENGE_LEN, max_size=p.CHALLENGE_LEN)
 packets = st.binary(max_size=2000) | st.binary(min_size=p.MAX_PACKET, max_size=p.MAX_PACKET)
+
+segs = st.integers(p.MAX_BATCH_BYTES // p.MAX_BATCH_SEGMENTS + 1, 0xFFFF)  # never too many
+batch_data = st.binary(min_size=1, max_size=3000) | st.binary(
+    min_size=p.MAX_BATCH_BYTES, max_size=p.MAX_BATCH_BYTES
+)
 
 frames: st.SearchStrategy[p.Frame] = st.one_of(
     st.builds(p.ServerKey, keys, challenges),
@@ -34,6 +42,8 @@ frames: st.SearchStrategy[p.Frame] = st.one_of(
     st.builds(p.Ping, st.binary(min_size=8, max_size=8)),
     st.builds(p.Pong, st.binary(min_size=8, max_size=8)),
     st.builds(p.Error, st.text(max_size=200)),
+    st.builds(p.SendPacketBatch, keys, segs, batch_data),
+    st.builds(p.RecvPacketBatch, keys, segs, batch_data),
 )
 
 
@@ -41,7 +51,7 @@ def _plausible_frames() -> st.SearchStrategy[bytes]:
     """Bytes that begin with a plausible header, so fuzzing reaches the payload checks."""
     return st.builds(
         lambda kind, body: p.HEADER.pack(kind, len(body)) + body,
-        st.integers(0, 12),
+        st.integers(0, 14),
         st.binary(max_size=120),
     )
 
@@ -122,7 +132,14 @@ def test_largest_payload_is_accepted() -> None:
     "raw, why",
     [
         (p.HEADER.pack(0x00, 0), "unknown"),
-        (p.HEADER.pack(0x0C, 0), "unknown"),
+        (p.HEADER.pack(0x0E, 0), "unknown"),
+        (p.HEADER.pack(p.SEND_PACKET_BATCH, 33) + bytes(33), "no key and segment size"),
+        (p.HEADER.pack(p.SEND_PACKET_BATCH, 34) + bytes(32) + b"\x00\x01", "holds 0 bytes"),
+        (p.HEADER.pack(p.RECV_PACKET_BATCH, 35) + bytes(32) + b"\x00\x00x", "segment size 0"),
+        (
+            p.HEADER.pack(p.RECV_PACKET_BATCH, 34 + 129) + bytes(32) + b"\x00\x01" + bytes(129),
+            "over 128 datagrams",
+        ),
         (p.HEADER.pack(p.SERVER_KEY, 64) + b"WEFTRLY2" + bytes(56), "magic"),
         (p.HEADER.pack(p.SERVER_KEY, 63) + b"WEFTRLY1" + bytes(55), "64 bytes"),
         (p.HEADER.pack(p.SERVER_KEY, 40) + b"WEFTRLY1" + bytes(32), "older relay protocol"),
@@ -151,6 +168,12 @@ def test_malformed_frames_say_why(raw: bytes, why: str) -> None:
         p.PeerGone(bytes(32), 256),
         p.Ping(bytes(9)),
         p.Error("x" * (p.MAX_PAYLOAD + 1)),
+        p.SendPacketBatch(bytes(32), 1400, bytes(p.MAX_BATCH_BYTES + 1)),
+        p.SendPacketBatch(bytes(32), 0, b"x"),
+        p.SendPacketBatch(bytes(32), 0x10000, b"x"),
+        p.RecvPacketBatch(bytes(32), 10, b""),
+        p.RecvPacketBatch(bytes(31), 10, b"x"),
+        p.RecvPacketBatch(bytes(32), 1, bytes(p.MAX_BATCH_SEGMENTS + 1)),
     ],
 )
 def test_pack_refuses_what_unpack_would(frame: p.Frame) -> None:
@@ -202,7 +225,7 @@ def test_client_info_without_the_challenge_is_refused(challenge: object) -> None
     body: dict[str, object] = {"version": 2, "preferred": False}
     if challenge is not None:
         body["challenge"] = challenge
-    sealed = p._seal(_NODE[0], server_pub, body, CH)
+    sealed = _sealed_hello(_NODE[0], server_pub, body, CH)
     with pytest.raises(ProtocolError, match="challenge"):
         p.ClientInfo(_NODE[1], CH, sealed).open(server_priv, CH)
 
@@ -231,3 +254,71 @@ def test_boxed_hello_of_another_version_is_refused(version: int) -> None:
     info = p.ClientInfo.create(node_priv, server_pub, hello, bytes(24))
     with pytest.raises(ProtocolError, match="version"):
         info.open(server_priv, CH)
+
+
+def _sealed_hello(private: bytes, peer_public: bytes, body: object, nonce: bytes) -> bytes:
+    """A hello box as a peer would seal it, whatever ``body`` holds."""
+    plain = json.dumps(body).encode()
+    return Box(PrivateKey(private), PublicKey(peer_public)).encrypt(plain, nonce).ciphertext
+
+
+def test_batch_known_answer() -> None:
+    frame = p.SendPacketBatch(bytes(range(32)), 3, b"abcdefgh")
+    raw = bytes.fromhex("0c0000002a") + bytes(range(32)) + bytes.fromhex("0003") + b"abcdefgh"
+    assert frame.pack() == raw
+    assert p.unpack_frame(raw) == frame
+    recv = p.RecvPacketBatch(bytes(range(32)), 3, b"abcdefgh")
+    assert recv.pack() == b"\x0d" + raw[1:]
+    assert p.split_batch(frame.data, frame.seg) == [b"abc", b"def", b"gh"]
+    assert p.batch_segments(len(frame.data), frame.seg) == 3
+
+
+def test_largest_batch_fits_the_largest_payload() -> None:
+    raw = p.SendPacketBatch(bytes(32), 1, bytes(p.MAX_BATCH_SEGMENTS)).pack()
+    assert p.unpack_frame(raw).pack() == raw
+    big = p.RecvPacketBatch(bytes(32), 0xFFFF, bytes(p.MAX_BATCH_BYTES)).pack()
+    assert len(big) == p.HEADER_LEN + p.MAX_PAYLOAD
+
+
+@given(keys, st.integers(1, 0xFFFF), st.binary(min_size=1, max_size=4000))
+def test_batch_parses_or_refuses_whatever_its_seg(key: bytes, seg: int, data: bytes) -> None:
+    raw = p.HEADER.pack(p.RECV_PACKET_BATCH, 34 + len(data)) + key + p.SEG.pack(seg) + data
+    try:
+        frame = p.unpack_frame(raw)
+    except ProtocolError:
+        assert p.batch_segments(len(data), seg) > p.MAX_BATCH_SEGMENTS
+        return
+    assert isinstance(frame, p.RecvPacketBatch)
+    assert b"".join(p.split_batch(frame.data, frame.seg)) == data
+    assert all(len(d) == seg for d in p.split_batch(frame.data, frame.seg)[:-1])
+
+
+@given(st.sampled_from([[], ["batch"], ["batch", "later"]]), st.booleans())
+def test_hellos_carry_features(features: list[str], preferred: bool) -> None:
+    node_private, node_public = keypair()
+    server_private, server_public = keypair()
+    challenge = bytes(24)
+    hello = p.ClientHello(p.PROTOCOL_VERSION, preferred, challenge, frozenset(features))
+    info = p.ClientInfo.create(node_private, server_public, hello, bytes(24))
+    assert info.open(server_private, challenge) == hello
+    server_hello = p.ServerHello(p.PROTOCOL_VERSION, 1, 2, frozenset(features))
+    sinfo = p.ServerInfo.create(server_private, node_public, server_hello, bytes(24))
+    assert sinfo.open(node_private, server_public) == server_hello
+
+
+@pytest.mark.parametrize("features", ["batch", [1], {"batch": 1}])
+def test_malformed_features_are_refused(features: object) -> None:
+    server_private, server_public = keypair()
+    node_private, node_public = keypair()
+    body = {"version": p.PROTOCOL_VERSION, "rate_bytes_per_s": 1, "burst_bytes": 1}
+    sealed = _sealed_hello(server_private, node_public, {**body, "features": features}, bytes(24))
+    with pytest.raises(ProtocolError, match="features"):
+        p.ServerInfo(bytes(24), sealed).open(node_private, server_public)
+
+
+def test_hello_of_an_older_peer_has_no_features() -> None:
+    server_private, server_public = keypair()
+    node_private, node_public = keypair()
+    body = {"version": p.PROTOCOL_VERSION, "rate_bytes_per_s": 1, "burst_bytes": 1}
+    sealed = _sealed_hello(server_private, node_public, body, bytes(24))
+    assert p.ServerInfo(bytes(24), sealed).open(node_private, server_public).features == set()

@@ -556,3 +556,189 @@ def test_handle_runs_behind_any_transport_that_did_the_upgrade() -> None:
         await server.close()
 
     run(scenario())
+
+
+class BatchInbox:
+    """An ``on_batch`` callback that records (src, datagrams, seg)."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[bytes, bytes, int]] = []
+
+    def __call__(self, src: bytes, data: bytes, seg: int) -> None:
+        self.batches.append((src, data, seg))
+
+
+def _gso(datagrams: list[bytes]) -> bytes:
+    return b"".join(datagrams)
+
+
+def test_a_batch_arrives_whole_in_one_frame_and_is_counted_per_datagram() -> None:
+    async def scenario() -> None:
+        batches = BatchInbox()
+        async with (
+            relay() as (server, port),
+            node(port) as (a, _, a_key),
+            node(port, on_batch=batches) as (b, b_in, b_key),
+            node(port) as (c, c_in, c_key),
+        ):
+            await _connected(a, b, c)
+            data = os.urandom(45 * 1400 + 77)  # 45 full datagrams and a short one
+            assert a.send_batch(b_key, data, 1400) == 46
+            await until(lambda: len(batches.batches) == 1)
+            assert batches.batches == [(a_key, data, 1400)]
+            assert not b_in.packets
+            # A client without on_batch gets the same datagrams one by one.
+            assert a.send_batch(c_key, data, 1400) == 46
+            await until(lambda: len(c_in.packets) == 46)
+            assert c_in.packets == [(a_key, d) for d in p.split_batch(data, 1400)]
+            assert _stats(server, a_key).packets_in == 92
+            assert _stats(server, a_key).bytes_in == 2 * len(data)
+            assert _stats(server, b_key).packets_out == 46
+            assert b.packets_received == 46 and a.packets_sent == 92
+
+    run(scenario())
+
+
+def test_an_older_client_gets_a_batch_as_single_packets() -> None:
+    async def scenario() -> None:
+        async with relay() as (_, port), node(port) as (a, _, a_key):
+            await _connected(a)
+            old_private, old_key = keypair()
+            raw = await RawConn.open(port)  # its CLIENT_INFO lists no features
+            assert isinstance(await raw.handshake(old_private), p.ServerInfo)
+            datagrams = [os.urandom(300) for _ in range(5)] + [b"end"]
+            assert a.send_batch(old_key, _gso(datagrams), 300) == 6
+            got = [await raw.next_frame() for _ in datagrams]
+            assert got == [p.RecvPacket(a_key, d) for d in datagrams]
+            raw.close()
+
+    run(scenario())
+
+
+def test_a_client_sends_no_batch_to_a_relay_that_did_not_offer_it() -> None:
+    async def scenario() -> None:
+        batches = BatchInbox()
+        async with (
+            relay(features=frozenset()) as (server, port),
+            node(port) as (a, _, a_key),
+            node(port, on_batch=batches) as (b, b_in, b_key),
+        ):
+            await _connected(a, b)
+            data = os.urandom(10 * 1000)
+            assert a.send_batch(b_key, data, 1000) == 10
+            await until(lambda: len(b_in.packets) == 10)
+            assert b_in.packets == [(a_key, d) for d in p.split_batch(data, 1000)]
+            assert not batches.batches and a.connections == 1
+
+            # A client that sends a batch anyway is refused like any unknown frame.
+            bad_private, _ = keypair()
+            raw = await RawConn.open(port)
+            assert isinstance(await raw.handshake(bad_private), p.ServerInfo)
+            raw.writer.write(p.SendPacketBatch(b_key, 10, bytes(100)).pack())
+            frames = await raw.frames_until_eof()
+            assert isinstance(frames[-1], p.Error) and "malformed" in frames[-1].reason
+            assert server.client(b_key) is not None and a.connected
+
+    run(scenario())
+
+
+def test_a_hostile_batch_closes_only_its_connection() -> None:
+    async def scenario() -> None:
+        async with (
+            relay() as (server, port),
+            node(port) as (a, a_in, a_key),
+            node(port) as (b, _, b_key),
+        ):
+            await _connected(a, b)
+            for bad in (
+                p.HEADER.pack(p.SEND_PACKET_BATCH, 35) + b_key + b"\x00\x00x",  # seg 0
+                p.HEADER.pack(p.SEND_PACKET_BATCH, 34 + 200) + b_key + b"\x00\x01" + bytes(200),
+                p.HEADER.pack(p.RECV_PACKET_BATCH, 35) + a_key + b"\x00\x01x",  # not a client's
+            ):
+                bad_private, bad_key = keypair()
+                raw = await RawConn.open(port)
+                assert isinstance(await raw.handshake(bad_private), p.ServerInfo)
+                raw.writer.write(bad)
+                frames = await raw.frames_until_eof()
+                assert isinstance(frames[-1], p.Error) and "malformed" in frames[-1].reason
+                await until(lambda: server.client(bad_key) is None)  # noqa: B023
+            assert b.send_batch(a_key, bytes(3000), 1000) == 3
+            await until(lambda: len(a_in.packets) == 3)
+            assert a.connections == b.connections == 1
+
+    run(scenario())
+
+
+def test_a_full_client_queue_takes_what_fits_of_a_batch() -> None:
+    async def scenario() -> None:
+        async with relay() as (_, port), node(port, queue_packets=8) as (a, _, a_key):
+            # Not connected yet: the queue fills and keeps what fits.
+            assert a.send_batch(a_key, bytes(1000), 100) == 8
+            assert a.send_batch(a_key, bytes(1000), 100) == 0
+            assert a.drops == 12
+
+    run(scenario())
+
+
+def test_a_batch_over_the_frame_limits_goes_as_several_frames() -> None:
+    async def scenario() -> None:
+        batches = BatchInbox()
+        async with (
+            relay() as (_, port),
+            node(port, queue_packets=1000) as (a, _, a_key),
+            node(port, on_batch=batches) as (b, _, b_key),
+        ):
+            await _connected(a, b)
+            small = os.urandom(200 * 100 + 1)  # 201 datagrams: over 128 a frame
+            assert a.send_batch(b_key, small, 100) == 201
+            await until(lambda: sum(len(d) for _, d, _ in batches.batches) == len(small))
+            assert b"".join(d for _, d, _ in batches.batches) == small
+            assert {(src, seg) for src, _, seg in batches.batches} == {(a_key, 100)}
+            assert all(len(d) <= p.MAX_BATCH_SEGMENTS * 100 for _, d, _ in batches.batches)
+
+    run(scenario())
+
+
+def test_batches_queued_for_a_relay_that_comes_back_older_go_as_single_packets() -> None:
+    async def scenario() -> None:
+        server_keys = keypair()
+        b_private, b_key = keypair()
+        b_up = asyncio.Event()
+        async with relay(keypair=server_keys) as (server, port), node(port) as (a, _, a_key):
+            await _connected(a)
+            await server.close()
+            await until(lambda: not a.connected, what="cut off")
+            data = os.urandom(30 * 1000)
+            assert a.send_batch(b_key, data, 1000) == 30  # queued as a batch frame
+
+            async def b_first(key: bytes) -> bool:  # b is there when a's queue goes out
+                if key == a_key:
+                    await b_up.wait()
+                return True
+
+            older = {"keypair": server_keys, "port": port, "features": frozenset()}
+            async with relay(b_first, **older), node(port, b_private) as (b, b_in, _):
+                await _connected(b)
+                b_up.set()
+                await until(lambda: len(b_in.packets) == 30, timeout=10.0)
+                assert b_in.payloads() == p.split_batch(data, 1000)
+                assert a.connections == 2
+
+    run(scenario())
+
+
+def test_batches_fit_the_burst_the_relay_announced() -> None:
+    async def scenario() -> None:
+        batches = BatchInbox()
+        async with (
+            relay(burst_bytes=10_000) as (_, port),
+            node(port) as (a, _, _),
+            node(port, on_batch=batches) as (b, _, b_key),
+        ):
+            await _connected(a, b)
+            # 45,000 bytes at once: one frame would be over the burst, always dropped.
+            assert a.send_batch(b_key, os.urandom(45 * 1000), 1000) == 45
+            await until(lambda: bool(batches.batches))
+            assert all(len(d) <= 10_000 for _, d, _ in batches.batches)
+
+    run(scenario())

@@ -13,12 +13,15 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from tests.relay.helpers import allow_all, until
+
 from weftlab.fakes import SeededEntropy
 from weftnet import controlbox, disco, stun, tailcfg
 from weftnet.disco import Packet, Ping, Pong
 from weftnet.endpoint import Endpoint
 from weftnet.magicsock.conn import MagicSock, Relays, first_guess
 from weftnet.node.datapath import Bind, DataPlane, UdpBind, make_socket
+from weftnet.relay.server import RelayServer
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Device, Peer
 
@@ -276,3 +279,37 @@ def test_our_stun_requests_are_long_enough_for_an_ipv6_answer() -> None:
     request = stun.binding_request(txid, STUN_SOFTWARE)
     answer = stun.binding_response(txid, ("fd7a:115c:a1e0::1", 41641))
     assert len(request) >= len(answer) == 52
+
+
+def test_a_batch_for_the_relay_reaches_the_other_data_plane_whole() -> None:
+    """send_to_pseudo_batch -> relay (one frame) -> receive_from_relay_batch, unsplit."""
+    received: list[tuple[bytes, int, bytes, str]] = []
+
+    async def scenario(engine: FakeEngine, magic: MagicSock) -> None:
+        relay_private = crypto.generate_private_key(SeededEntropy("relay"))
+        relay = RelayServer(relay_private, allow_all())
+        listener = await relay.serve_tcp("127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        key = controlbox.key_to_text(tailcfg.RELAY_KEY_PREFIX, relay.public_key)
+        region = tailcfg.RelayRegion(name="r1", url=f"http://127.0.0.1:{port}", public_key=key)
+        other = FakeEngine("other")
+        other.dp.receive_from_relay_batch = (  # type: ignore[method-assign]
+            lambda data, seg, src, name: received.append((bytes(data), seg, src, name))
+        )
+        other_magic = MagicSock(other, other.device.identity.private_key)  # type: ignore[arg-type]
+        try:
+            await magic.relays.update([region])
+            await other_magic.relays.update([region])
+            for m in (magic, other_magic):
+                assert await m.relays.clients["r1"].wait_connected(5.0)
+            data = bytes(range(256)) * 200  # 51,200 bytes: 40 datagrams of 1,280
+            dst = other.device.identity.public_key
+            magic.send_to_pseudo_batch(dst, Endpoint("relay:r1", 0), data, 1280)
+            await until(lambda: bool(received))
+            assert received == [(data, 1280, engine.device.identity.public_key, "r1")]
+        finally:
+            await other_magic.close()
+            other.close()
+            await relay.close()
+
+    run(scenario)

@@ -121,6 +121,7 @@ class Relays:
     on_change: Callable[[], None] = lambda: None
     spawn: Spawn | None = None  # the supervisor, for each client's connection loop
     tls_context: ssl.SSLContext | None = None  # for https:// relays
+    on_batch: Any = None  # (region, src key, datagrams, seg): a batch, GRO layout
     regions: dict[str, tailcfg.RelayRegion] = field(default_factory=dict)
     clients: dict[str, RelayClient] = field(default_factory=dict)
     latency: dict[str, float] = field(default_factory=dict)
@@ -171,6 +172,7 @@ class Relays:
             self._deliver(name),
             server_key=key,
             on_peer_gone=self.on_peer_gone,
+            on_batch=self._deliver_batch(name) if self.on_batch is not None else None,
             tls_context=self.tls_context,
         )
         client.start(self.spawn, f"relay {name}")
@@ -179,6 +181,12 @@ class Relays:
     def _deliver(self, region: str) -> Callable[[bytes, bytes], None]:
         def deliver(src: bytes, data: bytes) -> None:
             self.on_packet(region, src, data)
+
+        return deliver
+
+    def _deliver_batch(self, region: str) -> Callable[[bytes, bytes, int], None]:
+        def deliver(src: bytes, data: bytes, seg: int) -> None:
+            self.on_batch(region, src, data, seg)
 
         return deliver
 
@@ -209,6 +217,11 @@ class Relays:
     def send(self, region: str | None, dst_key: bytes, data: bytes) -> bool:
         client = self.clients.get(region or "") or self.clients.get(self.home or "")
         return client.send(dst_key, data) if client is not None else False
+
+    def send_batch(self, region: str | None, dst_key: bytes, data: bytes, seg: int) -> int:
+        """Datagrams back to back, each ``seg`` bytes but the last; how many were queued."""
+        client = self.clients.get(region or "") or self.clients.get(self.home or "")
+        return client.send_batch(dst_key, data, seg) if client is not None else 0
 
     def health(self) -> list[str]:
         out = [self.problems[name] for name in sorted(self.problems)]
@@ -257,6 +270,7 @@ class MagicSock:
             self._rearm,
             spawn=spawn,
             tls_context=tls_context,
+            on_batch=self._relay_batch,
         )
         self.peers: dict[int, PeerPaths] = {}
         self._by_disco: dict[bytes, PeerPaths] = {}
@@ -356,9 +370,7 @@ class MagicSock:
         self.relays.send(ep[0][len(RELAY_PREFIX) :], peer_key, data)
 
     def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
-        region = ep[0][len(RELAY_PREFIX) :]
-        for off in range(0, len(data), seg):
-            self.relays.send(region, peer_key, data[off : off + seg])
+        self.relays.send_batch(ep[0][len(RELAY_PREFIX) :], peer_key, data, seg)
 
     def receive_other(self, data: bytes, src: Endpoint) -> bool:
         try:
@@ -413,6 +425,14 @@ class MagicSock:
                 self.engine.dp.receive_from_relay(data, src_key, region)
         except Exception:
             log.exception("datagram from relay region %s", region)
+
+    def _relay_batch(self, region: str, src_key: bytes, data: bytes, seg: int) -> None:
+        """A batch through the relay: WireGuard transport messages from the data plane
+        (disco always travels alone), handed to the data plane whole."""
+        try:
+            self.engine.dp.receive_from_relay_batch(data, seg, src_key, region)
+        except Exception:
+            log.exception("datagrams from relay region %s", region)
 
     def network_changed(self, local_endpoints: list[Endpoint]) -> None:
         """Our addresses or routes changed (netlink): learn the new public address, tell

@@ -17,7 +17,10 @@ restart do not return in lockstep; a connection that lasted BACKOFF_RESET_S star
 count again.
 
 ``send()`` never blocks: it appends to a bounded queue and returns False (counting a
-drop) when the queue is full. The queue survives reconnects, so a datagram sent during a
+drop) when the queue is full. ``send_batch()`` queues datagrams laid out as a UDP GSO send
+(what weftd's data plane hands over) as SEND_PACKET_BATCH frames when the relay listed
+FEATURE_BATCH in SERVER_INFO, else one SEND_PACKET each; a RECV_PACKET_BATCH goes whole
+to ``on_batch(src_key, datagrams, seg)`` (or datagram by datagram to ``on_packet``). The queue survives reconnects, so a datagram sent during a
 short outage goes out once the link is back; the relay is best-effort, like UDP.
 """
 
@@ -70,6 +73,7 @@ class RelayClient:
         on_packet: Callable[[bytes, bytes], None],
         *,
         on_peer_gone: Callable[[bytes, int], None] | None = None,
+        on_batch: Callable[[bytes, bytes, int], None] | None = None,
         server_key: bytes | None = None,
         preferred: bool = False,
         queue_packets: int = DEFAULT_QUEUE_PACKETS,
@@ -97,6 +101,7 @@ class RelayClient:
         self.node_key = bytes(PrivateKey(node_private_key).public_key)
         self.on_packet = on_packet
         self.on_peer_gone = on_peer_gone
+        self.on_batch = on_batch
         self._pinned_key = server_key
         self._preferred = preferred
         self.queue_packets = queue_packets
@@ -114,11 +119,13 @@ class RelayClient:
         self.last_error: str | None = None  # why the last connection ended or failed
         self.connections = 0  # handshakes completed, over the client's life
         self.packets_sent = 0  # datagrams written to a relay connection
-        self.packets_received = 0  # RECV_PACKETs handed to on_packet
-        self.drops = 0  # send() calls refused because the queue was full
+        self.packets_received = 0  # datagrams received (each of a batch counts)
+        self.drops = 0  # datagrams send() or send_batch() refused: the queue was full
         self.retry_delay_s = 0.0  # the wait chosen after the last disconnect
 
         self._queue: deque[bytes] = deque()
+        self._queued = 0  # datagrams in _queue (a batch counts each of its datagrams)
+        self._batches = False  # the relay of this connection takes SEND_PACKET_BATCH
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._pings: dict[bytes, asyncio.Future[float]] = {}
@@ -191,12 +198,46 @@ class RelayClient:
         Raises ProtocolError for a key that is not 32 bytes or a packet over 64 KiB.
         """
         frame = p.SendPacket(dst_key, packet).pack()
-        if len(self._queue) >= self.queue_packets:
+        if self._queued >= self.queue_packets:
             self.drops += 1
             return False
         self._queue.append(frame)
+        self._queued += 1
         self._wake.set()
         return True
+
+    def send_batch(self, dst_key: bytes, data: bytes, seg: int) -> int:
+        """Queue datagrams for ``dst_key`` laid out back to back, each ``seg`` bytes but
+        the last (a GSO send's layout); how many were queued (the rest are counted drops).
+
+        To a relay that takes batches they go as SEND_PACKET_BATCH frames (as few as the
+        frame limits allow), else one SEND_PACKET each.
+        """
+        if seg <= 0 or seg >= len(data):
+            return int(self.send(dst_key, data))
+        count = p.batch_segments(len(data), seg)
+        room = min(count, self.queue_packets - self._queued)
+        if room <= 0:
+            self.drops += count
+            return 0
+        self.drops += count - room
+        data = data[: room * seg]
+        if self._batches and seg <= p.MAX_BATCH_BYTES:
+            # At most what the relay's limits let through at once (a batch over its
+            # burst would always be dropped).
+            burst = self.server_hello.burst_bytes if self.server_hello else p.MAX_BATCH_BYTES
+            fit = min(p.MAX_BATCH_SEGMENTS, p.MAX_BATCH_BYTES // seg, max(1, burst // seg))
+            per_frame = fit * seg
+            frames = [
+                p.SendPacketBatch(dst_key, seg, data[off : off + per_frame]).pack()
+                for off in range(0, len(data), per_frame)
+            ]
+        else:
+            frames = [p.SendPacket(dst_key, d).pack() for d in p.split_batch(data, seg)]
+        self._queue.extend(frames)
+        self._queued += room
+        self._wake.set()
+        return room
 
     def note_preferred(self, preferred: bool) -> None:
         """Tell the relay whether it is this node's home (also sent on every reconnect)."""
@@ -289,7 +330,7 @@ class RelayClient:
             if self._pinned_key is not None and first.key != self._pinned_key:
                 raise ProtocolError("relay server key is not the one in the relay map")
             self.server_key = first.key
-            hello = p.ClientHello(p.PROTOCOL_VERSION, self._preferred, first.challenge)
+            hello = p.ClientHello(p.PROTOCOL_VERSION, self._preferred, first.challenge, p.FEATURES)
             info = p.ClientInfo.create(
                 self._private_key, first.key, hello, self._entropy(p.NONCE_LEN)
             )
@@ -302,6 +343,7 @@ class RelayClient:
             if not isinstance(second, p.ServerInfo):
                 raise ProtocolError(f"relay sent {type(second).__name__} before SERVER_INFO")
             self.server_hello = second.open(self._private_key, first.key)
+            self._batches = p.FEATURE_BATCH in self.server_hello.features
         self.connections += 1
         self._connected_at = self._last_rx = self._clock()
         self._up.set()
@@ -342,7 +384,9 @@ class RelayClient:
 
     def _dispatch(self, frames: list[p.Frame]) -> None:
         for frame in frames:
-            if isinstance(frame, p.RecvPacket):
+            if isinstance(frame, p.RecvPacketBatch):
+                self._deliver_batch(frame)
+            elif isinstance(frame, p.RecvPacket):
                 self.packets_received += 1
                 try:
                     self.on_packet(frame.src, frame.packet)
@@ -366,6 +410,17 @@ class RelayClient:
             elif not isinstance(frame, p.KeepAlive):
                 raise ProtocolError(f"relay sent an unexpected {type(frame).__name__}")
 
+    def _deliver_batch(self, frame: p.RecvPacketBatch) -> None:
+        self.packets_received += p.batch_segments(len(frame.data), frame.seg)
+        try:
+            if self.on_batch is not None:
+                self.on_batch(frame.src, frame.data, frame.seg)
+                return
+            for packet in p.split_batch(frame.data, frame.seg):
+                self.on_packet(frame.src, packet)
+        except Exception:
+            log.exception("relay: on_batch failed")
+
     async def _write_loop(self, writer: asyncio.StreamWriter) -> None:
         keepalive = p.KeepAlive().pack()
         while True:
@@ -381,6 +436,17 @@ class RelayClient:
                 return
             batch = list(self._queue)
             self._queue.clear()
-            self.packets_sent += sum(1 for f in batch if f[0] == p.SEND_PACKET)
+            self.packets_sent += self._queued
+            self._queued = 0
+            if not self._batches:  # batches queued for the relay before a reconnect
+                batch = [f for frame in batch for f in _unbatched(frame)]
             writer.writelines(batch)
             await writer.drain()
+
+
+def _unbatched(frame: bytes) -> list[bytes]:
+    """``frame`` as SEND_PACKETs, for a relay that does not take batches."""
+    if frame[0] != p.SEND_PACKET_BATCH:
+        return [frame]
+    batch = p.SendPacketBatch.unpack(frame)
+    return [p.SendPacket(batch.dst, d).pack() for d in p.split_batch(batch.data, batch.seg)]

@@ -13,6 +13,14 @@ client sends SEND_PACKET (destination key + opaque datagram) and receives RECV_P
 (source key + datagram); the relay never looks inside a datagram, which is WireGuard
 ciphertext. KEEPALIVE, PING/PONG, NOTE_PREFERRED, PEER_GONE and ERROR manage the link.
 
+Batches: both hellos may list ``features``; when both list FEATURE_BATCH, the client may
+send SEND_PACKET_BATCH (destination key, a segment size ``seg`` and datagrams back to
+back, each ``seg`` bytes but the last: the layout of a UDP GSO send) and the server
+forwards it whole as RECV_PACKET_BATCH, so a 64 KiB run of datagrams costs one frame,
+not forty. A server splits a batch into RECV_PACKETs for a client that did not list the
+feature; a client never sends a batch to a server that did not. An unknown feature is
+ignored, so an older peer (which sends no list) simply gets no batches.
+
 Every frame type is a frozen, slotted dataclass: ``pack()`` gives the whole frame
 (header included) and ``unpack()`` takes exactly one whole frame and refuses anything
 else with ProtocolError, so ``X.unpack(b).pack() == b`` for every ``b`` it accepts.
@@ -59,6 +67,16 @@ PING = 0x09
 PONG = 0x0A
 ERROR = 0x0B
 
+SEND_PACKET_BATCH = 0x0C
+RECV_PACKET_BATCH = 0x0D
+
+FEATURE_BATCH = "batch"  # in a hello's "features": speaks SEND/RECV_PACKET_BATCH
+FEATURES = frozenset({FEATURE_BATCH})  # what this implementation announces
+SEG_LEN = 2  # a batch's segment size field (big-endian)
+MAX_BATCH_BYTES = MAX_PAYLOAD - KEY_LEN - SEG_LEN  # datagram bytes in a batch: 65,534
+MAX_BATCH_SEGMENTS = 128  # datagrams in a batch (Linux's UDP_MAX_SEGMENTS); bounds a split
+SEG = struct.Struct(">H")
+
 PEER_GONE_DISCONNECTED = 0  # the peer was connected here and has gone
 PEER_GONE_NOT_HERE = 1  # the peer is not connected to this relay
 
@@ -71,8 +89,9 @@ def _header(kind: int, payload_len: int) -> bytes:
     return HEADER.pack(kind, payload_len)
 
 
-def _payload(data: bytes, kind: int, name: str) -> bytes:
-    """The payload of one whole frame ``data`` of type ``kind``, or ProtocolError."""
+def _payload_view(data: bytes | memoryview, kind: int, name: str) -> memoryview:
+    """The payload of one whole frame ``data`` of type ``kind`` (not copied), or
+    ProtocolError."""
     if len(data) < HEADER_LEN:
         raise ProtocolError(f"{name} frame shorter than its {HEADER_LEN}-byte header")
     got_kind, length = HEADER.unpack_from(data)
@@ -82,7 +101,12 @@ def _payload(data: bytes, kind: int, name: str) -> bytes:
         raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
     if len(data) != HEADER_LEN + length:
         raise ProtocolError(f"{name} frame length field says {length}, got {len(data) - 5}")
-    return bytes(data[HEADER_LEN:])
+    return memoryview(data)[HEADER_LEN:]
+
+
+def _payload(data: bytes | memoryview, kind: int, name: str) -> bytes:
+    """The payload of one whole frame ``data`` of type ``kind``, or ProtocolError."""
+    return bytes(_payload_view(data, kind, name))
 
 
 def _key(key: bytes, what: str) -> None:
@@ -128,6 +152,7 @@ class ClientHello:
     version: int
     preferred: bool
     challenge: bytes
+    features: frozenset[str] = frozenset()  # FEATURE_* the client speaks
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +162,7 @@ class ServerHello:
     version: int
     rate_bytes_per_s: int
     burst_bytes: int
+    features: frozenset[str] = frozenset()  # FEATURE_* the server speaks
 
 
 def _seal(private_key: bytes, peer_public: bytes, body: dict[str, Any], nonce: bytes) -> bytes:
@@ -162,6 +188,14 @@ def _open(private_key: bytes, peer_public: bytes, nonce: bytes, sealed: bytes) -
     return body
 
 
+def _features(body: dict[str, Any]) -> frozenset[str]:
+    """A hello's optional "features": a list of strings (absent in older peers' hellos)."""
+    listed = body.get("features", [])
+    if not isinstance(listed, list) or not all(isinstance(f, str) for f in listed):
+        raise ProtocolError("hello 'features' must be a list of strings")
+    return frozenset(listed)
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """0x02, client -> server: node key (32) + nonce (24) + box(JSON ClientHello).
@@ -185,6 +219,7 @@ class ClientInfo:
             "version": hello.version,
             "preferred": hello.preferred,
             "challenge": hello.challenge.hex(),
+            "features": sorted(hello.features),
         }
         return cls(node_public, nonce, _seal(node_private, server_public, body, nonce))
 
@@ -200,7 +235,7 @@ class ClientInfo:
             echoed.encode(), challenge.hex().encode()
         ):
             raise ProtocolError(CHALLENGE_MISMATCH)
-        return ClientHello(PROTOCOL_VERSION, preferred, challenge)
+        return ClientHello(PROTOCOL_VERSION, preferred, challenge, _features(body))
 
     def pack(self) -> bytes:
         _key(self.node_key, "node key")
@@ -233,6 +268,7 @@ class ServerInfo:
             "version": hello.version,
             "rate_bytes_per_s": hello.rate_bytes_per_s,
             "burst_bytes": hello.burst_bytes,
+            "features": sorted(hello.features),
         }
         return cls(nonce, _seal(server_private, node_public, body, nonce))
 
@@ -242,7 +278,7 @@ class ServerInfo:
         rate, burst = body.get("rate_bytes_per_s"), body.get("burst_bytes")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rate, burst)):
             raise ProtocolError("SERVER_INFO limits must be integers")
-        return ServerHello(PROTOCOL_VERSION, rate, burst)  # type: ignore[arg-type]
+        return ServerHello(PROTOCOL_VERSION, rate, burst, _features(body))  # type: ignore[arg-type]
 
     def pack(self) -> bytes:
         if len(self.nonce) != NONCE_LEN:
@@ -301,6 +337,77 @@ class RecvPacket:
     @classmethod
     def unpack(cls, data: bytes) -> RecvPacket:
         return cls(*_split_addressed(data, RECV_PACKET, "RECV_PACKET"))
+
+
+def batch_segments(size: int, seg: int) -> int:
+    """How many datagrams ``size`` bytes cut every ``seg`` bytes hold (the last shorter)."""
+    return -(-size // seg)
+
+
+def _check_batch(seg: int, data: bytes, name: str) -> None:
+    if not 1 <= len(data) <= MAX_BATCH_BYTES:
+        raise ProtocolError(f"{name} holds {len(data)} bytes, not 1..{MAX_BATCH_BYTES}")
+    if not 1 <= seg <= 0xFFFF:
+        raise ProtocolError(f"{name} segment size {seg} is not 1..65535")
+    if batch_segments(len(data), seg) > MAX_BATCH_SEGMENTS:
+        raise ProtocolError(f"{name} holds over {MAX_BATCH_SEGMENTS} datagrams")
+
+
+def _pack_batch(kind: int, key: bytes, seg: int, data: bytes, name: str) -> bytes:
+    _key(key, "node key")
+    _check_batch(seg, data, name)
+    return HEADER.pack(kind, KEY_LEN + SEG_LEN + len(data)) + key + SEG.pack(seg) + data
+
+
+def _unpack_batch(data: bytes, kind: int, name: str) -> tuple[bytes, int, bytes]:
+    p = _payload_view(data, kind, name)  # the datagrams are copied once, not twice
+    if len(p) < KEY_LEN + SEG_LEN:
+        raise ProtocolError(f"{name} payload of {len(p)} bytes has no key and segment size")
+    (seg,) = SEG.unpack_from(p, KEY_LEN)
+    blob = bytes(p[KEY_LEN + SEG_LEN :])
+    _check_batch(seg, blob, name)
+    return bytes(p[:KEY_LEN]), seg, blob
+
+
+def split_batch(data: bytes, seg: int) -> list[bytes]:
+    """The datagrams of a batch: ``data`` cut every ``seg`` bytes."""
+    return [data[off : off + seg] for off in range(0, len(data), seg)]
+
+
+@dataclass(frozen=True, slots=True)
+class SendPacketBatch:
+    """0x0C, client -> server (FEATURE_BATCH): destination key (32) + segment size (2) +
+    1..MAX_BATCH_BYTES of datagrams, each ``seg`` bytes but the last (at most 128)."""
+
+    TYPE: ClassVar[int] = SEND_PACKET_BATCH
+    dst: bytes
+    seg: int
+    data: bytes
+
+    def pack(self) -> bytes:
+        return _pack_batch(SEND_PACKET_BATCH, self.dst, self.seg, self.data, "SEND_PACKET_BATCH")
+
+    @classmethod
+    def unpack(cls, data: bytes) -> SendPacketBatch:
+        return cls(*_unpack_batch(data, SEND_PACKET_BATCH, "SEND_PACKET_BATCH"))
+
+
+@dataclass(frozen=True, slots=True)
+class RecvPacketBatch:
+    """0x0D, server -> client (FEATURE_BATCH): source key (32) + segment size (2) +
+    datagrams, as SEND_PACKET_BATCH; the relay forwards the datagrams unchanged."""
+
+    TYPE: ClassVar[int] = RECV_PACKET_BATCH
+    src: bytes
+    seg: int
+    data: bytes
+
+    def pack(self) -> bytes:
+        return _pack_batch(RECV_PACKET_BATCH, self.src, self.seg, self.data, "RECV_PACKET_BATCH")
+
+    @classmethod
+    def unpack(cls, data: bytes) -> RecvPacketBatch:
+        return cls(*_unpack_batch(data, RECV_PACKET_BATCH, "RECV_PACKET_BATCH"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,14 +533,14 @@ class Error:
 
 Frame = (
     ServerKey | ClientInfo | ServerInfo | SendPacket | RecvPacket | KeepAlive | NotePreferred
-    | PeerGone | Ping | Pong | Error
+    | PeerGone | Ping | Pong | Error | SendPacketBatch | RecvPacketBatch
 )  # fmt: skip
 
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (
         ServerKey, ClientInfo, ServerInfo, SendPacket, RecvPacket, KeepAlive, NotePreferred,
-        PeerGone, Ping, Pong, Error,
+        PeerGone, Ping, Pong, Error, SendPacketBatch, RecvPacketBatch,
     )
 }  # fmt: skip
 
@@ -476,22 +583,51 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[Frame]:
         if self._failed is not None:
             raise self._failed
-        buf = self._buf
-        buf += data
         frames: list[Frame] = []
-        pos, end = 0, len(buf)
         try:
-            while end - pos >= HEADER_LEN:
-                kind, length = HEADER.unpack_from(buf, pos)
-                check_header(kind, length)
-                stop = pos + HEADER_LEN + length
-                if stop > end:
-                    break
-                frames.append(FRAME_TYPES[kind].unpack(bytes(buf[pos:stop])))
-                pos = stop
+            pos = self._finish_buffered(data, frames)
+            if pos < 0:
+                return frames
+            # Whole frames are cut straight out of ``data``; only the bytes of an
+            # unfinished frame at its end are copied, to wait in ``_buf``.
+            end = len(data)
+            with memoryview(data) as view:
+                while end - pos >= HEADER_LEN:
+                    kind, length = HEADER.unpack_from(data, pos)
+                    check_header(kind, length)
+                    stop = pos + HEADER_LEN + length
+                    if stop > end:
+                        break
+                    # unpack() takes any bytes-like frame; each copies what it keeps
+                    frames.append(FRAME_TYPES[kind].unpack(view[pos:stop]))  # type: ignore[arg-type]
+                    pos = stop
+                self._buf += view[pos:]
         except ProtocolError as e:
             self._failed = e
-            buf.clear()
+            self._buf.clear()
             raise
-        del buf[:pos]
         return frames
+
+    def _finish_buffered(self, data: bytes, frames: list[Frame]) -> int:
+        """Complete the frame waiting in ``_buf`` from the start of ``data`` (appending it
+        to ``frames``); where in ``data`` the next frame begins, or -1 if all of ``data``
+        went into ``_buf`` and the frame is still unfinished."""
+        buf = self._buf
+        if not buf:
+            return 0
+        pos = 0
+        if len(buf) < HEADER_LEN:
+            pos = HEADER_LEN - len(buf)
+            buf += data[:pos]
+            if len(buf) < HEADER_LEN:
+                return -1
+            check_header(*HEADER.unpack_from(buf))
+        _, length = HEADER.unpack_from(buf)
+        missing = HEADER_LEN + length - len(buf)
+        buf += memoryview(data)[pos : pos + missing]
+        if len(data) - pos < missing:
+            return -1
+        frame = bytes(buf)
+        buf.clear()
+        frames.append(unpack_frame(frame))
+        return pos + missing

@@ -11,11 +11,13 @@ answers SERVER_INFO. A refusal is one ERROR frame, then the connection closes.
 An admitted connection is registered under its node key; a newer connection with the
 same key replaces the older one. Each connection has two tasks: the reader decodes
 frames and routes every SEND_PACKET to the destination's bounded send queue as
-RECV_PACKET; the writer drains that queue to the socket, sends KEEPALIVE when the queue
-has been quiet for ``keepalive_interval_s``, closes a client that has sent nothing for
-``idle_timeout_s``, and drops one that has not taken WRITE_CHUNK bytes off the socket
-within ``write_timeout_s`` (a slow or stalled reader). What a client sends passes its
-own token bucket first (limits.py): over the limit, a packet is dropped and counted.
+RECV_PACKET (a SEND_PACKET_BATCH as one RECV_PACKET_BATCH to a client that listed
+FEATURE_BATCH, else one RECV_PACKET per datagram); the writer drains that queue to
+the socket, sends KEEPALIVE when the queue has been quiet for ``keepalive_interval_s``,
+closes a client that has sent nothing for ``idle_timeout_s``, and drops one that has not
+taken WRITE_CHUNK bytes off the socket within ``write_timeout_s`` (a slow or stalled
+reader). What a client sends passes its own token bucket first (limits.py): over the
+limit, a packet is dropped and counted.
 Queues are bounded in bytes: a frame counts from when it is queued until the socket has
 taken it, and a destination over its ``queue_bytes``, or all queues together over
 ``total_queue_bytes``, drops the packet and counts it against the destination. So a
@@ -90,9 +92,9 @@ class ClientStats:
     remote: str  # "host:port" of the transport, or "?" if unknown
     preferred: bool  # the client's last NOTE_PREFERRED (or CLIENT_INFO)
     connected_at: float  # clock() when it was admitted
-    packets_in: int  # SEND_PACKETs accepted from it (within its rate limit)
+    packets_in: int  # datagrams accepted from it (within its rate limit), batched or not
     bytes_in: int  # datagram bytes in those
-    packets_out: int  # RECV_PACKETs queued to it
+    packets_out: int  # datagrams queued to it, batched or not
     bytes_out: int  # datagram bytes in those
     drops_rate: int  # its packets dropped for exceeding its rate limit
     drops_queue: int  # packets to it dropped because its send queue was full
@@ -107,7 +109,7 @@ class _Conn:
     """The server's state for one admitted connection."""
 
     __slots__ = (
-        "bucket", "budget", "bytes_in", "bytes_out", "close_reason", "connected_at",
+        "batches", "bucket", "budget", "bytes_in", "bytes_out", "close_reason", "connected_at",
         "drops_no_peer", "drops_queue", "drops_rate", "drops_self", "key", "last_rx",
         "packets_in", "packets_out", "preferred", "queue", "queue_limit", "queued_bytes",
         "queued_bytes_peak", "remote", "senders", "tasks", "throttle", "wake", "writer",
@@ -115,9 +117,10 @@ class _Conn:
 
     def __init__(
         self, key: bytes, writer: asyncio.StreamWriter, preferred: bool, now: float,
-        bucket: TokenBucket, queue_limit: int, budget: _Budget,
+        bucket: TokenBucket, queue_limit: int, budget: _Budget, batches: bool,
     ) -> None:  # fmt: skip
         self.key = key
+        self.batches = batches  # it listed FEATURE_BATCH: it takes RECV_PACKET_BATCH
         self.writer = writer
         self.remote = _peername(writer)
         self.preferred = preferred
@@ -138,14 +141,18 @@ class _Conn:
         self.drops_rate = self.drops_queue = self.drops_no_peer = self.drops_self = 0
 
     def enqueue(self, frame: bytes) -> bool:
-        n = len(frame)
+        return self.enqueue_all([frame])
+
+    def enqueue_all(self, frames: list[bytes]) -> bool:
+        """Queue all of ``frames`` (the datagrams of one batch), or none: False."""
+        n = sum(map(len, frames))
         if (
             self.close_reason is not None
             or self.queued_bytes + n > self.queue_limit
             or self.budget.used + n > self.budget.limit
         ):
             return False
-        self.queue.append(frame)
+        self.queue.extend(frames)
         self.queued_bytes += n
         self.queued_bytes_peak = max(self.queued_bytes_peak, self.queued_bytes)
         self.budget.used += n
@@ -218,6 +225,7 @@ class RelayServer:
         admit_timeout_s: float = ADMIT_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         entropy: Callable[[int], bytes] = os.urandom,
+        features: frozenset[str] = p.FEATURES,
     ) -> None:
         if len(private_key) != p.KEY_LEN:
             raise ValueError("the relay private key is 32 bytes")
@@ -239,6 +247,7 @@ class RelayServer:
         self.admit_timeout_s = admit_timeout_s
         self._clock = clock
         self._entropy = entropy
+        self.features = features & p.FEATURES  # announced in SERVER_INFO (none: as v2.0)
         self._conns: dict[bytes, _Conn] = {}
         self._handlers: set[asyncio.Task[object]] = set()  # every connection's task
         self._handshaking: set[asyncio.Task[object]] = set()  # those not yet admitted
@@ -428,12 +437,17 @@ class RelayServer:
             return self._refuse(writer, UNKNOWN_KEY), decoder, []
         if self._closed:
             return self._refuse(writer, SHUTTING_DOWN), decoder, []
-        server_hello = p.ServerHello(p.PROTOCOL_VERSION, self.rate_bytes_per_s, self.burst_bytes)
+        server_hello = p.ServerHello(
+            p.PROTOCOL_VERSION, self.rate_bytes_per_s, self.burst_bytes, self.features
+        )
         nonce = self._entropy(p.NONCE_LEN)
         writer.write(p.ServerInfo.create(self._private_key, key, server_hello, nonce).pack())
         now = self._clock()
         bucket = TokenBucket(self.rate_bytes_per_s, self.burst_bytes, now)
-        conn = _Conn(key, writer, hello.preferred, now, bucket, self.queue_bytes, self.budget)
+        batches = p.FEATURE_BATCH in hello.features and p.FEATURE_BATCH in self.features
+        conn = _Conn(
+            key, writer, hello.preferred, now, bucket, self.queue_bytes, self.budget, batches
+        )
         old = self._conns.get(key)
         if old is not None:
             old.close(REPLACED)
@@ -483,34 +497,51 @@ class RelayServer:
     def _dispatch(self, conn: _Conn, frames: list[p.Frame], now: float) -> None:
         """Act on frames from ``conn``; ProtocolError for a frame a client may not send."""
         for frame in frames:
-            if isinstance(frame, p.SendPacket):
-                size = len(frame.packet)
-                if frame.dst == conn.key:
-                    conn.drops_self += 1  # would only fill its own queue at no cost to it
-                    continue
-                if not conn.bucket.take(size, now):
-                    conn.drops_rate += 1
-                    continue
-                conn.packets_in += 1
-                conn.bytes_in += size
-                dst = self._conns.get(frame.dst)
-                if dst is None:
-                    conn.drops_no_peer += 1
-                    if conn.throttle.allow(frame.dst, now):
-                        conn.enqueue(p.PeerGone(frame.dst, p.PEER_GONE_NOT_HERE).pack())
-                elif dst.enqueue(p.RecvPacket(conn.key, frame.packet).pack()):
-                    dst.packets_out += 1
-                    dst.bytes_out += size
-                    if len(dst.senders) < MAX_SENDERS:
-                        dst.senders.add(conn.key)
-                else:
-                    dst.drops_queue += 1
+            if isinstance(frame, p.SendPacketBatch):
+                if p.FEATURE_BATCH not in self.features:
+                    raise ProtocolError("SEND_PACKET_BATCH to a relay that did not offer it")
+                self._forward(conn, frame.dst, frame.data, frame.seg, now)
+            elif isinstance(frame, p.SendPacket):
+                self._forward(conn, frame.dst, frame.packet, 0, now)
             elif isinstance(frame, p.Ping):
                 conn.enqueue(p.Pong(frame.data).pack())
             elif isinstance(frame, p.NotePreferred):
                 conn.preferred = frame.preferred
             elif not isinstance(frame, p.KeepAlive | p.Pong):
                 raise ProtocolError(f"a client may not send {type(frame).__name__}")
+
+    def _forward(self, conn: _Conn, dst_key: bytes, data: bytes, seg: int, now: float) -> None:
+        """Datagrams from ``conn`` to ``dst_key``: one (``seg`` 0) or a batch cut every
+        ``seg`` bytes, which goes on whole as one frame to a client that takes batches."""
+        size = len(data)
+        count = p.batch_segments(size, seg) if seg else 1
+        if dst_key == conn.key:
+            conn.drops_self += count  # would only fill its own queue at no cost to it
+            return
+        if not conn.bucket.take(size, now):
+            conn.drops_rate += count
+            return
+        conn.packets_in += count
+        conn.bytes_in += size
+        dst = self._conns.get(dst_key)
+        if dst is None:
+            conn.drops_no_peer += count
+            if conn.throttle.allow(dst_key, now):
+                conn.enqueue(p.PeerGone(dst_key, p.PEER_GONE_NOT_HERE).pack())
+            return
+        if not seg:
+            frames = [p.RecvPacket(conn.key, data).pack()]
+        elif dst.batches:
+            frames = [p.RecvPacketBatch(conn.key, seg, data).pack()]
+        else:  # an older client: one RECV_PACKET per datagram
+            frames = [p.RecvPacket(conn.key, d).pack() for d in p.split_batch(data, seg)]
+        if not dst.enqueue_all(frames):
+            dst.drops_queue += count
+            return
+        dst.packets_out += count
+        dst.bytes_out += size
+        if len(dst.senders) < MAX_SENDERS:
+            dst.senders.add(conn.key)
 
     async def _write_loop(self, conn: _Conn) -> None:
         writer = conn.writer
