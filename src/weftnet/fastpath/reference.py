@@ -134,6 +134,24 @@ def tcp_segments(pkt: memoryview, mss: int) -> int:
     return count if count <= MAX_SEGMENTS else 0
 
 
+def _tun_read(
+    pkt: bytes | bytearray | memoryview, vnet: bool
+) -> tuple[memoryview, int, int, int, int, int] | None:
+    """(packet, flags, GSO type, MSS, csum_start, csum_offset) of a TUN read, the
+    virtio header's fields zero without ``vnet``; None if it cannot be a packet."""
+    view = memoryview(pkt)
+    flags = gso = mss = csum_start = csum_offset = 0
+    if vnet:
+        if len(view) < VNET_HDR_LEN:
+            return None
+        flags, gso, _, mss, csum_start, csum_offset = VNET_HDR.unpack_from(view)
+        view = view[VNET_HDR_LEN:]
+        gso &= ~VIRTIO_NET_HDR_GSO_ECN
+    if not 0 < len(view) <= MAX_PACKET:
+        return None
+    return view, flags, gso, mss, csum_start, csum_offset
+
+
 def seal_packet(
     aead: Aead,
     remote_index: int,
@@ -151,17 +169,11 @@ def seal_packet(
     last has the first one's size. (0, out_off, 0): malformed, nothing written.
     Raises OverflowError if the counters would reach REJECT_AFTER_MESSAGES and
     ValueError if ``out`` is too small."""
-    view = memoryview(pkt)
-    flags = gso = mss = csum_start = csum_offset = 0
-    if vnet:
-        if len(view) < VNET_HDR_LEN:
-            return 0, out_off, 0
-        flags, gso, _, mss, csum_start, csum_offset = VNET_HDR.unpack_from(view)
-        view = view[VNET_HDR_LEN:]
-        gso &= ~VIRTIO_NET_HDR_GSO_ECN
-    n = len(view)
-    if n == 0 or n > MAX_PACKET:
+    read = _tun_read(pkt, vnet)
+    if read is None:
         return 0, out_off, 0
+    view, flags, gso, mss, csum_start, csum_offset = read
+    n = len(view)
     sealer = _Sealer(aead, remote_index, counter, mtu, memoryview(out), out_off)
     if gso in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6):
         count = tcp_segments(view, mss)
@@ -187,17 +199,11 @@ def seal_packet(
 def segment_packet(pkt: bytes | bytearray | memoryview, vnet: bool) -> list[bytes] | None:
     """The plaintext packets ``seal_packet`` would seal for one TUN read (for a peer
     with no session yet, whose packets wait for the handshake); None if malformed."""
-    view = memoryview(pkt)
-    flags = gso = mss = csum_start = csum_offset = 0
-    if vnet:
-        if len(view) < VNET_HDR_LEN:
-            return None
-        flags, gso, _, mss, csum_start, csum_offset = VNET_HDR.unpack_from(view)
-        view = view[VNET_HDR_LEN:]
-        gso &= ~VIRTIO_NET_HDR_GSO_ECN
-    n = len(view)
-    if n == 0 or n > MAX_PACKET:
+    read = _tun_read(pkt, vnet)
+    if read is None:
         return None
+    view, flags, gso, mss, csum_start, csum_offset = read
+    n = len(view)
     packets: list[bytes] = []
     if gso in (VIRTIO_NET_HDR_GSO_TCPV4, VIRTIO_NET_HDR_GSO_TCPV6):
         if not tcp_segments(view, mss):
