@@ -18,6 +18,7 @@ import ipaddress
 import os
 import struct
 from collections.abc import Iterable
+from typing import Any
 
 from weftnet.node.vnet import (  # noqa: F401  (re-exported: the TUN's wire format)
     VIRTIO_NET_HDR_F_DATA_VALID,
@@ -65,6 +66,18 @@ def open_tun(name: str) -> tuple[int, str]:
     return fd, res[:16].rstrip(b"\x00").decode()
 
 
+IFA_F_NODAD = 0x02  # linux/if_addr.h
+
+
+def _add_address(ipr: Any, idx: int, address: str, prefixlen: int) -> None:
+    """Add one address. IPv6 ones skip duplicate address detection (IFA_F_NODAD): on a
+    TUN there is no link to detect on, and until the kernel's DAD work ran the address
+    would be tentative, so a route naming it as preferred source fails with EINVAL (seen
+    once in a lab log, test_dns)."""
+    flags = IFA_F_NODAD if ":" in address else 0
+    ipr.addr("add", index=idx, address=address, prefixlen=prefixlen, flags=flags)
+
+
 def configure_interface(
     name: str,
     addresses: Iterable[ipaddress.IPv4Interface | ipaddress.IPv6Interface],
@@ -95,7 +108,7 @@ def configure_interface(
             ipr.link("set", index=idx, gso_max_size=gso_max_size)
         for a in addresses:
             try:
-                ipr.addr("add", index=idx, address=str(a.ip), prefixlen=a.network.prefixlen)
+                _add_address(ipr, idx, str(a.ip), a.network.prefixlen)
             except NetlinkError as e:
                 if e.code != 17:  # EEXIST: already there
                     raise
@@ -134,7 +147,7 @@ def set_addresses(
             ipr.addr("del", index=idx, address=addr, prefixlen=plen)
         for addr, plen in want - have:
             try:
-                ipr.addr("add", index=idx, address=addr, prefixlen=plen)
+                _add_address(ipr, idx, addr, plen)
             except NetlinkError as e:
                 if e.code != 17:
                     raise
