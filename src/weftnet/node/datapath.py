@@ -301,12 +301,7 @@ class DataPlane:
         full = 0 if count == 1 else (count if last == size else count - 1)
         pos = start
         while full:
-            cur = self._cur
-            if (
-                cur is None or cur[6] is not peer or cur[5] or cur[3] != size or cur[2] != pos
-                or cur[4] >= MAX_GSO_SEGMENTS or cur[2] - cur[1] + size > MAX_GSO_BYTES
-            ):  # fmt: skip
-                cur = self._new_send(peer, pos, size)
+            cur = self._send_for(peer, pos, size, last=False)
             room = min(MAX_GSO_SEGMENTS - cur[4], (MAX_GSO_BYTES - (cur[2] - cur[1])) // size)
             k = min(max(room, 1), full)
             cur[2] += k * size
@@ -315,16 +310,24 @@ class DataPlane:
             full -= k
         if pos == end:
             return
-        cur = self._cur
-        if (
-            cur is None or cur[6] is not peer or cur[5] or last > cur[3] or cur[2] != pos
-            or cur[4] >= MAX_GSO_SEGMENTS or cur[2] - cur[1] + last > MAX_GSO_BYTES
-        ):  # fmt: skip
-            cur = self._new_send(peer, pos, last)
+        cur = self._send_for(peer, pos, last, last=True)
         cur[2] += last
         cur[4] += 1
         if last < cur[3]:
             cur[5] = True  # a shorter datagram can only be the last of a GSO send
+
+    def _send_for(self, peer: Peer, pos: int, size: int, last: bool) -> list:
+        """The GSO send a datagram of ``size`` at out[pos] joins: the current one if it
+        is ``peer``'s, still open, ends at ``pos``, has room, and its datagrams are
+        ``size`` (``last``: at least ``size``; a shorter one closes it); else a new one."""
+        cur = self._cur
+        if (
+            cur is None or cur[6] is not peer or cur[5] or cur[2] != pos
+            or (size > cur[3] if last else size != cur[3])
+            or cur[4] >= MAX_GSO_SEGMENTS or cur[2] - cur[1] + size > MAX_GSO_BYTES
+        ):  # fmt: skip
+            return self._new_send(peer, pos, size)
+        return cur
 
     def _new_send(self, peer: Peer, pos: int, seg: int) -> list:
         ep = peer.endpoint
