@@ -32,9 +32,8 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from weftnet import keyfile, tls
 from weftnet.control.domain import dnsdoc
-from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
-from weftnet.control.server import connlimit
+from weftnet.control.server import connlimit, replicas
 from weftnet.control.server.hub import (
     DEFAULT_EPHEMERAL_GRACE_S,
     DEFAULT_KEEPALIVE_S,
@@ -327,7 +326,7 @@ class ControlServer:
             raise ServeError(
                 f"cannot open the database {store.redact(url)}: {_first_line(e)}"
             ) from None
-        feed = CallbackFeed()
+        feed = replicas.change_feed(self.store)  # on PostgreSQL: shared with other replicas
         service = ControlService(self.store, feed=feed)
         # Nodes resolve the server's name with the tailnet's domain in force: a domain
         # that contains it would make the server unreachable (docs/control-protocol.md).
@@ -356,6 +355,7 @@ class ControlServer:
             policy_clock=opts.policy_clock,
         )
         feed.subscribe(hub.notify_threadsafe)
+        replicas.attach(hub, feed)
         self._sock = bind(opts.host, opts.port)
         self.port = self._sock.getsockname()[1]
         self.url = local_url(opts.host, self.port, "https" if opts.tls_cert else "http")

@@ -26,9 +26,11 @@ Relay admission (``admits``) waits for a NetMap built after it was asked, so it 
 every change published before the relay asked, and any later change reaches the
 watchers after it.
 
-Online state lives in this process. Several replicas on one PostgreSQL would need the
-``ChangeFeed`` carried over LISTEN/NOTIFY and online state in the database; both sit
-behind ``notify_threadsafe`` and ``online``.
+Online state lives in this process. Several replicas on one PostgreSQL
+(``replicas.py``) carry the ``ChangeFeed`` over LISTEN/NOTIFY into ``notify_threadsafe``,
+and share online state in the database: ``online`` is this replica's streams plus
+``online_elsewhere()``, and ``on_local_online`` callbacks hear when this replica's own
+set changes. Their tasks run alongside the hub's (``run_alongside``).
 """
 
 from __future__ import annotations
@@ -142,6 +144,11 @@ class Hub:
         self._ephemeral_deadlines: dict[int, float] = {}  # node id -> delete at
         self._purge_at = float("-inf")  # when expired pending logins are next deleted
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Several replicas (replicas.py): the nodes online on the others, who to tell
+        # when a node's first stream here starts or its last ends, and their tasks.
+        self.online_elsewhere: Callable[[], frozenset[int]] = frozenset
+        self.on_local_online: list[Callable[[], None]] = []
+        self._companions: list[Callable[[], Coroutine[Any, Any, Any]]] = []
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -149,7 +156,13 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._spawn(self._rebuild_forever())
         self._spawn(self._tick_forever())
+        for companion in self._companions:
+            self._spawn(companion())
         self._mark_changed()
+
+    def run_alongside(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``factory()`` from ``start`` until ``stop`` (it handles its own errors)."""
+        self._companions.append(factory)
 
     def close(self) -> None:
         """End every stream and long-poll (server shutdown). Call on the hub's loop."""
@@ -263,6 +276,8 @@ class Hub:
         self._subs.add(sub)
         self._streams[node_id] = self._streams.get(node_id, 0) + 1
         self._ephemeral_deadlines.pop(node_id, None)
+        if self._streams[node_id] == 1:
+            self._local_online_changed()
         return sub
 
     def disconnect(self, sub: Subscription) -> None:
@@ -274,6 +289,7 @@ class Hub:
             self._streams[sub.node_id] = left
             return
         self._streams.pop(sub.node_id, None)
+        self._local_online_changed()
         node = self.current.nodes.get(sub.node_id) if self.current else None
         if node is not None and node.ephemeral:
             self._ephemeral_deadlines[sub.node_id] = self.clock() + self.ephemeral_grace_s
@@ -282,7 +298,16 @@ class Hub:
             self._spawn(self._record_last_seen(sub.node_id))
 
     def online(self) -> frozenset[int]:
+        """Nodes with a live map stream, here or on another replica."""
+        return frozenset(self._streams) | self.online_elsewhere()
+
+    def local_online(self) -> frozenset[int]:
+        """Nodes with a live map stream on this replica."""
         return frozenset(self._streams)
+
+    def _local_online_changed(self) -> None:
+        for callback in self.on_local_online:
+            callback()
 
     async def _record_last_seen(self, node_id: int) -> None:
         try:
@@ -337,10 +362,10 @@ class Hub:
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""
         for node_id in list(self._ephemeral_deadlines):
-            if node_id not in netmap.nodes:
+            if node_id not in netmap.nodes or node_id in netmap.online:
                 del self._ephemeral_deadlines[node_id]
         for node in netmap.nodes.values():
-            if node.ephemeral and node.id not in self._streams:
+            if node.ephemeral and node.id not in netmap.online:
                 self._ephemeral_deadlines.setdefault(node.id, now + self.ephemeral_grace_s)
 
     async def _tick_forever(self) -> None:
@@ -362,10 +387,11 @@ class Hub:
             if self.relays.expire(now):
                 log.info("a relay region was not refreshed in time: removed from the relay map")
                 self._mark_changed()
+            online = self.online()
             due = [
                 node_id
                 for node_id, at in self._ephemeral_deadlines.items()
-                if at <= now and node_id not in self._streams
+                if at <= now and node_id not in online
             ]
             for node_id in due:
                 del self._ephemeral_deadlines[node_id]

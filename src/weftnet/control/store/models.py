@@ -206,6 +206,34 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# Replicas of the server sharing this database (docs/scaling.md): each refreshes its
+# heartbeat (the database's clock, unix seconds) every second; one whose heartbeat is
+# older than the lease is dead, and the nodes it served count as offline.
+control_replicas = Table(
+    "control_replicas",
+    metadata,
+    Column("id", String(32), primary_key=True),  # random, chosen at each start
+    Column("host", String(255), nullable=False),  # for operators: where it runs
+    Column("pid", Integer, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+# Which nodes have a live map stream on which replica: the online set every replica's
+# network map uses is the union over the live replicas.
+node_presence = Table(
+    "node_presence",
+    metadata,
+    Column(
+        "replica_id",
+        String(32),
+        ForeignKey("control_replicas.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+)
+Index("ix_node_presence_node_id", node_presence.c.node_id)
+
 ALL_TABLES = (
     users,
     user_identities,
@@ -217,4 +245,6 @@ ALL_TABLES = (
     oidc_logins,
     console_sessions,
     audit_log,
+    control_replicas,
+    node_presence,
 )
