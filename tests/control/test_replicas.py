@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -19,6 +20,8 @@ from weftnet import tailcfg
 from weftnet.control.server.app import SERVER_KEY_FILE, ServeOptions, load_or_create_server_key
 from weftnet.control.store.replicas import ReplicaStore
 from weftnet.control.store.sql import SqlStore
+from weftnet.node.controlclient import ControlClient, parse_login_servers
+from weftnet.node.state import NodeState
 
 from .conftest import TEST_KEEPALIVE_S, Control
 
@@ -156,3 +159,39 @@ async def test_a_replica_whose_heartbeat_stopped_no_longer_counts_its_nodes_onli
         assert "deadbeefdeadbeef" not in {r["id"] for r in ReplicaStore(store).replicas()}
     finally:
         store.dispose()
+
+
+async def test_a_node_with_several_control_urls_skips_one_it_cannot_reach(
+    http: httpx.AsyncClient, two_replicas: tuple[Control, Control], tmp_path: Path
+) -> None:
+    a, b = two_replicas
+    key = await new_key(http, a)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        state = NodeState.load(tmp_path / "node")
+        client = ControlClient(state, f"{dead},{b.url}/")
+        try:
+            assert client.urls == [dead, b.url] and client.url == dead
+            answer = await client.register(auth_key=key, hostname="multi")
+            assert answer.machine_authorized and client.url == b.url
+            pin = state.pin()
+            assert pin is not None and pin.login_server == f"{dead},{b.url}"
+            # The map stream's failover: round robin over the list.
+            assert client.fail_over() and client.url == dead
+            assert client.fail_over() and client.url == b.url
+            frames = client.map_stream([], "multi")
+            assert (await anext(frames)).node is not None
+            await frames.aclose()
+        finally:
+            await client.close()
+    finally:
+        closed.close()
+    assert not ControlClient(state, a.url).fail_over()  # one URL: nowhere to go
+
+
+@pytest.mark.parametrize("text", ["", "ftp://x", "http://a,", "http://a,http://a/"])
+def test_login_server_lists_are_checked(text: str) -> None:
+    with pytest.raises(ValueError, match="--login-server"):
+        parse_login_servers(text)
