@@ -10,10 +10,10 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import text
 
 from weftlab.control import FakeNode, serve_in_thread
 from weftnet import tailcfg
@@ -24,6 +24,7 @@ from weftnet.node.controlclient import ControlClient, parse_login_servers
 from weftnet.node.state import NodeState
 
 from .conftest import TEST_KEEPALIVE_S, Control
+from .test_api import api, new_key
 
 pytestmark = pytest.mark.anyio
 
@@ -53,22 +54,6 @@ def two_replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[Control, Control
             server = stack.enter_context(serve_in_thread(options))
             controls.append(Control(server.url, server.api_key, tmp_path / name, pg_url))
         yield controls[0], controls[1]
-
-
-async def api(http: httpx.AsyncClient, control: Control, method: str, path: str, **kw: Any) -> Any:
-    r = await http.request(
-        method,
-        f"{control.url}/api/v1{path}",
-        headers={"Authorization": f"Bearer {control.api_key}"},
-        **kw,
-    )
-    assert r.status_code < 300, r.text
-    return r.json()
-
-
-async def new_key(http: httpx.AsyncClient, control: Control, **opts: Any) -> str:
-    await api(http, control, "POST", "/users", json={"name": "alice"})
-    return str((await api(http, control, "POST", "/keys", json={"user": "alice", **opts}))["key"])
 
 
 def node_id(answer: tailcfg.RegisterResponse) -> int:
@@ -195,3 +180,35 @@ async def test_a_node_with_several_control_urls_skips_one_it_cannot_reach(
 def test_login_server_lists_are_checked(text: str) -> None:
     with pytest.raises(ValueError, match="--login-server"):
         parse_login_servers(text)
+
+
+async def test_a_listener_that_lost_its_connection_catches_up_after_reconnecting(
+    http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
+) -> None:
+    a, b = two_replicas
+    key = await new_key(http, a, reusable=True)
+    on_a, on_b = FakeNode(a.url, http, "on-a"), FakeNode(b.url, http, "on-b")
+    id_a = node_id(await on_a.register(key))
+    await on_b.register(key)
+    async with on_b.map_stream() as stream_b:
+        await stream_b.until(lambda f: peer(f, id_a) is not None)
+        # Every LISTEN connection is cut (a database restart, a proxy's idle timeout):
+        # notices sent until the listeners are back are lost.
+        store = SqlStore(a.database_url)
+        try:
+            with store.engine.begin() as conn:
+                cut = conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = current_database() AND query LIKE 'LISTEN%'"
+                    )
+                ).all()
+        finally:
+            store.dispose()
+        assert len(cut) == 2  # one listener per replica
+        await api(http, a, "POST", f"/nodes/{id_a}/rename", json={"name": "while-cut"})
+        # B's listener reconnects (backoff from 0.25 s) and rebuilds everything.
+        await stream_b.until(
+            lambda f: (p := peer(f, id_a)) is not None and p.given_name == "while-cut",
+            timeout_s=5,
+        )

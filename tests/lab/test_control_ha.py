@@ -140,9 +140,7 @@ def presence_on(db_url: str, pid: int) -> set[int]:
     return {row[0] for row in rows}
 
 
-def test_two_replicas_behind_haproxy(
-    lab: Lab, tmp_path: Path, database: tuple[str, str]
-) -> None:
+def test_two_replicas_behind_haproxy(lab: Lab, tmp_path: Path, database: tuple[str, str]) -> None:
     lab_db, db = database
     inet = lab.segment("inet", "198.18.0.0/24")
     host_a, host_b, lb = (lab.host(name, inet) for name in ("ctla", "ctlb", "lb"))

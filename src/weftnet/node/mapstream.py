@@ -123,7 +123,7 @@ class MapStream:
                     delays = backoff_delays()
                 self._set_online(False)
                 if self.control.fail_over():
-                    log.info("control: next, %s", self.control.url)
+                    log.info("trying the next control URL: %s", self.control.url)
                 await asyncio.sleep(next(delays))
         finally:
             self._set_online(False)
