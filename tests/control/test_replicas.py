@@ -7,7 +7,7 @@ import asyncio
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -66,19 +66,31 @@ def peer(frame: tailcfg.MapResponse, node_id: int) -> tailcfg.Node | None:
     return next((n for n in reversed(nodes) if n.id == node_id), None)
 
 
+async def one_node_on_each(
+    http: httpx.AsyncClient, a: Control, b: Control
+) -> tuple[FakeNode, int, FakeNode, int]:
+    """(node, id) registered through replica A, then through B."""
+    key = await new_key(http, a, reusable=True)
+    on_a, on_b = FakeNode(a.url, http, "on-a"), FakeNode(b.url, http, "on-b")
+    return on_a, node_id(await on_a.register(key)), on_b, node_id(await on_b.register(key))
+
+
+def online(node_id: int, expected: bool = True) -> Callable[[tailcfg.MapResponse], bool]:
+    """A frame predicate: the frame says peer ``node_id`` is (or is not) online."""
+    return lambda f: (p := peer(f, node_id)) is not None and p.online == expected
+
+
 async def test_changes_and_online_state_cross_replicas(
     http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
 ) -> None:
     a, b = two_replicas
-    key = await new_key(http, a, reusable=True)
-    on_a, on_b = FakeNode(a.url, http, "on-a"), FakeNode(b.url, http, "on-b")
-    id_a, id_b = [node_id(await n.register(key)) for n in (on_a, on_b)]
+    on_a, id_a, on_b, id_b = await one_node_on_each(http, a, b)
     async with on_b.map_stream() as stream_b:
-        await stream_b.until(lambda f: (p := peer(f, id_a)) is not None and not p.online)
+        await stream_b.until(online(id_a, False))
         async with on_a.map_stream() as stream_a:
             # Online state is shared: each sees the other online.
-            await stream_b.until(lambda f: (p := peer(f, id_a)) is not None and p.online)
-            await stream_a.until(lambda f: (p := peer(f, id_b)) is not None and p.online)
+            await stream_b.until(online(id_a))
+            await stream_a.until(online(id_b))
             # An admin change on replica A reaches a stream on replica B within 1 s.
             started = time.monotonic()
             await api(http, a, "POST", f"/nodes/{id_a}/rename", json={"name": "renamed"})
@@ -89,7 +101,7 @@ async def test_changes_and_online_state_cross_replicas(
             print(f"rename on A seen on B after {time.monotonic() - started:.3f} s")
             assert frame is not None
         # A's stream ended: B's node sees it offline.
-        await stream_b.until(lambda f: (p := peer(f, id_a)) is not None and not p.online)
+        await stream_b.until(online(id_a, False))
         # Deleting a node through B ends its stream on... B's stream sees A's node go.
         await api(http, b, "DELETE", f"/nodes/{id_a}")
         await stream_b.until(lambda f: id_a in f.peers_removed, timeout_s=CROSS_REPLICA_S)
@@ -125,22 +137,17 @@ async def test_200_registrations_split_across_replicas_get_distinct_addresses_an
 async def test_a_replica_whose_heartbeat_stopped_no_longer_counts_its_nodes_online(
     http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
 ) -> None:
-    a, _b = two_replicas
-    key = await new_key(http, a, reusable=True)
-    watcher, ghost = FakeNode(a.url, http, "watcher"), FakeNode(a.url, http, "ghost")
-    await watcher.register(key)
-    ghost_id = node_id(await ghost.register(key))
+    a, b = two_replicas
+    _, ghost_id, watcher, _ = await one_node_on_each(http, a, b)
     # A third replica that then died (kill -9): its rows stay, its heartbeat stops.
     store = SqlStore(a.database_url)
     try:
         dead = ReplicaStore(store, "deadbeefdeadbeef")
         dead.sync(frozenset({ghost_id}), frozenset(), 5.0, replace=True)
         async with watcher.map_stream() as stream:
-            await stream.until(lambda f: (p := peer(f, ghost_id)) is not None and p.online)
+            await stream.until(online(ghost_id))
             # With no heartbeat, the live replicas drop it after the lease (5 s).
-            await stream.until(
-                lambda f: (p := peer(f, ghost_id)) is not None and not p.online, timeout_s=10
-            )
+            await stream.until(online(ghost_id, False), timeout_s=10)
         assert "deadbeefdeadbeef" not in {r["id"] for r in ReplicaStore(store).replicas()}
     finally:
         store.dispose()
@@ -186,10 +193,7 @@ async def test_a_listener_that_lost_its_connection_catches_up_after_reconnecting
     http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
 ) -> None:
     a, b = two_replicas
-    key = await new_key(http, a, reusable=True)
-    on_a, on_b = FakeNode(a.url, http, "on-a"), FakeNode(b.url, http, "on-b")
-    id_a = node_id(await on_a.register(key))
-    await on_b.register(key)
+    _, id_a, on_b, _ = await one_node_on_each(http, a, b)
     async with on_b.map_stream() as stream_b:
         await stream_b.until(lambda f: peer(f, id_a) is not None)
         # Every LISTEN connection is cut (a database restart, a proxy's idle timeout):
