@@ -134,6 +134,28 @@ async def test_200_registrations_split_across_replicas_get_distinct_addresses_an
         assert len({row[column] for row in rows}) == 200, column
 
 
+async def test_concurrent_renames_to_one_name_across_replicas_leave_one_holder(
+    http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
+) -> None:
+    a, b = two_replicas
+    key = await new_key(http, a, reusable=True)
+    ids = [node_id(await FakeNode(a.url, http, f"n{i}").register(key)) for i in range(20)]
+
+    async def rename(i: int, node: int) -> int:
+        control = (a, b)[i % 2]
+        r = await http.post(
+            f"{control.url}/api/v1/nodes/{node}/rename",
+            json={"name": "wanted"},
+            headers={"Authorization": f"Bearer {control.api_key}"},
+        )
+        return r.status_code
+
+    statuses = await asyncio.gather(*(rename(i, node) for i, node in enumerate(ids)))
+    assert sorted(statuses) == [200] + [409] * 19, statuses
+    rows = await api(http, b, "GET", "/nodes")
+    assert [row["given_name"] for row in rows].count("wanted") == 1
+
+
 async def test_a_replica_whose_heartbeat_stopped_no_longer_counts_its_nodes_online(
     http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
 ) -> None:
