@@ -17,7 +17,13 @@ from sqlalchemy import text
 
 from weftlab.control import FakeNode, serve_in_thread
 from weftnet import tailcfg
-from weftnet.control.server.app import SERVER_KEY_FILE, ServeOptions, load_or_create_server_key
+from weftnet.control.server.app import (
+    SERVER_KEY_FILE,
+    ControlServer,
+    ServeError,
+    ServeOptions,
+    load_or_create_server_key,
+)
 from weftnet.control.store.replicas import ReplicaStore
 from weftnet.control.store.sql import SqlStore
 from weftnet.node.controlclient import ControlClient, parse_login_servers
@@ -31,6 +37,18 @@ pytestmark = pytest.mark.anyio
 CROSS_REPLICA_S = 1.0  # issue 18: a change made on one replica reaches the other's nodes
 
 
+def replica_options(data_dir: Path, database_url: str) -> ServeOptions:
+    return ServeOptions(
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=0,
+        database_url=database_url,
+        keepalive_s=TEST_KEEPALIVE_S,
+        access_log=False,
+        stun_port=0,
+    )
+
+
 @pytest.fixture
 def two_replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[Control, Control]]:
     """Two servers in this process on one database, sharing the server key (as
@@ -42,16 +60,7 @@ def two_replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[Control, Control
     with ExitStack() as stack:
         controls = []
         for name in ("a", "b"):
-            options = ServeOptions(
-                data_dir=tmp_path / name,
-                host="127.0.0.1",
-                port=0,
-                database_url=pg_url,
-                keepalive_s=TEST_KEEPALIVE_S,
-                access_log=False,
-                stun_port=0,
-            )
-            server = stack.enter_context(serve_in_thread(options))
+            server = stack.enter_context(serve_in_thread(replica_options(tmp_path / name, pg_url)))
             controls.append(Control(server.url, server.api_key, tmp_path / name, pg_url))
         yield controls[0], controls[1]
 
@@ -164,13 +173,14 @@ async def test_a_replica_whose_heartbeat_stopped_no_longer_counts_its_nodes_onli
     # A third replica that then died (kill -9): its rows stay, its heartbeat stops.
     store = SqlStore(a.database_url)
     try:
-        dead = ReplicaStore(store, "deadbeefdeadbeef")
+        dead = ReplicaStore(store, "mkey:" + "00" * 32, "deadbeefdeadbeef")
         dead.sync(frozenset({ghost_id}), frozenset(), 5.0, replace=True)
         async with watcher.map_stream() as stream:
             await stream.until(online(ghost_id))
             # With no heartbeat, the live replicas drop it after the lease (5 s).
             await stream.until(online(ghost_id, False), timeout_s=10)
-        assert "deadbeefdeadbeef" not in {r["id"] for r in ReplicaStore(store).replicas()}
+        live = ReplicaStore(store, "mkey:" + "00" * 32).replicas()
+        assert len(live) == 2 and "deadbeefdeadbeef" not in {r["id"] for r in live}
     finally:
         store.dispose()
 
@@ -238,3 +248,13 @@ async def test_a_listener_that_lost_its_connection_catches_up_after_reconnecting
             lambda f: (p := peer(f, id_a)) is not None and p.given_name == "while-cut",
             timeout_s=5,
         )
+
+
+def test_a_replica_with_another_server_key_refuses_to_start(
+    two_replicas: tuple[Control, Control], tmp_path: Path
+) -> None:
+    a, _ = two_replicas
+    server = ControlServer(replica_options(tmp_path / "c", a.database_url))
+    with pytest.raises(ServeError, match="replicas must share one server key"):
+        server.open()
+    server.close()

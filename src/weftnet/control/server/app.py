@@ -30,7 +30,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from weftnet import keyfile, tls
+from weftnet import controlbox, keyfile, tailcfg, tls
 from weftnet.control.domain import dnsdoc
 from weftnet.control.domain.relays import check_region_name
 from weftnet.control.server import connlimit, replicas
@@ -326,7 +326,12 @@ class ControlServer:
             raise ServeError(
                 f"cannot open the database {store.redact(url)}: {_first_line(e)}"
             ) from None
-        feed = replicas.change_feed(self.store)  # on PostgreSQL: shared with other replicas
+        try:  # on PostgreSQL: shared with the other replicas
+            feed = replicas.change_feed(
+                self.store, controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, public)
+            )
+        except replicas.ReplicaKeyMismatch as e:
+            raise ServeError(str(e)) from None
         service = ControlService(self.store, feed=feed)
         # Nodes resolve the server's name with the tailnet's domain in force: a domain
         # that contains it would make the server unreachable (docs/control-protocol.md).

@@ -47,11 +47,28 @@ RESYNC_S = 30.0  # every replica rebuilds its maps at least this often
 RETRY_S = (0.25, 0.5, 1.0, 2.0, 4.0)  # a broken connection is retried after these
 
 
-def change_feed(store: SqlStore) -> CallbackFeed:
-    """The service's change feed: on PostgreSQL it reaches every replica."""
-    if store.dialect == "postgresql":
-        return NotifyFeed(ReplicaStore(store))
-    return CallbackFeed()
+class ReplicaKeyMismatch(Exception):
+    """A live replica on the database has another server key."""
+
+
+def change_feed(store: SqlStore, server_key: str) -> CallbackFeed:
+    """The service's change feed: on PostgreSQL it reaches every replica.
+
+    ReplicaKeyMismatch when a live replica uses another server key: nodes pin one key,
+    so replicas must share ``server.key``."""
+    if store.dialect != "postgresql":
+        return CallbackFeed()
+    replica_store = ReplicaStore(store, server_key)
+    others = replica_store.other_server_keys(LEASE_S)
+    if others:
+        other = others[0]
+        raise ReplicaKeyMismatch(
+            f"replica {other['id']} (host {other['host']}, pid {other['pid']}) on this database"
+            f" uses the server key {other['server_key']}, this one {server_key}: replicas must"
+            " share one server key (nodes pin it); copy DATA_DIR/server.key from a running"
+            " replica"
+        )
+    return NotifyFeed(replica_store)
 
 
 class Replicas:

@@ -215,6 +215,9 @@ control_replicas = Table(
     Column("id", String(32), primary_key=True),  # random, chosen at each start
     Column("host", String(255), nullable=False),  # for operators: where it runs
     Column("pid", Integer, nullable=False),
+    # Replicas must share one server key (nodes pin it): a replica with another refuses
+    # to start while one with this key is alive.
+    Column("server_key", String(80), nullable=False),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
 )

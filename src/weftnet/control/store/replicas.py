@@ -74,11 +74,23 @@ class Synced:
 class ReplicaStore:
     """This replica's rows and notices in the shared database."""
 
-    def __init__(self, store: SqlStore, replica_id: str | None = None) -> None:
+    def __init__(self, store: SqlStore, server_key: str, replica_id: str | None = None) -> None:
         if store.dialect != "postgresql":
             raise ValueError("replicas share a PostgreSQL database, not " + store.dialect)
         self.engine = store.engine
+        self.server_key = server_key  # "mkey:<hex>", public
         self.replica_id = replica_id or new_replica_id()
+
+    def other_server_keys(self, lease_s: float) -> list[dict[str, Any]]:
+        """The live replicas (heartbeat within the lease) whose server key is not ours."""
+        r = m.control_replicas.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(r.id, r.host, r.pid, r.server_key).where(
+                    r.server_key != self.server_key, r.heartbeat_at >= _DB_NOW - lease_s
+                )
+            )
+            return [dict(row._mapping) for row in rows]
 
     # -- notices ----------------------------------------------------------------------
 
@@ -126,6 +138,7 @@ class ReplicaStore:
                         id=me,
                         host=socket.gethostname()[:255],
                         pid=os.getpid(),
+                        server_key=self.server_key,
                         started_at=_DB_NOW,
                         heartbeat_at=_DB_NOW,
                     )

@@ -1,7 +1,8 @@
 """Several server replicas on one PostgreSQL (issue 18, docs/scaling.md).
 
-- control_replicas: each running replica, with a heartbeat refreshed every second by
-  the database's clock; a replica whose heartbeat is older than the lease is dead;
+- control_replicas: each running replica, with its server key (replicas must share
+  one) and a heartbeat refreshed every second by the database's clock; a replica
+  whose heartbeat is older than the lease is dead;
 - node_presence: which nodes have a live map stream on which replica (removed with
   the replica or the node).
 
@@ -28,6 +29,7 @@ def upgrade() -> None:
         sa.Column("id", sa.String(32), nullable=False),
         sa.Column("host", sa.String(255), nullable=False),
         sa.Column("pid", sa.Integer(), nullable=False),
+        sa.Column("server_key", sa.String(80), nullable=False),
         sa.Column("started_at", sa.Float(), nullable=False),
         sa.Column("heartbeat_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_control_replicas"),
