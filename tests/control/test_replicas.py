@@ -24,6 +24,8 @@ from weftnet.control.server.app import (
     ServeOptions,
     load_or_create_server_key,
 )
+from weftnet.control.server.hub import Hub, StreamClosed
+from weftnet.control.server.replicas import Replicas
 from weftnet.control.store.replicas import ReplicaStore
 from weftnet.control.store.sql import SqlStore
 from weftnet.node.controlclient import ControlClient, parse_login_servers
@@ -31,6 +33,8 @@ from weftnet.node.state import NodeState
 
 from .conftest import TEST_KEEPALIVE_S, Control
 from .test_api import api, new_key
+from .test_hub import FakeService
+from .test_hub import node as hub_node
 
 pytestmark = pytest.mark.anyio
 
@@ -258,3 +262,26 @@ def test_a_replica_with_another_server_key_refuses_to_start(
     with pytest.raises(ServeError, match="replicas must share one server key"):
         server.open()
     server.close()
+
+
+async def test_a_replica_that_loses_the_database_ends_its_streams() -> None:
+    # A real PostgreSQL URL on a port nobody listens on: every sync fails.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    store = SqlStore(f"postgresql+psycopg://postgres@127.0.0.1:{closed.getsockname()[1]}/x")
+    service = FakeService()
+    service.nodes[1] = hub_node(1)
+    hub = Hub(service)  # type: ignore[arg-type]
+    Replicas(ReplicaStore(store, "mkey:" + "00" * 32), hub, heartbeat_s=0.05, lease_s=0.3).attach()
+    await hub.start()
+    try:
+        sub = hub.connect(1)
+        with pytest.raises(StreamClosed):
+            while True:  # keepalive timeouts, maybe a map, until the stream is ended
+                await sub.next(timeout_s=0.5)
+        hub.disconnect(sub)  # as the stream's handler does when it ends
+        assert not hub.closed  # not a shutdown: the hub still serves
+    finally:
+        await hub.stop()
+        store.dispose()
+        closed.close()

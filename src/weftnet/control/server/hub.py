@@ -175,6 +175,14 @@ class Hub:
         self._changed_event.set()
         self._built.set()
 
+    def end_streams(self) -> int:
+        """End every live map stream (how many); the hub keeps serving: their nodes
+        reconnect, maybe to another replica. Call on the hub's loop."""
+        subs = list(self._subs)
+        for sub in subs:
+            sub.close()
+        return len(subs)
+
     def close_threadsafe(self) -> None:
         self._call_soon(self.close)
 

@@ -15,7 +15,10 @@ group with two tasks that run alongside it, each retrying with backoff on its ow
   adds to its own. A replica killed with SIGKILL stops its heartbeat; after ``lease_s``
   the others count its nodes offline (those that came back on another replica stay
   online). Every ``resync_s`` it also marks the hub dirty, so a notice lost in a
-  database failover is caught up.
+  database failover is caught up. A replica that cannot sync for longer than the
+  lease ends its map streams: the others already count its nodes offline, and the
+  nodes move to a replica that reaches the database (a node's map request fails here
+  until it comes back).
 
 No consensus of our own: PostgreSQL's transactions, unique constraints and conditional
 updates keep addresses, names and single-use keys unique (``service.core``).
@@ -134,9 +137,10 @@ class Replicas:
     # -- heartbeat and presence -------------------------------------------------------
 
     async def sync_forever(self) -> None:
-        failures = 0
         loop = asyncio.get_running_loop()
-        resync_at = loop.time() + self.resync_s
+        resync_at = synced_at = loop.time()
+        resync_at += self.resync_s
+        failures = 0
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
@@ -145,22 +149,30 @@ class Replicas:
                 try:
                     await self._sync_once()
                 except Exception as e:
-                    log.warning(
-                        "replica %s: could not sync online state: %s",
-                        self.store.replica_id,
-                        redact_error(e),
-                    )
-                    self._written = None  # unknown now: write everything next time
+                    self._sync_failed(e, loop.time() - synced_at)
                     await asyncio.sleep(RETRY_S[min(failures, len(RETRY_S) - 1)])
                     failures += 1
                     continue
-                failures = 0
-                if loop.time() >= resync_at:
-                    resync_at = loop.time() + self.resync_s
+                failures, synced_at = 0, loop.time()
+                if synced_at >= resync_at:
+                    resync_at = synced_at + self.resync_s
                     self.hub.notify_threadsafe()
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.shield(anyio.to_thread.run_sync(self.store.leave))
+
+    def _sync_failed(self, e: Exception, down_s: float) -> None:
+        log.warning(
+            "replica %s: could not sync online state: %s", self.store.replica_id, redact_error(e)
+        )
+        self._written = None  # unknown now: write everything next time
+        if down_s > self.lease_s and self.hub.end_streams():
+            log.warning(
+                "replica %s: no database for %.1f s: ended the map streams here so their"
+                " nodes move to another replica",
+                self.store.replica_id,
+                down_s,
+            )
 
     async def _sync_once(self) -> None:
         local = self.hub.local_online()
