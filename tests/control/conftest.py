@@ -176,11 +176,9 @@ TEST_EPHEMERAL_GRACE_S = 0.5
 TEST_LOGIN_WAIT_S = 10.0
 
 
-@pytest.fixture
-def control(tmp_path: Path, database_url: str) -> Iterator[Control]:
-    """A server on 127.0.0.1 on a thread of this process, for one test."""
-    data_dir = tmp_path / "data"
-    options = ServeOptions(
+def server_options(data_dir: Path, database_url: str) -> ServeOptions:
+    """A test server's options: 127.0.0.1, any port, short intervals, no STUN."""
+    return ServeOptions(
         data_dir=data_dir,
         host="127.0.0.1",
         port=0,
@@ -191,7 +189,13 @@ def control(tmp_path: Path, database_url: str) -> Iterator[Control]:
         access_log=False,
         stun_port=0,  # no fixed port in tests; tests of STUN bind their own
     )
-    with serve_in_thread(options) as server:
+
+
+@pytest.fixture
+def control(tmp_path: Path, database_url: str) -> Iterator[Control]:
+    """A server on 127.0.0.1 on a thread of this process, for one test."""
+    data_dir = tmp_path / "data"
+    with serve_in_thread(server_options(data_dir, database_url)) as server:
         yield Control(server.url, server.api_key, data_dir, database_url)
 
 

@@ -21,7 +21,6 @@ from weftnet.control.server.app import (
     SERVER_KEY_FILE,
     ControlServer,
     ServeError,
-    ServeOptions,
     load_or_create_server_key,
 )
 from weftnet.control.server.hub import Hub, StreamClosed
@@ -31,7 +30,7 @@ from weftnet.control.store.sql import SqlStore
 from weftnet.node.controlclient import ControlClient, parse_login_servers
 from weftnet.node.state import NodeState
 
-from .conftest import TEST_KEEPALIVE_S, Control
+from .conftest import Control, server_options
 from .test_api import api, new_key
 from .test_hub import FakeService
 from .test_hub import node as hub_node
@@ -39,18 +38,6 @@ from .test_hub import node as hub_node
 pytestmark = pytest.mark.anyio
 
 CROSS_REPLICA_S = 1.0  # issue 18: a change made on one replica reaches the other's nodes
-
-
-def replica_options(data_dir: Path, database_url: str) -> ServeOptions:
-    return ServeOptions(
-        data_dir=data_dir,
-        host="127.0.0.1",
-        port=0,
-        database_url=database_url,
-        keepalive_s=TEST_KEEPALIVE_S,
-        access_log=False,
-        stun_port=0,
-    )
 
 
 @pytest.fixture
@@ -64,7 +51,7 @@ def two_replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[Control, Control
     with ExitStack() as stack:
         controls = []
         for name in ("a", "b"):
-            server = stack.enter_context(serve_in_thread(replica_options(tmp_path / name, pg_url)))
+            server = stack.enter_context(serve_in_thread(server_options(tmp_path / name, pg_url)))
             controls.append(Control(server.url, server.api_key, tmp_path / name, pg_url))
         yield controls[0], controls[1]
 
@@ -258,7 +245,7 @@ def test_a_replica_with_another_server_key_refuses_to_start(
     two_replicas: tuple[Control, Control], tmp_path: Path
 ) -> None:
     a, _ = two_replicas
-    server = ControlServer(replica_options(tmp_path / "c", a.database_url))
+    server = ControlServer(server_options(tmp_path / "c", a.database_url))
     with pytest.raises(ServeError, match="replicas must share one server key"):
         server.open()
     server.close()
