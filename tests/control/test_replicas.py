@@ -156,6 +156,24 @@ async def test_concurrent_renames_to_one_name_across_replicas_leave_one_holder(
     assert [row["given_name"] for row in rows].count("wanted") == 1
 
 
+async def test_a_request_replayed_to_the_other_replica_is_refused(
+    http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
+) -> None:
+    a, b = two_replicas
+    key = await new_key(http, a, reusable=True)
+    node = FakeNode(a.url, http, "replayed")
+    await node.fetch_server_key()
+    body = node.seal(node.register_request(auth_key=key))
+    assert (await node.post("register", body)).status_code == 200
+    path = node.machine_url("register").removeprefix(a.url)
+    r = await http.post(b.url + path, content=body)  # recorded, replayed to B
+    replayed = tailcfg.RegisterResponse.model_validate_json(node.open(r.content))
+    assert r.status_code == 200 and replayed.error == "replayed request"
+    fresh = node.seal(node.register_request(auth_key=key))
+    r = await http.post(b.url + path, content=fresh)
+    assert not tailcfg.RegisterResponse.model_validate_json(node.open(r.content)).error
+
+
 async def test_a_replica_whose_heartbeat_stopped_no_longer_counts_its_nodes_online(
     http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
 ) -> None:

@@ -387,6 +387,7 @@ class ControlServer:
             relay=self.relay,
             stun_socket=self._stun_sock,
             oidc=OidcClient(oidc_config) if oidc_config is not None else None,
+            shared_replay=replicas.shared_replay_check(feed),
         )
         if ctx.oidc is not None:
             ctx.oidc.discover_at_start()

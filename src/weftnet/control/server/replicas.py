@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 import anyio.to_thread
 
@@ -199,6 +200,12 @@ class Replicas:
         if synced.elsewhere != self.elsewhere:
             self.elsewhere = synced.elsewhere
             self.hub.notify_threadsafe()
+
+
+def shared_replay_check(feed: CallbackFeed) -> Callable[[bytes, float], bool] | None:
+    """``first_use(nonce, expires_at)`` of the replay guard replicas share (None on
+    SQLite: the process's own guard is the whole guard)."""
+    return feed.replicas.first_use if isinstance(feed, NotifyFeed) else None
 
 
 def attach(hub: Hub, feed: CallbackFeed) -> Replicas | None:

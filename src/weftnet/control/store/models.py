@@ -237,6 +237,15 @@ node_presence = Table(
 )
 Index("ix_node_presence_node_id", node_presence.c.node_id)
 
+# The replay guard replicas share: the nonce of every sealed node request accepted while
+# its timestamp could still pass (each replica also keeps its own in memory).
+seen_nonces = Table(
+    "seen_nonces",
+    metadata,
+    Column("nonce", String(48), primary_key=True),  # hex
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
 ALL_TABLES = (
     users,
     user_identities,
@@ -250,4 +259,7 @@ ALL_TABLES = (
     audit_log,
     control_replicas,
     node_presence,
+    seen_nonces,
 )
+# What replicas keep about each other and about requests, not the tailnet's data.
+REPLICA_TABLES = (control_replicas, node_presence, seen_nonces)

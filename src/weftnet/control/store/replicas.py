@@ -31,6 +31,7 @@ from typing import Any
 
 import psycopg
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.store import models as m
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "weft_changes"  # the NOTIFY channel every replica listens on
 KIND_CHANGE = "c"  # a committed change: rebuild the maps
 KIND_PRESENCE = "p"  # the sender's online set changed: read presence again
+NONCE_GRACE_S = 60.0  # seen nonces are kept this long past their window (clock margins)
 LIVENESS_S = 5.0  # a quiet listening connection is checked this often ...
 LIVENESS_TIMEOUT_S = 5.0  # ... and counts as broken when the check takes longer
 
@@ -116,6 +118,20 @@ class ReplicaStore:
                 # Quiet for a while: make sure the connection still answers.
                 await asyncio.wait_for(conn.execute("SELECT 1"), LIVENESS_TIMEOUT_S)
 
+    # -- the shared replay guard ------------------------------------------------------
+
+    def first_use(self, nonce: bytes, expires_at: float) -> bool:
+        """Remember a sealed request's nonce until ``expires_at``; False if some replica
+        already accepted it (a replay)."""
+        stmt = (
+            pg_insert(m.seen_nonces)
+            .values(nonce=nonce.hex(), expires_at=expires_at)
+            .on_conflict_do_nothing()
+            .returning(m.seen_nonces.c.nonce)
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).first() is not None
+
     # -- heartbeat and online state ---------------------------------------------------
 
     def sync(
@@ -146,6 +162,9 @@ class ReplicaStore:
             expired = conn.execute(
                 delete(m.control_replicas).where(r.heartbeat_at < _DB_NOW - lease_s, r.id != me)
             ).rowcount
+            conn.execute(
+                delete(m.seen_nonces).where(m.seen_nonces.c.expires_at < _DB_NOW - NONCE_GRACE_S)
+            )
             p = m.node_presence.c
             if replace:
                 conn.execute(

@@ -4,7 +4,9 @@
   one) and a heartbeat refreshed every second by the database's clock; a replica
   whose heartbeat is older than the lease is dead;
 - node_presence: which nodes have a live map stream on which replica (removed with
-  the replica or the node).
+  the replica or the node);
+- seen_nonces: the shared replay guard, the nonces of sealed node requests while
+  their timestamps could pass (a request replayed to another replica is refused).
 
 On SQLite (one process) both stay empty: online state lives in the process.
 
@@ -55,9 +57,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("replica_id", "node_id", name="pk_node_presence"),
     )
     op.create_index("ix_node_presence_node_id", "node_presence", ["node_id"])
+    op.create_table(
+        "seen_nonces",
+        sa.Column("nonce", sa.String(48), nullable=False),
+        sa.Column("expires_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("nonce", name="pk_seen_nonces"),
+    )
+    op.create_index("ix_seen_nonces_expires_at", "seen_nonces", ["expires_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_seen_nonces_expires_at", table_name="seen_nonces")
+    op.drop_table("seen_nonces")
     op.drop_index("ix_node_presence_node_id", table_name="node_presence")
     op.drop_table("node_presence")
     op.drop_table("control_replicas")
