@@ -71,9 +71,10 @@ from weftnet.wireguard.messages import (
     CookieReply,
     Initiation,
     Response,
+    padded_size,
 )
 from weftnet.wireguard.ratelimiter import RateLimiter
-from weftnet.wireguard.session import Keypair, padded_size
+from weftnet.wireguard.session import Keypair
 
 
 @dataclass(frozen=True, slots=True)
