@@ -44,6 +44,9 @@ frames: st.SearchStrategy[p.Frame] = st.one_of(
     st.builds(p.Error, st.text(max_size=200)),
     st.builds(p.SendPacketBatch, keys, segs, batch_data),
     st.builds(p.RecvPacketBatch, keys, segs, batch_data),
+    st.builds(p.PeerPresent, keys),
+    st.builds(p.ForwardPacket, keys, keys, packets),
+    st.builds(p.ForwardPacketBatch, keys, keys, segs, batch_data),
 )
 
 

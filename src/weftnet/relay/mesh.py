@@ -66,6 +66,7 @@ class MeshPeerStats:
     keys: int  # node keys it holds, as it told us
     forwarded: int  # datagrams handed to it for its clients
     drops: int  # datagrams for it dropped: its queue was full
+    last_error: str | None  # why its connection last ended or failed
 
 
 class _Peer:
@@ -177,6 +178,7 @@ class Mesh:
                 len(peer.keys),
                 peer.forwarded,
                 peer.client.drops,
+                peer.client.last_error,
             )
             for url, peer in sorted(self._peers.items())
         ]
