@@ -8,14 +8,17 @@ import asyncio
 import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.relay.helpers import Inbox, RawConn, allow_all, keypair, run, until
-from weftnet.relay import meshauth
 from weftnet.relay import protocol as p
 from weftnet.relay.client import RelayClient, RelayTarget
 from weftnet.relay.mesh import Mesh
 from weftnet.relay.server import NOT_MESH_PEER, RelayServer
+from weftnet.relay.standalone import RelayError, RelayOptions, StandaloneRelay
 
 SECRET = os.urandom(32).hex().encode()
 
@@ -168,7 +171,7 @@ def test_a_relay_going_away_moves_its_clients_and_its_presence_goes_with_it() ->
             b = await b_cm.__aenter__()
             try:
                 await _join(a, b)
-                x, x_in = await stack.enter_async_context(node(a[1]))
+                x, _ = await stack.enter_async_context(node(a[1]))
                 y, y_in = await stack.enter_async_context(node([b[1], a[1]]))
                 assert a[0].mesh is not None
                 await until(lambda: a[0].mesh.holds(y.node_key))
@@ -199,3 +202,37 @@ def test_leaving_the_target_list_cuts_the_connection_at_once() -> None:
             await until(lambda: a[0].client(y.node_key) is None)
 
     run(scenario())
+
+
+def _options(tmp_path: Path, **kw: Any) -> RelayOptions:
+    return RelayOptions("http://127.0.0.1:1", "k", "eu-1", data_dir=tmp_path, **kw)
+
+
+@pytest.mark.parametrize(
+    ("mode", "content", "kw", "message"),
+    [
+        (0o600, SECRET, {"mesh": "eu"}, "--mesh needs --mesh-secret-file"),
+        (0o600, SECRET, {"mesh_peers": ["http://h:1"]}, "go with --mesh REGION"),
+        (0o600, SECRET, {"mesh": "eu-1", "secret": True}, "make them differ"),
+        (0o644, SECRET, {"mesh": "eu", "secret": True}, "chmod 600"),
+        (0o600, b"short", {"mesh": "eu", "secret": True}, "openssl rand"),
+        (0o600, SECRET, {"mesh": "e u", "secret": True}, "invalid region name"),
+        (0o600, SECRET, {"mesh": "eu", "secret": True, "mesh_peers": ["ftp://x"]}, "--mesh-peer"),
+    ],
+)
+def test_a_mesh_relay_refuses_a_bad_setup_in_one_line_without_the_secret(
+    tmp_path: Path, mode: int, content: bytes, kw: dict[str, Any], message: str
+) -> None:
+    path = tmp_path / "mesh.secret"
+    path.write_bytes(content)
+    path.chmod(mode)
+    if kw.pop("secret", False):
+        kw["mesh_secret_file"] = path
+    with pytest.raises(RelayError, match=message) as e:
+        StandaloneRelay(_options(tmp_path, **kw))
+    assert "\n" not in str(e.value) and content.decode() not in str(e.value)
+
+
+def test_a_missing_secret_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(RelayError, match="cannot read the mesh secret"):
+        StandaloneRelay(_options(tmp_path, mesh="eu", mesh_secret_file=tmp_path / "nope"))

@@ -131,8 +131,10 @@ def test_malformed_mesh_proofs_in_a_hello_are_refused(mesh: object) -> None:
     server_private, server_public = keypair()
     challenge, nonce = os.urandom(24), os.urandom(24)
     body = {"version": 2, "preferred": False, "challenge": challenge.hex(), "mesh": mesh}
-    sealed = Box(PrivateKey(node_private), PublicKey(server_public)).encrypt(
-        json.dumps(body).encode(), nonce
-    ).ciphertext
+    sealed = (
+        Box(PrivateKey(node_private), PublicKey(server_public))
+        .encrypt(json.dumps(body).encode(), nonce)
+        .ciphertext
+    )
     with pytest.raises(ProtocolError, match="mesh"):
         p.ClientInfo(node_public, nonce, sealed).open(server_private, challenge)

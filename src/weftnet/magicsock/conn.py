@@ -47,7 +47,7 @@ from weftnet.endpoint import (
     try_parse_endpoint,
 )
 from weftnet.magicsock.pathfinder import Path, Pathfinder, SendCallMeMaybe, SendPing
-from weftnet.magicsock.relays import PING_TIMEOUT_S, Relays
+from weftnet.magicsock.relays import Relays
 from weftnet.node.engine import Engine
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Peer

@@ -65,9 +65,7 @@ class Relays:
             problem = region_problem(entry)
             if problem is None:
                 key = controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, entry.public_key)
-                groups.setdefault(entry.region, []).append(
-                    RelayTarget(entry.name, entry.url, key)
-                )
+                groups.setdefault(entry.region, []).append(RelayTarget(entry.name, entry.url, key))
             else:
                 self.problems[entry.name] = problem
         for region in [r for r in self.clients if r not in groups]:
