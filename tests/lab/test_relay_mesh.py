@@ -137,3 +137,4 @@ def test_nodes_on_two_relays_of_a_region_talk_through_the_mesh_and_survive_one_d
         assert "a1" * 32 not in log  # the mesh secret never reaches a log
     for n in (a, b):
         assert "Traceback" not in n.log(), n.log()[-3000:]
+    assert "Traceback" not in control.log(), control.log()[-3000:]

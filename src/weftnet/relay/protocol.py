@@ -21,6 +21,13 @@ not forty. A server splits a batch into RECV_PACKETs for a client that did not l
 feature; a client never sends a batch to a server that did not. An unknown feature is
 ignored, so an older peer (which sends no list) simply gets no batches.
 
+Mesh: the relays of one region watch each other (mesh.py, meshauth.py). A relay connects
+to a peer like a client whose hello carries ``mesh`` (a proof of the shared secret; the
+peer's SERVER_INFO carries its own); the peer then sends PEER_PRESENT / PEER_GONE for its
+clients, and takes FORWARD_PACKET(_BATCH): a datagram from one of the watcher's clients
+(source key kept) for one of its own. These three frames may be 32 bytes longer than
+others (MAX_MESH_PAYLOAD); the header check knows which types may.
+
 Every frame type is a frozen, slotted dataclass: ``pack()`` gives the whole frame
 (header included) and ``unpack()`` takes exactly one whole frame and refuses anything
 else with ProtocolError, so ``X.unpack(b).pack() == b`` for every ``b`` it accepts.
