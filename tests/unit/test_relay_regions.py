@@ -12,9 +12,7 @@ KEY = controlbox.key_to_text(tailcfg.RELAY_KEY_PREFIX, bytes(range(32)))
 
 
 def entry(name: str, port: int, mesh: str | None = "eu") -> tailcfg.RelayRegion:
-    return tailcfg.RelayRegion(
-        name=name, url=f"http://127.0.0.1:{port}", public_key=KEY, mesh=mesh
-    )
+    return tailcfg.RelayRegion(name=name, url=f"http://127.0.0.1:{port}", public_key=KEY, mesh=mesh)
 
 
 def test_the_relays_of_a_mesh_are_one_region_with_one_connection() -> None:

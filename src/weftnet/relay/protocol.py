@@ -102,16 +102,18 @@ def _header(kind: int, payload_len: int) -> bytes:
     return HEADER.pack(kind, payload_len)
 
 
-def _payload_view(data: bytes | memoryview, kind: int, name: str) -> memoryview:
-    """The payload of one whole frame ``data`` of type ``kind`` (not copied), or
-    ProtocolError."""
+def _payload_view(
+    data: bytes | memoryview, kind: int, name: str, limit: int = MAX_PAYLOAD
+) -> memoryview:
+    """The payload of one whole frame ``data`` of type ``kind`` (not copied), at most
+    ``limit`` bytes, or ProtocolError."""
     if len(data) < HEADER_LEN:
         raise ProtocolError(f"{name} frame shorter than its {HEADER_LEN}-byte header")
     got_kind, length = HEADER.unpack_from(data)
     if got_kind != kind:
         raise ProtocolError(f"not a {name} frame (type {got_kind:#04x})")
-    if length > MAX_PAYLOAD:
-        raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    if length > limit:
+        raise ProtocolError(f"frame payload of {length} bytes exceeds {limit}")
     if len(data) != HEADER_LEN + length:
         raise ProtocolError(f"{name} frame length field says {length}, got {len(data) - 5}")
     return memoryview(data)[HEADER_LEN:]
@@ -599,18 +601,9 @@ class PeerPresent:
 
 def _forward_view(data: bytes, kind: int, name: str) -> tuple[bytes, bytes, memoryview]:
     """Source key, destination key and the rest of a forwarded frame (checked header)."""
-    if len(data) < HEADER_LEN:
-        raise ProtocolError(f"{name} frame shorter than its {HEADER_LEN}-byte header")
-    got_kind, length = HEADER.unpack_from(data)
-    if got_kind != kind:
-        raise ProtocolError(f"not a {name} frame (type {got_kind:#04x})")
-    if length > MAX_MESH_PAYLOAD:
-        raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_MESH_PAYLOAD}")
-    if len(data) != HEADER_LEN + length:
-        raise ProtocolError(f"{name} frame length field says {length}, got {len(data) - 5}")
-    if length < 2 * KEY_LEN:
-        raise ProtocolError(f"{name} payload of {length} bytes has no two {KEY_LEN}-byte keys")
-    view = memoryview(data)[HEADER_LEN:]
+    view = _payload_view(data, kind, name, MAX_MESH_PAYLOAD)
+    if len(view) < 2 * KEY_LEN:
+        raise ProtocolError(f"{name} payload of {len(view)} bytes has no two {KEY_LEN}-byte keys")
     return bytes(view[:KEY_LEN]), bytes(view[KEY_LEN : 2 * KEY_LEN]), view[2 * KEY_LEN :]
 
 
