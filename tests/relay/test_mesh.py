@@ -200,6 +200,11 @@ def test_leaving_the_target_list_cuts_the_connection_at_once() -> None:
             y.set_targets([RelayTarget(b[1], b[1])])
             await until(lambda: y.connected and b[0].client(y.node_key) is not None)
             await until(lambda: a[0].client(y.node_key) is None)
+            async with mesh_relay() as c:
+                # Cut from b, it goes to the first listed (c), not past it (to a).
+                y.set_targets([RelayTarget(c[1], c[1]), RelayTarget(a[1], a[1])])
+                await until(lambda: y.connected and c[0].client(y.node_key) is not None)
+                assert y.connections == 3
 
     run(scenario())
 

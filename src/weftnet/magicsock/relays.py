@@ -60,7 +60,7 @@ class Relays:
     async def update(self, relay_map: list[tailcfg.RelayRegion]) -> None:
         self.regions = {r.name: r for r in relay_map}
         groups: dict[str, list[RelayTarget]] = {}
-        self.problems = {}
+        before, self.problems = self.problems, {}
         for entry in relay_map:
             problem = region_problem(entry)
             if problem is None:
@@ -82,8 +82,9 @@ class Relays:
             except Exception as e:  # never out of here: the map loop calls this
                 log.exception("relay region %s", region)
                 self.problems[region] = f"relay region {region}: not used ({e})"
-        for problem in self.problems.values():
-            log.warning("%s", problem)
+        for name, problem in self.problems.items():
+            if before.get(name) != problem:  # said once, not on every map
+                log.warning("%s", problem)
         if self.home not in self.clients:
             self.home = next(iter(self.clients), None)
         self.on_change()

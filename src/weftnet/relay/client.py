@@ -126,6 +126,7 @@ class RelayClient:
         self._tls: ssl.SSLContext | None = None
         self._targets: list[RelayTarget] = []
         self._index = 0  # the target of the current (or next) connection
+        self._moved = False  # set_targets cut the connection: the next one is chosen
         self.address: RelayAddress = parse_relay_url(url)
         self._pinned_key: bytes | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -202,6 +203,7 @@ class RelayClient:
         self._use(self._targets[0])
         writer = self._writer
         if writer is not None:  # connected to a relay that left the list: move now
+            self._moved = True  # to the first listed, not past it
             writer.transport.abort()
 
     def _use(self, target: RelayTarget) -> None:
@@ -370,7 +372,9 @@ class RelayClient:
                 self.last_error = tls.describe(e)
             finally:
                 self._down()
-            if len(self._targets) > 1:  # try the region's next relay
+            if self._moved:
+                self._moved = False
+            elif len(self._targets) > 1:  # try the region's next relay
                 self._index = (self._index + 1) % len(self._targets)
                 self._use(self._targets[self._index])
             lasted = self._clock() - self._connected_at if self._connected_at is not None else 0.0
