@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from tests.relay.helpers import Inbox, RawConn, allow_all, keypair, run, until
+from weftnet.node.supervisor import Supervisor
 from weftnet.relay import protocol as p
 from weftnet.relay.client import RelayClient, RelayTarget
-from weftnet.relay.mesh import Mesh
+from weftnet.relay.mesh import Mesh, Spawn
 from weftnet.relay.server import NOT_MESH_PEER, RelayServer
 from weftnet.relay.standalone import RelayError, RelayOptions, StandaloneRelay
 
@@ -24,9 +25,11 @@ SECRET = os.urandom(32).hex().encode()
 
 
 @asynccontextmanager
-async def mesh_relay(secret: bytes | None = SECRET) -> AsyncIterator[tuple[RelayServer, str]]:
+async def mesh_relay(
+    secret: bytes | None = SECRET, spawn: Spawn | None = None
+) -> AsyncIterator[tuple[RelayServer, str]]:
     private, _ = keypair()
-    mesh = Mesh(secret, private) if secret is not None else None
+    mesh = Mesh(secret, private, spawn=spawn) if secret is not None else None
     server = RelayServer(private, allow_all(), mesh=mesh)
     listener = await server.serve_tcp("127.0.0.1", 0)
     try:
@@ -205,6 +208,24 @@ def test_leaving_the_target_list_cuts_the_connection_at_once() -> None:
                 y.set_targets([RelayTarget(c[1], c[1]), RelayTarget(a[1], a[1])])
                 await until(lambda: y.connected and c[0].client(y.node_key) is not None)
                 assert y.connections == 3
+
+    run(scenario())
+
+
+def test_a_mesh_connection_that_fails_is_restarted_by_its_supervisor() -> None:
+    async def scenario() -> None:
+        supervisor = Supervisor(first_delay_s=0.05)
+        async with AsyncExitStack() as stack:
+            stack.push_async_callback(supervisor.close)
+            a = await stack.enter_async_context(mesh_relay(spawn=supervisor.spawn))
+            b = await stack.enter_async_context(mesh_relay())
+            await _join(a, b)
+            y, _ = await stack.enter_async_context(node(b[1]))
+            assert a[0].mesh is not None
+            await until(lambda: a[0].mesh.holds(y.node_key))
+            assert supervisor.inject_fault("mesh b")
+            await until(lambda: supervisor.tasks["mesh b"].restarts == 1, what="the restart")
+            await until(lambda: a[0].mesh.peers()[0].connected and a[0].mesh.holds(y.node_key))
 
     run(scenario())
 
