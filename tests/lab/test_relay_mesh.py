@@ -28,15 +28,15 @@ def start_mesh_relay(
 ) -> subprocess.Popen[bytes]:
     """``weft-control relay --region NAME --mesh lab`` on ``host``, https on 8081."""
     cert, key = lab_ca().issue(name, [host.ip], tmp / f"{name}-tls")
-    log = open(tmp / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
-    return host.popen(
-        [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", name,
-         "--mesh", MESH, "--mesh-secret-file", str(secret),
-         "--listen", f"0.0.0.0:{RELAY_PORT}", "--stun-port", "0",
-         "--control-url", control.url, "--api-key", api_key, "--data-dir", str(tmp / name),
-         "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(control.ca_file)],
-        stdout=log, stderr=log,
-    )  # fmt: skip
+    with open(tmp / f"{name}.log", "ab") as log:  # the child keeps its own copy
+        return host.popen(
+            [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", name,
+             "--mesh", MESH, "--mesh-secret-file", str(secret),
+             "--listen", f"0.0.0.0:{RELAY_PORT}", "--stun-port", "0",
+             "--control-url", control.url, "--api-key", api_key, "--data-dir", str(tmp / name),
+             "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(control.ca_file)],
+            stdout=log, stderr=log,
+        )  # fmt: skip
 
 
 def refuse_tcp(host: Host, to: Host) -> None:
