@@ -6,6 +6,7 @@
     weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
+                       [--mesh REGION --mesh-secret-file FILE [--mesh-peer URL ...]]
     weft-control users create NAME | list | delete NAME [--force]
     weft-control users link NAME --issuer I --subject S | unlink NAME --issuer I
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
