@@ -6,6 +6,7 @@
     weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
+                       [--mesh REGION --mesh-secret-file FILE [--mesh-peer URL ...]]
     weft-control users create NAME | list | delete NAME [--force]
     weft-control users link NAME --issuer I --subject S | unlink NAME --issuer I
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
@@ -274,6 +275,24 @@ def build_parser() -> Parser:
         "--tls-cert", metavar="FILE", help="PEM certificate chain: serve https (with --tls-key)"
     )
     relay.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    relay.add_argument(
+        "--mesh",
+        metavar="REGION",
+        help="serve REGION with the other relays registered with it (they share their"
+        " clients); needs --mesh-secret-file, and --region a name of this relay's own",
+    )
+    relay.add_argument(
+        "--mesh-secret-file",
+        metavar="FILE",
+        help="the secret the relays of the mesh share (mode 0600; `openssl rand -hex 32`)",
+    )
+    relay.add_argument(
+        "--mesh-peer",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a relay of the mesh to watch besides those of the relay map (repeatable)",
+    )
     _client_tls_flags(relay)
 
     common = Parser(add_help=False)
@@ -528,11 +547,12 @@ def _print_api_keys(keys: list[dict[str, Any]], now: float) -> None:
 
 
 def _print_relays(relays: list[dict[str, Any]], now: float) -> None:
-    rows = [("REGION", "URL", "PUBLIC KEY", "STUN", "KIND", "LAST SEEN")]
+    rows = [("REGION", "MESH", "URL", "PUBLIC KEY", "STUN", "KIND", "LAST SEEN")]
     for r in relays:
         rows.append(
             (
                 r["region"],
+                r.get("mesh") or "-",
                 r["url"],
                 r["public_key"][:25] + "...",
                 str(r["stun_port"] or "-"),
@@ -635,6 +655,9 @@ def _relay(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         allow_insecure_http=args.allow_insecure_http,
+        mesh=args.mesh,
+        mesh_secret_file=Path(args.mesh_secret_file) if args.mesh_secret_file else None,
+        mesh_peers=list(args.mesh_peer),
     )
     try:
         asyncio.run(relayd.run(options))
