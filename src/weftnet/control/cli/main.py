@@ -2,7 +2,8 @@
 
     weft-control serve [--listen HOST:PORT] [--data-dir DIR] [--database-url URL]
                        [--tls-cert FILE --tls-key FILE] [--server-url URL]
-                       [--region NAME] [--no-relay] [--relay-rate BYTES] [--stun-port N] ...
+                       [--region NAME] [--no-relay] [--relay-rate BYTES] [--stun-port N]
+                       [--metrics-listen HOST:PORT] [--log-format text|json] ...
     weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
@@ -186,6 +187,32 @@ def _oidc_options(args: argparse.Namespace) -> Any:
     )
 
 
+def _observability_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default;"
+        " plain http: keep it on loopback or a management network; docs/metrics.md)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (the default) or one JSON object per line",
+    )
+
+
+def _metrics_listen(args: argparse.Namespace) -> tuple[str, int] | None:
+    from weftnet.metrics.http import ListenError, parse_listen
+
+    if args.metrics_listen is None:
+        return None
+    try:
+        return parse_listen(args.metrics_listen)
+    except ListenError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
     version.add_flag(parser)
@@ -247,6 +274,7 @@ def build_parser() -> Parser:
         default=3478,
         help="UDP port of the STUN server on the --listen host; 0: none (%(default)s)",
     )
+    _observability_flags(serve)
     # Tests only: lets the admin API move the clock policy schedules are judged by.
 
     relay = commands.add_parser("relay", help="run a standalone relay region")
@@ -578,6 +606,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         oidc=_oidc_options(args),
+        metrics_listen=_metrics_listen(args),
+        log_format=args.log_format,
     )
 
 
@@ -586,7 +616,7 @@ def run_serve(options: ServeOptions) -> int:
     server cannot start)."""
     from weftnet.control.server import app as server
 
-    server.configure_logging()
+    server.configure_logging(options.log_format)
     os.umask(0o077)  # the database and everything else in the data dir: owner only
     try:
         server.serve(options)

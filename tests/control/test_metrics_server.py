@@ -1,0 +1,181 @@
+"""The coordination server's metrics endpoint (``--metrics-listen``), over 127.0.0.1.
+
+Fake nodes register (one with a bad key), hold map streams and send packets through the
+embedded relay with the real RelayClient; every scrape is parsed with
+prometheus_client's own parser, so the text format itself is checked too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from weftlab.control import FakeNode, serve_in_thread
+from weftnet import tailcfg
+from weftnet.control.server.app import ControlServer, ServeError, ServeOptions
+from weftnet.control.server.metrics import registration_outcome
+
+from .conftest import TEST_KEEPALIVE_S, Control
+from .test_relay_embedded import client, first_map, joined, until
+
+pytestmark = pytest.mark.anyio
+
+
+@dataclass
+class MetricsControl(Control):
+    metrics_url: str = ""
+
+
+@pytest.fixture
+def metrics_control(tmp_path: Path) -> Iterator[MetricsControl]:
+    data_dir = tmp_path / "data"
+    options = ServeOptions(
+        data_dir=data_dir,
+        host="127.0.0.1",
+        port=0,
+        keepalive_s=TEST_KEEPALIVE_S,
+        access_log=False,
+        stun_port=0,
+        metrics_listen=("127.0.0.1", 0),
+    )
+    with serve_in_thread(options) as server:
+        yield MetricsControl(
+            server.url, server.api_key, data_dir, "", f"http://127.0.0.1:{server.metrics_port}"
+        )
+
+
+async def scrape(http: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple], float]:
+    """Every sample of a scrape: (name, sorted labels) -> value."""
+    r = await http.get(url + "/metrics")
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.text)
+        for s in family.samples
+    }
+
+
+def value(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> float:
+    return samples[(name, tuple(sorted(labels.items())))]
+
+
+async def test_metrics_follow_registrations_streams_pushes_and_relay_traffic(
+    http: httpx.AsyncClient, metrics_control: MetricsControl
+) -> None:
+    url = metrics_control.metrics_url
+    before = await scrape(http, url)
+    assert value(before, "weft_control_nodes_online") == 0
+    assert value(before, "weft_control_registrations_total", outcome="authorized") == 0
+    assert value(before, "weft_relay_clients") == 0
+
+    a, b = await joined(http, metrics_control, "a"), await joined(http, metrics_control, "b")
+    refused = await FakeNode(metrics_control.url, http, "c").register("weftkey-nonsense")
+    assert refused.error_kind == tailcfg.ERROR_BAD_REQUEST
+    [region] = (await first_map(a)).relay_map or []
+    async with a.map_stream() as sa, b.map_stream() as sb:
+        await sa.next()
+        await sb.next()
+        # b's stream coming online is a change: a gets a delta holding it.
+        await until(lambda: len(sa.received) >= 2, 5, "a's delta for b online")
+        a_in: list[tuple[bytes, bytes]] = []
+        async with client(a, region) as ca, client(b, region, a_in) as cb:
+            assert await ca.wait_connected(5) and await cb.wait_connected(5), ca.last_error
+            for i in range(10):
+                ca.send(bytes(b.node.public_key), b"x" * 100 + bytes([i]))
+            ca.send(bytes(FakeNode(metrics_control.url, http).node.public_key), b"nobody")
+            await until(lambda: len(a_in) == 10, 5, "10 packets through the relay")
+            during = await scrape(http, url)
+        gone: dict[tuple[str, tuple], float] = {}
+
+        async def relay_empty() -> bool:
+            gone.update(await scrape(http, url))
+            return value(gone, "weft_relay_clients") == 0
+
+        for _ in range(100):  # about 5 s
+            if await relay_empty():
+                break
+            await asyncio.sleep(0.05)
+
+    assert value(during, "weft_control_nodes") == 2
+    assert value(during, "weft_control_nodes_online") == 2
+    assert value(during, "weft_control_map_streams") == 2
+    assert value(during, "weft_control_registrations_total", outcome="authorized") == 2
+    assert value(during, "weft_control_registrations_total", outcome="bad_request") == 1
+    assert value(during, "weft_control_map_pushes_total", kind="full") >= 2
+    assert value(during, "weft_control_map_pushes_total", kind="delta") >= 1
+    pushes = value(during, "weft_control_map_pushes_total", kind="full") + value(
+        during, "weft_control_map_pushes_total", kind="delta"
+    )
+    assert value(during, "weft_control_map_push_latency_seconds_count") == pushes
+    assert 0 < value(during, "weft_control_map_push_latency_seconds_sum") < pushes * 5
+    assert value(during, "weft_control_db_transaction_seconds_count", mode="write") >= 2
+    assert value(during, "weft_control_db_transaction_seconds_count", mode="read") >= 1
+    assert value(during, "weft_relay_clients") == 2
+    assert value(during, "weft_relay_forwarded_packets_total") == 10
+    assert value(during, "weft_relay_forwarded_bytes_total") == 10 * 101
+    assert value(during, "weft_relay_received_packets_total") == 11
+    assert value(during, "weft_relay_drops_total", reason="no_peer") == 1
+    assert value(during, "weft_relay_drops_total", reason="queue_full") == 0
+    assert value(during, "weft_relay_queue_bytes") >= 0
+    # Clients gone: the counters keep what they counted (counters never go down).
+    assert value(gone, "weft_relay_clients") == 0
+    assert value(gone, "weft_relay_forwarded_packets_total") == 10
+    assert value(gone, "weft_relay_drops_total", reason="no_peer") == 1
+
+
+async def test_the_listener_answers_only_get_metrics(
+    http: httpx.AsyncClient, metrics_control: MetricsControl
+) -> None:
+    url = metrics_control.metrics_url
+    assert (await http.get(url + "/nope")).status_code == 404
+    assert (await http.post(url + "/metrics")).status_code == 405
+    head = await http.head(url + "/metrics")
+    assert head.status_code == 200 and head.content == b""
+    # Metrics are not on the API's port.
+    assert (await http.get(metrics_control.url + "/metrics")).status_code == 404
+
+
+def test_a_taken_metrics_port_is_a_clear_error(tmp_path: Path) -> None:
+    first = ControlServer(
+        ServeOptions(tmp_path / "one", host="127.0.0.1", port=0, stun_port=0,
+                     metrics_listen=("127.0.0.1", 0))
+    )  # fmt: skip
+    first.open()
+    try:
+        taken = ("127.0.0.1", first.metrics_port or 0)
+        second = ControlServer(
+            ServeOptions(tmp_path / "two", host="127.0.0.1", port=0, stun_port=0,
+                         metrics_listen=taken)
+        )  # fmt: skip
+        with pytest.raises(ServeError, match=r"cannot listen on --metrics-listen 127\.0\.0\.1:"):
+            second.open()
+        second.close()
+    finally:
+        first.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "followup", "outcome"),
+    [
+        (tailcfg.RegisterResponse(), False, "authorized"),
+        (tailcfg.RegisterResponse(machine_authorized=False, auth_url="http://x/register/c"),
+         False, "login_url"),
+        (tailcfg.RegisterResponse(machine_authorized=False, auth_url="http://x/register/c"),
+         True, "waiting"),
+        (tailcfg.RegisterResponse(machine_authorized=False, node_key_expired=True), False,
+         "logged_out"),
+        (tailcfg.RegisterResponse(machine_authorized=False, error="no", error_kind="expired"),
+         False, "expired"),
+    ],
+)  # fmt: skip
+def test_registration_outcomes(
+    answer: tailcfg.RegisterResponse, followup: bool, outcome: str
+) -> None:
+    assert registration_outcome(answer, followup) == outcome
