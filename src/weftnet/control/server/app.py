@@ -4,7 +4,8 @@
 request is served - data directory (0700), the TLS certificate and key (``--tls-cert``,
 ``--tls-key``: then the API, the node protocol and the embedded relay are https only), server key (``server.key``, 0600, made on
 first start), relay key (``relay.key``, likewise), database (migrated to the newest
-schema), the listening socket, the STUN socket (UDP ``stun_port``) - and writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
+schema), the listening socket, the STUN socket (UDP ``stun_port``), the metrics socket
+(``--metrics-listen``: plain http on a port of its own, off by default) - and writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
 --data-dir DIR`` on this host can talk to the server. ``run()`` then serves until
 SIGTERM/SIGINT (or ``request_stop()``), ending every map stream so shutdown is prompt.
 The embedded relay shares uvicorn's port and loop (``relay.mount.uvicorn_protocol``);
@@ -423,7 +424,7 @@ class ControlServer:
             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
             log_level="info",
             # JSON lines: uvicorn's loggers go through the root logger's JSON handler.
-            **({"log_config": None} if opts.log_format == "json" else {}),
+            log_config=None if opts.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             server_header=False,
             ssl_context_factory=(lambda *_: tls_context) if tls_context is not None else None,
         )
