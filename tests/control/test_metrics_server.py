@@ -8,7 +8,8 @@ prometheus_client's own parser, so the text format itself is checked too.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +51,10 @@ def metrics_control(tmp_path: Path) -> Iterator[MetricsControl]:
         )
 
 
-async def scrape(http: httpx.AsyncClient, url: str) -> dict[tuple[str, tuple], float]:
+Samples = dict[tuple[str, tuple], float]
+
+
+async def scrape(http: httpx.AsyncClient, url: str) -> Samples:
     """Every sample of a scrape: (name, sorted labels) -> value."""
     r = await http.get(url + "/metrics")
     assert r.status_code == 200, r.text
@@ -66,6 +70,18 @@ def value(samples: dict[tuple[str, tuple], float], name: str, **labels: str) -> 
     return samples[(name, tuple(sorted(labels.items())))]
 
 
+async def scrape_until(
+    http: httpx.AsyncClient, url: str, condition: Callable[[Samples], bool], what: str
+) -> Samples:
+    """Scrape every 50 ms until ``condition(samples)`` holds (at most 5 s)."""
+    for _ in range(100):
+        samples = await scrape(http, url)
+        if condition(samples):
+            return samples
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{what}: not within 5 s")
+
+
 async def test_metrics_follow_registrations_streams_pushes_and_relay_traffic(
     http: httpx.AsyncClient, metrics_control: MetricsControl
 ) -> None:
@@ -79,11 +95,17 @@ async def test_metrics_follow_registrations_streams_pushes_and_relay_traffic(
     refused = await FakeNode(metrics_control.url, http, "c").register("weftkey-nonsense")
     assert refused.error_kind == tailcfg.ERROR_BAD_REQUEST
     [region] = (await first_map(a)).relay_map or []
-    async with a.map_stream() as sa, b.map_stream() as sb:
-        await sa.next()
+    async with contextlib.AsyncExitStack() as streams:
+        sa = await streams.enter_async_context(a.map_stream())
+        await sa.next()  # a's full map, before b is online
+        sb = await streams.enter_async_context(b.map_stream())
         await sb.next()
-        # b's stream coming online is a change: a gets a delta holding it.
-        await until(lambda: len(sa.received) >= 2, 5, "a's delta for b online")
+        # b's stream coming online is a change: a gets a delta holding it (the frame
+        # counts once written: poll).
+        await scrape_until(
+            http, url, lambda s: value(s, "weft_control_map_pushes_total", kind="delta") >= 1,
+            "a delta pushed",
+        )  # fmt: skip
         a_in: list[tuple[bytes, bytes]] = []
         async with client(a, region) as ca, client(b, region, a_in) as cb:
             assert await ca.wait_connected(5) and await cb.wait_connected(5), ca.last_error
@@ -92,16 +114,9 @@ async def test_metrics_follow_registrations_streams_pushes_and_relay_traffic(
             ca.send(bytes(FakeNode(metrics_control.url, http).node.public_key), b"nobody")
             await until(lambda: len(a_in) == 10, 5, "10 packets through the relay")
             during = await scrape(http, url)
-        gone: dict[tuple[str, tuple], float] = {}
-
-        async def relay_empty() -> bool:
-            gone.update(await scrape(http, url))
-            return value(gone, "weft_relay_clients") == 0
-
-        for _ in range(100):  # about 5 s
-            if await relay_empty():
-                break
-            await asyncio.sleep(0.05)
+        gone = await scrape_until(
+            http, url, lambda s: value(s, "weft_relay_clients") == 0, "relay clients gone"
+        )
 
     assert value(during, "weft_control_nodes") == 2
     assert value(during, "weft_control_nodes_online") == 2
