@@ -19,10 +19,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from weftlab.control import FakeNode, serve_in_thread
 from weftnet import tailcfg
-from weftnet.control.server.app import ControlServer, ServeError, ServeOptions
+from weftnet.control.server.app import ControlServer, ServeError
 from weftnet.control.server.metrics import registration_outcome
 
-from .conftest import TEST_KEEPALIVE_S, Control
+from .conftest import Control, options_for_test
 from .test_relay_embedded import client, first_map, joined, until
 
 pytestmark = pytest.mark.anyio
@@ -36,15 +36,7 @@ class MetricsControl(Control):
 @pytest.fixture
 def metrics_control(tmp_path: Path) -> Iterator[MetricsControl]:
     data_dir = tmp_path / "data"
-    options = ServeOptions(
-        data_dir=data_dir,
-        host="127.0.0.1",
-        port=0,
-        keepalive_s=TEST_KEEPALIVE_S,
-        access_log=False,
-        stun_port=0,
-        metrics_listen=("127.0.0.1", 0),
-    )
+    options = options_for_test(data_dir, metrics_listen=("127.0.0.1", 0))
     with serve_in_thread(options) as server:
         yield MetricsControl(
             server.url, server.api_key, data_dir, "", f"http://127.0.0.1:{server.metrics_port}"
@@ -158,17 +150,11 @@ async def test_the_listener_answers_only_get_metrics(
 
 
 def test_a_taken_metrics_port_is_a_clear_error(tmp_path: Path) -> None:
-    first = ControlServer(
-        ServeOptions(tmp_path / "one", host="127.0.0.1", port=0, stun_port=0,
-                     metrics_listen=("127.0.0.1", 0))
-    )  # fmt: skip
+    first = ControlServer(options_for_test(tmp_path / "one", metrics_listen=("127.0.0.1", 0)))
     first.open()
     try:
         taken = ("127.0.0.1", first.metrics_port or 0)
-        second = ControlServer(
-            ServeOptions(tmp_path / "two", host="127.0.0.1", port=0, stun_port=0,
-                         metrics_listen=taken)
-        )  # fmt: skip
+        second = ControlServer(options_for_test(tmp_path / "two", metrics_listen=taken))
         with pytest.raises(ServeError, match=r"cannot listen on --metrics-listen 127\.0\.0\.1:"):
             second.open()
         second.close()
