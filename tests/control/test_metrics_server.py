@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import signal
+import socket
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +28,7 @@ from weftnet.control.server.metrics import registration_outcome
 
 from .conftest import Control, options_for_test
 from .test_relay_embedded import client, first_map, joined, until
+from .test_relay_standalone import relay_argv, wait_region
 
 pytestmark = pytest.mark.anyio
 
@@ -180,3 +185,42 @@ def test_registration_outcomes(
     answer: tailcfg.RegisterResponse, followup: bool, outcome: str
 ) -> None:
     assert registration_outcome(answer, followup) == outcome
+
+
+async def test_a_standalone_relay_serves_its_metrics(
+    http: httpx.AsyncClient, metrics_control: MetricsControl, tmp_path: Path
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    argv = relay_argv(metrics_control, tmp_path, "eu", "--stun-port", "0",
+                      "--metrics-listen", f"127.0.0.1:{port}", "--log-format", "json")  # fmt: skip
+    log = tmp_path / "relay.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=out)
+    try:
+        await wait_region(metrics_control, "eu", proc)
+        a = await joined(http, metrics_control, "a")
+        eu = next(r for r in (await first_map(a)).relay_map or [] if r.name == "eu")
+        async with client(a, eu) as ca:
+            assert await ca.wait_connected(5), ca.last_error
+            ca.send(bytes(FakeNode(metrics_control.url, http).node.public_key), b"nobody")
+            samples = await scrape_until(
+                http, url, lambda s: value(s, "weft_relay_drops_total", reason="no_peer") == 1,
+                "the drop in the standalone relay's metrics",
+            )  # fmt: skip
+        assert value(samples, "weft_relay_clients") == 1
+        assert value(samples, "weft_relay_received_packets_total") == 1
+        assert "weft_control_nodes" not in {name for name, _ in samples}  # a relay only
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert proc.returncode == 0, log.read_text()
+    lines = log.read_text().splitlines()
+    assert lines and all(json.loads(line)["message"] for line in lines), lines

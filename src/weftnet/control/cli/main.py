@@ -7,6 +7,7 @@
     weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
+                       [--metrics-listen HOST:PORT] [--log-format text|json]
     weft-control users create NAME | list | delete NAME [--force]
     weft-control users link NAME --issuer I --subject S | unlink NAME --issuer I
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
@@ -303,6 +304,7 @@ def build_parser() -> Parser:
     )
     relay.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
     _client_tls_flags(relay)
+    _observability_flags(relay)
 
     common = Parser(add_help=False)
     common.add_argument(
@@ -649,7 +651,7 @@ def _relay(args: argparse.Namespace) -> int:
             "relay needs --control-url and --api-key (or WEFT_CONTROL_URL and"
             " WEFT_CONTROL_API_KEY); create a key with `weft-control apikeys create`"
         )
-    relayd.configure_logging()
+    relayd.configure_logging(args.log_format)
     os.umask(0o077)
     options = relayd.RelayOptions(
         control_url=control_url,
@@ -665,6 +667,7 @@ def _relay(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         allow_insecure_http=args.allow_insecure_http,
+        metrics_listen=_metrics_listen(args),
     )
     try:
         asyncio.run(relayd.run(options))
