@@ -3,7 +3,8 @@
 Two ways to run it:
 
     weftd [--state-dir DIR] [--socket PATH] [--tun NAME] [--port N] [--tls-ca FILE]
-          [--dns-mode auto|resolved|direct|off]
+          [--dns-mode auto|resolved|direct|off] [--metrics-listen HOST:PORT]
+          [--log-format text|json]
         a tailnet node: `weft up --login-server URL` joins it to a coordination server,
         which then tells it its addresses and peers;
 

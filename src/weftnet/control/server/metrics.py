@@ -29,10 +29,13 @@ from weftnet.relay.server import RelayServer
 # Push latency: a change usually reaches every stream within milliseconds.
 PUSH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 DB_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-# Registration outcomes: a node's answer, or the kind of refusal (tailcfg.ERROR_KINDS).
-OUTCOMES = (
-    "authorized", "pending_approval", "login_url", "waiting", "logged_out",
-    *sorted(tailcfg.ERROR_KINDS),
+# Registration outcomes: a node's answer, or the kind of refusal (tailcfg.ERROR_KINDS;
+# "logged_out" is both a logout's answer and a refusal's kind).
+OUTCOMES = tuple(
+    dict.fromkeys(
+        ("authorized", "pending_approval", "login_url", "waiting", "logged_out",
+         *sorted(tailcfg.ERROR_KINDS))
+    )
 )  # fmt: skip
 _TX_STARTED = "weft_metrics_tx_started"  # in a connection's info dict: perf_counter()
 
