@@ -130,6 +130,7 @@ class MagicSock:
             on_batch=self._relay_batch,
         )
         self.peers: dict[int, PeerPaths] = {}
+        self.path_changes: dict[str, int] = {}  # best-path changes, by the new path's kind
         self._by_disco: dict[bytes, PeerPaths] = {}
         self._by_node_key: dict[bytes, PeerPaths] = {}
         self.local_endpoints: list[Endpoint] = []
@@ -535,6 +536,7 @@ class MagicSock:
         if path != pp.path:
             log.info("peer %s: path %s", pp.name, _path_text(path))
             pp.path = path
+            self.path_changes[path[0]] = self.path_changes.get(path[0], 0) + 1
         if ep is not None and pp.peer.endpoint != ep:
             pp.peer.endpoint = ep
 

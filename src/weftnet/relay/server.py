@@ -59,6 +59,7 @@ from nacl.public import PrivateKey
 from weftnet.endpoint import format_endpoint
 from weftnet.relay import protocol as p
 from weftnet.relay.limits import NoticeThrottle, TokenBucket
+from weftnet.relay.totals import RelayTotals
 from weftnet.relay.upgrade import (
     HEAD_END,
     RELAY_PATH,
@@ -277,6 +278,8 @@ class RelayServer:
         self.mesh_forwarded = 0  # datagrams from clients here handed to a mesh peer
         self.mesh_delivered = 0  # datagrams from mesh peers delivered to clients here
         self.mesh_drops = 0  # from mesh peers, for keys not here; or a peer's queue full
+        # The counters of clients no longer registered (metrics: totals only grow).
+        self.ended = RelayTotals()
 
     # -- what the coordination server uses ------------------------------------------
 
@@ -288,6 +291,10 @@ class RelayServer:
         conn = self._conns.get(key)
         return conn.stats() if conn is not None else None
 
+    def totals(self) -> RelayTotals:
+        """Every client's counters summed, those gone included."""
+        return self.ended.plus(self.clients())
+
     def disconnect(self, key: bytes, reason: str = "node key revoked") -> bool:
         """Cut ``key`` off now (revocation). False if it was neither connected nor being
         admitted; an admission in flight is refused whatever ``admit`` answers, since that
@@ -297,6 +304,7 @@ class RelayServer:
         conn = self._conns.pop(key, None)
         if conn is None:
             return key in self._admitting
+        self.ended.add(conn.stats())
         log.info("relay: disconnecting %s: %s", key.hex()[:16], reason)
         conn.close(reason)
         self._tell_senders_gone(conn)
@@ -477,6 +485,7 @@ class RelayServer:
         old = self._conns.get(key)
         if old is not None:
             old.close(REPLACED)
+            self.ended.add(old.stats())
         self._conns[key] = conn
         self._tell_watchers(p.PeerPresent(key).pack())
         log.info("relay: %s connected from %s", key.hex()[:16], conn.remote)
@@ -674,6 +683,7 @@ class RelayServer:
             return
         if self._conns.get(conn.key) is conn:
             del self._conns[conn.key]
+            self.ended.add(conn.stats())
             self._tell_senders_gone(conn)
             log.info("relay: %s disconnected", conn.key.hex()[:16])
 

@@ -52,14 +52,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from prometheus_client import CollectorRegistry
 
-from weftnet import controlbox, keyfile, tailcfg, tls
+from weftnet import controlbox, keyfile, logformat, tailcfg, tls
 from weftnet.control.domain.relays import REGISTER_INTERVAL_S, check_region_name, relay_key_text
 from weftnet.control.server.relayhost import DEFAULT_RELAY_RATE, REVOKED
+from weftnet.endpoint import format_endpoint
+from weftnet.metrics import http as metrics_http
 from weftnet.node.supervisor import Supervisor
 from weftnet.relay import meshauth
 from weftnet.relay.client import RelayTarget
 from weftnet.relay.mesh import Mesh, load_secret
+from weftnet.relay.metrics import RelayCollector
 from weftnet.relay.server import RelayServer
 from weftnet.relay.upgrade import parse_relay_url
 from weftnet.stun import server as stunserver
@@ -102,6 +106,7 @@ class RelayOptions:
     mesh_secret_file: Path | None = None  # the secret they share (mode 0600)
     mesh_peers: list[str] = field(default_factory=list)  # more peers' URLs to watch
     mesh_refresh_s: float = MESH_REFRESH_S
+    metrics_listen: tuple[str, int] | None = None  # Prometheus metrics (docs/metrics.md)
 
 
 class NodeKeys:
@@ -225,6 +230,7 @@ class StandaloneRelay:
         self._http: httpx.AsyncClient | None = None
         self._listener: asyncio.Server | None = None
         self._stun: asyncio.DatagramTransport | None = None
+        self._metrics: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.mesh: Mesh | None = None
         self._supervisor = Supervisor()  # the mesh's tasks
@@ -280,6 +286,8 @@ class StandaloneRelay:
                 f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}"
             ) from None
         self.port = self._listener.sockets[0].getsockname()[1]
+        if opts.metrics_listen is not None:
+            self._metrics = await self._serve_metrics(self.relay, opts.metrics_listen)
         if opts.stun_port:
             try:
                 sock = stunserver.bind_udp(opts.host, opts.stun_port)
@@ -336,10 +344,23 @@ class StandaloneRelay:
         if self.mesh is not None:
             self._supervisor.spawn("mesh peers", self._mesh_forever)
 
+    @staticmethod
+    async def _serve_metrics(relay: RelayServer, listen: tuple[str, int]) -> asyncio.Server:
+        registry = CollectorRegistry()
+        registry.register(RelayCollector(relay))
+        try:
+            sock = metrics_http.bind(*listen)
+        except metrics_http.ListenError as e:
+            raise RelayError(str(e)) from None
+        log.info("metrics on http://%s/metrics", format_endpoint(listen))
+        return await metrics_http.serve(registry, sock)
+
     async def close(self) -> None:
         await self._supervisor.close()
         if self.mesh is not None:
             await self.mesh.close()
+        if self._metrics is not None:
+            self._metrics.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -492,6 +513,6 @@ async def run(options: RelayOptions, stop: asyncio.Event | None = None) -> None:
         await relay.close()
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="weft-control relay: %(message)s")
+def configure_logging(log_format: str = "text") -> None:
+    logformat.configure(log_format, logging.INFO, "weft-control relay: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)
