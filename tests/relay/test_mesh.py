@@ -12,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from tests.relay.helpers import Inbox, RawConn, allow_all, keypair, run, until
 from weftnet.node.supervisor import Supervisor
 from weftnet.relay import protocol as p
 from weftnet.relay.client import RelayClient, RelayTarget
 from weftnet.relay.mesh import Mesh, Spawn
+from weftnet.relay.metrics import RelayCollector
 from weftnet.relay.server import NOT_MESH_PEER, RelayServer
 from weftnet.relay.standalone import RelayError, RelayOptions, StandaloneRelay
 
@@ -62,6 +64,15 @@ async def node(url: str | list[str], **kw: Any) -> AsyncIterator[tuple[RelayClie
         await client.close()
 
 
+def _metric(server: RelayServer, name: str) -> float:
+    """A value the relay's Prometheus collector reports now."""
+    registry = CollectorRegistry()
+    registry.register(RelayCollector(server))
+    value = registry.get_sample_value(name) or registry.get_sample_value(name + "_total")
+    assert value is not None, name
+    return value
+
+
 def test_nodes_on_different_relays_reach_each_other_through_the_mesh() -> None:
     async def scenario() -> None:
         async with AsyncExitStack() as stack:
@@ -86,6 +97,9 @@ def test_nodes_on_different_relays_reach_each_other_through_the_mesh() -> None:
             await until(lambda: bool(batches), what="the batch")
             assert batches == [(x.node_key, data, 1200)]  # one frame all the way
             assert a[0].mesh_forwarded == 22 and b[0].mesh_delivered == 22
+            assert _metric(a[0], "weft_relay_mesh_forwarded_packets") == 22
+            assert _metric(b[0], "weft_relay_mesh_delivered_packets") == 22
+            assert _metric(a[0], "weft_relay_mesh_peers") == 1
             assert a[0].client(x.node_key).drops_no_peer == 0  # type: ignore[union-attr]
             peers = a[0].mesh.peers()
             assert [(s.name, s.connected, s.keys, s.forwarded) for s in peers] == [

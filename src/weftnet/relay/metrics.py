@@ -57,3 +57,16 @@ class RelayCollector(Collector):
             "weft_relay_queued_frames", "Frames waiting in clients' send queues now.",
             sum(c.queued for c in clients),
         )  # fmt: skip
+        yield GaugeMetricFamily(
+            "weft_relay_mesh_peers", "Relays of this relay's mesh watching it now.",
+            server.mesh_peer_count(),
+        )  # fmt: skip
+        for name, what, value in (
+            ("mesh_forwarded_packets", "Datagrams from clients here handed to a mesh peer.",
+             server.mesh_forwarded),
+            ("mesh_delivered_packets", "Datagrams from mesh peers delivered to clients here.",
+             server.mesh_delivered),
+            ("mesh_drops", "Datagrams from mesh peers for keys not here, or a peer's queue full.",
+             server.mesh_drops),
+        ):  # fmt: skip
+            yield CounterMetricFamily(f"weft_relay_{name}", what, value)

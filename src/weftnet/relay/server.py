@@ -283,6 +283,10 @@ class RelayServer:
 
     # -- what the coordination server uses ------------------------------------------
 
+    def mesh_peer_count(self) -> int:
+        """Mesh peers (relays of this relay's region) watching it now."""
+        return len(self._watchers)
+
     def clients(self) -> list[ClientStats]:
         """Every registered client, in no particular order."""
         return [conn.stats() for conn in self._conns.values()]
