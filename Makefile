@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # gcc, libgcrypt20-dev and python3-dev build the data plane's C extension (weftnet.fastpath).
-APT_PKGS := gcc libgcrypt20-dev python3-dev wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf haproxy prometheus chromium
+APT_PKGS := gcc libgcrypt20-dev python3-dev wireguard-go wireguard-tools iperf3 nftables iproute2 iputils-ping postgresql bind9-dnsutils dnsmasq-base dnsperf haproxy prometheus miniupnpd-nftables chromium
 # Installed without their recommends (chromium's pull in a desktop); node/npm only if missing.
 APT_LEAN := chromium nodejs npm
 OP_DIR := tests/oidc/op

@@ -48,6 +48,7 @@ PURE = (
     "weftnet.stun",  # the codec (stun/__init__.py); stun.server is the I/O shell
     "weftnet.relay.protocol",
     "weftnet.relay.upgrade",  # the upgrade request's text and relay URLs
+    "weftnet.relay.meshauth",  # the mesh secret's proofs (HMAC); the I/O is relay.mesh
     "weftnet.magicsock.pathfinder",
     "weftnet.endpoint",
     "weftnet.tailcfg",

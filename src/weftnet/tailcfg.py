@@ -73,6 +73,14 @@ class RelayRegion(Wire):
     url: str  # "http://host:port": the relay is entered by an upgrade on <url>/relay
     public_key: str  # "relaykey:<hex>": nodes pin it (RelayClient server_key)
     stun_port: int | None = None  # UDP STUN on the relay's host, if any
+    # The region this relay serves with others (a mesh: they share their clients); a node
+    # connects to one relay of it and names it as its home. None: a region of its own.
+    mesh: str | None = None
+
+    @property
+    def region(self) -> str:
+        """The region a node sees: the mesh, or this relay alone."""
+        return self.mesh or self.name
 
 
 class RegisterRequest(Wire):

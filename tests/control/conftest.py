@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -176,26 +177,28 @@ TEST_EPHEMERAL_GRACE_S = 0.5
 TEST_LOGIN_WAIT_S = 10.0
 
 
-def server_options(data_dir: Path, database_url: str) -> ServeOptions:
-    """A test server's options: 127.0.0.1, any port, short intervals, no STUN."""
-    return ServeOptions(
-        data_dir=data_dir,
-        host="127.0.0.1",
-        port=0,
-        database_url=database_url,
-        keepalive_s=TEST_KEEPALIVE_S,
-        ephemeral_grace_s=TEST_EPHEMERAL_GRACE_S,
-        followup_wait_s=TEST_LOGIN_WAIT_S,
-        access_log=False,
-        stun_port=0,  # no fixed port in tests; tests of STUN bind their own
-    )
+def options_for_test(data_dir: Path, **overrides: Any) -> ServeOptions:
+    """A test server's options: 127.0.0.1, a free port, short intervals, no access log,
+    no STUN (no fixed port in tests; tests of STUN bind their own); ``overrides`` win."""
+    options: dict[str, Any] = {
+        "data_dir": data_dir,
+        "host": "127.0.0.1",
+        "port": 0,
+        "keepalive_s": TEST_KEEPALIVE_S,
+        "ephemeral_grace_s": TEST_EPHEMERAL_GRACE_S,
+        "followup_wait_s": TEST_LOGIN_WAIT_S,
+        "access_log": False,
+        "stun_port": 0,
+    }
+    return ServeOptions(**(options | overrides))
 
 
 @pytest.fixture
 def control(tmp_path: Path, database_url: str) -> Iterator[Control]:
     """A server on 127.0.0.1 on a thread of this process, for one test."""
     data_dir = tmp_path / "data"
-    with serve_in_thread(server_options(data_dir, database_url)) as server:
+    options = options_for_test(data_dir, database_url=database_url)
+    with serve_in_thread(options) as server:
         yield Control(server.url, server.api_key, data_dir, database_url)
 
 

@@ -423,6 +423,9 @@ async def test_a_relay_scoped_key_does_only_what_a_relay_needs(
     }
     r = await http.post(f"{base}/relays", json=registration, headers=relay)
     assert r.status_code == 200, r.text
+    listed = await http.get(f"{base}/relays", headers=relay)  # a mesh finds its peers here
+    assert listed.status_code == 200
+    assert {"region": "scoped", "mesh": None}.items() <= listed.json()[-1].items()
     refused = [
         ("GET", "/users", None),
         ("POST", "/keys", {"user": "alice"}),
@@ -432,7 +435,6 @@ async def test_a_relay_scoped_key_does_only_what_a_relay_needs(
         ("PUT", "/policy", {"policy": "{}"}),
         ("DELETE", "/nodes/1", None),
         ("DELETE", "/relays/scoped", None),
-        ("GET", "/relays", None),
     ]
     for method, path, body in refused:
         r = await http.request(method, f"{base}{path}", json=body, headers=relay)

@@ -77,6 +77,23 @@ def test_registry_reports_changes_only_and_forgets_regions_not_refreshed() -> No
     assert registry.regions() == ()
 
 
+def test_relays_of_a_mesh_share_a_region_that_no_lone_relay_may_take() -> None:
+    registry = relays.RelayRegistry()
+    one = relays.region("eu-1", "http://192.0.2.1:8081", KEY, None, "eu")
+    two = relays.region("eu-2", "http://192.0.2.2:8081", KEY, None, "eu")
+    assert one.region == two.region == "eu" and region("asia").region == "asia"
+    assert registry.register(one, NOW) and registry.register(two, NOW)
+    assert [r.name for r in registry.mesh("eu")] == ["eu-1", "eu-2"]
+    with pytest.raises(ValueError, match="region eu is already served by relay eu-1 in mesh eu"):
+        registry.register(region("eu"), NOW)  # a lone relay named like the mesh
+    assert registry.register(region("asia"), NOW)
+    with pytest.raises(ValueError, match="served by relay asia alone"):
+        registry.register(relays.region("asia-2", "http://192.0.2.3:8081", KEY, None, "asia"), NOW)
+    assert [r.name for r in registry.regions()] == ["asia", "eu-1", "eu-2"]  # unchanged
+    with pytest.raises(ValueError, match="invalid region name"):
+        relays.region("eu-3", "http://192.0.2.3:8081", KEY, None, "e u")
+
+
 def test_full_maps_lead_with_the_servers_own_relay_and_deltas_carry_relay_map_changes() -> None:
     own = tailcfg.RelayRegion(name="default", url="http://10.0.0.1:8080", public_key=KEY)
     before = build([node(1), node(2)]).view_for(1, (own,))
@@ -177,6 +194,7 @@ def test_relay_command_usage_errors(
         ),
         (["relay", "--region", "e u", "--control-url", "u", "--api-key", "k"], "invalid region"),
         (["relay", "--control-url", "u", "--api-key", "k"], "--region"),
+        (["relay", "--region", "eu-1", "--mesh"], "--mesh"),
         (["serve", "--relay-rate", "fast"], "invalid rate"),
         (["serve", "--stun-port", "70000"], "invalid port"),
     ]

@@ -30,7 +30,7 @@ from weftnet.control.store.sql import SqlStore
 from weftnet.node.controlclient import ControlClient, parse_login_servers
 from weftnet.node.state import NodeState
 
-from .conftest import Control, server_options
+from .conftest import Control, options_for_test
 from .test_api import api, new_key
 from .test_hub import FakeService
 from .test_hub import node as hub_node
@@ -51,7 +51,9 @@ def two_replicas(tmp_path: Path, pg_url: str) -> Iterator[tuple[Control, Control
     with ExitStack() as stack:
         controls = []
         for name in ("a", "b"):
-            server = stack.enter_context(serve_in_thread(server_options(tmp_path / name, pg_url)))
+            server = stack.enter_context(
+                serve_in_thread(options_for_test(tmp_path / name, database_url=pg_url))
+            )
             controls.append(Control(server.url, server.api_key, tmp_path / name, pg_url))
         yield controls[0], controls[1]
 
@@ -263,7 +265,7 @@ def test_a_replica_with_another_server_key_refuses_to_start(
     two_replicas: tuple[Control, Control], tmp_path: Path
 ) -> None:
     a, _ = two_replicas
-    server = ControlServer(server_options(tmp_path / "c", a.database_url))
+    server = ControlServer(options_for_test(tmp_path / "c", database_url=a.database_url))
     with pytest.raises(ServeError, match="replicas must share one server key"):
         server.open()
     server.close()

@@ -44,6 +44,9 @@ frames: st.SearchStrategy[p.Frame] = st.one_of(
     st.builds(p.Error, st.text(max_size=200)),
     st.builds(p.SendPacketBatch, keys, segs, batch_data),
     st.builds(p.RecvPacketBatch, keys, segs, batch_data),
+    st.builds(p.PeerPresent, keys),
+    st.builds(p.ForwardPacket, keys, keys, packets),
+    st.builds(p.ForwardPacketBatch, keys, keys, segs, batch_data),
 )
 
 
@@ -51,7 +54,7 @@ def _plausible_frames() -> st.SearchStrategy[bytes]:
     """Bytes that begin with a plausible header, so fuzzing reaches the payload checks."""
     return st.builds(
         lambda kind, body: p.HEADER.pack(kind, len(body)) + body,
-        st.integers(0, 14),
+        st.integers(0, 18),
         st.binary(max_size=120),
     )
 
@@ -132,7 +135,7 @@ def test_largest_payload_is_accepted() -> None:
     "raw, why",
     [
         (p.HEADER.pack(0x00, 0), "unknown"),
-        (p.HEADER.pack(0x0E, 0), "unknown"),
+        (p.HEADER.pack(0x11, 0), "unknown"),
         (p.HEADER.pack(p.SEND_PACKET_BATCH, 33) + bytes(33), "no key and segment size"),
         (p.HEADER.pack(p.SEND_PACKET_BATCH, 34) + bytes(32) + b"\x00\x01", "holds 0 bytes"),
         (p.HEADER.pack(p.RECV_PACKET_BATCH, 35) + bytes(32) + b"\x00\x00x", "segment size 0"),

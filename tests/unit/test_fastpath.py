@@ -24,6 +24,7 @@ from weftnet.node.vnet import (
     VNET_HDR,
 )
 from weftnet.wireguard.constants import REJECT_AFTER_MESSAGES
+from weftnet.wireguard.messages import padded_size
 
 native = fastpath.native
 IMPLS = [pytest.param(reference, id="python"), pytest.param(native, id="c")]
@@ -314,3 +315,17 @@ def test_segment_packet_gives_what_seal_packet_seals() -> None:
     buf, seg = messages(reference, plain)
     (count, end, size), out = seal(reference, frame)
     assert (count, size) == (4, seg) and out[:end] == buf
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("length", "mtu", "padded"),
+    [(100, 1420, 112), (1415, 1420, 1420), (1420, 1420, 1420), (60, 0, 64), (2850, 1420, 2856)],
+)
+def test_padding_is_wireguard_gos(impl, length: int, mtu: int, padded: int) -> None:  # type: ignore[no-untyped-def]
+    """calculatePaddingSize: to 16, never past the MTU; past it, the remainder is padded."""
+    assert padded_size(length, mtu) == padded
+    packet = super_packet(True, bytes(length - 40), 0x10)
+    out = bytearray(10_000)
+    count, _end, size = impl.seal_packet(impl.Aead(KEY), INDEX, 0, packet, False, mtu, out, 0)
+    assert (count, size) == (1, padded + 32)

@@ -375,6 +375,11 @@ def cmd_dns_status(args: argparse.Namespace) -> None:
         print_dns_status(r)
 
 
+def cmd_metrics(args: argparse.Namespace) -> None:
+    """The daemon's metrics, in the Prometheus text format (docs/metrics.md)."""
+    sys.stdout.write(str(call(args.socket, "metrics")))
+
+
 def cmd_version(args: argparse.Namespace) -> None:
     """This client's version; asks nothing of weftd (it need not be running)."""
     if args.json:
@@ -459,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
     ve = sub.add_parser("version", help="the version of weftnet, its protocol and Python")
     ve.add_argument("--json", action="store_true", help="machine-readable output")
     ve.set_defaults(func=cmd_version)
+    me = sub.add_parser("metrics", help="this node's metrics in the Prometheus text format")
+    me.set_defaults(func=cmd_metrics)
     st = sub.add_parser("status", help="this node and its peers")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)

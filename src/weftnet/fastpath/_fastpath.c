@@ -100,10 +100,13 @@ static inline unsigned swap16(unsigned x) { return ((x & 0xFF) << 8) | (x >> 8);
 static inline unsigned finish_checksum(uint64_t s) { return ~(unsigned)(s % 0xFFFF) & 0xFFFF; }
 
 static inline size_t padded_length(size_t length, size_t mtu) {
-    size_t padded = (length + PAD - 1) & ~(size_t)(PAD - 1);
-    if (padded > mtu && length <= mtu)
+    /* wireguard-go's calculatePaddingSize (weftnet.wireguard.messages.padded_size): to a
+     * multiple of PAD, never past the MTU; past the MTU only the remainder is padded. */
+    size_t last = (mtu && length > mtu) ? length % mtu : length;
+    size_t padded = (last + PAD - 1) & ~(size_t)(PAD - 1);
+    if (mtu && padded > mtu)
         padded = mtu;
-    return padded;
+    return length + (padded - last);
 }
 
 /* -- Aead ------------------------------------------------------------------------------ */
@@ -272,8 +275,6 @@ typedef struct {
 /* The plaintext (``length`` bytes) is already at out + off + HEADER: pad and seal it. */
 static int seal_one(Sealer *s, size_t length) {
     size_t padded = padded_length(length, s->mtu);
-    if (padded < length)
-        padded = length; /* past the MTU: padding only ever adds */
     size_t size = padded + OVERHEAD;
     if (s->off + size > s->cap)
         return SEAL_NO_ROOM;
@@ -335,8 +336,6 @@ static int seal_tcp(Sealer *s, const uint8_t *pkt, size_t n, size_t mss, size_t 
         size_t seglen = i < last ? mss : last_len;
         size_t total = hlen + seglen;
         size_t padded = padded_length(total, s->mtu);
-        if (padded < total)
-            padded = total;
         if (s->off + padded + OVERHEAD > s->cap)
             return SEAL_NO_ROOM;
         uint8_t *pt = s->out + s->off + HEADER;

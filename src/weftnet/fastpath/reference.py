@@ -38,7 +38,7 @@ from weftnet.node.vnet import (
     VNET_HDR_LEN,
 )
 from weftnet.wireguard.constants import PADDING_MULTIPLE, REJECT_AFTER_MESSAGES
-from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
+from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE, padded_size
 from weftnet.wireguard.replay import ReplayWindow
 
 __all__ = [
@@ -71,14 +71,6 @@ _scratch = bytearray(MAX_PACKET + PADDING_MULTIPLE)
 _scratch_view = memoryview(_scratch)
 
 
-def padded_length(length: int, mtu: int) -> int:
-    """A plaintext's length with WireGuard's zero padding (never past the MTU)."""
-    padded = (length + PADDING_MULTIPLE - 1) & -PADDING_MULTIPLE
-    if padded > mtu and length <= mtu:
-        padded = mtu
-    return padded
-
-
 class _Sealer:
     """Seals what the segmenter leaves in the scratch buffer, message after message."""
 
@@ -92,7 +84,7 @@ class _Sealer:
         self.count = self.first = 0
 
     def emit(self, length: int) -> None:
-        padded = padded_length(length, self.mtu)
+        padded = padded_size(length, self.mtu)
         offload.pad_to(_scratch, length, padded)
         size = padded + MESSAGE_OVERHEAD
         off = self.off

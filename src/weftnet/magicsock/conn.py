@@ -33,7 +33,7 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,9 +47,8 @@ from weftnet.endpoint import (
     try_parse_endpoint,
 )
 from weftnet.magicsock.pathfinder import Path, Pathfinder, SendCallMeMaybe, SendPing
+from weftnet.magicsock.relays import Relays
 from weftnet.node.engine import Engine
-from weftnet.relay.client import RelayClient
-from weftnet.relay.upgrade import parse_relay_url
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Peer
 from weftnet.wireguard.errors import ProtocolError
@@ -64,7 +63,6 @@ STUN_SOFTWARE = "weftnet path discovery"
 STUN_INTERVAL_S = 20.0  # re-learn our public mapping this often (NATs forget)
 STUN_RETRY_S = 2.0  # ask again this soon while no STUN server has answered
 HOME_REPROBE_S = 60.0  # re-measure relay latencies this often
-PING_TIMEOUT_S = 3.0  # a relay that does not answer a ping in this time is unusable
 PEER_GONE_RETRY_S = 1.0  # retry a handshake the relay could not deliver this soon
 PEER_ERROR_RETRY_S = 5.0  # a peer whose path finding raised is left alone this long
 MIN_WAIT_S = 0.005  # the loop never spins faster than this, whatever a deadline says
@@ -107,147 +105,6 @@ class PeerPaths:
     retry_at: float = float("-inf")  # after an exception: left alone until then
 
 
-@dataclass
-class Relays:
-    """One RelayClient per region of the relay map; the home one is the fastest.
-
-    ``update`` never raises: a region it cannot use (a malformed key or URL) is left out
-    and described in ``problems``; the others work. https:// relays are verified with
-    ``tls_context`` (default: the system's CAs)."""
-
-    node_private: bytes
-    on_packet: Any
-    on_peer_gone: Any = None
-    on_change: Callable[[], None] = lambda: None
-    spawn: Spawn | None = None  # the supervisor, for each client's connection loop
-    tls_context: ssl.SSLContext | None = None  # for https:// relays
-    on_batch: Any = None  # (region, src key, datagrams, seg): a batch, GRO layout
-    regions: dict[str, tailcfg.RelayRegion] = field(default_factory=dict)
-    clients: dict[str, RelayClient] = field(default_factory=dict)
-    latency: dict[str, float] = field(default_factory=dict)
-    problems: dict[str, str] = field(default_factory=dict)  # region -> why it is not used
-    unreachable: set[str] = field(default_factory=set)  # regions the last measure missed
-    home: str | None = None
-
-    async def update(self, relay_map: list[tailcfg.RelayRegion]) -> None:
-        wanted = {r.name: r for r in relay_map}
-        for name in list(self.clients):
-            if name not in wanted or wanted[name] != self.regions.get(name):
-                client = self.clients.pop(name)
-                try:
-                    await client.close()
-                except Exception:  # a client that fails to close is gone all the same
-                    log.exception("closing relay client %s", name)
-                self.latency.pop(name, None)
-        self.regions = wanted
-        for name in list(self.problems):
-            if name not in wanted:
-                del self.problems[name]
-        self.unreachable &= set(wanted)
-        for name, region in wanted.items():
-            if name in self.clients:
-                continue
-            problem = region_problem(region)
-            if problem is None:
-                try:
-                    self.clients[name] = self._client(name, region)
-                except Exception as e:  # never out of here: the map loop calls this
-                    log.exception("relay region %s", name)
-                    problem = f"relay region {name}: not used ({e})"
-            if problem is not None:
-                if self.problems.get(name) != problem:
-                    log.warning("%s", problem)
-                self.problems[name] = problem
-            else:
-                self.problems.pop(name, None)
-        if self.home not in self.clients:
-            self.home = next(iter(self.clients), None)
-        self.on_change()
-
-    def _client(self, name: str, region: tailcfg.RelayRegion) -> RelayClient:
-        key = controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, region.public_key)
-        client = RelayClient(
-            region.url,
-            self.node_private,
-            self._deliver(name),
-            server_key=key,
-            on_peer_gone=self.on_peer_gone,
-            on_batch=self._deliver_batch(name) if self.on_batch is not None else None,
-            tls_context=self.tls_context,
-        )
-        client.start(self.spawn, f"relay {name}")
-        return client
-
-    def _deliver(self, region: str) -> Callable[[bytes, bytes], None]:
-        def deliver(src: bytes, data: bytes) -> None:
-            self.on_packet(region, src, data)
-
-        return deliver
-
-    def _deliver_batch(self, region: str) -> Callable[[bytes, bytes, int], None]:
-        def deliver(src: bytes, data: bytes, seg: int) -> None:
-            self.on_batch(region, src, data, seg)
-
-        return deliver
-
-    async def measure(self) -> str | None:
-        """Ping every region; the lowest latency becomes home. Returns the home region."""
-
-        async def one(name: str, c: RelayClient) -> None:
-            try:
-                if await c.wait_connected(PING_TIMEOUT_S):
-                    self.latency[name] = await c.ping(PING_TIMEOUT_S)
-                    self.unreachable.discard(name)
-                    return
-            except (TimeoutError, OSError, ConnectionError) as e:
-                log.debug("relay %s ping failed: %s", name, e)
-            self.latency.pop(name, None)
-            self.unreachable.add(name)
-
-        await asyncio.gather(*(one(n, c) for n, c in self.clients.items()))
-        if self.latency:
-            best = min(self.latency, key=lambda n: self.latency[n])
-            if best != self.home:
-                self.home = best
-            for name, c in self.clients.items():
-                c.note_preferred(name == self.home)
-        self.on_change()
-        return self.home
-
-    def send(self, region: str | None, dst_key: bytes, data: bytes) -> bool:
-        client = self.clients.get(region or "") or self.clients.get(self.home or "")
-        return client.send(dst_key, data) if client is not None else False
-
-    def send_batch(self, region: str | None, dst_key: bytes, data: bytes, seg: int) -> int:
-        """Datagrams back to back, each ``seg`` bytes but the last; how many were queued."""
-        client = self.clients.get(region or "") or self.clients.get(self.home or "")
-        return client.send_batch(dst_key, data, seg) if client is not None else 0
-
-    def health(self) -> list[str]:
-        out = [self.problems[name] for name in sorted(self.problems)]
-        out += [f"relay region {name}: unreachable" for name in sorted(self.unreachable)]
-        return out
-
-    async def close(self) -> None:
-        for c in self.clients.values():
-            await c.close()
-        self.clients.clear()
-
-
-def region_problem(region: tailcfg.RelayRegion) -> str | None:
-    """Why a node cannot use this relay region, in words; None if it can."""
-    name = region.name
-    try:
-        parse_relay_url(region.url)
-    except ValueError as e:
-        return f"relay region {name}: {e}; not used"
-    try:
-        controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, region.public_key)
-    except ValueError:
-        return f"relay region {name}: malformed relay key; not used"
-    return None
-
-
 class MagicSock:
     """The tailnet's path layer: the data plane's Bind, disco, STUN and relays."""
 
@@ -273,6 +130,7 @@ class MagicSock:
             on_batch=self._relay_batch,
         )
         self.peers: dict[int, PeerPaths] = {}
+        self.path_changes: dict[str, int] = {}  # best-path changes, by the new path's kind
         self._by_disco: dict[bytes, PeerPaths] = {}
         self._by_node_key: dict[bytes, PeerPaths] = {}
         self.local_endpoints: list[Endpoint] = []
@@ -678,6 +536,7 @@ class MagicSock:
         if path != pp.path:
             log.info("peer %s: path %s", pp.name, _path_text(path))
             pp.path = path
+            self.path_changes[path[0]] = self.path_changes.get(path[0], 0) + 1
         if ep is not None and pp.peer.endpoint != ep:
             pp.peer.endpoint = ep
 

@@ -33,6 +33,9 @@ class NodeApi:
     async def api_status(self, req: dict[str, Any]) -> Answer:
         return ok(status.node_status(self.d))
 
+    async def api_metrics(self, req: dict[str, Any]) -> Answer:
+        return ok(self.d.metrics.text())
+
     async def api_ip(self, req: dict[str, Any]) -> Answer:
         return ok([str(a.ip) for a in self.d.engine.addresses])
 

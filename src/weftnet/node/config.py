@@ -75,3 +75,6 @@ class NodeConfig:
     http_proxy_listen: str | None = None
     proxy_auth_file: str | None = None
     proxy_allow_remote: bool = False
+    # Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md); None: off.
+    metrics_listen: str | None = None
+    log_format: str = "text"  # or "json": one JSON object per line (weftnet.logformat)

@@ -43,6 +43,7 @@ from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
 from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import MapStream
+from weftnet.node.metrics import NodeMetrics
 from weftnet.node.peers import PeerTable
 from weftnet.node.reconcile import Routes
 from weftnet.node.routeplan import Desired
@@ -136,6 +137,7 @@ class NodeDaemon:
         )
         # Userspace mode: the SOCKS5/HTTP proxies and incoming forwarding (node.proxy).
         self.services: Any = None
+        self.metrics = NodeMetrics(self.engine, lambda: self.magic)
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -181,6 +183,7 @@ class NodeDaemon:
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        metrics = await self.metrics.listen(self.config.metrics_listen)  # a taken port: stop
         await self.start()
         path = self.config.socket or localapi.default_socket()
         server = await localapi.serve(path, localapi.make_handler(NodeApi(self)))
@@ -192,6 +195,8 @@ class NodeDaemon:
         finally:
             log.info("weftd stopping")
             server.close()
+            if metrics is not None:
+                metrics.close()
             await localapi.cleanup(path)
             await self.close()
 
@@ -220,12 +225,15 @@ class NodeDaemon:
         self.engine.close()
 
     def _new_magic(self) -> None:
+        old = self.magic
         self.magic = MagicSock(
             self.engine,
             self.state.node_private,
             self.supervisor.spawn,
             tls_context=tls.client_context(self.config.tls_ca),
         )
+        if old is not None:  # a counter that only grows (metrics), across re-logins
+            self.magic.path_changes = old.path_changes
         self.magic.start()
 
     async def _use_server(self, url: str) -> None:

@@ -97,6 +97,17 @@ class Counters:
     drop_service_ip: int = 0  # decrypted, but to the resolver's address: local clients only
     drop_not_local: int = 0  # decrypted, but to none of our addresses or served routes
     drop_handshake: dict[str, int] = field(default_factory=dict)
+    # Through relays (counted per relay frame, never per packet): the rest went direct.
+    relay_tx_bytes: int = 0  # sealed transport data handed to a relay
+    relay_tx_packets: int = 0
+    relay_rx_bytes: int = 0  # transport data from a relay that opened
+    relay_rx_packets: int = 0  # ... and its packets that reached the TUN
+    # What peers no longer on the device had counted (node.metrics sums them with the
+    # live peers' counters, so totals only grow).
+    retired_tx_bytes: int = 0
+    retired_rx_bytes: int = 0
+    retired_handshakes: int = 0  # handshakes completed
+    retired_initiations: int = 0  # initiations sent by devices replaced since
 
     def handshake_drop(self, reason: str) -> None:
         self.drop_handshake[reason] = self.drop_handshake.get(reason, 0) + 1
@@ -210,6 +221,13 @@ class DataPlane:
         self._send_to_pseudo = bind.send_to_pseudo
         self._send_to_pseudo_batch = bind.send_to_pseudo_batch
 
+    def retire_peer(self, peer: Peer) -> None:
+        """``peer`` leaves the device: what it counted stays in the totals."""
+        c = self.counters
+        c.retired_tx_bytes += peer.tx_bytes
+        c.retired_rx_bytes += peer.rx_bytes
+        c.retired_handshakes += peer.handshakes_completed
+
     def config_changed(self) -> None:
         """Forget cached routing decisions (peers or allowed IPs changed)."""
         self._route_cache.clear()
@@ -230,10 +248,19 @@ class DataPlane:
         return sa
 
     def send_transmits(self, transmits: list[Transmit]) -> None:
+        counters = self.counters
         for t in transmits:
+            # Transport data the device sealed (staged packets, keepalives) is counted
+            # like the fast path's; a keepalive (no payload) is not a packet.
+            transport = t.data[0] == MESSAGE_TRANSPORT
+            packets = 1 if transport and len(t.data) > MESSAGE_OVERHEAD else 0
+            counters.tx_packets += packets
             if t.endpoint[0].startswith(RELAY_PREFIX):
                 if t.peer_key:
                     self._send_to_pseudo(t.peer_key, t.endpoint, t.data)
+                    if transport:
+                        counters.relay_tx_bytes += len(t.data)
+                        counters.relay_tx_packets += packets
                 else:
                     log.debug("dropped a datagram for %s with no peer key", t.endpoint)
                 continue
@@ -257,15 +284,20 @@ class DataPlane:
     ) -> None:
         """Several datagrams the relay delivered from the peer with node key ``src_key``,
         back to back, each ``seg`` bytes but the last (the layout of a GRO read)."""
-        if src_key not in self.device.peers:
-            self.counters.drop_no_peer += 1
+        peer = self.device.peers.get(src_key)
+        counters = self.counters
+        if peer is None:
+            counters.drop_no_peer += 1
             return
         now = self.clock()
         n = len(data)
+        rx_bytes, rx_packets = peer.rx_bytes, counters.rx_packets
         # A handshake message is answered through the relay to the key it came from (a
         # cookie reply has no peer of its own).
         self._receive(data, n, seg if 0 < seg < n else n, Endpoint(RELAY_PREFIX + region, 0),
                       now, src_key)  # fmt: skip
+        counters.relay_rx_bytes += peer.rx_bytes - rx_bytes
+        counters.relay_rx_packets += counters.rx_packets - rx_packets
         self._flush_tun()
         self._after_receive(now)
 
@@ -344,6 +376,8 @@ class DataPlane:
             if sa[0] == "relay":
                 self._send_to_pseudo_batch(peer.public_key, sa[1], bytes(out[start:end]), seg)
                 self.counters.tx_packets += count
+                self.counters.relay_tx_packets += count
+                self.counters.relay_tx_bytes += end - start
                 continue
             try:
                 if count > 1:

@@ -76,6 +76,9 @@ class BaseEngine:
 
     def replace_device(self, private_key: bytes) -> Device:
         """A new identity (node key rotation): every peer and session starts over."""
+        for peer in self.device.peers.values():
+            self.dp.retire_peer(peer)
+        self.dp.counters.retired_initiations += self.device.handshakes_initiated
         self.device = self._new_device(private_key)
         self.dp.device = self.device
         self.dp.config_changed()

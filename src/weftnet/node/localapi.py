@@ -50,6 +50,7 @@ COMMANDS = {
     "netcheck": "UDP, public address, NAT kind, relay latencies (tailnet mode)",
     "whois": "the node and user behind an overlay address (tailnet mode)",
     "dns_status": "OS DNS mode and settings, the server's DNS config, the resolver (tailnet mode)",
+    "metrics": "every metric in the Prometheus text format (both modes; docs/metrics.md)",
 }
 
 

@@ -3,7 +3,8 @@
 Two ways to run it:
 
     weftd [--state-dir DIR] [--socket PATH] [--tun NAME] [--port N] [--tls-ca FILE]
-          [--dns-mode auto|resolved|direct|off]
+          [--dns-mode auto|resolved|direct|off] [--metrics-listen HOST:PORT]
+          [--log-format text|json]
         a tailnet node: `weft up --login-server URL` joins it to a coordination server,
         which then tells it its addresses and peers;
 
@@ -28,12 +29,14 @@ import sys
 import time
 from typing import Any
 
-from weftnet import fastpath, tls, version
+from weftnet import fastpath, logformat, tls, version
 from weftnet.dns import osconfig
+from weftnet.metrics import http as metrics_http
 from weftnet.node import localapi, platform
 from weftnet.node.config import DEFAULT_TUN, NodeConfig, default_state_dir
 from weftnet.node.daemon import NodeDaemon
 from weftnet.node.engine import DEFAULT_MTU
+from weftnet.node.metrics import NodeMetrics
 from weftnet.node.proxy.listen import ListenError, check_listen
 from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
 from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
@@ -100,6 +103,18 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         " (direct), or not at all (default: auto, from what the host runs)",
     )
     p.add_argument("--resolv-conf", default="/etc/resolv.conf", help=argparse.SUPPRESS)
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default; plain"
+        " http: keep it on loopback or a management network; `weft metrics` needs none)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=logformat.FORMATS,
+        default="text",
+        help="log lines as text (the default) or one JSON object per line",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if args.port is not None and not 0 <= args.port <= 65535:
@@ -108,6 +123,11 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         tls.client_context(args.tls_ca)
     except tls.TlsError as e:
         p.error(str(e))
+    if args.metrics_listen is not None:
+        try:
+            metrics_http.parse_listen(args.metrics_listen)
+        except metrics_http.ListenError as e:
+            p.error(str(e))
     userspace = platform.is_userspace(args.tun)
     for flag, value in (
         ("--socks5-server", args.socks5_server),
@@ -142,6 +162,8 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         http_proxy_listen=args.outbound_http_proxy_listen,
         proxy_auth_file=args.proxy_auth_file,
         proxy_allow_remote=args.proxy_allow_remote,
+        metrics_listen=args.metrics_listen,
+        log_format=args.log_format,
     )
 
 
@@ -173,6 +195,7 @@ class WgDaemon:
             )
         routes = [n for pc in cfg.peers for n in pc.allowed_ips]
         self.engine.configure(cfg.interface.addresses, routes)
+        self.metrics = NodeMetrics(self.engine)
 
     async def run(self) -> None:
         engine = self.engine
@@ -180,6 +203,7 @@ class WgDaemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
+        metrics = await self.metrics.listen(self.config.metrics_listen)
         engine.start()
         server = None
         if self.config.socket:
@@ -199,6 +223,8 @@ class WgDaemon:
             await stop.wait()
         finally:
             log.info("weftd stopping")
+            if metrics is not None:
+                metrics.close()
             if server is not None and self.config.socket:
                 server.close()
                 await localapi.cleanup(self.config.socket)
@@ -206,6 +232,9 @@ class WgDaemon:
 
     async def api_status(self, req: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "result": localapi.wg_status(self.engine)}
+
+    async def api_metrics(self, req: dict[str, Any]) -> dict[str, Any]:
+        return {"ok": True, "result": self.metrics.text()}
 
 
 def build_daemon(config: NodeConfig) -> WgDaemon | NodeDaemon:
@@ -243,9 +272,10 @@ def warn_if_readable_by_others(path: str) -> None:
 
 
 def setup_logging(config: NodeConfig) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if config.verbose else logging.INFO,
-        format="%(asctime)s weftd %(levelname)s %(name)s %(message)s",
+    logformat.configure(
+        config.log_format,
+        logging.DEBUG if config.verbose else logging.INFO,
+        "%(asctime)s weftd %(levelname)s %(name)s %(message)s",
     )
 
 

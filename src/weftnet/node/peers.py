@@ -86,6 +86,7 @@ class PeerTable:
         if magic is not None:
             magic.remove_peer(node_id)
         if peer is not None:
+            self.engine.dp.retire_peer(peer)
             self.engine.device.remove_peer(peer.public_key)
 
     def clear(self, magic: PathLayer | None) -> None:

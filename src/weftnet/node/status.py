@@ -144,6 +144,8 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
         "peers": peers,
         "dns_domain": nm.dns_domain,
         "home_relay": d.magic.relays.home if d.magic else None,
+        # region -> the relay of it this node is connected to (a region may be a mesh)
+        "relay_servers": d.magic.relays.servers() if d.magic else {},
         "relay_latency_ms": {
             k: round(v * 1000, 2) for k, v in (d.magic.relays.latency.items() if d.magic else [])
         },

@@ -22,6 +22,17 @@ drop) when the queue is full. ``send_batch()`` queues datagrams laid out as a UD
 FEATURE_BATCH in SERVER_INFO, else one SEND_PACKET each; a RECV_PACKET_BATCH goes whole
 to ``on_batch(src_key, datagrams, seg)`` (or datagram by datagram to ``on_packet``). The queue survives reconnects, so a datagram sent during a
 short outage goes out once the link is back; the relay is best-effort, like UDP.
+
+Several relays may serve one region as a mesh (docs/relay-protocol.md, "Mesh"):
+``set_targets`` gives the client all of them, in the order to try. It stays on the
+relay it is connected to while that one is in the list, and moves to the next one
+after every disconnect or failed attempt, so a relay that goes away (or leaves the
+list, which cuts its connection at once) costs its clients one reconnect to another.
+
+A relay uses this client too, to watch a mesh peer (``mesh_secret``): its hello then
+carries the mesh proof (meshauth.py), SERVER_INFO must carry the peer's, and the peer's
+PEER_PRESENT and PEER_GONE go to ``on_peer_present`` and ``on_peer_gone``;
+``send_forward`` hands the peer datagrams for its clients.
 """
 
 from __future__ import annotations
@@ -34,13 +45,21 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 
 from nacl.public import PrivateKey
 
 from weftnet import sockmark, tls
+from weftnet.relay import meshauth
 from weftnet.relay import protocol as p
-from weftnet.relay.upgrade import HEAD_END, build_request, check_response, parse_relay_url
+from weftnet.relay.upgrade import (
+    HEAD_END,
+    RelayAddress,
+    build_request,
+    check_response,
+    parse_relay_url,
+)
 from weftnet.wireguard.errors import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -53,6 +72,15 @@ KEEPALIVE_INTERVAL_S = 15.0  # a quiet link gets a KEEPALIVE this often
 IDLE_TIMEOUT_S = 60.0  # no frame from the server this long: reconnect
 DEFAULT_QUEUE_PACKETS = 512  # datagrams waiting to be written before send() drops
 READ_CHUNK = 256 * 1024  # bytes asked of the socket per read
+
+
+@dataclass(frozen=True, slots=True)
+class RelayTarget:
+    """One relay a client may connect to: its name in the relay map, URL and pinned key."""
+
+    name: str
+    url: str
+    server_key: bytes | None = None
 
 
 def backoff_delay(
@@ -86,23 +114,31 @@ class RelayClient:
         entropy: Callable[[int], bytes] = os.urandom,
         rand: Callable[[], float] = random.random,
         tls_context: ssl.SSLContext | None = None,
+        mesh_secret: bytes | None = None,
+        on_peer_present: Callable[[bytes], None] | None = None,
+        on_state: Callable[[bool], None] | None = None,
     ) -> None:
-        self.address = parse_relay_url(url)
-        # For an https:// relay: the certificate and host name are verified with this
-        # (default: weftnet.tls.client_context(), the system's CAs).
-        self._tls: ssl.SSLContext | None = None
-        if self.address.tls:
-            self._tls = tls_context or tls.client_context()
         if len(node_private_key) != p.KEY_LEN:
             raise ValueError("a node private key is 32 bytes")
-        if server_key is not None and len(server_key) != p.KEY_LEN:
-            raise ValueError("a relay server key is 32 bytes")
+        # For an https:// relay: the certificate and host name are verified with this
+        # (default: weftnet.tls.client_context(), the system's CAs).
+        self._tls_given = tls_context
+        self._tls: ssl.SSLContext | None = None
+        self._targets: list[RelayTarget] = []
+        self._index = 0  # the target of the current (or next) connection
+        self._moved = False  # set_targets cut the connection: the next one is chosen
+        self.address: RelayAddress = parse_relay_url(url)
+        self._pinned_key: bytes | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self.set_targets([RelayTarget(url, url, server_key)])
         self._private_key = node_private_key
         self.node_key = bytes(PrivateKey(node_private_key).public_key)
         self.on_packet = on_packet
         self.on_peer_gone = on_peer_gone
         self.on_batch = on_batch
-        self._pinned_key = server_key
+        self._mesh_secret = mesh_secret  # set: this is a relay watching a mesh peer
+        self.on_peer_present = on_peer_present
+        self.on_state = on_state  # called with True when connected, False when not
         self._preferred = preferred
         self.queue_packets = queue_packets
         self.keepalive_interval_s = keepalive_interval_s
@@ -114,7 +150,7 @@ class RelayClient:
         self._entropy = entropy
         self._rand = rand
 
-        self.server_key: bytes | None = server_key  # learned from SERVER_KEY if not pinned
+        self.server_key: bytes | None = self._pinned_key  # from SERVER_KEY if not pinned
         self.server_hello: p.ServerHello | None = None  # the limits the relay announced
         self.last_error: str | None = None  # why the last connection ended or failed
         self.connections = 0  # handshakes completed, over the client's life
@@ -129,7 +165,6 @@ class RelayClient:
         self._wake = asyncio.Event()
         self._up = asyncio.Event()
         self._pings: dict[bytes, asyncio.Future[float]] = {}
-        self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._last_rx = 0.0
@@ -142,6 +177,43 @@ class RelayClient:
     @property
     def connected(self) -> bool:
         return self._up.is_set()
+
+    @property
+    def target(self) -> RelayTarget:
+        """The relay of the current connection (or of the next attempt)."""
+        return self._targets[self._index]
+
+    def set_targets(self, targets: Sequence[RelayTarget]) -> None:
+        """The relays to use, in the order to try them. A connection to one still listed
+        stays; one to a relay that left the list is cut, and the first listed is next.
+
+        Raises ValueError for an empty list, a malformed URL or a key not 32 bytes."""
+        if not targets:
+            raise ValueError("a relay client needs at least one relay")
+        for t in targets:
+            parse_relay_url(t.url)
+            if t.server_key is not None and len(t.server_key) != p.KEY_LEN:
+                raise ValueError("a relay server key is 32 bytes")
+        current = self._targets[self._index] if self._targets else None
+        self._targets = list(targets)
+        if current is not None and current in self._targets:
+            self._index = self._targets.index(current)
+            return
+        self._index = 0
+        self._use(self._targets[0])
+        writer = self._writer
+        if writer is not None:  # connected to a relay that left the list: move now
+            self._moved = True  # to the first listed, not past it
+            writer.transport.abort()
+
+    def _use(self, target: RelayTarget) -> None:
+        self.address = parse_relay_url(target.url)
+        self._pinned_key = target.server_key
+        self.server_key = target.server_key
+        self._tls = None
+        if self.address.tls:
+            self._tls_given = self._tls_given or tls.client_context()
+            self._tls = self._tls_given
 
     def start(
         self,
@@ -239,6 +311,23 @@ class RelayClient:
         self._wake.set()
         return room
 
+    def send_forward(self, src_key: bytes, dst_key: bytes, data: bytes, seg: int) -> bool:
+        """Mesh only: datagrams from ``src_key`` (a client of this relay) for ``dst_key``
+        (one of the peer's), one (``seg`` 0) or a batch kept whole; False (counted drops)
+        if the queue is full. The peer delivers them as coming from ``src_key``."""
+        count = p.batch_segments(len(data), seg) if seg else 1
+        if self._queued + count > self.queue_packets:
+            self.drops += count
+            return False
+        if seg:
+            frame = p.ForwardPacketBatch(src_key, dst_key, seg, data).pack()
+        else:
+            frame = p.ForwardPacket(src_key, dst_key, data).pack()
+        self._queue.append(frame)
+        self._queued += count
+        self._wake.set()
+        return True
+
     def note_preferred(self, preferred: bool) -> None:
         """Tell the relay whether it is this node's home (also sent on every reconnect)."""
         self._preferred = preferred
@@ -283,6 +372,11 @@ class RelayClient:
                 self.last_error = tls.describe(e)
             finally:
                 self._down()
+            if self._moved:
+                self._moved = False
+            elif len(self._targets) > 1:  # try the region's next relay
+                self._index = (self._index + 1) % len(self._targets)
+                self._use(self._targets[self._index])
             lasted = self._clock() - self._connected_at if self._connected_at is not None else 0.0
             if lasted >= BACKOFF_RESET_S:
                 attempt = 0
@@ -298,7 +392,10 @@ class RelayClient:
             await asyncio.sleep(delay)
 
     def _down(self) -> None:
+        was_up = self._up.is_set()
         self._up.clear()
+        if was_up and self.on_state is not None:
+            self.on_state(False)
         writer, self._writer = self._writer, None
         if writer is not None:
             writer.transport.abort()
@@ -330,7 +427,14 @@ class RelayClient:
             if self._pinned_key is not None and first.key != self._pinned_key:
                 raise ProtocolError("relay server key is not the one in the relay map")
             self.server_key = first.key
-            hello = p.ClientHello(p.PROTOCOL_VERSION, self._preferred, first.challenge, p.FEATURES)
+            proof = None
+            if self._mesh_secret is not None:
+                proof = meshauth.client_proof(
+                    self._mesh_secret, first.challenge, self.node_key, first.key
+                )
+            hello = p.ClientHello(
+                p.PROTOCOL_VERSION, self._preferred, first.challenge, p.FEATURES, proof
+            )
             info = p.ClientInfo.create(
                 self._private_key, first.key, hello, self._entropy(p.NONCE_LEN)
             )
@@ -343,11 +447,18 @@ class RelayClient:
             if not isinstance(second, p.ServerInfo):
                 raise ProtocolError(f"relay sent {type(second).__name__} before SERVER_INFO")
             self.server_hello = second.open(self._private_key, first.key)
+            if self._mesh_secret is not None and not meshauth.proof_matches(
+                meshauth.server_proof(self._mesh_secret, first.challenge, self.node_key, first.key),
+                self.server_hello.mesh,
+            ):
+                raise ProtocolError("the relay did not prove it holds the mesh secret")
             self._batches = p.FEATURE_BATCH in self.server_hello.features
         self.connections += 1
         self._connected_at = self._last_rx = self._clock()
         self._up.set()
         log.info("relay %s: connected", self.address.host_header)
+        if self.on_state is not None:
+            self.on_state(True)
         reading = asyncio.create_task(self._read_loop(reader, decoder, frames))
         writing = asyncio.create_task(self._write_loop(writer))
         try:
@@ -405,6 +516,8 @@ class RelayClient:
                         self.on_peer_gone(frame.node_key, frame.reason)
                     except Exception:
                         log.exception("relay: on_peer_gone failed")
+            elif isinstance(frame, p.PeerPresent) and self.on_peer_present is not None:
+                self.on_peer_present(frame.node_key)
             elif isinstance(frame, p.Error):
                 self._closed_because = f"relay closed the connection: {frame.reason}"
             elif not isinstance(frame, p.KeepAlive):

@@ -21,6 +21,13 @@ not forty. A server splits a batch into RECV_PACKETs for a client that did not l
 feature; a client never sends a batch to a server that did not. An unknown feature is
 ignored, so an older peer (which sends no list) simply gets no batches.
 
+Mesh: the relays of one region watch each other (mesh.py, meshauth.py). A relay connects
+to a peer like a client whose hello carries ``mesh`` (a proof of the shared secret; the
+peer's SERVER_INFO carries its own); the peer then sends PEER_PRESENT / PEER_GONE for its
+clients, and takes FORWARD_PACKET(_BATCH): a datagram from one of the watcher's clients
+(source key kept) for one of its own. These three frames may be 32 bytes longer than
+others (MAX_MESH_PAYLOAD); the header check knows which types may.
+
 Every frame type is a frozen, slotted dataclass: ``pack()`` gives the whole frame
 (header included) and ``unpack()`` takes exactly one whole frame and refuses anything
 else with ProtocolError, so ``X.unpack(b).pack() == b`` for every ``b`` it accepts.
@@ -70,6 +77,12 @@ ERROR = 0x0B
 SEND_PACKET_BATCH = 0x0C
 RECV_PACKET_BATCH = 0x0D
 
+PEER_PRESENT = 0x0E  # mesh: relay -> mesh peer, "this key is connected to me"
+FORWARD_PACKET = 0x0F  # mesh: mesh peer -> relay, a datagram for one of its clients
+FORWARD_PACKET_BATCH = 0x10  # mesh: the same for a batch
+MESH_PROOF_LEN = 32  # HMAC-SHA256 of the mesh secret over the handshake (meshauth.py)
+MAX_MESH_PAYLOAD = MAX_PAYLOAD + KEY_LEN  # a forwarded frame also names its source
+
 FEATURE_BATCH = "batch"  # in a hello's "features": speaks SEND/RECV_PACKET_BATCH
 FEATURES = frozenset({FEATURE_BATCH})  # what this implementation announces
 SEG_LEN = 2  # a batch's segment size field (big-endian)
@@ -89,16 +102,18 @@ def _header(kind: int, payload_len: int) -> bytes:
     return HEADER.pack(kind, payload_len)
 
 
-def _payload_view(data: bytes | memoryview, kind: int, name: str) -> memoryview:
-    """The payload of one whole frame ``data`` of type ``kind`` (not copied), or
-    ProtocolError."""
+def _payload_view(
+    data: bytes | memoryview, kind: int, name: str, limit: int = MAX_PAYLOAD
+) -> memoryview:
+    """The payload of one whole frame ``data`` of type ``kind`` (not copied), at most
+    ``limit`` bytes, or ProtocolError."""
     if len(data) < HEADER_LEN:
         raise ProtocolError(f"{name} frame shorter than its {HEADER_LEN}-byte header")
     got_kind, length = HEADER.unpack_from(data)
     if got_kind != kind:
         raise ProtocolError(f"not a {name} frame (type {got_kind:#04x})")
-    if length > MAX_PAYLOAD:
-        raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    if length > limit:
+        raise ProtocolError(f"frame payload of {length} bytes exceeds {limit}")
     if len(data) != HEADER_LEN + length:
         raise ProtocolError(f"{name} frame length field says {length}, got {len(data) - 5}")
     return memoryview(data)[HEADER_LEN:]
@@ -153,6 +168,7 @@ class ClientHello:
     preferred: bool
     challenge: bytes
     features: frozenset[str] = frozenset()  # FEATURE_* the client speaks
+    mesh: bytes | None = None  # a mesh peer's proof that it holds the mesh secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +179,7 @@ class ServerHello:
     rate_bytes_per_s: int
     burst_bytes: int
     features: frozenset[str] = frozenset()  # FEATURE_* the server speaks
+    mesh: bytes | None = None  # to a mesh peer: the relay's proof of the mesh secret
 
 
 def _seal(private_key: bytes, peer_public: bytes, body: dict[str, Any], nonce: bytes) -> bytes:
@@ -196,6 +213,27 @@ def _features(body: dict[str, Any]) -> frozenset[str]:
     return frozenset(listed)
 
 
+def _mesh_field(body: dict[str, Any], mesh: bytes | None) -> dict[str, Any]:
+    if mesh is None:
+        return body
+    if len(mesh) != MESH_PROOF_LEN:
+        raise ProtocolError(f"a mesh proof is {MESH_PROOF_LEN} bytes")
+    return {**body, "mesh": mesh.hex()}
+
+
+def _mesh_proof(body: dict[str, Any]) -> bytes | None:
+    """A hello's optional "mesh" proof: hex of MESH_PROOF_LEN bytes (only mesh peers')."""
+    text = body.get("mesh")
+    if text is None:
+        return None
+    if not isinstance(text, str) or len(text) != 2 * MESH_PROOF_LEN:
+        raise ProtocolError(f"hello 'mesh' must be {MESH_PROOF_LEN} bytes in hex")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise ProtocolError("hello 'mesh' is not hex") from None
+
+
 @dataclass(frozen=True, slots=True)
 class ClientInfo:
     """0x02, client -> server: node key (32) + nonce (24) + box(JSON ClientHello).
@@ -221,6 +259,7 @@ class ClientInfo:
             "challenge": hello.challenge.hex(),
             "features": sorted(hello.features),
         }
+        body = _mesh_field(body, hello.mesh)
         return cls(node_public, nonce, _seal(node_private, server_public, body, nonce))
 
     def open(self, server_private: bytes, challenge: bytes) -> ClientHello:
@@ -235,7 +274,9 @@ class ClientInfo:
             echoed.encode(), challenge.hex().encode()
         ):
             raise ProtocolError(CHALLENGE_MISMATCH)
-        return ClientHello(PROTOCOL_VERSION, preferred, challenge, _features(body))
+        return ClientHello(
+            PROTOCOL_VERSION, preferred, challenge, _features(body), _mesh_proof(body)
+        )
 
     def pack(self) -> bytes:
         _key(self.node_key, "node key")
@@ -270,6 +311,7 @@ class ServerInfo:
             "burst_bytes": hello.burst_bytes,
             "features": sorted(hello.features),
         }
+        body = _mesh_field(body, hello.mesh)
         return cls(nonce, _seal(server_private, node_public, body, nonce))
 
     def open(self, node_private: bytes, server_public: bytes) -> ServerHello:
@@ -278,7 +320,8 @@ class ServerInfo:
         rate, burst = body.get("rate_bytes_per_s"), body.get("burst_bytes")
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (rate, burst)):
             raise ProtocolError("SERVER_INFO limits must be integers")
-        return ServerHello(PROTOCOL_VERSION, rate, burst, _features(body))  # type: ignore[arg-type]
+        features, mesh = _features(body), _mesh_proof(body)
+        return ServerHello(PROTOCOL_VERSION, rate, burst, features, mesh)  # type: ignore[arg-type]
 
     def pack(self) -> bytes:
         if len(self.nonce) != NONCE_LEN:
@@ -531,26 +574,119 @@ class Error:
             raise ProtocolError("ERROR reason is not UTF-8") from e
 
 
+# -- the mesh: frames between the relays of one region (docs/relay-protocol.md, "Mesh") ----
+# Only a connection whose hello carried a valid mesh proof may send FORWARD_PACKET(_BATCH)
+# or receive PEER_PRESENT; a node's connection that sends one is closed as malformed.
+
+
+@dataclass(frozen=True, slots=True)
+class PeerPresent:
+    """0x0E, relay -> mesh peer: node key (32) now connected to the relay. Its leaving
+    is told with PEER_GONE(disconnected)."""
+
+    TYPE: ClassVar[int] = PEER_PRESENT
+    node_key: bytes
+
+    def pack(self) -> bytes:
+        _key(self.node_key, "node key")
+        return HEADER.pack(PEER_PRESENT, KEY_LEN) + self.node_key
+
+    @classmethod
+    def unpack(cls, data: bytes) -> PeerPresent:
+        p = _payload(data, PEER_PRESENT, "PEER_PRESENT")
+        if len(p) != KEY_LEN:
+            raise ProtocolError(f"PEER_PRESENT payload must be {KEY_LEN} bytes, got {len(p)}")
+        return cls(p)
+
+
+def _forward_view(data: bytes, kind: int, name: str) -> tuple[bytes, bytes, memoryview]:
+    """Source key, destination key and the rest of a forwarded frame (checked header)."""
+    view = _payload_view(data, kind, name, MAX_MESH_PAYLOAD)
+    if len(view) < 2 * KEY_LEN:
+        raise ProtocolError(f"{name} payload of {len(view)} bytes has no two {KEY_LEN}-byte keys")
+    return bytes(view[:KEY_LEN]), bytes(view[KEY_LEN : 2 * KEY_LEN]), view[2 * KEY_LEN :]
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPacket:
+    """0x0F, mesh peer -> relay: source key (32) + destination key (32) + datagram
+    (0..64 KiB). The relay delivers it to its client ``dst`` as RECV_PACKET from ``src``."""
+
+    TYPE: ClassVar[int] = FORWARD_PACKET
+    src: bytes
+    dst: bytes
+    packet: bytes
+
+    def pack(self) -> bytes:
+        _key(self.src, "source key")
+        _key(self.dst, "destination key")
+        if len(self.packet) > MAX_PACKET:
+            raise ProtocolError(f"packet of {len(self.packet)} bytes exceeds {MAX_PACKET}")
+        n = 2 * KEY_LEN + len(self.packet)
+        return HEADER.pack(FORWARD_PACKET, n) + self.src + self.dst + self.packet
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ForwardPacket:
+        src, dst, rest = _forward_view(data, FORWARD_PACKET, "FORWARD_PACKET")
+        return cls(src, dst, bytes(rest))
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardPacketBatch:
+    """0x10, mesh peer -> relay: source key (32) + destination key (32) + seg (2) +
+    datagrams, as SEND_PACKET_BATCH; delivered as RECV_PACKET_BATCH from ``src``."""
+
+    TYPE: ClassVar[int] = FORWARD_PACKET_BATCH
+    src: bytes
+    dst: bytes
+    seg: int
+    data: bytes
+
+    def pack(self) -> bytes:
+        name = "FORWARD_PACKET_BATCH"
+        _key(self.src, "source key")
+        _key(self.dst, "destination key")
+        _check_batch(self.seg, self.data, name)
+        n = 2 * KEY_LEN + SEG_LEN + len(self.data)
+        head = HEADER.pack(FORWARD_PACKET_BATCH, n) + self.src + self.dst
+        return head + SEG.pack(self.seg) + self.data
+
+    @classmethod
+    def unpack(cls, data: bytes) -> ForwardPacketBatch:
+        name = "FORWARD_PACKET_BATCH"
+        src, dst, rest = _forward_view(data, FORWARD_PACKET_BATCH, name)
+        if len(rest) < SEG_LEN:
+            raise ProtocolError(f"{name} payload has no segment size")
+        (seg,) = SEG.unpack_from(rest)
+        blob = bytes(rest[SEG_LEN:])
+        _check_batch(seg, blob, name)
+        return cls(src, dst, seg, blob)
+
+
 Frame = (
     ServerKey | ClientInfo | ServerInfo | SendPacket | RecvPacket | KeepAlive | NotePreferred
-    | PeerGone | Ping | Pong | Error | SendPacketBatch | RecvPacketBatch
+    | PeerGone | Ping | Pong | Error | SendPacketBatch | RecvPacketBatch | PeerPresent
+    | ForwardPacket | ForwardPacketBatch
 )  # fmt: skip
 
 FRAME_TYPES: dict[int, type[Frame]] = {
     cls.TYPE: cls
     for cls in (
         ServerKey, ClientInfo, ServerInfo, SendPacket, RecvPacket, KeepAlive, NotePreferred,
-        PeerGone, Ping, Pong, Error, SendPacketBatch, RecvPacketBatch,
+        PeerGone, Ping, Pong, Error, SendPacketBatch, RecvPacketBatch, PeerPresent,
+        ForwardPacket, ForwardPacketBatch,
     )
 }  # fmt: skip
+MESH_FRAMES = (PeerPresent, ForwardPacket, ForwardPacketBatch)  # only between mesh peers
 
 
 def check_header(kind: int, length: int) -> None:
     """Refuse a header before its payload arrives: unknown type or oversized length."""
     if kind not in FRAME_TYPES:
         raise ProtocolError(f"unknown relay frame type {kind:#04x}")
-    if length > MAX_PAYLOAD:
-        raise ProtocolError(f"frame payload of {length} bytes exceeds {MAX_PAYLOAD}")
+    limit = MAX_MESH_PAYLOAD if kind in (FORWARD_PACKET, FORWARD_PACKET_BATCH) else MAX_PAYLOAD
+    if length > limit:
+        raise ProtocolError(f"frame payload of {length} bytes exceeds {limit}")
 
 
 def unpack_frame(data: bytes) -> Frame:

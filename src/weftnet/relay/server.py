@@ -31,6 +31,14 @@ A malformed frame ends that connection (with an ERROR saying why) and nothing el
 ``disconnect(key, reason)`` (the control server revoking a node) unregisters the key at
 once, writes ERROR and closes; the socket is aborted if it has not closed after
 CLOSE_GRACE_S. The only clock read is ``clock()`` (injectable); the limits take ``now``.
+
+Mesh (with ``mesh=``, mesh.py): a connection whose hello proves the mesh secret is another
+relay of the region watching this one, not a node: it is kept apart from the node keys,
+told PEER_PRESENT for every client connected here (at once, then as they come) and
+PEER_GONE(disconnected) as they leave, and may send FORWARD_PACKET(_BATCH), delivered to
+the client here as RECV_PACKET(_BATCH) from the original source (never forwarded again,
+so no loops). A packet from a client here for a key that is not here but held by a mesh
+peer goes to that peer. A node's connection that sends a mesh frame is malformed.
 """
 
 from __future__ import annotations
@@ -44,12 +52,14 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nacl.public import PrivateKey
 
 from weftnet.endpoint import format_endpoint
 from weftnet.relay import protocol as p
 from weftnet.relay.limits import NoticeThrottle, TokenBucket
+from weftnet.relay.totals import RelayTotals
 from weftnet.relay.upgrade import (
     HEAD_END,
     RELAY_PATH,
@@ -59,6 +69,9 @@ from weftnet.relay.upgrade import (
     refusal,
 )
 from weftnet.wireguard.errors import ProtocolError
+
+if TYPE_CHECKING:
+    from weftnet.relay.mesh import Mesh
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +95,9 @@ UNKNOWN_KEY = "unknown node key"
 FORGED_INFO = "client info does not open with the claimed node key"
 REPLACED = "replaced by a newer connection with the same node key"
 SHUTTING_DOWN = "relay shutting down"
+NOT_MESH_PEER = "not a mesh peer of this relay (no mesh, or the mesh proof does not match)"
+MESH_BEHIND = "mesh peer fell behind on presence notices; reconnect to resync"
+MESH_QUEUE_FACTOR = 4  # a mesh peer's send queue holds this many clients' worth
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +127,7 @@ class _Conn:
     __slots__ = (
         "batches", "bucket", "budget", "bytes_in", "bytes_out", "close_reason", "connected_at",
         "drops_no_peer", "drops_queue", "drops_rate", "drops_self", "key", "last_rx",
-        "packets_in", "packets_out", "preferred", "queue", "queue_limit", "queued_bytes",
+        "mesh", "packets_in", "packets_out", "preferred", "queue", "queue_limit", "queued_bytes",
         "queued_bytes_peak", "remote", "senders", "tasks", "throttle", "wake", "writer",
     )  # fmt: skip
 
@@ -139,6 +155,7 @@ class _Conn:
         self.close_reason: str | None = None
         self.packets_in = self.bytes_in = self.packets_out = self.bytes_out = 0
         self.drops_rate = self.drops_queue = self.drops_no_peer = self.drops_self = 0
+        self.mesh = False  # another relay of the region watching this one, not a node
 
     def enqueue(self, frame: bytes) -> bool:
         return self.enqueue_all([frame])
@@ -226,6 +243,7 @@ class RelayServer:
         clock: Callable[[], float] = time.monotonic,
         entropy: Callable[[int], bytes] = os.urandom,
         features: frozenset[str] = p.FEATURES,
+        mesh: Mesh | None = None,
     ) -> None:
         if len(private_key) != p.KEY_LEN:
             raise ValueError("the relay private key is 32 bytes")
@@ -255,8 +273,19 @@ class RelayServer:
         self._admitting: dict[bytes, int] = {}  # admit() calls in flight, per key
         self._cut_while_admitting: dict[bytes, str] = {}  # disconnect()ed meanwhile: why
         self._closed = False
+        self.mesh = mesh  # the region's other relays, if this relay is in a mesh
+        self._watchers: set[_Conn] = set()  # mesh peers' connections to this relay
+        self.mesh_forwarded = 0  # datagrams from clients here handed to a mesh peer
+        self.mesh_delivered = 0  # datagrams from mesh peers delivered to clients here
+        self.mesh_drops = 0  # from mesh peers, for keys not here; or a peer's queue full
+        # The counters of clients no longer registered (metrics: totals only grow).
+        self.ended = RelayTotals()
 
     # -- what the coordination server uses ------------------------------------------
+
+    def mesh_peer_count(self) -> int:
+        """Mesh peers (relays of this relay's region) watching it now."""
+        return len(self._watchers)
 
     def clients(self) -> list[ClientStats]:
         """Every registered client, in no particular order."""
@@ -265,6 +294,10 @@ class RelayServer:
     def client(self, key: bytes) -> ClientStats | None:
         conn = self._conns.get(key)
         return conn.stats() if conn is not None else None
+
+    def totals(self) -> RelayTotals:
+        """Every client's counters summed, those gone included."""
+        return self.ended.plus(self.clients())
 
     def disconnect(self, key: bytes, reason: str = "node key revoked") -> bool:
         """Cut ``key`` off now (revocation). False if it was neither connected nor being
@@ -275,6 +308,7 @@ class RelayServer:
         conn = self._conns.pop(key, None)
         if conn is None:
             return key in self._admitting
+        self.ended.add(conn.stats())
         log.info("relay: disconnecting %s: %s", key.hex()[:16], reason)
         conn.close(reason)
         self._tell_senders_gone(conn)
@@ -306,6 +340,8 @@ class RelayServer:
             server.close()
         for key in list(self._conns):
             self.disconnect(key, SHUTTING_DOWN)
+        for watcher in list(self._watchers):
+            watcher.close(SHUTTING_DOWN)
         me = asyncio.current_task()
         for task in self._handshaking:
             if task is not me:
@@ -418,6 +454,8 @@ class RelayServer:
             reason = p.CHALLENGE_MISMATCH if str(e) == p.CHALLENGE_MISMATCH else FORGED_INFO
             return self._refuse(writer, reason), decoder, []
         key = first.node_key
+        if hello.mesh is not None:
+            return self._admit_mesh_peer(writer, key, hello), decoder, frames[1:]
         self._admitting[key] = self._admitting.get(key, 0) + 1
         try:
             async with asyncio.timeout(self.admit_timeout_s):
@@ -451,9 +489,43 @@ class RelayServer:
         old = self._conns.get(key)
         if old is not None:
             old.close(REPLACED)
+            self.ended.add(old.stats())
         self._conns[key] = conn
+        self._tell_watchers(p.PeerPresent(key).pack())
         log.info("relay: %s connected from %s", key.hex()[:16], conn.remote)
         return conn, decoder, frames[1:]
+
+    def _admit_mesh_peer(
+        self, writer: asyncio.StreamWriter, key: bytes, hello: p.ClientHello
+    ) -> _Conn | None:
+        """Another relay of the mesh (its relay key proven by the box, the secret by
+        ``hello.mesh``): tell it every client here; None (ERROR sent) if not a peer."""
+        proof = self.mesh.answer(hello, key) if self.mesh is not None else None
+        if proof is None:
+            return self._refuse(writer, NOT_MESH_PEER)
+        if self._closed:
+            return self._refuse(writer, SHUTTING_DOWN)
+        server_hello = p.ServerHello(
+            p.PROTOCOL_VERSION, self.rate_bytes_per_s, self.burst_bytes, self.features, proof
+        )
+        nonce = self._entropy(p.NONCE_LEN)
+        writer.write(p.ServerInfo.create(self._private_key, key, server_hello, nonce).pack())
+        now = self._clock()
+        bucket = TokenBucket(self.rate_bytes_per_s, self.burst_bytes, now)  # unused: see _run
+        limit = self.queue_bytes * MESH_QUEUE_FACTOR
+        conn = _Conn(key, writer, False, now, bucket, limit, self.budget, True)
+        conn.mesh = True
+        self._watchers.add(conn)
+        present = [p.PeerPresent(k).pack() for k in self._conns]
+        if not conn.enqueue_all(present):
+            conn.close(MESH_BEHIND)
+        log.info("relay: mesh peer %s connected from %s", key.hex()[:16], conn.remote)
+        return conn
+
+    def _tell_watchers(self, frame: bytes) -> None:
+        for watcher in list(self._watchers):
+            if not watcher.enqueue(frame):  # a lost notice would leave its view wrong
+                watcher.close(MESH_BEHIND)
 
     @staticmethod
     def _refuse(writer: asyncio.StreamWriter, reason: str) -> None:
@@ -496,6 +568,9 @@ class RelayServer:
 
     def _dispatch(self, conn: _Conn, frames: list[p.Frame], now: float) -> None:
         """Act on frames from ``conn``; ProtocolError for a frame a client may not send."""
+        if conn.mesh:
+            self._dispatch_mesh(conn, frames)
+            return
         for frame in frames:
             if isinstance(frame, p.SendPacketBatch):
                 if p.FEATURE_BATCH not in self.features:
@@ -509,6 +584,27 @@ class RelayServer:
                 conn.preferred = frame.preferred
             elif not isinstance(frame, p.KeepAlive | p.Pong):
                 raise ProtocolError(f"a client may not send {type(frame).__name__}")
+
+    def _dispatch_mesh(self, conn: _Conn, frames: list[p.Frame]) -> None:
+        """Frames from a mesh peer: datagrams for clients here, and link upkeep."""
+        for frame in frames:
+            if isinstance(frame, p.ForwardPacketBatch):
+                self._deliver_forwarded(frame.src, frame.dst, frame.data, frame.seg)
+            elif isinstance(frame, p.ForwardPacket):
+                self._deliver_forwarded(frame.src, frame.dst, frame.packet, 0)
+            elif isinstance(frame, p.Ping):
+                conn.enqueue(p.Pong(frame.data).pack())
+            elif not isinstance(frame, p.KeepAlive | p.Pong):
+                raise ProtocolError(f"a mesh peer may not send {type(frame).__name__}")
+
+    def _deliver_forwarded(self, src_key: bytes, dst_key: bytes, data: bytes, seg: int) -> None:
+        count = p.batch_segments(len(data), seg) if seg else 1
+        dst = self._conns.get(dst_key)
+        if dst is None:  # it left meanwhile; never forwarded again (no loops)
+            self.mesh_drops += count
+            return
+        if self._deliver(dst, src_key, data, seg, count):
+            self.mesh_delivered += count
 
     def _forward(self, conn: _Conn, dst_key: bytes, data: bytes, seg: int, now: float) -> None:
         """Datagrams from ``conn`` to ``dst_key``: one (``seg`` 0) or a batch cut every
@@ -525,23 +621,35 @@ class RelayServer:
         conn.bytes_in += size
         dst = self._conns.get(dst_key)
         if dst is None:
+            if self.mesh is not None and self.mesh.holds(dst_key):
+                if self.mesh.forward(conn.key, dst_key, data, seg):
+                    self.mesh_forwarded += count
+                else:
+                    self.mesh_drops += count
+                return
             conn.drops_no_peer += count
             if conn.throttle.allow(dst_key, now):
                 conn.enqueue(p.PeerGone(dst_key, p.PEER_GONE_NOT_HERE).pack())
             return
+        if self._deliver(dst, conn.key, data, seg, count) and len(dst.senders) < MAX_SENDERS:
+            dst.senders.add(conn.key)
+
+    @staticmethod
+    def _deliver(dst: _Conn, src_key: bytes, data: bytes, seg: int, count: int) -> bool:
+        """Queue datagrams from ``src_key`` to ``dst``: whole, or one by one to a client
+        that does not take batches; False (a counted drop) if its queue is full."""
         if not seg:
-            frames = [p.RecvPacket(conn.key, data).pack()]
+            frames = [p.RecvPacket(src_key, data).pack()]
         elif dst.batches:
-            frames = [p.RecvPacketBatch(conn.key, seg, data).pack()]
+            frames = [p.RecvPacketBatch(src_key, seg, data).pack()]
         else:  # an older client: one RECV_PACKET per datagram
-            frames = [p.RecvPacket(conn.key, d).pack() for d in p.split_batch(data, seg)]
+            frames = [p.RecvPacket(src_key, d).pack() for d in p.split_batch(data, seg)]
         if not dst.enqueue_all(frames):
             dst.drops_queue += count
-            return
+            return False
         dst.packets_out += count
-        dst.bytes_out += size
-        if len(dst.senders) < MAX_SENDERS:
-            dst.senders.add(conn.key)
+        dst.bytes_out += len(data)
+        return True
 
     async def _write_loop(self, conn: _Conn) -> None:
         writer = conn.writer
@@ -573,8 +681,13 @@ class RelayServer:
                 conn.written(n)
 
     def _unregister(self, conn: _Conn) -> None:
+        if conn.mesh:
+            self._watchers.discard(conn)
+            log.info("relay: mesh peer %s disconnected", conn.key.hex()[:16])
+            return
         if self._conns.get(conn.key) is conn:
             del self._conns[conn.key]
+            self.ended.add(conn.stats())
             self._tell_senders_gone(conn)
             log.info("relay: %s disconnected", conn.key.hex()[:16])
 
@@ -582,6 +695,7 @@ class RelayServer:
         if conn.key in self._conns:  # replaced, not gone
             return
         gone = p.PeerGone(conn.key, p.PEER_GONE_DISCONNECTED).pack()
+        self._tell_watchers(gone)
         for sender in conn.senders:
             other = self._conns.get(sender)
             if other is not None:

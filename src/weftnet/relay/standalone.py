@@ -22,6 +22,14 @@ enough), which it sends only over a verified channel (https, or http to this hos
   fetch for ``UNKNOWN_TTL_S`` (a negative cache of at most ``MAX_UNKNOWN`` keys, the
   oldest forgotten first). A key that appears in a later fetch is admitted at once.
 
+With ``--mesh REGION`` (and ``--mesh-secret-file``) the relay registers as one of the
+relays serving REGION and keeps watching the others (mesh.py): every ``MESH_REFRESH_S``
+it reads the relay map (``GET /api/v1/relays``) and watches every other relay that
+registered with the same mesh (their keys pinned), plus any ``--mesh-peer`` URL. The
+mesh's connections run under a supervisor (weftnet.node.supervisor), restarted with
+backoff if they fail in a way nobody foresaw. A relay that left the map is no longer
+watched; its clients move to another relay of the region by themselves.
+
 If the control server cannot be reached, the relay keeps the last set it fetched (the
 tailnet keeps working through a control outage) and refuses keys outside it with
 "admission check failed; try again later". A refusal of the registration at start (bad
@@ -38,16 +46,24 @@ import socket
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+from prometheus_client import CollectorRegistry
 
-from weftnet import controlbox, keyfile, tailcfg, tls
+from weftnet import controlbox, keyfile, logformat, tailcfg, tls
 from weftnet.control.domain.relays import REGISTER_INTERVAL_S, check_region_name, relay_key_text
 from weftnet.control.server.relayhost import DEFAULT_RELAY_RATE, REVOKED
+from weftnet.endpoint import format_endpoint
+from weftnet.metrics import http as metrics_http
+from weftnet.node.supervisor import Supervisor
+from weftnet.relay import meshauth
+from weftnet.relay.client import RelayTarget
+from weftnet.relay.mesh import Mesh, load_secret
+from weftnet.relay.metrics import RelayCollector
 from weftnet.relay.server import RelayServer
 from weftnet.relay.upgrade import parse_relay_url
 from weftnet.stun import server as stunserver
@@ -56,6 +72,7 @@ log = logging.getLogger("weftnet.relayd")
 
 KEYS_INTERVAL_S = 1.0  # the admitted node keys are fetched this often
 MISS_FETCH_INTERVAL_S = 1.0  # a fetch for an unknown key waits this long after the last
+MESH_REFRESH_S = 2.0  # the relays of the mesh are read from the relay map this often
 UNKNOWN_TTL_S = 5.0  # a key found unknown is refused without a fetch for this long
 MAX_UNKNOWN = 4096  # keys in that negative cache
 HTTP_TIMEOUT_S = 5.0  # one request to the control server
@@ -85,6 +102,11 @@ class RelayOptions:
     tls_key: str | None = None  # ... and key
     tls_ca: str | None = None  # the CAs an https control server must chain to
     allow_insecure_http: bool = False  # send the API key over http to another host
+    mesh: str | None = None  # the region this relay serves with others
+    mesh_secret_file: Path | None = None  # the secret they share (mode 0600)
+    mesh_peers: list[str] = field(default_factory=list)  # more peers' URLs to watch
+    mesh_refresh_s: float = MESH_REFRESH_S
+    metrics_listen: tuple[str, int] | None = None  # Prometheus metrics (docs/metrics.md)
 
 
 class NodeKeys:
@@ -178,6 +200,7 @@ class StandaloneRelay:
             raise RelayError("--relay-rate must be a positive number of bytes per second")
         if (opts.tls_cert is None) != (opts.tls_key is None):
             raise RelayError("--tls-cert and --tls-key go together")
+        self._mesh_secret = self._check_mesh(opts)
         if not opts.control_url.startswith(("http://", "https://")):
             raise RelayError(f"--control-url {opts.control_url!r}: expected https://HOST:PORT")
         if not (
@@ -207,7 +230,35 @@ class StandaloneRelay:
         self._http: httpx.AsyncClient | None = None
         self._listener: asyncio.Server | None = None
         self._stun: asyncio.DatagramTransport | None = None
+        self._metrics: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.mesh: Mesh | None = None
+        self._supervisor = Supervisor()  # the mesh's tasks
+
+    @staticmethod
+    def _check_mesh(opts: RelayOptions) -> bytes | None:
+        """The mesh secret, if this relay is in a mesh; RelayError for a bad setup."""
+        if opts.mesh is None:
+            if opts.mesh_secret_file is not None or opts.mesh_peers:
+                raise RelayError("--mesh-secret-file and --mesh-peer go with --mesh REGION")
+            return None
+        try:
+            check_region_name(opts.mesh)
+        except ValueError as e:
+            raise RelayError(f"--mesh: {e}") from None
+        if opts.mesh == opts.region:
+            raise RelayError("--region names this relay and --mesh its region: make them differ")
+        if opts.mesh_secret_file is None:
+            raise RelayError("--mesh needs --mesh-secret-file (the secret the mesh shares)")
+        for url in opts.mesh_peers:
+            try:
+                parse_relay_url(url)
+            except ValueError as e:
+                raise RelayError(f"--mesh-peer {url}: {e}") from None
+        try:
+            return load_secret(opts.mesh_secret_file)
+        except meshauth.MeshSecretError as e:
+            raise RelayError(str(e)) from None
 
     async def start(self) -> None:
         opts = self.options
@@ -220,8 +271,13 @@ class StandaloneRelay:
             raise RelayError(str(e)) from None
         if created:
             log.info("created the relay key in %s", opts.data_dir / RELAY_KEY_FILE)
+        if self._mesh_secret is not None:
+            self.mesh = Mesh(
+                self._mesh_secret, private, tls_context=self._client_tls,
+                spawn=self._supervisor.spawn,
+            )  # fmt: skip
         self.relay = RelayServer(
-            private, self.node_keys.admit, rate_bytes_per_s=opts.rate_bytes_per_s
+            private, self.node_keys.admit, rate_bytes_per_s=opts.rate_bytes_per_s, mesh=self.mesh
         )
         try:
             self._listener = await self.relay.serve_tcp(opts.host, opts.port, self._server_tls)
@@ -230,6 +286,8 @@ class StandaloneRelay:
                 f"cannot listen on {opts.host}:{opts.port}: {e.strerror or e}"
             ) from None
         self.port = self._listener.sockets[0].getsockname()[1]
+        if opts.metrics_listen is not None:
+            self._metrics = await self._serve_metrics(self.relay, opts.metrics_listen)
         if opts.stun_port:
             try:
                 sock = stunserver.bind_udp(opts.host, opts.stun_port)
@@ -283,8 +341,26 @@ class StandaloneRelay:
             asyncio.create_task(self._register_forever()),
             asyncio.create_task(self._sync_keys_forever()),
         ]
+        if self.mesh is not None:
+            self._supervisor.spawn("mesh peers", self._mesh_forever)
+
+    @staticmethod
+    async def _serve_metrics(relay: RelayServer, listen: tuple[str, int]) -> asyncio.Server:
+        registry = CollectorRegistry()
+        registry.register(RelayCollector(relay))
+        try:
+            sock = metrics_http.bind(*listen)
+        except metrics_http.ListenError as e:
+            raise RelayError(str(e)) from None
+        log.info("metrics on http://%s/metrics", format_endpoint(listen))
+        return await metrics_http.serve(registry, sock)
 
     async def close(self) -> None:
+        await self._supervisor.close()
+        if self.mesh is not None:
+            await self.mesh.close()
+        if self._metrics is not None:
+            self._metrics.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -308,6 +384,8 @@ class StandaloneRelay:
             "public_key": relay_key_text(self.relay.public_key),
             "stun_port": self.stun_port,
         }
+        if self.options.mesh is not None:
+            body["mesh"] = self.options.mesh
         r = await self._http.post("/relays", json=body)
         if r.status_code >= 400:
             raise RelayError(f"the control server refused this relay: {_api_error(r)}")
@@ -343,6 +421,37 @@ class StandaloneRelay:
             await asyncio.sleep(self.options.keys_interval_s)
             if await self.node_keys.refresh():
                 self._cut_revoked()
+
+    async def _mesh_forever(self) -> None:
+        """Watch the relays of our mesh as the relay map lists them (and --mesh-peer)."""
+        assert self.mesh is not None
+        failing = False
+        while True:
+            try:
+                await self.mesh.set_peers(await self._mesh_peers())
+                if failing:
+                    log.info("reading the relays of the mesh works again")
+                failing = False
+            except (RelayError, httpx.HTTPError) as e:
+                if not failing:  # keep watching the peers we knew: the mesh still works
+                    log.warning("cannot read the relays of the mesh: %s", tls.describe(e))
+                failing = True
+            await asyncio.sleep(self.options.mesh_refresh_s)
+
+    async def _mesh_peers(self) -> list[RelayTarget]:
+        assert self._http is not None
+        r = await self._http.get("/relays")
+        if r.status_code != 200:
+            raise RelayError(f"GET /api/v1/relays: {_api_error(r)}")
+        targets = [RelayTarget(url, url) for url in self.options.mesh_peers]
+        for entry in r.json():
+            if entry.get("mesh") != self.options.mesh or entry.get("region") == self.options.region:
+                continue
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                key = controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, entry["public_key"])
+                parse_relay_url(entry["url"])
+                targets.append(RelayTarget(entry["region"], entry["url"], key))
+        return targets
 
     def _cut_revoked(self) -> None:
         keys = self.node_keys.keys
@@ -404,6 +513,6 @@ async def run(options: RelayOptions, stop: asyncio.Event | None = None) -> None:
         await relay.close()
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="weft-control relay: %(message)s")
+def configure_logging(log_format: str = "text") -> None:
+    logformat.configure(log_format, logging.INFO, "weft-control relay: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -71,9 +71,10 @@ from weftnet.wireguard.messages import (
     CookieReply,
     Initiation,
     Response,
+    padded_size,
 )
 from weftnet.wireguard.ratelimiter import RateLimiter
-from weftnet.wireguard.session import Keypair, padded_size
+from weftnet.wireguard.session import Keypair
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,6 +271,7 @@ class Device:
         self.handshake_limiter = RateLimiter()
         self.cookie_limiter = RateLimiter()
         self.cookie_replies_sent = 0
+        self.handshakes_initiated = 0  # initiation messages created (retries included)
 
     # -- configuration ----------------------------------------------------------------
 
@@ -367,6 +369,7 @@ class Device:
         raw = bytearray(msg.pack())
         peer.cookies.add_macs(raw, INITIATION_MAC1_OFFSET, INITIATION_MAC2_OFFSET, now)
         peer.last_sent_initiation_at = now
+        self.handshakes_initiated += 1
         peer.any_authenticated_sent(now)
         peer.retransmit_handshake_at = now + REKEY_TIMEOUT_S + self.jitter()
         return [Transmit(bytes(raw), peer.endpoint, peer.public_key)]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from weftnet.wireguard.constants import PADDING_MULTIPLE
 from weftnet.wireguard.errors import ProtocolError
 
 MESSAGE_INITIATION = 1
@@ -42,6 +43,19 @@ _INITIATION = struct.Struct("<I I 32s 48s 28s 16s 16s")
 _RESPONSE = struct.Struct("<I I I 32s 16s 16s 16s")
 _COOKIE_REPLY = struct.Struct("<I I 24s 32s")
 TRANSPORT_HEADER = struct.Struct("<I I Q")
+
+
+def padded_size(packet_len: int, mtu: int) -> int:
+    """A transport plaintext's size with its zero padding (wireguard-go's
+    calculatePaddingSize): to a multiple of 16, never past the MTU; a packet longer than the
+    MTU pads its remainder."""
+    last = packet_len
+    if mtu and last > mtu:
+        last %= mtu
+    padded = (last + PADDING_MULTIPLE - 1) & ~(PADDING_MULTIPLE - 1)
+    if mtu and padded > mtu:
+        padded = mtu
+    return packet_len + (padded - last)
 
 
 def message_type(data: bytes | bytearray | memoryview) -> int:

@@ -21,28 +21,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from weftnet import fastpath
-from weftnet.wireguard.constants import (
-    PADDING_MULTIPLE,
-    REJECT_AFTER_MESSAGES,
-    REJECT_AFTER_TIME_S,
-)
+from weftnet.wireguard.constants import REJECT_AFTER_MESSAGES, REJECT_AFTER_TIME_S
 from weftnet.wireguard.handshake import SessionKeys
 from weftnet.wireguard.messages import MESSAGE_TRANSPORT, TRANSPORT_HEADER_SIZE
 
 _HEADER = struct.Struct("<II Q")
 _pack_header_into = _HEADER.pack_into
 _NONCE_PREFIX = b"\x00\x00\x00\x00"
-
-
-def padded_size(packet_len: int, mtu: int) -> int:
-    """The padded plaintext size of a packet (wireguard-go calculatePaddingSize)."""
-    last = packet_len
-    if mtu and last > mtu:
-        last %= mtu
-    padded = (last + PADDING_MULTIPLE - 1) & ~(PADDING_MULTIPLE - 1)
-    if mtu and padded > mtu:
-        padded = mtu
-    return packet_len + (padded - last)
 
 
 class Keypair:

@@ -2,10 +2,13 @@
 
     weft-control serve [--listen HOST:PORT] [--data-dir DIR] [--database-url URL]
                        [--tls-cert FILE --tls-key FILE] [--server-url URL]
-                       [--region NAME] [--no-relay] [--relay-rate BYTES] [--stun-port N] ...
+                       [--region NAME] [--no-relay] [--relay-rate BYTES] [--stun-port N]
+                       [--metrics-listen HOST:PORT] [--log-format text|json] ...
     weft-control relay --listen HOST:PORT --control-url URL --api-key KEY --region NAME
                        [--tls-cert FILE --tls-key FILE] [--tls-ca FILE]
                        [--stun-port N] [--data-dir DIR] [--public-url URL]
+                       [--mesh REGION --mesh-secret-file FILE [--mesh-peer URL ...]]
+                       [--metrics-listen HOST:PORT] [--log-format text|json]
     weft-control users create NAME | list | delete NAME [--force]
     weft-control users link NAME --issuer I --subject S | unlink NAME --issuer I
     weft-control keys create [--user U] [--reusable] [--ephemeral] [--tags tag:a,tag:b]
@@ -186,6 +189,32 @@ def _oidc_options(args: argparse.Namespace) -> Any:
     )
 
 
+def _observability_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (off by default;"
+        " plain http: keep it on loopback or a management network; docs/metrics.md)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="log lines as text (the default) or one JSON object per line",
+    )
+
+
+def _metrics_listen(args: argparse.Namespace) -> tuple[str, int] | None:
+    from weftnet.metrics.http import ListenError, parse_listen
+
+    if args.metrics_listen is None:
+        return None
+    try:
+        return parse_listen(args.metrics_listen)
+    except ListenError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> Parser:
     parser = Parser(prog=PROG, description="The weftnet coordination server and its admin tool.")
     version.add_flag(parser)
@@ -247,6 +276,7 @@ def build_parser() -> Parser:
         default=3478,
         help="UDP port of the STUN server on the --listen host; 0: none (%(default)s)",
     )
+    _observability_flags(serve)
     # Tests only: lets the admin API move the clock policy schedules are judged by.
 
     relay = commands.add_parser("relay", help="run a standalone relay region")
@@ -274,7 +304,26 @@ def build_parser() -> Parser:
         "--tls-cert", metavar="FILE", help="PEM certificate chain: serve https (with --tls-key)"
     )
     relay.add_argument("--tls-key", metavar="FILE", help="the certificate's PEM private key")
+    relay.add_argument(
+        "--mesh",
+        metavar="REGION",
+        help="serve REGION with the other relays registered with it (they share their"
+        " clients); needs --mesh-secret-file, and --region a name of this relay's own",
+    )
+    relay.add_argument(
+        "--mesh-secret-file",
+        metavar="FILE",
+        help="the secret the relays of the mesh share (mode 0600; `openssl rand -hex 32`)",
+    )
+    relay.add_argument(
+        "--mesh-peer",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="a relay of the mesh to watch besides those of the relay map (repeatable)",
+    )
     _client_tls_flags(relay)
+    _observability_flags(relay)
 
     common = Parser(add_help=False)
     common.add_argument(
@@ -528,11 +577,12 @@ def _print_api_keys(keys: list[dict[str, Any]], now: float) -> None:
 
 
 def _print_relays(relays: list[dict[str, Any]], now: float) -> None:
-    rows = [("REGION", "URL", "PUBLIC KEY", "STUN", "KIND", "LAST SEEN")]
+    rows = [("REGION", "MESH", "URL", "PUBLIC KEY", "STUN", "KIND", "LAST SEEN")]
     for r in relays:
         rows.append(
             (
                 r["region"],
+                r.get("mesh") or "-",
                 r["url"],
                 r["public_key"][:25] + "...",
                 str(r["stun_port"] or "-"),
@@ -578,6 +628,8 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         oidc=_oidc_options(args),
+        metrics_listen=_metrics_listen(args),
+        log_format=args.log_format,
     )
 
 
@@ -586,7 +638,7 @@ def run_serve(options: ServeOptions) -> int:
     server cannot start)."""
     from weftnet.control.server import app as server
 
-    server.configure_logging()
+    server.configure_logging(options.log_format)
     os.umask(0o077)  # the database and everything else in the data dir: owner only
     try:
         server.serve(options)
@@ -619,7 +671,7 @@ def _relay(args: argparse.Namespace) -> int:
             "relay needs --control-url and --api-key (or WEFT_CONTROL_URL and"
             " WEFT_CONTROL_API_KEY); create a key with `weft-control apikeys create`"
         )
-    relayd.configure_logging()
+    relayd.configure_logging(args.log_format)
     os.umask(0o077)
     options = relayd.RelayOptions(
         control_url=control_url,
@@ -635,6 +687,10 @@ def _relay(args: argparse.Namespace) -> int:
         tls_key=args.tls_key,
         tls_ca=args.tls_ca,
         allow_insecure_http=args.allow_insecure_http,
+        mesh=args.mesh,
+        mesh_secret_file=Path(args.mesh_secret_file) if args.mesh_secret_file else None,
+        mesh_peers=list(args.mesh_peer),
+        metrics_listen=_metrics_listen(args),
     )
     try:
         asyncio.run(relayd.run(options))

@@ -6,6 +6,9 @@ URL, public key and STUN port to ``/api/v1/relays`` when it starts and every
 passes without a refresh, so a relay that died leaves the map within about 30 s. One
 region name is one relay: a later registration under the same name replaces the
 earlier one (a relay that restarted with a new key or on a new port takes its place).
+Several relays may serve one region as a mesh: each registers under a name of its own
+with the same ``mesh`` (the region nodes see, docs/relay-protocol.md "Mesh"); a mesh name
+may not be another relay's own name, so a region is either one relay or one mesh.
 The coordination server's own relay is not in here: its URL depends on how each node
 reached the server, so the map stream adds it (``netmap.NetMap.view_for``).
 
@@ -44,17 +47,21 @@ def relay_key_text(public_key: bytes) -> str:
 
 
 def region(
-    name: str, url: str, public_key: str, stun_port: int | None = None
+    name: str, url: str, public_key: str, stun_port: int | None = None, mesh: str | None = None
 ) -> tailcfg.RelayRegion:
     """A checked RelayRegion; ValueError (one line) for anything malformed."""
     check_region_name(name)
+    if mesh is not None:
+        check_region_name(mesh)
     if len(url) > MAX_URL_LEN:
         raise ValueError(f"relay URL longer than {MAX_URL_LEN} characters")
     parse_relay_url(url)  # raises ValueError with a message
     public_key = relay_key_text(controlbox.key_from_text(tailcfg.RELAY_KEY_PREFIX, public_key))
     if stun_port is not None and not 0 < stun_port < 65536:
         raise ValueError(f"invalid stun_port {stun_port}: 1-65535, or null for none")
-    return tailcfg.RelayRegion(name=name, url=url, public_key=public_key, stun_port=stun_port)
+    return tailcfg.RelayRegion(
+        name=name, url=url, public_key=public_key, stun_port=stun_port, mesh=mesh
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +83,16 @@ class RelayRegistry:
     def register(self, entry: tailcfg.RelayRegion, now: float) -> bool:
         """Add or refresh ``entry``; True if the relay map changed.
 
-        Raises OverflowError when a new region would exceed ``max_regions``."""
+        Raises OverflowError when a new region would exceed ``max_regions``, ValueError
+        when it would mix a relay of its own and a mesh under one region name."""
+        for other in self._entries.values():
+            o = other.region
+            if o.name != entry.name and entry.region == o.region and not (entry.mesh and o.mesh):
+                raise ValueError(
+                    f"region {entry.region} is already served by relay {o.name}"
+                    + (f" in mesh {o.mesh}" if o.mesh else " alone")
+                    + ": relays of one region all name it with --mesh"
+                )
         old = self._entries.get(entry.name)
         if old is None and len(self._entries) >= self.max_regions:
             raise OverflowError(f"already {self.max_regions} relay regions registered")
@@ -104,3 +120,7 @@ class RelayRegistry:
 
     def get(self, name: str) -> Registration | None:
         return self._entries.get(name)
+
+    def mesh(self, mesh: str) -> list[tailcfg.RelayRegion]:
+        """The relays that registered with ``mesh``, by name."""
+        return [r for r in self.regions() if r.mesh == mesh]

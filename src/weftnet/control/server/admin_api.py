@@ -7,9 +7,10 @@ scope does not allow it), 404 (no such thing) or
 API key (field ``key``). Times are unix seconds.
 
 Standalone relays use the same API (with an API key): they register their region
-(``POST /relays``, again every 10 s) and fetch the node keys they may admit
-(``GET /relay/nodekeys``, every second and on a miss). A key made with
-``apikeys create --scope relay`` may call only those two; anything else answers 403.
+(``POST /relays``, again every 10 s), fetch the node keys they may admit
+(``GET /relay/nodekeys``, every second and on a miss) and, in a mesh, the relays of
+their mesh (``GET /relays``). A key made with ``apikeys create --scope relay`` may call
+only those three; anything else answers 403.
 """
 
 from __future__ import annotations
@@ -54,7 +55,9 @@ STATUS = {
 API_PREFIX = "/api/v1"
 # What a key of each non-admin scope may call: (method, route path under /api/v1).
 SCOPE_ROUTES = {
-    credentials.API_KEY_SCOPE_RELAY: frozenset({("POST", "/relays"), ("GET", "/relay/nodekeys")}),
+    credentials.API_KEY_SCOPE_RELAY: frozenset(
+        {("POST", "/relays"), ("GET", "/relays"), ("GET", "/relay/nodekeys")}
+    ),
 }
 NODE_KEYS_WAIT_S = 5.0  # longest wait for a fresh network map before answering 503
 
@@ -116,6 +119,7 @@ class RelayRegistration(BaseModel):
     url: str
     public_key: str  # "relaykey:<hex>"
     stun_port: int | None = None
+    mesh: str | None = None  # the region it serves with other relays (a mesh)
 
 
 def user_json(user: User) -> dict[str, Any]:
@@ -234,6 +238,7 @@ def relay_json(
         "url": region.url,
         "public_key": region.public_key,
         "stun_port": region.stun_port,
+        "mesh": region.mesh,
         "embedded": registration is None,
         "registered_at": registration.registered_at if registration else None,
         "last_seen": registration.last_seen if registration else None,
@@ -517,17 +522,22 @@ def router(
     @api.post("/relays")
     async def register_relay(body: RelayRegistration, request: Request) -> dict[str, Any]:
         try:
-            region = relays.region(body.region, body.url, body.public_key, body.stun_port)
+            region = relays.region(
+                body.region, body.url, body.public_key, body.stun_port, body.mesh
+            )
         except ValueError as e:
             raise Invalid(str(e)) from None
-        if body.region in {r.name for r in own_relays(request)}:
+        if {body.region, region.region} & {r.name for r in own_relays(request)}:
             raise Conflict(
-                f"region {body.region} is the control server's own relay: pick another --region"
+                f"region {region.region} is the control server's own relay:"
+                " pick another --region (or --mesh)"
             )
         try:
             hub.register_relay(region)
         except OverflowError as e:
             raise Conflict(f"{e}: remove one with DELETE /api/v1/relays/REGION") from None
+        except ValueError as e:
+            raise Conflict(str(e)) from None
         registration = hub.relays.get(region.name)
         return {**relay_json(region, registration), "refresh_s": relays.REGISTER_INTERVAL_S}
 

@@ -4,7 +4,8 @@
 request is served - data directory (0700), the TLS certificate and key (``--tls-cert``,
 ``--tls-key``: then the API, the node protocol and the embedded relay are https only), server key (``server.key``, 0600, made on
 first start), relay key (``relay.key``, likewise), database (migrated to the newest
-schema), the listening socket, the STUN socket (UDP ``stun_port``) - and writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
+schema), the listening socket, the STUN socket (UDP ``stun_port``), the metrics socket
+(``--metrics-listen``: plain http on a port of its own, off by default) - and writes ``admin.json`` (0600): the local URL and an admin API key, so ``weft-control
 --data-dir DIR`` on this host can talk to the server. ``run()`` then serves until
 SIGTERM/SIGINT (or ``request_stop()``), ending every map stream so shutdown is prompt.
 The embedded relay shares uvicorn's port and loop (``relay.mount.uvicorn_protocol``);
@@ -30,7 +31,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from weftnet import controlbox, keyfile, tailcfg, tls
+from weftnet import controlbox, keyfile, logformat, tailcfg, tls
 from weftnet.control.domain import dnsdoc
 from weftnet.control.domain.relays import check_region_name
 from weftnet.control.server import connlimit, replicas
@@ -40,12 +41,15 @@ from weftnet.control.server.hub import (
     DEFAULT_ROUTER_KEEPALIVE_S,
     Hub,
 )
+from weftnet.control.server.metrics import ServerMetrics
 from weftnet.control.server.node_api import DEFAULT_FOLLOWUP_WAIT_S, ControlContext, create_app
 from weftnet.control.server.oidc import OidcClient, OidcConfig, OidcOptions
 from weftnet.control.server.relayhost import DEFAULT_REGION, DEFAULT_RELAY_RATE, EmbeddedRelay
 from weftnet.control.service import ControlService, ServiceError, Unauthorized
 from weftnet.control.service.audit import ORIGIN_CLI, Actor, acting_as
 from weftnet.control.store import sql as store
+from weftnet.endpoint import format_endpoint
+from weftnet.metrics import http as metrics_http
 from weftnet.relay.mount import uvicorn_protocol
 from weftnet.stun import server as stunserver
 
@@ -102,6 +106,9 @@ class ServeOptions:
     tls_cert: str | None = None
     tls_key: str | None = None
     oidc: OidcOptions | None = None  # logins through an OpenID provider (docs/identity.md)
+    # Prometheus metrics on a listener of their own, plain http (docs/metrics.md); None: off.
+    metrics_listen: tuple[str, int] | None = None
+    log_format: str = "text"  # or "json": JSON lines (weftnet.logformat)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -286,6 +293,8 @@ class ControlServer:
         self.stun_port: int | None = None  # the bound STUN port, if STUN runs
         self._sock: socket.socket | None = None
         self._stun_sock: socket.socket | None = None
+        self._metrics_sock: socket.socket | None = None
+        self.metrics_port: int | None = None  # the bound metrics port, if metrics are on
         self._server: _Uvicorn | None = None
 
     def open(self) -> None:
@@ -367,6 +376,12 @@ class ControlServer:
         if opts.stun_port:
             self._stun_sock = bind_stun(opts.host, opts.stun_port)
             self.stun_port = self._stun_sock.getsockname()[1]
+        if opts.metrics_listen is not None:
+            try:
+                self._metrics_sock = metrics_http.bind(*opts.metrics_listen)
+            except metrics_http.ListenError as e:
+                raise ServeError(str(e)) from None
+            self.metrics_port = self._metrics_sock.getsockname()[1]
         if opts.relay:
             relay_private, _ = load_or_create_relay_key(data_dir)
             self.relay = EmbeddedRelay(
@@ -377,6 +392,11 @@ class ControlServer:
                 rate_bytes_per_s=opts.relay_rate_bytes_per_s,
             )
         self.api_key = ensure_admin_key(service, data_dir, self.url, opts.tls_cert)
+        metrics = ServerMetrics()
+        metrics.watch_hub(hub)
+        metrics.watch_store(self.store.engine)
+        if self.relay is not None:
+            metrics.watch_relay(self.relay.server)
         ctx = ControlContext(
             service=service,
             hub=hub,
@@ -388,6 +408,8 @@ class ControlServer:
             stun_socket=self._stun_sock,
             oidc=OidcClient(oidc_config) if oidc_config is not None else None,
             shared_replay=replicas.shared_replay_check(feed),
+            metrics=metrics,
+            metrics_socket=self._metrics_sock,
         )
         if ctx.oidc is not None:
             ctx.oidc.discover_at_start()
@@ -407,6 +429,8 @@ class ControlServer:
             access_log=opts.access_log,
             timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN_S),
             log_level="info",
+            # JSON lines: uvicorn's loggers go through the root logger's JSON handler.
+            log_config=None if opts.log_format == "json" else uvicorn.config.LOGGING_CONFIG,
             server_header=False,
             ssl_context_factory=(lambda *_: tls_context) if tls_context is not None else None,
         )
@@ -423,6 +447,11 @@ class ControlServer:
             )
         if self.stun_port is not None:
             log.info("STUN on UDP %s:%d", opts.host, self.stun_port)
+        if opts.metrics_listen is not None:
+            log.info(
+                "metrics on http://%s/metrics",
+                format_endpoint((opts.metrics_listen[0], self.metrics_port or 0)),
+            )
 
     def run(self) -> None:
         """Serve until stopped (blocking; any thread)."""
@@ -442,6 +471,8 @@ class ControlServer:
             self._sock.close()
         if self._stun_sock is not None:
             self._stun_sock.close()
+        if self._metrics_sock is not None:
+            self._metrics_sock.close()
         if self.store is not None:
             self.store.dispose()
 
@@ -462,7 +493,7 @@ def serve(options: ServeOptions) -> None:
     server.run()
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="weft-control: %(message)s")
+def configure_logging(log_format: str = "text") -> None:
+    logformat.configure(log_format, logging.INFO, "weft-control: %(message)s")
     for noisy in ("alembic", "sqlalchemy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -80,10 +80,16 @@ class Subscription:
         self._latest: NetMap | None = None
         self._ready = asyncio.Event()
         self._closed = False
+        self._offered_changed_at: float | None = None
+        # When (monotonic) the first change in the NetMap ``next`` returned last was
+        # published: the map push latency (metrics) is measured from there.
+        self.changed_at: float | None = None
 
-    def offer(self, netmap: NetMap, generation: int) -> None:
+    def offer(self, netmap: NetMap, generation: int, changed_at: float | None = None) -> None:
         if generation < self.since:
             return
+        if self._latest is None:  # else the NetMap it replaces had the earlier change
+            self._offered_changed_at = changed_at
         self._latest = netmap
         self._ready.set()
 
@@ -102,6 +108,7 @@ class Subscription:
             raise StreamClosed
         self._ready.clear()
         netmap, self._latest = self._latest, None
+        self.changed_at = self._offered_changed_at
         return netmap
 
 
@@ -143,6 +150,7 @@ class Hub:
         self._streams: dict[int, int] = {}  # node id -> live streams
         self._ephemeral_deadlines: dict[int, float] = {}  # node id -> delete at
         self._purge_at = float("-inf")  # when expired pending logins are next deleted
+        self._changed_at: float | None = None  # the first change not in a rebuild yet
         self._tasks: set[asyncio.Task[Any]] = set()
         # Several replicas (replicas.py): the nodes online on the others, who to tell
         # when a node's first stream here starts or its last ends, and their tasks.
@@ -213,6 +221,8 @@ class Hub:
         self._call_soon(self._mark_changed)
 
     def _mark_changed(self) -> None:
+        if self._changed_at is None:
+            self._changed_at = time.monotonic()
         self.generation += 1
         self._dirty.set()
         self._changed_event.set()
@@ -313,6 +323,10 @@ class Hub:
         """Nodes with a live map stream on this replica."""
         return frozenset(self._streams)
 
+    def stream_count(self) -> int:
+        """Live map streams (a node may hold several)."""
+        return len(self._subs)
+
     def _local_online_changed(self) -> None:
         for callback in self.on_local_online:
             callback()
@@ -331,10 +345,13 @@ class Hub:
             await self._dirty.wait()
             self._dirty.clear()
             generation = self.generation  # this snapshot includes every change up to here
+            changed_at, self._changed_at = self._changed_at, None
             try:
                 snapshot = await anyio.to_thread.run_sync(self.service.snapshot)
             except Exception as e:
                 log.warning("could not read the network map from the database: %s", redact_error(e))
+                if changed_at is not None:  # still to be built: the next rebuild's
+                    self._changed_at = min(changed_at, self._changed_at or changed_at)
                 await asyncio.sleep(REBUILD_RETRY_S)
                 self._dirty.set()
                 continue
@@ -365,7 +382,7 @@ class Hub:
             built, self._built = self._built, asyncio.Event()
             built.set()
             for sub in list(self._subs):
-                sub.offer(netmap, generation)
+                sub.offer(netmap, generation, changed_at)
 
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""

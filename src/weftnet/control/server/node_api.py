@@ -42,6 +42,7 @@ from weftnet.control.server import admin_api, console, oidc_routes
 from weftnet.control.server.hub import Hub, StreamClosed, Subscription
 from weftnet.control.server.limits import ADMIN_BODY_LIMIT, BodyLimits
 from weftnet.control.server.logins import RECHECK_S, LoginLimiter, LoginWaiters, TooManyLogins
+from weftnet.control.server.metrics import ServerMetrics
 from weftnet.control.server.oidc import OidcClient
 from weftnet.control.server.relayhost import EmbeddedRelay
 from weftnet.control.service import (
@@ -53,6 +54,7 @@ from weftnet.control.service import (
 )
 from weftnet.control.service.audit import ORIGIN_NODE, Actor, acting_as
 from weftnet.control.store.sql import redact_error
+from weftnet.metrics import http as metrics_http
 from weftnet.stun import server as stunserver
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,8 @@ class ControlContext:
     logins: LoginLimiter | None = None  # None: made from the service's pending-login TTL
     waiters: LoginWaiters = field(default_factory=LoginWaiters)
     oidc: OidcClient | None = None  # logins through an OpenID provider, if configured
+    metrics: ServerMetrics = field(default_factory=ServerMetrics)
+    metrics_socket: socket.socket | None = None  # bound: serve metrics there (plain http)
 
     def __post_init__(self) -> None:
         if self.logins is None:
@@ -137,11 +141,16 @@ def create_app(ctx: ControlContext) -> FastAPI:
         discovering = None
         if ctx.oidc is not None and not ctx.oidc.ready:
             discovering = asyncio.create_task(ctx.oidc.keep_discovering())
+        metrics_server: asyncio.Server | None = None
         try:
             if ctx.stun_socket is not None:
                 stun, _ = await stunserver.start(ctx.stun_socket)
+            if ctx.metrics_socket is not None:
+                metrics_server = await metrics_http.serve(ctx.metrics.registry, ctx.metrics_socket)
             yield
         finally:
+            if metrics_server is not None:
+                metrics_server.close()
             if discovering is not None:
                 discovering.cancel()
             if ctx.relay is not None:
@@ -214,13 +223,16 @@ def create_app(ctx: ControlContext) -> FastAPI:
     @app.post("/machine/{mkey}/register")
     async def register(mkey: str, request: Request) -> Response:
         machine_public = _machine_key(mkey)
+        followup = False
         try:
             req = await _open(ctx, request, machine_public, tailcfg.RegisterRequest)
+            followup = req.followup is not None
             answer = await _register(ctx, request, machine_public, req)
         except SealedRefusal as e:
             answer = tailcfg.RegisterResponse(
                 machine_authorized=False, error=str(e), error_kind=e.kind
             )
+        ctx.metrics.registered(answer, followup)
         sealed = ctx.seal(machine_public, answer, await request.body())
         return Response(sealed, media_type=OCTET_STREAM)
 
@@ -490,12 +502,15 @@ async def _stream(
         if new is None:
             yield frame(NODE_DELETED)
             return
+        # A frame is written once the response asks for the next one: then it counts.
         if view is None:
             yield frame(new.full(current.dns_domain))
+            ctx.metrics.map_pushed("full", sub.changed_at)
         else:
             change = netmap.delta(view, new)
             if change is not None:
                 yield frame(change)
+                ctx.metrics.map_pushed("delta", sub.changed_at)
         view = new
         if new.node.expired:
             final = tailcfg.MapResponse(
