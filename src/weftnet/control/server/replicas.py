@@ -20,6 +20,10 @@ group with two tasks that run alongside it, each retrying with backoff on its ow
   nodes move to a replica that reaches the database (a node's map request fails here
   until it comes back).
 
+``change_feed`` also refuses to start a replica whose server key differs from a live
+one's (nodes pin one key), and ``shared_replay_check`` gives the node API the replay
+guard the replicas share (a sealed request accepted by one is refused by the others).
+
 No consensus of our own: PostgreSQL's transactions, unique constraints and conditional
 updates keep addresses, names and single-use keys unique (``service.core``).
 """
