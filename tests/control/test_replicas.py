@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import text
 
 from weftlab.control import FakeNode, serve_in_thread
+from weftlab.netlab import poll_until
 from weftnet import tailcfg
 from weftnet.control.server.app import (
     SERVER_KEY_FILE,
@@ -292,3 +293,19 @@ async def test_a_replica_that_loses_the_database_ends_its_streams() -> None:
         await hub.stop()
         store.dispose()
         closed.close()
+
+
+def test_a_replica_stopping_cleanly_leaves_the_group_at_once(
+    two_replicas: tuple[Control, Control], tmp_path: Path
+) -> None:
+    a, _ = two_replicas
+    (tmp_path / "c").mkdir(mode=0o700)
+    shutil.copy2(a.data_dir / SERVER_KEY_FILE, tmp_path / "c" / SERVER_KEY_FILE)
+    store = SqlStore(a.database_url)
+    try:
+        rows = ReplicaStore(store, "mkey:" + "00" * 32).replicas
+        with serve_in_thread(options_for_test(tmp_path / "c", database_url=a.database_url)):
+            poll_until(lambda: len(rows()) == 3, timeout_s=5, what="the third replica's row")
+        assert len(rows()) == 2  # gone when it stopped, not a lease later
+    finally:
+        store.dispose()
