@@ -309,3 +309,31 @@ def test_a_replica_stopping_cleanly_leaves_the_group_at_once(
         assert len(rows()) == 2  # gone when it stopped, not a lease later
     finally:
         store.dispose()
+
+
+async def test_a_relay_registered_with_one_replica_is_in_every_replicas_relay_map(
+    http: httpx.AsyncClient, two_replicas: tuple[Control, Control]
+) -> None:
+    a, b = two_replicas
+    _, _, on_b, _ = await one_node_on_each(http, a, b)
+    relay = {"region": "shared", "url": "http://relay.example:8443", "public_key": RELAY_KEY}
+
+    def lists_shared(listed: bool) -> Callable[[tailcfg.MapResponse], bool]:
+        return lambda f: (
+            f.relay_map is not None and ("shared" in {r.name for r in f.relay_map}) == listed
+        )
+
+    async with on_b.map_stream() as stream_b:
+        await stream_b.until(lists_shared(False))
+        await api(http, a, "POST", "/relays", json=relay)  # the relay registers with A
+        await stream_b.until(lists_shared(True), timeout_s=CROSS_REPLICA_S)
+        assert "shared" in {r["region"] for r in await api(http, b, "GET", "/relays")}
+        await api(http, b, "DELETE", "/relays/shared")  # an admin removes it through B
+        await stream_b.until(lists_shared(False), timeout_s=CROSS_REPLICA_S)
+    deadline_at = time.monotonic() + CROSS_REPLICA_S  # and A's own list drops it
+    while "shared" in {r["region"] for r in await api(http, a, "GET", "/relays")}:
+        assert time.monotonic() < deadline_at, "A still lists the relay removed through B"
+        await asyncio.sleep(0.05)
+
+
+RELAY_KEY = "relaykey:" + "ab" * 32

@@ -156,6 +156,9 @@ class Hub:
         # when a node's first stream here starts or its last ends, and their tasks.
         self.online_elsewhere: Callable[[], frozenset[int]] = frozenset
         self.on_local_online: list[Callable[[], None]] = []
+        # Called with (name, region) after a relay registered or refreshed here, and
+        # (name, None) after one was removed: replicas share the registrations.
+        self.relay_watchers: list[Callable[[str, tailcfg.RelayRegion | None], None]] = []
         self._companions: list[Callable[[], Coroutine[Any, Any, Any]]] = []
 
     # -- lifecycle --------------------------------------------------------------------
@@ -262,12 +265,16 @@ class Hub:
         if changed:
             log.info("relay region %s: %s (%s)", region.name, region.url, region.public_key)
             self._mark_changed()
+        for watcher in self.relay_watchers:
+            watcher(region.name, region)
         return changed
 
     def remove_relay(self, name: str) -> bool:
         removed = self.relays.remove(name)
         if removed:
             self._mark_changed()
+            for watcher in self.relay_watchers:
+                watcher(name, None)
         return removed
 
     async def netmap_since(self, generation: int) -> NetMap | None:

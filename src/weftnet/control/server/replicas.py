@@ -12,7 +12,9 @@ group with two tasks that run alongside it, each retrying with backoff on its ow
 - the presence task, every ``heartbeat_s`` and whenever woken (this replica's online
   set changed, another replica's did), runs one ``sync``: heartbeat, our online set's
   change, and the nodes online on the other live replicas, which the hub's ``online``
-  adds to its own. A replica killed with SIGKILL stops its heartbeat; after ``lease_s``
+  adds to its own. The same sync writes the standalone relay registrations (and
+  removals) this replica took and reads everyone's: each replica's relay map lists
+  every relay registered with any replica and refreshed in time. A replica killed with SIGKILL stops its heartbeat; after ``lease_s``
   the others count its nodes offline (those that came back on another replica stay
   online). Every ``resync_s`` it also marks the hub dirty, so a notice lost in a
   database failover is caught up. A replica that cannot sync for longer than the
@@ -34,9 +36,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import anyio.to_thread
 
+from weftnet import tailcfg
+from weftnet.control.domain import relays
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.server.hub import Hub
 from weftnet.control.store.replicas import (
@@ -99,10 +104,15 @@ class Replicas:
         self.elsewhere: frozenset[int] = frozenset()  # online on other live replicas
         self._written: frozenset[int] | None = None  # our presence rows; None: unknown
         self._wake = asyncio.Event()
+        # Relay registrations taken here, still to write (name -> region; None: removed).
+        self._relay_writes: dict[str, dict[str, Any] | None] = {}
+        self._shared_relays: set[str] = set()  # the names the last sync read
+        self._applying = False  # applying what the database says: do not write it back
 
     def attach(self) -> None:
         self.hub.online_elsewhere = lambda: self.elsewhere
         self.hub.on_local_online.append(self._wake.set)
+        self.hub.relay_watchers.append(self._relay_changed)
         self.hub.run_alongside(self.listen_forever)
         self.hub.run_alongside(self.sync_forever)
 
@@ -179,6 +189,11 @@ class Replicas:
                 down_s,
             )
 
+    def _relay_changed(self, name: str, region: tailcfg.RelayRegion | None) -> None:
+        if not self._applying:
+            self._relay_writes[name] = region.model_dump(mode="json") if region else None
+            self._wake.set()
+
     async def _sync_once(self) -> None:
         local = self.hub.local_online()
         written = self._written
@@ -186,10 +201,23 @@ class Replicas:
             added, removed = local, frozenset[int]()
         else:
             added, removed = local - written, written - local
-        synced = await anyio.to_thread.run_sync(
-            lambda: self.store.sync(added, removed, self.lease_s, replace=written is None)
-        )
+        relay_writes, self._relay_writes = self._relay_writes, {}
+        try:
+            synced = await anyio.to_thread.run_sync(
+                lambda: self.store.sync(
+                    added,
+                    removed,
+                    self.lease_s,
+                    replace=written is None,
+                    relays=relay_writes,
+                    relay_ttl_s=relays.REGION_TTL_S,
+                )
+            )
+        except Exception:
+            self._relay_writes = relay_writes | self._relay_writes  # newer ones win
+            raise
         self._written = local
+        self._apply_relays(synced.relays)
         if not synced.alive and written is not None:
             log.warning(
                 "replica %s: the others had judged this replica dead (no heartbeat for %.0f s):"
@@ -204,6 +232,30 @@ class Replicas:
         if synced.elsewhere != self.elsewhere:
             self.elsewhere = synced.elsewhere
             self.hub.notify_threadsafe()
+
+    def _apply_relays(self, rows: tuple[dict[str, Any], ...]) -> None:
+        """Every relay registered with any replica (refreshed in time) is in our relay
+        map; one that left the database (removed, or not refreshed) leaves it."""
+        shared: dict[str, tailcfg.RelayRegion] = {}
+        for row in rows:
+            try:
+                region = tailcfg.RelayRegion.model_validate(row)
+            except ValueError as e:
+                log.warning("a shared relay registration is malformed: %s", e)
+                continue
+            shared[region.name] = region
+        self._applying = True
+        try:
+            for region in shared.values():
+                try:
+                    self.hub.register_relay(region)
+                except (OverflowError, ValueError) as e:
+                    log.warning("relay region %s from another replica: %s", region.name, e)
+            for name in self._shared_relays - shared.keys():
+                self.hub.remove_relay(name)
+        finally:
+            self._applying = False
+        self._shared_relays = set(shared)
 
 
 def shared_replay_check(feed: CallbackFeed) -> Callable[[bytes, float], bool] | None:

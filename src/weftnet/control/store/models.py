@@ -246,6 +246,16 @@ seen_nonces = Table(
     Column("expires_at", Float, nullable=False, index=True),
 )
 
+# Standalone relays' registrations, shared by replicas: a relay registers with one (the
+# one its load balancer picked) and every replica's relay map lists it.
+relay_registrations = Table(
+    "relay_registrations",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("region", JSON, nullable=False),  # the RelayRegion as registered
+    Column("refreshed_at", Float, nullable=False),  # the database's clock
+)
+
 ALL_TABLES = (
     users,
     user_identities,
@@ -260,6 +270,7 @@ ALL_TABLES = (
     control_replicas,
     node_presence,
     seen_nonces,
+    relay_registrations,
 )
 # What replicas keep about each other and about requests, not the tailnet's data.
-REPLICA_TABLES = (control_replicas, node_presence, seen_nonces)
+REPLICA_TABLES = (control_replicas, node_presence, seen_nonces, relay_registrations)

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +71,7 @@ class Synced:
     alive: bool  # False: our row was gone (we were judged dead) and is back now
     elsewhere: frozenset[int]  # nodes online on the other live replicas
     expired: int  # dead replicas whose rows this sync deleted
+    relays: tuple[dict[str, Any], ...] = ()  # relay registrations refreshed in time
 
 
 class ReplicaStore:
@@ -135,10 +136,19 @@ class ReplicaStore:
     # -- heartbeat and online state ---------------------------------------------------
 
     def sync(
-        self, added: frozenset[int], removed: frozenset[int], lease_s: float, *, replace: bool
+        self,
+        added: frozenset[int],
+        removed: frozenset[int],
+        lease_s: float,
+        *,
+        replace: bool,
+        relays: Mapping[str, dict[str, Any] | None] | None = None,
+        relay_ttl_s: float = 30.0,
     ) -> Synced:
-        """One transaction: heartbeat (or join), write our online set's change (and tell
-        the others at commit), delete dead replicas, read who is online elsewhere.
+        """One transaction: heartbeat (or join), write our online set's change and the
+        relay registrations this replica took (``relays``: name -> region, None for a
+        removal), tell the others at commit, delete dead replicas and stale relays, read
+        who is online elsewhere and the relays refreshed within ``relay_ttl_s``.
 
         ``replace``: ``added`` is our whole online set; any other row of ours goes."""
         me = self.replica_id
@@ -188,7 +198,12 @@ class ReplicaStore:
                     ).bindparams(bindparam("ids", expanding=True)),
                     {"me": me, "ids": sorted(added)},
                 )
-            if added or removed or expired or replace:
+            _write_relays(conn, relays or {})
+            rr = m.relay_registrations.c
+            conn.execute(
+                delete(m.relay_registrations).where(rr.refreshed_at < _DB_NOW - relay_ttl_s)
+            )
+            if added or removed or expired or replace or relays:
                 _notify(conn, notice(KIND_PRESENCE, me))  # delivered at commit
             elsewhere = frozenset(
                 conn.execute(
@@ -198,7 +213,8 @@ class ReplicaStore:
                     .where(r.id != me, r.heartbeat_at >= _DB_NOW - lease_s)
                 ).scalars()
             )
-        return Synced(alive=alive, elsewhere=elsewhere, expired=expired)
+            live_relays = tuple(conn.execute(select(rr.region).order_by(rr.name)).scalars())
+        return Synced(alive=alive, elsewhere=elsewhere, expired=expired, relays=live_relays)
 
     def leave(self) -> None:
         """Our row and presence go (a clean shutdown); the others hear at once."""
@@ -216,6 +232,23 @@ class ReplicaStore:
                 select(r.id, r.host, r.pid, r.started_at, (_DB_NOW - r.heartbeat_at).label("age"))
             )
             return [dict(row._mapping) for row in rows]
+
+
+def _write_relays(conn: Connection, relays: Mapping[str, dict[str, Any] | None]) -> None:
+    rr = m.relay_registrations.c
+    for name, region in sorted(relays.items()):
+        if region is None:
+            conn.execute(delete(m.relay_registrations).where(rr.name == name))
+            continue
+        stmt = pg_insert(m.relay_registrations).values(
+            name=name, region=region, refreshed_at=_DB_NOW
+        )
+        conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[rr.name],
+                set_={"region": stmt.excluded.region, "refreshed_at": stmt.excluded.refreshed_at},
+            )
+        )
 
 
 def _notify(conn: Connection, payload: str) -> None:

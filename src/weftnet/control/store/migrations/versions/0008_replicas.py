@@ -6,7 +6,9 @@
 - node_presence: which nodes have a live map stream on which replica (removed with
   the replica or the node);
 - seen_nonces: the shared replay guard, the nonces of sealed node requests while
-  their timestamps could pass (a request replayed to another replica is refused).
+  their timestamps could pass (a request replayed to another replica is refused);
+- relay_registrations: standalone relays' registrations, so a relay that registered
+  with one replica is in every replica's relay map.
 
 On SQLite (one process) both stay empty: online state lives in the process.
 
@@ -64,9 +66,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("nonce", name="pk_seen_nonces"),
     )
     op.create_index("ix_seen_nonces_expires_at", "seen_nonces", ["expires_at"])
+    op.create_table(
+        "relay_registrations",
+        sa.Column("name", sa.String(63), nullable=False),
+        sa.Column("region", sa.JSON(), nullable=False),
+        sa.Column("refreshed_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("name", name="pk_relay_registrations"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("relay_registrations")
     op.drop_index("ix_seen_nonces_expires_at", table_name="seen_nonces")
     op.drop_table("seen_nonces")
     op.drop_index("ix_node_presence_node_id", table_name="node_presence")
