@@ -130,9 +130,13 @@ class FakeControl:
     def __init__(self, server: FakeServer, url: str) -> None:
         self.server = server
         self.url = url.rstrip("/")
+        self.login_server = self.url
 
     async def close(self) -> None:
         pass
+
+    def fail_over(self) -> bool:
+        return False
 
     async def register(self, **kw: Any) -> tailcfg.RegisterResponse:
         self.server.registers.append(kw)

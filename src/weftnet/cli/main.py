@@ -189,7 +189,7 @@ def cmd_up(args: argparse.Namespace) -> None:
     res = call(
         args.socket,
         "up",
-        login_server=args.login_server,
+        login_server=",".join(args.login_server) if args.login_server else None,
         auth_key=auth_key_argument(args.auth_key),
         hostname=args.hostname,
         server_key=args.server_key,
@@ -394,7 +394,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--socket", default=os.environ.get("WEFT_SOCKET") or client_socket())
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="connect to the tailnet (log in if needed)")
-    up.add_argument("--login-server", metavar="URL", help="the coordination server")
+    up.add_argument(
+        "--login-server",
+        metavar="URL",
+        action="append",
+        help="the coordination server; replicas of one server: URL1,URL2 or the flag again"
+        " (weftd moves to the next when its map stream breaks)",
+    )
     up.add_argument(
         "--auth-key",
         metavar="KEY",

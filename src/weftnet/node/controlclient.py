@@ -6,6 +6,12 @@ earlier login). Every request is sealed from the machine key to that key (contro
 every answer must open with that pair, so a server that is not the verified one is
 refused. https:// URLs are verified against the system's CAs or ``--tls-ca`` (weftnet.tls). The map stream is read frame by frame; when it breaks, the caller retries with
 ``backoff_delays`` while the data plane keeps running on the last map.
+
+Several replicas of one server (docs/scaling.md): the login server may be a list,
+``URL1,URL2`` (``parse_login_servers``); they share one server key, pinned for the
+list. ``url`` is the one in use; ``fail_over`` moves to the next (the map stream does
+when its stream breaks or cannot connect), and a request that could not even connect
+is tried at the next one at once.
 """
 
 from __future__ import annotations
@@ -15,8 +21,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import AsyncGenerator, Iterator
-from typing import Any
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 
@@ -31,9 +37,29 @@ READ_TIMEOUT_S = 60.0  # longer than the server's keepalive interval and login l
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 8.0  # a restarted server sees every node back within ~10 s
 
+T = TypeVar("T")
+
 
 class ControlError(Exception):
     """Something a user should read: the server refused, or could not be reached."""
+
+
+class Unreachable(ControlError):
+    """No connection to the server at all (nothing was sent): another replica may answer."""
+
+
+def parse_login_servers(text: str) -> list[str]:
+    """The URLs of ``URL`` or ``URL1,URL2,...``, without trailing slashes; ValueError
+    for anything but http(s) URLs."""
+    urls = [u.strip().rstrip("/") for u in text.split(",")]
+    for url in urls:
+        if not url.startswith(("http://", "https://")) or len(url) <= len("https://"):
+            raise ValueError(
+                f"--login-server must be an http(s) URL (or several, comma-separated), not {url!r}"
+            )
+    if len(set(urls)) != len(urls):
+        raise ValueError("--login-server names the same URL twice")
+    return urls
 
 
 def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -> Iterator[float]:
@@ -48,7 +74,9 @@ def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -
 class ControlClient:
     def __init__(self, state: NodeState, login_server: str, tls_ca: str | None = None) -> None:
         self.state = state
-        self.url = login_server.rstrip("/")
+        self.urls = parse_login_servers(login_server)
+        self.login_server = ",".join(self.urls)  # what the pin is for
+        self.url = self.urls[0]  # the replica in use
         self.server_key: bytes | None = None
         self.warning: str | None = None  # why the server's key is not verified, if it is not
         context = tls.client_context(tls_ca)
@@ -74,7 +102,7 @@ class ControlClient:
         trust = trust or ServerTrust()
         pin = self.state.pin()
         pinned = None
-        if pin is not None and pin.login_server == self.url:
+        if pin is not None and pin.login_server == self.login_server:
             with contextlib.suppress(ValueError):  # a damaged pin is as good as none
                 pinned = controlbox.key_from_text(tailcfg.MACHINE_KEY_PREFIX, pin.server_key)
         try:
@@ -91,17 +119,45 @@ class ControlClient:
         self.warning = warning
         if offered != pinned:
             self.state.save_pin(
-                Pin(self.url, controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, offered))
+                Pin(
+                    self.login_server,
+                    controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, offered),
+                )
             )
         self.server_key = offered
         return offered
 
+    def fail_over(self) -> bool:
+        """Use the next URL of the list (round robin); False when there is only one."""
+        if len(self.urls) == 1:
+            return False
+        self.url = self.urls[(self.urls.index(self.url) + 1) % len(self.urls)]
+        return True
+
+    async def _first_reachable(self, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` at the URL in use, and at the next ones while it raises
+        ``Unreachable`` (nothing was sent, so trying again is safe)."""
+        for _ in range(len(self.urls) - 1):
+            try:
+                return await attempt()
+            except Unreachable as e:
+                log.warning("%s: trying the next control URL", e)
+                self.fail_over()
+        return await attempt()
+
     async def _fetch_key(self) -> bytes:
-        """What ``GET /key`` offers (not yet trusted)."""
+        """What ``GET /key`` offers (not yet trusted), from the first URL that answers."""
+        return await self._first_reachable(self._fetch_key_once)
+
+    async def _fetch_key_once(self) -> bytes:
         try:
             r = await self.http.get(f"{self.url}/key")
             r.raise_for_status()
             offered = tailcfg.ServerKey.model_validate_json(r.content)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise Unreachable(
+                f"cannot reach the coordination server at {self.url}: {tls.describe(e)}"
+            ) from e
         except (httpx.HTTPError, ValueError) as e:
             raise ControlError(
                 f"cannot reach the coordination server at {self.url}: {tls.describe(e)}"
@@ -152,7 +208,21 @@ class ControlClient:
         trust: ServerTrust | None = None,
     ) -> tailcfg.RegisterResponse:
         """One registration request. A login passes ``trust`` (node.trust): the server's
-        key is verified with it before ``auth_key`` is sealed to it."""
+        key is verified with it before ``auth_key`` is sealed to it. A replica that
+        cannot be reached at all is skipped for the next."""
+        return await self._first_reachable(
+            lambda: self._register_once(auth_key, hostname, followup, logout, old_node_key, trust)
+        )
+
+    async def _register_once(
+        self,
+        auth_key: str | None,
+        hostname: str,
+        followup: str | None,
+        logout: bool,
+        old_node_key: str | None,
+        trust: ServerTrust | None,
+    ) -> tailcfg.RegisterResponse:
         await self.ensure_server_key(trust)
         req = tailcfg.RegisterRequest(
             ts=time.time(),
@@ -166,6 +236,10 @@ class ControlClient:
         sealed_req = self._seal(req)
         try:
             r = await self.http.post(self._machine_url("register"), content=sealed_req)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as e:
+            raise Unreachable(
+                f"cannot reach the coordination server at {self.url}: {tls.describe(e)}"
+            ) from e
         except httpx.HTTPError as e:
             raise ControlError(
                 f"cannot reach the coordination server at {self.url}: {tls.describe(e)}"

@@ -32,7 +32,12 @@ from weftnet.node import localapi, netmon, platform, routeprefs
 from weftnet.node.api import Answer, NodeApi, error, ok
 from weftnet.node.backend import Backend, State
 from weftnet.node.config import NodeConfig
-from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays
+from weftnet.node.controlclient import (
+    ControlClient,
+    ControlError,
+    backoff_delays,
+    parse_login_servers,
+)
 from weftnet.node.dnsserver import DnsServer, Listen
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
@@ -232,7 +237,7 @@ class NodeDaemon:
         self.magic.start()
 
     async def _use_server(self, url: str) -> None:
-        if self.control is None or self.control.url != url.rstrip("/"):
+        if self.control is None or self.control.login_server != url:
             if self.control is not None:
                 await self.control.close()
             self.control = self._control_factory(self.state, url)
@@ -254,9 +259,11 @@ class NodeDaemon:
         server = str(req.get("login_server") or prefs.login_server or "")
         if not server:
             return error("no coordination server: pass --login-server URL")
-        if not server.startswith(("http://", "https://")):
-            return error(f"--login-server must be an http(s) URL, not {server!r}")
-        if prefs.login_server and prefs.login_server != server.rstrip("/") and prefs.registered:
+        try:
+            server = ",".join(parse_login_servers(server))
+        except ValueError as e:
+            return error(str(e))
+        if prefs.login_server and prefs.login_server != server and prefs.registered:
             return error(f"logged in to {prefs.login_server}: run `weft logout` first")
         try:
             auth_key, trust = login_trust(req)
@@ -267,7 +274,7 @@ class NodeDaemon:
         except RoutePrefError as e:
             return error(str(e))
         await self._use_server(server)
-        prefs.login_server = server.rstrip("/")
+        prefs.login_server = server
         prefs.hostname = req.get("hostname") or prefs.hostname or socket.gethostname()
         if req.get("accept_dns") is not None:
             prefs.accept_dns = bool(req["accept_dns"])

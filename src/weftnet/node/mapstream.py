@@ -6,6 +6,11 @@ hands every frame to ``on_frame``. It reconnects when our endpoints change (STUN
 a new public address), when our home relay changes, and, with backoff, when the stream
 breaks; meanwhile the data plane runs on the last map.
 
+With several control URLs (replicas of one server), a stream that broke or could not
+connect moves to the next URL (``ControlClient.fail_over``); a stream that had been
+working starts the backoff over, so its node is back on another replica within about
+a second.
+
 A refusal (``MapResponse.error``) is a logout only when the server says this node is
 logged out or expired (``error_kind`` "logged_out"/"expired", or an old server's words
 for those). Anything else (clock skew, a bad request, a server error, a message we do
@@ -109,7 +114,7 @@ class MapStream:
                 except ControlError as e:
                     self.last_error = str(e)
                     log.warning("%s", e)
-                    outcome = "broken"
+                    outcome = "connected" if self.online else "broken"
                 if outcome == "logged_out":
                     return
                 if outcome == "restart":
@@ -117,6 +122,8 @@ class MapStream:
                 if outcome == "connected":
                     delays = backoff_delays()
                 self._set_online(False)
+                if self.control.fail_over():
+                    log.info("trying the next control URL: %s", self.control.url)
                 await asyncio.sleep(next(delays))
         finally:
             self._set_online(False)

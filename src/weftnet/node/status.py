@@ -136,6 +136,8 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             "ips": [str(a.ip) for a in d.engine.addresses],
             "online": d.stream is not None and d.stream.online,
             "login_server": d.state.prefs.login_server,
+            # The control URL in use (one of login_server's, with several replicas).
+            "control_url": d.control.url if d.control is not None else None,
             # Who owns this node (None for a tagged node, or before the first map).
             "user": me.user.name if me is not None and me.user is not None else None,
         },

@@ -31,11 +31,10 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from weftnet import keyfile, logformat, tls
+from weftnet import controlbox, keyfile, logformat, tailcfg, tls
 from weftnet.control.domain import dnsdoc
-from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.domain.relays import check_region_name
-from weftnet.control.server import connlimit
+from weftnet.control.server import connlimit, replicas
 from weftnet.control.server.hub import (
     DEFAULT_EPHEMERAL_GRACE_S,
     DEFAULT_KEEPALIVE_S,
@@ -336,7 +335,12 @@ class ControlServer:
             raise ServeError(
                 f"cannot open the database {store.redact(url)}: {_first_line(e)}"
             ) from None
-        feed = CallbackFeed()
+        try:  # on PostgreSQL: shared with the other replicas
+            feed = replicas.change_feed(
+                self.store, controlbox.key_to_text(tailcfg.MACHINE_KEY_PREFIX, public)
+            )
+        except replicas.ReplicaKeyMismatch as e:
+            raise ServeError(str(e)) from None
         service = ControlService(self.store, feed=feed)
         # Nodes resolve the server's name with the tailnet's domain in force: a domain
         # that contains it would make the server unreachable (docs/control-protocol.md).
@@ -365,6 +369,7 @@ class ControlServer:
             policy_clock=opts.policy_clock,
         )
         feed.subscribe(hub.notify_threadsafe)
+        replicas.attach(hub, feed)
         self._sock = bind(opts.host, opts.port)
         self.port = self._sock.getsockname()[1]
         self.url = local_url(opts.host, self.port, "https" if opts.tls_cert else "http")
@@ -402,6 +407,7 @@ class ControlServer:
             relay=self.relay,
             stun_socket=self._stun_sock,
             oidc=OidcClient(oidc_config) if oidc_config is not None else None,
+            shared_replay=replicas.shared_replay_check(feed),
             metrics=metrics,
             metrics_socket=self._metrics_sock,
         )

@@ -26,9 +26,11 @@ Relay admission (``admits``) waits for a NetMap built after it was asked, so it 
 every change published before the relay asked, and any later change reaches the
 watchers after it.
 
-Online state lives in this process. Several replicas on one PostgreSQL would need the
-``ChangeFeed`` carried over LISTEN/NOTIFY and online state in the database; both sit
-behind ``notify_threadsafe`` and ``online``.
+Online state lives in this process. Several replicas on one PostgreSQL
+(``replicas.py``) carry the ``ChangeFeed`` over LISTEN/NOTIFY into ``notify_threadsafe``,
+and share online state in the database: ``online`` is this replica's streams plus
+``online_elsewhere()``, and ``on_local_online`` callbacks hear when this replica's own
+set changes. Their tasks run alongside the hub's (``run_alongside``).
 """
 
 from __future__ import annotations
@@ -150,6 +152,14 @@ class Hub:
         self._purge_at = float("-inf")  # when expired pending logins are next deleted
         self._changed_at: float | None = None  # the first change not in a rebuild yet
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Several replicas (replicas.py): the nodes online on the others, who to tell
+        # when a node's first stream here starts or its last ends, and their tasks.
+        self.online_elsewhere: Callable[[], frozenset[int]] = frozenset
+        self.on_local_online: list[Callable[[], None]] = []
+        # Called with (name, region) after a relay registered or refreshed here, and
+        # (name, None) after one was removed: replicas share the registrations.
+        self.relay_watchers: list[Callable[[str, tailcfg.RelayRegion | None], None]] = []
+        self._companions: list[Callable[[], Coroutine[Any, Any, Any]]] = []
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -157,7 +167,13 @@ class Hub:
         self._loop = asyncio.get_running_loop()
         self._spawn(self._rebuild_forever())
         self._spawn(self._tick_forever())
+        for companion in self._companions:
+            self._spawn(companion())
         self._mark_changed()
+
+    def run_alongside(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        """Run ``factory()`` from ``start`` until ``stop`` (it handles its own errors)."""
+        self._companions.append(factory)
 
     def close(self) -> None:
         """End every stream and long-poll (server shutdown). Call on the hub's loop."""
@@ -169,6 +185,14 @@ class Hub:
             sub.close()
         self._changed_event.set()
         self._built.set()
+
+    def end_streams(self) -> int:
+        """End every live map stream (how many); the hub keeps serving: their nodes
+        reconnect, maybe to another replica. Call on the hub's loop."""
+        subs = list(self._subs)
+        for sub in subs:
+            sub.close()
+        return len(subs)
 
     def close_threadsafe(self) -> None:
         self._call_soon(self.close)
@@ -241,12 +265,16 @@ class Hub:
         if changed:
             log.info("relay region %s: %s (%s)", region.name, region.url, region.public_key)
             self._mark_changed()
+        for watcher in self.relay_watchers:
+            watcher(region.name, region)
         return changed
 
     def remove_relay(self, name: str) -> bool:
         removed = self.relays.remove(name)
         if removed:
             self._mark_changed()
+            for watcher in self.relay_watchers:
+                watcher(name, None)
         return removed
 
     async def netmap_since(self, generation: int) -> NetMap | None:
@@ -273,6 +301,8 @@ class Hub:
         self._subs.add(sub)
         self._streams[node_id] = self._streams.get(node_id, 0) + 1
         self._ephemeral_deadlines.pop(node_id, None)
+        if self._streams[node_id] == 1:
+            self._local_online_changed()
         return sub
 
     def disconnect(self, sub: Subscription) -> None:
@@ -284,6 +314,7 @@ class Hub:
             self._streams[sub.node_id] = left
             return
         self._streams.pop(sub.node_id, None)
+        self._local_online_changed()
         node = self.current.nodes.get(sub.node_id) if self.current else None
         if node is not None and node.ephemeral:
             self._ephemeral_deadlines[sub.node_id] = self.clock() + self.ephemeral_grace_s
@@ -292,11 +323,20 @@ class Hub:
             self._spawn(self._record_last_seen(sub.node_id))
 
     def online(self) -> frozenset[int]:
+        """Nodes with a live map stream, here or on another replica."""
+        return frozenset(self._streams) | self.online_elsewhere()
+
+    def local_online(self) -> frozenset[int]:
+        """Nodes with a live map stream on this replica."""
         return frozenset(self._streams)
 
     def stream_count(self) -> int:
         """Live map streams (a node may hold several)."""
         return len(self._subs)
+
+    def _local_online_changed(self) -> None:
+        for callback in self.on_local_online:
+            callback()
 
     async def _record_last_seen(self, node_id: int) -> None:
         try:
@@ -354,10 +394,10 @@ class Hub:
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""
         for node_id in list(self._ephemeral_deadlines):
-            if node_id not in netmap.nodes:
+            if node_id not in netmap.nodes or node_id in netmap.online:
                 del self._ephemeral_deadlines[node_id]
         for node in netmap.nodes.values():
-            if node.ephemeral and node.id not in self._streams:
+            if node.ephemeral and node.id not in netmap.online:
                 self._ephemeral_deadlines.setdefault(node.id, now + self.ephemeral_grace_s)
 
     async def _tick_forever(self) -> None:
@@ -379,10 +419,11 @@ class Hub:
             if self.relays.expire(now):
                 log.info("a relay region was not refreshed in time: removed from the relay map")
                 self._mark_changed()
+            online = self.online()
             due = [
                 node_id
                 for node_id, at in self._ephemeral_deadlines.items()
-                if at <= now and node_id not in self._streams
+                if at <= now and node_id not in online
             ]
             for node_id in due:
                 del self._ephemeral_deadlines[node_id]

@@ -77,6 +77,9 @@ class ControlContext:
     server_url: str | None = None  # the base of login URLs; else the request's own
     followup_wait_s: float = DEFAULT_FOLLOWUP_WAIT_S
     replay: controlbox.ReplayGuard = field(default_factory=controlbox.ReplayGuard)
+    # Replicas on one database also share one (replicas.shared_replay_check): a request
+    # replayed to another replica is refused too. (nonce, expires_at) -> first use?
+    shared_replay: Callable[[bytes, float], bool] | None = None
     clock: Callable[[], float] = time.time
     relay: EmbeddedRelay | None = None  # the server's own relay, if it runs one
     stun_socket: socket.socket | None = None  # bound UDP socket for the STUN server
@@ -331,7 +334,25 @@ async def _open(ctx: ControlContext, request: Request, machine_public: bytes, mo
         raise SealedRefusal(str(e), tailcfg.ERROR_SERVER) from None
     except controlbox.SealError as e:
         raise SealedRefusal(str(e)) from None
+    if ctx.shared_replay is not None:
+        await _check_shared_replay(ctx.shared_replay, body, ts)
     return req
+
+
+async def _check_shared_replay(
+    first_use: Callable[[bytes, float], bool], body: bytes, ts: float
+) -> None:
+    nonce = body[: controlbox.NONCE_LEN]
+    try:
+        first = await anyio.to_thread.run_sync(first_use, nonce, ts + controlbox.MAX_CLOCK_SKEW_S)
+    except Exception as e:
+        log.warning("could not check a request against the shared replay guard: %s",
+                    redact_error(e))  # fmt: skip
+        raise SealedRefusal(
+            "the server cannot check this request now: try again", tailcfg.ERROR_SERVER
+        ) from None
+    if not first:
+        raise SealedRefusal("replayed request")
 
 
 R = TypeVar("R")

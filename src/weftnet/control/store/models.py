@@ -206,6 +206,56 @@ settings = Table(
     Column("value", Text, nullable=False),
 )
 
+# Replicas of the server sharing this database (docs/scaling.md): each refreshes its
+# heartbeat (the database's clock, unix seconds) every second; one whose heartbeat is
+# older than the lease is dead, and the nodes it served count as offline.
+control_replicas = Table(
+    "control_replicas",
+    metadata,
+    Column("id", String(32), primary_key=True),  # random, chosen at each start
+    Column("host", String(255), nullable=False),  # for operators: where it runs
+    Column("pid", Integer, nullable=False),
+    # Replicas must share one server key (nodes pin it): a replica with another refuses
+    # to start while one with this key is alive.
+    Column("server_key", String(80), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+)
+
+# Which nodes have a live map stream on which replica: the online set every replica's
+# network map uses is the union over the live replicas.
+node_presence = Table(
+    "node_presence",
+    metadata,
+    Column(
+        "replica_id",
+        String(32),
+        ForeignKey("control_replicas.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    Column("node_id", Integer, ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True),
+)
+Index("ix_node_presence_node_id", node_presence.c.node_id)
+
+# The replay guard replicas share: the nonce of every sealed node request accepted while
+# its timestamp could still pass (each replica also keeps its own in memory).
+seen_nonces = Table(
+    "seen_nonces",
+    metadata,
+    Column("nonce", String(48), primary_key=True),  # hex
+    Column("expires_at", Float, nullable=False, index=True),
+)
+
+# Standalone relays' registrations, shared by replicas: a relay registers with one (the
+# one its load balancer picked) and every replica's relay map lists it.
+relay_registrations = Table(
+    "relay_registrations",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("region", JSON, nullable=False),  # the RelayRegion as registered
+    Column("refreshed_at", Float, nullable=False),  # the database's clock
+)
+
 ALL_TABLES = (
     users,
     user_identities,
@@ -217,4 +267,10 @@ ALL_TABLES = (
     oidc_logins,
     console_sessions,
     audit_log,
+    control_replicas,
+    node_presence,
+    seen_nonces,
+    relay_registrations,
 )
+# What replicas keep about each other and about requests, not the tailnet's data.
+REPLICA_TABLES = (control_replicas, node_presence, seen_nonces, relay_registrations)
