@@ -140,6 +140,7 @@ async def test_relay_map_names_the_embedded_relay_and_its_pinned_key(
             "url": relay_control.url,
             "public_key": region.public_key,
             "stun_port": stun_port,
+            "mesh": None,
             "embedded": True,
             "registered_at": None,
             "last_seen": None,
