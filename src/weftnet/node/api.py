@@ -66,7 +66,10 @@ class NodeApi:
         relays = self.d.session.netmap.relay_map or []
         if self.d.magic is None or not any(r.stun_port for r in relays):
             return error("no STUN servers known yet: is this node up?")
-        return await self.d.magic.netcheck()
+        answer = await self.d.magic.netcheck()
+        if answer.get("ok") and self.d.portmap is not None:
+            answer["result"]["port_mapping"] = await self.d.portmap.netcheck()
+        return answer
 
     async def api_dns_status(self, req: dict[str, Any]) -> Answer:
         return ok(status.dns_status(self.d))

@@ -148,6 +148,8 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             k: round(v * 1000, 2) for k, v in (d.magic.relays.latency.items() if d.magic else [])
         },
         "routes": routes_status(d),
+        # The NAT router's port mapping (weftnet.portmap); None with --no-port-mapping.
+        "port_mapping": d.portmap.status() if d.portmap is not None else None,
         "packet_filter_rules": len(d.packet_filter.rules),
         "counters": localapi.counters(d.engine),
         "datapath": fastpath.IMPLEMENTATION,  # "c", or "python" where the extension is not built
