@@ -39,6 +39,7 @@ class Offers:
 
     gateway: str
     local_ip: str
+    port: int = pcp.PORT  # PCP and NAT-PMP (another only in tests)
     pcp: bool = False
     nat_pmp: bool = False
     upnp: upnp.Service | None = None
@@ -94,14 +95,14 @@ class _Datagrams(asyncio.DatagramProtocol):
 
 
 async def udp_exchange(
-    gateway: str, request: bytes, parse: Callable[[bytes], T], timeout_s: float
+    gateway: tuple[str, int], request: bytes, parse: Callable[[bytes], T], timeout_s: float
 ) -> T:
-    """Send ``request`` to the gateway's port 5351, resending with backoff, until an
+    """Send ``request`` to the gateway (port 5351), resending with backoff, until an
     answer from there parses; the parser's ProtocolError for a definite refusal (a
     result code) ends it at once, garbage is skipped. TimeoutError without an answer."""
     loop = asyncio.get_running_loop()
     transport, proto = await loop.create_datagram_endpoint(
-        _Datagrams, remote_addr=(gateway, pcp.PORT), family=socket.AF_INET
+        _Datagrams, remote_addr=gateway, family=socket.AF_INET
     )
     try:
         async with asyncio.timeout(timeout_s):
@@ -112,7 +113,7 @@ async def udp_exchange(
                     async with asyncio.timeout(wait):
                         while True:
                             data, src = await proto.queue.get()
-                            if src[0] != gateway:
+                            if src != gateway:
                                 continue
                             try:
                                 return parse(data)
@@ -125,30 +126,45 @@ async def udp_exchange(
         transport.close()
 
 
-async def probe(gateway: str, local_ip: str, timeout_s: float = PROBE_TIMEOUT_S) -> Offers:
-    """Ask the gateway, all at once, whether it speaks PCP, NAT-PMP and UPnP IGD."""
-    offers = Offers(gateway, local_ip)
+async def probe(
+    gateway: str,
+    local_ip: str,
+    timeout_s: float = PROBE_TIMEOUT_S,
+    port: int = pcp.PORT,
+    ssdp: bool = True,
+) -> Offers:
+    """Ask the gateway, all at once, whether it speaks PCP, NAT-PMP and UPnP IGD (the
+    last by SSDP on the LAN; ``ssdp=False`` skips it)."""
+    offers = Offers(gateway, local_ip, port)
+    where = (gateway, port)
 
+    # A refusal (a result code) still says the protocol is spoken; "unsupported
+    # version" says it is not.
     async def try_pcp() -> None:
         with contextlib.suppress(TimeoutError, ProtocolError, OSError):
-            await udp_exchange(gateway, pcp.announce_request(local_ip), pcp.parse_response,
-                               timeout_s)  # fmt: skip
+            with contextlib.suppress(pcp.PcpError):
+                await udp_exchange(where, pcp.announce_request(local_ip), pcp.parse_response,
+                                   timeout_s)  # fmt: skip
             offers.pcp = True
 
     async def try_natpmp() -> None:
         with contextlib.suppress(TimeoutError, ProtocolError, OSError):
-            answer = await udp_exchange(
-                gateway, natpmp.external_address_request(), natpmp.parse_address_response,
-                timeout_s,
-            )  # fmt: skip
+            try:
+                answer = await udp_exchange(
+                    where, natpmp.external_address_request(), natpmp.parse_address_response,
+                    timeout_s,
+                )  # fmt: skip
+                offers.external_ip = offers.external_ip or answer.external_ip
+            except natpmp.NatPmpError as e:
+                if e.result == natpmp.RESULT_UNSUPPORTED_VERSION:
+                    return
             offers.nat_pmp = True
-            offers.external_ip = offers.external_ip or answer.external_ip
 
     async def try_upnp() -> None:
         with contextlib.suppress(TimeoutError, ProtocolError, OSError, httpx.HTTPError):
             offers.upnp = await discover_igd(gateway, local_ip, timeout_s)
 
-    await asyncio.gather(try_pcp(), try_natpmp(), try_upnp())
+    await asyncio.gather(try_pcp(), try_natpmp(), *([try_upnp()] if ssdp else []))
     return offers
 
 
@@ -203,54 +219,88 @@ async def create(
     offers: Offers, internal_port: int, lease_s: int, now: float, previous: Mapping | None = None
 ) -> Mapping:
     """Map UDP ``internal_port`` with the best protocol the gateway offers (PCP, NAT-PMP,
-    UPnP), asking for the previous external port if there was one."""
-    want_port = previous.external.port if previous is not None else internal_port
+    UPnP), asking for the previous external port if there was one (a renewal)."""
+    attempts = [
+        ("PCP", offers.pcp, _map_pcp),
+        ("NAT-PMP", offers.nat_pmp, _map_natpmp),
+        ("UPnP", offers.upnp is not None, _map_upnp),
+    ]
     errors = []
-    if offers.pcp:
-        nonce = previous.nonce if previous is not None and previous.nonce else os.urandom(12)
+    for name, offered, attempt in attempts:
+        if not offered:
+            continue
         try:
-            r = await udp_exchange(
-                offers.gateway,
-                pcp.map_request(offers.local_ip, nonce, internal_port, want_port, lease_s),
-                _pcp_map_answer(nonce),
-                REQUEST_TIMEOUT_S,
-            )
-            return Mapping("pcp", Endpoint(r.external_ip, r.external_port), internal_port,
-                           r.lifetime_s, now, nonce=nonce)  # fmt: skip
-        except (TimeoutError, ProtocolError, OSError) as e:
-            errors.append(f"PCP: {e or 'no answer'}")
-    if offers.nat_pmp:
-        try:
-            address = offers.external_ip
-            if address is None:
-                address = (
-                    await udp_exchange(offers.gateway, natpmp.external_address_request(),
-                                       natpmp.parse_address_response, REQUEST_TIMEOUT_S)
-                ).external_ip  # fmt: skip
-            m = await udp_exchange(
-                offers.gateway,
-                natpmp.map_request(internal_port, want_port, lease_s),
-                natpmp.parse_map_response,
-                REQUEST_TIMEOUT_S,
-            )
-            return Mapping("nat-pmp", Endpoint(address, m.external_port), internal_port,
-                           m.lifetime_s, now)  # fmt: skip
-        except (TimeoutError, ProtocolError, OSError) as e:
-            errors.append(f"NAT-PMP: {e or 'no answer'}")
-    if offers.upnp is not None:
-        try:
-            ip = upnp.parse_external_ip(await soap(offers.upnp, "GetExternalIPAddress", {}))
-            args = upnp.add_port_mapping_args(
-                want_port, offers.local_ip, internal_port, lease_s, DESCRIPTION
-            )
-            await soap(offers.upnp, "AddPortMapping", args)
-            return Mapping("upnp", Endpoint(ip, want_port), internal_port, lease_s, now,
-                           service=offers.upnp)  # fmt: skip
+            return await attempt(offers, internal_port, lease_s, now, previous)
         except (TimeoutError, ProtocolError, OSError, httpx.HTTPError) as e:
-            errors.append(f"UPnP: {e or 'no answer'}")
+            errors.append(f"{name}: {str(e) or type(e).__name__}")
     if not errors:
         raise ProtocolError(f"the gateway {offers.gateway} offers no port mapping")
     raise ProtocolError("; ".join(errors))
+
+
+def _wanted_port(internal_port: int, previous: Mapping | None) -> int:
+    return previous.external.port if previous is not None else internal_port
+
+
+async def _map_pcp(
+    offers: Offers, internal_port: int, lease_s: int, now: float, previous: Mapping | None
+) -> Mapping:
+    nonce = previous.nonce if previous is not None and previous.nonce else os.urandom(12)
+    want = _wanted_port(internal_port, previous)
+    r = await udp_exchange(
+        (offers.gateway, offers.port),
+        pcp.map_request(offers.local_ip, nonce, internal_port, want, lease_s),
+        _pcp_map_answer(nonce),
+        REQUEST_TIMEOUT_S,
+    )
+    external = Endpoint(r.external_ip, r.external_port)
+    return Mapping("pcp", external, internal_port, r.lifetime_s, now, nonce=nonce)
+
+
+async def _map_natpmp(
+    offers: Offers, internal_port: int, lease_s: int, now: float, previous: Mapping | None
+) -> Mapping:
+    where = (offers.gateway, offers.port)
+    address = offers.external_ip
+    if address is None:
+        answer = await udp_exchange(where, natpmp.external_address_request(),
+                                    natpmp.parse_address_response, REQUEST_TIMEOUT_S)  # fmt: skip
+        address = answer.external_ip
+    want = _wanted_port(internal_port, previous)
+    m = await udp_exchange(where, natpmp.map_request(internal_port, want, lease_s),
+                           natpmp.parse_map_response, REQUEST_TIMEOUT_S)  # fmt: skip
+    return Mapping("nat-pmp", Endpoint(address, m.external_port), internal_port, m.lifetime_s, now)
+
+
+async def _map_upnp(
+    offers: Offers, internal_port: int, lease_s: int, now: float, previous: Mapping | None
+) -> Mapping:
+    """A renewal repeats AddPortMapping for the port we have. A new mapping on an IGDv2
+    uses AddAnyPortMapping (the router picks a free port when ours is taken, say by
+    another node behind it); on IGDv1 a taken port (error 718) is retried once at a
+    random port."""
+    service = offers.upnp
+    assert service is not None
+    ip = upnp.parse_external_ip(await soap(service, "GetExternalIPAddress", {}))
+    want = _wanted_port(internal_port, previous)
+
+    def args(port: int) -> dict[str, str]:
+        return upnp.add_port_mapping_args(port, offers.local_ip, internal_port, lease_s,
+                                          DESCRIPTION)  # fmt: skip
+
+    if previous is None and service.service_type.endswith(":2"):
+        answer = await soap(service, "AddAnyPortMapping", args(want))
+        port = upnp.parse_reserved_port(answer)
+    else:
+        port = want
+        try:
+            await soap(service, "AddPortMapping", args(port))
+        except upnp.UpnpFault as e:
+            if e.code != upnp.CONFLICT_IN_MAPPING_ENTRY or previous is not None:
+                raise
+            port = 1024 + int.from_bytes(os.urandom(2), "big") % (65536 - 1024)
+            await soap(service, "AddPortMapping", args(port))
+    return Mapping("upnp", Endpoint(ip, port), internal_port, lease_s, now, service=service)
 
 
 def _pcp_map_answer(nonce: bytes) -> Callable[[bytes], pcp.Response]:
@@ -268,10 +318,10 @@ async def delete(offers: Offers, mapping: Mapping) -> None:
     port = mapping.internal_port
     if mapping.protocol == "pcp":
         request = pcp.map_request(offers.local_ip, mapping.nonce, port, 0, 0)
-        await udp_exchange(offers.gateway, request, _pcp_map_answer(mapping.nonce),
+        await udp_exchange((offers.gateway, offers.port), request, _pcp_map_answer(mapping.nonce),
                            REQUEST_TIMEOUT_S)  # fmt: skip
     elif mapping.protocol == "nat-pmp":
-        await udp_exchange(offers.gateway, natpmp.map_request(port, 0, 0),
+        await udp_exchange((offers.gateway, offers.port), natpmp.map_request(port, 0, 0),
                            natpmp.parse_map_response, REQUEST_TIMEOUT_S)  # fmt: skip
     elif mapping.service is not None:
         await soap(mapping.service, "DeletePortMapping", upnp.port_args(mapping.external.port))

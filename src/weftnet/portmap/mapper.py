@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from weftnet.endpoint import Endpoint, format_endpoint
@@ -40,11 +40,13 @@ class PortMapper:
         on_change: Callable[[Endpoint | None], None],
         lease_s: int = DEFAULT_LEASE_S,
         find_gateway: GatewayFinder = client.default_gateway,
+        probe: Callable[[str, str], Awaitable[Offers]] = client.probe,
     ) -> None:
         self.internal_port = internal_port
         self.on_change = on_change
         self.lease_s = lease_s
         self.find_gateway = find_gateway
+        self.probe = probe
         self.offers: Offers | None = None
         self.mapping: Mapping | None = None
         self.renewals = 0
@@ -83,7 +85,7 @@ class PortMapper:
                 if gw is None:
                     self.last_error = "no IPv4 default gateway"
                     return now + RETRY_S
-                self.offers = await client.probe(*gw)
+                self.offers = await self.probe(*gw)
                 log.info("gateway %s offers: %s", gw[0],
                          ", ".join(self.offers.protocols()) or "no port mapping")  # fmt: skip
                 if not self.offers.protocols():
@@ -150,7 +152,7 @@ class PortMapper:
         """A fresh probe of the gateway: which protocols it answers, and our mapping."""
         loop = asyncio.get_running_loop()
         gw = await loop.run_in_executor(None, self.find_gateway)
-        offers = await client.probe(*gw) if gw is not None else None
+        offers = await self.probe(*gw) if gw is not None else None
         m = self.mapping
         return {
             "gateway": gw[0] if gw else None,

@@ -39,6 +39,7 @@ SERVICE_TYPES = (  # preferred first
     "urn:schemas-upnp-org:service:WANIPConnection:1",
     "urn:schemas-upnp-org:service:WANPPPConnection:1",
 )
+CONFLICT_IN_MAPPING_ENTRY = 718  # IGD: the external port is mapped to another client
 _DANGEROUS_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
@@ -235,3 +236,11 @@ def parse_external_ip(values: dict[str, str]) -> str:
         return str(ipaddress.IPv4Address(text))
     except ValueError as e:
         raise ProtocolError(f"UPnP: bad external address {text[:40]!r}") from e
+
+
+def parse_reserved_port(values: dict[str, str]) -> int:
+    """AddAnyPortMapping's answer: the external port the router chose."""
+    text = values.get("NewReservedPort", "")
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise ProtocolError(f"UPnP: bad reserved port {text[:20]!r}")
+    return int(text)
