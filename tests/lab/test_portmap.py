@@ -85,6 +85,8 @@ def test_port_mapping_makes_hard_nats_direct(lab: Lab, tmp_path: Path) -> None:
         mapped[name] = pm["mapped_address"]
         port = int(pm["mapped_address"].rsplit(":", 1)[1])
         assert (port, f"{hosts[name].ip}:{WG_PORT}") in mu[name].mapped_ports()
+        published = nodes[name].status()["self"]["endpoints"]
+        assert published[0] == {"endpoint": pm["mapped_address"], "type": "portmap"}, published
     assert mapping(nodes["easy"])["error"]  # no port mapping there: said so
 
     # netcheck: which protocols each gateway offers.

@@ -7,12 +7,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from weftnet import fastpath, tailcfg
+from weftnet.endpoint import format_endpoint
 from weftnet.node import localapi, routeprefs
 from weftnet.node.backend import State
 from weftnet.node.mapsession import NetworkMap
 from weftnet.wireguard.session import REJECT_AFTER_TIME_S
 
 if TYPE_CHECKING:
+    from weftnet.magicsock.conn import MagicSock
     from weftnet.node.daemon import NodeDaemon
 
 
@@ -138,6 +140,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             "login_server": d.state.prefs.login_server,
             # Who owns this node (None for a tagged node, or before the first map).
             "user": me.user.name if me is not None and me.user is not None else None,
+            "endpoints": endpoints_status(d.magic) if d.magic is not None else [],
         },
         "peers": peers,
         "dns_domain": nm.dns_domain,
@@ -155,6 +158,20 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
         "datapath": fastpath.IMPLEMENTATION,  # "c", or "python" where the extension is not built
         "dns": d.dns.status(),
     }
+
+
+def endpoints_status(magic: MagicSock) -> list[dict[str, str]]:
+    """The endpoints this node publishes, each with its kind (Tailscale's endpoint
+    types): "portmap" (the NAT router's mapping), "stun" (what a STUN server saw) or
+    "local" (an interface address)."""
+    kinds = dict.fromkeys(magic.local_endpoints, "local")
+    kinds |= dict.fromkeys((m for m, _ in magic.stun_results.values()), "stun")
+    if magic.portmapped is not None:
+        kinds[magic.portmapped] = "portmap"
+    return [
+        {"endpoint": format_endpoint(ep), "type": kinds.get(ep, "local")}
+        for ep in magic.published_endpoints
+    ]
 
 
 def ping_answer(n: tailcfg.Node, result: tuple[str, str, float] | None) -> dict[str, Any]:
