@@ -101,16 +101,21 @@ def test_no_gateway() -> None:
     run(scenario)
 
 
-def test_a_network_change_maps_again() -> None:
+def test_a_network_change_renews_or_maps_again() -> None:
     async def scenario() -> None:
         gw = await start_pcp_gateway("pcp")
         changes: list[Endpoint | None] = []
         pm = mapper(gw.port, changes)
         task = asyncio.create_task(pm.run())
         await until(lambda: changes == [MAPPED])
+        pm.network_changed()  # the same gateway and address: the mapping renewed at once
+        await until(lambda: pm.renewals == 1)
+        assert changes == [MAPPED]
+        assert len([r for r in gw.requests if r.opcode == 0]) == 2  # one probe, both ways
+        pm.find_gateway = lambda: ("127.0.0.1", "127.0.0.2")  # a new address: start over
         pm.network_changed()
         await until(lambda: changes == [MAPPED, None, MAPPED])
-        assert len([r for r in gw.requests if r.opcode == 0]) == 4  # two probes, both ways
+        assert len([r for r in gw.requests if r.opcode == 0]) == 4
         report = await pm.netcheck()
         assert report == {"gateway": "127.0.0.1", "upnp": False, "nat_pmp": True, "pcp": True,
                           "mapped_address": "198.18.0.2:41641", "protocol": "pcp"}  # fmt: skip

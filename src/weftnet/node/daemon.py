@@ -255,10 +255,10 @@ class NodeDaemon:
         )
 
     def _network_changed(self, eps: list[Endpoint]) -> None:
+        if self.portmap is not None and (self.magic is None or eps != self.magic.local_endpoints):
+            self.portmap.network_changed()
         if self.magic is not None:
             self.magic.network_changed([ep for ep in eps])  # (list is invariant)
-        if self.portmap is not None:
-            self.portmap.network_changed()
 
     def _portmapped(self, ep: Endpoint | None) -> None:
         if self.magic is not None:
@@ -439,6 +439,7 @@ class NodeDaemon:
         self._set_filter([])
 
     async def _server_logged_out(self, why: str) -> None:
+        await self._stop_port_mapping()
         await self._os_dns_off(f"the server says: {why}")
         await self._routes_off()
         self.peers.clear(self.magic)

@@ -71,14 +71,21 @@ class PortMapper:
 
     async def _step(self, now: float) -> float:
         """Do what is due; when to look again."""
-        if self._changed:
-            self._changed = False
-            self._set(None)
-            self.offers = None
-        m = self.mapping
-        if m is not None and now < m.renew_at:
-            return m.renew_at
         loop = asyncio.get_running_loop()
+        renew_now = False
+        if self._changed:
+            # Still the same gateway and address (an event about another interface, or
+            # our own TUN): keep the mapping and renew it now. Otherwise start over.
+            self._changed = False
+            gw = await loop.run_in_executor(None, self.find_gateway)
+            if self.offers is not None and gw == (self.offers.gateway, self.offers.local_ip):
+                renew_now = True
+            else:
+                self._set(None)
+                self.offers = None
+        m = self.mapping
+        if m is not None and now < m.renew_at and not renew_now:
+            return m.renew_at
         try:
             if self.offers is None:
                 gw = await loop.run_in_executor(None, self.find_gateway)
