@@ -124,7 +124,8 @@ def test_port_mapping_makes_hard_nats_direct(lab: Lab, tmp_path: Path) -> None:
             what=f"{a} <-> {b} direct",
         )
         took = time_to_direct(nodes[a], nodes[b])
-        print(f"{a} <-> {b}: direct {took:.2f} s after both knew of the other")
+        print(f"{a} <-> {b}: direct {took:.2f} s after both knew of the other;",
+              path_log(nodes[a], b), path_log(nodes[b], a))  # fmt: skip
         assert took <= DIRECT_WITHIN_S, f"{a} <-> {b}: direct only after {took:.2f} s"
         used = {peer(nodes[a], ips[b])["endpoint"], peer(nodes[b], ips[a])["endpoint"]}
         assert used & set(mapped.values()), f"{a} <-> {b} direct, but not via a mapping: {used}"
