@@ -67,6 +67,7 @@ PURE = (
     "weftnet.fastpath",  # the data plane's batch functions (and their C twin)
     "weftnet.node.offload",  # checksums and TCP segmentation
     "weftnet.node.vnet",  # the virtio-net header's layout
+    "weftnet.portmap.errors",
     "weftnet.portmap.natpmp",  # port mapping's wire formats; the I/O is portmap.client
     "weftnet.portmap.pcp",
     "weftnet.portmap.upnp",

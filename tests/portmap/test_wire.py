@@ -44,7 +44,7 @@ def test_natpmp_refusal_and_wrong_answers() -> None:
     refused[3] = 2  # result: not authorized
     with pytest.raises(natpmp.NatPmpError, match="not authorized") as e:
         natpmp.parse_map_response(bytes(refused))
-    assert e.value.result == 2
+    assert e.value.code == 2
     with pytest.raises(ProtocolError, match="opcode"):
         natpmp.parse_map_response(vectors.NATPMP_ADDRESS)
     with pytest.raises(ProtocolError, match="12"):
@@ -84,7 +84,7 @@ def test_pcp_answers() -> None:
     assert pcp.parse_response(pcp_answer(0, lifetime=0)).opcode == pcp.OP_ANNOUNCE
     with pytest.raises(pcp.PcpError, match="not authorized") as e:
         pcp.parse_response(pcp_answer(1, result=2, body=map_body()))
-    assert e.value.result == 2
+    assert e.value.code == 2
     with pytest.raises(ProtocolError, match="too short"):
         pcp.parse_response(pcp_answer(1, body=map_body()[:20]))
     with pytest.raises(ProtocolError, match="R bit"):

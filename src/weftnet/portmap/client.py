@@ -22,6 +22,7 @@ import httpx
 
 from weftnet.endpoint import Endpoint
 from weftnet.portmap import natpmp, pcp, upnp
+from weftnet.portmap.errors import Refused
 from weftnet.wireguard.errors import ProtocolError
 
 PROBE_TIMEOUT_S = 1.0  # how long a probe waits for the gateway's PCP/NAT-PMP/SSDP answers
@@ -117,7 +118,7 @@ async def udp_exchange(
                                 continue
                             try:
                                 return parse(data)
-                            except (natpmp.NatPmpError, pcp.PcpError, pcp.UnsupportedVersion):
+                            except (Refused, pcp.UnsupportedVersion):
                                 raise
                             except ProtocolError:
                                 continue  # not an answer to this request
@@ -156,7 +157,7 @@ async def probe(
                 )  # fmt: skip
                 offers.external_ip = offers.external_ip or answer.external_ip
             except natpmp.NatPmpError as e:
-                if e.result == natpmp.RESULT_UNSUPPORTED_VERSION:
+                if e.code == natpmp.RESULT_UNSUPPORTED_VERSION:
                     return
             offers.nat_pmp = True
 

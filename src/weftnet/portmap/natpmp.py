@@ -14,6 +14,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from weftnet.portmap.errors import Refused
 from weftnet.wireguard.errors import ProtocolError
 
 PORT = 5351  # section 3.1: the gateway listens here (PCP shares it)
@@ -40,12 +41,8 @@ _MAP_REQUEST = struct.Struct(">BBHHHI")  # version, op, reserved, internal, exte
 _MAP_RESPONSE = struct.Struct(">BBHIHHI")  # + epoch, internal, external, lifetime: 16 bytes
 
 
-class NatPmpError(ProtocolError):
-    """The gateway answered, but with a failure result code."""
-
-    def __init__(self, result: int) -> None:
-        self.result = result
-        super().__init__(f"NAT-PMP: {RESULTS.get(result, 'unknown')} (result {result})")
+class NatPmpError(Refused):
+    protocol = "NAT-PMP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +82,7 @@ def _check_header(data: bytes, op: int) -> None:
     if opcode != op + RESPONSE_BIT:
         raise ProtocolError(f"NAT-PMP: response opcode {opcode}, expected {op + RESPONSE_BIT}")
     if result != RESULT_SUCCESS:
-        raise NatPmpError(result)
+        raise NatPmpError(result, RESULTS.get(result, "unknown"))
 
 
 def parse_address_response(data: bytes) -> AddressResponse:

@@ -17,6 +17,7 @@ import ipaddress
 import struct
 from dataclasses import dataclass
 
+from weftnet.portmap.errors import Refused
 from weftnet.wireguard.errors import ProtocolError
 
 PORT = 5351  # section 19.1: the server's port (shared with NAT-PMP)
@@ -53,12 +54,8 @@ _RESPONSE_HEADER = struct.Struct(">BBBBII12s")  # version, R|op, reserved, resul
 _MAP_BODY = struct.Struct(">12sB3sHH16s")
 
 
-class PcpError(ProtocolError):
-    """The server answered with a failure result code."""
-
-    def __init__(self, result: int) -> None:
-        self.result = result
-        super().__init__(f"PCP: {RESULTS.get(result, 'unknown error')} (result {result})")
+class PcpError(Refused):
+    protocol = "PCP"
 
 
 class UnsupportedVersion(ProtocolError):
@@ -132,7 +129,7 @@ def parse_response(data: bytes) -> Response:
         raise ProtocolError("PCP: a request, not a response (R bit clear)")
     opcode = op & ~RESPONSE_BIT
     if result != RESULT_SUCCESS:
-        raise PcpError(result)
+        raise PcpError(result, RESULTS.get(result, "unknown error"))
     if opcode == OP_ANNOUNCE:
         return Response(opcode, lifetime, epoch)
     if opcode != OP_MAP:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 from xml.etree import ElementTree
 
+from weftnet.portmap.errors import Refused
 from weftnet.wireguard.errors import ProtocolError
 
 SSDP_GROUP = "239.255.255.250"  # UDA 1.1 section 1.1.2
@@ -44,12 +45,10 @@ _DANGEROUS_XML = re.compile(rb"<!\s*(DOCTYPE|ENTITY)", re.IGNORECASE)
 _SOAP_ENV = "http://schemas.xmlsoap.org/soap/envelope/"
 
 
-class UpnpFault(ProtocolError):
+class UpnpFault(Refused):
     """The device answered a SOAP call with a UPnPError."""
 
-    def __init__(self, code: int, description: str) -> None:
-        self.code = code
-        super().__init__(f"UPnP error {code}: {description}")
+    protocol = "UPnP"
 
 
 @dataclass(frozen=True, slots=True)
