@@ -67,6 +67,10 @@ PURE = (
     "weftnet.fastpath",  # the data plane's batch functions (and their C twin)
     "weftnet.node.offload",  # checksums and TCP segmentation
     "weftnet.node.vnet",  # the virtio-net header's layout
+    "weftnet.portmap.errors",
+    "weftnet.portmap.natpmp",  # port mapping's wire formats; the I/O is portmap.client
+    "weftnet.portmap.pcp",
+    "weftnet.portmap.upnp",
 )
 NOT_PURE = ("weftnet.stun.server",)
 
@@ -141,7 +145,14 @@ def test_pure_modules_import_only_pure_weftnet_modules() -> None:
     assert not bad, bad
 
 
-PARENTS = ("weftnet", "weftnet.control", "weftnet.relay", "weftnet.magicsock", "weftnet.node")
+PARENTS = (
+    "weftnet",
+    "weftnet.control",
+    "weftnet.relay",
+    "weftnet.magicsock",
+    "weftnet.node",
+    "weftnet.portmap",
+)
 
 
 @pytest.mark.parametrize("name", PARENTS)

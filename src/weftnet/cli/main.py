@@ -299,6 +299,14 @@ def cmd_netcheck(args: argparse.Namespace) -> None:
     print(f"\t* UDP: {str(r['udp']).lower()}")
     print(f"\t* Public address: {r['public_address'] or '-'}")
     print(f"\t* Mapping varies by destination: {varies[r['mapping_varies_by_destination']]}")
+    pm = r.get("port_mapping")
+    if pm is not None:
+        offered = [name for key, name in (("upnp", "UPnP"), ("nat_pmp", "NAT-PMP"),
+                                          ("pcp", "PCP")) if pm[key]]  # fmt: skip
+        print(f"\t* Port mapping: {', '.join(offered) or 'none offered'}"
+              f" (gateway {pm['gateway'] or '-'})")  # fmt: skip
+        if pm["mapped_address"]:
+            print(f"\t* Mapped address: {pm['mapped_address']} ({pm['protocol']})")
     print(f"\t* Preferred relay: {r['preferred_relay'] or '-'}")
     print("\t* Relay latency:")
     for region, ms in sorted(r["relay_latency_ms"].items(), key=lambda kv: kv[1]):

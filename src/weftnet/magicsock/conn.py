@@ -140,6 +140,7 @@ class MagicSock:
         self._last_stun = float("-inf")
         self._last_probe = float("-inf")
         self.published_endpoints: list[Endpoint] = []
+        self.portmapped: Endpoint | None = None  # the gateway's mapping (weftnet.portmap)
         self._ping_waiters: dict[bytes, tuple[asyncio.Future[tuple[str, str, float]], float]] = {}
         self.endpoints_changed = asyncio.Event()
         self._wake = asyncio.Event()
@@ -377,9 +378,17 @@ class MagicSock:
         return len(seen) > 1
 
     def endpoints(self) -> list[Endpoint]:
-        """What peers should try: STUN-mapped addresses, then local ones."""
+        """What peers should try: the port mapping, STUN-mapped addresses, local ones."""
         mapped = [m for m, _ in self.stun_results.values()]
-        return list(dict.fromkeys([*mapped, *self.local_endpoints]))
+        portmapped = [self.portmapped] if self.portmapped is not None else []
+        return list(dict.fromkeys([*portmapped, *mapped, *self.local_endpoints]))
+
+    def set_portmapped(self, ep: Endpoint | None) -> None:
+        """The port mapper's external ip:port (None: no mapping): an endpoint of its own
+        kind, first in the list (a hard NAT behaves like a public address through it)."""
+        self.portmapped = ep
+        self._publish_endpoints()
+        self._rearm()
 
     def _publish_endpoints(self) -> None:
         eps = self.endpoints()

@@ -7,6 +7,7 @@ its answer.
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 from weftnet.node import status
@@ -66,7 +67,13 @@ class NodeApi:
         relays = self.d.session.netmap.relay_map or []
         if self.d.magic is None or not any(r.stun_port for r in relays):
             return error("no STUN servers known yet: is this node up?")
-        return await self.d.magic.netcheck()
+        if self.d.portmap is None:
+            return await self.d.magic.netcheck()
+        # The gateway's probe runs while STUN and the relays are measured.
+        answer, portmap = await asyncio.gather(self.d.magic.netcheck(), self.d.portmap.netcheck())
+        if answer.get("ok"):
+            answer["result"]["port_mapping"] = portmap
+        return answer
 
     async def api_dns_status(self, req: dict[str, Any]) -> Answer:
         return ok(status.dns_status(self.d))

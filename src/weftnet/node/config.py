@@ -78,3 +78,8 @@ class NodeConfig:
     # Prometheus metrics at http://HOST:PORT/metrics (docs/metrics.md); None: off.
     metrics_listen: str | None = None
     log_format: str = "text"  # or "json": one JSON object per line (weftnet.logformat)
+    # Port mapping on the NAT router (docs/nat-traversal.md, "Port mapping").
+    # Off here so that embedded daemons (tests) never talk to the host's real gateway;
+    # weftd's command line turns it on unless --no-port-mapping.
+    port_mapping: bool = False
+    port_map_lease_s: int = 7200  # weftnet.portmap.mapper.DEFAULT_LEASE_S

@@ -51,6 +51,7 @@ from weftnet.node.routeprefs import RoutePrefError
 from weftnet.node.state import NodeState
 from weftnet.node.supervisor import Supervisor
 from weftnet.node.trust import ServerTrust, parse_server_key
+from weftnet.portmap.mapper import PortMapper
 
 log = logging.getLogger("weftd")
 
@@ -138,6 +139,13 @@ class NodeDaemon:
         # Userspace mode: the SOCKS5/HTTP proxies and incoming forwarding (node.proxy).
         self.services: Any = None
         self.metrics = NodeMetrics(self.engine, lambda: self.magic)
+        # Port mapping on the NAT router (weftnet.portmap): runs while the node is up.
+        self.portmap = (
+            PortMapper(lambda: self.engine.listen_port, self._portmapped,
+                       lease_s=config.port_map_lease_s)
+            if config.port_mapping
+            else None
+        )  # fmt: skip
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -213,6 +221,7 @@ class NodeDaemon:
         return self.engine.device.allowed_ips.lookup(packed) is not None
 
     async def close(self) -> None:
+        await self._stop_port_mapping()
         if self.services is not None:
             await self.services.close()
         if self.magic is not None:
@@ -234,6 +243,8 @@ class NodeDaemon:
         )
         if old is not None:  # a counter that only grows (metrics), across re-logins
             self.magic.path_changes = old.path_changes
+        if self.portmap is not None and self.portmap.mapping is not None:
+            self.magic.set_portmapped(self.portmap.mapping.external)
         self.magic.start()
 
     async def _use_server(self, url: str) -> None:
@@ -249,8 +260,20 @@ class NodeDaemon:
         )
 
     def _network_changed(self, eps: list[Endpoint]) -> None:
+        if self.portmap is not None and (self.magic is None or eps != self.magic.local_endpoints):
+            self.portmap.network_changed()
         if self.magic is not None:
             self.magic.network_changed([ep for ep in eps])  # (list is invariant)
+
+    def _portmapped(self, ep: Endpoint | None) -> None:
+        if self.magic is not None:
+            self.magic.set_portmapped(ep)
+
+    async def _stop_port_mapping(self) -> None:
+        """No mapping left on the gateway: `weft down`, logout, shutdown."""
+        if self.portmap is not None:
+            await self.supervisor.stop("portmap")
+            await self.portmap.release()
 
     # -- the state changes the local API asks for (node.api) ---------------------------
 
@@ -405,10 +428,13 @@ class NodeDaemon:
             ),
         )
         self.supervisor.spawn("map", self.stream.run)
+        if self.portmap is not None and not self.supervisor.is_running("portmap"):
+            self.supervisor.spawn("portmap", self.portmap.run)
         return self.backend.generation
 
     async def _stop_following(self) -> None:
         await self.supervisor.stop("map")
+        await self._stop_port_mapping()
         await self.supervisor.stop("login")
         self.peers.clear(self.magic)
         self.session = MapSession()
@@ -420,6 +446,7 @@ class NodeDaemon:
         self._set_filter([])
 
     async def _server_logged_out(self, why: str) -> None:
+        await self._stop_port_mapping()
         await self._os_dns_off(f"the server says: {why}")
         await self._routes_off()
         self.peers.clear(self.magic)

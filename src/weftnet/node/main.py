@@ -39,6 +39,7 @@ from weftnet.node.engine import DEFAULT_MTU
 from weftnet.node.metrics import NodeMetrics
 from weftnet.node.proxy.listen import ListenError, check_listen
 from weftnet.node.wgconfig import ConfigError, WgConfig, load_wg_config
+from weftnet.portmap.mapper import DEFAULT_LEASE_S
 from weftnet.wireguard.device import SPEC_CONFIG, DeviceConfig
 
 log = logging.getLogger("weftd")
@@ -115,8 +116,23 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         default="text",
         help="log lines as text (the default) or one JSON object per line",
     )
+    p.add_argument(
+        "--no-port-mapping",
+        action="store_true",
+        help="do not ask the NAT router for a port mapping (UPnP IGD, NAT-PMP, PCP)",
+    )
+    p.add_argument(
+        "--port-map-lease",
+        type=int,
+        default=DEFAULT_LEASE_S,
+        metavar="SECONDS",
+        help=f"the lease to ask for a port mapping (renewed at half-life; default"
+        f" {DEFAULT_LEASE_S})",
+    )
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     args = p.parse_args(argv)
+    if not 1 <= args.port_map_lease <= 2**31 - 1:
+        p.error("--port-map-lease must be from 1 to 2147483647 seconds")
     if args.port is not None and not 0 <= args.port <= 65535:
         p.error("--port must be from 0 to 65535")
     try:
@@ -164,6 +180,8 @@ def parse_args(argv: list[str] | None) -> NodeConfig:
         proxy_allow_remote=args.proxy_allow_remote,
         metrics_listen=args.metrics_listen,
         log_format=args.log_format,
+        port_mapping=not args.no_port_mapping,
+        port_map_lease_s=args.port_map_lease,
     )
 
 

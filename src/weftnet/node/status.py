@@ -7,12 +7,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from weftnet import fastpath, tailcfg
+from weftnet.endpoint import format_endpoint
 from weftnet.node import localapi, routeprefs
 from weftnet.node.backend import State
 from weftnet.node.mapsession import NetworkMap
 from weftnet.wireguard.session import REJECT_AFTER_TIME_S
 
 if TYPE_CHECKING:
+    from weftnet.magicsock.conn import MagicSock
     from weftnet.node.daemon import NodeDaemon
 
 
@@ -140,6 +142,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             "control_url": d.control.url if d.control is not None else None,
             # Who owns this node (None for a tagged node, or before the first map).
             "user": me.user.name if me is not None and me.user is not None else None,
+            "endpoints": endpoints_status(d.magic) if d.magic is not None else [],
         },
         "peers": peers,
         "dns_domain": nm.dns_domain,
@@ -150,11 +153,27 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
             k: round(v * 1000, 2) for k, v in (d.magic.relays.latency.items() if d.magic else [])
         },
         "routes": routes_status(d),
+        # The NAT router's port mapping (weftnet.portmap); None with --no-port-mapping.
+        "port_mapping": d.portmap.status() if d.portmap is not None else None,
         "packet_filter_rules": len(d.packet_filter.rules),
         "counters": localapi.counters(d.engine),
         "datapath": fastpath.IMPLEMENTATION,  # "c", or "python" where the extension is not built
         "dns": d.dns.status(),
     }
+
+
+def endpoints_status(magic: MagicSock) -> list[dict[str, str]]:
+    """The endpoints this node publishes, each with its kind (Tailscale's endpoint
+    types): "portmap" (the NAT router's mapping), "stun" (what a STUN server saw) or
+    "local" (an interface address)."""
+    kinds = dict.fromkeys(magic.local_endpoints, "local")
+    kinds |= dict.fromkeys((m for m, _ in magic.stun_results.values()), "stun")
+    if magic.portmapped is not None:
+        kinds[magic.portmapped] = "portmap"
+    return [
+        {"endpoint": format_endpoint(ep), "type": kinds.get(ep, "local")}
+        for ep in magic.published_endpoints
+    ]
 
 
 def ping_answer(n: tailcfg.Node, result: tuple[str, str, float] | None) -> dict[str, Any]:
