@@ -209,7 +209,9 @@ class Node:
             elif isinstance(b, ProbeToPort):
                 self.ping(b.endpoint)
             elif isinstance(b, EndAttempt):
-                used = {split_via(s.endpoint)[0] for s in self.pf.endpoint_status() if s.endpoint.is_via}
+                used = {
+                    split_via(s.endpoint)[0] for s in self.pf.endpoint_status() if s.endpoint.is_via
+                }
                 self.extra &= used
         if was_running and not self.bd.running:
             self.probes_per_attempt.append(self.bd.packets_sent)

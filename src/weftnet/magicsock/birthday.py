@@ -248,7 +248,8 @@ class BirthdayProber:
             "packets_sent": self.packets_sent,
             "total_packets": self.total_packets,
             "hits": self.hits,
-            "given_up": self._role is not None and self.attempts >= MAX_ATTEMPTS
+            "given_up": self._role is not None
+            and self.attempts >= MAX_ATTEMPTS
             and not self.running,
         }
 

@@ -88,7 +88,6 @@ MAX_CANDIDATES = 64  # endpoints remembered per peer; more are ignored
 PEER_REFLEXIVE_TTL_S = 60.0  # forget an address a ping came from after this, unless in use
 
 
-
 def canonical_endpoint(ep: tuple[str, int]) -> Endpoint:
     """An ip:port, or a via pseudo-endpoint (a path from an extra birthday-probing
     socket, weftnet.endpoint.via_endpoint), in canonical form; ProtocolError otherwise."""

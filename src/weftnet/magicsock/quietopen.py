@@ -141,14 +141,14 @@ class QuietOpen:
 
     def timers(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        if self._state == "idle":
-            if (
-                self._stuck_since is not None
-                and now >= self._stuck_since + STUCK_AFTER_S
-                and self.rounds < MAX_ROUNDS
-            ):
-                self.rounds += 1
-                self._state, self._until, self._keepalive_at = "quiet", now + QUIET_S, now
+        if (
+            self._state == "idle"
+            and self._stuck_since is not None
+            and now >= self._stuck_since + STUCK_AFTER_S
+            and self.rounds < MAX_ROUNDS
+        ):
+            self.rounds += 1
+            self._state, self._until, self._keepalive_at = "quiet", now + QUIET_S, now
         if self._state == "quiet" and now >= self._until:
             if self._keeper:
                 self._state, self._until = "waiting", now + KEEPER_WAIT_S
