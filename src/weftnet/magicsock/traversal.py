@@ -50,6 +50,7 @@ class PeerTraversal:
     bd: BirthdayProber
     qo: QuietOpen = field(default_factory=QuietOpen)
     ports: set[int] = field(default_factory=set)  # extra sockets opened for this peer
+    disco_key: bytes | None = None  # a restarted peer (new disco key) starts over
     seen_bytes: int = -1
     active_at: float = float("-inf")
 
@@ -80,8 +81,11 @@ class Traversal:
 
     def _state(self, pp: PeerPaths) -> PeerTraversal:
         pt = self.peers.get(pp.node_id)
-        if pt is None:
-            pt = self.peers[pp.node_id] = PeerTraversal(BirthdayProber(self._random.randrange))
+        if pt is None or pt.disco_key != pp.disco_key:
+            if pt is not None:
+                self.remove_peer(pp.node_id)
+            pt = PeerTraversal(BirthdayProber(self._random.randrange), disco_key=pp.disco_key)
+            self.peers[pp.node_id] = pt
         return pt
 
     # -- driven from MagicSock's timer loop -------------------------------------------
