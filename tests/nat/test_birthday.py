@@ -358,16 +358,18 @@ def test_birthday_gives_up_after_max_attempts_and_backs_off() -> None:
 def test_birthday_rate_limit_and_no_probes_without_traffic() -> None:
     bd = BirthdayProber(random.Random(1).randrange)
     target = Endpoint("198.18.2.1", 41641)
+    t0 = birthday.ROLE_SETTLE_S
     bd.update(role="hard-side", target=target, active=False, direct=False, now=0.0)
     assert bd.timers(0.0) == [] and bd.next_timer_at(0.0) is None
     bd.update(role="hard-side", target=target, active=True, direct=False, now=0.0)
-    first = bd.timers(0.0)
+    assert bd.timers(0.0) == [] and bd.next_timer_at(0.0) == t0  # the role settles first
+    first = bd.timers(t0)
     assert len(first) == 1 and first[0] == ProbeFromNewPort(target)
-    assert len(bd.timers(0.1)) == int(0.1 * birthday.PROBE_RATE_PPS)  # bounded rate
-    bd.update(role="hard-side", target=target, active=False, direct=False, now=0.2)
-    assert bd.timers(0.5) == []  # traffic stopped: the attempt pauses
-    bd.update(role="hard-side", target=target, active=True, direct=True, now=0.6)
-    assert bd.timers(0.6) == [EndAttempt()]  # found: stop at once
+    assert len(bd.timers(t0 + 0.1)) == int(0.1 * birthday.PROBE_RATE_PPS)  # bounded rate
+    bd.update(role="hard-side", target=target, active=False, direct=False, now=t0 + 0.2)
+    assert bd.timers(t0 + 0.5) == []  # traffic stopped: the attempt pauses
+    bd.update(role="hard-side", target=target, active=True, direct=True, now=t0 + 0.6)
+    assert bd.timers(t0 + 0.6) == [EndAttempt()]  # found: stop at once
     assert bd.status()["hits"] == 1
 
 
@@ -376,7 +378,7 @@ def test_easy_side_probes_only_the_reported_ip_distinct_ports() -> None:
     target = target_for("easy-side", [Endpoint("198.18.2.1", 5000), Endpoint("198.18.2.1", 6000)])
     assert target == Endpoint("198.18.2.1", 0)
     bd.update(role="easy-side", target=target, active=True, direct=False, now=0.0)
-    probes = [x for t in range(0, 300) for x in bd.timers(t / 100)]
+    probes = [x for t in range(0, 600) for x in bd.timers(t / 100)]
     ports = [p.endpoint.port for p in probes if isinstance(p, ProbeToPort)]
     assert {p.endpoint.host for p in probes if isinstance(p, ProbeToPort)} == {"198.18.2.1"}
     assert len(ports) == len(set(ports)) == birthday.EASY_SIDE_PROBES

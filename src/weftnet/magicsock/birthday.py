@@ -23,6 +23,7 @@ exchange verifies the path (disco is authenticated: a stray answer is never adop
 With n mappings among R = 64512 possible ports (1024..65535) and m guesses,
 P(hit) = 1 - (1 - n/R)^m ~ 1 - exp(-n*m/R): with n = 450 and m = 500, 97 %.
 
+A role (from both sides' NAT kinds) must hold ROLE_SETTLE_S before the first attempt.
 Budgets: at most HARD_SIDE_PORTS + EASY_SIDE_PROBES = 950 probe packets per attempt for
 the pair, at most PROBE_RATE_PPS a second from each side, an attempt only while there
 is traffic for the peer (``active``) and no direct path, ATTEMPT_WINDOW_S to find a hit,
@@ -60,6 +61,7 @@ __all__ = [
     "MIN_PORT",
     "PORT_RANGE",
     "PROBE_RATE_PPS",
+    "ROLE_SETTLE_S",
     "Action",
     "BirthdayProber",
     "EndAttempt",
@@ -83,6 +85,9 @@ ATTEMPT_WINDOW_S = 8.0  # an attempt waits this long for a hit before giving up
 BACKOFF_S = 30.0  # wait this long after a failed attempt, doubling each time
 MAX_BACKOFF_S = 240.0  # the wait never grows past this
 MAX_ATTEMPTS = 4  # then stop until the peer's endpoints or NAT kinds change
+# A node publishes its first STUN answer before the second arrives, so for a moment a
+# hard peer looks easy: a role must hold this long before an attempt starts.
+ROLE_SETTLE_S = 2.0
 MIN_PORT = 1024  # NATs map unprivileged sources to 1024..65535 (Linux, RFC 4787 REQ-3)
 PORT_RANGE = 65536 - MIN_PORT  # 64512 ports a hard NAT may pick from
 
@@ -188,7 +193,7 @@ class BirthdayProber:
         if (role, target) != (self._role, self._target):
             self._role, self._target = role, target
             self.attempts = 0
-            self._next_attempt_at = float("-inf")
+            self._next_attempt_at = now + ROLE_SETTLE_S
             self._started_at = None
         if direct and not self._direct and self._started_at is not None:
             self.hits += 1
