@@ -32,7 +32,13 @@ pytestmark = pytest.mark.lab
 TRIALS = 20
 DIRECT_WITHIN_S = 10.0
 PROBE_BUDGET = 1000  # probe packets per attempt, both sides together
-FLUSH = "from pyroute2 import Conntrack; Conntrack().flush()"
+# Forget every UDP mapping on a router (TCP stays: the map stream and relay connections).
+FLUSH_UDP = """
+from pyroute2 import Conntrack
+ct = Conntrack()
+for e in [e for e in ct.dump_entries() if e.tuple_orig.proto == 17]:
+    ct.delete(e)
+"""
 
 
 def second_relay(lab: Lab, inet: Any, control: Control, tmp_path: Path) -> None:
@@ -83,26 +89,37 @@ def traffic(src: Node, dst_ip: str, seconds: float) -> subprocess.Popen[Any]:
     )  # fmt: skip
 
 
+def ready(easy: Node, hard: Node) -> bool:
+    """The easy node sees the hard one's NAT kind, and the pair is not direct."""
+    e = peer(easy)
+    bd = (e["nat_traversal"] or {}).get("birthday", {})
+    fresh = bd.get("role") == "easy-side" and bd.get("total_packets") == 0  # the new peer
+    return e["path"] != "direct" and peer(hard)["path"] != "direct" and fresh
+
+
 def both_direct(a: Node, b: Node) -> bool:
     return peer(a)["path"] == "direct" and peer(b)["path"] == "direct"
 
 
+@pytest.mark.timeout(600)  # 20 trials of up to ~20 s each
 def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None:
     (easy, hard), routers = pair(lab, tmp_path, ("easy", "hard"))
     hard_ip, easy_ip = hard.ip4(), easy.ip4()
+    poll_until(lambda: nat_kind(easy) == "easy", timeout_s=20, interval_s=0.5, what="kind")
     rows, failures = [], []
     for trial in range(TRIALS):
         if trial:  # fresh NAT state: new mappings, new sockets, new disco key
             hard.kill9()
             for r in routers:
-                r.run([sys.executable, "-c", FLUSH])
+                r.run([sys.executable, "-c", FLUSH_UDP])
             hard.start()
-        poll_until(
-            lambda: nat_kind(easy) == "easy" and nat_kind(hard) == "hard"
-            and peer(easy)["path"] != "direct" and peer(hard)["online"]
-            and (peer(easy)["nat_traversal"] or {}).get("birthday", {}).get("role") == "easy-side",
-            timeout_s=30, interval_s=0.3, what="both nodes up, NAT kinds known, the pair not direct",
-        )  # fmt: skip
+        poll_until(lambda: nat_kind(hard) == "hard", timeout_s=20, interval_s=0.5, what="kind")
+        try:
+            poll_until(lambda: ready(easy, hard), timeout_s=30, interval_s=0.3,
+                       what="both nodes up, NAT kinds known, the pair not direct")  # fmt: skip
+        except TimeoutError:
+            print(json.dumps([peer(easy), peer(hard)], indent=1), nat_kind(easy), nat_kind(hard))
+            raise
         t0 = time.monotonic()
         pinger = traffic(easy, hard_ip, DIRECT_WITHIN_S + 5)
         took = None
@@ -117,6 +134,7 @@ def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None
         sent = [p["nat_traversal"]["birthday"]["packets_sent"] for p in (e, h)]
         attempts = [p["nat_traversal"]["birthday"]["attempts"] for p in (e, h)]
         rows.append((trial, took, sent, attempts, h["endpoint"]))
+        print("trial", *rows[-1], flush=True)
         if took is None:
             failures.append(trial)
         assert sum(sent) < PROBE_BUDGET, rows[-1]

@@ -404,3 +404,49 @@ def test_nat_kind_of_endpoints() -> None:
     assert role_for("hard", "hard") is None and role_for("easy", "easy") is None
     assert role_for("unknown", "hard") is None
     assert role_for("hard", "easy") == "hard-side" and role_for("easy", "hard") == "easy-side"
+
+
+def test_quiet_open_keeper_and_caller_timeline() -> None:
+    """Stuck for STUCK_AFTER_S, both quiet for QUIET_S (the keeper sends TTL-1 pings), then
+    the caller resumes; the keeper stays quiet until the caller's ping arrives."""
+    target = Endpoint("198.18.2.1", 41641)
+    keeper, caller = QuietOpen(), QuietOpen()
+    for qo, is_keeper in ((keeper, True), (caller, False)):
+        qo.update(applies=True, keeper=is_keeper, target=target, active=True, direct=False, now=0)
+        assert not qo.suppressed(0) and qo.next_timer_at(0) == quietopen.STUCK_AFTER_S
+    t = quietopen.STUCK_AFTER_S
+    assert keeper.timers(t) == [SendLowTtlPing(target)] and caller.timers(t) == []
+    assert keeper.suppressed(t) and caller.suppressed(t)
+    assert keeper.next_timer_at(t) == t + quietopen.KEEPALIVE_S
+    lows = sum(len(keeper.timers(t + k)) for k in range(1, int(quietopen.QUIET_S)))
+    assert lows == int(quietopen.QUIET_S // quietopen.KEEPALIVE_S)
+    end = t + quietopen.QUIET_S
+    assert caller.timers(end) == [Resume()] and not caller.suppressed(end)
+    keeper.timers(end)
+    assert keeper.suppressed(end + 1)  # waits for the caller's ping
+    keeper.on_direct_ping(end + 1)
+    assert not keeper.suppressed(end + 1)
+
+
+def test_quiet_open_never_for_a_pair_that_was_direct() -> None:
+    qo = QuietOpen()
+    target = Endpoint("198.18.2.1", 41641)
+    qo.update(applies=True, keeper=True, target=target, active=True, direct=True, now=0)
+    qo.update(applies=True, keeper=True, target=target, active=True, direct=False, now=10)
+    assert qo.next_timer_at(10) is None and qo.timers(100) == [] and not qo.suppressed(100)
+
+
+def test_via_endpoints() -> None:
+    ep = via_endpoint(40000, Endpoint("198.18.2.1", 41641))
+    assert ep.is_via and not ep.is_relay and str(ep) == "via:40000/198.18.2.1:41641"
+    assert split_via(ep) == (40000, Endpoint("198.18.2.1", 41641))
+    for bad in (
+        Endpoint("via:0/198.18.2.1", 1),
+        Endpoint("via:x/1.2.3.4", 1),
+        Endpoint("1.2.3.4", 1),
+    ):
+        with pytest.raises(ValueError):
+            split_via(bad)
+    pf = Pathfinder("r")
+    pf.on_ping_received(ep, 0.0)  # a path from an extra socket is a candidate like any
+    assert [s.endpoint for s in pf.endpoint_status()] == [ep]

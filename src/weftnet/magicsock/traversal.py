@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("weftd.magicsock")
 
 ACTIVE_WINDOW_S = 10.0  # traffic wants the path if the peer's byte counters moved this recently
+# ... by more than this between two looks (POLL_S or less apart): more than the two
+# 32-byte keepalives a new session or a network change sends.
+ACTIVE_MIN_BYTES = 96
 POLL_S = 1.0  # while a technique may start, look at the counters this often
 IPV6_UNICAST_HOPS_DEFAULT = -1  # the kernel's "use the route's hop limit"
 
@@ -94,8 +97,10 @@ class Traversal:
         """Run what is due for ``pp``; (ordinary direct pings suppressed now, deadline)."""
         pt = self._state(pp)
         total = pp.peer.rx_bytes + pp.peer.tx_bytes
-        if total != pt.seen_bytes:
+        if total - pt.seen_bytes > ACTIVE_MIN_BYTES:
             pt.seen_bytes, pt.active_at = total, now
+        elif now >= pt.active_at + ACTIVE_WINDOW_S:
+            pt.seen_bytes = total  # a trickle (keepalives) never adds up to traffic
         active = now < pt.active_at + ACTIVE_WINDOW_S
         direct = pp.pf.best_path(now)[0] == "direct"
         mine, eps = self.nat_kind, pp.endpoints
