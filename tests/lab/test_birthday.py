@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 
-from weftlab.control import Control, start_control
+from weftlab.control import start_control
 from weftlab.netlab import Lab, NatRouter, poll_until
-from weftlab.tailnet import Node, join, start_node
-from weftlab.testca import lab_ca
+from weftlab.tailnet import Node, join, start_node, start_second_relay
 
 pytestmark = pytest.mark.lab
 
@@ -41,25 +40,11 @@ for e in [e for e in ct.dump_entries() if e.tuple_orig.proto == 17]:
 """
 
 
-def second_relay(lab: Lab, inet: Any, control: Control, tmp_path: Path) -> None:
-    """A second relay region with its own STUN server: two STUN servers for netcheck."""
-    relay_host = lab.host("relay2", inet)
-    api_key = control.admin("apikeys", "create", "--scope", "relay").stdout.strip()
-    cert, key = lab_ca().issue("relay2", [relay_host.ip], tmp_path / "relay2-tls")
-    relay_host.popen(
-        [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", "second",
-         "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
-         "--api-key", api_key, "--data-dir", str(tmp_path / "relay2"),
-         "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(control.ca_file)],
-    )  # fmt: skip
-    poll_until(lambda: len(control.admin_json("relays", "list")) == 2, timeout_s=15, what="relay 2")
-
-
 def pair(lab: Lab, tmp_path: Path, kinds: tuple[str, str]) -> tuple[list[Node], list[NatRouter]]:
     inet = lab.segment("inet", "198.18.0.0/24")
     ctl = lab.host("ctl", inet)
     control = start_control(ctl, tmp_path / "control")
-    second_relay(lab, inet, control, tmp_path)
+    start_second_relay(lab.host("relay2", inet), control, tmp_path)
     routers, hosts = [], []
     for i, kind in enumerate(kinds, 1):
         r = lab.nat_router(f"nat{i}", upstream=inet, kind=kind)  # type: ignore[arg-type]

@@ -54,7 +54,7 @@ class PeerTraversal:
     qo: QuietOpen = field(default_factory=QuietOpen)
     ports: set[int] = field(default_factory=set)  # extra sockets opened for this peer
     disco_key: bytes | None = None  # a restarted peer (new disco key) starts over
-    seen_bytes: int = -1
+    seen_bytes: int = 0
     active_at: float = float("-inf")
 
 
@@ -87,7 +87,11 @@ class Traversal:
         if pt is None or pt.disco_key != pp.disco_key:
             if pt is not None:
                 self.remove_peer(pp.node_id)
-            pt = PeerTraversal(BirthdayProber(self._random.randrange), disco_key=pp.disco_key)
+            pt = PeerTraversal(
+                BirthdayProber(self._random.randrange),
+                disco_key=pp.disco_key,
+                seen_bytes=pp.peer.rx_bytes + pp.peer.tx_bytes,  # what came before is no traffic
+            )
             self.peers[pp.node_id] = pt
         return pt
 
