@@ -19,7 +19,8 @@ from weftnet.endpoint import Endpoint, canonical
 
 log = logging.getLogger("weftd.magicsock")
 
-MAX_SOCKETS = 1024  # extra sockets open at once, all peers together (each a file descriptor)
+MAX_SOCKETS = 512  # extra sockets open at once, all peers together: file descriptors
+# stay well under the usual soft limit of 1024 (one peer's attempt takes 450)
 MAX_READS_PER_WAKEUP = 64  # datagrams read from one socket per reader callback
 RECV_SIZE = 65535  # a UDP datagram, GRO off on these sockets
 
