@@ -50,6 +50,8 @@ PURE = (
     "weftnet.relay.upgrade",  # the upgrade request's text and relay URLs
     "weftnet.relay.meshauth",  # the mesh secret's proofs (HMAC); the I/O is relay.mesh
     "weftnet.magicsock.pathfinder",
+    "weftnet.magicsock.birthday",  # birthday probing; its I/O is magicsock.traversal
+    "weftnet.magicsock.quietopen",
     "weftnet.endpoint",
     "weftnet.tailcfg",
     "weftnet.controlbox",  # sealing shared by node and server

@@ -19,7 +19,10 @@ Like WireGuard's ``netns.sh``, every box in the lab is a network namespace made 
   shows one mapped port to every destination (endpoint-independent mapping).
   ``kind="hard"`` is ``masquerade random``: the port is hashed from the destination, so
   each destination sees a different port (endpoint-dependent mapping). Filtering is
-  conntrack's, address-and-port dependent, in both kinds.
+  conntrack's, address-and-port dependent, in both kinds. ``kind="bare"`` is a bare
+  Linux router: only ``masquerade`` in postrouting, no filter table at all, so an
+  unsolicited packet to the router's own address is delivered to the router itself and
+  leaves a conntrack entry behind (see weftnet.magicsock.quietopen).
 
 The underlay is IPv4 only and lives in 198.18.0.0/15 (RFC 2544 benchmarking space):
 segments are /24s handed out from it. IPv6 is switched off on every underlay link, but
@@ -100,7 +103,7 @@ LAN_IF = "lan0"
 DEFAULT_TIMEOUT_S = 30.0
 KILL_GRACE_S = 3.0  # how long a process gets after SIGTERM before SIGKILL
 
-NatKind = Literal["easy", "hard"]
+NatKind = Literal["easy", "hard", "bare"]
 _T = TypeVar("_T")
 
 _LAB_NAME_RE = re.compile(r"^wl(?P<pid>\d+)x(?P<lab>\d+)-")
@@ -348,6 +351,15 @@ class NatRouter(Node):
 
 def nat_ruleset(kind: NatKind) -> str:
     """The nftables ruleset of a NAT router of ``kind``."""
+    if kind == "bare":  # only masquerade: nothing filters what reaches the router itself
+        return f"""
+table ip weftlab_nat {{
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{WAN_IF}" masquerade
+    }}
+}}
+"""
     masquerade = {"easy": "masquerade", "hard": "masquerade random"}[kind]
     return f"""
 table ip weftlab_nat {{
@@ -523,8 +535,8 @@ class Lab:
         lan_subnet: str | None = None,
     ) -> NatRouter:
         """A NAT router on ``upstream`` with a new LAN segment ``<name>-lan`` (``r.lan``)."""
-        if kind not in ("easy", "hard"):
-            raise ValueError(f"NAT kind must be 'easy' or 'hard', not {kind!r}")
+        if kind not in ("easy", "hard", "bare"):
+            raise ValueError(f"NAT kind must be 'easy', 'hard' or 'bare', not {kind!r}")
         router = NatRouter(self, self._check_name(name), kind, upstream)
         self._add_netns(router)
         router._sysctl(

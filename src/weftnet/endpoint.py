@@ -30,8 +30,33 @@ class Endpoint(NamedTuple):
         """A relay pseudo-endpoint ("relay:<region>", 0), not an IP address."""
         return self.host.startswith(RELAY_PREFIX)
 
+    @property
+    def is_via(self) -> bool:
+        """A pseudo-endpoint for a path from an extra (birthday) socket, not an IP."""
+        return self.host.startswith(VIA_PREFIX)
+
 
 RELAY_PREFIX = "relay:"  # host of the pseudo-endpoint for a path through a relay region
+# Host of the pseudo-endpoint for a direct path from one of the extra sockets birthday
+# probing opens (weftnet.magicsock.birthday): "via:<local port>/<remote ip>", remote port.
+VIA_PREFIX = "via:"
+PSEUDO_PREFIXES = (RELAY_PREFIX, VIA_PREFIX)  # hosts that are not IP addresses
+
+
+def via_endpoint(local_port: int, remote: tuple[str, int]) -> Endpoint:
+    """The pseudo-endpoint for ``remote`` reached from our extra socket on ``local_port``."""
+    return Endpoint(f"{VIA_PREFIX}{local_port}/{remote[0]}", remote[1])
+
+
+def split_via(ep: tuple[str, int]) -> tuple[int, Endpoint]:
+    """(local port, remote endpoint) of a via pseudo-endpoint; ValueError otherwise."""
+    host = ep[0]
+    if not host.startswith(VIA_PREFIX):
+        raise ValueError(f"not a via endpoint: {host!r}")
+    port, sep, ip = host[len(VIA_PREFIX) :].partition("/")
+    if not sep or not port.isdigit() or not 0 < int(port) <= MAX_PORT:
+        raise ValueError(f"not a via endpoint: {host!r}")
+    return int(port), canonical((ip, ep[1]))
 
 
 def canonical(addr: tuple[str, int] | tuple[str, int, int, int]) -> Endpoint:
@@ -77,7 +102,7 @@ def format_endpoint(ep: tuple[str, int]) -> str:
     host, port = ep[0], ep[1]
     return (
         f"[{host}]:{port}"
-        if ":" in host and not host.startswith(RELAY_PREFIX)
+        if ":" in host and not host.startswith(PSEUDO_PREFIXES)
         else f"{host}:{port}"
     )
 
@@ -85,7 +110,7 @@ def format_endpoint(ep: tuple[str, int]) -> str:
 def is_usable_peer_address(ep: Endpoint) -> bool:
     """Whether a peer's advertised endpoint is worth sending to: a unicast address that
     is not loopback, unspecified, multicast or link-local, and a non-zero port."""
-    if ep.is_relay or ep.port == 0:
+    if ep.is_relay or ep.is_via or ep.port == 0:
         return False
     ip = ep.ip
     return not (ip.is_loopback or ip.is_unspecified or ip.is_multicast or ip.is_link_local)

@@ -9,8 +9,7 @@ import pytest
 
 from weftlab.control import start_control
 from weftlab.netlab import Lab
-from weftlab.tailnet import Node, join, pings, start_node
-from weftlab.testca import lab_ca
+from weftlab.tailnet import Node, join, pings, start_node, start_second_relay
 
 pytestmark = pytest.mark.lab
 
@@ -83,7 +82,6 @@ def test_nat_matrix(lab: Lab, tmp_path: Path) -> None:
 
 def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Path) -> None:
     import json
-    import sys
 
     from weftlab.netlab import poll_until
 
@@ -94,15 +92,7 @@ def test_netcheck_tells_a_hard_nat_from_two_stun_servers(lab: Lab, tmp_path: Pat
         nat = lab.nat_router(f"nat-{kind}", upstream=inet, kind=kind)  # type: ignore[arg-type]
         hosts[kind] = lab.host(kind, nat.lan)
     control = start_control(ctl, tmp_path / "control")
-    api_key = control.admin("apikeys", "create", "--scope", "relay").stdout.strip()
-    cert, key = lab_ca().issue("relay2", [relay_host.ip], tmp_path / "relay2-tls")
-    relay_host.popen(
-        [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", "second",
-         "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
-         "--api-key", api_key, "--data-dir", str(tmp_path / "relay2"),
-         "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(control.ca_file)],
-    )  # fmt: skip
-    poll_until(lambda: len(control.admin_json("relays", "list")) == 2, timeout_s=15, what="relay 2")
+    start_second_relay(relay_host, control, tmp_path)
     nodes = {name: start_node(tmp_path, h, name) for name, h in hosts.items()}
     join(control, list(nodes.values()))
     reports = {}

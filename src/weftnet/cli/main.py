@@ -299,6 +299,9 @@ def cmd_netcheck(args: argparse.Namespace) -> None:
     print(f"\t* UDP: {str(r['udp']).lower()}")
     print(f"\t* Public address: {r['public_address'] or '-'}")
     print(f"\t* Mapping varies by destination: {varies[r['mapping_varies_by_destination']]}")
+    nat = {"easy": "easy (one mapping for every destination)",
+           "hard": "hard (a new mapping per destination: birthday probing toward easy NATs)"}  # fmt: skip
+    print(f"\t* NAT: {nat.get(r.get('nat') or '', 'unknown (needs two STUN servers)')}")
     pm = r.get("port_mapping")
     if pm is not None:
         offered = [name for key, name in (("upnp", "UPnP"), ("nat_pmp", "NAT-PMP"),

@@ -33,7 +33,7 @@ import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -44,10 +44,12 @@ from weftnet.endpoint import (
     Endpoint,
     format_endpoint,
     is_usable_peer_address,
+    split_via,
     try_parse_endpoint,
 )
 from weftnet.magicsock.pathfinder import Path, Pathfinder, SendCallMeMaybe, SendPing
 from weftnet.magicsock.relays import Relays
+from weftnet.magicsock.traversal import Traversal
 from weftnet.node.engine import Engine
 from weftnet.wireguard import crypto
 from weftnet.wireguard.device import Peer
@@ -103,6 +105,7 @@ class PeerPaths:
     problem: str | None = None  # why the peer has no disco (for health)
     error: str | None = None  # the last exception in its path finding (for health)
     retry_at: float = float("-inf")  # after an exception: left alone until then
+    endpoints: list[Endpoint] = field(default_factory=list)  # usable ones from the map
 
 
 class MagicSock:
@@ -146,6 +149,7 @@ class MagicSock:
         self._wake = asyncio.Event()
         self._closed = False
         self._probe: asyncio.Task[str | None] | None = None
+        self.traversal = Traversal(self)  # birthday probing, quiet open
         engine.set_bind(self)
 
     @property
@@ -170,6 +174,7 @@ class MagicSock:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         self._tasks.clear()
+        self.traversal.close()
         await self.relays.close()
         self.engine.set_bind(None)
 
@@ -211,11 +216,13 @@ class MagicSock:
             if (ep := try_parse_endpoint(text)) is not None and is_usable_peer_address(ep)
         ]
         pp.pf.set_endpoints(eps)
+        pp.endpoints = eps
         self._choose(pp, time.monotonic())
         self._rearm()
 
     def remove_peer(self, node_id: int) -> None:
         pp = self.peers.pop(node_id, None)
+        self.traversal.remove_peer(node_id)
         if pp is None:
             return
         if self._by_node_key.get(pp.node_key) is pp:
@@ -226,9 +233,16 @@ class MagicSock:
     # -- the Bind: what the data plane hands us ---------------------------------------
 
     def send_to_pseudo(self, peer_key: bytes, ep: Endpoint, data: bytes) -> None:
+        if ep.is_via:
+            self.traversal.send_via(ep, data)
+            return
         self.relays.send(ep[0][len(RELAY_PREFIX) :], peer_key, data)
 
     def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
+        if ep.is_via:
+            for i in range(0, len(data), seg):
+                self.traversal.send_via(ep, data[i : i + seg])
+            return
         self.relays.send_batch(ep[0][len(RELAY_PREFIX) :], peer_key, data, seg)
 
     def receive_other(self, data: bytes, src: Endpoint) -> bool:
@@ -263,8 +277,10 @@ class MagicSock:
         raw = disco.seal(msg, self.disco_private, pp.disco_key, os.urandom(24))
         if dst is None:
             self.relays.send(pp.home_relay, pp.node_key, raw)
-            return
-        self.engine.dp.send_raw(raw, dst)
+        elif dst.is_via:
+            self.traversal.send_via(dst, raw)
+        else:
+            self.engine.dp.send_raw(raw, dst)
 
     def _ping(self, pp: PeerPaths, dst: Endpoint | None, now: float) -> bytes:
         """A disco ping with a fresh txid to ``dst`` (None: through the relay)."""
@@ -418,6 +434,7 @@ class MagicSock:
                 "udp": bool(fresh),
                 "public_address": mapped[0] if mapped else None,
                 "mapping_varies_by_destination": len(seen) > 1 if len(fresh) > 1 else None,
+                "nat": None if len(fresh) < 2 else "hard" if len(seen) > 1 else "easy",
                 "stun_servers": {
                     format_endpoint(s): format_endpoint(m) for s, (m, _) in fresh.items()
                 },
@@ -427,6 +444,10 @@ class MagicSock:
         }
 
     # -- disco ------------------------------------------------------------------------
+
+    def disco_from(self, data: bytes, src: Endpoint) -> None:
+        """A disco packet that arrived on one of the Bind's own sockets (``src`` via)."""
+        self._disco(data, src)
 
     def _disco(self, data: bytes, src: Endpoint | None) -> None:
         try:
@@ -443,8 +464,10 @@ class MagicSock:
             if msg.node_key != pp.node_key:
                 return
             if src is not None:
-                self._send_disco(pp, Pong(msg.txid, src), src)
+                seen_as = split_via(src)[1] if src.is_via else src
+                self._send_disco(pp, Pong(msg.txid, seen_as), src)
                 pp.pf.on_ping_received(src, now)
+                self.traversal.on_direct_ping(pp, now)
             else:
                 # Through the relay: answer there (no address to report), and tell the
                 # peer where to find us directly.
@@ -512,16 +535,19 @@ class MagicSock:
         return min(deadlines)
 
     def _peer_timers(self, pp: PeerPaths, now: float) -> float | None:
+        quiet, traversal_at = self.traversal.before_timers(pp, now)
         for action in pp.pf.timers(now):
             if isinstance(action, SendPing):
-                self._ping(pp, action.endpoint, now)
+                if not quiet:  # quiet open: no direct ping may reach the peer's router
+                    self._ping(pp, action.endpoint, now)
             elif isinstance(action, SendCallMeMaybe):
                 self._send_disco(pp, CallMeMaybe(tuple(self.endpoints())), None)
         if pp.home_relay is None:
             pp.pf.set_relay(self.relays.home)
         self._choose(pp, now)
         pp.error = None
-        return pp.pf.next_timer_at(now)
+        at = pp.pf.next_timer_at(now)
+        return traversal_at if at is None else at if traversal_at is None else min(at, traversal_at)
 
     def _peer_failed(self, pp: PeerPaths, e: Exception, now: float) -> None:
         log.error(
@@ -583,6 +609,10 @@ class MagicSock:
         if path[0] == "relay":
             return "relay", None, path[1]
         return "none", None, None
+
+    def traversal_of(self, node_id: int) -> dict[str, object] | None:
+        """Birthday probing and quiet open toward the peer, for `weft status --json`."""
+        return self.traversal.status(node_id)
 
     def health(self) -> list[str]:
         """Current problems in words; empty when healthy."""

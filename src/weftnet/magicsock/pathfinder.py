@@ -48,8 +48,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from weftnet.disco.messages import canonical_endpoint
-from weftnet.endpoint import Endpoint
+from weftnet.disco.messages import canonical_endpoint as _canonical_ip_endpoint
+from weftnet.endpoint import VIA_PREFIX, Endpoint, split_via, via_endpoint
+from weftnet.wireguard.errors import ProtocolError
 
 __all__ = [
     "CALL_ME_MAYBE_INTERVAL_S",
@@ -85,6 +86,19 @@ MAX_PINGS_IN_FLIGHT = 4  # unanswered pings remembered per endpoint
 SWITCH_LATENCY_RATIO = 2 / 3  # move off a trusted endpoint only for one this much faster
 MAX_CANDIDATES = 64  # endpoints remembered per peer; more are ignored
 PEER_REFLEXIVE_TTL_S = 60.0  # forget an address a ping came from after this, unless in use
+
+
+def canonical_endpoint(ep: tuple[str, int]) -> Endpoint:
+    """An ip:port, or a via pseudo-endpoint (a path from an extra birthday-probing
+    socket, weftnet.endpoint.via_endpoint), in canonical form; ProtocolError otherwise."""
+    if ep[0].startswith(VIA_PREFIX):
+        try:
+            local, remote = split_via(ep)
+        except ValueError as e:
+            raise ProtocolError(str(e)) from None
+        return via_endpoint(local, remote)
+    return _canonical_ip_endpoint(ep)
+
 
 Source = Literal["map", "call-me-maybe", "ping", "wireguard"]
 Reason = Literal["discovery", "heartbeat", "upgrade", "call-me-maybe", "reply"]
@@ -185,6 +199,11 @@ class Pathfinder:
         c.seen_at = now
         if not c.trusted(now):
             c.wanted = "reply"
+
+    def ping_soon(self) -> None:
+        """Ping every candidate as soon as the spacing allows (a quiet period ended)."""
+        for c in self._candidates.values():
+            c.wanted = c.wanted or "discovery"
 
     def on_ping_sent(self, endpoint: Endpoint, txid: bytes, now: float) -> None:
         """A ping with ``txid`` went to ``endpoint`` (ignored unless it is a candidate)."""

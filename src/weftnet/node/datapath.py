@@ -38,7 +38,7 @@ from typing import Protocol
 
 from weftnet import fastpath, sockmark
 from weftnet.dns import SERVICE_V4, SERVICE_V6
-from weftnet.endpoint import RELAY_PREFIX, Endpoint, canonical
+from weftnet.endpoint import PSEUDO_PREFIXES, RELAY_PREFIX, Endpoint, canonical
 from weftnet.fastpath.reference import MAX_PACKET, MAX_SEGMENTS, MESSAGE_OVERHEAD, segment_packet
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
@@ -163,7 +163,7 @@ class UdpBind:
         return False
 
     def authenticated(self, peer: Peer, src: Endpoint) -> None:
-        if not src[0].startswith(RELAY_PREFIX):
+        if not src[0].startswith(PSEUDO_PREFIXES):
             peer.endpoint = src  # whitepaper section 2.1: the endpoint roams
 
 
@@ -239,7 +239,7 @@ class DataPlane:
         sa = self._sockaddr_cache.get(ep)
         if sa is None:
             host, port = ep
-            if host.startswith(RELAY_PREFIX):
+            if host.startswith(PSEUDO_PREFIXES):  # a relay, or an extra socket of the Bind
                 return ("relay", ep)
             if ipaddress.ip_address(host).version == 4:
                 host = "::ffff:" + host
@@ -255,10 +255,10 @@ class DataPlane:
             transport = t.data[0] == MESSAGE_TRANSPORT
             packets = 1 if transport and len(t.data) > MESSAGE_OVERHEAD else 0
             counters.tx_packets += packets
-            if t.endpoint[0].startswith(RELAY_PREFIX):
+            if t.endpoint[0].startswith(PSEUDO_PREFIXES):
                 if t.peer_key:
                     self._send_to_pseudo(t.peer_key, t.endpoint, t.data)
-                    if transport:
+                    if transport and t.endpoint[0].startswith(RELAY_PREFIX):
                         counters.relay_tx_bytes += len(t.data)
                         counters.relay_tx_packets += packets
                 else:
@@ -274,6 +274,14 @@ class DataPlane:
             self.sock.sendto(data, self._sockaddr(ep))
         except OSError as e:
             log.debug("send to %s failed: %s", ep, e)
+
+    def receive_from_pseudo(self, data: bytes, src: Endpoint) -> None:
+        """A datagram the Bind received on a socket of its own (a birthday-probing extra
+        socket), from the pseudo-endpoint ``src``: replies go back the same way."""
+        now = self.clock()
+        self._receive(data, len(data), len(data), src, now)
+        self._flush_tun()
+        self._after_receive(now)
 
     def receive_from_relay(self, data: bytes, src_key: bytes, region: str) -> None:
         """A datagram the relay delivered from the peer with node key ``src_key``."""
@@ -376,8 +384,9 @@ class DataPlane:
             if sa[0] == "relay":
                 self._send_to_pseudo_batch(peer.public_key, sa[1], bytes(out[start:end]), seg)
                 self.counters.tx_packets += count
-                self.counters.relay_tx_packets += count
-                self.counters.relay_tx_bytes += end - start
+                if sa[1][0].startswith(RELAY_PREFIX):
+                    self.counters.relay_tx_packets += count
+                    self.counters.relay_tx_bytes += end - start
                 continue
             try:
                 if count > 1:

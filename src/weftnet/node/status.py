@@ -111,6 +111,7 @@ def node_status(d: NodeDaemon) -> dict[str, Any]:
                 "endpoint": endpoint,
                 "relay": relay,
                 "home_relay": n.home_relay,
+                "nat_traversal": d.magic.traversal_of(pid) if d.magic else None,
                 "rx_bytes": peer.rx_bytes if peer else 0,
                 "tx_bytes": peer.tx_bytes if peer else 0,
                 "last_handshake": None if last is None else wall - (now - last),
