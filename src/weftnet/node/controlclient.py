@@ -46,11 +46,24 @@ def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -
 
 
 class ControlClient:
-    def __init__(self, state: NodeState, login_server: str, tls_ca: str | None = None) -> None:
+    def __init__(
+        self,
+        state: NodeState,
+        login_server: str,
+        tls_ca: str | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        """``http``: a client shared with other ControlClients (a load generator driving
+        many nodes from one process), closed by its owner; else each has its own."""
         self.state = state
         self.url = login_server.rstrip("/")
         self.server_key: bytes | None = None
         self.warning: str | None = None  # why the server's key is not verified, if it is not
+        self.frame_bytes = 0  # the size on the wire of the last map frame yielded
+        self._owns_http = http is None
+        if http is not None:
+            self.http = http
+            return
         context = tls.client_context(tls_ca)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
@@ -63,7 +76,8 @@ class ControlClient:
         )
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._owns_http:
+            await self.http.aclose()
 
     async def ensure_server_key(self, trust: ServerTrust | None = None) -> bytes:
         """The server's key, verified (node.trust) before it is used. A login passes
@@ -209,6 +223,7 @@ class ControlClient:
                     for sealed in reader.feed(chunk):
                         plain = self._open(sealed, sealed_req, frames)
                         frames += 1
+                        self.frame_bytes = len(sealed) + controlbox.FRAME_HEADER.size
                         yield tailcfg.MapResponse.model_validate_json(plain)
         except (httpx.HTTPError, controlbox.SealError, ValueError) as e:
             raise ControlError(f"map stream from {self.url} broke: {tls.describe(e)}") from e
