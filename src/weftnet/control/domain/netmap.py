@@ -250,6 +250,8 @@ class NetMap:
         }
         self._filters: dict[int, list[pol.FilterRule]] = {}
         self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
+        self._compiler: pol.FilterCompiler | None = None
+        self._visible: dict[int, set[int]] | None = None  # node id -> peers it sees
 
     def filter_for(self, node_id: int) -> list[pol.FilterRule]:
         """What may reach node ``node_id`` (compiled once per NetMap)."""
@@ -259,8 +261,10 @@ class NetMap:
             if info is None:  # expired or waiting for approval: nothing reaches it
                 rules = []
             else:
-                live = list(self._live.values())
-                rules = pol.compile_filter(self.policy, info, live, self.policy_now)
+                if self._compiler is None:
+                    live = list(self._live.values())
+                    self._compiler = pol.FilterCompiler(self.policy, live, self.policy_now)
+                rules = self._compiler.compile(info)
             self._filters[node_id] = rules
         return rules
 
@@ -319,18 +323,34 @@ class NetMap:
 
     def visible_peers(self, node_id: int) -> list[int]:
         """The live nodes ``node_id`` may reach or that may reach it, by id."""
-        me = self._live.get(node_id)
-        if me is None:
+        if node_id not in self._live:
             return []
-        others = [i for i in self._live if i != node_id]
         if self.policy is None:
-            return others
-        mine = self.filter_for(node_id)
-        return [
-            i
-            for i in others
-            if pol.admits(mine, self._live[i]) or pol.admits(self.filter_for(i), me)
-        ]
+            return [i for i in self._live if i != node_id]
+        return sorted(self._visibility()[node_id])
+
+    def _visibility(self) -> dict[int, set[int]]:
+        """Who sees whom, for every live node at once: each filter's sources are found
+        by address (a set look-up per source host; a scan only for wider networks), and
+        a node sees the sources of its own filter and the nodes whose filters name it.
+        The cost follows the size of the filters, not the square of the node count."""
+        if self._visible is None:
+            by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+            for i, info in self._live.items():
+                for ip in pol.addresses(info):
+                    by_address[ip] = i
+            visible: dict[int, set[int]] = {i: set() for i in self._live}
+            for target in self._live:
+                admission = pol.Admission(self.filter_for(target))
+                sources = {by_address[ip] for ip in admission.hosts if ip in by_address}
+                if admission.networks:
+                    sources.update(i for ip, i in by_address.items() if admission.admits((ip,)))
+                sources.discard(target)
+                visible[target] |= sources
+                for source in sources:
+                    visible[source].add(target)
+            self._visible = visible
+        return self._visible
 
     def view_for(
         self,

@@ -7,6 +7,9 @@ gives a node's inbound filter, ``can_reach`` decides map peer visibility and
 
 from weftnet.control.policy.compile import (
     ALLOW_ALL,
+    Admission,
+    FilterCompiler,
+    addresses,
     admits,
     allows,
     can_reach,
@@ -29,10 +32,13 @@ __all__ = [
     "ALLOW_ALL",
     "EXIT_ROUTES",
     "THE_INTERNET",
+    "Admission",
+    "FilterCompiler",
     "FilterRule",
     "NodeInfo",
     "Policy",
     "PolicyError",
+    "addresses",
     "admits",
     "allows",
     "auto_approved",
