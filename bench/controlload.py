@@ -331,6 +331,8 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
             if firsts and result.registered > 1:
                 result.register_rate = result.registered / max(1e-6, max(lasts) - min(firsts))
 
+            _progress(f"registered {result.registered}, {result.streams} streams")
+
             # 2. policy changes
             latencies: list[float] = []
             delta_sizes: list[int] = []
@@ -346,6 +348,8 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
             result.policy_ms = percentiles(latencies)
             if delta_sizes:
                 result.delta_bytes = statistics.mean(delta_sizes)
+
+            _progress(f"policy change p50/p99/max {_ms(result.policy_ms)} ms")
 
             # 3. a new node; 4. its endpoint update
             probe = Probe(control.url, server_key, probe_key)
@@ -385,6 +389,10 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
             control.stop(timeout_s=60.0)
     result.wall_s = time.monotonic() - started
     return result
+
+
+def _progress(text: str) -> None:
+    print(f"#   {text}", file=sys.stderr, flush=True)
 
 
 def _ms(v: tuple[float, float, float] | None) -> str:

@@ -136,18 +136,19 @@ def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -
     )
 
 
-def wire_filter(rules: Iterable[pol.FilterRule]) -> tuple[tailcfg.FilterRule, ...]:
-    return tuple(
-        tailcfg.FilterRule(
-            src_ips=list(r.src_ips),
-            dst_ports=[
-                tailcfg.NetPortRange(ip=cidr, ports=tailcfg.PortRange(first=lo, last=hi))
-                for cidr, lo, hi in r.dst_ports
-            ],
-            ip_proto=list(r.protos),
-        )
-        for r in rules
+def wire_rule(r: pol.FilterRule) -> tailcfg.FilterRule:
+    return tailcfg.FilterRule(
+        src_ips=list(r.src_ips),
+        dst_ports=[
+            tailcfg.NetPortRange(ip=cidr, ports=tailcfg.PortRange(first=lo, last=hi))
+            for cidr, lo, hi in r.dst_ports
+        ],
+        ip_proto=list(r.protos),
     )
+
+
+def wire_filter(rules: Iterable[pol.FilterRule]) -> tuple[tailcfg.FilterRule, ...]:
+    return tuple(wire_rule(r) for r in rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +195,12 @@ class NetMap:
         policy_now: float | None = None,
         dns_config: tailcfg.DNSConfig | None = None,
         previous_primaries: Mapping[str, int] | None = None,
+        previous: NetMap | None = None,
     ) -> None:
+        """``previous``: the NetMap this one follows; what did not change is taken from it
+        (wire nodes, wire filter rules), so building and comparing costs what changed."""
         self.nodes = dict(nodes)
+        self.users = users
         self.policy = policy
         # The time schedules are judged at: the hub's policy clock (normally ``now``).
         self.policy_now = now if policy_now is None else policy_now
@@ -206,9 +211,7 @@ class NetMap:
         self.dns_config = dns_config or dnsdoc.compile_config(dnsdoc.DEFAULT_DOCUMENT, dns_domain)
         self.relays = tuple(relays)  # standalone relays, after the server's own
         self._by_node_key = {n.node_key: n for n in self.nodes.values()}
-        self._wire = {
-            n.id: wire_node(n, users, n.id in self.online, now) for n in self.nodes.values()
-        }
+        self._wire = {n.id: self._wire_node(n, previous) for n in self.nodes.values()}
         future = [
             n.key_expiry
             for n in self.nodes.values()
@@ -251,7 +254,35 @@ class NetMap:
         self._filters: dict[int, list[pol.FilterRule]] = {}
         self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
         self._compiler: pol.FilterCompiler | None = None
+        # Wire filter rules by rule; a miss looks in the previous NetMap's (a policy change
+        # rebuilds only the rules it changed; only the rules in use are carried on).
+        self._wire_rules: dict[pol.FilterRule, tailcfg.FilterRule] = {}
+        self._previous_rules = previous._wire_rules if previous is not None else {}
         self._visible: dict[int, set[int]] | None = None  # node id -> peers it sees
+
+    def _wire_node(self, node: Node, previous: NetMap | None) -> tailcfg.Node:
+        online = node.id in self.online
+        if previous is not None:
+            wire = previous._wire.get(node.id)
+            if (
+                wire is not None
+                and previous.nodes[node.id] == node
+                and wire.online == online
+                and wire.expired == node.expired_at(self.now)
+                and (
+                    node.user_id is None
+                    or previous.users.get(node.user_id) == self.users.get(node.user_id)
+                )
+            ):
+                return wire
+        return wire_node(node, self.users, online, self.now)
+
+    def _wire_rule(self, rule: pol.FilterRule) -> tailcfg.FilterRule:
+        wire = self._wire_rules.get(rule)
+        if wire is None:
+            wire = self._previous_rules.get(rule) or wire_rule(rule)
+            self._wire_rules[rule] = wire
+        return wire
 
     def filter_for(self, node_id: int) -> list[pol.FilterRule]:
         """What may reach node ``node_id`` (compiled once per NetMap)."""
@@ -335,16 +366,19 @@ class NetMap:
         a node sees the sources of its own filter and the nodes whose filters name it.
         The cost follows the size of the filters, not the square of the node count."""
         if self._visible is None:
-            by_address: dict[ipaddress.IPv4Address | ipaddress.IPv6Address, int] = {}
+            by_host: dict[str, int] = {}  # canonical host CIDR ("100.64.0.1/32") -> node id
             for i, info in self._live.items():
-                for ip in pol.addresses(info):
-                    by_address[ip] = i
+                for cidr in pol.host_cidrs(info):
+                    by_host[cidr] = i
+            admitted: dict[tuple[str, ...], set[int]] = {}  # source CIDRs -> their nodes
             visible: dict[int, set[int]] = {i: set() for i in self._live}
             for target in self._live:
-                admission = pol.Admission(self.filter_for(target))
-                sources = {by_address[ip] for ip in admission.hosts if ip in by_address}
-                if admission.networks:
-                    sources.update(i for ip, i in by_address.items() if admission.admits((ip,)))
+                sources: set[int] = set()
+                for rule in self.filter_for(target):
+                    ids = admitted.get(rule.src_ips)
+                    if ids is None:
+                        ids = admitted[rule.src_ips] = pol.Admission(rule.src_ips).members(by_host)
+                    sources |= ids
                 sources.discard(target)
                 visible[target] |= sources
                 for source in sources:
@@ -368,7 +402,8 @@ class NetMap:
         del viewer
         wire_rules = self._wire_filters.get(node_id)
         if wire_rules is None:
-            wire_rules = self._wire_filters[node_id] = wire_filter(self.filter_for(node_id))
+            wire_rules = tuple(self._wire_rule(r) for r in self.filter_for(node_id))
+            self._wire_filters[node_id] = wire_rules
         return MapView(
             self._wire_for(node_id, node_id, version),
             {i: self._wire_for(i, node_id, version) for i in self.visible_peers(node_id)},
@@ -392,7 +427,10 @@ class NetMap:
 
 
 def delta(prev: MapView, new: MapView) -> tailcfg.MapResponse | None:
-    changed = [n for i, n in sorted(new.peers.items()) if prev.peers.get(i) != n]
+    # Wire nodes a NetMap took over from the one before are the same objects: "is" first.
+    changed = [
+        n for i, n in sorted(new.peers.items()) if (p := prev.peers.get(i)) is not n and p != n
+    ]
     removed = sorted(i for i in prev.peers if i not in new.peers)
     node = new.node if new.node != prev.node else None
     relay_map = list(new.relay_map) if new.relay_map != prev.relay_map else None

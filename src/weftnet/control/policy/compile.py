@@ -20,8 +20,9 @@ accepts is denied.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +46,11 @@ __all__ = [
     "ALLOW_ALL",
     "Admission",
     "FilterCompiler",
-    "addresses",
     "admits",
     "allows",
     "can_reach",
     "compile_filter",
+    "host_cidrs",
     "next_edge",
     "run_tests",
 ]
@@ -72,8 +73,19 @@ class _Principal:
     device: dict[str, Any] | None = None  # None: not one device (postures never hold)
 
 
+# Parsing addresses dominates compiling filters for many nodes; the texts repeat from one
+# map to the next, so their parses are kept (bounded: a few entries per node).
+PARSE_CACHE_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _address(text: str) -> IPAddress:
     return ipaddress.ip_interface(text).ip
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _network(cidr: str) -> IPNetwork:
+    return ipaddress.ip_network(cidr)
 
 
 def _principal(node: NodeInfo) -> _Principal:
@@ -81,8 +93,9 @@ def _principal(node: NodeInfo) -> _Principal:
     return _Principal(user, node.tags, tuple(_address(ip) for ip in node.ips))
 
 
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _host_cidr(ip: IPAddress) -> str:
-    return str(ipaddress.ip_network(ip))
+    return f"{ip}/{ip.max_prefixlen}"
 
 
 def _in(ips: Iterable[IPAddress], net: IPNetwork | None) -> bool:
@@ -303,30 +316,47 @@ def can_reach(
 
 def admits(rules: Sequence[FilterRule], src: NodeInfo) -> bool:
     """Whether a compiled filter lets src send anything at all."""
-    return Admission(rules).admits(addresses(src))
+    admission = Admission(c for rule in rules for c in rule.src_ips)
+    return admission.admits(host_cidrs(src))
 
 
-def addresses(node: NodeInfo) -> tuple[IPAddress, ...]:
-    return tuple(_address(ip) for ip in node.ips)
+def host_cidrs(node: NodeInfo) -> tuple[str, ...]:
+    """The node's addresses as canonical host CIDRs ("100.64.0.1/32"), as filters name
+    them."""
+    return tuple(_host_cidr(_address(ip)) for ip in node.ips)
 
 
 class Admission:
-    """The sources a compiled filter lets send anything, ready for many questions: its
-    single addresses in a set (one look-up each), its wider networks in a list."""
+    """Source CIDRs ready for many questions: single addresses as canonical host CIDR
+    texts in a set (one look-up each), wider networks in a list."""
 
-    def __init__(self, rules: Sequence[FilterRule]) -> None:
-        self.hosts: set[IPAddress] = set()
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        hosts: set[str] = set()
         self.networks: list[IPNetwork] = []
-        for cidr in dict.fromkeys(c for rule in rules for c in rule.src_ips):
-            net = ipaddress.ip_network(cidr)
-            if net.num_addresses == 1:
-                self.hosts.add(net.network_address)
+        for cidr in dict.fromkeys(cidrs):
+            net = _network(cidr)
+            if net.prefixlen == net.max_prefixlen:
+                hosts.add(_host_cidr(net.network_address))
             else:
                 self.networks.append(net)
+        self.hosts = frozenset(hosts)
 
-    def admits(self, ips: Iterable[IPAddress]) -> bool:
-        ips = tuple(ips)
-        return any(ip in self.hosts for ip in ips) or any(_in(ips, net) for net in self.networks)
+    def admits(self, host_cidrs: Iterable[str]) -> bool:
+        """Whether any of the addresses (canonical host CIDRs) may send."""
+        for cidr in host_cidrs:
+            if cidr in self.hosts:
+                return True
+            ip = _network(cidr).network_address
+            if any(ip.version == net.version and ip in net for net in self.networks):
+                return True
+        return False
+
+    def members(self, by_host: Mapping[str, int]) -> set[int]:
+        """The ids of ``by_host`` (canonical host CIDR -> id) that may send."""
+        ids = {by_host[h] for h in self.hosts if h in by_host}
+        if self.networks:
+            ids.update(i for cidr, i in by_host.items() if i not in ids and self.admits((cidr,)))
+        return ids
 
 
 def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -> _Principal:

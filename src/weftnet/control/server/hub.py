@@ -320,6 +320,7 @@ class Hub:
                 snapshot.dns_config,
                 # The last election: a primary keeps its prefixes while it stands.
                 self.current.primaries if self.current is not None else None,
+                previous=self.current,  # what did not change is reused, not rebuilt
             )
             self.current = netmap
             self.current_generation = generation

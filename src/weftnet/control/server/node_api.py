@@ -430,6 +430,7 @@ async def _one_map(
         ctx.hub.policy_now(),
         snapshot.dns_config,
         ctx.hub.current.primaries if ctx.hub.current is not None else None,
+        previous=ctx.hub.current,
     )
     view = current.view_for(node_id, own_relays, req.version)
     if view is None:
