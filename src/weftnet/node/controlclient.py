@@ -140,14 +140,19 @@ class ControlClient:
             os.urandom(controlbox.NONCE_LEN),
         )
 
-    def _open(self, sealed: bytes, request: bytes, index: int = 0) -> bytes:
+    def _open(
+        self,
+        sealed: bytes,
+        request: bytes,
+        index: int = 0,
+        sealer: controlbox.Sealer | None = None,
+    ) -> bytes:
         """The ``index``-th answer to our sealed ``request``: sealed with the pinned key and
         bound to that request (a recorded older answer is refused)."""
         assert self.server_key is not None
         try:
-            return controlbox.open_answer(
-                self.state.machine_private, self.server_key, sealed, request, index
-            )
+            sealer = sealer or controlbox.Sealer(self.state.machine_private, self.server_key)
+            return sealer.open_answer(sealed, request, index)
         except controlbox.SealError as e:
             raise ControlError(
                 f"the server's answer is not sealed with the pinned key for this request: {e}"
@@ -213,6 +218,7 @@ class ControlClient:
         )
         reader = controlbox.FrameReader()
         sealed_req = self._seal(req)
+        sealer = controlbox.Sealer(self.state.machine_private, self.server_key)  # once a stream
         frames = 0
         try:
             async with self.http.stream("POST", self._machine_url("map"), content=sealed_req) as r:
@@ -221,7 +227,7 @@ class ControlClient:
                     raise ControlError(f"map request refused: {r.status_code} {body!r}")
                 async for chunk in r.aiter_raw():
                     for sealed in reader.feed(chunk):
-                        plain = self._open(sealed, sealed_req, frames)
+                        plain = self._open(sealed, sealed_req, frames, sealer)
                         frames += 1
                         self.frame_bytes = len(sealed) + controlbox.FRAME_HEADER.size
                         yield tailcfg.MapResponse.model_validate_json(plain)
