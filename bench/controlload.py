@@ -341,10 +341,17 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
                 workers.ask("watch", mark, 30)
                 t0 = time.monotonic()
                 admin.call("PUT", "/policy", {"policy": policy_text(mark.port or 0)})
+                put_s = time.monotonic() - t0
+                seen: list[float] = []
                 for a in workers.ask("collect", (mark, deadline_s), deadline_s + 30):
-                    latencies += [t - t0 for t in a["times"]]
+                    seen += [t - t0 for t in a["times"]]
                     delta_sizes += a["bytes"]
                     result.policy_missing += a["missing"]
+                _progress(
+                    f"policy change {change}: PUT answered in {put_s * 1000:.0f} ms,"
+                    f" streams {_ms(percentiles(seen))} ms, first {min(seen, default=0) * 1000:.0f} ms"
+                )
+                latencies += seen
             result.policy_ms = percentiles(latencies)
             if delta_sizes:
                 result.delta_bytes = statistics.mean(delta_sizes)

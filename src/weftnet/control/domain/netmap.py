@@ -412,6 +412,43 @@ class NetMap:
             self.dns_config,
         )
 
+    def affected(self, previous: NetMap | None) -> set[int] | None:
+        """The nodes whose view may differ from their view in ``previous`` (the NetMap
+        this one was built after); None when it may differ for every node (the first
+        map, other relays, DNS or routes).
+
+        A node is affected when it changed itself, its filter changed, whom it sees
+        changed, or one it sees changed. The others' views are equal to the last one
+        they were sent, so the hub need not wake their streams: a later delta is still
+        computed against the view they hold. Costs O(nodes + peers seen), a set and a
+        list comparison per node, instead of a view and a delta per stream."""
+        if (
+            previous is None
+            or self.relays != previous.relays
+            or self.dns_config != previous.dns_config
+            or self.dns_domain != previous.dns_domain
+            or self._serving
+            or previous._serving
+        ):
+            return None
+        changed = {i for i, w in self._wire.items() if previous._wire.get(i) is not w}
+        changed.update(i for i in previous._wire if i not in self._wire)
+        if self.policy is None:  # everyone sees everyone: a change reaches all
+            return set(self._wire) if changed else set()
+        visible = self._visibility()
+        before = previous._visibility()
+        affected = set(changed)
+        for i, seen in visible.items():
+            if i in affected:
+                continue
+            if (
+                seen != before.get(i)
+                or not seen.isdisjoint(changed)
+                or self.filter_for(i) != previous.filter_for(i)
+            ):
+                affected.add(i)
+        return affected
+
     def wire(self, node_id: int) -> tailcfg.Node | None:
         return self._wire.get(node_id)
 

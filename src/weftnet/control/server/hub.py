@@ -78,10 +78,12 @@ class Subscription:
         self._latest: NetMap | None = None
         self._ready = asyncio.Event()
         self._closed = False
+        self.offered = False  # it took a NetMap: later ones need not wake it unless they matter
 
     def offer(self, netmap: NetMap, generation: int) -> None:
         if generation < self.since:
             return
+        self.offered = True
         self._latest = netmap
         self._ready.set()
 
@@ -306,6 +308,7 @@ class Hub:
                 self._dirty.set()
                 continue
             now = self.clock()
+            previous = self.current
             netmap = NetMap(
                 snapshot.nodes,
                 snapshot.users,
@@ -320,7 +323,7 @@ class Hub:
                 snapshot.dns_config,
                 # The last election: a primary keeps its prefixes while it stands.
                 self.current.primaries if self.current is not None else None,
-                previous=self.current,  # what did not change is reused, not rebuilt
+                previous=previous,  # what did not change is reused, not rebuilt
             )
             self.current = netmap
             self.current_generation = generation
@@ -332,8 +335,10 @@ class Hub:
                     log.exception("a network map watcher failed")
             built, self._built = self._built, asyncio.Event()
             built.set()
+            affected = netmap.affected(previous)  # None: every stream
             for sub in list(self._subs):
-                sub.offer(netmap, generation)
+                if affected is None or sub.node_id in affected or not sub.offered:
+                    sub.offer(netmap, generation)
 
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""
