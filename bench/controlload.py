@@ -70,6 +70,7 @@ POLICY_CHANGES = 3  # policy changes per size; p99 is over every stream of all o
 FIRST_MARK_PORT = 40000  # the policy's marker ports count up from here
 PROBE_ENDPOINT = "198.19.0.1:{port}"  # the probe's endpoints, in the lab underlay range
 RSS_SAMPLE_S = 0.5
+REGISTER_S_PER_NODE = 0.1  # the registration phase's deadline grows with the node count
 
 
 @dataclass
@@ -322,7 +323,8 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
             workers = Workers([s for s in specs if s.nodes])
 
             # 1. registration and the first full maps
-            answers = workers.ask("register", deadline_s, deadline_s + 30)
+            register_s = deadline_s + size * REGISTER_S_PER_NODE
+            answers = workers.ask("register", register_s, register_s + 30)
             result.registered = sum(a["registered"] for a in answers)
             result.streams = sum(a["streams"] for a in answers)
             result.errors += [e for a in answers for e in a["errors"]]
