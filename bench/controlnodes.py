@@ -38,14 +38,16 @@ import httpx
 from nacl.public import PrivateKey
 
 from weftnet import controlbox, tailcfg
-from weftnet.node.controlclient import ControlClient, ControlError
+from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays
 from weftnet.node.mapsession import MapSession
+from weftnet.node.mapstream import LOGOUT_KINDS, refusal_kind
 from weftnet.node.state import NodeState
 from weftnet.wireguard import crypto
 
 CONNECT_TIMEOUT_S = 60.0  # a loaded server accepts late; the bench's deadlines still hold
 READ_TIMEOUT_S = 120.0  # longer than the server's keepalive interval
 REGISTER_ATTEMPTS = 3  # a registration refused as server_error (busy database) is retried
+STREAM_ATTEMPTS = 10  # a map stream refused or broken is reopened, with weftd's backoff
 
 
 @dataclass(frozen=True)
@@ -138,10 +140,17 @@ class Worker:
             except ControlError as e:
                 node.error = f"register: {e}"
                 return
-        try:
-            await self._follow(node)
-        except ControlError as e:
-            node.error = f"map stream: {e}"
+        # As weftd does: a refusal that is not a logout, or a broken stream, is retried
+        # with backoff (a busy database answers server_error).
+        delays = backoff_delays()
+        for _attempt in range(STREAM_ATTEMPTS):
+            try:
+                kind = await self._follow(node)
+            except ControlError as e:
+                node.error, kind = f"map stream: {e}", "broken"
+            if kind in LOGOUT_KINDS:
+                return
+            await asyncio.sleep(next(delays))
 
     async def _register(self, node: SimNode) -> None:
         for _attempt in range(REGISTER_ATTEMPTS):
@@ -155,14 +164,16 @@ class Worker:
                 break
         raise ControlError(f"not authorized: {resp.error or resp.auth_url}")
 
-    async def _follow(self, node: SimNode) -> None:
+    async def _follow(self, node: SimNode) -> str:
+        """Follow one map stream until it ends: the refusal's kind, or "ended"."""
         endpoint = f"198.18.{node.index // 250 % 256}.{node.index % 250 + 1}:41641"
         stream = node.client.map_stream([endpoint], f"sim-{node.index}")
         try:
             async for resp in stream:
                 if resp.error:
                     node.error = f"refused: {resp.error}"
-                    return
+                    return refusal_kind(resp)
+                node.error = None
                 if resp.keepalive:
                     continue
                 size = node.client.frame_bytes
@@ -180,6 +191,7 @@ class Worker:
                         self.changed.set()
         finally:
             await stream.aclose()
+        return "ended"
 
     async def collect(self, mark: Mark, deadline_s: float) -> dict[str, Any]:
         live = [n for n in self.nodes if n.got_full.is_set()]

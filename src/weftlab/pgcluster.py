@@ -40,7 +40,7 @@ class PgCluster:
         import psycopg
 
         with psycopg.connect(self.url("postgres").replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
+            conn.execute(sql)  # type: ignore[arg-type,unused-ignore]
 
 
 def pg_tool(name: str) -> str | None:

@@ -205,7 +205,7 @@ class ControlClient:
         routable_ips: list[str] | None = None,
     ) -> AsyncGenerator[tailcfg.MapResponse, None]:
         """Yield each frame of one map stream until it ends or breaks (ControlError)."""
-        await self.ensure_server_key()
+        server_key = await self.ensure_server_key()
         req = tailcfg.MapRequest(
             ts=time.time(),
             node_key=controlbox.key_to_text(tailcfg.NODE_KEY_PREFIX, self.state.node_public),
@@ -218,7 +218,7 @@ class ControlClient:
         )
         reader = controlbox.FrameReader()
         sealed_req = self._seal(req)
-        sealer = controlbox.Sealer(self.state.machine_private, self.server_key)  # once a stream
+        sealer = controlbox.Sealer(self.state.machine_private, server_key)  # once a stream
         frames = 0
         try:
             async with self.http.stream("POST", self._machine_url("map"), content=sealed_req) as r:
