@@ -55,14 +55,12 @@ from typing import Any
 
 import httpx
 
-from bench.controlnodes import Mark, WorkerSpec, raise_open_files, worker_main
+from bench.controlnodes import Mark, WorkerSpec, memory_client, raise_open_files, worker_main
 from weftlab.control import Control, start_control
 from weftlab.pgcluster import throwaway_cluster
 from weftlab.proccpu import cpu_seconds
 from weftnet import controlbox, tailcfg
-from weftnet.node.controlclient import ControlClient
 from weftnet.node.mapsession import MapSession
-from weftnet.node.state import NodeState
 
 DEFAULT_SIZES = (100, 1000, 5000)
 DEFAULT_DBS = ("sqlite", "postgresql")
@@ -193,8 +191,7 @@ class Probe:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=60.0))
-        self.client = ControlClient(_memory_state(), url, http=self.http)
-        self.client.server_key = server_key
+        self.client = memory_client(url, server_key, self.http)
         self.stream: concurrent.futures.Future[None] | None = None
 
     def run(self, coro: Any, timeout_s: float) -> Any:
@@ -236,18 +233,6 @@ class Probe:
             self.run(self.http.aclose(), 10)
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-
-
-def _memory_state() -> NodeState:
-    from nacl.public import PrivateKey
-
-    from weftnet.wireguard import crypto
-
-    return NodeState(
-        directory=None,  # type: ignore[arg-type]  # never saved
-        machine_private=bytes(PrivateKey.generate()),
-        node_private=crypto.clamp(bytes(PrivateKey.generate())),
-    )
 
 
 @contextlib.contextmanager

@@ -105,14 +105,7 @@ class Worker:
         self.tasks: list[asyncio.Task[None]] = []
 
     def _client(self, server_key: bytes) -> ControlClient:
-        state = NodeState(
-            directory=None,  # type: ignore[arg-type]  # never saved: keys in memory only
-            machine_private=bytes(PrivateKey.generate()),
-            node_private=crypto.clamp(bytes(PrivateKey.generate())),
-        )
-        client = ControlClient(state, self.spec.url, http=self.http)
-        client.server_key = server_key
-        return client
+        return memory_client(self.spec.url, server_key, self.http)
 
     async def register(self, deadline_s: float) -> dict[str, Any]:
         gate = asyncio.Semaphore(self.spec.concurrency)
@@ -223,6 +216,19 @@ class Worker:
             "deltas": sum(n.deltas for n in self.nodes),
             "peers": [len(n.session.netmap.peers) for n in self.nodes],
         }
+
+
+def memory_client(url: str, server_key: bytes, http: httpx.AsyncClient) -> ControlClient:
+    """A node's ControlClient with new keys held in memory only (its NodeState is never
+    saved), on a shared ``http`` client, trusting ``server_key`` (the bench's own)."""
+    state = NodeState(
+        directory=None,  # type: ignore[arg-type]  # never saved: keys in memory only
+        machine_private=bytes(PrivateKey.generate()),
+        node_private=crypto.clamp(bytes(PrivateKey.generate())),
+    )
+    client = ControlClient(state, url, http=http)
+    client.server_key = server_key
+    return client
 
 
 def raise_open_files() -> int:

@@ -6,9 +6,11 @@ up). Anything that changes what a node could see - a commit published by the ser
 on its ``ChangeFeed``, a stream coming or going (online state), a key reaching its
 expiry time - marks the hub dirty. One task rebuilds: it loads one snapshot of the
 database (in a worker thread), wraps it with the online set and the time into a
-``NetMap``, and offers it to every mailbox; each stream turns it into its own delta
-(``netmap.delta``). Changes that arrive while a rebuild runs are coalesced into the
-next one.
+``NetMap`` (reusing what the previous one built for records that did not change), and
+offers it to the mailboxes of the nodes whose view it may change (``NetMap.affected``:
+a node coming online wakes its peers' streams, not all of them); each stream turns it
+into its own delta (``netmap.delta``) against the view it holds. Changes that arrive
+while a rebuild runs are coalesced into the next one.
 
 A ticker (every ``tick_s``) marks the hub dirty when the earliest key expiry has
 passed, and deletes ephemeral nodes whose streams have all been gone for
