@@ -436,6 +436,7 @@ class NetMap:
             or self.dns_domain != previous.dns_domain
             or self._serving
             or previous._serving
+            or (self.policy is None) != (previous.policy is None)
         ):
             return None
         changed = {i for i, w in self._wire.items() if previous._wire.get(i) is not w}
