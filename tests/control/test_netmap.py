@@ -174,3 +174,11 @@ def test_affected_names_every_node_whose_view_changed_and_no_other() -> None:
             assert new is not None
             changed = old is None or netmap.delta(old, new) is not None
             assert changed == (n.id in affected), (what, n.id)
+
+
+def test_affected_includes_a_deleted_node_so_its_stream_hears_of_it() -> None:
+    before = build([node(1), node(2)], online={1, 2})
+    after = netmap.NetMap(
+        {1: node(1)}, {1: ALICE}, {1}, NOW, "weft.internal", previous=before
+    )  # no policy: everyone sees everyone
+    assert after.affected(before) == {1, 2}

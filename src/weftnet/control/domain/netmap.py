@@ -442,7 +442,7 @@ class NetMap:
         changed = {i for i, w in self._wire.items() if previous._wire.get(i) is not w}
         changed.update(i for i in previous._wire if i not in self._wire)
         if self.policy is None:  # everyone sees everyone: a change reaches all
-            return set(self._wire) if changed else set()
+            return set(self._wire) | changed if changed else set()  # with the deleted
         visible = self._visibility()
         before = previous._visibility()
         affected = set(changed)
