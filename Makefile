@@ -9,7 +9,7 @@ OP_DIR := tests/oidc/op
 OP_STAMP := $(OP_DIR)/node_modules/.installed
 STAMP := $(VENV)/.installed
 
-.PHONY: install apt test unit lab bench lint demo clean
+.PHONY: install apt test unit lab bench bench-control lint demo clean
 
 # Browser tests drive Debian's chromium: never `playwright install`.
 install: apt $(STAMP)
@@ -54,6 +54,11 @@ bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
 	$(PY) -m bench.dns
 	$(PY) -m bench.netstack
+
+# The control plane under 100, 1,000 and 5,000 simulated nodes, on SQLite and PostgreSQL.
+# Shorter: `make bench-control BENCH_CONTROL_ARGS="--sizes 100,1000 --db sqlite"`.
+bench-control: install
+	$(PY) -m bench.controlload $(BENCH_CONTROL_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench

@@ -60,21 +60,49 @@ def key_from_text(prefix: str, text: str) -> bytes:
     return raw
 
 
+class Sealer:
+    """Sealing and opening between one key pair, the shared key worked out once: a map
+    stream seals every frame with the same pair, and deriving the key (two X25519
+    multiplications) costs more than sealing a small frame."""
+
+    def __init__(self, private_key: bytes, peer_public: bytes) -> None:
+        self._box = Box(PrivateKey(private_key), PublicKey(peer_public))
+
+    def seal(self, body: bytes, nonce: bytes) -> bytes:
+        if len(nonce) != NONCE_LEN:
+            raise ValueError("a nonce is 24 bytes")
+        return nonce + self._box.encrypt(body, nonce).ciphertext
+
+    def open(self, sealed: bytes) -> bytes:
+        if len(sealed) < NONCE_LEN + 16:
+            raise SealError("sealed message too short")
+        try:
+            return self._box.decrypt(sealed[NONCE_LEN:], sealed[:NONCE_LEN])
+        except (CryptoError, ValueError) as e:
+            raise SealError("message does not open with this key pair") from e
+
+    def open_answer(self, sealed: bytes, request: bytes, index: int) -> bytes:
+        """``open`` for the ``index``-th answer to ``request``; SealError for an answer
+        sealed for another request or position (a replay, or frames out of order)."""
+        if sealed[:NONCE_LEN] != answer_nonce(request, index):
+            raise SealError("an answer that belongs to another request (replayed or reordered)")
+        return self.open(sealed)
+
+
 def seal(private_key: bytes, peer_public: bytes, body: bytes, nonce: bytes) -> bytes:
     if len(nonce) != NONCE_LEN:
         raise ValueError("a nonce is 24 bytes")
-    box = Box(PrivateKey(private_key), PublicKey(peer_public))
-    return nonce + box.encrypt(body, nonce).ciphertext
+    return Sealer(private_key, peer_public).seal(body, nonce)
 
 
 def open_sealed(private_key: bytes, peer_public: bytes, sealed: bytes) -> bytes:
     if len(sealed) < NONCE_LEN + 16:
         raise SealError("sealed message too short")
     try:
-        box = Box(PrivateKey(private_key), PublicKey(peer_public))
-        return box.decrypt(sealed[NONCE_LEN:], sealed[:NONCE_LEN])
+        sealer = Sealer(private_key, peer_public)
     except (CryptoError, ValueError) as e:
         raise SealError("message does not open with this key pair") from e
+    return sealer.open(sealed)
 
 
 def answer_nonce(request: bytes, index: int) -> bytes:
@@ -91,9 +119,11 @@ def open_answer(
 ) -> bytes:
     """open_sealed for the ``index``-th answer to ``request``; SealError for an answer
     sealed for another request or position (a replay, or frames out of order)."""
-    if sealed[:NONCE_LEN] != answer_nonce(request, index):
-        raise SealError("an answer that belongs to another request (replayed or reordered)")
-    return open_sealed(private_key, peer_public, sealed)
+    try:
+        sealer = Sealer(private_key, peer_public)
+    except (CryptoError, ValueError) as e:
+        raise SealError("message does not open with this key pair") from e
+    return sealer.open_answer(sealed, request, index)
 
 
 class ReplayGuard:

@@ -4,11 +4,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import pwd
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +13,8 @@ import httpx
 import pytest
 
 from weftlab.control import serve_in_thread
+from weftlab.pgcluster import PgCluster, PgUnavailable, throwaway_cluster
 from weftnet.control.server.app import ServeOptions
-
-PG_BIN_DIRS = sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)
 
 
 @pytest.fixture
@@ -28,117 +22,14 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _pg_tool(name: str) -> str | None:
-    for directory in PG_BIN_DIRS:
-        if (directory / name).exists():
-            return str(directory / name)
-    return shutil.which(name)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class PgCluster:
-    port: int
-    directory: Path
-
-    def url(self, database: str) -> str:
-        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
-
-    def admin(self, sql: str) -> None:
-        import psycopg
-
-        with psycopg.connect(self.url("postgres").replace("+psycopg", ""), autocommit=True) as conn:
-            conn.execute(sql)  # type: ignore[arg-type]
-
-
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
     """A throwaway PostgreSQL cluster on 127.0.0.1 (fails, never skips, without PostgreSQL)."""
-    initdb, pg_ctl = _pg_tool("initdb"), _pg_tool("pg_ctl")
-    if initdb is None or pg_ctl is None:
-        pytest.fail(
-            "PostgreSQL server binaries (initdb, pg_ctl) not found: run `make install`",
-            pytrace=False,
-        )
-    as_user: list[str] = []
-    directory = Path(tempfile.mkdtemp(prefix="weft-pg-"))
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        try:
-            pw = pwd.getpwnam("postgres")
-        except KeyError:
-            pytest.fail(
-                "no `postgres` user to run PostgreSQL as: run `make install`", pytrace=False
-            )
-        os.chown(directory, pw.pw_uid, pw.pw_gid)
-        as_user = ["runuser", "-u", "postgres", "--"]
-    data = directory / "data"
-    started = False
     try:
-        subprocess.run(
-            [
-                *as_user,
-                initdb,
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-            ],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        for _attempt in range(5):
-            port = _free_port()
-            options = (
-                f"-p {port} -c listen_addresses=127.0.0.1 -k {directory} -c fsync=off"
-                " -c synchronous_commit=off -c full_page_writes=off -c max_connections=300"
-            )
-            r = subprocess.run(
-                [
-                    *as_user,
-                    pg_ctl,
-                    "-D",
-                    str(data),
-                    "-o",
-                    options,
-                    "-l",
-                    str(directory / "log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-            if r.returncode == 0:
-                started = True
-                break
-        if not started:
-            pytest.fail(
-                f"PostgreSQL did not start: {(directory / 'log').read_text()[-2000:]}",
-                pytrace=False,
-            )
-        yield PgCluster(port, directory)
-    finally:
-        if started:
-            subprocess.run(
-                [*as_user, pg_ctl, "-D", str(data), "-m", "immediate", "stop"],
-                capture_output=True,
-                timeout=60,
-            )
-        shutil.rmtree(directory, ignore_errors=True)
+        with throwaway_cluster() as cluster:
+            yield cluster
+    except PgUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 _db_numbers = itertools.count(1)

@@ -136,3 +136,49 @@ def test_an_expired_node_gets_an_empty_filter_and_is_nobodys_source() -> None:
     nodes = [node(1), node(2, key_expiry=NOW - 1)]
     m = netmap.NetMap({n.id: n for n in nodes}, {1: ALICE}, (), NOW, "d", (), policy)
     assert m.filter_for(2) == [] and m.visible_peers(1) == [] and m.visible_peers(2) == []
+
+
+def _grouped(nodes: list[Node], policy_port: int) -> netmap.NetMap:
+    from weftnet.control import policy as pol
+
+    users = {u: User(id=u, name=f"u{u}", created_at=NOW) for u in (1, 2)}
+    text = (
+        '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]},'
+        f' {{"action": "accept", "src": ["u1"], "dst": ["autogroup:self:{policy_port}"]}}]}}'
+    )
+    return netmap.NetMap(
+        {n.id: n for n in nodes}, users, {n.id for n in nodes}, NOW, "weft.internal",
+        policy=pol.parse_policy(text),
+    )  # fmt: skip
+
+
+def test_affected_names_every_node_whose_view_changed_and_no_other() -> None:
+    base = [node(i, user_id=1 if i <= 3 else 2) for i in range(1, 7)]
+    cases = {
+        "one node's endpoints": ([dataclasses.replace(n, endpoints=("198.18.0.9:41641",)) if n.id == 2 else n for n in base], 1),
+        "a new node of user 2": ([*base, node(7, user_id=2)], 1),
+        "a policy change for user 1": (base, 2),
+        "nothing": (base, 1),
+    }  # fmt: skip
+    for what, (nodes, port) in cases.items():
+        before = _grouped(base, 1)
+        views = {n.id: before.view_for(n.id) for n in base}
+        after = netmap.NetMap(
+            {n.id: n for n in nodes}, before.users, {n.id for n in nodes}, NOW, "weft.internal",
+            policy=_grouped(nodes, port).policy, previous=before,
+        )  # fmt: skip
+        affected = after.affected(before)
+        assert affected is not None, what
+        for n in nodes:
+            old, new = views.get(n.id), after.view_for(n.id)
+            assert new is not None
+            changed = old is None or netmap.delta(old, new) is not None
+            assert changed == (n.id in affected), (what, n.id)
+
+
+def test_affected_includes_a_deleted_node_so_its_stream_hears_of_it() -> None:
+    before = build([node(1), node(2)], online={1, 2})
+    after = netmap.NetMap(
+        {1: node(1)}, {1: ALICE}, {1}, NOW, "weft.internal", previous=before
+    )  # no policy: everyone sees everyone
+    assert after.affected(before) == {1, 2}

@@ -72,13 +72,26 @@ def backoff_delays(start: float = BACKOFF_START_S, cap: float = BACKOFF_MAX_S) -
 
 
 class ControlClient:
-    def __init__(self, state: NodeState, login_server: str, tls_ca: str | None = None) -> None:
+    def __init__(
+        self,
+        state: NodeState,
+        login_server: str,
+        tls_ca: str | None = None,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        """``http``: a client shared with other ControlClients (a load generator driving
+        many nodes from one process), closed by its owner; else each has its own."""
         self.state = state
         self.urls = parse_login_servers(login_server)
         self.login_server = ",".join(self.urls)  # what the pin is for
         self.url = self.urls[0]  # the replica in use
         self.server_key: bytes | None = None
         self.warning: str | None = None  # why the server's key is not verified, if it is not
+        self.frame_bytes = 0  # the size on the wire of the last map frame yielded
+        self._owns_http = http is None
+        if http is not None:
+            self.http = http
+            return
         context = tls.client_context(tls_ca)
         self.http = httpx.AsyncClient(
             timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S),
@@ -91,7 +104,8 @@ class ControlClient:
         )
 
     async def close(self) -> None:
-        await self.http.aclose()
+        if self._owns_http:
+            await self.http.aclose()
 
     async def ensure_server_key(self, trust: ServerTrust | None = None) -> bytes:
         """The server's key, verified (node.trust) before it is used. A login passes
@@ -182,14 +196,19 @@ class ControlClient:
             os.urandom(controlbox.NONCE_LEN),
         )
 
-    def _open(self, sealed: bytes, request: bytes, index: int = 0) -> bytes:
+    def _open(
+        self,
+        sealed: bytes,
+        request: bytes,
+        index: int = 0,
+        sealer: controlbox.Sealer | None = None,
+    ) -> bytes:
         """The ``index``-th answer to our sealed ``request``: sealed with the pinned key and
         bound to that request (a recorded older answer is refused)."""
         assert self.server_key is not None
         try:
-            return controlbox.open_answer(
-                self.state.machine_private, self.server_key, sealed, request, index
-            )
+            sealer = sealer or controlbox.Sealer(self.state.machine_private, self.server_key)
+            return sealer.open_answer(sealed, request, index)
         except controlbox.SealError as e:
             raise ControlError(
                 f"the server's answer is not sealed with the pinned key for this request: {e}"
@@ -260,7 +279,7 @@ class ControlClient:
         routable_ips: list[str] | None = None,
     ) -> AsyncGenerator[tailcfg.MapResponse, None]:
         """Yield each frame of one map stream until it ends or breaks (ControlError)."""
-        await self.ensure_server_key()
+        server_key = await self.ensure_server_key()
         req = tailcfg.MapRequest(
             ts=time.time(),
             node_key=controlbox.key_to_text(tailcfg.NODE_KEY_PREFIX, self.state.node_public),
@@ -273,6 +292,7 @@ class ControlClient:
         )
         reader = controlbox.FrameReader()
         sealed_req = self._seal(req)
+        sealer = controlbox.Sealer(self.state.machine_private, server_key)  # once a stream
         frames = 0
         try:
             async with self.http.stream("POST", self._machine_url("map"), content=sealed_req) as r:
@@ -281,8 +301,9 @@ class ControlClient:
                     raise ControlError(f"map request refused: {r.status_code} {body!r}")
                 async for chunk in r.aiter_raw():
                     for sealed in reader.feed(chunk):
-                        plain = self._open(sealed, sealed_req, frames)
+                        plain = self._open(sealed, sealed_req, frames, sealer)
                         frames += 1
+                        self.frame_bytes = len(sealed) + controlbox.FRAME_HEADER.size
                         yield tailcfg.MapResponse.model_validate_json(plain)
         except (httpx.HTTPError, controlbox.SealError, ValueError) as e:
             raise ControlError(f"map stream from {self.url} broke: {tls.describe(e)}") from e

@@ -252,6 +252,13 @@ def build_parser() -> Parser:
     serve.add_argument("--login-wait", type=_seconds, default=60.0, metavar="DURATION")
     serve.add_argument("--no-access-log", action="store_true", help="no line per request")
     serve.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=4096,
+        metavar="N",
+        help="open connections in all; beyond them requests are answered 503 (%(default)s)",
+    )
+    serve.add_argument(
         "--max-connections-per-address",
         type=_positive,
         default=256,
@@ -619,6 +626,7 @@ def serve_options(args: argparse.Namespace) -> ServeOptions:
         router_keepalive_s=args.router_keepalive_interval,
         ephemeral_grace_s=args.ephemeral_grace,
         followup_wait_s=args.login_wait,
+        max_connections=args.max_connections,
         max_connections_per_address=args.max_connections_per_address,
         access_log=not args.no_access_log,
         relay=not args.no_relay,

@@ -51,6 +51,13 @@ reported endpoint; then come the node's reported endpoints in its order, as the 
 kept them (``clean_endpoints``: usable, canonical, no duplicates, at most 32). A node
 that reported no endpoint has none; a node the server has not yet seen has only the
 ones it reported.
+
+Cost (bench/controlload.py measures it): a NetMap takes over from the previous one the
+wire nodes of unchanged records and the wire filter rules still in use, so deltas
+compare mostly by identity; the policy compiles each rule's sources once per NetMap
+(``policy.FilterCompiler``), and who sees whom is one pass over the filters' sources,
+looked up by address (``_visibility``), not a test per pair of nodes. ``affected``
+names the nodes whose view may have changed, so the hub wakes only their streams.
 """
 
 from __future__ import annotations
@@ -136,18 +143,19 @@ def wire_node(node: Node, users: Mapping[int, User], online: bool, now: float) -
     )
 
 
-def wire_filter(rules: Iterable[pol.FilterRule]) -> tuple[tailcfg.FilterRule, ...]:
-    return tuple(
-        tailcfg.FilterRule(
-            src_ips=list(r.src_ips),
-            dst_ports=[
-                tailcfg.NetPortRange(ip=cidr, ports=tailcfg.PortRange(first=lo, last=hi))
-                for cidr, lo, hi in r.dst_ports
-            ],
-            ip_proto=list(r.protos),
-        )
-        for r in rules
+def wire_rule(r: pol.FilterRule) -> tailcfg.FilterRule:
+    return tailcfg.FilterRule(
+        src_ips=list(r.src_ips),
+        dst_ports=[
+            tailcfg.NetPortRange(ip=cidr, ports=tailcfg.PortRange(first=lo, last=hi))
+            for cidr, lo, hi in r.dst_ports
+        ],
+        ip_proto=list(r.protos),
     )
+
+
+def wire_filter(rules: Iterable[pol.FilterRule]) -> tuple[tailcfg.FilterRule, ...]:
+    return tuple(wire_rule(r) for r in rules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,8 +202,12 @@ class NetMap:
         policy_now: float | None = None,
         dns_config: tailcfg.DNSConfig | None = None,
         previous_primaries: Mapping[str, int] | None = None,
+        previous: NetMap | None = None,
     ) -> None:
+        """``previous``: the NetMap this one follows; what did not change is taken from it
+        (wire nodes, wire filter rules), so building and comparing costs what changed."""
         self.nodes = dict(nodes)
+        self.users = users
         self.policy = policy
         # The time schedules are judged at: the hub's policy clock (normally ``now``).
         self.policy_now = now if policy_now is None else policy_now
@@ -206,9 +218,7 @@ class NetMap:
         self.dns_config = dns_config or dnsdoc.compile_config(dnsdoc.DEFAULT_DOCUMENT, dns_domain)
         self.relays = tuple(relays)  # standalone relays, after the server's own
         self._by_node_key = {n.node_key: n for n in self.nodes.values()}
-        self._wire = {
-            n.id: wire_node(n, users, n.id in self.online, now) for n in self.nodes.values()
-        }
+        self._wire = {n.id: self._wire_node(n, previous) for n in self.nodes.values()}
         future = [
             n.key_expiry
             for n in self.nodes.values()
@@ -250,6 +260,36 @@ class NetMap:
         }
         self._filters: dict[int, list[pol.FilterRule]] = {}
         self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
+        self._compiler: pol.FilterCompiler | None = None
+        # Wire filter rules by rule; a miss looks in the previous NetMap's (a policy change
+        # rebuilds only the rules it changed; only the rules in use are carried on).
+        self._wire_rules: dict[pol.FilterRule, tailcfg.FilterRule] = {}
+        self._previous_rules = previous._wire_rules if previous is not None else {}
+        self._visible: dict[int, set[int]] | None = None  # node id -> peers it sees
+
+    def _wire_node(self, node: Node, previous: NetMap | None) -> tailcfg.Node:
+        online = node.id in self.online
+        if previous is not None:
+            wire = previous._wire.get(node.id)
+            if (
+                wire is not None
+                and previous.nodes[node.id] == node
+                and wire.online == online
+                and wire.expired == node.expired_at(self.now)
+                and (
+                    node.user_id is None
+                    or previous.users.get(node.user_id) == self.users.get(node.user_id)
+                )
+            ):
+                return wire
+        return wire_node(node, self.users, online, self.now)
+
+    def _wire_rule(self, rule: pol.FilterRule) -> tailcfg.FilterRule:
+        wire = self._wire_rules.get(rule)
+        if wire is None:
+            wire = self._previous_rules.get(rule) or wire_rule(rule)
+            self._wire_rules[rule] = wire
+        return wire
 
     def filter_for(self, node_id: int) -> list[pol.FilterRule]:
         """What may reach node ``node_id`` (compiled once per NetMap)."""
@@ -259,8 +299,10 @@ class NetMap:
             if info is None:  # expired or waiting for approval: nothing reaches it
                 rules = []
             else:
-                live = list(self._live.values())
-                rules = pol.compile_filter(self.policy, info, live, self.policy_now)
+                if self._compiler is None:
+                    live = list(self._live.values())
+                    self._compiler = pol.FilterCompiler(self.policy, live, self.policy_now)
+                rules = self._compiler.compile(info)
             self._filters[node_id] = rules
         return rules
 
@@ -319,18 +361,37 @@ class NetMap:
 
     def visible_peers(self, node_id: int) -> list[int]:
         """The live nodes ``node_id`` may reach or that may reach it, by id."""
-        me = self._live.get(node_id)
-        if me is None:
+        if node_id not in self._live:
             return []
-        others = [i for i in self._live if i != node_id]
         if self.policy is None:
-            return others
-        mine = self.filter_for(node_id)
-        return [
-            i
-            for i in others
-            if pol.admits(mine, self._live[i]) or pol.admits(self.filter_for(i), me)
-        ]
+            return [i for i in self._live if i != node_id]
+        return sorted(self._visibility()[node_id])
+
+    def _visibility(self) -> dict[int, set[int]]:
+        """Who sees whom, for every live node at once: each filter's sources are found
+        by address (a set look-up per source host; a scan only for wider networks), and
+        a node sees the sources of its own filter and the nodes whose filters name it.
+        The cost follows the size of the filters, not the square of the node count."""
+        if self._visible is None:
+            by_host: dict[str, int] = {}  # canonical host CIDR ("100.64.0.1/32") -> node id
+            for i, info in self._live.items():
+                for cidr in pol.host_cidrs(info):
+                    by_host[cidr] = i
+            admitted: dict[tuple[str, ...], set[int]] = {}  # source CIDRs -> their nodes
+            visible: dict[int, set[int]] = {i: set() for i in self._live}
+            for target in self._live:
+                sources: set[int] = set()
+                for rule in self.filter_for(target):
+                    ids = admitted.get(rule.src_ips)
+                    if ids is None:
+                        ids = admitted[rule.src_ips] = pol.Admission(rule.src_ips).members(by_host)
+                    sources |= ids
+                sources.discard(target)
+                visible[target] |= sources
+                for source in sources:
+                    visible[source].add(target)
+            self._visible = visible
+        return self._visible
 
     def view_for(
         self,
@@ -348,7 +409,8 @@ class NetMap:
         del viewer
         wire_rules = self._wire_filters.get(node_id)
         if wire_rules is None:
-            wire_rules = self._wire_filters[node_id] = wire_filter(self.filter_for(node_id))
+            wire_rules = tuple(self._wire_rule(r) for r in self.filter_for(node_id))
+            self._wire_filters[node_id] = wire_rules
         return MapView(
             self._wire_for(node_id, node_id, version),
             {i: self._wire_for(i, node_id, version) for i in self.visible_peers(node_id)},
@@ -356,6 +418,44 @@ class NetMap:
             wire_rules,
             self.dns_config,
         )
+
+    def affected(self, previous: NetMap | None) -> set[int] | None:
+        """The nodes whose view may differ from their view in ``previous`` (the NetMap
+        this one was built after); None when it may differ for every node (the first
+        map, other relays, DNS or routes).
+
+        A node is affected when it changed itself, its filter changed, whom it sees
+        changed, or one it sees changed. The others' views are equal to the last one
+        they were sent, so the hub need not wake their streams: a later delta is still
+        computed against the view they hold. Costs O(nodes + peers seen), a set and a
+        list comparison per node, instead of a view and a delta per stream."""
+        if (
+            previous is None
+            or self.relays != previous.relays
+            or self.dns_config != previous.dns_config
+            or self.dns_domain != previous.dns_domain
+            or self._serving
+            or previous._serving
+            or (self.policy is None) != (previous.policy is None)
+        ):
+            return None
+        changed = {i for i, w in self._wire.items() if previous._wire.get(i) is not w}
+        changed.update(i for i in previous._wire if i not in self._wire)
+        if self.policy is None:  # everyone sees everyone: a change reaches all
+            return set(self._wire) | changed if changed else set()  # with the deleted
+        visible = self._visibility()
+        before = previous._visibility()
+        affected = set(changed)
+        for i, seen in visible.items():
+            if i in affected:
+                continue
+            if (
+                seen != before.get(i)
+                or not seen.isdisjoint(changed)
+                or self.filter_for(i) != previous.filter_for(i)
+            ):
+                affected.add(i)
+        return affected
 
     def wire(self, node_id: int) -> tailcfg.Node | None:
         return self._wire.get(node_id)
@@ -372,7 +472,10 @@ class NetMap:
 
 
 def delta(prev: MapView, new: MapView) -> tailcfg.MapResponse | None:
-    changed = [n for i, n in sorted(new.peers.items()) if prev.peers.get(i) != n]
+    # Wire nodes a NetMap took over from the one before are the same objects: "is" first.
+    changed = [
+        n for i, n in sorted(new.peers.items()) if (p := prev.peers.get(i)) is not n and p != n
+    ]
     removed = sorted(i for i in prev.peers if i not in new.peers)
     node = new.node if new.node != prev.node else None
     relay_map = list(new.relay_map) if new.relay_map != prev.relay_map else None

@@ -7,10 +7,13 @@ gives a node's inbound filter, ``can_reach`` decides map peer visibility and
 
 from weftnet.control.policy.compile import (
     ALLOW_ALL,
+    Admission,
+    FilterCompiler,
     admits,
     allows,
     can_reach,
     compile_filter,
+    host_cidrs,
     next_edge,
     run_tests,
 )
@@ -29,6 +32,8 @@ __all__ = [
     "ALLOW_ALL",
     "EXIT_ROUTES",
     "THE_INTERNET",
+    "Admission",
+    "FilterCompiler",
     "FilterRule",
     "NodeInfo",
     "Policy",
@@ -38,6 +43,7 @@ __all__ = [
     "auto_approved",
     "can_reach",
     "compile_filter",
+    "host_cidrs",
     "is_exit_route",
     "loads",
     "next_edge",

@@ -20,8 +20,9 @@ accepts is denied.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +42,18 @@ from weftnet.control.policy.model import (
 )
 from weftnet.control.policy.routes import THE_INTERNET, in_internet
 
-__all__ = ["ALLOW_ALL", "allows", "can_reach", "compile_filter", "next_edge", "run_tests"]
+__all__ = [
+    "ALLOW_ALL",
+    "Admission",
+    "FilterCompiler",
+    "admits",
+    "allows",
+    "can_reach",
+    "compile_filter",
+    "host_cidrs",
+    "next_edge",
+    "run_tests",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 WILDCARD_CIDRS = ("0.0.0.0/0", "::/0")
@@ -61,8 +73,19 @@ class _Principal:
     device: dict[str, Any] | None = None  # None: not one device (postures never hold)
 
 
+# Parsing addresses dominates compiling filters for many nodes; the texts repeat from one
+# map to the next, so their parses are kept (bounded: a few entries per node).
+PARSE_CACHE_SIZE = 1 << 16
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _address(text: str) -> IPAddress:
     return ipaddress.ip_interface(text).ip
+
+
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
+def _network(cidr: str) -> IPNetwork:
+    return ipaddress.ip_network(cidr)
 
 
 def _principal(node: NodeInfo) -> _Principal:
@@ -70,8 +93,9 @@ def _principal(node: NodeInfo) -> _Principal:
     return _Principal(user, node.tags, tuple(_address(ip) for ip in node.ips))
 
 
+@functools.lru_cache(maxsize=PARSE_CACHE_SIZE)
 def _host_cidr(ip: IPAddress) -> str:
-    return str(ipaddress.ip_network(ip))
+    return f"{ip}/{ip.max_prefixlen}"
 
 
 def _in(ips: Iterable[IPAddress], net: IPNetwork | None) -> bool:
@@ -104,36 +128,37 @@ def _unique(items: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def _sources(acl: Acl, nodes: Sequence[NodeInfo], policy: Policy) -> list[str]:
+Principals = Sequence[tuple[NodeInfo, _Principal]]
+
+
+def _sources(acl: Acl, nodes: Principals, policy: Policy) -> list[str]:
     """Source CIDRs of acl. With postures, only the addresses of devices meeting one:
     then "*" and address selectors also stand for the nodes they cover, no more."""
     cidrs: list[str] = []
     if acl.postures:
-        nodes = [n for n in nodes if any(p.holds(n.device) for p in acl.postures)]
+        nodes = [(n, who) for n, who in nodes if any(p.holds(n.device) for p in acl.postures)]
     for sel in acl.src:
         if sel.kind == "any" and not acl.postures:
             cidrs.extend(WILDCARD_CIDRS)
         elif sel.kind == "net" and not acl.postures:
             cidrs.append(str(sel.network))
         else:
-            for node in nodes:
-                who = _principal(node)
+            for _node, who in nodes:
                 if _matches(sel, who, policy):
                     cidrs.extend(_host_cidr(ip) for ip in who.ips)
     return cidrs
 
 
-def _own_sources(acl: Acl, own: Sequence[NodeInfo], policy: Policy) -> list[str]:
+def _own_sources(acl: Acl, own: Principals, policy: Policy) -> list[str]:
     """Source CIDRs of acl towards autogroup:self: only the addresses of the target
     user's own untagged nodes that acl's src names (and that meet its postures).
 
     Never a wildcard or a CIDR: "*" here stands for "each user", so it may only
     bring in the target's own devices (Tailscale's autogroup:self semantics)."""
     if acl.postures:
-        own = [n for n in own if any(p.holds(n.device) for p in acl.postures)]
+        own = [(n, who) for n, who in own if any(p.holds(n.device) for p in acl.postures)]
     cidrs: list[str] = []
-    for node in own:
-        who = _principal(node)
+    for _node, who in own:
         if who.user is not None and any(_matches(sel, who, policy) for sel in acl.src):
             cidrs.extend(_host_cidr(ip) for ip in who.ips)
     return cidrs
@@ -163,49 +188,100 @@ def compile_filter(
     """The inbound filter of target at ``now``: which sources may reach which ports.
 
     Rules with a schedule count only when ``now`` (unix seconds) falls in one of its
-    windows; the result holds until ``next_edge(policy, now)``."""
-    if policy is None:
-        return [ALLOW_ALL]
-    me = _principal(target)
-    rules: list[FilterRule] = []
-    for acl in policy.acls:
-        if not _active(acl, now):
-            continue
-        dst: list[tuple[str, int, int]] = []
-        self_dst: list[tuple[str, int, int]] = []
-        for entry in acl.dst:
-            sel = entry.selector
-            if sel.kind == "self":
-                if me.user is not None:
-                    self_dst.extend(
-                        (_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports
-                    )
-            elif sel.kind == "any":
-                dst.extend((c, lo, hi) for c in WILDCARD_CIDRS for lo, hi in entry.ports)
-            elif sel.kind == "net":
-                if _in(me.ips, sel.network):
-                    dst.extend((str(sel.network), lo, hi) for lo, hi in entry.ports)
-                # A router forwards into its routes: the part of them the rule names.
-                dst.extend(
-                    (str(part), lo, hi)
-                    for part in _route_parts(sel.network, target.routes)
-                    for lo, hi in entry.ports
-                )
-            elif sel.kind == "internet":
-                if target.exit:
-                    dst.extend((c, lo, hi) for c in THE_INTERNET for lo, hi in entry.ports)
-            elif _matches(sel, me, policy):
-                dst.extend((_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports)
-        if dst:
-            src = _unique(_sources(acl, nodes, policy))
-            if src:
-                rules.append(FilterRule(src, _unique_ports(dst), acl.protos))
-        if self_dst:
-            own = [n for n in nodes if not n.tags and n.user == me.user]
-            src = _unique(_own_sources(acl, own, policy))
-            if src:
-                rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
-    return rules
+    windows; the result holds until ``next_edge(policy, now)``. For many targets over the
+    same nodes, a ``FilterCompiler`` does the work that does not depend on the target
+    once."""
+    return FilterCompiler(policy, nodes, now).compile(target)
+
+
+class FilterCompiler:
+    """``compile_filter`` for every target over one set of nodes at one time.
+
+    A rule's sources do not depend on the target: each rule's source CIDRs are worked
+    out once (and towards autogroup:self once per user), so filters for N targets cost
+    O(N) per rule in all, not O(N) per target."""
+
+    def __init__(
+        self, policy: Policy | None, nodes: Sequence[NodeInfo], now: float | None = None
+    ) -> None:
+        self.policy = policy
+        self.now = now
+        self._nodes = [(n, _principal(n)) for n in nodes]
+        self._sources: dict[int, tuple[str, ...]] = {}  # acl index -> its source CIDRs
+        self._own_sources: dict[tuple[int, str | None], tuple[str, ...]] = {}
+        self._by_user: dict[str | None, list[tuple[NodeInfo, _Principal]]] | None = None
+
+    def compile(self, target: NodeInfo) -> list[FilterRule]:
+        policy = self.policy
+        if policy is None:
+            return [ALLOW_ALL]
+        me = _principal(target)
+        rules: list[FilterRule] = []
+        for index, acl in enumerate(policy.acls):
+            if not _active(acl, self.now):
+                continue
+            dst, self_dst = _destinations(acl, target, me, policy)
+            if dst:
+                src = self._acl_sources(index, acl)
+                if src:
+                    rules.append(FilterRule(src, _unique_ports(dst), acl.protos))
+            if self_dst:
+                src = self._own_acl_sources(index, acl, me.user)
+                if src:
+                    rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
+        return rules
+
+    def _acl_sources(self, index: int, acl: Acl) -> tuple[str, ...]:
+        src = self._sources.get(index)
+        if src is None:
+            assert self.policy is not None
+            src = self._sources[index] = _unique(_sources(acl, self._nodes, self.policy))
+        return src
+
+    def _own_acl_sources(self, index: int, acl: Acl, user: str | None) -> tuple[str, ...]:
+        src = self._own_sources.get((index, user))
+        if src is None:
+            assert self.policy is not None
+            if self._by_user is None:
+                self._by_user = {}
+                for n, who in self._nodes:
+                    if not n.tags:
+                        self._by_user.setdefault(n.user, []).append((n, who))
+            own = self._by_user.get(user, [])
+            src = _unique(_own_sources(acl, own, self.policy))
+            self._own_sources[(index, user)] = src
+        return src
+
+
+def _destinations(
+    acl: Acl, target: NodeInfo, me: _Principal, policy: Policy
+) -> tuple[list[tuple[str, int, int]], list[tuple[str, int, int]]]:
+    """The (cidr, lo, hi) of ``target`` that acl's dst names: towards any source, and
+    towards autogroup:self (its user's own devices only)."""
+    dst: list[tuple[str, int, int]] = []
+    self_dst: list[tuple[str, int, int]] = []
+    for entry in acl.dst:
+        sel = entry.selector
+        if sel.kind == "self":
+            if me.user is not None:
+                self_dst.extend((_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports)
+        elif sel.kind == "any":
+            dst.extend((c, lo, hi) for c in WILDCARD_CIDRS for lo, hi in entry.ports)
+        elif sel.kind == "net":
+            if _in(me.ips, sel.network):
+                dst.extend((str(sel.network), lo, hi) for lo, hi in entry.ports)
+            # A router forwards into its routes: the part of them the rule names.
+            dst.extend(
+                (str(part), lo, hi)
+                for part in _route_parts(sel.network, target.routes)
+                for lo, hi in entry.ports
+            )
+        elif sel.kind == "internet":
+            if target.exit:
+                dst.extend((c, lo, hi) for c in THE_INTERNET for lo, hi in entry.ports)
+        elif _matches(sel, me, policy):
+            dst.extend((_host_cidr(ip), lo, hi) for ip in me.ips for lo, hi in entry.ports)
+    return dst, self_dst
 
 
 def _route_parts(sel: IPNetwork | None, routes: Sequence[str]) -> list[IPNetwork]:
@@ -240,8 +316,47 @@ def can_reach(
 
 def admits(rules: Sequence[FilterRule], src: NodeInfo) -> bool:
     """Whether a compiled filter lets src send anything at all."""
-    ips = [_address(ip) for ip in src.ips]
-    return any(any(_in(ips, ipaddress.ip_network(c)) for c in rule.src_ips) for rule in rules)
+    admission = Admission(c for rule in rules for c in rule.src_ips)
+    return admission.admits(host_cidrs(src))
+
+
+def host_cidrs(node: NodeInfo) -> tuple[str, ...]:
+    """The node's addresses as canonical host CIDRs ("100.64.0.1/32"), as filters name
+    them."""
+    return tuple(_host_cidr(_address(ip)) for ip in node.ips)
+
+
+class Admission:
+    """Source CIDRs ready for many questions: single addresses as canonical host CIDR
+    texts in a set (one look-up each), wider networks in a list."""
+
+    def __init__(self, cidrs: Iterable[str]) -> None:
+        hosts: set[str] = set()
+        self.networks: list[IPNetwork] = []
+        for cidr in dict.fromkeys(cidrs):
+            net = _network(cidr)
+            if net.prefixlen == net.max_prefixlen:
+                hosts.add(_host_cidr(net.network_address))
+            else:
+                self.networks.append(net)
+        self.hosts = frozenset(hosts)
+
+    def admits(self, host_cidrs: Iterable[str]) -> bool:
+        """Whether any of the addresses (canonical host CIDRs) may send."""
+        for cidr in host_cidrs:
+            if cidr in self.hosts:
+                return True
+            ip = _network(cidr).network_address
+            if any(ip.version == net.version and ip in net for net in self.networks):
+                return True
+        return False
+
+    def members(self, by_host: Mapping[str, int]) -> set[int]:
+        """The ids of ``by_host`` (canonical host CIDR -> id) that may send."""
+        ids = {by_host[h] for h in self.hosts if h in by_host}
+        if self.networks:
+            ids.update(i for cidr, i in by_host.items() if i not in ids and self.admits((cidr,)))
+        return ids
 
 
 def _resolve(name: str, where: str, policy: Policy, nodes: Sequence[NodeInfo]) -> _Principal:

@@ -19,6 +19,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import socket
 import time
 from collections.abc import Callable
@@ -70,10 +71,28 @@ DEFAULT_MAX_CONNECTIONS = 4096  # beyond this many connections, requests are ans
 KEEP_ALIVE_S = 5  # an idle keep-alive connection is closed after this
 MAX_HEAD_BYTES = 16 * 1024  # a request head larger than this is refused (400)
 LISTEN_BACKLOG = 2048
+OPEN_FILES_SPARE = 256  # descriptors beyond the connections: database, logs, relay, STUN
 
 
 class ServeError(Exception):
     """The server cannot start; the message says why and what to do."""
+
+
+def _fit_open_files(max_connections: int) -> None:
+    """Raise the soft open-file limit so ``max_connections`` streams fit (each is a
+    socket), as far as the hard limit allows; a warning when it does not reach."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = max_connections + OPEN_FILES_SPARE
+    if hard != resource.RLIM_INFINITY:
+        want = min(want, hard)
+    if want > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    if want < max_connections + OPEN_FILES_SPARE:
+        log.warning(
+            "the open-file limit (%d) is below --max-connections (%d): raise `ulimit -Hn`",
+            want,
+            max_connections,
+        )
 
 
 @dataclass
@@ -313,6 +332,7 @@ class ControlServer:
             raise ServeError("--relay-rate must be a positive number of bytes per second")
         if opts.max_connections_per_address < 1:
             raise ServeError("--max-connections-per-address must be at least 1")
+        _fit_open_files(opts.max_connections)
         if (opts.tls_cert is None) != (opts.tls_key is None):
             raise ServeError("--tls-cert and --tls-key go together")
         tls_context = None

@@ -6,9 +6,11 @@ up). Anything that changes what a node could see - a commit published by the ser
 on its ``ChangeFeed``, a stream coming or going (online state), a key reaching its
 expiry time - marks the hub dirty. One task rebuilds: it loads one snapshot of the
 database (in a worker thread), wraps it with the online set and the time into a
-``NetMap``, and offers it to every mailbox; each stream turns it into its own delta
-(``netmap.delta``). Changes that arrive while a rebuild runs are coalesced into the
-next one.
+``NetMap`` (reusing what the previous one built for records that did not change), and
+offers it to the mailboxes of the nodes whose view it may change (``NetMap.affected``:
+a node coming online wakes its peers' streams, not all of them); each stream turns it
+into its own delta (``netmap.delta``) against the view it holds. Changes that arrive
+while a rebuild runs are coalesced into the next one.
 
 A ticker (every ``tick_s``) marks the hub dirty when the earliest key expiry has
 passed, and deletes ephemeral nodes whose streams have all been gone for
@@ -84,10 +86,12 @@ class Subscription:
         # When (monotonic) the first change in the NetMap ``next`` returned last was
         # published: the map push latency (metrics) is measured from there.
         self.changed_at: float | None = None
+        self.offered = False  # it took a NetMap: later ones need not wake it unless they matter
 
     def offer(self, netmap: NetMap, generation: int, changed_at: float | None = None) -> None:
         if generation < self.since:
             return
+        self.offered = True
         if self._latest is None:  # else the NetMap it replaces had the earlier change
             self._offered_changed_at = changed_at
         self._latest = netmap
@@ -363,6 +367,7 @@ class Hub:
                 self._dirty.set()
                 continue
             now = self.clock()
+            previous = self.current
             netmap = NetMap(
                 snapshot.nodes,
                 snapshot.users,
@@ -377,6 +382,7 @@ class Hub:
                 snapshot.dns_config,
                 # The last election: a primary keeps its prefixes while it stands.
                 self.current.primaries if self.current is not None else None,
+                previous=previous,  # what did not change is reused, not rebuilt
             )
             self.current = netmap
             self.current_generation = generation
@@ -388,8 +394,10 @@ class Hub:
                     log.exception("a network map watcher failed")
             built, self._built = self._built, asyncio.Event()
             built.set()
+            affected = netmap.affected(previous)  # None: every stream
             for sub in list(self._subs):
-                sub.offer(netmap, generation, changed_at)
+                if affected is None or sub.node_id in affected or not sub.offered:
+                    sub.offer(netmap, generation, changed_at)
 
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""

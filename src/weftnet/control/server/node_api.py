@@ -103,17 +103,29 @@ class ControlContext:
         return (self.relay.region(base_url),) if self.relay is not None else ()
 
     def seal(
-        self, machine_public: bytes, model: tailcfg.Wire, request: bytes, index: int = 0
+        self,
+        machine_public: bytes,
+        model: tailcfg.Wire,
+        request: bytes,
+        index: int = 0,
+        sealer: controlbox.Sealer | None = None,
     ) -> bytes:
-        """``model`` sealed as the ``index``-th answer to the sealed ``request``."""
+        """``model`` sealed as the ``index``-th answer to the sealed ``request``; a map
+        stream passes its ``sealer`` (the shared key, worked out once per stream)."""
         body = model.model_dump_json().encode()
         nonce = controlbox.answer_nonce(request, index)
-        return controlbox.seal(self.server_private, machine_public, body, nonce)
+        sealer = sealer or controlbox.Sealer(self.server_private, machine_public)
+        return sealer.seal(body, nonce)
 
     def frame(
-        self, machine_public: bytes, model: tailcfg.MapResponse, request: bytes, index: int = 0
+        self,
+        machine_public: bytes,
+        model: tailcfg.MapResponse,
+        request: bytes,
+        index: int = 0,
+        sealer: controlbox.Sealer | None = None,
     ) -> bytes:
-        return controlbox.frame(self.seal(machine_public, model, request, index))
+        return controlbox.frame(self.seal(machine_public, model, request, index, sealer))
 
 
 class PlainRefusal(Exception):
@@ -463,6 +475,7 @@ async def _one_map(
         ctx.hub.policy_now(),
         snapshot.dns_config,
         ctx.hub.current.primaries if ctx.hub.current is not None else None,
+        previous=ctx.hub.current,
     )
     view = current.view_for(node_id, own_relays, req.version)
     if view is None:
@@ -485,9 +498,10 @@ async def _stream(
     """The frames of one map stream: full first, then deltas, keepalives, a final error."""
     view: netmap.MapView | None = None
     frames = itertools.count()  # each frame is sealed as the next answer to the request
+    sealer = controlbox.Sealer(ctx.server_private, machine_public)
 
     def frame(model: tailcfg.MapResponse) -> bytes:
-        return ctx.frame(machine_public, model, request, next(frames))
+        return ctx.frame(machine_public, model, request, next(frames), sealer)
 
     while True:
         try:
