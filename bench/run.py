@@ -14,7 +14,14 @@ handshake), then measures
 and stops the peers again. The two routed rows put a weftd router in front of a plain
 host: ``tailnet-subnet`` through a subnet router on the target's LAN (behind its NAT
 router), ``tailnet-exit`` through an exit node behind a NAT to the ``server`` host as an
-"internet" host; compare them with ``tailnet-direct`` of the same run. The JSON report also has, per row, the sender's TCP
+"internet" host; compare them with ``tailnet-direct`` of the same run. The hard-NAT
+rows put the client behind an easy NAT and the server behind a hard one (issue 19,
+docs/nat-traversal.md) and measure only once `weft status --json` shows the pair direct
+(within DIRECT_TIMEOUT_S, pings flowing; else the row is an error):
+``tailnet-hardnat-birthday`` by birthday probing (two relay regions, no port mapping;
+the hard node sends from an extra socket, a ``via:`` endpoint), ``tailnet-hardnat-portmap``
+through the hard router's port mapping (miniupnpd; the easy node's endpoint for the peer
+is the mapped address). The JSON report also has, per row, the sender's TCP
 retransmissions and the server's UDP receive-buffer drops (the usual place a
 userspace tunnel loses packets when its reader falls behind). In "X <-> Y", X runs on
 the client (it encrypts the bulk data) and Y on the server.

@@ -108,7 +108,7 @@ def only_peer(n: Node) -> dict[str, Any]:
     """The node's one peer in `weft status --json`."""
     peers = n.status()["peers"]
     assert len(peers) == 1, f"{n.host.name} has {len(peers)} peers, not one"
-    return peers[0]  # type: ignore[no-any-return]
+    return dict(peers[0])
 
 
 def both_direct(a: Node, b: Node) -> bool:
