@@ -308,8 +308,7 @@ def start_tailnet(
     node's 100.x address once the path is the one asked for."""
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
-    existing = lab.nodes.get("ctl")
-    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    ctl = lab_host(lab, "ctl", client.segment)  # type: ignore[arg-type]
     if path == "relay":
         lab.block_udp(client, server)
         cleanup.append(lambda: lab.unblock_udp(client, server))
@@ -419,8 +418,7 @@ def start_userspace(
 
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
-    existing = lab.nodes.get("ctl")
-    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    ctl = lab_host(lab, "ctl", client.segment)  # type: ignore[arg-type]
     control = start_control(ctl, work / "control")
     cleanup.append(control.kill)
     tun_node = start_node(work, server, server.name)
@@ -454,8 +452,7 @@ def start_routed(
     admin. Returns (the host iperf3 serves on, the address the client aims at)."""
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
-    existing = lab.nodes.get("ctl")
-    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    ctl = lab_host(lab, "ctl", client.segment)  # type: ignore[arg-type]
     site = lab.nat_router(f"{via}-nat", upstream=client.segment)  # type: ignore[arg-type]
     router = lab.host(f"{via}-gw", site.lan)
     router._sysctl({"net.ipv4.ip_forward": 1})
