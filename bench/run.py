@@ -14,7 +14,14 @@ handshake), then measures
 and stops the peers again. The two routed rows put a weftd router in front of a plain
 host: ``tailnet-subnet`` through a subnet router on the target's LAN (behind its NAT
 router), ``tailnet-exit`` through an exit node behind a NAT to the ``server`` host as an
-"internet" host; compare them with ``tailnet-direct`` of the same run. The JSON report also has, per row, the sender's TCP
+"internet" host; compare them with ``tailnet-direct`` of the same run. The hard-NAT
+rows put the client behind an easy NAT and the server behind a hard one (issue 19,
+docs/nat-traversal.md) and measure only once `weft status --json` shows the pair direct
+(within DIRECT_TIMEOUT_S, pings flowing; else the row is an error):
+``tailnet-hardnat-birthday`` by birthday probing (two relay regions, no port mapping;
+the hard node sends from an extra socket, a ``via:`` endpoint), ``tailnet-hardnat-portmap``
+through the hard router's port mapping (miniupnpd; the easy node's endpoint for the peer
+is the mapped address). The JSON report also has, per row, the sender's TCP
 retransmissions and the server's UDP receive-buffer drops (the usual place a
 userspace tunnel loses packets when its reader falls behind). In "X <-> Y", X runs on
 the client (it encrypts the bulk data) and Y on the server.
@@ -62,9 +69,10 @@ from typing import Any
 
 from bench.wgbuilds import Build, BuildError, baseline, resolve, select_specs
 from weftlab.control import start_control
+from weftlab.natpair import lab_host, nat_kind, nat_pair, only_peer, traffic
 from weftlab.netlab import Host, Lab, LabError, poll_until
 from weftlab.proccpu import cpu_per_gbit, sessions_cpu_seconds
-from weftlab.tailnet import join, start_node
+from weftlab.tailnet import Node, join, start_node
 from weftlab.wgpeers import (
     Peer as WgPeer,
 )
@@ -84,6 +92,19 @@ CONFIGS = {  # key -> (name, client implementation, server implementation)
     "weftd-wggo": ("weftd <-> wireguard-go", "weftd", "wireguard-go"),
     "tailnet-direct": ("tailnet weftd <-> weftd, direct", "tailnet", "direct"),
     "tailnet-relay": ("tailnet weftd <-> weftd, via the relay", "tailnet", "relay"),
+    # An easy NAT <-> a hard NAT (docs/nat-traversal.md): direct by birthday probing
+    # (over the hard side's extra socket, a via: endpoint), or through the hard router's
+    # port mapping (miniupnpd).
+    "tailnet-hardnat-birthday": (
+        "tailnet weftd easy NAT <-> hard NAT, direct by birthday probing",
+        "tailnet",
+        "hardnat-birthday",
+    ),
+    "tailnet-hardnat-portmap": (
+        "tailnet weftd easy NAT <-> hard NAT, direct by port mapping",
+        "tailnet",
+        "hardnat-portmap",
+    ),
     "tailnet-subnet": ("tailnet weftd -> subnet router -> plain host", "tailnet", "subnet"),
     "tailnet-exit": ("tailnet weftd -> exit node -> internet host", "tailnet", "exit"),
     "weftd-weftd": ("weftd <-> weftd", "weftd", "weftd"),
@@ -98,6 +119,9 @@ WG_IF = "wg0"
 MTU = 1420
 IPERF_PORT = 5201  # iperf3's default
 HANDSHAKE_TIMEOUT_S = 15.0  # for the first ping to cross a new tunnel
+HARDNAT = ("hardnat-birthday", "hardnat-portmap")  # server kinds of the hard-NAT rows
+NAT_KIND_TIMEOUT_S = 30.0  # both nodes asked two STUN servers
+DIRECT_TIMEOUT_S = 45.0  # with pings flowing: the probing or the mapping found the path
 IPERF_SLACK_S = 30.0  # on top of --seconds: connection setup and the final report
 
 
@@ -284,8 +308,7 @@ def start_tailnet(
     node's 100.x address once the path is the one asked for."""
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
-    existing = lab.nodes.get("ctl")
-    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    ctl = lab_host(lab, "ctl", client.segment)  # type: ignore[arg-type]
     if path == "relay":
         lab.block_udp(client, server)
         cleanup.append(lambda: lab.unblock_udp(client, server))
@@ -305,6 +328,82 @@ def start_tailnet(
     return nodes[1].ip4()
 
 
+def start_hardnat(
+    lab: Lab,
+    client: Host,
+    technique: str,
+    cleanup: list[Callable[[], object]],
+    sids: list[int],
+) -> tuple[Host, Host, str]:
+    """An easy NAT and a hard NAT on the bench segment with a weftd node behind each,
+    joined (weftlab.natpair). ``technique`` "hardnat-birthday": two relay regions (so the
+    nodes know their NAT kinds), no port mapping; "hardnat-portmap": one relay region,
+    miniupnpd on the hard NAT's router. With pings flowing from the easy node, waits
+    until both nodes say direct through what the technique opened (the hard node's
+    ``via:`` endpoint; the hard node's mapped address); RuntimeError when the pair stays
+    on the relay. Returns (the easy node's host, the hard node's, the hard node's 100.x)."""
+    work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
+    cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
+    segment = client.segment
+    assert segment is not None
+    control = start_control(lab_host(lab, "ctl", segment), work / "control")
+    cleanup.append(control.kill)
+    birthday = technique == "hardnat-birthday"
+    pair = nat_pair(
+        lab, segment, control, work, ("easy", "hard"), prefix="bd-" if birthday else "pm-",
+        user="bench", second_relay=birthday, miniupnpd=(False, not birthday),
+    )  # fmt: skip
+    cleanup.append(pair.stop)
+    easy, hard = pair.nodes
+    sids += [easy.proc.pid, hard.proc.pid]
+    if birthday:
+        poll_until(lambda: nat_kind(easy) == "easy" and nat_kind(hard) == "hard",
+                   timeout_s=NAT_KIND_TIMEOUT_S, interval_s=0.5, what="the NAT kinds")  # fmt: skip
+    target = hard.ip4()
+    pinger = traffic(easy, target, DIRECT_TIMEOUT_S + 5)
+    try:
+        poll_until(lambda: hardnat_direct(easy, hard, birthday), timeout_s=DIRECT_TIMEOUT_S,
+                   interval_s=0.5, what="the direct path")  # fmt: skip
+    except TimeoutError:
+        raise RuntimeError(
+            f"not direct by {'birthday probing' if birthday else 'port mapping'} after "
+            f"{DIRECT_TIMEOUT_S:g} s: {path_summary(easy, hard)}"
+        ) from None
+    finally:
+        pinger.kill()
+        pinger.wait()
+    return easy.host, hard.host, target
+
+
+def hardnat_direct(easy: Node, hard: Node, birthday: bool) -> bool:
+    """Both nodes' one peer is direct; by birthday probing the hard node sends from an
+    extra socket (a ``via:`` endpoint), by port mapping the easy node reaches the hard
+    one's mapped address."""
+    e, h = easy.status()["peers"], hard.status()["peers"]
+    if len(e) != 1 or len(h) != 1 or e[0]["path"] != "direct" or h[0]["path"] != "direct":
+        return False
+    if birthday:
+        return str(h[0]["endpoint"]).startswith("via:")
+    mapped = (hard.status()["port_mapping"] or {}).get("mapped_address")
+    return mapped is not None and e[0]["endpoint"] == mapped
+
+
+def path_summary(easy: Node, hard: Node) -> str:
+    """Each side's path and endpoint, and the hard side's mapping or probing, for an error."""
+    parts = []
+    for n in (easy, hard):
+        try:
+            p = only_peer(n)
+        except AssertionError as err:
+            parts.append(str(err))
+            continue
+        bd = (p.get("nat_traversal") or {}).get("birthday")
+        parts.append(f"{n.host.name} path {p['path']} endpoint {p['endpoint']} birthday {bd}")
+    pm = hard.status()["port_mapping"] or {}
+    parts.append(f"port mapping {pm.get('mapped_address')} error {pm.get('error')}")
+    return "; ".join(parts)
+
+
 SOCKS5 = ("127.0.0.1", 1055)
 FORWARD_PORT = 15201  # weftlab.socksforward on the client: to the server's iperf3
 
@@ -319,8 +418,7 @@ def start_userspace(
 
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
-    existing = lab.nodes.get("ctl")
-    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    ctl = lab_host(lab, "ctl", client.segment)  # type: ignore[arg-type]
     control = start_control(ctl, work / "control")
     cleanup.append(control.kill)
     tun_node = start_node(work, server, server.name)
@@ -354,8 +452,7 @@ def start_routed(
     admin. Returns (the host iperf3 serves on, the address the client aims at)."""
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
-    existing = lab.nodes.get("ctl")
-    ctl = existing if isinstance(existing, Host) else lab.host("ctl", client.segment)
+    ctl = lab_host(lab, "ctl", client.segment)  # type: ignore[arg-type]
     site = lab.nat_router(f"{via}-nat", upstream=client.segment)  # type: ignore[arg-type]
     router = lab.host(f"{via}-gw", site.lan)
     router._sysctl({"net.ipv4.ip_forward": 1})
@@ -417,6 +514,8 @@ def measure(
             if server_kind in ("subnet", "exit"):
                 ping_once(client, server.ip)
                 server, target = start_routed(lab, client, server, server_kind, cleanup, sids)
+            elif server_kind in HARDNAT:
+                client, server, target = start_hardnat(lab, client, server_kind, cleanup, sids)
             elif client_kind == "tailnet" and server_kind is not None:
                 ping_once(client, server.ip)
                 target = start_tailnet(lab, client, server, server_kind, cleanup, sids)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -84,18 +85,20 @@ def join(control: Control, nodes: list[Node], user: str = "alice") -> str:
     return key
 
 
-def start_second_relay(relay_host: Host, control: Control, tmp: Path) -> None:
+def start_second_relay(relay_host: Host, control: Control, tmp: Path) -> subprocess.Popen[Any]:
     """A second relay region ("second", with its own STUN server on 3478) on
-    ``relay_host``: two STUN servers, so that nodes learn their NAT kind."""
+    ``relay_host``: two STUN servers, so that nodes learn their NAT kind. Returns its
+    process (the lab kills it when it closes)."""
     api_key = control.admin("apikeys", "create", "--scope", "relay").stdout.strip()
     cert, key = lab_ca().issue("relay2", [relay_host.ip], tmp / "relay2-tls")
-    relay_host.popen(
+    proc = relay_host.popen(
         [sys.executable, "-m", "weftnet.control.cli.main", "relay", "--region", "second",
          "--listen", "0.0.0.0:8081", "--stun-port", "3478", "--control-url", control.url,
          "--api-key", api_key, "--data-dir", str(tmp / "relay2"),
          "--tls-cert", str(cert), "--tls-key", str(key), "--tls-ca", str(control.ca_file)],
     )  # fmt: skip
     poll_until(lambda: len(control.admin_json("relays", "list")) == 2, timeout_s=15, what="relay 2")
+    return proc
 
 
 def start_node(tmp: Path, host: Host, name: str, extra: list[str] | None = None) -> Node:

@@ -46,3 +46,24 @@ def test_bench_reports_numbers_and_a_failing_row(
     assert "| weftd <-> wireguard-go (debian) | error: weftd exited with code 1" in table
     assert "CPU s/Gbit" in table.splitlines()[0]
     assert "| raw underlay | " in table
+
+
+def test_bench_hard_nat_rows_go_direct(
+    lab_environment: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hard-NAT rows (issue 19) build their NATs, reach the direct path (by birthday
+    probing; through the port mapping) and measure it."""
+    out = tmp_path / "bench.json"
+    keys = "tailnet-hardnat-birthday,tailnet-hardnat-portmap"
+    code = bench.run.main(["--seconds", "1", "--pings", "3", "--only", keys, "--json", str(out)])
+
+    rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == keys.split(",")
+    for row in rows.values():
+        assert row["error"] is None, row
+        assert row["gbit_s"] > 0 and row["ping_avg_ms"] > 0
+        assert row["dataplane_processes"] == 2 and row["cpu_s_per_gbit"] > 0
+    assert code == 0
+    assert "| tailnet weftd easy NAT <-> hard NAT, direct by birthday probing | " in (
+        capsys.readouterr().out
+    )

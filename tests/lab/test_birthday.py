@@ -14,17 +14,17 @@ Two relay regions, so that both nodes have two STUN servers and know their NAT k
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from weftlab.control import start_control
+from weftlab.natpair import both_direct, nat_kind, nat_pair, traffic
+from weftlab.natpair import only_peer as peer
 from weftlab.netlab import Lab, NatRouter, poll_until
-from weftlab.tailnet import Node, join, start_node, start_second_relay
+from weftlab.tailnet import Node
 
 pytestmark = pytest.mark.lab
 
@@ -42,36 +42,9 @@ for e in [e for e in ct.dump_entries() if e.tuple_orig.proto == 17]:
 
 def pair(lab: Lab, tmp_path: Path, kinds: tuple[str, str]) -> tuple[list[Node], list[NatRouter]]:
     inet = lab.segment("inet", "198.18.0.0/24")
-    ctl = lab.host("ctl", inet)
-    control = start_control(ctl, tmp_path / "control")
-    start_second_relay(lab.host("relay2", inet), control, tmp_path)
-    routers, hosts = [], []
-    for i, kind in enumerate(kinds, 1):
-        r = lab.nat_router(f"nat{i}", upstream=inet, kind=kind)  # type: ignore[arg-type]
-        routers.append(r)
-        hosts.append(lab.host(f"n{i}-{kind}", r.lan))
-    nodes = [start_node(tmp_path, h, h.name) for h in hosts]
-    join(control, nodes)
-    return nodes, routers
-
-
-def nat_kind(n: Node) -> str | None:
-    r = json.loads(n.weft("netcheck", "--json").stdout)
-    return r.get("nat") if len(r["stun_servers"]) == 2 else None
-
-
-def peer(n: Node) -> dict[str, Any]:
-    peers = n.status()["peers"]
-    assert len(peers) == 1
-    return peers[0]  # type: ignore[no-any-return]
-
-
-def traffic(src: Node, dst_ip: str, seconds: float) -> subprocess.Popen[Any]:
-    """Pings every 0.2 s for ``seconds``: traffic that wants the path."""
-    return src.host.popen(
-        ["ping", "-q", "-i", "0.2", "-w", str(int(seconds)), dst_ip],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    control = start_control(lab.host("ctl", inet), tmp_path / "control")
+    p = nat_pair(lab, inet, control, tmp_path, kinds)
+    return p.nodes, p.routers
 
 
 def ready(easy: Node, hard: Node) -> bool:
@@ -80,10 +53,6 @@ def ready(easy: Node, hard: Node) -> bool:
     bd = (e["nat_traversal"] or {}).get("birthday", {})
     fresh = bd.get("role") == "easy-side" and bd.get("total_packets") == 0  # the new peer
     return e["path"] != "direct" and peer(hard)["path"] != "direct" and fresh
-
-
-def both_direct(a: Node, b: Node) -> bool:
-    return peer(a)["path"] == "direct" and peer(b)["path"] == "direct"
 
 
 @pytest.mark.timeout(600)  # 20 trials of up to ~20 s each
