@@ -240,8 +240,7 @@ class MagicSock:
 
     def send_to_pseudo_batch(self, peer_key: bytes, ep: Endpoint, data: bytes, seg: int) -> None:
         if ep.is_via:
-            for i in range(0, len(data), seg):
-                self.traversal.send_via(ep, data[i : i + seg])
+            self.traversal.send_via_batch(ep, data, seg)
             return
         self.relays.send_batch(ep[0][len(RELAY_PREFIX) :], peer_key, data, seg)
 

@@ -4,8 +4,11 @@ Each socket is bound to a random local port, so the NAT gives each a mapping of 
 own. A socket whose probe found the peer stays open and carries that peer's disco and
 WireGuard traffic from then on (the path "via:<local port>/<remote ip>", remote port):
 its mapping exists only on the NAT, nobody can move it to the main socket. The rest
-are closed when the attempt ends. Datagrams that arrive are handed to ``on_datagram``
-from the event loop's reader callback, at most MAX_READS_PER_WAKEUP per wakeup.
+are closed when the attempt ends. A socket that became a path is ``promote``d: large
+buffers and GRO, like the data plane's own socket (weftnet.udpsock), and batches leave it
+in one GSO send. Every socket carries weftd's bypass mark (weftnet.sockmark). Datagrams
+that arrive are handed to ``on_datagram`` from the event loop's reader callback (a GRO
+read whole, with its segment size), at most MAX_READS_PER_WAKEUP reads per wakeup.
 """
 
 from __future__ import annotations
@@ -15,16 +18,18 @@ import logging
 import socket
 from collections.abc import Callable
 
+from weftnet import sockmark, udpsock
 from weftnet.endpoint import Endpoint, canonical
 
 log = logging.getLogger("weftd.magicsock")
 
 MAX_SOCKETS = 512  # extra sockets open at once, all peers together: file descriptors
 # stay well under the usual soft limit of 1024 (one peer's attempt takes 450)
-MAX_READS_PER_WAKEUP = 64  # datagrams read from one socket per reader callback
-RECV_SIZE = 65535  # a UDP datagram, GRO off on these sockets
+MAX_READS_PER_WAKEUP = 64  # reads from one socket per reader callback
+RECV_SIZE = 65536 + 4096  # one coalesced GRO read (a promoted socket), or one datagram
 
-OnDatagram = Callable[[int, bytes, Endpoint], None]  # local port, data, source
+# local port, data (one datagram, or a GRO read), segment size (len(data): one), source
+OnDatagram = Callable[[int, bytes, int, Endpoint], None]
 
 
 class PortPool:
@@ -33,6 +38,7 @@ class PortPool:
     def __init__(self, on_datagram: OnDatagram) -> None:
         self._on_datagram = on_datagram
         self._socks: dict[int, socket.socket] = {}
+        self._promoted: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._socks)
@@ -47,6 +53,7 @@ class PortPool:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             sock.setblocking(False)
+            sockmark.mark(sock)  # like the main socket: never into weftd's own routes
             sock.bind(("0.0.0.0", 0))
             port = sock.getsockname()[1]
             asyncio.get_running_loop().add_reader(sock.fileno(), self._readable, port, sock)
@@ -68,8 +75,34 @@ class PortPool:
             return False
         return True
 
+    def promote(self, port: int) -> None:
+        """The socket on ``port`` carries a peer's traffic now: tune it for batches (once)."""
+        if port in self._promoted:
+            return
+        sock = self._socks.get(port)
+        if sock is not None:
+            self._promoted.add(port)
+            try:
+                udpsock.tune(sock)
+            except OSError as e:
+                log.debug("tuning extra port %d failed: %s", port, e)
+
+    def sendto_batch(self, port: int, data: bytes, seg: int, dst: Endpoint) -> bool:
+        """Datagrams back to back in ``data`` (each ``seg`` bytes but the last), in one
+        GSO send where the kernel can."""
+        sock = self._socks.get(port)
+        if sock is None:
+            return False
+        try:
+            udpsock.send_segments(sock, data, seg, (dst.host, dst.port))
+        except OSError as e:
+            log.debug("send from extra port %d to %s failed: %s", port, dst, e)
+            return False
+        return True
+
     def close(self, port: int) -> None:
         sock = self._socks.pop(port, None)
+        self._promoted.discard(port)
         if sock is not None:
             asyncio.get_running_loop().remove_reader(sock.fileno())
             sock.close()
@@ -85,7 +118,7 @@ class PortPool:
     def _readable(self, port: int, sock: socket.socket) -> None:
         for _ in range(MAX_READS_PER_WAKEUP):
             try:
-                data, addr = sock.recvfrom(RECV_SIZE)
+                data, anc, _flags, addr = sock.recvmsg(RECV_SIZE, 64)
             except BlockingIOError:
                 return
             except OSError as e:
@@ -95,4 +128,4 @@ class PortPool:
                 src = canonical(addr)
             except ValueError:
                 continue
-            self._on_datagram(port, data, src)
+            self._on_datagram(port, data, udpsock.gro_segment(anc, len(data)), src)

@@ -158,6 +158,12 @@ class Traversal:
         port, remote = split_via(ep)
         self.pool.sendto(port, data, remote)
 
+    def send_via_batch(self, ep: Endpoint, data: bytes, seg: int) -> None:
+        """Datagrams back to back (each ``seg`` bytes but the last) for ``ep``, in one send."""
+        port, remote = split_via(ep)
+        self.pool.promote(port)
+        self.pool.sendto_batch(port, data, seg, remote)
+
     def _birthday_action(
         self,
         pp: PeerPaths,
@@ -220,13 +226,17 @@ class Traversal:
 
     # -- receiving ------------------------------------------------------------------
 
-    def _datagram(self, port: int, data: bytes, src: Endpoint) -> None:
-        """A datagram on an extra socket: disco, or the peer's WireGuard."""
+    def _datagram(self, port: int, data: bytes, seg: int, src: Endpoint) -> None:
+        """A datagram on an extra socket: disco, or the peer's WireGuard; or a GRO read
+        of several (only WireGuard data comes in runs of equal datagrams)."""
         via = via_endpoint(port, src)
         try:
-            if disco.is_disco(data):
+            if seg < len(data):
+                self._ms.engine.dp.receive_from_pseudo(data, via, seg)
+            elif disco.is_disco(data):
                 self._ms.disco_from(data, via)
             elif not stun.is_stun(data):
+                self.pool.promote(port)  # WireGuard on it: it is a path now
                 self._ms.engine.dp.receive_from_pseudo(data, via)
         except Exception:  # one bad datagram never stops the reader
             log.exception("datagram on extra port %d from %s", port, src)

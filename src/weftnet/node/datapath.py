@@ -24,7 +24,6 @@ plain WireGuard: the endpoint roams to the source of authenticated packets;
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import ipaddress
 import logging
@@ -36,13 +35,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from weftnet import fastpath, sockmark
+from weftnet import fastpath, sockmark, udpsock
 from weftnet.dns import SERVICE_V4, SERVICE_V6
 from weftnet.endpoint import PSEUDO_PREFIXES, RELAY_PREFIX, Endpoint, canonical
 from weftnet.fastpath.reference import MAX_PACKET, MAX_SEGMENTS, MESSAGE_OVERHEAD, segment_packet
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
 from weftnet.node.vnet import VNET_HDR_LEN
+from weftnet.udpsock import SOL_UDP, UDP_GRO, UDP_SEGMENT
 from weftnet.wireguard.constants import REJECT_AFTER_TIME_S
 from weftnet.wireguard.device import Device, Peer, Transmit
 from weftnet.wireguard.errors import ProtocolError
@@ -51,9 +51,6 @@ from weftnet.wireguard.session import Keypair
 
 log = logging.getLogger("weftd.datapath")
 
-SOL_UDP = 17
-UDP_SEGMENT = 103  # linux/udp.h: send with GSO, value = segment size
-UDP_GRO = 104  # linux/udp.h: receive coalesced datagrams
 MAX_GSO_SEGMENTS = 64  # UDP_MAX_SEGMENTS in older kernels
 MAX_GSO_BYTES = 65507  # a GSO send must fit one UDP datagram (IPv4: 65535 - 20 - 8)
 SEND_BUF_SIZE = 512 * 1024  # sealed output of several super-packets
@@ -63,7 +60,6 @@ RECV_BUF_SIZE = 65536 + 4096  # one coalesced GRO read
 DEC_BUF_SIZE = 512 * 1024  # plaintext of several GRO reads, kept until the TUN flush
 DEC_RESERVE = RECV_BUF_SIZE  # one read's plaintext: a virtio header is smaller than a tag
 MAX_READS_PER_WAKEUP = 16  # bound each reader callback so both directions get a turn
-SOCKET_BUFFER_BYTES = 8 * 1024 * 1024
 
 _unpack_index = struct.Struct("<I").unpack_from
 
@@ -117,13 +113,7 @@ def make_socket(port: int) -> socket.socket:
     """One dual-stack UDP socket with GRO on and large buffers."""
     s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    for opt, force in ((socket.SO_RCVBUF, 33), (socket.SO_SNDBUF, 32)):  # *BUFFORCE as root
-        try:
-            s.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER_BYTES)
-        except OSError:
-            s.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER_BYTES)
-    with contextlib.suppress(OSError):  # not Linux: one datagram per read
-        s.setsockopt(SOL_UDP, UDP_GRO, 1)
+    udpsock.tune(s)
     sockmark.mark(s)  # WireGuard, disco and STUN bypass weftd's routes (docs/routes.md)
     s.bind(("::", port))
     s.setblocking(False)
@@ -275,11 +265,12 @@ class DataPlane:
         except OSError as e:
             log.debug("send to %s failed: %s", ep, e)
 
-    def receive_from_pseudo(self, data: bytes, src: Endpoint) -> None:
-        """A datagram the Bind received on a socket of its own (a birthday-probing extra
-        socket), from the pseudo-endpoint ``src``: replies go back the same way."""
+    def receive_from_pseudo(self, data: bytes, src: Endpoint, seg: int = 0) -> None:
+        """Datagrams the Bind received on a socket of its own (a birthday-probing extra
+        socket), from the pseudo-endpoint ``src``: replies go back the same way. ``data``
+        may be a GRO read: datagrams of ``seg`` bytes but the last (0: one datagram)."""
         now = self.clock()
-        self._receive(data, len(data), len(data), src, now)
+        self._receive(data, len(data), seg or len(data), src, now)
         self._flush_tun()
         self._after_receive(now)
 
