@@ -348,9 +348,10 @@ def test_birthday_gives_up_after_max_attempts_and_backs_off() -> None:
     assert len(starts) == birthday.MAX_ATTEMPTS
     gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert gaps == pytest.approx(
-        [birthday.ATTEMPT_WINDOW_S + birthday.BACKOFF_S * 2**i for i in range(len(gaps))],
+        [birthday.ATTEMPT_WINDOW_S + birthday.backoff_after(i + 1) for i in range(len(gaps))],
         abs=0.01,
     )
+    assert gaps[0] < 5 and gaps[1] >= birthday.BACKOFF_S  # a quick second chance, then back off
     assert sent == birthday.MAX_ATTEMPTS * birthday.EASY_SIDE_PROBES
     assert bd.next_timer_at(now) is None  # given up: no more timers, no more packets
 

@@ -27,7 +27,8 @@ A role (from both sides' NAT kinds) must hold ROLE_SETTLE_S before the first att
 Budgets: at most HARD_SIDE_PORTS + EASY_SIDE_PROBES = 950 probe packets per attempt for
 the pair, at most PROBE_RATE_PPS a second from each side, an attempt only while there
 is traffic for the peer (``active``) and no direct path, ATTEMPT_WINDOW_S to find a hit,
-then BACKOFF_S, doubling, before the next, and at most MAX_ATTEMPTS. The easy side
+then ``backoff_after``: FIRST_RETRY_S before the second attempt (two chances within
+10 s), BACKOFF_S doubling after that, and at most MAX_ATTEMPTS. The easy side
 probes only the IP the peer reported, the hard side only the endpoint the peer reported.
 Two hard NATs never probe: there both sides' ports are unknown and the chance per
 attempt is about n*m/R^2, under 1 %.
@@ -55,6 +56,7 @@ __all__ = [
     "ATTEMPT_WINDOW_S",
     "BACKOFF_S",
     "EASY_SIDE_PROBES",
+    "FIRST_RETRY_S",
     "HARD_SIDE_PORTS",
     "MAX_ATTEMPTS",
     "MAX_BACKOFF_S",
@@ -69,6 +71,7 @@ __all__ = [
     "ProbeFromNewPort",
     "ProbeToPort",
     "Role",
+    "backoff_after",
     "hit_probability",
     "nat_kind_of_endpoints",
     "role_for",
@@ -81,8 +84,11 @@ Role = Literal["hard-side", "easy-side"]
 HARD_SIDE_PORTS = 450  # extra sockets (and pings) the hard side opens per attempt
 EASY_SIDE_PROBES = 500  # random destination ports the easy side pings per attempt
 PROBE_RATE_PPS = 500.0  # probe packets a second from one side (a burst of ~1 s)
-ATTEMPT_WINDOW_S = 8.0  # an attempt waits this long for a hit before giving up
-BACKOFF_S = 30.0  # wait this long after a failed attempt, doubling each time
+ATTEMPT_WINDOW_S = 4.0  # an attempt waits this long for a hit (the burst takes ~1 s)
+# The second attempt follows the first this soon, so a 3 % miss gets its second chance
+# within 10 s (two attempts: 99.9 %); after that BACKOFF_S, doubling.
+FIRST_RETRY_S = 0.5
+BACKOFF_S = 30.0  # wait this long after the second failed attempt, doubling each time
 MAX_BACKOFF_S = 240.0  # the wait never grows past this
 MAX_ATTEMPTS = 4  # then stop until the peer's endpoints or NAT kinds change
 # A node publishes its first STUN answer before the second arrives, so for a moment a
@@ -90,6 +96,13 @@ MAX_ATTEMPTS = 4  # then stop until the peer's endpoints or NAT kinds change
 ROLE_SETTLE_S = 2.0
 MIN_PORT = 1024  # NATs map unprivileged sources to 1024..65535 (Linux, RFC 4787 REQ-3)
 PORT_RANGE = 65536 - MIN_PORT  # 64512 ports a hard NAT may pick from
+
+
+def backoff_after(attempt: int) -> float:
+    """The wait after failed attempt number ``attempt`` (1-based) before the next."""
+    if attempt <= 1:
+        return FIRST_RETRY_S
+    return min(BACKOFF_S * 2 ** (attempt - 2), MAX_BACKOFF_S)
 
 
 def hit_probability(ports: int, probes: int, port_range: int = PORT_RANGE) -> float:
@@ -277,8 +290,7 @@ class BirthdayProber:
         self._started_at = now
         self.attempts += 1
         self.packets_sent = 0
-        backoff = min(BACKOFF_S * 2 ** (self.attempts - 1), MAX_BACKOFF_S)
-        self._next_attempt_at = now + ATTEMPT_WINDOW_S + backoff
+        self._next_attempt_at = now + ATTEMPT_WINDOW_S + backoff_after(self.attempts)
         if self._role == "easy-side":
             self._ports = self._draw_ports(EASY_SIDE_PROBES)
 
