@@ -43,6 +43,7 @@ import contextlib
 import json
 import multiprocessing
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -380,7 +381,11 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
             if workers is not None:
                 workers.close()
             admin.close()
-            control.stop(timeout_s=60.0)
+            try:
+                control.stop(timeout_s=60.0)
+            except subprocess.TimeoutExpired:  # never leave a server behind
+                result.errors.append("the server did not stop within 60 s of SIGTERM")
+                control.kill()
     result.wall_s = time.monotonic() - started
     return result
 
