@@ -8,6 +8,7 @@ through either moves batches of datagrams per system call, not one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
 
 SOL_UDP = 17
@@ -44,7 +45,7 @@ def send_segments(sock: socket.socket, data: bytes, seg: int, addr: tuple[str, i
             sock.sendmsg([data], [(SOL_UDP, UDP_SEGMENT, seg.to_bytes(2, "little"))], 0, addr)
             return
         except OSError as e:
-            if e.errno not in (5, 22, 95):  # EIO, EINVAL, EOPNOTSUPP: no GSO here
+            if e.errno not in (errno.EIO, errno.EINVAL, errno.EOPNOTSUPP):  # no GSO here
                 raise
     for i in range(0, len(data), seg):
         sock.sendto(data[i : i + seg], addr)

@@ -42,7 +42,7 @@ from weftnet.fastpath.reference import MAX_PACKET, MAX_SEGMENTS, MESSAGE_OVERHEA
 from weftnet.node.filter import PacketFilter
 from weftnet.node.localnets import LocalDestinations
 from weftnet.node.vnet import VNET_HDR_LEN
-from weftnet.udpsock import SOL_UDP, UDP_GRO, UDP_SEGMENT
+from weftnet.udpsock import SOL_UDP, UDP_SEGMENT
 from weftnet.wireguard.constants import REJECT_AFTER_TIME_S
 from weftnet.wireguard.device import Device, Peer, Transmit
 from weftnet.wireguard.errors import ProtocolError
@@ -486,10 +486,7 @@ class DataPlane:
             if n == 0:
                 self.counters.drop_malformed += 1
                 continue
-            seg = n
-            for level, kind, data in anc:
-                if level == SOL_UDP and kind == UDP_GRO:
-                    seg = int.from_bytes(data[:2], "little") or n
+            seg = udpsock.gro_segment(anc, n)
             src = self._ep_cache.get(addr)
             if src is None:
                 src = canonical(addr)
