@@ -44,7 +44,7 @@ $(STAMP): pyproject.toml src/weftnet/fastpath/_fastpath.c | apt
 	touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=40
 
 unit: install
 	$(PY) -m pytest -q -ra -m 'not lab'
