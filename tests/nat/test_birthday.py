@@ -94,6 +94,7 @@ class Node:
 
     def __post_init__(self) -> None:
         self.bd = BirthdayProber(self.sim.rng.randrange)
+        self.key = self.sim.rng.random()  # the node key's order decides the first keeper
         self.sim.nats[self.nat.public_ip] = self.nat
 
     @property
@@ -190,7 +191,7 @@ class Node:
         )  # fmt: skip
         self.qo.update(
             applies="quiet" in self.techniques and self.kind == theirs == "easy",
-            keeper=self.name < peer.name, target=peer.endpoints[0], active=True,
+            keeper=self.key < peer.key, target=peer.endpoints[0], active=True,
             direct=self.direct, now=now,
         )  # fmt: skip
         quiet = self.qo.suppressed(now)
@@ -387,12 +388,19 @@ def test_easy_side_probes_only_the_reported_ip_distinct_ports() -> None:
 
 
 def test_bare_linux_quiet_open_goes_direct() -> None:
-    rate, trials = success_rate(BARE_LINUX, BARE_LINUX, {"birthday", "quiet"}, within_s=90)
+    """Whichever side pinged first (a starts first; the first keeper is the smaller key)."""
+    rate, trials = success_rate(BARE_LINUX, BARE_LINUX, {"birthday", "quiet"}, within_s=100)
     times = sorted(t.direct_after_s for t in trials if t.direct_after_s is not None)
     poisoned = sum(t.a.nat.poisoned + t.b.nat.poisoned > 0 for t in trials)
-    print(f"\nbare Linux with quiet open: {rate:.1%} direct within 90 s (median "
-          f"{times[len(times) // 2]:.1f} s); {poisoned} of {len(trials)} trials had poisoned tuples")  # fmt: skip
+    late_keeper = [t for t in trials if t.b.key < t.a.key]
+    second_round = sum(t.a.qo.rounds == 2 for t in trials)
+    print(f"\nbare Linux with quiet open: {rate:.1%} direct within 100 s (median "
+          f"{times[len(times) // 2]:.1f} s, max {times[-1]:.1f} s); {poisoned} of {len(trials)} "
+          f"trials had poisoned tuples; {len(late_keeper)} began with the later side keeping, "
+          f"{second_round} needed a second round")  # fmt: skip
     assert rate >= 0.99
+    assert 0.3 < len(late_keeper) / len(trials) < 0.7  # both orders are covered
+    assert all(t.direct_after_s is not None for t in late_keeper)
     # Ordinary easy NATs (with an input firewall) are not slowed down by it.
     easy, trials = success_rate(EASY, EASY, {"birthday", "quiet"}, within_s=2)
     assert easy == 1.0
@@ -427,6 +435,34 @@ def test_quiet_open_keeper_and_caller_timeline() -> None:
     assert keeper.suppressed(end + 1)  # waits for the caller's ping
     keeper.on_direct_ping(end + 1)
     assert not keeper.suppressed(end + 1)
+
+
+def test_quiet_open_swaps_roles_when_a_round_fails() -> None:
+    """The keeper's own mapping was the random-port one: the caller's ping never arrives,
+    and the next round starts at once with the roles swapped."""
+    target = Endpoint("198.18.2.1", 41641)
+    first, second = QuietOpen(), QuietOpen()
+    for qo, is_keeper in ((first, True), (second, False)):
+        qo.update(applies=True, keeper=is_keeper, target=target, active=True, direct=False, now=0)
+    t = quietopen.STUCK_AFTER_S
+    first.timers(t), second.timers(t)
+    end = t + quietopen.QUIET_S
+    first.timers(end)
+    assert second.timers(end) == [Resume()] and not second.suppressed(end)
+    assert first.status()["role"] == "keeper" and second.status()["role"] == "caller"
+    swap = end + quietopen.KEEPER_WAIT_S
+    assert first.timers(swap) == [] and second.timers(swap) == [SendLowTtlPing(target)]
+    assert first.suppressed(swap) and second.suppressed(swap) and first.rounds == 2
+    assert first.status()["role"] == "caller" and second.status()["role"] == "keeper"
+    end2 = swap + quietopen.QUIET_S
+    assert first.timers(end2) == [Resume()]
+    # After MAX_ROUNDS failed rounds the pair stays on the relay and pings as before.
+    at = end2
+    while first.rounds < quietopen.MAX_ROUNDS or first.suppressed(at) or first.status()["role"]:
+        at += 1
+        first.timers(at)
+        assert at < 1000
+    assert first.next_timer_at(at) is None and first.timers(at + 1000) == []
 
 
 def test_quiet_open_never_for_a_pair_that_was_direct() -> None:

@@ -20,19 +20,31 @@ The fix needs one side's mapping to exist before the other side's first packet
 arrives, without a packet of its own reaching the far router. Conntrack refreshes an
 entry when a packet for it enters the router (prerouting), even if the router then
 drops it for an expired TTL; a packet with TTL 1 from the node (its NAT being the
-first hop) thus keeps its own mapping alive without ever leaving its router. So:
+first hop) thus keeps its own mapping alive without ever leaving its router.
+
+Only one side's mapping is worth keeping: the side whose first ping left before the
+other's arrived (call it F) got its own port; the other (S) got a random one. Neither
+side can tell which it is (the far router swallows every ping), so the rounds take
+turns:
 
 1. Both sides easy (STUN), traffic for the peer, never a direct path, still none after
    STUCK_AFTER_S: the pair assumes poisoned tuples.
-2. Both go *quiet* toward each other for QUIET_S (longer than Linux's 30 s timeout
-   for unreplied UDP), except that the *keeper* (the side with the smaller node key,
-   so both agree without talking) sends a TTL-1 ping to the peer's public endpoint
-   every KEEPALIVE_S: its own mapping stays, every poisoned entry expires.
-3. Then the *caller* pings again: its port is preserved (no poison left), its ping
-   matches the keeper's live mapping and gets through, and the ordinary ping/pong
-   exchange makes the path direct. The keeper stays quiet (TTL-1 only) until the
-   caller's ping has reached it, or KEEPER_WAIT_S more, so that its own pings cannot
-   poison the caller's router again. At most MAX_ROUNDS rounds, then the relay.
+2. A round: both go *quiet* toward each other for QUIET_S (longer than Linux's 30 s
+   timeout for unreplied UDP), except that this round's *keeper* sends a TTL-1 ping to
+   the peer's public endpoint every KEEPALIVE_S: its own mapping stays, every entry the
+   other side's packets made expires, and so does the other side's own mapping.
+3. Then the *caller* pings again, for KEEPER_WAIT_S: its port is preserved (no poison
+   left). If the keeper is F, the ping matches the keeper's live mapping and gets
+   through, and the ordinary ping/pong exchange makes the path direct. The keeper stays
+   quiet (TTL-1 only) until the caller's ping has reached it, so that its own pings
+   cannot poison the caller's router again.
+4. Not direct after KEEPER_WAIT_S: the keeper was S. The caller's new mapping has its
+   own port, so it is now the F side: the next round starts at once with the roles
+   swapped (the caller keeps, the keeper falls silent), and succeeds.
+
+The first round's keeper is the side with the smaller node key, so both agree without
+talking; the round's roles alternate after that. At most MAX_ROUNDS rounds, then the
+relay.
 
 Nothing here does I/O or reads a clock; weftd drives it::
 
@@ -67,11 +79,13 @@ __all__ = [
 STUCK_AFTER_S = 6.0  # both easy, traffic, no direct path this long: assume poisoned tuples
 QUIET_S = 35.0  # longer than Linux's nf_conntrack_udp_timeout (30 s): poison expires
 KEEPALIVE_S = 8.0  # the keeper's TTL-1 pings keep its own mapping (30 s) alive
-KEEPER_WAIT_S = 10.0  # after QUIET_S the keeper stays quiet this long at most
+KEEPER_WAIT_S = 6.0  # after QUIET_S the caller pings, the keeper waits, this long
 LOW_TTL = 1  # dies at the first router (our NAT) after conntrack has refreshed the entry
-MAX_ROUNDS = 2  # quiet rounds before the pair is left on the relay
+MAX_ROUNDS = 4  # quiet rounds (roles alternate) before the pair is left on the relay
 
-State = Literal["idle", "quiet", "waiting"]
+# quiet: both silent (the keeper's TTL-1 pings aside); waiting: the keeper, silent,
+# waits for the caller's ping; calling: the caller pings.
+State = Literal["idle", "quiet", "waiting", "calling"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,14 +144,24 @@ class QuietOpen:
         elif self._stuck_since is None:
             self._stuck_since = now
 
+    @property
+    def keeps(self) -> bool:
+        """Whether we are this round's keeper: the smaller key in odd rounds."""
+        return self._keeper == (self.rounds % 2 == 1)
+
     def on_direct_ping(self, now: float) -> None:
-        """A disco ping from the peer arrived straight (not through the relay)."""
-        if self._state == "waiting":
+        """A disco ping from the peer arrived straight (not through the relay): the hole
+        is open, ordinary pings and pongs take over."""
+        if self._state != "idle":
             self._state, self._stuck_since = "idle", now
 
     def suppressed(self, now: float) -> bool:
         """Whether ordinary direct pings to the peer must not be sent now."""
-        return self._state != "idle"
+        return self._state in ("quiet", "waiting")
+
+    def _start_round(self, now: float) -> None:
+        self.rounds += 1
+        self._state, self._until, self._keepalive_at = "quiet", now + QUIET_S, now
 
     def timers(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -147,17 +171,19 @@ class QuietOpen:
             and now >= self._stuck_since + STUCK_AFTER_S
             and self.rounds < MAX_ROUNDS
         ):
-            self.rounds += 1
-            self._state, self._until, self._keepalive_at = "quiet", now + QUIET_S, now
+            self._start_round(now)
         if self._state == "quiet" and now >= self._until:
-            if self._keeper:
+            if self.keeps:
                 self._state, self._until = "waiting", now + KEEPER_WAIT_S
             else:
-                self._state, self._stuck_since = "idle", now
+                self._state, self._until = "calling", now + KEEPER_WAIT_S
                 actions.append(Resume())
-        if self._state == "waiting" and now >= self._until:
-            self._state, self._stuck_since = "idle", now
-        if self._state != "idle" and self._keeper and now >= self._keepalive_at:
+        if self._state in ("waiting", "calling") and now >= self._until:
+            if self.rounds < MAX_ROUNDS:
+                self._start_round(now)  # the keeper's port was the random one: swap
+            else:
+                self._state, self._stuck_since = "idle", now
+        if self._state in ("quiet", "waiting") and self.keeps and now >= self._keepalive_at:
             if self._target is not None:
                 actions.append(SendLowTtlPing(self._target))
             self._keepalive_at = now + KEEPALIVE_S
@@ -169,14 +195,14 @@ class QuietOpen:
                 return None
             return max(now, self._stuck_since + STUCK_AFTER_S)
         at = self._until
-        if self._keeper:
+        if self._state != "calling" and self.keeps:
             at = min(at, self._keepalive_at)
         return max(now, at)
 
     def status(self) -> dict[str, object]:
         return {
             "state": self._state,
-            "role": "keeper" if self._keeper else "caller",
+            "role": None if self._state == "idle" else "keeper" if self.keeps else "caller",
             "rounds": self.rounds,
             "applies": self._applies,
         }

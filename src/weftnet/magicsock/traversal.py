@@ -124,11 +124,17 @@ class Traversal:
         )
         for b in pt.bd.timers(now):
             self._birthday_action(pp, pt, b, now)
+        rounds = pt.qo.rounds
         for q in pt.qo.timers(now):
             if isinstance(q, SendLowTtlPing):
                 self._send_low_ttl_ping(pp, q.endpoint)
             elif isinstance(q, Resume):
                 pp.pf.ping_soon()
+        if pt.qo.rounds != rounds:
+            log.info(
+                "peer %s: no direct path between two easy NATs; quiet open round %d (%s)",
+                pp.name, pt.qo.rounds, pt.qo.status()["role"],
+            )  # fmt: skip
         if not pt.bd.running and pt.ports:
             self._close_unused(pp, pt)
         deadlines = [
