@@ -3,7 +3,8 @@
 - easy <-> hard (``masquerade`` vs ``masquerade random``, no port mapping): birthday
   probing goes direct within 10 s in at least 18 of 20 trials, each with fresh NAT
   state (conntrack flushed on both routers, the hard node's weftd restarted, so new
-  disco key, new sockets, new mappings), with fewer than 1,000 probe packets per attempt;
+  disco key, new sockets, new mappings), with fewer than 1,000 probe packets per
+  attempt; four pairs run the trials side by side;
 - hard <-> hard stays on the relay and never probes;
 - two easy NATs that are bare Linux routers (only ``masquerade``, nothing on their own
   input) go direct through quiet open, in its first round or (when the first round's
@@ -17,6 +18,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -30,8 +33,13 @@ from weftlab.tailnet import Node
 pytestmark = pytest.mark.lab
 
 TRIALS = 20
+LANES = 4  # easy/hard pairs running trials side by side
 DIRECT_WITHIN_S = 10.0
 PROBE_BUDGET = 1000  # probe packets per attempt, both sides together
+# Each lane's user reaches only its own two devices.
+LANE_POLICY = (
+    '{"acls": [{"action": "accept", "src": ["autogroup:member"], "dst": ["autogroup:self:*"]}]}'
+)
 # Forget every UDP mapping on a router (TCP stays: the map stream and relay connections).
 FLUSH_UDP = """
 from pyroute2 import Conntrack
@@ -56,27 +64,40 @@ def ready(easy: Node, hard: Node) -> bool:
     return e["path"] != "direct" and peer(hard)["path"] != "direct" and fresh
 
 
-@pytest.mark.timeout(600)  # 20 trials of up to ~20 s each
-def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None:
-    (easy, hard), routers = pair(lab, tmp_path, ("easy", "hard"))
-    hard_ip, easy_ip = hard.ip4(), easy.ip4()
-    poll_until(lambda: nat_kind(easy) == "easy", timeout_s=20, interval_s=0.5, what="kind")
-    rows, failures = [], []
-    for trial in range(TRIALS):
+def wait_nat_kind(n: Node, kind: str) -> None:
+    poll_until(lambda: nat_kind(n) == kind, timeout_s=30, interval_s=0.5, what=f"{kind} NAT")
+
+
+@dataclass
+class Trial:
+    lane: int
+    trial: int
+    took: float | None  # seconds to direct, None: not within DIRECT_WITHIN_S
+    sent: list[int]  # probe packets of the attempt: easy, hard
+    attempts: list[int]
+    endpoint: str  # the hard side's path
+
+
+def run_lane(
+    lane: int, easy: Node, hard: Node, routers: list[NatRouter], trials: int
+) -> list[Trial]:
+    """``trials`` trials of one easy/hard pair, each with fresh NAT state."""
+    rows = []
+    for trial in range(trials):
         if trial:  # fresh NAT state: new mappings, new sockets, new disco key
             hard.kill9()
             for r in routers:
                 r.run([sys.executable, "-c", FLUSH_UDP])
             hard.start()
-        poll_until(lambda: nat_kind(hard) == "hard", timeout_s=20, interval_s=0.5, what="kind")
+        wait_nat_kind(hard, "hard")
         try:
-            poll_until(lambda: ready(easy, hard), timeout_s=30, interval_s=0.3,
+            poll_until(lambda: ready(easy, hard), timeout_s=40, interval_s=0.3,
                        what="both nodes up, NAT kinds known, the pair not direct")  # fmt: skip
         except TimeoutError:
             print(json.dumps([peer(easy), peer(hard)], indent=1), nat_kind(easy), nat_kind(hard))
             raise
         t0 = time.monotonic()
-        pinger = traffic(easy, hard_ip, DIRECT_WITHIN_S + 5)
+        pinger = traffic(easy, hard.ip4(), DIRECT_WITHIN_S + 5)
         took = None
         while time.monotonic() < t0 + DIRECT_WITHIN_S:
             if both_direct(easy, hard):
@@ -86,25 +107,55 @@ def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None
         pinger.kill()
         pinger.wait()
         e, h = peer(easy), peer(hard)
-        sent = [p["nat_traversal"]["birthday"]["packets_sent"] for p in (e, h)]
-        attempts = [p["nat_traversal"]["birthday"]["attempts"] for p in (e, h)]
-        rows.append((trial, took, sent, attempts, h["endpoint"]))
-        print("trial", *rows[-1], flush=True)
-        if took is None:
-            failures.append(trial)
-        assert sum(sent) < PROBE_BUDGET, rows[-1]
+        row = Trial(
+            lane, trial, took,
+            [p["nat_traversal"]["birthday"]["packets_sent"] for p in (e, h)],
+            [p["nat_traversal"]["birthday"]["attempts"] for p in (e, h)],
+            str(h["endpoint"]),
+        )  # fmt: skip
+        rows.append(row)
+        print("trial", row, flush=True)
+        assert sum(row.sent) < PROBE_BUDGET, row
         if took is not None:
-            assert str(h["endpoint"]).startswith("via:"), h  # the extra socket carries it
-            r = hard.host.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", easy_ip], check=False)
+            assert row.endpoint.startswith("via:"), h  # the extra socket carries it
+            r = hard.host.run(["ping", "-c", "2", "-i", "0.2", "-W", "2", easy.ip4()], check=False)
             assert r.returncode == 0, "no ping over the direct path"
-    print("\n| trial | time to direct | probes (easy, hard) | attempts | hard side's path |")
-    print("|---:|---:|---|---|---|")
-    for trial, took, sent, attempts, ep in rows:
-        print(
-            f"| {trial} | {'-' if took is None else f'{took:.2f} s'} | {sent} | {attempts} | {ep} |"
-        )
+    return rows
+
+
+@pytest.mark.timeout(600)
+def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None:
+    """TRIALS trials in LANES easy/hard pairs side by side (one tailnet; the policy lets
+    each lane's user reach only its own devices, so each node has one peer)."""
+    inet = lab.segment("inet", "198.18.0.0/24")
+    control = start_control(lab.host("ctl", inet), tmp_path / "control")
+    policy = tmp_path / "policy.hujson"
+    policy.write_text(LANE_POLICY)
+    control.admin("policy", "set", str(policy))
+    lanes = []
+    for i in range(LANES):
+        lanes.append(nat_pair(lab, inet, control, tmp_path, ("easy", "hard"), prefix=f"l{i}",
+                              user=f"lane{i}", second_relay=i == 0))  # fmt: skip
+    for p in lanes:
+        wait_nat_kind(p.nodes[0], "easy")
+    with ThreadPoolExecutor(LANES) as pool:
+        futures = [
+            pool.submit(
+                run_lane, i, p.nodes[0], p.nodes[1], p.routers, len(range(i, TRIALS, LANES))
+            )
+            for i, p in enumerate(lanes)
+        ]
+        rows = [row for f in futures for row in f.result()]
+    print("\n| lane | trial | time to direct | probes (easy, hard) | attempts | hard side's path |")
+    print("|---:|---:|---:|---|---|---|")
+    for t in rows:
+        took = "-" if t.took is None else f"{t.took:.2f} s"
+        print(f"| {t.lane} | {t.trial} | {took} | {t.sent} | {t.attempts} | {t.endpoint} |")
+    failures = [(t.lane, t.trial) for t in rows if t.took is None]
+    assert len(rows) == TRIALS
     assert len(failures) <= TRIALS - 18, f"not direct within {DIRECT_WITHIN_S} s: {failures}"
-    assert "Traceback" not in easy.log() + hard.log()
+    for p in lanes:
+        assert "Traceback" not in "".join(n.log() for n in p.nodes)
 
 
 def test_hard_hard_stays_on_the_relay_and_never_probes(lab: Lab, tmp_path: Path) -> None:

@@ -23,6 +23,8 @@ import socket
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from weftnet.tcplisten import listen_tcp, split_hostport
+
 log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT_S = 10.0  # the request head must be complete this soon after the connection
@@ -37,23 +39,20 @@ class ListenError(ValueError):
 def parse_listen(text: str, flag: str = "--metrics-listen") -> tuple[str, int]:
     """HOST:PORT or [IPV6]:PORT; the host is required (there is no "all addresses"
     default for metrics: say 0.0.0.0 to mean it)."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    try:
+        host, port = split_hostport(text)
+    except ValueError:
+        host, port = "", 0
+    if not host or not port:
         raise ListenError(f"invalid {flag} {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9100")
-    return host, int(port)
+    return host, port
 
 
 def bind(host: str, port: int, flag: str = "--metrics-listen") -> socket.socket:
     """The listening TCP socket (bound now, so a taken port is a clear error at start)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(64)
+        sock = listen_tcp(host, port, backlog=64)
     except OSError as e:
-        sock.close()
         raise ListenError(f"cannot listen on {flag} {host}:{port}: {e.strerror or e}") from None
     sock.setblocking(False)
     return sock

@@ -53,6 +53,7 @@ from weftnet.endpoint import format_endpoint
 from weftnet.metrics import http as metrics_http
 from weftnet.relay.mount import uvicorn_protocol
 from weftnet.stun import server as stunserver
+from weftnet.tcplisten import listen_tcp, split_hostport
 
 log = logging.getLogger("weftnet.control")
 # Who changes settings given on the `weft-control serve` command line (audit log).
@@ -132,11 +133,13 @@ class ServeOptions:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """HOST:PORT, [IPV6]:PORT or :PORT (all addresses)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"invalid --listen {text!r}: expected HOST:PORT, e.g. 0.0.0.0:8080")
-    host = host.removeprefix("[").removesuffix("]") or "0.0.0.0"
-    return host, int(port)
+    try:
+        host, port = split_hostport(text)
+    except ValueError as e:
+        raise ValueError(
+            f"invalid --listen {text!r}: {e}; expected HOST:PORT, e.g. 0.0.0.0:8080"
+        ) from None
+    return host or "0.0.0.0", port
 
 
 def local_url(host: str, port: int, scheme: str = "http") -> str:
@@ -212,18 +215,9 @@ TCP_USER_TIMEOUT_S = 10.0
 
 
 def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if hasattr(socket, "TCP_USER_TIMEOUT"):  # Linux
-            sock.setsockopt(
-                socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(TCP_USER_TIMEOUT_S * 1000)
-            )
-        sock.bind((host, port))
-        sock.listen(LISTEN_BACKLOG)
+        sock = listen_tcp(host, port, backlog=LISTEN_BACKLOG, user_timeout_s=TCP_USER_TIMEOUT_S)
     except OSError as e:
-        sock.close()
         raise ServeError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     sock.set_inheritable(True)
     return sock

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 
+from weftnet.tcplisten import split_hostport
+
 
 class ListenError(ValueError):
     pass
@@ -11,22 +13,10 @@ class ListenError(ValueError):
 
 def parse_hostport(text: str) -> tuple[str, int]:
     """ "127.0.0.1:1055", "[::1]:1055", "localhost:1055" -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ListenError(f"bad address {text!r}: use [IPV6]:PORT")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            raise ListenError(f"bad address {text!r}: use ADDR:PORT")
     try:
-        port = int(port_text)
-    except ValueError:
-        raise ListenError(f"bad port in {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise ListenError(f"bad port in {text!r}: 0 to 65535")
+        host, port = split_hostport(text)
+    except ValueError as e:
+        raise ListenError(f"bad address {text!r}: {e}; use ADDR:PORT or [IPV6]:PORT") from None
     return host or "0.0.0.0", port
 
 
