@@ -5,12 +5,18 @@ milliseconds), ``level``, ``logger``, ``message`` and, when there is one, ``exce
 (the formatted traceback) - for log shippers that parse rather than guess. The message
 is the same text the text format shows, so everything that keeps secrets out of log
 lines keeps them out of JSON lines too.
+
+Every daemon also dumps the stack of each of its threads to stderr on SIGUSR1 (Python's
+faulthandler), as Go programs do on SIGQUIT: ``kill -USR1 <pid>`` shows where a process
+that stopped answering is waiting, without stopping it.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import signal
 from datetime import UTC, datetime
 
 FORMATS = ("text", "json")
@@ -44,3 +50,4 @@ def configure(log_format: str, level: int, text_format: str) -> None:
         JsonFormatter() if log_format == "json" else logging.Formatter(text_format)
     )
     logging.basicConfig(level=level, handlers=[handler])
+    faulthandler.register(signal.SIGUSR1, all_threads=True)

@@ -1,10 +1,14 @@
-"""--log-format json: one JSON object per line, with the exception when there is one."""
+"""--log-format json: one JSON object per line, with the exception when there is one;
+SIGUSR1 dumps every thread's stack."""
 
 from __future__ import annotations
 
 import io
 import json
 import logging
+import signal
+import subprocess
+import sys
 from datetime import datetime
 
 import pytest
@@ -53,3 +57,29 @@ def test_an_exception_is_in_the_same_line() -> None:
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown log format 'xml'"):
         logformat.configure("xml", logging.INFO, "%(message)s")
+
+
+def test_sigusr1_dumps_every_thread_and_the_process_goes_on() -> None:
+    script = (
+        "import logging, sys, threading, time\n"
+        "from weftnet import logformat\n"
+        "logformat.configure('text', logging.INFO, '%(message)s')\n"
+        "threading.Thread(target=time.sleep, args=(30,), name='sleeper', daemon=True).start()\n"
+        "print('ready', flush=True)\n"
+        "for _ in sys.stdin: print('still here', flush=True); break\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGUSR1)
+        proc.stdin.write("go on\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "still here\n"
+        _, err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert "Current thread 0x" in err and "threading.py" in err, err  # the sleeper too
