@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 from tests.portmap.fakegateway import FakeIgd, start_igd, start_pcp_gateway
 from weftnet.endpoint import Endpoint
 from weftnet.portmap import client, upnp
+from weftnet.portmap import mapper as mapper_module
 from weftnet.portmap.mapper import PortMapper
 
 LOOPBACK = ("127.0.0.1", "127.0.0.1")
@@ -175,3 +177,30 @@ def test_a_gateway_that_stops_answering_http_is_an_error() -> None:
             await client.create(offers, 41641, 7200, now=0.0)
 
     run(scenario)
+
+
+def test_a_gateway_without_port_mapping_is_asked_again_and_said_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Every RETRY_S the gateway is asked again (it may start to offer), quietly: one
+    info line for its answer, no warning each minute."""
+    probes: list[str] = []
+
+    async def probe(gateway: str, local_ip: str) -> client.Offers:
+        probes.append(gateway)
+        return client.Offers(gateway, local_ip)
+
+    async def scenario() -> None:
+        pm = PortMapper(lambda: 41641, lambda ep: None, find_gateway=lambda: LOOPBACK, probe=probe)
+        t = time.monotonic()
+        for step in range(3):
+            next_at = await pm._step(t + step * 60)
+            assert next_at == t + step * 60 + mapper_module.RETRY_S
+        assert len(probes) == 3 and "offers no port mapping" in str(pm.last_error)
+        assert pm.status()["gateway"] == "127.0.0.1"
+
+    with caplog.at_level(logging.INFO, logger="weftd.portmap"):
+        run(scenario)
+    said = [r for r in caplog.records if r.name == "weftd.portmap"]
+    assert [r.levelno for r in said] == [logging.INFO], [r.getMessage() for r in said]
+    assert "no port mapping" in said[0].getMessage()

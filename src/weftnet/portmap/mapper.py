@@ -48,6 +48,7 @@ class PortMapper:
         self.find_gateway = find_gateway
         self.probe = probe
         self.offers: Offers | None = None
+        self._said: tuple[str, list[str]] | None = None  # the gateway's last answer logged
         self.mapping: Mapping | None = None
         self.renewals = 0
         self.last_error: str | None = None
@@ -87,17 +88,20 @@ class PortMapper:
         if m is not None and now < m.renew_at and not renew_now:
             return m.renew_at
         try:
-            if self.offers is None:
+            if self.offers is None or not self.offers.protocols():  # ask (again)
                 gw = await loop.run_in_executor(None, self.find_gateway)
                 if gw is None:
                     self.last_error = "no IPv4 default gateway"
                     return now + RETRY_S
                 self.offers = await self.probe(*gw)
-                log.info("gateway %s offers: %s", gw[0],
-                         ", ".join(self.offers.protocols()) or "no port mapping")  # fmt: skip
-                if not self.offers.protocols():
-                    self.last_error = f"the gateway {gw[0]} offers no port mapping"
-                    return now + RETRY_S
+                said = (gw[0], self.offers.protocols())
+                if said != self._said:  # once per gateway and answer, not every minute
+                    self._said = said
+                    log.info("gateway %s offers: %s", gw[0],
+                             ", ".join(said[1]) or "no port mapping")  # fmt: skip
+            if not self.offers.protocols():
+                self.last_error = f"the gateway {self.offers.gateway} offers no port mapping"
+                return now + RETRY_S
             new = await client.create(self.offers, self.internal_port(), self.lease_s, now, m)
         except (OSError, ProtocolError, TimeoutError) as e:
             self.last_error = str(e) or type(e).__name__
