@@ -95,7 +95,11 @@ def control(tmp_path: Path, database_url: str) -> Iterator[Control]:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=50)
+    # No connection is reused: the servers run in this process, and under load this
+    # client may send its next request on a kept-alive connection just as the server
+    # closes it for idling (KEEP_ALIVE_S): "Server disconnected without sending a
+    # response" (a POST is not retried). weftd's client retries its requests.
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=httpx.Timeout(30, connect=5), limits=limits) as client:
         yield client
 
