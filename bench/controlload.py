@@ -42,6 +42,8 @@ import concurrent.futures
 import contextlib
 import json
 import multiprocessing
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -384,7 +386,15 @@ def run_size(size: int, db: str, args: argparse.Namespace) -> Result:
             try:
                 control.stop(timeout_s=60.0)
             except subprocess.TimeoutExpired:  # never leave a server behind
-                result.errors.append("the server did not stop within 60 s of SIGTERM")
+                assert control.process is not None
+                control.process.send_signal(signal.SIGUSR1)  # every thread's stack, to its log
+                time.sleep(1.0)
+                kept = Path(tempfile.gettempdir()) / f"weft-controlload-{size}-{db}-stuck.log"
+                shutil.copyfile(control.log_path, kept)  # the data directory goes
+                result.errors.append(
+                    "the server did not stop within 60 s of SIGTERM"
+                    f" (its log, ending with its threads' stacks: {kept})"
+                )
                 control.kill()
     result.wall_s = time.monotonic() - started
     return result
