@@ -44,14 +44,17 @@ $(STAMP): pyproject.toml src/weftnet/fastpath/_fastpath.c | apt
 	touch $(STAMP)
 
 # The tests outside the lab on TEST_WORKERS workers (pytest-xdist: they mostly wait on
-# servers and subprocesses), then the lab's one at a time (network namespaces with fixed
-# names, and timing they measure). Both always run; either failing fails the target.
+# servers and subprocesses); the lab's on LAB_WORKERS (each lab's namespaces carry its
+# process id); then the lab tests marked `exclusive` (throughput, tight time windows) one
+# at a time with nothing else running. All three always run; any failing fails the target.
 TEST_WORKERS ?= 3
+LAB_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q -ra -m 'not lab' -n $(TEST_WORKERS) --durations=15; unit=$$?; \
-	$(PY) -m pytest -q -ra -m lab --durations=30; lab=$$?; \
-	test $$unit -eq 0 -a $$lab -eq 0
+	$(PY) -m pytest -q -ra -m 'not lab' -n $(TEST_WORKERS) --durations=10; a=$$?; \
+	$(PY) -m pytest -q -ra -m 'lab and not exclusive' -n $(LAB_WORKERS) --durations=20; b=$$?; \
+	$(PY) -m pytest -q -ra -m 'lab and exclusive' --durations=10; c=$$?; \
+	test $$a -eq 0 -a $$b -eq 0 -a $$c -eq 0
 
 unit: install
 	$(PY) -m pytest -q -ra -m 'not lab' -n $(TEST_WORKERS)

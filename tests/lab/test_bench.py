@@ -10,7 +10,7 @@ import pytest
 
 from weftlab.wgpeers import PeerStartError
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.exclusive]  # measures: runs alone
 
 
 def test_bench_reports_numbers_and_a_failing_row(

@@ -123,6 +123,7 @@ def run_lane(
     return rows
 
 
+@pytest.mark.exclusive  # a 10 s window at 500 probes/s per side: runs alone
 @pytest.mark.timeout(600)
 def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None:
     """TRIALS trials in LANES easy/hard pairs side by side (one tailnet; the policy lets

@@ -19,7 +19,7 @@ from weftlab.control import start_control
 from weftlab.netlab import Lab, poll_until
 from weftlab.tailnet import Node
 
-pytestmark = pytest.mark.lab
+pytestmark = [pytest.mark.lab, pytest.mark.exclusive]  # measures: runs alone
 
 POLICY = """{
   "tagOwners": {"tag:db": ["alice@example.com"]},

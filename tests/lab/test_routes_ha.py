@@ -334,6 +334,7 @@ def iperf_mbit(client: Node, server: Host, ip: str) -> float:
     return float(json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]) / 1e6
 
 
+@pytest.mark.exclusive  # two throughputs compared: runs alone
 def test_a_subnet_router_forwards_at_least_half_the_direct_tailnet_throughput(
     lab: Lab, tmp_path: Path
 ) -> None:
