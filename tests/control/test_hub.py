@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import threading
 from typing import Any
 
@@ -198,3 +199,33 @@ def test_the_lab_file_clock_moves_only_when_the_test_says(tmp_path: Any) -> None
     assert abs(clock() - NOW) < 5
     set_clock(path, NOW + 86400)
     assert abs(clock() - (NOW + 86400)) < 5
+
+
+async def test_a_database_away_when_a_stream_ends_is_one_warning_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """last_seen cannot be written (the database is gone): a warning, no traceback."""
+    service = FakeService()
+    service.nodes[1] = node(1)
+    written = threading.Event()
+
+    def node_disconnected(node_id: int, now: float) -> None:
+        written.set()
+        raise OSError("connection to server failed: password=hunter2 refused")
+
+    service.node_disconnected = node_disconnected  # type: ignore[method-assign]
+    hub = Hub(service, tick_s=0.01)  # type: ignore[arg-type]
+    await hub.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="weftnet.control.server.hub"):
+            sub = hub.connect(1)
+            assert await sub.next(5) is not None
+            hub.disconnect(sub)
+            await _until(lambda: any("went offline" in r.getMessage() for r in caplog.records),
+                         "the warning")  # fmt: skip
+        assert written.is_set()
+        [record] = [r for r in caplog.records if "went offline" in r.getMessage()]
+        assert record.levelno == logging.WARNING and record.exc_info is None
+        assert "hunter2" not in record.getMessage()
+    finally:
+        await hub.stop()

@@ -345,8 +345,8 @@ class Hub:
     async def _record_last_seen(self, node_id: int) -> None:
         try:
             await anyio.to_thread.run_sync(self.service.node_disconnected, node_id, self.clock())
-        except Exception:
-            log.exception("could not record when node %d went offline", node_id)
+        except Exception as e:  # the database is away: one line, as for the map's read
+            log.warning("could not record when node %d went offline: %s", node_id, redact_error(e))
         self._mark_changed()
 
     # -- background tasks -------------------------------------------------------------
