@@ -24,10 +24,10 @@ from pathlib import Path
 
 import pytest
 
-from weftlab.control import start_control
+from weftlab.control import Control, start_control
 from weftlab.natpair import both_direct, nat_kind, nat_pair, traffic
 from weftlab.natpair import only_peer as peer
-from weftlab.netlab import Lab, NatRouter, poll_until
+from weftlab.netlab import Lab, NatRouter, Segment, poll_until
 from weftlab.tailnet import Node
 
 pytestmark = pytest.mark.lab
@@ -56,9 +56,14 @@ for e in [e for e in ct.dump_entries() if e.tuple_orig.proto == 17]:
 """
 
 
-def pair(lab: Lab, tmp_path: Path, kinds: tuple[str, str]) -> tuple[list[Node], list[NatRouter]]:
+def tailnet(lab: Lab, tmp_path: Path) -> tuple[Segment, Control]:
+    """The "internet" segment and a coordination server on it."""
     inet = lab.segment("inet", "198.18.0.0/24")
-    control = start_control(lab.host("ctl", inet), tmp_path / "control")
+    return inet, start_control(lab.host("ctl", inet), tmp_path / "control")
+
+
+def pair(lab: Lab, tmp_path: Path, kinds: tuple[str, str]) -> tuple[list[Node], list[NatRouter]]:
+    inet, control = tailnet(lab, tmp_path)
     p = nat_pair(lab, inet, control, tmp_path, kinds)
     return p.nodes, p.routers
 
@@ -135,8 +140,7 @@ def run_lane(
 def test_easy_hard_birthday_direct_within_10_s(lab: Lab, tmp_path: Path) -> None:
     """TRIALS trials in LANES easy/hard pairs side by side (one tailnet; the policy lets
     each lane's user reach only its own devices, so each node has one peer)."""
-    inet = lab.segment("inet", "198.18.0.0/24")
-    control = start_control(lab.host("ctl", inet), tmp_path / "control")
+    inet, control = tailnet(lab, tmp_path)
     policy = tmp_path / "policy.hujson"
     policy.write_text(LANE_POLICY)
     control.admin("policy", "set", str(policy))
