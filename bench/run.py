@@ -69,7 +69,7 @@ from typing import Any
 
 from bench.wgbuilds import Build, BuildError, baseline, resolve, select_specs
 from weftlab.control import start_control
-from weftlab.natpair import lab_host, nat_kind, nat_pair, only_peer, traffic
+from weftlab.natpair import birthday_socket, lab_host, nat_kind, nat_pair, only_peer, traffic
 from weftlab.netlab import Host, Lab, LabError, poll_until
 from weftlab.proccpu import cpu_per_gbit, sessions_cpu_seconds
 from weftlab.tailnet import Node, join, start_node
@@ -339,8 +339,8 @@ def start_hardnat(
     joined (weftlab.natpair). ``technique`` "hardnat-birthday": two relay regions (so the
     nodes know their NAT kinds), no port mapping; "hardnat-portmap": one relay region,
     miniupnpd on the hard NAT's router. With pings flowing from the easy node, waits
-    until both nodes say direct through what the technique opened (the hard node's
-    ``via:`` endpoint; the hard node's mapped address); RuntimeError when the pair stays
+    until both nodes say direct through what the technique opened (the hard node's path
+    on the easy NAT's address; the hard node's mapped address); RuntimeError when the pair stays
     on the relay. Returns (the easy node's host, the hard node's, the hard node's 100.x)."""
     work = Path(tempfile.mkdtemp(prefix="weft-bench-"))
     cleanup.append(lambda: shutil.rmtree(work, ignore_errors=True))
@@ -362,8 +362,8 @@ def start_hardnat(
     target = hard.ip4()
     pinger = traffic(easy, target, DIRECT_TIMEOUT_S + 5)
     try:
-        poll_until(lambda: hardnat_direct(easy, hard, birthday), timeout_s=DIRECT_TIMEOUT_S,
-                   interval_s=0.5, what="the direct path")  # fmt: skip
+        poll_until(lambda: hardnat_direct(easy, hard, birthday, pair.routers[0].wan_ip),
+                   timeout_s=DIRECT_TIMEOUT_S, interval_s=0.5, what="the direct path")  # fmt: skip
     except TimeoutError:
         raise RuntimeError(
             f"not direct by {'birthday probing' if birthday else 'port mapping'} after "
@@ -375,15 +375,15 @@ def start_hardnat(
     return easy.host, hard.host, target
 
 
-def hardnat_direct(easy: Node, hard: Node, birthday: bool) -> bool:
-    """Both nodes' one peer is direct; by birthday probing the hard node sends from an
-    extra socket (a ``via:`` endpoint), by port mapping the easy node reaches the hard
-    one's mapped address."""
+def hardnat_direct(easy: Node, hard: Node, birthday: bool, easy_wan_ip: str) -> bool:
+    """Both nodes' one peer is direct; by birthday probing the hard node sends to the
+    easy NAT from the socket a hit opened (weftlab.natpair.birthday_socket), by port
+    mapping the easy node reaches the hard one's mapped address."""
     e, h = easy.status()["peers"], hard.status()["peers"]
     if len(e) != 1 or len(h) != 1 or e[0]["path"] != "direct" or h[0]["path"] != "direct":
         return False
     if birthday:
-        return str(h[0]["endpoint"]).startswith("via:")
+        return birthday_socket(str(h[0]["endpoint"]), easy_wan_ip) is not None
     mapped = (hard.status()["port_mapping"] or {}).get("mapped_address")
     return mapped is not None and e[0]["endpoint"] == mapped
 

@@ -121,3 +121,16 @@ def traffic(src: Node, dst_ip: str, seconds: float) -> subprocess.Popen[Any]:
         ["ping", "-q", "-i", "0.2", "-w", str(int(seconds)), dst_ip],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def birthday_socket(hard_endpoint: str, easy_wan_ip: str) -> str | None:
+    """Which of the hard node's sockets a birthday hit opened, from its path's endpoint:
+    "extra" (``via:<port>/<easy NAT>:<port>``: one of its extra sockets' mappings was
+    guessed, or reached the easy side) or "main" (``<easy NAT>:<port>``: one of the easy
+    side's guesses was the port of the mapping the main socket's own pings had made
+    toward the easy side; a hard NAT lets that in just the same). None: the endpoint is
+    not on the easy NAT's public address."""
+    socket, address = "main", hard_endpoint
+    if hard_endpoint.startswith("via:"):
+        socket, address = "extra", hard_endpoint.partition("/")[2]
+    return socket if address.rpartition(":")[0] == easy_wan_ip else None

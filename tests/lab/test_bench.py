@@ -60,7 +60,7 @@ def test_bench_hard_nat_rows_go_direct(
     rows = {row["key"]: row for row in json.loads(out.read_text())["rows"]}
     assert list(rows) == keys.split(",")
     for row in rows.values():
-        assert row["error"] is None, row
+        assert row["error"] is None, f"{row['key']}: {row['error']}"
         assert row["gbit_s"] > 0 and row["ping_avg_ms"] > 0
         assert row["dataplane_processes"] == 2 and row["cpu_s_per_gbit"] > 0
     assert code == 0

@@ -5,6 +5,7 @@ answers, SERVFAIL after the deadline, the in-flight limit), S1 and TCP limits.""
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -88,10 +89,21 @@ class Upstream(asyncio.DatagramProtocol):
 
 
 async def start_upstream(up: Upstream) -> tuple[int, Callable[[], None]]:
+    """``up`` on one free port for UDP and TCP both. The UDP port the kernel picks may be
+    taken for TCP by another test running at the same time: then another port."""
     loop = asyncio.get_running_loop()
-    transport, _ = await loop.create_datagram_endpoint(lambda: up, local_addr=("127.0.0.1", 0))
-    port = transport.get_extra_info("sockname")[1]
-    server = await asyncio.start_server(up.tcp, "127.0.0.1", port)
+    for _ in range(20):
+        transport, _ = await loop.create_datagram_endpoint(lambda: up, local_addr=("127.0.0.1", 0))
+        port = transport.get_extra_info("sockname")[1]
+        try:
+            server = await asyncio.start_server(up.tcp, "127.0.0.1", port)
+            break
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            transport.close()
+    else:
+        raise AssertionError("no port free for both UDP and TCP in 20 tries")
 
     def close() -> None:
         transport.close()
