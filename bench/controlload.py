@@ -71,7 +71,7 @@ POLICY_CHANGES = 3  # policy changes per size; p99 is over every stream of all o
 FIRST_MARK_PORT = 40000  # the policy's marker ports count up from here
 PROBE_ENDPOINT = "198.19.0.1:{port}"  # the probe's endpoints, in the lab underlay range
 RSS_SAMPLE_S = 0.5
-REGISTER_S_PER_NODE = 0.1  # the registration phase's deadline grows with the node count
+REGISTER_S_PER_NODE = 0.25  # the registration phase's deadline grows with the node count
 
 
 @dataclass

@@ -261,6 +261,10 @@ class NetMap:
         self._filters: dict[int, list[pol.FilterRule]] = {}
         self._wire_filters: dict[int, tuple[tailcfg.FilterRule, ...]] = {}
         self._compiler: pol.FilterCompiler | None = None
+        # The last map's compiler: its filters are reused where nothing they drew on changed.
+        self._previous_compiler: pol.FilterCompiler | None = (
+            (previous._compiler or previous._previous_compiler) if previous is not None else None
+        )
         # Wire filter rules by rule; a miss looks in the previous NetMap's (a policy change
         # rebuilds only the rules it changed; only the rules in use are carried on).
         self._wire_rules: dict[pol.FilterRule, tailcfg.FilterRule] = {}
@@ -301,7 +305,10 @@ class NetMap:
             else:
                 if self._compiler is None:
                     live = list(self._live.values())
-                    self._compiler = pol.FilterCompiler(self.policy, live, self.policy_now)
+                    self._compiler = pol.FilterCompiler(
+                        self.policy, live, self.policy_now, self._previous_compiler
+                    )
+                    self._previous_compiler = None
                 rules = self._compiler.compile(info)
             self._filters[node_id] = rules
         return rules

@@ -194,63 +194,114 @@ def compile_filter(
     return FilterCompiler(policy, nodes, now).compile(target)
 
 
+# What a compiled filter drew its sources from: an acl's sources ``(index,)``, or its
+# sources towards autogroup:self for one user ``(index, user)``.
+SourceKey = tuple[int] | tuple[int, str | None]
+
+
 class FilterCompiler:
     """``compile_filter`` for every target over one set of nodes at one time.
 
     A rule's sources do not depend on the target: each rule's source CIDRs are worked
     out once (and towards autogroup:self once per user), so filters for N targets cost
-    O(N) per rule in all, not O(N) per target."""
+    O(N) per rule in all, not O(N) per target.
+
+    ``previous``: the compiler of the last set of nodes (the last network map). Under the
+    same policy and the same open schedules, a target whose NodeInfo did not change gets
+    the filter compiled for it last time, as long as each source set that filter drew on
+    is the same; a new node then costs a compile of its own user's and its sources'
+    filters, not of every filter. Each source set is compared once."""
 
     def __init__(
-        self, policy: Policy | None, nodes: Sequence[NodeInfo], now: float | None = None
+        self,
+        policy: Policy | None,
+        nodes: Sequence[NodeInfo],
+        now: float | None = None,
+        previous: FilterCompiler | None = None,
     ) -> None:
         self.policy = policy
         self.now = now
         self._nodes = [(n, _principal(n)) for n in nodes]
-        self._sources: dict[int, tuple[str, ...]] = {}  # acl index -> its source CIDRs
-        self._own_sources: dict[tuple[int, str | None], tuple[str, ...]] = {}
+        self._sources: dict[SourceKey, tuple[str, ...]] = {}
         self._by_user: dict[str | None, list[tuple[NodeInfo, _Principal]]] | None = None
+        # target -> its rules and the source sets they drew on
+        self._compiled: dict[NodeInfo, tuple[list[FilterRule], tuple[SourceKey, ...]]] = {}
+        self._open = self._open_acls()
+        reusable = (
+            previous is not None
+            and previous._open == self._open
+            and (previous.policy is policy or previous.policy == policy)
+        )
+        # The previous compiler's tables (not the compiler: no chain of old maps).
+        self._old_compiled = previous._compiled if previous is not None and reusable else {}
+        self._old_sources = previous._sources if previous is not None and reusable else {}
+        self._same: dict[SourceKey, bool] = {}
+
+    def _open_acls(self) -> tuple[bool, ...]:
+        if self.policy is None:
+            return ()
+        return tuple(_active(acl, self.now) for acl in self.policy.acls)
 
     def compile(self, target: NodeInfo) -> list[FilterRule]:
-        policy = self.policy
-        if policy is None:
+        if self.policy is None:
             return [ALLOW_ALL]
+        done = self._compiled.get(target)
+        if done is None:
+            old = self._old_compiled.get(target)
+            if old is not None and all(self._unchanged(key) for key in old[1]):
+                done = old
+            else:
+                done = self._compile(target)
+            self._compiled[target] = done
+        return done[0]
+
+    def _compile(self, target: NodeInfo) -> tuple[list[FilterRule], tuple[SourceKey, ...]]:
+        policy = self.policy
+        assert policy is not None
         me = _principal(target)
         rules: list[FilterRule] = []
+        keys: list[SourceKey] = []
         for index, acl in enumerate(policy.acls):
-            if not _active(acl, self.now):
+            if not self._open[index]:
                 continue
             dst, self_dst = _destinations(acl, target, me, policy)
             if dst:
-                src = self._acl_sources(index, acl)
+                keys.append((index,))
+                src = self._source_set((index,))
                 if src:
                     rules.append(FilterRule(src, _unique_ports(dst), acl.protos))
             if self_dst:
-                src = self._own_acl_sources(index, acl, me.user)
+                keys.append((index, me.user))
+                src = self._source_set((index, me.user))
                 if src:
                     rules.append(FilterRule(src, _unique_ports(self_dst), acl.protos))
-        return rules
+        return rules, tuple(keys)
 
-    def _acl_sources(self, index: int, acl: Acl) -> tuple[str, ...]:
-        src = self._sources.get(index)
+    def _unchanged(self, key: SourceKey) -> bool:
+        same = self._same.get(key)
+        if same is None:
+            same = self._same[key] = self._source_set(key) == self._old_sources.get(key)
+        return same
+
+    def _source_set(self, key: SourceKey) -> tuple[str, ...]:
+        src = self._sources.get(key)
         if src is None:
             assert self.policy is not None
-            src = self._sources[index] = _unique(_sources(acl, self._nodes, self.policy))
+            acl = self.policy.acls[key[0]]
+            if len(key) == 1:
+                src = _unique(_sources(acl, self._nodes, self.policy))
+            else:
+                src = _unique(_own_sources(acl, self._own(key[1]), self.policy))
+            self._sources[key] = src
         return src
 
-    def _own_acl_sources(self, index: int, acl: Acl, user: str | None) -> tuple[str, ...]:
-        src = self._own_sources.get((index, user))
-        if src is None:
-            assert self.policy is not None
-            if self._by_user is None:
-                self._by_user = {}
-                for n, who in self._nodes:
-                    if not n.tags:
-                        self._by_user.setdefault(n.user, []).append((n, who))
-            own = self._by_user.get(user, [])
-            src = _unique(_own_sources(acl, own, self.policy))
-            self._own_sources[(index, user)] = src
-        return src
+    def _own(self, user: str | None) -> list[tuple[NodeInfo, _Principal]]:
+        if self._by_user is None:
+            self._by_user = {}
+            for n, who in self._nodes:
+                if not n.tags:
+                    self._by_user.setdefault(n.user, []).append((n, who))
+        return self._by_user.get(user, [])
 
 
 def _destinations(

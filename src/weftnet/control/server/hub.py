@@ -10,7 +10,8 @@ database (in a worker thread), wraps it with the online set and the time into a
 offers it to the mailboxes of the nodes whose view it may change (``NetMap.affected``:
 a node coming online wakes its peers' streams, not all of them); each stream turns it
 into its own delta (``netmap.delta``) against the view it holds. Changes that arrive
-while a rebuild runs are coalesced into the next one.
+while a rebuild runs are coalesced into the next one, which starts no sooner than the
+last one took (so rebuilds take at most about half the CPU under a stream of changes).
 
 A ticker (every ``tick_s``) marks the hub dirty when the earliest key expiry has
 passed, and deletes ephemeral nodes whose streams have all been gone for
@@ -62,6 +63,10 @@ DEFAULT_ROUTER_KEEPALIVE_S = 3.0
 DEFAULT_EPHEMERAL_GRACE_S = 10.0  # an ephemeral node offline this long is deleted
 DEFAULT_TICK_S = 0.1  # how often expiry times and ephemeral deadlines are checked
 REBUILD_RETRY_S = 1.0  # after a failed snapshot (database unreachable), try again
+# After a rebuild the next waits as long as this one took (at most MAX_REBUILD_REST_S):
+# under a stream of changes (thousands of nodes registering) rebuilds, O(nodes) each,
+# take at most about half the CPU and the requests making the changes get the rest.
+MAX_REBUILD_REST_S = 1.0
 DEFAULT_PURGE_EVERY_S = 300.0  # expired pending-login rows are deleted this often
 
 
@@ -354,6 +359,7 @@ class Hub:
     async def _rebuild_forever(self) -> None:
         while True:
             await self._dirty.wait()
+            started = time.monotonic()
             self._dirty.clear()
             generation = self.generation  # this snapshot includes every change up to here
             changed_at, self._changed_at = self._changed_at, None
@@ -398,6 +404,7 @@ class Hub:
             for sub in list(self._subs):
                 if affected is None or sub.node_id in affected or not sub.offered:
                     sub.offer(netmap, generation, changed_at)
+            await asyncio.sleep(min(MAX_REBUILD_REST_S, time.monotonic() - started))
 
     def _track_ephemeral(self, netmap: NetMap, now: float) -> None:
         """Every offline ephemeral node has a deletion deadline; online ones have none."""
