@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import resource
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from nacl.public import PrivateKey
 
 from weftnet import controlbox, tailcfg
 from weftnet.node.controlclient import ControlClient, ControlError, backoff_delays
+from weftnet.node.main import loop_factory
 from weftnet.node.mapsession import MapSession
 from weftnet.node.mapstream import LOGOUT_KINDS, refusal_kind
 from weftnet.node.state import NodeState
@@ -253,6 +255,9 @@ async def _serve(conn: Connection, spec: WorkerSpec) -> None:
                 return
             if command == "register":
                 conn.send(await worker.register(arg))
+                # This process holds thousands of nodes' maps, where a weftd holds one: keep
+                # them out of the collector's full passes, a cost no real node has.
+                gc.freeze()
             elif command == "watch":
                 worker.marks.append(arg)
                 conn.send(True)
@@ -270,6 +275,7 @@ def worker_main(conn: Connection, spec: WorkerSpec) -> None:
     """A worker process's entry point (multiprocessing)."""
     raise_open_files()
     try:
-        asyncio.run(_serve(conn, spec))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:  # uvloop, as weftd
+            runner.run(_serve(conn, spec))
     finally:
         conn.close()

@@ -40,6 +40,7 @@ from weftlab import control_clock, secrets
 from weftlab.netlab import poll_until
 from weftlab.testca import lab_ca
 from weftnet import controlbox, tailcfg, tls
+from weftnet.asyncwait import wait_within
 
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
@@ -296,7 +297,7 @@ class MapStream:
     received: list[tailcfg.MapResponse] = field(default_factory=list)
 
     async def next(self, timeout_s: float = 5.0) -> tailcfg.MapResponse:
-        frame = await asyncio.wait_for(self.frames.get(), timeout_s)
+        frame = await wait_within(self.frames.get(), timeout_s)
         if frame is None:
             self.frames.put_nowait(None)  # stays ended
             raise StreamEnded

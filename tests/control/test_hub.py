@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -229,3 +230,53 @@ async def test_a_database_away_when_a_stream_ends_is_one_warning_line(
         assert "hunter2" not in record.getMessage()
     finally:
         await hub.stop()
+
+
+async def test_stop_ends_a_companion_that_took_its_first_cancellation_for_something_else(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A task that lost its cancellation (Python 3.11's wait_for did, as a replica's
+    heartbeat woke: weft-control's shutdown hung) is cancelled again until it ends."""
+    swallowed = asyncio.Event()
+
+    async def companion() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # as if the cancel had been lost: go on waiting
+        await asyncio.sleep(3600)
+
+    stubborn_tasks: list[asyncio.Task[Any] | None] = []
+    release = asyncio.Event()
+
+    async def stubborn() -> None:  # ignores cancellation until released
+        stubborn_tasks.append(asyncio.current_task())
+        while not release.is_set():
+            with contextlib.suppress(asyncio.CancelledError):
+                await release.wait()
+
+    hub = Hub(FakeService(), tick_s=0.01)  # type: ignore[arg-type]
+    hub.run_alongside(companion)
+    await hub.start()
+    await asyncio.sleep(0.05)
+    started = asyncio.get_running_loop().time()
+    await hub.stop()
+    assert swallowed.is_set()
+    assert asyncio.get_running_loop().time() - started < 2  # the second cancel ended it
+
+    hub = Hub(FakeService(), tick_s=0.01)  # type: ignore[arg-type]
+    hub.run_alongside(stubborn)
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr("weftnet.control.server.hub.STOP_S", 0.3)
+    try:
+        await hub.start()
+        await asyncio.sleep(0.05)  # the companion runs (a task cancelled before it starts ends)
+        with caplog.at_level(logging.WARNING, logger="weftnet.control.server.hub"):
+            await hub.stop()  # gives up after STOP_S instead of hanging
+    finally:
+        monkey.undo()
+        release.set()
+    assert "did not stop within 0.3 s" in caplog.text
+    [task] = stubborn_tasks
+    assert task is not None
+    await asyncio.wait_for(task, 1)

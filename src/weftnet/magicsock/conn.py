@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from weftnet import controlbox, disco, stun, tailcfg
+from weftnet.asyncwait import wait_within
 from weftnet.disco import CallMeMaybe, Packet, Ping, Pong
 from weftnet.endpoint import (
     RELAY_PREFIX,
@@ -590,7 +591,7 @@ class MagicSock:
         for txid in txids:
             self._ping_waiters[txid] = (fut, now)
         try:
-            return await asyncio.wait_for(fut, timeout_s)
+            return await wait_within(fut, timeout_s)
         except TimeoutError:
             return None
         finally:

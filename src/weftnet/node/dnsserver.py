@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, cast
 
 from weftnet import tailcfg
+from weftnet.asyncwait import wait_within
 from weftnet.dns import DNS_PORT, SERVICE_ADDRESSES, SERVICE_V4
 from weftnet.dns import records as dnsrecords
 from weftnet.dns.resolver import (
@@ -348,11 +349,11 @@ class DnsServer:
         self._tcp_connections += 1
         try:
             while True:
-                head = await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_S)
+                head = await wait_within(reader.readexactly(2), TCP_IDLE_S)
                 size = int.from_bytes(head, "big")
                 if not HEADER_LEN <= size <= TCP_MAX_QUERY:
                     return
-                data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_S)
+                data = await wait_within(reader.readexactly(size), TCP_IDLE_S)
                 decision = self._decide(data, tcp=True)
                 if isinstance(decision, Forward):
                     decision = await self._forward(decision, tcp=True)
@@ -375,7 +376,7 @@ class DnsServer:
         else:
             self._active += 1
             try:
-                wire = await asyncio.wait_for(self._race(fwd, tcp), QUERY_TIMEOUT_S)
+                wire = await wait_within(self._race(fwd, tcp), QUERY_TIMEOUT_S)
             except TimeoutError:
                 wire = None
             finally:
@@ -419,9 +420,9 @@ class DnsServer:
                 wire = udp.result()
                 if not (tcp and is_truncated(wire)):
                     return wire
-                return await asyncio.wait_for(self._tcp_exchange(up, fwd), TCP_UPSTREAM_TIMEOUT_S)
+                return await wait_within(self._tcp_exchange(up, fwd), TCP_UPSTREAM_TIMEOUT_S)
             tcp_task = asyncio.ensure_future(
-                asyncio.wait_for(self._tcp_exchange(up, fwd), TCP_UPSTREAM_TIMEOUT_S)
+                wait_within(self._tcp_exchange(up, fwd), TCP_UPSTREAM_TIMEOUT_S)
             )
             pending: set[asyncio.Future[bytes]] = {tcp_task} if udp.done() else {udp, tcp_task}
             while pending:

@@ -48,6 +48,7 @@ from typing import Any
 import anyio.to_thread
 
 from weftnet import tailcfg
+from weftnet.asyncwait import wait_within
 from weftnet.control.domain.netmap import NetMap
 from weftnet.control.domain.relays import RelayRegistry
 from weftnet.control.service import ControlService
@@ -67,6 +68,8 @@ REBUILD_RETRY_S = 1.0  # after a failed snapshot (database unreachable), try aga
 # under a stream of changes (thousands of nodes registering) rebuilds, O(nodes) each,
 # take at most about half the CPU and the requests making the changes get the rest.
 MAX_REBUILD_REST_S = 1.0
+STOP_S = 10.0  # at shutdown, how long the hub's tasks get to end
+STOP_RECANCEL_S = 0.5  # ... cancelled again this often while they have not
 DEFAULT_PURGE_EVERY_S = 300.0  # expired pending-login rows are deleted this often
 
 
@@ -110,7 +113,7 @@ class Subscription:
         """The next NetMap; None when ``timeout_s`` passed first. StreamClosed at shutdown."""
         if not self._ready.is_set():
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                await wait_within(self._ready.wait(), timeout_s)
             except TimeoutError:
                 return None
         if self._closed:
@@ -207,12 +210,20 @@ class Hub:
         self._call_soon(self.close)
 
     async def stop(self) -> None:
+        """Close, and cancel the hub's tasks until they end (a task that took its
+        cancellation for something else is cancelled again), for at most STOP_S."""
         self.close()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        pending = set(self._tasks)
+        deadline_at = time.monotonic() + STOP_S
+        while pending and time.monotonic() < deadline_at:
+            for task in pending:
+                task.cancel()
+            done, pending = await asyncio.wait(pending, timeout=STOP_RECANCEL_S)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    log.warning("a hub task failed as it stopped: %r", task.exception())
+        for task in pending:
+            log.warning("hub task %s did not stop within %g s", task.get_name(), STOP_S)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -248,7 +259,7 @@ class Hub:
                 return
             self._changed_event.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed_event.wait(), remaining_s)
+                await wait_within(self._changed_event.wait(), remaining_s)
 
     def keepalive_for(self, node_id: int) -> float:
         """How often a quiet stream of ``node_id`` sends a keepalive."""

@@ -41,6 +41,7 @@ from typing import Any
 import anyio.to_thread
 
 from weftnet import tailcfg
+from weftnet.asyncwait import wait_within
 from weftnet.control.domain import relays
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.server.hub import Hub
@@ -159,7 +160,7 @@ class Replicas:
         try:
             while True:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.heartbeat_s)
+                    await wait_within(self._wake.wait(), self.heartbeat_s)
                 self._wake.clear()
                 try:
                     await self._sync_once()

@@ -21,7 +21,6 @@ PostgreSQL only: with SQLite the server is one process and all of this stays in 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import socket
@@ -33,6 +32,7 @@ import psycopg
 from sqlalchemy import Connection, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from weftnet.asyncwait import wait_within
 from weftnet.control.domain.records import CallbackFeed
 from weftnet.control.store import models as m
 from weftnet.control.store.sql import SqlStore, redact_error
@@ -117,7 +117,7 @@ class ReplicaStore:
                 async for n in conn.notifies(timeout=LIVENESS_S):
                     yield n.payload
                 # Quiet for a while: make sure the connection still answers.
-                await asyncio.wait_for(conn.execute("SELECT 1"), LIVENESS_TIMEOUT_S)
+                await wait_within(conn.execute("SELECT 1"), LIVENESS_TIMEOUT_S)
 
     # -- the shared replay guard ------------------------------------------------------
 

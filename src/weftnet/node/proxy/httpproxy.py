@@ -11,6 +11,7 @@ import binascii
 import logging
 from urllib.parse import urlsplit
 
+from weftnet.asyncwait import wait_within
 from weftnet.node.proxy.auth import Credentials
 from weftnet.node.proxy.resolve import Dialer, NotInTailnet, splice
 
@@ -40,7 +41,7 @@ class HttpProxy:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT_S)
+            head = await wait_within(reader.readuntil(b"\r\n\r\n"), HEADER_TIMEOUT_S)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError,
                 TimeoutError):  # fmt: skip
             writer.close()

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from weftnet.asyncwait import wait_within
 from weftnet.node.proxy.resolve import splice
 
 log = logging.getLogger("weftd.incoming")
@@ -47,7 +48,7 @@ async def _connect_loopback(local: Addr, timeout: float) -> tuple[Streams | None
     last: BaseException | None = None
     for host in loopback_for(local[0]):
         try:
-            return await asyncio.wait_for(asyncio.open_connection(host, local[1]), timeout), host
+            return await wait_within(asyncio.open_connection(host, local[1]), timeout), host
         except (OSError, TimeoutError) as e:
             last = e
     return None, last

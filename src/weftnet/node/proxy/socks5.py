@@ -17,6 +17,7 @@ from typing import Any
 from socksio.socks5 import SOCKS5AType, SOCKS5AuthMethod, SOCKS5Command, SOCKS5ReplyCode
 from socksio.utils import AddressType, decode_address
 
+from weftnet.asyncwait import wait_within
 from weftnet.node.proxy.auth import Credentials
 from weftnet.node.proxy.resolve import Dialer, NotInTailnet, splice
 
@@ -124,7 +125,7 @@ class Socks5Server:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         try:
-            target = await asyncio.wait_for(self._negotiate(reader, writer), HANDSHAKE_TIMEOUT_S)
+            target = await wait_within(self._negotiate(reader, writer), HANDSHAKE_TIMEOUT_S)
         except (asyncio.IncompleteReadError, ConnectionError, TimeoutError, ValueError) as e:
             log.debug("SOCKS5 handshake failed: %s", e)
             writer.close()
