@@ -45,15 +45,15 @@ $(STAMP): pyproject.toml src/weftnet/fastpath/_fastpath.c | apt
 
 # The tests outside the lab on TEST_WORKERS workers (pytest-xdist: they mostly wait on
 # servers and subprocesses); the lab's on LAB_WORKERS (each lab's namespaces carry its
-# process id); then the lab tests marked `exclusive` (throughput, tight time windows) one
-# at a time with nothing else running. All three always run; any failing fails the target.
+# process id); then the tests marked `exclusive` (throughput, tight time windows, latency
+# compared with an idle baseline) one at a time with nothing else running. All three always run; any failing fails the target.
 TEST_WORKERS ?= 3
 LAB_WORKERS ?= 2
 
 test: install
-	$(PY) -m pytest -q -ra -m 'not lab' -n $(TEST_WORKERS) --durations=10; a=$$?; \
+	$(PY) -m pytest -q -ra -m 'not lab and not exclusive' -n $(TEST_WORKERS) --durations=10; a=$$?; \
 	$(PY) -m pytest -q -ra -m 'lab and not exclusive' -n $(LAB_WORKERS) --durations=20; b=$$?; \
-	$(PY) -m pytest -q -ra -m 'lab and exclusive' --durations=10; c=$$?; \
+	$(PY) -m pytest -q -ra -m 'exclusive' --durations=10; c=$$?; \
 	test $$a -eq 0 -a $$b -eq 0 -a $$c -eq 0
 
 unit: install

@@ -343,6 +343,7 @@ def _pending_rows(server: Any) -> int:
     return int(server.store.row_counts()["pending_registrations"])
 
 
+@pytest.mark.exclusive  # compares latency with an idle baseline: nothing else may run
 @pytest.mark.anyio
 async def test_pending_logins_from_one_source_are_capped(control: Control) -> None:
     """1,000 anonymous logins from one address: 20 rows; the admin API stays fast.
