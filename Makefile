@@ -46,7 +46,8 @@ $(STAMP): pyproject.toml src/weftnet/fastpath/_fastpath.c | apt
 # The tests outside the lab on TEST_WORKERS workers (pytest-xdist: they mostly wait on
 # servers and subprocesses); the lab's on LAB_WORKERS (each lab's namespaces carry its
 # process id); then the tests marked `exclusive` (throughput, tight time windows, latency
-# compared with an idle baseline) one at a time with nothing else running. All three always run; any failing fails the target.
+# compared with an idle baseline) one at a time with nothing else running. All three
+# always run; any failing fails the target.
 TEST_WORKERS ?= 3
 LAB_WORKERS ?= 2
 

@@ -69,7 +69,7 @@ from typing import Any
 
 from bench.wgbuilds import Build, BuildError, baseline, resolve, select_specs
 from weftlab.control import start_control
-from weftlab.natpair import birthday_socket, lab_host, nat_kind, nat_pair, only_peer, traffic
+from weftlab.natpair import lab_host, leads_to, nat_kind, nat_pair, only_peer, traffic
 from weftlab.netlab import Host, Lab, LabError, poll_until
 from weftlab.proccpu import cpu_per_gbit, sessions_cpu_seconds
 from weftlab.tailnet import Node, join, start_node
@@ -376,14 +376,14 @@ def start_hardnat(
 
 
 def hardnat_direct(easy: Node, hard: Node, birthday: bool, easy_wan_ip: str) -> bool:
-    """Both nodes' one peer is direct; by birthday probing the hard node sends to the
-    easy NAT from the socket a hit opened (weftlab.natpair.birthday_socket), by port
-    mapping the easy node reaches the hard one's mapped address."""
+    """Both nodes' one peer is direct; by birthday probing the hard node's path leads to
+    the easy NAT (from whichever socket the hit opened: weftlab.natpair.leads_to), by
+    port mapping the easy node reaches the hard one's mapped address."""
     e, h = easy.status()["peers"], hard.status()["peers"]
     if len(e) != 1 or len(h) != 1 or e[0]["path"] != "direct" or h[0]["path"] != "direct":
         return False
     if birthday:
-        return birthday_socket(str(h[0]["endpoint"]), easy_wan_ip) is not None
+        return leads_to(str(h[0]["endpoint"]), easy_wan_ip)
     mapped = (hard.status()["port_mapping"] or {}).get("mapped_address")
     return mapped is not None and e[0]["endpoint"] == mapped
 

@@ -27,6 +27,7 @@ from weftlab.control import Control
 from weftlab.miniupnpd import MiniUpnpd, start_miniupnpd, start_stun
 from weftlab.netlab import Host, Lab, NatRouter, Segment
 from weftlab.tailnet import Node, join, start_node, start_second_relay
+from weftnet.endpoint import VIA_PREFIX, Endpoint, split_via, try_parse_endpoint
 
 
 @dataclass
@@ -123,14 +124,18 @@ def traffic(src: Node, dst_ip: str, seconds: float) -> subprocess.Popen[Any]:
     )  # fmt: skip
 
 
-def birthday_socket(hard_endpoint: str, easy_wan_ip: str) -> str | None:
-    """Which of the hard node's sockets a birthday hit opened, from its path's endpoint:
-    "extra" (``via:<port>/<easy NAT>:<port>``: one of its extra sockets' mappings was
-    guessed, or reached the easy side) or "main" (``<easy NAT>:<port>``: one of the easy
-    side's guesses was the port of the mapping the main socket's own pings had made
-    toward the easy side; a hard NAT lets that in just the same). None: the endpoint is
-    not on the easy NAT's public address."""
-    socket, address = "main", hard_endpoint
-    if hard_endpoint.startswith("via:"):
-        socket, address = "extra", hard_endpoint.partition("/")[2]
-    return socket if address.rpartition(":")[0] == easy_wan_ip else None
+def leads_to(endpoint: str, ip: str) -> bool:
+    """Whether a peer's endpoint in `weft status --json` (``ip:port``, or
+    ``via:<local port>/<ip>:<port>`` from one of birthday probing's extra sockets) is a
+    path to ``ip``. A birthday hit leaves the hard node on either: an extra socket's
+    mapping was guessed, or an easy-side guess was the port of the mapping the main
+    socket's own pings had made toward the easy side (a hard NAT lets that in too)."""
+    if endpoint.startswith(VIA_PREFIX):
+        host, _, port = endpoint.rpartition(":")
+        try:
+            remote: Endpoint | None = split_via((host, int(port)))[1]
+        except ValueError:
+            remote = None
+    else:
+        remote = try_parse_endpoint(endpoint)
+    return remote is not None and remote.host == ip
