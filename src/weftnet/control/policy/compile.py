@@ -227,14 +227,14 @@ class FilterCompiler:
         # target -> its rules and the source sets they drew on
         self._compiled: dict[NodeInfo, tuple[list[FilterRule], tuple[SourceKey, ...]]] = {}
         self._open = self._open_acls()
-        reusable = (
-            previous is not None
-            and previous._open == self._open
-            and (previous.policy is policy or previous.policy == policy)
-        )
+        if previous is not None and (
+            previous._open != self._open
+            or not (previous.policy is policy or previous.policy == policy)
+        ):
+            previous = None  # another policy or other open schedules: nothing carries over
         # The previous compiler's tables (not the compiler: no chain of old maps).
-        self._old_compiled = previous._compiled if previous is not None and reusable else {}
-        self._old_sources = previous._sources if previous is not None and reusable else {}
+        self._old_compiled = previous._compiled if previous is not None else {}
+        self._old_sources = previous._sources if previous is not None else {}
         self._same: dict[SourceKey, bool] = {}
 
     def _open_acls(self) -> tuple[bool, ...]:
